@@ -1,0 +1,113 @@
+//! Extractors that turn axum's rejections into `ApiError`s: `AppJson`, a
+//! `Json` whose malformed, mistyped or oversized bodies answer problem+json.
+
+use axum::{
+    extract::{FromRequest, Request, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::error::{ApiError, FieldError};
+
+/// JSON in and out. As an extractor: 415 without a JSON content type, 400
+/// for malformed JSON, 413 over the body limit, 422 (naming the field) for
+/// well-formed JSON of the wrong shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a body with Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("malformed_json", serde_text(rejection))
+        }
+        JsonRejection::JsonDataError(_) => {
+            let message = serde_text(rejection);
+            ApiError::validation(vec![FieldError {
+                field: field_of(&message),
+                message,
+            }])
+        }
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            )
+        }
+        other => ApiError::client(other.status(), "bad_request", other.body_text()),
+    }
+}
+
+/// serde's own message (with the field's path), without axum's
+/// "Failed to deserialize the JSON body…: " preamble.
+fn serde_text(rejection: &JsonRejection) -> String {
+    let text = rejection.body_text();
+    match text.split_once(": ") {
+        Some((preamble, rest)) if preamble.starts_with("Failed to") => rest.to_owned(),
+        _ => text,
+    }
+}
+
+/// The field a serde message names (`missing field `name``, or a path like
+/// `tasks[0].name: invalid type…`), or `body` when it names none.
+fn field_of(message: &str) -> String {
+    if let Some(rest) = message.split_once('`').map(|(_, r)| r)
+        && let Some((field, _)) = rest.split_once('`')
+        && (message.starts_with("missing field") || message.starts_with("unknown field"))
+    {
+        return field.to_owned();
+    }
+    match message.split_once(": ") {
+        Some((path, _)) if !path.contains(' ') && path != "." => path.to_owned(),
+        _ => "body".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of;
+
+    #[test]
+    fn field_names_come_from_serde_messages() {
+        assert_eq!(field_of("missing field `name` at line 1 column 2"), "name");
+        assert_eq!(
+            field_of("unknown field `role`, expected one of `a`"),
+            "role"
+        );
+        assert_eq!(
+            field_of("tasks[0].name: invalid type: integer `1`, expected a string"),
+            "tasks[0].name"
+        );
+        assert_eq!(
+            field_of("invalid type: integer `1`, expected a string at line 1 column 1"),
+            "body"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! `keel-api`: Keel's HTTP (and, later, WebSocket) API on axum. `main.rs`
+//! only calls [`cli::main`]; everything lives here so tests can start the
+//! real application on a free port.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (serve, migrate, gen-secret).
+//! - [`startup`]: `Application` — build, port, run until stopped.
+//! - [`state`]: `AppState` and the draining flag.
+//! - [`routes`]: one module per resource, merged into the router.
+//! - [`middleware`]: request id, tracing, problem rendering, limits, headers, metrics.
+//! - [`error`]: `ApiError` and the RFC 9457 `Problem` body.
+//! - [`extract`]: extractors whose rejections are problems too.
+//! - [`openapi`]: the OpenAPI document's frame.
+
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod state;

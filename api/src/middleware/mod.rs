@@ -1,0 +1,57 @@
+//! The HTTP stack every route runs inside, outermost first: request id,
+//! tracing span, problem rendering, panic catching, timeout, body limit,
+//! CORS, security headers, metrics.
+
+mod metrics;
+mod problem;
+mod request_id;
+mod security_headers;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    middleware::{from_fn, from_fn_with_state},
+};
+use keel_shared::Config;
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+pub use request_id::REQUEST_ID;
+pub use security_headers::API_CSP;
+
+/// Wraps `router` in Keel's stack.
+pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &Config) -> Router<S> {
+    let timeout = Duration::from_secs(config.request_timeout_seconds);
+    router
+        // Innermost: sees the matched route.
+        .layer(from_fn(metrics::track))
+        .layer(
+            ServiceBuilder::new()
+                .layer(from_fn(request_id::sanitize))
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(from_fn(problem::finalize))
+                .layer(from_fn_with_state(
+                    config.is_production(),
+                    security_headers::set,
+                ))
+                .layer(CatchPanicLayer::custom(problem::from_panic))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+                .layer(DefaultBodyLimit::max(config.max_body_bytes))
+                .option_layer(security_headers::cors(config)),
+        )
+}

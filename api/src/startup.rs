@@ -1,0 +1,129 @@
+//! `Application`: builds the router and binds the listener (`build`),
+//! reports its port (`port`), and serves until stopped, draining gracefully
+//! (`run_until_stopped`).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{ServiceExt, extract::Request};
+use keel_shared::{Config, RedisClient, config::SigningKey, db, telemetry};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use crate::{
+    routes,
+    state::{AppState, Lifecycle},
+};
+
+/// The API, bound and ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Builds the API with pools that connect on first use, so it starts
+    /// (and answers 503) while a dependency is down.
+    ///
+    /// # Errors
+    /// A URL in the configuration is invalid, or the address cannot be bound.
+    pub async fn build(config: Config, signing_key: SigningKey) -> anyhow::Result<Self> {
+        let db = db::lazy_pool(&config)?;
+        let redis = RedisClient::lazy(&config)?;
+        Self::build_with(config, signing_key, db, redis).await
+    }
+
+    /// Builds the API over connections the caller made.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn build_with(
+        config: Config,
+        signing_key: SigningKey,
+        db: PgPool,
+        redis: RedisClient,
+    ) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        telemetry::spawn_metrics_upkeep();
+        let state = AppState {
+            db,
+            redis,
+            config: Arc::new(config),
+            signing_key: Arc::new(signing_key),
+            lifecycle: Lifecycle::default(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Cancelling this token stops the server as a stop signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled; then `/ready` turns 503,
+    /// the listener keeps accepting for `SHUTDOWN_DRAIN_SECONDS`, stops, and
+    /// in-flight requests get up to `SHUTDOWN_GRACE_SECONDS` to finish.
+    ///
+    /// # Errors
+    /// The server fails to accept connections.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            shutdown,
+        } = self;
+        let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
+        let grace = state.config.shutdown_grace();
+        let lifecycle = state.lifecycle.clone();
+        let router = routes::router(state);
+        // Outside the router, so `/tasks/` is routed as `/tasks`.
+        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+        let stop_accepting = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                lifecycle.start_draining();
+                tokio::time::sleep(drain).await;
+                tracing::info!("no longer accepting connections; finishing in-flight requests");
+            }
+        };
+        let server = axum::serve(
+            listener,
+            ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
+        )
+        .with_graceful_shutdown(stop_accepting);
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain + grace).await;
+        };
+        tokio::select! {
+            result = server => result,
+            () = deadline => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; abandoning in-flight requests");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `AppState`: what handlers share. Handlers take only the part they use
+//! (`State(db): State<PgPool>`), through `FromRef`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::extract::FromRef;
+use keel_shared::{Config, RedisClient, config::SigningKey};
+use sqlx::PgPool;
+
+#[derive(Clone, Debug, FromRef)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: RedisClient,
+    pub config: Arc<Config>,
+    pub signing_key: Arc<SigningKey>,
+    pub lifecycle: Lifecycle,
+}
+
+/// Whether the process is draining: once a stop signal arrives, `/ready`
+/// answers 503 so load balancers stop sending new work, while in-flight
+/// requests finish.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    draining: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

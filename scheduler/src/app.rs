@@ -1,0 +1,54 @@
+//! `Scheduler`: one scheduler process — its connections, its ops server and
+//! its stop. Any number may run: ticks are deduplicated in Postgres.
+
+use keel_shared::{Config, process::Backbone};
+use tokio_util::sync::CancellationToken;
+
+/// `METRICS_PORT` of a scheduler when unset.
+pub const DEFAULT_METRICS_PORT: u16 = 9102;
+
+/// A started scheduler process.
+#[derive(Debug)]
+pub struct Scheduler {
+    backbone: Backbone,
+    shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    /// Connects to Postgres and Redis and binds the ops server.
+    ///
+    /// # Errors
+    /// A dependency cannot be reached or the ops port cannot be bound.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
+        Ok(Self {
+            backbone,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn ops_port(&self) -> u16 {
+        self.backbone
+            .ops
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Cancelling this token stops the scheduler as a stop signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves its probes until stopped.
+    ///
+    /// # Errors
+    /// Only if the process cannot go on.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { backbone, shutdown } = self;
+        tracing::info!("keel-scheduler started");
+        backbone.ops.serve(shutdown).await;
+        tracing::info!("keel-scheduler stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! `keel-scheduler`: decides *when* — periodic jobs from cron schedules and
+//! the reconciler that re-pushes what Redis lost; the worker does the work.
+//! This crate holds the process around them: configuration, connections,
+//! ops server and a clean stop.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line.
+//! - [`app`]: `Scheduler` — build, run until stopped.
+
+pub mod app;
+pub mod cli;

@@ -1,0 +1,571 @@
+//! The one typed configuration of all three binaries: every variable of
+//! OPERATIONS.md as a `--flag` and an environment variable (or `.env` entry),
+//! parsed and checked once at start.
+
+use std::{net::IpAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{ArgAction, Args, ValueEnum, builder::BoolishValueParser};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::jobs::Queue;
+
+/// Keel's configuration. Each field is a flag and an environment variable;
+/// `--help` of every binary lists them all with their defaults.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Configuration (flag or environment variable)")]
+pub struct Config {
+    /// `development` or `production`; production refuses insecure settings.
+    #[arg(long, env = "ENVIRONMENT", value_enum, default_value_t = Environment::Development)]
+    pub environment: Environment,
+
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://localhost/keel", value_parser = secret, hide_env_values = true)]
+    pub database_url: SecretString,
+
+    /// Maximum connections in each process's Postgres pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// Seconds to wait for a Postgres connection before answering 503.
+    #[arg(long, env = "DATABASE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub database_timeout_seconds: u64,
+
+    /// Redis connection URL (queues, rate limits, cache, pub/sub).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = secret, hide_env_values = true)]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key and queue name, so several deployments (or tests) share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "keel", value_parser = redis_prefix)]
+    pub redis_prefix: String,
+
+    /// Key that signs tokens; at least 32 bytes. Required in production
+    /// (`keel-api gen-secret` makes one); generated per start in development.
+    #[arg(long, env = "SECRET_KEY", value_parser = secret, hide_env_values = true)]
+    pub secret_key: Option<SecretString>,
+
+    /// Address the API listens on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port the API listens on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// PEM certificate chain; with `TLS_KEY_FILE` the API serves HTTPS itself.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for `TLS_CERT_FILE`.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// JWT signing algorithm.
+    #[arg(long, env = "ALGORITHM", value_enum, default_value_t = JwtAlgorithm::Hs256, ignore_case = true)]
+    pub algorithm: JwtAlgorithm,
+
+    /// Lifetime of an access token, in minutes.
+    #[arg(long, env = "ACCESS_TOKEN_EXPIRE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub access_token_expire_minutes: u32,
+
+    /// Lifetime of a refresh token, in days.
+    #[arg(long, env = "REFRESH_TOKEN_EXPIRE_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub refresh_token_expire_days: u32,
+
+    /// Lifetime of an emailed 2FA code, in minutes.
+    #[arg(long, env = "TWO_FA_CODE_EXPIRE_MINUTES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub two_fa_code_expire_minutes: u32,
+
+    /// Whether requests are rate limited (`true`/`false`).
+    #[arg(long, env = "RATE_LIMIT_ENABLED", default_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub rate_limit_enabled: bool,
+
+    /// Requests per minute per client: per IP, or per user when authenticated.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_minute: u32,
+
+    /// CORS origins allowed to call the API: a comma list or a JSON list.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_parser = origins, default_value = "")]
+    pub allowed_origins: Origins,
+
+    /// SMTP server; unset, email goes to the file outbox `.data/outbox/`.
+    #[arg(long, env = "SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// SMTP port.
+    #[arg(long, env = "SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+
+    /// SMTP user name.
+    #[arg(long, env = "SMTP_USER")]
+    pub smtp_user: Option<String>,
+
+    /// SMTP password.
+    #[arg(long, env = "SMTP_PASSWORD", value_parser = secret, hide_env_values = true)]
+    pub smtp_password: Option<SecretString>,
+
+    /// SMTP transport security: `none`, `starttls` or `tls` (`true`/`false` read as starttls/none).
+    #[arg(long, env = "SMTP_TLS", default_value = "starttls", value_parser = SmtpTls::parse)]
+    pub smtp_tls: SmtpTls,
+
+    /// Sender address of Keel's emails.
+    #[arg(long, env = "EMAILS_FROM_EMAIL")]
+    pub emails_from_email: Option<String>,
+
+    /// Public base URL of the API, used for links in emails.
+    #[arg(long, env = "APP_BASE_URL", default_value = "http://localhost:8000", value_parser = base_url)]
+    pub app_base_url: String,
+
+    /// Log format; `pretty` in development and `json` in production unless set.
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter in `tracing` EnvFilter syntax, e.g. `info,keel_api=debug`.
+    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    pub rust_log: String,
+
+    /// Queues this worker takes jobs from (comma list).
+    #[arg(long = "queues", env = "WORKER_QUEUES", value_delimiter = ',', value_enum, default_values_t = Queue::ALL)]
+    pub worker_queues: Vec<Queue>,
+
+    /// Jobs a worker runs at once; defaults to twice the cores.
+    #[arg(long = "concurrency", env = "WORKER_CONCURRENCY")]
+    pub worker_concurrency: Option<NonZeroUsize>,
+
+    /// Name of this worker process; defaults to host, pid and a random suffix (names must be unique).
+    #[arg(long = "name", env = "WORKER_NAME")]
+    pub worker_name: Option<String>,
+
+    /// Seconds a stopping process may take to finish or hand back what it holds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_grace_seconds: u64,
+
+    /// Seconds the API keeps serving with `/ready` at 503 after a stop signal,
+    /// so a load balancer takes it out of rotation before it stops accepting.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_drain_seconds: u64,
+
+    /// Longest time a request may take before it is answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_seconds: u64,
+
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Port of the worker's and scheduler's `/health` and `/metrics` (9101 worker, 9102 scheduler).
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+}
+
+/// Where Keel runs; production turns insecure conveniences into errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// The HMAC algorithms a shared `SECRET_KEY` can sign with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "HS384")]
+    Hs384,
+    #[value(name = "HS512")]
+    Hs512,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// SMTP transport security.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl SmtpTls {
+    /// Accepts the seeds' booleans too: `true` meant STARTTLS, `false` plain.
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "false" | "0" | "no" => Ok(Self::None),
+            "starttls" | "true" | "1" | "yes" => Ok(Self::Starttls),
+            "tls" | "ssl" => Ok(Self::Tls),
+            _ => Err("expected none, starttls or tls".into()),
+        }
+    }
+}
+
+/// Allowed CORS origins, each `scheme://host[:port]`, or any origin with `*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origins {
+    pub any: bool,
+    pub list: Vec<String>,
+}
+
+impl Config {
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(match self.environment {
+            Environment::Development => LogFormat::Pretty,
+            Environment::Production => LogFormat::Json,
+        })
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_timeout_seconds)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    pub fn worker_concurrency(&self) -> usize {
+        self.worker_concurrency
+            .map(NonZeroUsize::get)
+            .unwrap_or_else(|| {
+                2 * std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+            })
+    }
+
+    /// Checks that hold for every binary: settings that parse alone but not together.
+    ///
+    /// # Errors
+    /// The first variable found wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let missing = if self.tls_cert_file.is_none() {
+                "TLS_CERT_FILE"
+            } else {
+                "TLS_KEY_FILE"
+            };
+            return Err(ConfigError::new(
+                missing,
+                "TLS_CERT_FILE and TLS_KEY_FILE must be set together",
+            ));
+        }
+        for (var, path) in [
+            ("TLS_CERT_FILE", &self.tls_cert_file),
+            ("TLS_KEY_FILE", &self.tls_key_file),
+        ] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+                return Err(ConfigError::new(
+                    var,
+                    format!("no readable file at {}", path.display()),
+                ));
+            }
+        }
+        if self.is_production() {
+            if self.allowed_origins.any {
+                return Err(ConfigError::new(
+                    "ALLOWED_ORIGINS",
+                    "`*` is refused in production; list the origins",
+                ));
+            }
+            if !self.app_base_url.starts_with("https://") {
+                return Err(ConfigError::new(
+                    "APP_BASE_URL",
+                    "must be https:// in production",
+                ));
+            }
+        }
+        if self.smtp_host.is_some() && self.emails_from_email.is_none() {
+            return Err(ConfigError::new(
+                "EMAILS_FROM_EMAIL",
+                "required when SMTP_HOST is set",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The signing key the API must use: the configured one, or in development
+    /// an ephemeral one (tokens then die with the process, which is said in a warning).
+    ///
+    /// # Errors
+    /// `SECRET_KEY` missing or shorter than 32 bytes in production.
+    pub fn signing_key(&self) -> Result<SigningKey, ConfigError> {
+        match (&self.secret_key, self.environment) {
+            (Some(key), _) if key.expose_secret().len() >= MIN_SECRET_BYTES => Ok(SigningKey {
+                key: key.clone(),
+                ephemeral: false,
+            }),
+            (Some(_), Environment::Production) => Err(ConfigError::new(
+                "SECRET_KEY",
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes in production (`keel-api gen-secret` makes one)"
+                ),
+            )),
+            (None, Environment::Production) => Err(ConfigError::new(
+                "SECRET_KEY",
+                "is required in production (`keel-api gen-secret` makes one)",
+            )),
+            (_, Environment::Development) => Ok(SigningKey {
+                key: generate_secret().into(),
+                ephemeral: true,
+            }),
+        }
+    }
+}
+
+/// The shortest `SECRET_KEY` accepted in production: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A token signing key, and whether it was made up for this process only.
+#[derive(Clone, Debug)]
+pub struct SigningKey {
+    pub key: SecretString,
+    pub ephemeral: bool,
+}
+
+/// A fresh random secret: 48 bytes from the OS, URL-safe base64 (64 characters).
+pub fn generate_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 48] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A configuration value that is wrong, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+/// Exit code for a configuration or usage error, as clap uses.
+pub const USAGE_EXIT_CODE: u8 = 2;
+
+/// Loads `.env` (without overriding the real environment) and parses the
+/// command line of the binary `P`. On an error it prints one line naming the
+/// environment variable (or flag) and what is wrong, and exits 2; `--help`
+/// and `--version` print and exit 0.
+pub fn parse_cli<P: clap::Parser>() -> P {
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        exit_usage(&format!(".env: {e}"));
+    }
+    let mut command = P::command();
+    let matches = match command.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
+        Err(e) => exit_clap(&command, e),
+    };
+    P::from_arg_matches(&matches).unwrap_or_else(|e| exit_clap(&command, e))
+}
+
+/// Prints `binary: configuration error: …` and exits 2.
+pub fn exit_usage(message: &str) -> ! {
+    let bin = std::env::args().next().and_then(|a| {
+        std::path::Path::new(&a)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+    });
+    eprintln!(
+        "{}: configuration error: {message}",
+        bin.as_deref().unwrap_or("keel")
+    );
+    std::process::exit(USAGE_EXIT_CODE.into())
+}
+
+/// Turns clap's multi-line error into one line that names the environment
+/// variable behind the flag, since most deployments set variables, not flags.
+fn exit_clap(command: &clap::Command, e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {}
+    }
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let flag = context(ContextKind::InvalidArg);
+    let env = flag.as_deref().and_then(|flag| env_of_flag(command, flag));
+    let value = context(ContextKind::InvalidValue);
+    let reason = e
+        .source()
+        .map(ToString::to_string)
+        .or_else(|| {
+            context(ContextKind::ValidValue).or_else(|| match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(v)) => {
+                    Some(format!("expected one of: {}", v.join(", ")))
+                }
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| first_line(&e.to_string()));
+    let message = match (env, flag, value) {
+        (Some(env), _, Some(value)) => format!("{env}: invalid value {value:?}: {reason}"),
+        (Some(env), _, None) => format!("{env}: {reason}"),
+        (None, Some(flag), _) => format!("{flag}: {reason}"),
+        (None, None, _) => reason,
+    };
+    exit_usage(&message)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+/// Finds the environment variable of the argument clap reports as `--long <VALUE>`.
+fn env_of_flag(command: &clap::Command, reported: &str) -> Option<String> {
+    let long = reported.strip_prefix("--")?.split([' ', '=']).next()?;
+    let find = |cmd: &clap::Command| {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+    };
+    find(command).or_else(|| command.get_subcommands().find_map(find))
+}
+
+use std::error::Error as _;
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+fn redis_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| "1 to 64 characters of [A-Za-z0-9_.:-]".to_owned())
+}
+
+fn cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    IpNet::from_str(s)
+        .or_else(|_| IpAddr::from_str(s).map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR or IP address"))
+}
+
+fn base_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Reads `a,b`, `["a","b"]` or `*`; each origin must be a bare `scheme://host[:port]`.
+fn origins(s: &str) -> Result<Origins, String> {
+    let s = s.trim();
+    let items: Vec<String> = if s.starts_with('[') {
+        serde_json::from_str(s).map_err(|e| format!("not a JSON list of strings: {e}"))?
+    } else {
+        s.split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut origins = Origins::default();
+    for item in items {
+        if item == "*" {
+            origins.any = true;
+            continue;
+        }
+        let url = url::Url::parse(&item).map_err(|e| format!("{item:?}: {e}"))?;
+        let origin = url.origin();
+        if !origin.is_tuple()
+            || url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(format!("{item:?} is not an origin (scheme://host[:port])"));
+        }
+        origins.list.push(origin.ascii_serialization());
+    }
+    Ok(origins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_accept_comma_and_json_lists() {
+        let comma = origins("http://a.example, https://b.example:8443").unwrap();
+        let json = origins(r#"["http://a.example","https://b.example:8443"]"#).unwrap();
+        assert_eq!(comma, json);
+        assert_eq!(comma.list, ["http://a.example", "https://b.example:8443"]);
+        assert!(origins("*").unwrap().any);
+        assert_eq!(origins("").unwrap(), Origins::default());
+    }
+
+    #[test]
+    fn origins_refuse_paths_and_garbage() {
+        assert!(
+            origins("http://a.example/app").is_err(),
+            "a path is not part of an origin"
+        );
+        assert!(origins("not a url").is_err());
+        assert!(origins("[1,2]").is_err(), "JSON list must hold strings");
+    }
+
+    #[test]
+    fn smtp_tls_reads_the_seeds_booleans() {
+        assert_eq!(SmtpTls::parse("true").unwrap(), SmtpTls::Starttls);
+        assert_eq!(SmtpTls::parse("False").unwrap(), SmtpTls::None);
+        assert_eq!(SmtpTls::parse("tls").unwrap(), SmtpTls::Tls);
+        assert!(SmtpTls::parse("maybe").is_err());
+    }
+
+    #[test]
+    fn cidrs_take_bare_addresses_too() {
+        assert_eq!(cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert!(cidr("10.0.0.0/99").is_err());
+    }
+
+    #[test]
+    fn generated_secrets_are_long_and_distinct() {
+        let (a, b) = (generate_secret(), generate_secret());
+        assert!(a.len() >= MIN_SECRET_BYTES * 2);
+        assert_ne!(a, b);
+    }
+}

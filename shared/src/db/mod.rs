@@ -1,0 +1,126 @@
+//! PostgreSQL: the pool every binary shares, the migrations embedded from
+//! `migrations/`, and the checks health and readiness ask for.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
+use sqlx::{
+    ConnectOptions as _, PgPool,
+    migrate::{MigrateDatabase as _, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::Config;
+
+/// Every migration in `migrations/`, compiled into the binaries.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Connection options from `DATABASE_URL`, with statement logging kept at
+/// debug so a production log never carries query text by default.
+///
+/// # Errors
+/// `DATABASE_URL` is not a valid Postgres URL.
+pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = config
+        .database_url
+        .expose_secret()
+        .parse()
+        .context("DATABASE_URL is not a valid postgres:// URL")?;
+    Ok(options
+        .application_name("keel")
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
+}
+
+/// A pool that connects on first use, so a process can start (and answer
+/// 503) while Postgres is down; acquiring waits at most `DATABASE_TIMEOUT_SECONDS`.
+///
+/// # Errors
+/// `DATABASE_URL` is not a valid Postgres URL.
+pub fn lazy_pool(config: &Config) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy_with(connect_options(config)?))
+}
+
+/// A pool proven to reach the database, for start-up, where an unreachable
+/// Postgres must stop the process with a clear message.
+///
+/// # Errors
+/// The database cannot be reached within the timeout.
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = lazy_pool(config)?;
+    ping(&pool).await.with_context(|| {
+        // Host, port and database only: the URL may carry a password.
+        format!(
+            "cannot reach PostgreSQL at {}",
+            connect_options(config).map(describe).unwrap_or_default()
+        )
+    })?;
+    Ok(pool)
+}
+
+/// Creates the database named in `DATABASE_URL` if it does not exist yet.
+///
+/// # Errors
+/// The server cannot be reached or refuses.
+pub async fn create_database_if_missing(config: &Config) -> anyhow::Result<bool> {
+    let url = config.database_url.expose_secret();
+    let exists = sqlx::Postgres::database_exists(url)
+        .await
+        .context("checking whether the database exists")?;
+    if !exists {
+        sqlx::Postgres::create_database(url)
+            .await
+            .context("creating the database")?;
+    }
+    Ok(!exists)
+}
+
+/// Applies pending migrations; concurrent callers are serialised by sqlx's advisory lock.
+///
+/// # Errors
+/// A migration fails, or one already applied was changed.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// One round trip to the database.
+///
+/// # Errors
+/// No connection within the timeout, or the query fails.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
+/// Whether the newest embedded migration has been applied.
+///
+/// # Errors
+/// The database cannot be queried.
+pub async fn migrations_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let Some(latest) = MIGRATOR.iter().map(|m| m.version).max() else {
+        return Ok(true);
+    };
+    let applied: Option<bool> =
+        sqlx::query_scalar("SELECT success FROM _sqlx_migrations WHERE version = $1")
+            .bind(latest)
+            .fetch_optional(pool)
+            .await
+            .or_else(|e| match e {
+                // No migrations table yet: nothing has been applied.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+                e => Err(e),
+            })?;
+    Ok(applied == Some(true))
+}
+
+fn describe(options: PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("?")
+    )
+}

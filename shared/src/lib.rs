@@ -1,0 +1,33 @@
+//! `keel-shared`: what Keel's three binaries — `keel-api`, `keel-worker` and
+//! `keel-scheduler` — have in common. It never touches HTTP routing; each
+//! binary builds on these parts.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one typed configuration, from flags, environment and `.env`.
+//! - [`db`]: the Postgres pool, embedded migrations, liveness checks.
+//! - [`redis_client`]: the shared Redis connection and key prefix.
+//! - [`jobs`]: queue names (and, later, job payloads).
+//! - [`workers`]: the registry of live worker processes.
+//! - [`health`]: the health report every binary serves.
+//! - [`ops_server`]: `/health` and `/metrics` for the worker and scheduler.
+//! - [`process`]: the connections and `main` frame of every binary.
+//! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`shutdown`]: stop signals.
+//! - `testing` (feature `testing`): per-test databases and Redis prefixes.
+
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod jobs;
+pub mod ops_server;
+pub mod process;
+pub mod redis_client;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod workers;
+
+pub use config::Config;
+pub use redis_client::RedisClient;

@@ -1,0 +1,77 @@
+//! What a background process (worker, scheduler) stands on: proven
+//! connections to Postgres and Redis and its ops server; and the frame of
+//! every binary's `main`: runtime, telemetry, exit code.
+
+use std::{future::Future, net::SocketAddr, process::ExitCode};
+
+use sqlx::PgPool;
+
+use crate::{
+    Config, RedisClient, db,
+    ops_server::{OpsProbe, OpsServer},
+    telemetry,
+};
+
+/// Connections and the bound ops server of a background process.
+#[derive(Debug)]
+pub struct Backbone {
+    pub db: PgPool,
+    pub redis: RedisClient,
+    pub ops: OpsServer,
+}
+
+impl Backbone {
+    /// Connects to Postgres and Redis (failing clearly when either is
+    /// unreachable) and binds `/health` and `/metrics` on `METRICS_PORT`,
+    /// or `default_port` when unset.
+    ///
+    /// # Errors
+    /// A dependency cannot be reached or the port cannot be bound.
+    pub async fn connect(config: &Config, default_port: u16) -> anyhow::Result<Self> {
+        let db = db::connect(config).await?;
+        if !db::migrations_current(&db).await.unwrap_or(false) {
+            tracing::warn!("the database has pending migrations; run `keel-api migrate`");
+        }
+        let redis = RedisClient::connect(config).await?;
+        let addr = SocketAddr::new(config.host, config.metrics_port.unwrap_or(default_port));
+        let probe = OpsProbe {
+            db: db.clone(),
+            redis: redis.clone(),
+            environment: config.environment,
+        };
+        let ops = OpsServer::bind(addr, probe).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} for /health and /metrics (METRICS_PORT): {e}")
+        })?;
+        tracing::info!(address = %ops.local_addr()?, "serving /health and /metrics");
+        Ok(Self { db, redis, ops })
+    }
+}
+
+/// Runs `body` on a multi-threaded runtime with telemetry set up; returns
+/// exit code 0 on success and 1 (after one line on stderr) on failure.
+pub fn run_main<F>(service: &'static str, config: &Config, body: F) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
+        .and_then(|runtime| {
+            telemetry::init(service, config);
+            runtime.block_on(body)
+        });
+    exit_code(service, result)
+}
+
+/// 0 for success; 1, with the error's chain on stderr and in the log, for failure.
+pub fn exit_code(service: &'static str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{service} failed");
+            eprintln!("{service}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! `keel-worker`: see the library crate.
+fn main() -> std::process::ExitCode {
+    keel_worker::cli::main()
+}
