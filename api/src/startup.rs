@@ -10,10 +10,10 @@ use keel_shared::{Config, RedisClient, config::SigningKey, db, telemetry};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::Layer as _;
-use tower_http::normalize_path::NormalizePathLayer;
+use tower::{Layer as _, util::MapRequestLayer};
 
 use crate::{
+    middleware::trailing_slash,
     routes,
     state::{AppState, Lifecycle},
 };
@@ -99,7 +99,7 @@ impl Application {
         let lifecycle = state.lifecycle.clone();
         let router = routes::router(state);
         // Outside the router, so `/tasks/` is routed as `/tasks`.
-        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+        let app = MapRequestLayer::new(trailing_slash::trim).layer(router);
         let stop_accepting = {
             let shutdown = shutdown.clone();
             async move {

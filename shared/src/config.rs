@@ -125,7 +125,7 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
 
     /// Log filter in `tracing` EnvFilter syntax, e.g. `info,keel_api=debug`.
-    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    #[arg(long = "log-filter", env = "RUST_LOG", default_value = DEFAULT_LOG_FILTER, value_parser = log_filter)]
     pub rust_log: String,
 
     /// Queues this worker takes jobs from (comma list).
@@ -328,6 +328,10 @@ impl Config {
         }
     }
 }
+
+/// Info for Keel, and sqlx's notices (such as "relation already exists,
+/// skipping" at every migration run) only when they are warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 /// The shortest `SECRET_KEY` accepted in production: 256 bits.
 pub const MIN_SECRET_BYTES: usize = 32;

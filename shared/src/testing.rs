@@ -40,7 +40,8 @@ impl TestDatabase {
         let mut admin = PgConnection::connect(&database_url("postgres")?)
             .await
             .context("connecting to PostgreSQL to create a test database")?;
-        sqlx::raw_sql(&format!(r#"CREATE DATABASE "{name}""#))
+        // The name is ours (a prefix and a UUID), never input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
             .execute(&mut admin)
             .await?;
         admin.close().await?;
@@ -108,4 +109,121 @@ pub fn config(database_url: &str, redis_prefix: &str, extra: &[&str]) -> Config 
     ConfigOnly::try_parse_from(args)
         .expect("test configuration parses")
         .config
+}
+
+/// A `postgres://` URL on a port where nothing listens: a database that is down.
+pub fn unreachable_database_url() -> String {
+    format!("postgres://postgres@127.0.0.1:{}/keel", free_port())
+}
+
+/// A `redis://` URL on a port where nothing listens.
+pub fn unreachable_redis_url() -> String {
+    format!("redis://127.0.0.1:{}", free_port())
+}
+
+/// Runs one of Keel's binaries with a clean environment (only `PATH`), so
+/// the developer's own variables never leak into a test.
+pub fn command(binary: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info");
+    command.current_dir(std::env::temp_dir());
+    command
+}
+
+/// A child process that is killed if the test ends before it does.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Starts `command` with captured output.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        use std::process::Stdio;
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) through `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it did not.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr (call after it exited).
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut err) = self.0.stderr.take() {
+            std::io::Read::read_to_string(&mut err, &mut text).ok();
+        }
+        text
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Polls `url` until it answers `expected` or `timeout` passes; returns the last response's body.
+///
+/// # Panics
+/// When the status never comes.
+pub async fn wait_for_status(url: &str, expected: u16, timeout: std::time::Duration) -> String {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(response) = client.get(url).send().await {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            if status == expected {
+                return body;
+            }
+            last = format!("{status}: {body}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not answer {expected} within {timeout:?}; last: {last}");
+}
+
+/// The Redis tests use: `REDIS_URL`, else the local default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }

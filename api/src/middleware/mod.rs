@@ -6,6 +6,7 @@ mod metrics;
 mod problem;
 mod request_id;
 mod security_headers;
+pub mod trailing_slash;
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Renders every error response as problem+json with the request's id:
 //! `ApiError`s (which leave their `Problem` in the response extensions) and
-//! the bare refusals of axum and tower-http (405, 408, 413, …).
+//! the bare refusals of axum and tower-http (405, 408, 413, …). A handler's
+//! own JSON error body is left alone.
 
 use std::any::Any;
 
@@ -32,7 +33,8 @@ pub async fn finalize(req: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     let mut problem = match parts.extensions.remove::<Problem>() {
         Some(problem) => problem,
-        None if is_problem(&parts.headers) => return Response::from_parts(parts, body),
+        // A handler's deliberate JSON (the health report's 503) stays as it is.
+        None if is_json(&parts.headers) => return Response::from_parts(parts, body),
         None => Problem::new(
             status,
             Problem::code_for(status),
@@ -47,10 +49,15 @@ pub async fn finalize(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(problem.to_body()))
 }
 
-fn is_problem(headers: &HeaderMap) -> bool {
+/// `application/json` or `application/problem+json`.
+fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let essence = v.split(';').next().unwrap_or_default().trim();
+            essence == "application/json" || essence == PROBLEM_JSON
+        })
 }
 
 /// The refusal's own text when it is short plain text, else a sentence for the status.

@@ -1,0 +1,210 @@
+//! Every refusal is problem+json: the API's own, axum's and tower-http's.
+
+use std::time::Duration;
+
+use axum::{Router, routing::post};
+use keel_api::{error::ApiError, extract::AppJson, middleware};
+use keel_shared::testing;
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn an_unknown_route_is_a_404_problem() {
+    let app = spawn_app().await;
+    let problem = assert_problem(
+        app.get("/api/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert!(
+        problem.detail.contains("/api/v1/nothing-here"),
+        "{problem:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_problem_with_allow() {
+    let app = spawn_app().await;
+    let response = app.client.delete(app.url("/health")).send().await.unwrap();
+    let allow = response
+        .headers()
+        .get("allow")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert!(allow.contains("GET"), "{allow}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_problem() {
+    let app = spawn_app_with(&["--max-body-bytes", "1024"]).await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/health"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+/// The API's extractors and middleware on routes of the test's own: JSON
+/// bodies, a slow handler, a panicking one. Same stack as every real route.
+async fn serve_probe_routes(extra: &[&str]) -> String {
+    #[derive(Deserialize)]
+    struct Greeting {
+        #[allow(dead_code)]
+        name: String,
+        #[allow(dead_code)]
+        count: u32,
+    }
+    let config = testing::config(&testing::unreachable_database_url(), "unused", extra);
+    let router = Router::new()
+        .route(
+            "/json",
+            post(|AppJson(_): AppJson<Greeting>| async { "ok" }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/panic",
+            post(|| async {
+                if true {
+                    panic!("boom");
+                }
+                Err::<(), ApiError>(ApiError::not_found("unreachable"))
+            }),
+        );
+    let app = middleware::apply(router, &config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_problem() {
+    let base = serve_probe_routes(&[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/json"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
+}
+
+#[tokio::test]
+async fn a_body_without_json_content_type_is_a_415_problem() {
+    let base = serve_probe_routes(&[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/json"))
+        .header("content-type", "text/plain")
+        .body(r#"{"name":"a","count":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn json_of_the_wrong_shape_is_a_422_problem_naming_the_field() {
+    let base = serve_probe_routes(&[]).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (r#"{"name":"a"}"#, "count", "a missing field"),
+        (
+            r#"{"name":"a","count":"three"}"#,
+            "count",
+            "a field of the wrong type",
+        ),
+        (
+            r#"{"name":7,"count":1}"#,
+            "name",
+            "a field of the wrong type",
+        ),
+    ];
+    for (body, field, why) in cases {
+        let response = client
+            .post(format!("{base}/json"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        let errors = problem.errors.expect("field errors");
+        assert_eq!(errors[0].field, field, "{why}: {errors:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_json_body_over_the_limit_is_a_413_problem() {
+    let base = serve_probe_routes(&["--max-body-bytes", "64"]).await;
+    let body = format!(r#"{{"name":"{}","count":1}}"#, "x".repeat(200));
+    let response = reqwest::Client::new()
+        .post(format!("{base}/json"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_is_a_408_problem() {
+    let base = serve_probe_routes(&["--request-timeout-seconds", "1"]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_problem_that_reveals_nothing() {
+    let base = serve_probe_routes(&[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/panic"))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert!(
+        !problem.detail.contains("boom"),
+        "the panic message stays in the log: {problem:?}"
+    );
+}

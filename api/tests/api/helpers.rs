@@ -1,0 +1,232 @@
+//! `spawn_app`: the real API on a free port with its own database and Redis
+//! prefix, and typed helpers per endpoint.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use keel_api::{error::Problem, startup::Application};
+use keel_shared::{Config, RedisClient, testing};
+use reqwest::{Response, StatusCode};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+
+pub const API_BIN: &str = env!("CARGO_BIN_EXE_keel-api");
+
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: Option<testing::TestDatabase>,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// The API over a fresh database and Redis prefix.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// The API with extra configuration flags, e.g. `["--max-body-bytes", "1024"]`.
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let db = testing::TestDatabase::create()
+        .await
+        .expect("a test database");
+    let prefix = testing::unique_redis_prefix();
+    let config = testing::config(&db.url, &prefix, extra);
+    start(config, Some(db)).await
+}
+
+/// The API pointed at a Postgres port where nothing listens.
+pub async fn spawn_app_without_database() -> TestApp {
+    let prefix = testing::unique_redis_prefix();
+    let config = testing::config(&testing::unreachable_database_url(), &prefix, &[]);
+    start(config, None).await
+}
+
+/// The API with a database but a Redis port where nothing listens.
+pub async fn spawn_app_without_redis() -> TestApp {
+    let url = testing::unreachable_redis_url();
+    spawn_app_with(&["--redis-url", &url]).await
+}
+
+async fn start(config: Config, db: Option<testing::TestDatabase>) -> TestApp {
+    let key = config.signing_key().expect("development always has a key");
+    let app = Application::build(config.clone(), key)
+        .await
+        .expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        config,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn health(&self) -> Response {
+        self.get("/health").await
+    }
+
+    pub async fn live(&self) -> Response {
+        self.get("/live").await
+    }
+
+    pub async fn ready(&self) -> Response {
+        self.get("/ready").await
+    }
+
+    pub async fn health_db(&self) -> Response {
+        self.get("/api/v1/health/db").await
+    }
+
+    pub async fn health_cache(&self) -> Response {
+        self.get("/api/v1/health/cache").await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    pub async fn openapi(&self) -> serde_json::Value {
+        self.get("/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("OpenAPI JSON")
+    }
+
+    /// A Redis client on this app's prefix, to look at what the app stored.
+    pub fn redis(&self) -> RedisClient {
+        RedisClient::lazy(&self.config).expect("redis client")
+    }
+}
+
+/// Asserts `response` is problem+json with `status` and `code`; returns the problem.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Problem {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "content type"
+    );
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let problem: Problem = response.json().await.expect("a problem body");
+    assert_eq!(problem.code, code, "code of {problem:?}");
+    assert_eq!(problem.status, status.as_u16());
+    assert_eq!(problem.kind, format!("urn:keel:problem:{code}"));
+    assert!(
+        !problem.title.is_empty() && !problem.detail.is_empty(),
+        "title and detail are set: {problem:?}"
+    );
+    assert!(header_id.is_some(), "every response carries X-Request-Id");
+    assert_eq!(
+        problem.request_id, header_id,
+        "the body quotes the request id of the header"
+    );
+    problem
+}
+
+/// A TCP proxy to `target` that can hold back every chunk the server sends
+/// by a settable delay: a slow database, made from the real one.
+#[derive(Debug, Clone)]
+pub struct SlowProxy {
+    pub addr: SocketAddr,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl SlowProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = Arc::clone(&delay_ms);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                tokio::spawn(pipe(client, server, Arc::clone(&delay)));
+            }
+        });
+        Self { addr, delay_ms }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap(), Ordering::SeqCst);
+    }
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, delay: Arc<AtomicU64>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream =
+        tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match server_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let ms = delay.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    upstream.abort();
+}
+
+/// Where the test PostgreSQL listens.
+pub fn postgres_addr() -> SocketAddr {
+    let url = url::Url::parse(&testing::server_url()).unwrap();
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", url.port().unwrap_or(5432))
+        .parse()
+        .unwrap()
+}
