@@ -1,0 +1,81 @@
+//! Integration tests of the `keel-scheduler` process, against real PostgreSQL and Redis.
+
+use std::time::Duration;
+
+use keel_shared::testing::{self, ChildGuard, TestDatabase};
+
+const SCHEDULER_BIN: &str = env!("CARGO_BIN_EXE_keel-scheduler");
+
+#[tokio::test]
+async fn the_scheduler_serves_its_probes_and_stops_cleanly_on_sigint() {
+    let db = TestDatabase::create().await.unwrap();
+    let port = testing::free_port();
+    let mut command = testing::command(SCHEDULER_BIN);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::redis_url())
+        .env("REDIS_PREFIX", testing::unique_redis_prefix())
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string());
+    let mut scheduler = ChildGuard::spawn(command);
+    let base = format!("http://127.0.0.1:{port}");
+
+    let body =
+        testing::wait_for_status(&format!("{base}/health"), 200, Duration::from_secs(20)).await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["database"], "healthy");
+    assert_eq!(health["redis"], "healthy");
+    assert_eq!(
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/nope")).await.unwrap().status(),
+        404
+    );
+
+    scheduler.signal("INT");
+    let status = scheduler
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the scheduler stops");
+    assert_eq!(status.code(), Some(0), "{}", scheduler.stderr());
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_stops_the_scheduler_with_exit_1() {
+    let output = testing::command(SCHEDULER_BIN)
+        .env("DATABASE_URL", testing::unreachable_database_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach PostgreSQL"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_scheduler_with_exit_1() {
+    let db = TestDatabase::create().await.unwrap();
+    let output = testing::command(SCHEDULER_BIN)
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::unreachable_redis_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach Redis"), "{err}");
+}
+
+#[test]
+fn a_bad_value_stops_the_scheduler_with_exit_2_naming_it() {
+    let output = testing::command(SCHEDULER_BIN)
+        .env("SHUTDOWN_GRACE_SECONDS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("SHUTDOWN_GRACE_SECONDS"), "{err}");
+}

@@ -1,0 +1,186 @@
+//! Integration tests of the `keel-worker` process, against real PostgreSQL and Redis.
+
+use std::time::Duration;
+
+use keel_shared::{
+    Config, RedisClient,
+    jobs::Queue,
+    testing::{self, ChildGuard, TestDatabase},
+    workers,
+};
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_keel-worker");
+
+struct Started {
+    worker: ChildGuard,
+    port: u16,
+    config: Config,
+    _db: TestDatabase,
+}
+
+async fn start_worker(extra_env: &[(&str, &str)]) -> Started {
+    let db = TestDatabase::create().await.unwrap();
+    let prefix = testing::unique_redis_prefix();
+    let port = testing::free_port();
+    let mut command = testing::command(WORKER_BIN);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::redis_url())
+        .env("REDIS_PREFIX", &prefix)
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string())
+        .envs(extra_env.iter().copied());
+    let worker = ChildGuard::spawn(command);
+    let config = testing::config(&db.url, &prefix, &[]);
+    Started {
+        worker,
+        port,
+        config,
+        _db: db,
+    }
+}
+
+#[tokio::test]
+async fn a_worker_registers_serves_its_probes_and_leaves_on_sigterm() {
+    let Started {
+        mut worker,
+        port,
+        config,
+        _db,
+    } = start_worker(&[
+        ("WORKER_QUEUES", "email,tasks"),
+        ("WORKER_CONCURRENCY", "3"),
+    ])
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    let body =
+        testing::wait_for_status(&format!("{base}/health"), 200, Duration::from_secs(20)).await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["database"], "healthy");
+    assert_eq!(health["redis"], "healthy");
+
+    let redis = RedisClient::lazy(&config).unwrap();
+    let cards = wait_for_cards(&redis, 1).await;
+    let card = &cards[0];
+    assert_eq!(card.pid, worker.pid());
+    assert_eq!(card.queues, [Queue::Email, Queue::Tasks]);
+    assert_eq!(card.concurrency, 3);
+    assert!(
+        card.id.contains(&worker.pid().to_string()),
+        "the name carries the pid: {}",
+        card.id
+    );
+
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/live")).await.unwrap().status(),
+        200
+    );
+
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the worker stops");
+    assert_eq!(status.code(), Some(0), "{}", worker.stderr());
+    assert!(
+        workers::list_alive(&redis).await.unwrap().is_empty(),
+        "a stopped worker leaves the registry"
+    );
+}
+
+#[tokio::test]
+async fn two_workers_get_distinct_names() {
+    let first = start_worker(&[]).await;
+    let redis = RedisClient::lazy(&first.config).unwrap();
+    // A second process on the same prefix and database.
+    let mut command = testing::command(WORKER_BIN);
+    command
+        .env("DATABASE_URL", &first._db.url)
+        .env("REDIS_URL", testing::redis_url())
+        .env("REDIS_PREFIX", first.config.redis_prefix.as_str())
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_PORT", testing::free_port().to_string());
+    let _second = ChildGuard::spawn(command);
+
+    let cards = wait_for_cards(&redis, 2).await;
+    assert_ne!(cards[0].id, cards[1].id);
+}
+
+async fn wait_for_cards(redis: &RedisClient, n: usize) -> Vec<workers::WorkerCard> {
+    for _ in 0..100 {
+        let cards = workers::list_alive(redis).await.unwrap();
+        if cards.len() >= n {
+            return cards;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} workers never registered");
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_stops_the_worker_with_exit_1() {
+    let url = testing::unreachable_database_url();
+    let output = testing::command(WORKER_BIN)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach PostgreSQL"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_worker_with_exit_1() {
+    let db = TestDatabase::create().await.unwrap();
+    let output = testing::command(WORKER_BIN)
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::unreachable_redis_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach Redis"), "{err}");
+}
+
+#[test]
+fn bad_worker_settings_stop_with_exit_2_naming_the_variable() {
+    for (variable, value) in [
+        ("WORKER_CONCURRENCY", "0"),
+        ("WORKER_QUEUES", "email,bogus"),
+        ("METRICS_PORT", "x"),
+    ] {
+        let output = testing::command(WORKER_BIN)
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
+        assert!(err.contains(variable), "{variable} is named: {err}");
+    }
+}
+
+#[test]
+fn flags_override_the_environment() {
+    // `--concurrency` beats WORKER_CONCURRENCY: a bad env value is not read at all.
+    let output = testing::command(WORKER_BIN)
+        .env("WORKER_CONCURRENCY", "0")
+        .env("DATABASE_URL", testing::unreachable_database_url())
+        .args(["--concurrency", "8", "--queues", "tasks"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "configuration passed; the database is down: {err}"
+    );
+}
