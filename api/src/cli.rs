@@ -92,7 +92,7 @@ async fn serve(config: Config, signing_key: SigningKey) -> anyhow::Result<()> {
     }
     let redis = RedisClient::connect(&config).await?;
     let app = Application::build_with(config, signing_key, pool, redis).await?;
-    tracing::info!(address = %app.local_addr(), "keel-api listening");
+    tracing::info!(address = %app.local_addr(), scheme = app.scheme(), "keel-api listening");
     shutdown::cancel_on_signal(app.shutdown_token());
     app.run_until_stopped().await.context("serving HTTP")?;
     tracing::info!("keel-api stopped");

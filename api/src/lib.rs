@@ -7,6 +7,7 @@
 //! - [`cli`]: the command line (serve, migrate, gen-secret).
 //! - [`startup`]: `Application` — build, port, run until stopped.
 //! - [`state`]: `AppState` and the draining flag.
+//! - [`listener`]: plain TCP or in-process TLS, and the peer address.
 //! - [`routes`]: one module per resource, merged into the router.
 //! - [`middleware`]: request id, tracing, problem rendering, limits, headers, metrics.
 //! - [`error`]: `ApiError` and the RFC 9457 `Problem` body.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;

@@ -2,17 +2,19 @@
 //! reports its port (`port`), and serves until stopped, draining gracefully
 //! (`run_until_stopped`).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::IntoFuture as _, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{ServiceExt, extract::Request};
 use keel_shared::{Config, RedisClient, config::SigningKey, db, telemetry};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer as _, util::MapRequestLayer};
 
 use crate::{
+    listener::{self, PeerAddr, TlsListener},
     middleware::trailing_slash,
     routes,
     state::{AppState, Lifecycle},
@@ -22,6 +24,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    /// Set when the API terminates TLS itself.
+    tls: Option<Arc<ServerConfig>>,
     state: AppState,
     shutdown: CancellationToken,
 }
@@ -41,7 +45,7 @@ impl Application {
     /// Builds the API over connections the caller made.
     ///
     /// # Errors
-    /// The address cannot be bound.
+    /// The address cannot be bound, or the TLS files are unusable.
     pub async fn build_with(
         config: Config,
         signing_key: SigningKey,
@@ -49,6 +53,10 @@ impl Application {
         redis: RedisClient,
     ) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(config.host, config.port);
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(listener::tls_config(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -62,6 +70,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            tls,
             state,
             shutdown: CancellationToken::new(),
         })
@@ -71,6 +80,11 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// `https` when the API terminates TLS itself, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn port(&self) -> u16 {
@@ -91,6 +105,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
             listener,
+            tls,
             state,
             shutdown,
         } = self;
@@ -109,11 +124,23 @@ impl Application {
                 tracing::info!("no longer accepting connections; finishing in-flight requests");
             }
         };
-        let server = axum::serve(
-            listener,
-            ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-        )
-        .with_graceful_shutdown(stop_accepting);
+        let make_service =
+            ServiceExt::<Request>::into_make_service_with_connect_info::<PeerAddr>(app);
+        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            None => Box::pin(
+                axum::serve(listener, make_service)
+                    .with_graceful_shutdown(stop_accepting)
+                    .into_future(),
+            ),
+            Some(config) => {
+                let listener = TlsListener::new(listener, config)?;
+                Box::pin(
+                    axum::serve(listener, make_service)
+                        .with_graceful_shutdown(stop_accepting)
+                        .into_future(),
+                )
+            }
+        };
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(drain + grace).await;

@@ -45,7 +45,8 @@ start api 36 "$bin/keel-api"
 start worker 35 env METRICS_PORT="${WORKER_METRICS_PORT:-9101}" "$bin/keel-worker"
 start scheduler 33 env METRICS_PORT="${SCHEDULER_METRICS_PORT:-9102}" "$bin/keel-scheduler"
 
-base="http://localhost:$PORT"
+scheme=http; [[ -n ${TLS_CERT_FILE:-} ]] && scheme=https
+base="$scheme://localhost:$PORT"
 for _ in $(seq 1 120); do
   port_open "$PORT" && break
   for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || die "a process exited at start; see its log above"; done

@@ -6,3 +6,4 @@ mod health;
 mod helpers;
 mod middleware;
 mod shutdown;
+mod tls;
