@@ -33,10 +33,14 @@ start() {
   pids+=($!)
 }
 stop() {
+  # Signal the processes before anything else: the terminal (or a pipe we
+  # write to) may already be gone, and a failed echo must not skip this.
   trap - INT TERM EXIT
+  trap '' PIPE
+  set +e
+  kill -TERM "${pids[@]}" 2>/dev/null
   say "stopping"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null
   say "stopped"
 }
 trap stop INT TERM EXIT
