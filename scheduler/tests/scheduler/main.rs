@@ -79,3 +79,48 @@ fn a_bad_value_stops_the_scheduler_with_exit_2_naming_it() {
     assert_eq!(output.status.code(), Some(2), "{err}");
     assert!(err.contains("SHUTDOWN_GRACE_SECONDS"), "{err}");
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let db = TestDatabase::create().await.unwrap();
+    let port = testing::free_port();
+    let mut command = testing::command(SCHEDULER_BIN);
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::redis_url())
+        .env("REDIS_PREFIX", testing::unique_redis_prefix())
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string())
+        .env("LOG_FORMAT", "json");
+    let mut scheduler = ChildGuard::spawn(command);
+    testing::wait_for_status(
+        &format!("http://127.0.0.1:{port}/live"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    scheduler.signal("TERM");
+    scheduler
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the scheduler stops");
+
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut scheduler.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "keel-scheduler started"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{stdout}"
+    );
+}
