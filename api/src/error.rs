@@ -116,6 +116,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// No or bad credentials: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{code}: {detail}")]
+    Unauthorized { code: &'static str, detail: String },
+    /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
+    #[error("rate limited")]
+    RateLimited(crate::auth::rate_limit::Decision),
     /// A dependency (Postgres, Redis) is down: 503, worth retrying.
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -136,6 +142,17 @@ impl ApiError {
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::client(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::client(StatusCode::FORBIDDEN, "forbidden", detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -207,6 +224,25 @@ impl IntoResponse for ApiError {
                 let mut problem = Problem::new(status, code, detail);
                 problem.errors = (!errors.is_empty()).then_some(errors);
                 problem.into_response()
+            }
+            Self::Unauthorized { code, detail } => {
+                let mut response =
+                    Problem::new(StatusCode::UNAUTHORIZED, code, detail).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Self::RateLimited(decision) => {
+                let detail = format!(
+                    "too many requests; retry in {} s",
+                    decision.retry_after_secs.max(1)
+                );
+                let mut response =
+                    Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+                        .into_response();
+                decision.apply(response.headers_mut());
+                response
             }
             Self::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");

@@ -1,9 +1,10 @@
-//! Extractors that turn axum's rejections into `ApiError`s: `AppJson`, a
-//! `Json` whose malformed, mistyped or oversized bodies answer problem+json.
+//! Extractors that turn axum's rejections into `ApiError`s: `AppJson` (a
+//! `Json` whose malformed, mistyped or oversized bodies answer
+//! problem+json), `AppQuery`, `AppPath` and `JsonOrForm`.
 
 use axum::{
-    extract::{FromRequest, Request, rejection::JsonRejection},
-    http::StatusCode,
+    extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -109,5 +110,101 @@ mod tests {
             field_of("invalid type: integer `1`, expected a string at line 1 column 1"),
             "body"
         );
+    }
+}
+
+/// Query parameters; a bad one is a 422 naming it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let message = text
+                    .split_once(": ")
+                    .map_or(text.as_str(), |(_, m)| m)
+                    .to_owned();
+                Err(ApiError::validation(vec![FieldError {
+                    field: field_of(&message),
+                    message,
+                }]))
+            }
+        }
+    }
+}
+
+/// Path parameters; one that does not parse (an id that is not a UUID)
+/// names nothing that exists: 404.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|_| ApiError::not_found(format!("nothing at {}", parts.uri.path())))
+    }
+}
+
+/// A body as JSON or as `application/x-www-form-urlencoded` (the OAuth2
+/// token endpoint takes both).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonOrForm<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonOrForm<T>
+where
+    T: serde::de::DeserializeOwned + 'static,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_form = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            return AppJson::<T>::from_request(req, state)
+                .await
+                .map(|AppJson(v)| Self(v));
+        }
+        match axum::extract::Form::<T>::from_request(req, state).await {
+            Ok(axum::extract::Form(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::client(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                ))
+            }
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let message = text
+                    .split_once(": ")
+                    .map_or(text.as_str(), |(_, m)| m)
+                    .to_owned();
+                Err(ApiError::validation(vec![FieldError {
+                    field: field_of(&message),
+                    message,
+                }]))
+            }
+        }
     }
 }

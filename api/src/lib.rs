@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (serve, migrate, gen-secret).
+//! - [`cli`]: the command line (serve, migrate, gen-secret, admin).
+//! - [`auth`]: passwords, tokens, API keys, the `Principal` extractor, rate limits.
 //! - [`startup`]: `Application` — build, port, run until stopped.
 //! - [`state`]: `AppState` and the draining flag.
 //! - [`listener`]: plain TCP or in-process TLS, and the peer address.
@@ -12,14 +13,17 @@
 //! - [`middleware`]: request id, tracing, problem rendering, limits, headers, metrics.
 //! - [`error`]: `ApiError` and the RFC 9457 `Problem` body.
 //! - [`extract`]: extractors whose rejections are problems too.
-//! - [`openapi`]: the OpenAPI document's frame.
+//! - [`openapi`]: the OpenAPI document's frame and security schemes.
+//! - [`pagination`]: `?page&size` in, `{items, total, page, size, pages}` out.
 
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod listener;
 pub mod middleware;
 pub mod openapi;
+pub mod pagination;
 pub mod routes;
 pub mod startup;
 pub mod state;

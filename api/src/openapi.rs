@@ -1,7 +1,10 @@
 //! The OpenAPI document's frame: title, version, tags and the shared
 //! schemas. Paths are collected from the routers themselves.
 
-use utoipa::OpenApi;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
 
 use crate::error::{FieldError, Problem};
 
@@ -14,9 +17,36 @@ use crate::error::{FieldError, Problem};
         license(name = "MIT"),
     ),
     components(schemas(Problem, FieldError)),
+    modifiers(&SecuritySchemes),
     tags(
+        (name = "auth", description = "Registration, sign-in, tokens"),
+        (name = "users", description = "Profiles, roles and the user list"),
+        (name = "api-keys", description = "Keys that act as their owner"),
         (name = "health", description = "Health, readiness and metrics"),
     )
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
+
+/// `bearer` (an access JWT) and `api_key` (`X-API-Key`), so Swagger UI can authorize.
+#[derive(Debug)]
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}

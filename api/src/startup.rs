@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer as _, util::MapRequestLayer};
 
 use crate::{
+    auth::{password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys},
     listener::{self, PeerAddr, TlsListener},
     middleware::trailing_slash,
     routes,
@@ -62,10 +63,16 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         telemetry::spawn_metrics_upkeep();
         let state = AppState {
+            tokens: Arc::new(TokenKeys::new(&config, &signing_key)),
+            hasher: PasswordHasher::new(),
+            limiter: RateLimiter::new(
+                redis.clone(),
+                config.rate_limit_enabled,
+                config.rate_limit_per_minute,
+            ),
             db,
             redis,
             config: Arc::new(config),
-            signing_key: Arc::new(signing_key),
             lifecycle: Lifecycle::default(),
         };
         Ok(Self {

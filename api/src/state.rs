@@ -7,15 +7,19 @@ use std::sync::{
 };
 
 use axum::extract::FromRef;
-use keel_shared::{Config, RedisClient, config::SigningKey};
+use keel_shared::{Config, RedisClient};
 use sqlx::PgPool;
+
+use crate::auth::{password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys};
 
 #[derive(Clone, Debug, FromRef)]
 pub struct AppState {
     pub db: PgPool,
     pub redis: RedisClient,
     pub config: Arc<Config>,
-    pub signing_key: Arc<SigningKey>,
+    pub tokens: Arc<TokenKeys>,
+    pub hasher: PasswordHasher,
+    pub limiter: RateLimiter,
     pub lifecycle: Lifecycle,
 }
 

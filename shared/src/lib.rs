@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: the one typed configuration, from flags, environment and `.env`.
-//! - [`db`]: the Postgres pool, embedded migrations, liveness checks.
+//! - [`db`]: the Postgres pool, embedded migrations, and each table's SQL.
+//! - [`domain`]: values parsed at the edge (username, email, password, role, …).
 //! - [`redis_client`]: the shared Redis connection and key prefix.
 //! - [`jobs`]: queue names (and, later, job payloads).
 //! - [`workers`]: the registry of live worker processes.
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod health;
 pub mod jobs;
 pub mod ops_server;

@@ -1,21 +1,32 @@
 //! The router: one module per resource, each exporting its routes, merged
 //! here with the docs, the 404 fallback and the middleware stack.
 
+pub mod api_keys;
+pub mod auth;
 pub mod docs;
 pub mod health;
+pub mod users;
 
 use axum::{
     Router,
     http::{Method, Uri},
+    middleware::from_fn_with_state,
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{error::ApiError, middleware, openapi::ApiDoc, state::AppState};
+use crate::{auth::rate_limit, error::ApiError, middleware, openapi::ApiDoc, state::AppState};
 
 /// The whole HTTP surface, with state attached.
 pub fn router(state: AppState) -> Router {
+    // The resources count against the general rate limit; probes and docs do not.
+    let resources = OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(api_keys::router())
+        .layer(from_fn_with_state(state.clone(), rate_limit::middleware));
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())
+        .merge(resources)
         .split_for_parts();
     let router = api.merge(docs::router(openapi)).fallback(not_found);
     middleware::apply(router, &state.config).with_state(state)

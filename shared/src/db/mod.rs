@@ -1,5 +1,11 @@
 //! PostgreSQL: the pool every binary shares, the migrations embedded from
-//! `migrations/`, and the checks health and readiness ask for.
+//! `migrations/`, and the checks health and readiness ask for. One module
+//! per table holds that table's SQL as free functions taking any executor
+//! (a pool or a transaction).
+
+pub mod api_keys;
+pub mod refresh_tokens;
+pub mod users;
 
 use std::time::Duration;
 

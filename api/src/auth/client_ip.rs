@@ -1,0 +1,95 @@
+//! The caller's IP address: the socket's peer, or — only when the peer is one
+//! of `TRUSTED_PROXIES` — the nearest untrusted hop of `X-Forwarded-For`.
+//! Anyone can send that header; believing it from anyone else would let a
+//! client pick its own rate-limit bucket.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use axum::{
+    extract::{ConnectInfo, FromRef, FromRequestParts},
+    http::{Extensions, HeaderMap, request::Parts},
+};
+use ipnet::IpNet;
+
+use crate::{listener::PeerAddr, state::AppState};
+
+/// The client's address, as far as this server can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let config = std::sync::Arc::<keel_shared::Config>::from_ref(state);
+        Ok(Self(of(
+            &parts.extensions,
+            &parts.headers,
+            &config.trusted_proxies,
+        )))
+    }
+}
+
+/// The client address of a request, from its extensions and headers.
+pub fn of(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    // Without connect info (a server built without it) every client looks alike.
+    let peer = extensions.get::<ConnectInfo<PeerAddr>>().map_or(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        |ConnectInfo(PeerAddr(addr))| addr.ip(),
+    );
+    resolve(peer, headers, trusted)
+}
+
+/// Walks `X-Forwarded-For` from the right while the hop is trusted.
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|hop| !is_trusted(hop))
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+
+        assert_eq!(
+            resolve(stranger, &headers("1.2.3.4"), &trusted),
+            stranger,
+            "a spoofed header is ignored"
+        );
+        assert_eq!(resolve(proxy, &headers("198.51.100.7"), &trusted), client);
+        assert_eq!(
+            resolve(proxy, &headers("1.2.3.4, 198.51.100.7, 10.0.0.9"), &trusted),
+            client,
+            "the nearest untrusted hop, not the client-written leftmost"
+        );
+        assert_eq!(resolve(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+}

@@ -1,0 +1,271 @@
+//! Rate limits kept in Redis, so every API replica counts the same budget:
+//! GCRA (a leaky bucket with one key per client, no background refill) in a
+//! Lua script, plus a failed-login counter per account.
+//!
+//! The general limit is a middleware on the API routes: `RATE_LIMIT_PER_MINUTE`
+//! per user when the request carries a valid token or key, per IP otherwise,
+//! with `RateLimit-*` headers on every response. Sign-in endpoints call
+//! [`RateLimiter::check`] with their own, stricter quotas and fail closed
+//! (503) when Redis is down; the general limit fails open.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue},
+    middleware::Next,
+    response::{IntoResponse as _, Response},
+};
+use keel_shared::RedisClient;
+use redis::{AsyncCommands as _, Script};
+
+use super::{client_ip, tokens::hash_secret};
+use crate::{error::ApiError, state::AppState};
+
+/// `limit` requests per `period`, with bursts up to `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub limit: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    pub const fn per_minute(limit: u32) -> Self {
+        Self {
+            limit,
+            period: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Logins per minute from one IP.
+pub const LOGIN_PER_IP: Quota = Quota::per_minute(30);
+/// Logins per minute naming one account.
+pub const LOGIN_PER_ACCOUNT: Quota = Quota::per_minute(20);
+/// Registrations per minute from one IP.
+pub const REGISTER_PER_IP: Quota = Quota::per_minute(10);
+/// Refreshes per minute from one IP.
+pub const REFRESH_PER_IP: Quota = Quota::per_minute(30);
+/// Failed logins for one account before it is locked for the rest of the window.
+pub const MAX_LOGIN_FAILURES: u32 = 10;
+pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+    /// Seconds to wait before a retry can succeed (0 when allowed).
+    pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` (and `Retry-After` when refused).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
+        if !self.allowed {
+            headers.insert(
+                "retry-after",
+                HeaderValue::from(self.retry_after_secs.max(1)),
+            );
+        }
+    }
+}
+
+/// GCRA over one key. Returns {allowed, remaining, retry_after_ms, reset_ms};
+/// time comes from the Redis server so replicas' clocks do not matter.
+const GCRA: &str = r"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * limit
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+local remaining = math.floor((now - allow_at) / interval)
+return {1, remaining, 0, new_tat - now}
+";
+
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    redis: RedisClient,
+    script: Arc<Script>,
+    pub enabled: bool,
+    /// The general quota.
+    pub general: Quota,
+}
+
+impl RateLimiter {
+    pub fn new(redis: RedisClient, enabled: bool, per_minute: u32) -> Self {
+        Self {
+            redis,
+            script: Arc::new(Script::new(GCRA)),
+            enabled,
+            general: Quota::per_minute(per_minute),
+        }
+    }
+
+    /// Spends one request of `quota` from `bucket`.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn check(&self, bucket: &str, quota: Quota) -> redis::RedisResult<Decision> {
+        if !self.enabled {
+            return Ok(Decision {
+                allowed: true,
+                limit: quota.limit,
+                remaining: quota.limit,
+                reset_secs: 0,
+                retry_after_secs: 0,
+            });
+        }
+        let interval_ms = (quota.period.as_millis() / u128::from(quota.limit.max(1))).max(1);
+        let (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64) = self
+            .script
+            .key(self.redis.key(&format!("rl:{bucket}")))
+            .arg(u64::try_from(interval_ms).unwrap_or(u64::MAX))
+            .arg(quota.limit)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        let secs = |ms: i64| u64::try_from(ms).unwrap_or(0).div_ceil(1000);
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: quota.limit,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset_secs: secs(reset_ms),
+            retry_after_secs: secs(retry_ms),
+        })
+    }
+
+    /// Spends one request of `quota` for a sign-in endpoint: refused → 429,
+    /// Redis down → 503 (fail closed: no unlimited password guessing).
+    ///
+    /// # Errors
+    /// As above.
+    pub async fn enforce(&self, bucket: &str, quota: Quota) -> Result<Decision, ApiError> {
+        let decision = self.check(bucket, quota).await.map_err(ApiError::from)?;
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(ApiError::RateLimited(decision))
+        }
+    }
+
+    fn failures_key(&self, account: &str) -> String {
+        self.redis
+            .key(&format!("login-failures:{}", account.trim().to_lowercase()))
+    }
+
+    /// Refuses (429) an account with too many recent failed logins.
+    ///
+    /// # Errors
+    /// Locked (429) or Redis down (503).
+    pub async fn ensure_not_locked(&self, account: &str) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let key = self.failures_key(account);
+        let mut conn = self.redis.conn();
+        let failures: Option<u32> = conn.get(&key).await?;
+        if failures.unwrap_or(0) < MAX_LOGIN_FAILURES {
+            return Ok(());
+        }
+        let ttl: i64 = conn.ttl(&key).await?;
+        let wait = u64::try_from(ttl)
+            .unwrap_or(LOGIN_FAILURE_WINDOW.as_secs())
+            .max(1);
+        Err(ApiError::RateLimited(Decision {
+            allowed: false,
+            limit: MAX_LOGIN_FAILURES,
+            remaining: 0,
+            reset_secs: wait,
+            retry_after_secs: wait,
+        }))
+    }
+
+    /// Counts a failed login for `account`; the window starts at the first failure.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn record_failure(&self, account: &str) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let key = self.failures_key(account);
+        redis::pipe()
+            .incr(&key, 1)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(LOGIN_FAILURE_WINDOW.as_secs())
+            .arg("NX")
+            .exec_async(&mut self.redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets an account's failures after a successful login.
+    pub async fn clear_failures(&self, account: &str) {
+        let _: redis::RedisResult<()> = self.redis.conn().del(self.failures_key(account)).await;
+    }
+}
+
+/// The general limit, keyed by the caller: a user (by a token that verifies
+/// — no database needed), an API key (by its hash), or the client IP.
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.limiter.enabled {
+        return next.run(req).await;
+    }
+    let bucket = bucket_of(&state, &req);
+    match state.limiter.check(&bucket, state.limiter.general).await {
+        Ok(decision) if decision.allowed => {
+            let mut response = next.run(req).await;
+            decision.apply(response.headers_mut());
+            response
+        }
+        Ok(decision) => ApiError::RateLimited(decision).into_response(),
+        Err(e) => {
+            // Fail open: a Redis outage must not take the whole API down.
+            tracing::warn!(error = %e, "rate limiter unavailable; request allowed");
+            next.run(req).await
+        }
+    }
+}
+
+fn bucket_of(state: &AppState, req: &Request) -> String {
+    let headers = req.headers();
+    if let Some(bearer) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        && let Ok(claims) = state.tokens.verify_access(bearer.trim())
+    {
+        return format!("user:{}", claims.sub);
+    }
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        let hash = hash_secret(key.trim());
+        return format!(
+            "key:{}",
+            hash[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+    }
+    format!(
+        "ip:{}",
+        client_ip::of(req.extensions(), headers, &state.config.trusted_proxies)
+    )
+}

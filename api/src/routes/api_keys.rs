@@ -1,0 +1,169 @@
+//! `/api/v1/api-keys`: the caller's own API keys. A key is shown once, at
+//! creation or regeneration; only its hash is kept. A key cannot mint keys.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use chrono::{DateTime, Utc};
+use keel_shared::db::api_keys::{self, ApiKey};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Principal, tokens},
+    error::{ApiError, FieldError, Problem},
+    extract::{AppJson, AppPath},
+    state::AppState,
+};
+
+/// Keys one user may hold.
+pub const MAX_KEYS_PER_USER: usize = 25;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(regenerate_key))
+        .routes(routes!(delete_key))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    #[schema(example = "ci deploys")]
+    pub name: String,
+    /// When the key stops working; never when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A key with its secret: the only time it is shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyWithSecret {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Send as `X-API-Key`. Shown once.
+    pub key: String,
+}
+
+impl ApiKeyWithSecret {
+    fn new(key: ApiKey, secret: String) -> Self {
+        Self {
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            created_at: key.created_at,
+            last_used_at: key.last_used_at,
+            expires_at: key.expires_at,
+            key: secret,
+        }
+    }
+}
+
+/// The caller's keys, newest first (never their secrets).
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = [ApiKey]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn list_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<AppJson<Vec<ApiKey>>, ApiError> {
+    Ok(AppJson(
+        api_keys::list_for_user(&state.db, principal.id()).await?,
+    ))
+}
+
+/// Creates a key that acts as the caller.
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = NewApiKey,
+    responses(
+        (status = 201, body = ApiKeyWithSecret),
+        (status = 403, description = "called with an API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "too many keys", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<NewApiKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require_session()?;
+    let name = request.name.trim();
+    let mut errors = Vec::new();
+    if name.is_empty() || name.chars().count() > 100 {
+        errors.push(FieldError {
+            field: "name".into(),
+            message: "must be 1 to 100 characters".into(),
+        });
+    }
+    if request.expires_at.is_some_and(|at| at <= Utc::now()) {
+        errors.push(FieldError {
+            field: "expires_at".into(),
+            message: "must be in the future".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    if api_keys::list_for_user(&state.db, principal.id())
+        .await?
+        .len()
+        >= MAX_KEYS_PER_USER
+    {
+        return Err(ApiError::conflict(
+            "too_many_api_keys",
+            format!("at most {MAX_KEYS_PER_USER} keys per user"),
+        ));
+    }
+    let (secret, prefix, hash) = tokens::new_api_key();
+    let key = api_keys::insert(
+        &state.db,
+        principal.id(),
+        name,
+        &prefix,
+        &hash,
+        request.expires_at,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        AppJson(ApiKeyWithSecret::new(key, secret)),
+    ))
+}
+
+/// Gives the key a new secret; the old one stops working at once.
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/regenerate", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ApiKeyWithSecret),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn regenerate_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<ApiKeyWithSecret>, ApiError> {
+    principal.require_session()?;
+    let (secret, prefix, hash) = tokens::new_api_key();
+    let key = api_keys::replace_secret(&state.db, id, principal.id(), &prefix, &hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API key"))?;
+    Ok(AppJson(ApiKeyWithSecret::new(key, secret)))
+}
+
+/// Deletes one of the caller's keys.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    if api_keys::delete(&state.db, id, principal.id()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such API key"))
+    }
+}

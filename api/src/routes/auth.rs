@@ -1,0 +1,483 @@
+//! `/api/v1/auth`: register, login, the OAuth2 token endpoint, refresh with
+//! rotation, logout, me, change-password, and the seed aliases
+//! `/auth/token/refresh` and `/auth/token/verify`.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use keel_shared::{
+    db::{
+        refresh_tokens::{self, Rotation},
+        users::{self, NewUser, User},
+    },
+    domain::{EmailAddress, Invalid, Password, Role, Username},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::users::{ProfileInput, UserResponse};
+use crate::{
+    auth::{
+        Principal,
+        client_ip::ClientIp,
+        rate_limit::{LOGIN_PER_ACCOUNT, LOGIN_PER_IP, REFRESH_PER_IP, REGISTER_PER_IP},
+        tokens::{self, TokenError},
+        user_cache,
+    },
+    error::{ApiError, FieldError, Problem},
+    extract::{AppJson, JsonOrForm},
+    state::AppState,
+};
+
+#[allow(deprecated)] // the aliases are deprecated for clients, not for us
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(token))
+        .routes(routes!(refresh))
+        .routes(routes!(alias_refresh))
+        .routes(routes!(verify_token))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+}
+
+/// An access and refresh token pair.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    #[schema(example = "bearer")]
+    pub token_type: String,
+    /// Seconds the access token lives.
+    pub expires_in: i64,
+}
+
+/// Issues a pair: a new family for a sign-in, the same family for a refresh.
+async fn issue(state: &AppState, user: &User, family_id: Option<Uuid>) -> Result<Tokens, ApiError> {
+    let (refresh_token, hash) = tokens::new_refresh_token();
+    let family = family_id.unwrap_or_else(Uuid::now_v7);
+    refresh_tokens::insert(
+        &state.db,
+        user.id,
+        family,
+        &hash,
+        state.tokens.refresh_expiry(),
+    )
+    .await?;
+    Ok(Tokens {
+        access_token: state.tokens.issue_access(user),
+        refresh_token,
+        token_type: "bearer".into(),
+        expires_in: state.tokens.access_ttl_secs(),
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    #[schema(example = "alice")]
+    pub username: String,
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    /// 8 to 128 characters, not a common password.
+    pub password: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_number: Option<String>,
+    pub bio: Option<String>,
+    /// An IANA time zone; `UTC` when absent.
+    pub timezone: Option<String>,
+    /// `en` when absent.
+    pub language: Option<String>,
+    pub avatar_url: Option<String>,
+    /// Only `user` is accepted; anything else is 403.
+    pub role: Option<String>,
+}
+
+/// Creates an account with the `user` role.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, body = UserResponse),
+        (status = 403, description = "a role other than user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`username_taken` or `email_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(request): AppJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    state
+        .limiter
+        .enforce(&format!("register:ip:{ip}"), REGISTER_PER_IP)
+        .await?;
+    if request
+        .role
+        .as_deref()
+        .is_some_and(|r| r != Role::User.as_str())
+    {
+        return Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "role_not_allowed",
+            "registration creates `user` accounts only",
+        ));
+    }
+    let mut errors = Vec::new();
+    let username = collect(&mut errors, "username", Username::parse(&request.username));
+    let email = collect(&mut errors, "email", EmailAddress::parse(&request.email));
+    let password = collect(&mut errors, "password", Password::parse(&request.password));
+    let profile = ProfileInput {
+        first_name: Some(request.first_name),
+        last_name: Some(request.last_name),
+        phone_number: Some(request.phone_number),
+        avatar_url: Some(request.avatar_url),
+        bio: Some(request.bio),
+        timezone: request.timezone,
+        language: request.language,
+    }
+    .parse(&mut errors);
+    let (Some(username), Some(email), Some(password), true) =
+        (username, email, password, errors.is_empty())
+    else {
+        return Err(ApiError::validation(errors));
+    };
+    let password_hash = state.hasher.hash(&password).await?;
+    let new = NewUser {
+        username,
+        email,
+        password_hash,
+        role: Role::User,
+        email_verified: false,
+        profile,
+    };
+    let user = users::insert(&state.db, &new).await.map_err(taken)?;
+    tracing::info!(user_id = %user.id, "account registered");
+    Ok((StatusCode::CREATED, AppJson(UserResponse::from(user))))
+}
+
+/// The value, or its reason pushed onto `errors`.
+fn collect<T>(errors: &mut Vec<FieldError>, field: &str, result: Result<T, Invalid>) -> Option<T> {
+    result
+        .map_err(|Invalid(message)| {
+            errors.push(FieldError {
+                field: field.into(),
+                message,
+            })
+        })
+        .ok()
+}
+
+/// A unique violation on username or email is the client's 409.
+pub fn taken(e: sqlx::Error) -> ApiError {
+    match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some("users_username_key") => {
+            ApiError::conflict("username_taken", "that username is taken")
+        }
+        sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
+            ApiError::conflict("email_taken", "an account with that email exists")
+        }
+        _ => e.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// A username (any case) or an email address.
+    #[schema(example = "alice")]
+    pub username_or_email: String,
+    pub password: String,
+}
+
+/// Signs in with a username or email and a password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, body = Tokens),
+        (status = 401, description = "the same `invalid_credentials` for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too many attempts from this IP or for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the rate limiter is unavailable (sign-in fails closed)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(request): AppJson<LoginRequest>,
+) -> Result<AppJson<Tokens>, ApiError> {
+    sign_in(&state, ip, &request.username_or_email, &request.password)
+        .await
+        .map(AppJson)
+}
+
+/// The password check behind `login` and the token endpoint: rate limits
+/// per IP and per account, lockout after repeated failures, and one answer
+/// for every kind of failure, in the same time.
+async fn sign_in(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    account: &str,
+    password: &str,
+) -> Result<Tokens, ApiError> {
+    let account_key = account.trim().to_lowercase();
+    state
+        .limiter
+        .enforce(&format!("login:ip:{ip}"), LOGIN_PER_IP)
+        .await?;
+    state
+        .limiter
+        .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
+        .await?;
+    state.limiter.ensure_not_locked(&account_key).await?;
+    let user = if account.len() > 254 {
+        None
+    } else {
+        users::find_by_login(&state.db, account).await?
+    };
+    let matches = state
+        .hasher
+        .verify(
+            password,
+            user.as_ref().and_then(|u| u.password_hash.as_deref()),
+        )
+        .await?;
+    let Some(user) = user.filter(|u| matches && u.is_active) else {
+        state.limiter.record_failure(&account_key).await?;
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong username, email or password",
+        ));
+    };
+    state.limiter.clear_failures(&account_key).await;
+    users::record_login(&state.db, user.id).await?;
+    user_cache::invalidate(&state.redis, user.id).await;
+    tracing::info!(user_id = %user.id, "signed in");
+    issue(state, &user, None).await
+}
+
+/// An OAuth2 token request, as form fields or JSON.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// `password` or `refresh_token`.
+    pub grant_type: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+/// OAuth2 token endpoint: `grant_type=password` or `grant_type=refresh_token`,
+/// form-encoded or JSON.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
+    request_body(content(
+        (TokenRequest = "application/x-www-form-urlencoded"),
+        (TokenRequest = "application/json"),
+    )),
+    responses(
+        (status = 200, body = Tokens),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an unknown grant type or a missing field", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonOrForm(request): JsonOrForm<TokenRequest>,
+) -> Result<AppJson<Tokens>, ApiError> {
+    let missing = |field: &str| {
+        ApiError::validation(vec![FieldError {
+            field: field.into(),
+            message: "is required for this grant".into(),
+        }])
+    };
+    match request.grant_type.as_str() {
+        "password" => {
+            let username = request.username.ok_or_else(|| missing("username"))?;
+            let password = request.password.ok_or_else(|| missing("password"))?;
+            sign_in(&state, ip, &username, &password).await.map(AppJson)
+        }
+        "refresh_token" => {
+            let token = request
+                .refresh_token
+                .ok_or_else(|| missing("refresh_token"))?;
+            rotate(&state, ip, &token).await.map(AppJson)
+        }
+        _ => Err(ApiError::validation(vec![FieldError {
+            field: "grant_type".into(),
+            message: "must be password or refresh_token".into(),
+        }])),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Exchanges a refresh token for a new pair; the old one is spent.
+/// Presenting a spent token revokes its whole family.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, body = Tokens),
+        (status = 401, description = "unknown, expired, revoked or reused", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(request): AppJson<RefreshRequest>,
+) -> Result<AppJson<Tokens>, ApiError> {
+    rotate(&state, ip, &request.refresh_token)
+        .await
+        .map(AppJson)
+}
+
+/// Alias of `POST /auth/refresh`.
+#[utoipa::path(post, path = "/api/v1/auth/token/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Tokens), (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[deprecated = "use POST /api/v1/auth/refresh"]
+async fn alias_refresh(
+    state: State<AppState>,
+    ip: ClientIp,
+    request: AppJson<RefreshRequest>,
+) -> Result<AppJson<Tokens>, ApiError> {
+    refresh(state, ip, request).await
+}
+
+async fn rotate(state: &AppState, ip: std::net::IpAddr, token: &str) -> Result<Tokens, ApiError> {
+    state
+        .limiter
+        .enforce(&format!("refresh:ip:{ip}"), REFRESH_PER_IP)
+        .await?;
+    let invalid = || {
+        ApiError::unauthorized(
+            "invalid_refresh_token",
+            "the refresh token is invalid, expired or revoked",
+        )
+    };
+    match refresh_tokens::spend(&state.db, &tokens::hash_secret(token)).await? {
+        Rotation::Rotated { user_id, family_id } => {
+            let user = users::find_by_id(&state.db, user_id)
+                .await?
+                .filter(|u| u.is_active)
+                .ok_or_else(invalid)?;
+            issue(state, &user, Some(family_id)).await
+        }
+        Rotation::Reused { user_id } => {
+            tracing::warn!(%user_id, "a spent refresh token was presented; its family is revoked");
+            Err(invalid())
+        }
+        Rotation::Invalid => Err(invalid()),
+    }
+}
+
+/// Revokes the refresh token's family (this sign-in on every device it was refreshed on).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204, description = "signed out (also for an unknown token)")))]
+async fn logout(
+    State(state): State<AppState>,
+    AppJson(request): AppJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    refresh_tokens::revoke_family_of(&state.db, &tokens::hash_secret(&request.refresh_token))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The current user (same as `GET /users/me`).
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = UserResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn me(principal: Principal) -> AppJson<UserResponse> {
+    AppJson(principal.user.into())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    /// Expiry, in seconds since the epoch.
+    pub exp: i64,
+}
+
+/// Whether an access token is valid (as djangorestframework-simplejwt's verify).
+#[utoipa::path(post, path = "/api/v1/auth/token/verify", tag = "auth", request_body = VerifyRequest,
+    responses((status = 200, body = VerifyResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn verify_token(
+    State(state): State<AppState>,
+    AppJson(request): AppJson<VerifyRequest>,
+) -> Result<AppJson<VerifyResponse>, ApiError> {
+    let claims = state
+        .tokens
+        .verify_access(&request.token)
+        .map_err(|e| match e {
+            TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
+            TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
+        })?;
+    let user = user_cache::get(&state.db, &state.redis, claims.sub).await?;
+    if !user.is_some_and(|u| u.is_active && u.token_version == claims.ver) {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the token is no longer valid",
+        ));
+    }
+    Ok(AppJson(VerifyResponse {
+        valid: true,
+        exp: claims.exp,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Detail {
+    pub detail: String,
+}
+
+/// Changes the password and ends every session, this one included.
+#[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, body = Detail),
+        (status = 403, description = "called with an API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<ChangePasswordRequest>,
+) -> Result<AppJson<Detail>, ApiError> {
+    principal.require_session()?;
+    // The cached user has no hash: read it fresh.
+    let user = users::find_by_id(&state.db, principal.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let new_password = Password::parse(&request.new_password).map_err(|Invalid(message)| {
+        ApiError::validation(vec![FieldError {
+            field: "new_password".into(),
+            message,
+        }])
+    });
+    if !state
+        .hasher
+        .verify(&request.current_password, user.password_hash.as_deref())
+        .await?
+    {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "current_password".into(),
+            message: "is incorrect".into(),
+        }]));
+    }
+    let hash = state.hasher.hash(&new_password?).await?;
+    let mut tx = state.db.begin().await?;
+    users::set_password(&mut *tx, user.id, &hash).await?;
+    refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;
+    tx.commit().await?;
+    user_cache::invalidate(&state.redis, user.id).await;
+    Ok(AppJson(Detail {
+        detail: "password changed; sign in again".into(),
+    }))
+}

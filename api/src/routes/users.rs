@@ -1,0 +1,554 @@
+//! `/api/v1/users`: profiles, the admin list, roles, deletion, and the seed
+//! aliases (`/users/get/{id}`, `/users/update/{id}`, `/users/update/{id}/role`,
+//! `/users/delete/{id}`). A non-admin asking for another user's object gets
+//! 404, as if it did not exist.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use chrono::{DateTime, Utc};
+use keel_shared::{
+    RedisClient,
+    db::{
+        refresh_tokens,
+        users::{self, ProfileChanges, User, UserFilter},
+    },
+    domain::{
+        Invalid, Language, ProfileText, Role, Timezone, parse_avatar_url, parse_phone_number,
+    },
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Principal, user_cache},
+    error::{ApiError, FieldError, Problem},
+    extract::{AppJson, AppPath, AppQuery},
+    pagination::{Page, PageQuery, PageRequest},
+    state::AppState,
+};
+
+#[allow(deprecated)] // the aliases are deprecated for clients, not for us
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, patch_me))
+        .routes(routes!(list_users))
+        .routes(routes!(get_user, patch_user, delete_user))
+        .routes(routes!(set_role))
+        .routes(routes!(users_by_role))
+        .routes(routes!(alias_get_user))
+        .routes(routes!(alias_update_user))
+        .routes(routes!(alias_set_role))
+        .routes(routes!(alias_delete_user))
+}
+
+/// A user as the API shows it: never a password hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserResponse {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_number: Option<String>,
+    pub phone_verified: bool,
+    pub avatar_url: Option<String>,
+    pub bio: Option<String>,
+    pub timezone: String,
+    pub language: String,
+    pub role: Role,
+    pub is_active: bool,
+    pub two_fa_enabled: bool,
+    pub email_verified: bool,
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<User> for UserResponse {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            phone_number: u.phone_number,
+            phone_verified: u.phone_verified,
+            avatar_url: u.avatar_url,
+            bio: u.bio,
+            timezone: u.timezone,
+            language: u.language,
+            role: u.role,
+            is_active: u.is_active,
+            two_fa_enabled: u.two_fa_enabled,
+            email_verified: u.email_verified,
+            last_login_at: u.last_login_at,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+/// Profile fields to change; absent fields stay, `null` clears. Any other
+/// field (`role`, `email_verified`, …) is refused with 422.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub phone_number: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub avatar_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub bio: Option<Option<String>>,
+    /// An IANA time zone.
+    pub timezone: Option<String>,
+    pub language: Option<String>,
+    /// Admins only, and not through `/users/me`.
+    pub is_active: Option<bool>,
+}
+
+/// Tells a present `null` (`Some(None)`) from an absent field (`None`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Profile fields of a request, as domain values.
+#[derive(Debug, Default)]
+pub struct ProfileInput {
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub phone_number: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub bio: Option<Option<String>>,
+    pub timezone: Option<String>,
+    pub language: Option<String>,
+}
+
+impl ProfileInput {
+    /// Parses every field, collecting each one's reason.
+    pub fn parse(self, errors: &mut Vec<FieldError>) -> ProfileChanges {
+        let mut check = |field: &str, result: Result<String, Invalid>| match result {
+            Ok(value) => Some(value),
+            Err(Invalid(message)) => {
+                errors.push(FieldError {
+                    field: field.into(),
+                    message,
+                });
+                None
+            }
+        };
+        let text =
+            |max: usize| move |s: &str| ProfileText::parse(s, max).map(ProfileText::into_inner);
+        let mut optional =
+            |field: &str,
+             value: Option<Option<String>>,
+             parse: &dyn Fn(&str) -> Result<String, Invalid>| {
+                value.map(|v| v.and_then(|s| check(field, parse(&s))))
+            };
+        let first_name = optional("first_name", self.first_name, &text(100));
+        let last_name = optional("last_name", self.last_name, &text(100));
+        let phone_number = optional("phone_number", self.phone_number, &parse_phone_number);
+        let avatar_url = optional("avatar_url", self.avatar_url, &parse_avatar_url);
+        let bio = optional("bio", self.bio, &text(1000));
+        let timezone = self.timezone.and_then(|tz| {
+            check(
+                "timezone",
+                Timezone::parse(&tz).map(|t| t.as_str().to_owned()),
+            )
+        });
+        let language = self.language.and_then(|l| {
+            check(
+                "language",
+                Language::parse(&l).map(|l| l.as_str().to_owned()),
+            )
+        });
+        ProfileChanges {
+            first_name,
+            last_name,
+            phone_number,
+            avatar_url,
+            bio,
+            timezone,
+            language,
+            is_active: None,
+        }
+    }
+}
+
+impl UserPatch {
+    fn split(self) -> (ProfileInput, Option<bool>) {
+        let input = ProfileInput {
+            first_name: self.first_name,
+            last_name: self.last_name,
+            phone_number: self.phone_number,
+            avatar_url: self.avatar_url,
+            bio: self.bio,
+            timezone: self.timezone,
+            language: self.language,
+        };
+        (input, self.is_active)
+    }
+}
+
+/// The current user.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = UserResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn get_me(principal: Principal) -> AppJson<UserResponse> {
+    AppJson(principal.user.into())
+}
+
+/// Changes the current user's profile fields.
+#[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    request_body = UserPatch,
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an invalid or unknown field", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn patch_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(patch): AppJson<UserPatch>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    let (input, is_active) = patch.split();
+    let mut errors = Vec::new();
+    if is_active.is_some() {
+        errors.push(FieldError {
+            field: "is_active".into(),
+            message: "cannot be set on your own account".into(),
+        });
+    }
+    let changes = input.parse(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let user = users::update_profile(&state.db, principal.id(), &changes)
+        .await?
+        .ok_or_else(gone)?;
+    user_cache::invalidate(&state.redis, user.id).await;
+    Ok(AppJson(user.into()))
+}
+
+fn gone() -> ApiError {
+    ApiError::not_found("no such user")
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UserListQuery {
+    /// Only this role.
+    role: Option<Role>,
+    /// Matches username, email, first or last name.
+    q: Option<String>,
+    is_active: Option<bool>,
+    #[param(minimum = 1, default = 1)]
+    page: Option<u32>,
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    size: Option<u32>,
+}
+
+/// Every user, newest first (admin).
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(UserListQuery),
+    responses(
+        (status = 200, body = Page<UserResponse>),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_users(
+    State(db): State<PgPool>,
+    principal: Principal,
+    AppQuery(query): AppQuery<UserListQuery>,
+) -> Result<AppJson<Page<UserResponse>>, ApiError> {
+    principal.require(Role::Admin)?;
+    let page = PageRequest::parse(PageQuery {
+        page: query.page,
+        size: query.size,
+    })?;
+    if query.q.as_ref().is_some_and(|q| q.chars().count() > 100) {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "q".into(),
+            message: "must be at most 100 characters".into(),
+        }]));
+    }
+    let filter = UserFilter {
+        role: query.role,
+        is_active: query.is_active,
+        q: query.q,
+    };
+    list_page(&db, &filter, page).await
+}
+
+async fn list_page(
+    db: &PgPool,
+    filter: &UserFilter,
+    page: PageRequest,
+) -> Result<AppJson<Page<UserResponse>>, ApiError> {
+    let (users, total) = users::list(db, filter, page.limit(), page.offset()).await?;
+    Ok(AppJson(Page::new(
+        users.into_iter().map(UserResponse::from).collect(),
+        total,
+        page,
+    )))
+}
+
+/// Users of one role (admin).
+#[utoipa::path(get, path = "/api/v1/users/role/{role}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("role" = Role, Path), PageQuery),
+    responses((status = 200, body = Page<UserResponse>), (status = 403, body = Problem, content_type = "application/problem+json")))]
+async fn users_by_role(
+    State(db): State<PgPool>,
+    principal: Principal,
+    AppPath(role): AppPath<Role>,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<AppJson<Page<UserResponse>>, ApiError> {
+    principal.require(Role::Admin)?;
+    let filter = UserFilter {
+        role: Some(role),
+        ..UserFilter::default()
+    };
+    list_page(&db, &filter, PageRequest::parse(query)?).await
+}
+
+/// The user `id`, if the caller may see it: themself, or anyone for an admin.
+async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<User, ApiError> {
+    if principal.id() == id {
+        return Ok(principal.user.clone());
+    }
+    if !principal.is_admin() {
+        return Err(gone());
+    }
+    users::find_by_id(&state.db, id).await?.ok_or_else(gone)
+}
+
+/// One user: yourself, or anyone for an admin.
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = UserResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_user(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    visible_user(&state, &principal, id)
+        .await
+        .map(|u| AppJson(u.into()))
+}
+
+/// Alias of `GET /users/{id}`.
+#[utoipa::path(get, path = "/api/v1/users/get/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = UserResponse)))]
+#[deprecated = "use GET /api/v1/users/{id}"]
+async fn alias_get_user(
+    state: State<AppState>,
+    principal: Principal,
+    id: AppPath<Uuid>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    get_user(state, principal, id).await
+}
+
+/// Changes a user's profile: yourself, or (admin) anyone below your role,
+/// including `is_active`.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), request_body = UserPatch,
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "would deactivate the last superadmin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn patch_user(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(patch): AppJson<UserPatch>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    let target = visible_user(&state, &principal, id).await?;
+    let (input, is_active) = patch.split();
+    if is_active.is_some() && !principal.is_admin() {
+        return Err(ApiError::forbidden("only admins may set is_active"));
+    }
+    ensure_outranks(&principal, &target)?;
+    let mut errors = Vec::new();
+    let mut changes = input.parse(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    changes.is_active = is_active;
+    let mut tx = state.db.begin().await?;
+    if is_active == Some(false) {
+        ensure_not_last_superadmin(&mut tx, &target).await?;
+    }
+    let user = users::update_profile(&mut *tx, id, &changes)
+        .await?
+        .ok_or_else(gone)?;
+    if is_active == Some(false) {
+        refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
+    }
+    tx.commit().await?;
+    user_cache::invalidate(&state.redis, id).await;
+    Ok(AppJson(user.into()))
+}
+
+/// Alias of `PATCH /users/{id}`.
+#[utoipa::path(put, path = "/api/v1/users/update/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), request_body = UserPatch, responses((status = 200, body = UserResponse)))]
+#[deprecated = "use PATCH /api/v1/users/{id}"]
+async fn alias_update_user(
+    state: State<AppState>,
+    principal: Principal,
+    id: AppPath<Uuid>,
+    patch: AppJson<UserPatch>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    patch_user(state, principal, id, patch).await
+}
+
+/// An admin manages users below or at their own role, never above it.
+fn ensure_outranks(principal: &Principal, target: &User) -> Result<(), ApiError> {
+    if principal.id() != target.id && target.role > principal.role() {
+        return Err(ApiError::forbidden(
+            "you cannot manage a user of a higher role",
+        ));
+    }
+    Ok(())
+}
+
+/// 409 if `target` is the only active superadmin; the superadmin rows stay
+/// locked until the transaction ends, so two concurrent demotions cannot
+/// both pass.
+async fn ensure_not_last_superadmin(
+    tx: &mut sqlx::PgConnection,
+    target: &User,
+) -> Result<(), ApiError> {
+    if target.role != Role::Superadmin || !target.is_active {
+        return Ok(());
+    }
+    let superadmins = users::lock_active_superadmins(&mut *tx).await?;
+    if superadmins.len() <= 1 {
+        return Err(ApiError::conflict(
+            "last_superadmin",
+            "the last active superadmin cannot be demoted, deactivated or deleted",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    pub role: Role,
+}
+
+/// Sets a user's role (superadmin). Ends the user's sessions.
+#[utoipa::path(put, path = "/api/v1/users/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), request_body = RoleChange,
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "would demote the last superadmin", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn set_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(change): AppJson<RoleChange>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    principal.require(Role::Superadmin)?;
+    // Superadmin is the top role, so nobody here can raise their own.
+    if principal.id() == id && change.role > principal.role() {
+        return Err(ApiError::forbidden("nobody can raise their own role"));
+    }
+    let mut tx = state.db.begin().await?;
+    let target = users::find_by_id(&mut *tx, id).await?.ok_or_else(gone)?;
+    if change.role != Role::Superadmin {
+        ensure_not_last_superadmin(&mut tx, &target).await?;
+    }
+    let user = users::set_role(&mut *tx, id, change.role)
+        .await?
+        .ok_or_else(gone)?;
+    refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
+    tx.commit().await?;
+    user_cache::invalidate(&state.redis, id).await;
+    Ok(AppJson(user.into()))
+}
+
+/// Alias of `PUT /users/{id}/role`.
+#[utoipa::path(put, path = "/api/v1/users/update/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), request_body = RoleChange, responses((status = 200, body = UserResponse)))]
+#[deprecated = "use PUT /api/v1/users/{id}/role"]
+async fn alias_set_role(
+    state: State<AppState>,
+    principal: Principal,
+    id: AppPath<Uuid>,
+    change: AppJson<RoleChange>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    set_role(state, principal, id, change).await
+}
+
+/// Deletes a user (admin), never one of a higher role nor the last superadmin.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_user(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require(Role::Admin)?;
+    delete_account(&state.db, &state.redis, Some(&principal), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes `id` as `actor` would (`None`: the operator's command line).
+///
+/// # Errors
+/// Not found, outranked, or the last superadmin.
+pub async fn delete_account(
+    db: &PgPool,
+    redis: &RedisClient,
+    actor: Option<&Principal>,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let mut tx = db.begin().await?;
+    let target = users::find_by_id(&mut *tx, id).await?.ok_or_else(gone)?;
+    if let Some(actor) = actor {
+        ensure_outranks(actor, &target)?;
+    }
+    ensure_not_last_superadmin(&mut tx, &target).await?;
+    users::delete(&mut *tx, id).await?;
+    tx.commit().await?;
+    user_cache::invalidate(redis, id).await;
+    Ok(())
+}
+
+/// Alias of `DELETE /users/{id}`.
+#[utoipa::path(delete, path = "/api/v1/users/delete/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)), responses((status = 204, description = "deleted")))]
+#[deprecated = "use DELETE /api/v1/users/{id}"]
+async fn alias_delete_user(
+    state: State<AppState>,
+    principal: Principal,
+    id: AppPath<Uuid>,
+) -> Result<impl IntoResponse, ApiError> {
+    delete_user(state, principal, id).await
+}

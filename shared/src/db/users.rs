@@ -1,0 +1,406 @@
+//! The `users` table: accounts, their profile, role and sign-in state.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::{EmailAddress, Role, Username};
+
+/// The columns every query returns, as a literal for `concat!` (sqlx takes
+/// only literal SQL, so nothing dynamic can slip into a statement).
+macro_rules! user_columns {
+    () => {
+        "id, username, email, password_hash, first_name, last_name, phone_number, \
+     phone_verified, avatar_url, bio, timezone, language, role, is_active, two_fa_enabled, \
+     email_verified, last_login_at, token_version, created_at, updated_at"
+    };
+}
+
+/// A stored account. The password hash never leaves the process: it is
+/// skipped when the user is cached or serialised.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone_number: Option<String>,
+    pub phone_verified: bool,
+    pub avatar_url: Option<String>,
+    pub bio: Option<String>,
+    pub timezone: String,
+    pub language: String,
+    pub role: Role,
+    pub is_active: bool,
+    pub two_fa_enabled: bool,
+    pub email_verified: bool,
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Access tokens carry the version they were issued under; bumping it
+    /// ends every session of the user at once.
+    pub token_version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct UserRow {
+    id: Uuid,
+    username: String,
+    email: String,
+    password_hash: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    phone_number: Option<String>,
+    phone_verified: bool,
+    avatar_url: Option<String>,
+    bio: Option<String>,
+    timezone: String,
+    language: String,
+    role: String,
+    is_active: bool,
+    two_fa_enabled: bool,
+    email_verified: bool,
+    last_login_at: Option<DateTime<Utc>>,
+    token_version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        Self {
+            id: r.id,
+            username: r.username,
+            email: r.email,
+            password_hash: r.password_hash,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            phone_number: r.phone_number,
+            phone_verified: r.phone_verified,
+            avatar_url: r.avatar_url,
+            bio: r.bio,
+            timezone: r.timezone,
+            language: r.language,
+            // The column's CHECK constraint admits only the three roles.
+            role: Role::parse(&r.role).unwrap_or(Role::User),
+            is_active: r.is_active,
+            two_fa_enabled: r.two_fa_enabled,
+            email_verified: r.email_verified,
+            last_login_at: r.last_login_at,
+            token_version: r.token_version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// An account about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: Username,
+    pub email: EmailAddress,
+    pub password_hash: String,
+    pub role: Role,
+    pub email_verified: bool,
+    pub profile: ProfileChanges,
+}
+
+/// Profile fields to change: `None` leaves a field as it is; `Some(None)`
+/// clears a nullable one.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChanges {
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub phone_number: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub bio: Option<Option<String>>,
+    pub timezone: Option<String>,
+    pub language: Option<String>,
+    /// Only admins may set it; the handler decides.
+    pub is_active: Option<bool>,
+}
+
+/// Filters of the admin user list.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    /// Matches username, email, first or last name, without regard to case.
+    pub q: Option<String>,
+}
+
+/// Inserts `new`.
+///
+/// # Errors
+/// `users_username_key` or `users_email_key` when taken.
+pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser) -> Result<User, sqlx::Error> {
+    let p = &new.profile;
+    let flat = |f: &Option<Option<String>>| f.clone().flatten();
+    sqlx::query_as::<_, UserRow>(concat!(
+        "INSERT INTO users (id, username, email, password_hash, role, email_verified, first_name, \
+         last_name, phone_number, avatar_url, bio, timezone, language) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
+        user_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(new.username.as_str())
+    .bind(new.email.as_str())
+    .bind(&new.password_hash)
+    .bind(new.role.as_str())
+    .bind(new.email_verified)
+    .bind(flat(&p.first_name))
+    .bind(flat(&p.last_name))
+    .bind(flat(&p.phone_number))
+    .bind(flat(&p.avatar_url))
+    .bind(flat(&p.bio))
+    .bind(p.timezone.as_deref().unwrap_or("UTC"))
+    .bind(p.language.as_deref().unwrap_or("en"))
+    .fetch_one(db)
+    .await
+    .map(User::from)
+}
+
+/// # Errors
+/// The database fails.
+pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .map(|r| r.map(User::from))
+}
+
+/// By username (without regard to case) or email.
+///
+/// # Errors
+/// The database fails.
+pub async fn find_by_login(
+    db: impl PgExecutor<'_>,
+    username_or_email: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE lower(username) = lower($1) OR email = lower($1) LIMIT 1"
+    ))
+    .bind(username_or_email.trim())
+    .fetch_optional(db)
+    .await
+    .map(|r| r.map(User::from))
+}
+
+/// A page of users, newest first, and the total matching `filter`.
+///
+/// # Errors
+/// The database fails.
+pub async fn list(
+    db: impl PgExecutor<'_> + Copy,
+    filter: &UserFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<User>, i64), sqlx::Error> {
+    let where_clause = |qb: &mut QueryBuilder<Postgres>| {
+        qb.push(" WHERE true");
+        if let Some(role) = filter.role {
+            qb.push(" AND role = ").push_bind(role.as_str());
+        }
+        if let Some(active) = filter.is_active {
+            qb.push(" AND is_active = ").push_bind(active);
+        }
+        if let Some(q) = filter.q.as_deref().filter(|q| !q.is_empty()) {
+            let pattern = format!(
+                "%{}%",
+                q.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            qb.push(" AND (username ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR email ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR first_name ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR last_name ILIKE ")
+                .push_bind(pattern)
+                .push(")");
+        }
+    };
+    let mut count = QueryBuilder::new("SELECT count(*) FROM users");
+    where_clause(&mut count);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+    let mut page = QueryBuilder::new(concat!("SELECT ", user_columns!(), " FROM users"));
+    where_clause(&mut page);
+    page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let users = page.build_query_as::<UserRow>().fetch_all(db).await?;
+    Ok((users.into_iter().map(User::from).collect(), total))
+}
+
+/// Applies `changes`; deactivation also ends every session.
+///
+/// # Errors
+/// The database fails.
+pub async fn update_profile(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    changes: &ProfileChanges,
+) -> Result<Option<User>, sqlx::Error> {
+    let mut qb = QueryBuilder::<Postgres>::new("UPDATE users SET updated_at = now()");
+    let mut set_text = |column: &str, value: &Option<Option<String>>| {
+        if let Some(value) = value {
+            qb.push(format!(", {column} = ")).push_bind(value.clone());
+        }
+    };
+    set_text("first_name", &changes.first_name);
+    set_text("last_name", &changes.last_name);
+    set_text("phone_number", &changes.phone_number);
+    set_text("avatar_url", &changes.avatar_url);
+    set_text("bio", &changes.bio);
+    if let Some(tz) = &changes.timezone {
+        qb.push(", timezone = ").push_bind(tz.clone());
+    }
+    if let Some(language) = &changes.language {
+        qb.push(", language = ").push_bind(language.clone());
+    }
+    if let Some(active) = changes.is_active {
+        qb.push(", is_active = ").push_bind(active);
+        if !active {
+            qb.push(", token_version = token_version + 1");
+        }
+    }
+    qb.push(" WHERE id = ")
+        .push_bind(id)
+        .push(concat!(" RETURNING ", user_columns!()));
+    qb.build_query_as::<UserRow>()
+        .fetch_optional(db)
+        .await
+        .map(|r| r.map(User::from))
+}
+
+/// Sets the role and ends the user's sessions (their tokens carried the old one).
+///
+/// # Errors
+/// The database fails.
+pub async fn set_role(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    role: Role,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>(concat!(
+        "UPDATE users SET role = $2, token_version = token_version + 1 WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .bind(role.as_str())
+    .fetch_optional(db)
+    .await
+    .map(|r| r.map(User::from))
+}
+
+/// Sets a new password hash and ends every session.
+///
+/// # Errors
+/// The database fails.
+pub async fn set_password(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    hash: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET password_hash = $2, token_version = token_version + 1 WHERE id = $1 RETURNING ", user_columns!()))
+    .bind(id)
+    .bind(hash)
+    .fetch_optional(db)
+    .await
+    .map(|r| r.map(User::from))
+}
+
+/// # Errors
+/// The database fails.
+pub async fn set_email_verified(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>(concat!(
+        "UPDATE users SET email_verified = true WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .map(|r| r.map(User::from))
+}
+
+/// # Errors
+/// The database fails.
+pub async fn record_login(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET last_login_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await
+        .map(drop)
+}
+
+/// Whether a row was deleted.
+///
+/// # Errors
+/// The database fails.
+pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Locks every active superadmin row for the rest of the transaction and
+/// counts them, so two concurrent demotions cannot both see "another one is left".
+///
+/// # Errors
+/// The database fails.
+pub async fn lock_active_superadmins(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM users WHERE role = 'superadmin' AND is_active FOR UPDATE")
+        .fetch_all(db)
+        .await
+}
+
+/// Counts for `GET /admin/stats` and `keel-api admin stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserStats {
+    pub total: i64,
+    pub active: i64,
+    pub verified: i64,
+    pub by_role: std::collections::BTreeMap<String, i64>,
+}
+
+/// # Errors
+/// The database fails.
+pub async fn stats(db: impl PgExecutor<'_>) -> Result<UserStats, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT role, count(*), count(*) FILTER (WHERE is_active), count(*) FILTER (WHERE email_verified) \
+         FROM users GROUP BY role",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut stats = UserStats::default();
+    for role in Role::ALL {
+        stats.by_role.insert(role.as_str().to_owned(), 0);
+    }
+    for (role, total, active, verified) in rows {
+        stats.total += total;
+        stats.active += active;
+        stats.verified += verified;
+        stats.by_role.insert(role, total);
+    }
+    Ok(stats)
+}
