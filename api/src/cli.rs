@@ -11,7 +11,10 @@ use keel_shared::{
     db, process, shutdown,
 };
 
-use crate::startup::Application;
+use crate::{
+    admin::{self, AdminCommand, AdminError},
+    startup::Application,
+};
 
 /// Keel's HTTP and WebSocket API.
 #[derive(Debug, Parser)]
@@ -29,6 +32,11 @@ enum Command {
     Serve,
     /// Create the database if needed and apply pending migrations.
     Migrate,
+    /// Operator commands: users, roles, stats.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print a fresh SECRET_KEY.
     GenSecret {
         /// Write it into `.env` instead of printing it.
@@ -51,6 +59,9 @@ pub fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         config::exit_usage(&e.to_string());
     }
+    if let Command::Admin { command } = command {
+        return run_admin(command, config);
+    }
     let signing_key = match command {
         Command::Serve => Some(
             config
@@ -65,6 +76,24 @@ pub fn main() -> ExitCode {
             None => migrate(&config).await,
         }
     })
+}
+
+fn run_admin(command: AdminCommand, config: Config) -> ExitCode {
+    let mut usage = None;
+    let code = process::run_main("keel-api", &config.clone(), async {
+        match admin::run(command, &config).await {
+            Ok(()) => Ok(()),
+            Err(AdminError::Usage(message)) => {
+                usage = Some(message);
+                Ok(())
+            }
+            Err(AdminError::Failed(e)) => Err(e),
+        }
+    });
+    match usage {
+        Some(message) => config::exit_usage(&message),
+        None => code,
+    }
 }
 
 async fn serve(config: Config, signing_key: SigningKey) -> anyhow::Result<()> {

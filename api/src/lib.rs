@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (serve, migrate, gen-secret, admin).
+//! - [`admin`]: the `keel-api admin …` commands.
 //! - [`auth`]: passwords, tokens, API keys, the `Principal` extractor, rate limits.
 //! - [`startup`]: `Application` — build, port, run until stopped.
 //! - [`state`]: `AppState` and the draining flag.
@@ -16,6 +17,7 @@
 //! - [`openapi`]: the OpenAPI document's frame and security schemes.
 //! - [`pagination`]: `?page&size` in, `{items, total, page, size, pages}` out.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod error;

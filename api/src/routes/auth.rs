@@ -217,21 +217,25 @@ async fn sign_in(
     account: &str,
     password: &str,
 ) -> Result<Tokens, ApiError> {
-    let account_key = account.trim().to_lowercase();
     state
         .limiter
         .enforce(&format!("login:ip:{ip}"), LOGIN_PER_IP)
         .await?;
-    state
-        .limiter
-        .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
-        .await?;
-    state.limiter.ensure_not_locked(&account_key).await?;
     let user = if account.len() > 254 {
         None
     } else {
         users::find_by_login(&state.db, account).await?
     };
+    // Failures count against the account, whichever name (username or email)
+    // the guesses use; for an unknown name, against the name as typed.
+    let account_key = user
+        .as_ref()
+        .map_or_else(|| account.trim().to_lowercase(), |u| u.id.to_string());
+    state
+        .limiter
+        .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
+        .await?;
+    state.limiter.ensure_not_locked(&account_key).await?;
     let matches = state
         .hasher
         .verify(

@@ -473,18 +473,33 @@ async fn set_role(
     if principal.id() == id && change.role > principal.role() {
         return Err(ApiError::forbidden("nobody can raise their own role"));
     }
-    let mut tx = state.db.begin().await?;
+    change_role(&state.db, &state.redis, id, change.role)
+        .await
+        .map(|u| AppJson(u.into()))
+}
+
+/// Sets `id`'s role, ends their sessions, and keeps one active superadmin.
+///
+/// # Errors
+/// Not found, or the last superadmin would be demoted.
+pub async fn change_role(
+    db: &PgPool,
+    redis: &RedisClient,
+    id: Uuid,
+    role: Role,
+) -> Result<User, ApiError> {
+    let mut tx = db.begin().await?;
     let target = users::find_by_id(&mut *tx, id).await?.ok_or_else(gone)?;
-    if change.role != Role::Superadmin {
+    if role != Role::Superadmin {
         ensure_not_last_superadmin(&mut tx, &target).await?;
     }
-    let user = users::set_role(&mut *tx, id, change.role)
+    let user = users::set_role(&mut *tx, id, role)
         .await?
         .ok_or_else(gone)?;
     refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
     tx.commit().await?;
-    user_cache::invalidate(&state.redis, id).await;
-    Ok(AppJson(user.into()))
+    user_cache::invalidate(redis, id).await;
+    Ok(user)
 }
 
 /// Alias of `PUT /users/{id}/role`.

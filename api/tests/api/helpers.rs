@@ -10,9 +10,19 @@ use std::{
     time::Duration,
 };
 
-use keel_api::{error::Problem, startup::Application};
-use keel_shared::{Config, RedisClient, testing};
+use keel_api::{
+    auth::{password::PasswordHasher, tokens::TokenKeys},
+    error::Problem,
+    startup::Application,
+};
+use keel_shared::{
+    Config, RedisClient,
+    db::users::{self, NewUser, ProfileChanges, User},
+    domain::{EmailAddress, Password, Role, Username},
+    testing,
+};
 use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -20,6 +30,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 pub const API_BIN: &str = env!("CARGO_BIN_EXE_keel-api");
+
+/// The signing key of every test app, so tests can forge tokens with or without it.
+pub const TEST_SECRET: &str = "test-secret-key-of-at-least-32-bytes-long";
 
 #[derive(Debug)]
 pub struct TestApp {
@@ -59,7 +72,10 @@ pub async fn spawn_app_without_redis() -> TestApp {
     spawn_app_with(&["--redis-url", &url]).await
 }
 
-async fn start(config: Config, db: Option<testing::TestDatabase>) -> TestApp {
+async fn start(mut config: Config, db: Option<testing::TestDatabase>) -> TestApp {
+    config
+        .secret_key
+        .get_or_insert_with(|| TEST_SECRET.to_owned().into());
     let key = config.signing_key().expect("development always has a key");
     let app = Application::build(config.clone(), key)
         .await
@@ -124,6 +140,110 @@ impl TestApp {
             .json()
             .await
             .expect("OpenAPI JSON")
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.db.as_ref().expect("this app has a database").pool
+    }
+
+    /// The app's token keys, to mint access tokens as the app would.
+    pub fn token_keys(&self) -> TokenKeys {
+        TokenKeys::new(&self.config, &self.config.signing_key().unwrap())
+    }
+
+    /// A user with `role`, inserted directly (no rate limit, no email), with
+    /// a fresh access token.
+    pub async fn create_user(&self, role: Role) -> TestUser {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let username = format!("{}_{suffix}", role.as_str());
+        let password = format!("pw-{suffix}-long-enough");
+        let new = NewUser {
+            username: Username::parse(&username).unwrap(),
+            email: EmailAddress::parse(&format!("{username}@example.com")).unwrap(),
+            password_hash: PasswordHasher::new()
+                .hash(&Password::parse(&password).unwrap())
+                .await
+                .unwrap(),
+            role,
+            email_verified: true,
+            profile: ProfileChanges::default(),
+        };
+        let user = users::insert(self.pool(), &new).await.unwrap();
+        let token = self.token_keys().issue_access(&user);
+        TestUser {
+            user,
+            password,
+            token,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `method path` as `token`'s bearer, with an optional JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn register(&self, body: &Value) -> Response {
+        self.post_json("/api/v1/auth/register", body).await
+    }
+
+    pub async fn login(&self, username_or_email: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({"username_or_email": username_or_email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": refresh_token}),
+        )
+        .await
+    }
+
+    pub async fn me(&self, token: &str) -> Response {
+        self.get_as("/api/v1/users/me", token).await
+    }
+
+    /// A new API key of `user`, through the API; returns the key's JSON.
+    pub async fn create_api_key(&self, user: &TestUser, name: &str) -> Value {
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/api-keys",
+                &user.token,
+                Some(&json!({"name": name})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
     }
 
     /// A Redis client on this app's prefix, to look at what the app stored.
@@ -229,4 +349,22 @@ pub fn postgres_addr() -> SocketAddr {
     format!("{host}:{}", url.port().unwrap_or(5432))
         .parse()
         .unwrap()
+}
+
+/// A user the test created, with its password and an access token.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub user: User,
+    pub password: String,
+    pub token: String,
+}
+
+/// A registration body with fresh, valid values.
+pub fn registration() -> Value {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    json!({
+        "username": format!("user_{suffix}"),
+        "email": format!("user_{suffix}@example.com"),
+        "password": format!("a long passphrase {suffix}"),
+    })
 }

@@ -1,9 +1,15 @@
 //! Integration tests of `keel-api`, against real PostgreSQL and Redis.
+mod admin_cli;
+mod api_keys;
+mod auth;
 mod config;
 mod docs;
 mod errors;
 mod health;
 mod helpers;
 mod middleware;
+mod rate_limits;
+mod rbac;
 mod shutdown;
 mod tls;
+mod users;

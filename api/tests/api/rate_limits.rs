@@ -1,0 +1,169 @@
+//! Rate limits in Redis: headers, 429s, brute force, proxies, and Redis down.
+
+use keel_shared::domain::Role;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{assert_problem, registration, spawn_app_with, spawn_app_without_redis};
+
+#[tokio::test]
+async fn responses_carry_rate_limit_headers_and_429_comes_with_retry_after() {
+    let app = spawn_app_with(&["--rate-limit-per-minute", "3"]).await;
+    let alice = app.create_user(Role::User).await;
+    let first = app.me(&alice.token).await;
+    assert_eq!(first.headers()["ratelimit-limit"], "3");
+    assert_eq!(first.headers()["ratelimit-remaining"], "2");
+    assert!(first.headers().get("ratelimit-reset").is_some());
+    app.me(&alice.token).await;
+    app.me(&alice.token).await;
+    let limited = app.me(&alice.token).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // Per user: another user has a budget of their own.
+    let bob = app.create_user(Role::User).await;
+    assert_eq!(app.me(&bob.token).await.status(), StatusCode::OK);
+    // Probes are never limited.
+    assert_eq!(app.health().await.status(), StatusCode::OK);
+    assert!(
+        app.health()
+            .await
+            .headers()
+            .get("ratelimit-limit")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn ten_failed_logins_lock_the_account_for_the_window() {
+    let app = spawn_app_with(&[]).await;
+    let alice = app.create_user(Role::User).await;
+    for attempt in 1..=10 {
+        let response = app.login(&alice.user.username, "not the password").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}"
+        );
+    }
+    let locked = app.login(&alice.user.email, &alice.password).await;
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after > 800 && retry_after <= 900,
+        "until the 15-minute window passes: {retry_after}"
+    );
+    assert_problem(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another account is not locked.
+    let bob = app.create_user(Role::User).await;
+    assert_eq!(
+        app.login(&bob.user.username, &bob.password).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn registrations_per_ip_are_limited() {
+    let app = spawn_app_with(&[]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(app.register(&registration()).await.status());
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let register_from = |app: &crate::helpers::TestApp, ip: &str| {
+        app.client
+            .post(app.url("/api/v1/auth/register"))
+            .header("x-forwarded-for", ip)
+            .json(&registration())
+            .send()
+    };
+    // Untrusted: the header is ignored, so rotating it does not escape the limit.
+    let direct = spawn_app_with(&[]).await;
+    let mut limited = false;
+    for i in 0..12 {
+        limited |= register_from(&direct, &format!("198.51.100.{i}"))
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(
+        limited,
+        "a spoofed X-Forwarded-For must not buy fresh budgets"
+    );
+
+    // Behind a trusted proxy (loopback here), each client has its own budget.
+    let proxied = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    for i in 0..12 {
+        let status = register_from(&proxied, &format!("198.51.100.{i}"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED, "client {i}");
+    }
+}
+
+#[tokio::test]
+async fn with_rate_limits_off_nothing_is_counted() {
+    let app = spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--rate-limit-per-minute",
+        "1",
+    ])
+    .await;
+    let alice = app.create_user(Role::User).await;
+    for _ in 0..5 {
+        let response = app.me(&alice.token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("ratelimit-limit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_sign_in_fails_closed_and_the_rest_stays_open() {
+    let app = spawn_app_without_redis().await;
+    let alice = app.create_user(Role::User).await;
+    let login = app.login(&alice.user.username, &alice.password).await;
+    assert_problem(
+        login,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    let register = app.register(&registration()).await;
+    assert_problem(
+        register,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    let refresh = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": "x"}))
+        .await;
+    assert_eq!(refresh.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Authenticated reads fall back to Postgres for the user and skip the limiter.
+    let me = app.me(&alice.token).await;
+    assert_eq!(me.status(), StatusCode::OK);
+}
