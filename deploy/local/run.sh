@@ -18,6 +18,15 @@ mkdir -p "$KEEL_DATA/outbox"
 export PORT=${PORT:-8000}
 "$bin/keel-api" migrate
 
+# A first superadmin, once: its password is printed below and nowhere else.
+superadmin_note="superadmin: $bin/keel-api admin create-superuser  (one exists already)"
+if "$bin/keel-api" admin stats --json | grep -q '"superadmin":0'; then
+  password=$("$bin/keel-api" gen-secret | cut -c1-20)
+  printf '%s\n' "$password" | "$bin/keel-api" admin create-superuser \
+    --username admin --email admin@example.com --password-stdin >/dev/null
+  superadmin_note="superadmin: admin / $password  (shown once; change it)"
+fi
+
 # Prefixes each line of a process's output with its coloured name.
 prefix() {
   local name=$1 colour=$2
@@ -64,6 +73,7 @@ cat >&2 <<MSG
     docs       $base/docs  (Redoc: $base/redoc, OpenAPI: $base/openapi.json)
     metrics    $base/metrics · worker :${WORKER_METRICS_PORT:-9101}/metrics · scheduler :${SCHEDULER_METRICS_PORT:-9102}/metrics
     email      ${SMTP_HOST:+SMTP $SMTP_HOST}${SMTP_HOST:-file outbox $KEEL_DATA/outbox/ (SMTP_HOST unset)}
+    $superadmin_note
   Ctrl-C stops all three.
 
 MSG

@@ -97,3 +97,48 @@ async fn docs_aliases_lead_to_the_docs() {
     assert_eq!(app.get("/api/docs").await.status(), StatusCode::OK);
     assert_eq!(app.get("/api/redoc").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn openapi_documents_every_account_route_with_security_and_deprecated_aliases() {
+    let app = spawn_app().await;
+    let doc = app.openapi().await;
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+    let operations = [
+        ("post", "/api/v1/auth/register", false, false),
+        ("post", "/api/v1/auth/login", false, false),
+        ("post", "/api/v1/auth/token", false, false),
+        ("post", "/api/v1/auth/refresh", false, false),
+        ("post", "/api/v1/auth/token/refresh", false, true),
+        ("post", "/api/v1/auth/token/verify", false, false),
+        ("post", "/api/v1/auth/logout", false, false),
+        ("get", "/api/v1/auth/me", true, false),
+        ("post", "/api/v1/auth/change-password", true, false),
+        ("get", "/api/v1/users/me", true, false),
+        ("patch", "/api/v1/users/me", true, false),
+        ("get", "/api/v1/users", true, false),
+        ("get", "/api/v1/users/{id}", true, false),
+        ("patch", "/api/v1/users/{id}", true, false),
+        ("delete", "/api/v1/users/{id}", true, false),
+        ("put", "/api/v1/users/{id}/role", true, false),
+        ("get", "/api/v1/users/role/{role}", true, false),
+        ("get", "/api/v1/users/get/{id}", true, true),
+        ("put", "/api/v1/users/update/{id}", true, true),
+        ("put", "/api/v1/users/update/{id}/role", true, true),
+        ("delete", "/api/v1/users/delete/{id}", true, true),
+        ("get", "/api/v1/api-keys", true, false),
+        ("post", "/api/v1/api-keys", true, false),
+        ("post", "/api/v1/api-keys/{id}/regenerate", true, false),
+        ("delete", "/api/v1/api-keys/{id}", true, false),
+    ];
+    for (method, path, secured, deprecated) in operations {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        assert_eq!(operation["security"].is_array(), secured, "{method} {path} security");
+        assert_eq!(operation["deprecated"].as_bool().unwrap_or(false), deprecated, "{method} {path} deprecated");
+        assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} responses");
+    }
+    let token = &doc["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"];
+    assert!(token["application/x-www-form-urlencoded"].is_object() && token["application/json"].is_object());
+}
