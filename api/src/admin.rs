@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    auth::{password::PasswordHasher, user_cache},
+    auth::{password::PasswordHasher, user_cache::UserCache},
     error::ApiError,
     routes::{
         auth::taken,
@@ -101,7 +101,7 @@ impl From<sqlx::Error> for AdminError {
 /// See [`AdminError`].
 pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminError> {
     let db = db::connect(config).await?;
-    let redis = RedisClient::lazy(config)?;
+    let users_cache = UserCache::new(RedisClient::lazy(config)?);
     match command {
         AdminCommand::CreateSuperuser {
             username,
@@ -118,20 +118,20 @@ pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminErro
                     user.username, user.email
                 ))?;
             }
-            delete_account(&db, &redis, None, user.id).await?;
+            delete_account(&db, &users_cache, None, user.id).await?;
             println!("deleted {}", user.username);
             Ok(())
         }
         AdminCommand::VerifyUser { user } => {
             let user = find(&db, &user).await?;
             users::set_email_verified(&db, user.id).await?;
-            user_cache::invalidate(&redis, user.id).await;
+            users_cache.invalidate(user.id).await;
             println!("verified {} <{}>", user.username, user.email);
             Ok(())
         }
         AdminCommand::SetRole { user, role } => {
             let user = find(&db, &user).await?;
-            change_role(&db, &redis, user.id, role).await?;
+            change_role(&db, &users_cache, user.id, role).await?;
             println!("{} is now {role}", user.username);
             Ok(())
         }

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer as _, util::MapRequestLayer};
 
 use crate::{
-    auth::{password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys},
+    auth::{
+        password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys, user_cache::UserCache,
+    },
     listener::{self, PeerAddr, TlsListener},
     middleware::trailing_slash,
     routes,
@@ -70,6 +72,7 @@ impl Application {
                 config.rate_limit_enabled,
                 config.rate_limit_per_minute,
             ),
+            users: UserCache::new(redis.clone()),
             db,
             redis,
             config: Arc::new(config),
@@ -119,6 +122,7 @@ impl Application {
         let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
         let grace = state.config.shutdown_grace();
         let lifecycle = state.lifecycle.clone();
+        state.users.listen(shutdown.clone());
         let router = routes::router(state);
         // Outside the router, so `/tasks/` is routed as `/tasks`.
         let app = MapRequestLayer::new(trailing_slash::trim).layer(router);

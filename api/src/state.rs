@@ -10,7 +10,9 @@ use axum::extract::FromRef;
 use keel_shared::{Config, RedisClient};
 use sqlx::PgPool;
 
-use crate::auth::{password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys};
+use crate::auth::{
+    password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys, user_cache::UserCache,
+};
 
 #[derive(Clone, Debug, FromRef)]
 pub struct AppState {
@@ -20,6 +22,7 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub hasher: PasswordHasher,
     pub limiter: RateLimiter,
+    pub users: UserCache,
     pub lifecycle: Lifecycle,
 }
 

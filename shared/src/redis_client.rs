@@ -13,6 +13,7 @@ use crate::config::Config;
 /// A shared Redis connection and this deployment's key prefix. Cloning is cheap.
 #[derive(Clone)]
 pub struct RedisClient {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: Arc<str>,
 }
@@ -40,9 +41,10 @@ impl RedisClient {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .context("creating the Redis connection manager")?;
         Ok(Self {
+            client,
             conn,
             prefix: config.redis_prefix.as_str().into(),
         })
@@ -64,6 +66,14 @@ impl RedisClient {
     /// The shared connection; clones multiplex over one socket.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A dedicated pub/sub connection (subscriptions cannot share the multiplexed one).
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        self.client.get_async_pubsub().await
     }
 
     /// The deployment's prefix, e.g. `keel`.

@@ -2,31 +2,44 @@
 //! p = 1). Each hash takes tens of milliseconds of CPU, so it runs on the
 //! blocking pool behind a semaphore sized to the cores: logins queue for a
 //! core instead of starving the async runtime.
+//!
+//! Each hash needs 19 MiB of working memory. Allocating it per hash costs
+//! page faults on every call and, spread over the blocking pool's threads
+//! and the allocator's arenas, hundreds of MiB of resident memory under a
+//! login burst; so the buffers are kept — at most one per permit — and reused.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use argon2::{
+    ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version,
+    password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
+};
 use keel_shared::domain::Password;
 use tokio::sync::Semaphore;
+
+/// Bytes of salt and of hash output in every new hash.
+const SALT_LEN: usize = 16;
+const OUTPUT_LEN: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    /// Working memory of finished hashes, for the next ones.
+    buffers: Arc<Mutex<Vec<Vec<Block>>>>,
     /// Verified against when a login names no account, so an unknown user
     /// costs as much time as a wrong password.
     dummy_hash: Arc<str>,
 }
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(
+fn owasp_params() -> Params {
+    Params::new(
         Params::DEFAULT_M_COST,
         Params::DEFAULT_T_COST,
         Params::DEFAULT_P_COST,
-        None,
+        Some(OUTPUT_LEN),
     )
-    .expect("OWASP parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    .expect("OWASP parameters are valid")
 }
 
 impl PasswordHasher {
@@ -34,12 +47,13 @@ impl PasswordHasher {
     /// If argon2 cannot hash at all (never with valid parameters).
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let dummy = argon2()
-            .hash_password(b"keel dummy password for unknown users")
-            .expect("argon2 hashes");
+        let buffers = Arc::new(Mutex::new(Vec::with_capacity(cores)));
+        let dummy =
+            hash_with(&buffers, b"keel dummy password for unknown users").expect("argon2 hashes");
         Self {
             permits: Arc::new(Semaphore::new(cores)),
-            dummy_hash: dummy.to_string().into(),
+            buffers,
+            dummy_hash: dummy.into(),
         }
     }
 
@@ -49,13 +63,9 @@ impl PasswordHasher {
     /// The blocking pool is gone (shutting down).
     pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
         let secret = password.expose().to_owned();
-        self.run(move || {
-            argon2()
-                .hash_password(secret.as_bytes())
-                .map(|h| h.to_string())
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+        let buffers = Arc::clone(&self.buffers);
+        self.run(move || hash_with(&buffers, secret.as_bytes()))
+            .await?
     }
 
     /// Whether `password` matches `hash`; with no hash (no such user) it
@@ -67,8 +77,9 @@ impl PasswordHasher {
         let known = hash.is_some();
         let hash = hash.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
         let secret = password.to_owned();
+        let buffers = Arc::clone(&self.buffers);
         let matches = self
-            .run(move || argon2().verify_password(secret.as_bytes(), &*hash).is_ok())
+            .run(move || verify_with(&buffers, secret.as_bytes(), &hash))
             .await?;
         Ok(known && matches)
     }
@@ -94,8 +105,89 @@ impl Default for PasswordHasher {
     }
 }
 
+/// Runs argon2id into `out`, on a reused buffer of `params.block_count()` blocks.
+fn compute(
+    buffers: &Mutex<Vec<Vec<Block>>>,
+    params: Params,
+    version: Version,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let blocks_needed = params.block_count();
+    let reused = buffers
+        .lock()
+        .ok()
+        .and_then(|mut pool| pool.pop())
+        .filter(|b| b.len() == blocks_needed);
+    let mut blocks = reused.unwrap_or_else(|| vec![Block::default(); blocks_needed]);
+    let result = Argon2::new(Algorithm::Argon2id, version, params).hash_password_into_with_memory(
+        password,
+        salt,
+        out,
+        &mut blocks[..],
+    );
+    if let Ok(mut pool) = buffers.lock() {
+        pool.push(blocks);
+    }
+    result
+}
+
+fn hash_with(buffers: &Mutex<Vec<Vec<Block>>>, password: &[u8]) -> anyhow::Result<String> {
+    let params = owasp_params();
+    let salt: [u8; SALT_LEN] = rand::random();
+    let mut out = [0u8; OUTPUT_LEN];
+    compute(
+        buffers,
+        params.clone(),
+        Version::V0x13,
+        password,
+        &salt,
+        &mut out,
+    )
+    .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let phc = PasswordHash {
+        algorithm: ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params)
+            .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?,
+        salt: Some(Salt::new(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?),
+        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("output: {e}"))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Recomputes with the parameters stored in `phc` (so hashes made under
+/// older parameters still verify) and compares in constant time.
+fn verify_with(buffers: &Mutex<Vec<Vec<Block>>>, password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    if parsed.algorithm != ARGON2ID_IDENT {
+        return false;
+    }
+    let (Ok(params), Some(salt), Some(expected)) = (
+        Params::try_from(&parsed),
+        parsed.salt.as_ref(),
+        parsed.hash.as_ref(),
+    ) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or(Version::V0x13);
+    let mut out = vec![0u8; expected.len()];
+    if compute(buffers, params, version, password, salt.as_ref(), &mut out).is_err() {
+        return false;
+    }
+    Output::new(&out).is_ok_and(|actual| actual == *expected)
+}
+
 #[cfg(test)]
 mod tests {
+    use argon2::{PasswordHasher as _, PasswordVerifier as _};
+
     use super::*;
 
     #[tokio::test]
@@ -126,8 +218,56 @@ mod tests {
                 .unwrap(),
             "no user, no match"
         );
+        assert!(
+            !hasher
+                .verify("correct horse battery staple", Some("not a hash"))
+                .await
+                .unwrap()
+        );
         let again = hasher.hash(&password).await.unwrap();
         assert_ne!(hash, again, "a fresh salt each time");
+    }
+
+    #[tokio::test]
+    async fn hashes_agree_with_the_argon2_crates_own_api() {
+        let hasher = PasswordHasher::new();
+        let ours = hasher
+            .hash(&Password::parse("interoperable passphrase").unwrap())
+            .await
+            .unwrap();
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, owasp_params());
+        assert!(
+            argon2
+                .verify_password(b"interoperable passphrase", ours.as_str())
+                .is_ok(),
+            "theirs verifies ours"
+        );
+        let theirs = argon2
+            .hash_password(b"interoperable passphrase")
+            .unwrap()
+            .to_string();
+        assert!(
+            hasher
+                .verify("interoperable passphrase", Some(&theirs))
+                .await
+                .unwrap(),
+            "ours verifies theirs"
+        );
+        let weaker = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"older parameters")
+        .unwrap()
+        .to_string();
+        assert!(
+            hasher
+                .verify("older parameters", Some(&weaker))
+                .await
+                .unwrap(),
+            "stored parameters are honoured"
+        );
     }
 
     #[tokio::test]

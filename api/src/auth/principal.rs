@@ -11,10 +11,7 @@ use keel_shared::{
 };
 use uuid::Uuid;
 
-use super::{
-    tokens::{TokenError, hash_secret},
-    user_cache,
-};
+use super::tokens::{TokenError, hash_secret};
 use crate::{error::ApiError, state::AppState};
 
 /// How the caller proved who they are.
@@ -147,7 +144,7 @@ async fn authenticate(state: &AppState, credential: Credential<'_>) -> Result<Pr
                     ApiError::unauthorized("invalid_token", "the access token is invalid")
                 }
             })?;
-            let user = user_cache::get(&state.db, &state.redis, claims.sub).await?;
+            let user = state.users.get(&state.db, claims.sub).await?;
             match user {
                 // A bumped version (password, role change, deactivation) ends the token.
                 Some(user) if user.is_active && user.token_version == claims.ver => Ok(Principal {
@@ -166,7 +163,7 @@ async fn authenticate(state: &AppState, credential: Credential<'_>) -> Result<Pr
             let api_key = api_keys::find_live_by_hash(&state.db, &hash_secret(key))
                 .await?
                 .ok_or_else(invalid)?;
-            let user = user_cache::get(&state.db, &state.redis, api_key.user_id).await?;
+            let user = state.users.get(&state.db, api_key.user_id).await?;
             let user = user.filter(|u| u.is_active).ok_or_else(invalid)?;
             api_keys::touch(&state.db, api_key.id).await?;
             Ok(Principal {

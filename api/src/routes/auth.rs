@@ -22,7 +22,6 @@ use crate::{
         client_ip::ClientIp,
         rate_limit::{LOGIN_PER_ACCOUNT, LOGIN_PER_IP, REFRESH_PER_IP, REGISTER_PER_IP},
         tokens::{self, TokenError},
-        user_cache,
     },
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, JsonOrForm},
@@ -252,7 +251,8 @@ async fn sign_in(
     };
     state.limiter.clear_failures(&account_key).await;
     users::record_login(&state.db, user.id).await?;
-    user_cache::invalidate(&state.redis, user.id).await;
+    // No cache invalidation: only last_login_at changed, and cached copies
+    // may show an older one for a while rather than cost a reload per login.
     tracing::info!(user_id = %user.id, "signed in");
     issue(state, &user, None).await
 }
@@ -417,7 +417,7 @@ async fn verify_token(
             TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
             TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
         })?;
-    let user = user_cache::get(&state.db, &state.redis, claims.sub).await?;
+    let user = state.users.get(&state.db, claims.sub).await?;
     if !user.is_some_and(|u| u.is_active && u.token_version == claims.ver) {
         return Err(ApiError::unauthorized(
             "invalid_token",
@@ -480,7 +480,7 @@ async fn change_password(
     users::set_password(&mut *tx, user.id, &hash).await?;
     refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;
     tx.commit().await?;
-    user_cache::invalidate(&state.redis, user.id).await;
+    state.users.invalidate(user.id).await;
     Ok(AppJson(Detail {
         detail: "password changed; sign in again".into(),
     }))

@@ -6,7 +6,6 @@
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
 use keel_shared::{
-    RedisClient,
     db::{
         refresh_tokens,
         users::{self, ProfileChanges, User, UserFilter},
@@ -22,7 +21,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Principal, user_cache},
+    auth::{Principal, user_cache::UserCache},
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
     pagination::{Page, PageQuery, PageRequest},
@@ -238,7 +237,7 @@ async fn patch_me(
     let user = users::update_profile(&state.db, principal.id(), &changes)
         .await?
         .ok_or_else(gone)?;
-    user_cache::invalidate(&state.redis, user.id).await;
+    state.users.invalidate(user.id).await;
     Ok(AppJson(user.into()))
 }
 
@@ -400,7 +399,7 @@ async fn patch_user(
         refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
     }
     tx.commit().await?;
-    user_cache::invalidate(&state.redis, id).await;
+    state.users.invalidate(id).await;
     Ok(AppJson(user.into()))
 }
 
@@ -473,7 +472,7 @@ async fn set_role(
     if principal.id() == id && change.role > principal.role() {
         return Err(ApiError::forbidden("nobody can raise their own role"));
     }
-    change_role(&state.db, &state.redis, id, change.role)
+    change_role(&state.db, &state.users, id, change.role)
         .await
         .map(|u| AppJson(u.into()))
 }
@@ -484,7 +483,7 @@ async fn set_role(
 /// Not found, or the last superadmin would be demoted.
 pub async fn change_role(
     db: &PgPool,
-    redis: &RedisClient,
+    users_cache: &UserCache,
     id: Uuid,
     role: Role,
 ) -> Result<User, ApiError> {
@@ -498,7 +497,7 @@ pub async fn change_role(
         .ok_or_else(gone)?;
     refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
     tx.commit().await?;
-    user_cache::invalidate(redis, id).await;
+    users_cache.invalidate(id).await;
     Ok(user)
 }
 
@@ -530,7 +529,7 @@ async fn delete_user(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Role::Admin)?;
-    delete_account(&state.db, &state.redis, Some(&principal), id).await?;
+    delete_account(&state.db, &state.users, Some(&principal), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -540,7 +539,7 @@ async fn delete_user(
 /// Not found, outranked, or the last superadmin.
 pub async fn delete_account(
     db: &PgPool,
-    redis: &RedisClient,
+    users_cache: &UserCache,
     actor: Option<&Principal>,
     id: Uuid,
 ) -> Result<(), ApiError> {
@@ -552,7 +551,7 @@ pub async fn delete_account(
     ensure_not_last_superadmin(&mut tx, &target).await?;
     users::delete(&mut *tx, id).await?;
     tx.commit().await?;
-    user_cache::invalidate(redis, id).await;
+    users_cache.invalidate(id).await;
     Ok(())
 }
 

@@ -122,7 +122,9 @@ async fn a_key_cannot_exceed_its_owner_mint_keys_or_change_the_password() {
         .execute(app.pool())
         .await
         .unwrap();
-    keel_api::auth::user_cache::invalidate(&app.redis(), admin.user.id).await;
+    keel_api::auth::user_cache::UserCache::new(app.redis())
+        .invalidate(admin.user.id)
+        .await;
     assert_eq!(
         with_key(&app, &admin_key, Method::GET, "/api/v1/users", None)
             .await

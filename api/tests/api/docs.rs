@@ -135,10 +135,26 @@ async fn openapi_documents_every_account_route_with_security_and_deprecated_alia
     for (method, path, secured, deprecated) in operations {
         let operation = &doc["paths"][path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
-        assert_eq!(operation["security"].is_array(), secured, "{method} {path} security");
-        assert_eq!(operation["deprecated"].as_bool().unwrap_or(false), deprecated, "{method} {path} deprecated");
-        assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} responses");
+        assert_eq!(
+            operation["security"].is_array(),
+            secured,
+            "{method} {path} security"
+        );
+        assert_eq!(
+            operation["deprecated"].as_bool().unwrap_or(false),
+            deprecated,
+            "{method} {path} deprecated"
+        );
+        assert!(
+            operation["responses"]
+                .as_object()
+                .is_some_and(|r| !r.is_empty()),
+            "{method} {path} responses"
+        );
     }
     let token = &doc["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"];
-    assert!(token["application/x-www-form-urlencoded"].is_object() && token["application/json"].is_object());
+    assert!(
+        token["application/x-www-form-urlencoded"].is_object()
+            && token["application/json"].is_object()
+    );
 }

@@ -142,6 +142,12 @@ impl TestApp {
             .expect("OpenAPI JSON")
     }
 
+    /// A second API process on the same database and Redis prefix, as a
+    /// load balancer would put beside this one.
+    pub async fn spawn_replica(&self) -> TestApp {
+        start(self.config.clone(), None).await
+    }
+
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.db.as_ref().expect("this app has a database").pool
     }

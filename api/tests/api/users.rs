@@ -437,3 +437,41 @@ async fn an_id_that_is_not_a_uuid_is_404() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_deactivation_on_one_replica_ends_the_token_on_every_replica() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let admin = app.create_user(Role::Admin).await;
+    let alice = app.create_user(Role::User).await;
+    // Both replicas have alice cached now (in process and in Redis).
+    for _ in 0..3 {
+        assert_eq!(app.me(&alice.token).await.status(), StatusCode::OK);
+        assert_eq!(replica.me(&alice.token).await.status(), StatusCode::OK);
+    }
+
+    let path = format!("/api/v1/users/{}", alice.user.id);
+    let response = replica
+        .send(
+            Method::PATCH,
+            &path,
+            &admin.token,
+            Some(&json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // The other replica hears of it through Redis within moments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let status = app.me(&alice.token).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status} on the other replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,54 @@
+//! `keel-bench`: load against a running Keel stack, printed next to what
+//! this machine allows, so each figure says how close to the ceiling Keel
+//! is. Figures are printed, never asserted. See `bench/README.md`.
+//!
+//! # Layout
+//!
+//! - [`load`]: the closed-loop load generator and its latency histogram.
+//! - [`auth`]: the `auth` workload — login throughput against the argon2
+//!   ceiling, and `GET /users/me` against a bare axum handler.
+
+pub mod auth;
+pub mod load;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel-bench",
+    version,
+    about = "Benchmarks against a running Keel stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Logins/s next to the single-core argon2 ceiling; `GET /users/me` next to a bare axum handler.
+    Auth(auth::Args),
+}
+
+/// Runs the chosen benchmark; 1 and a message on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Auth(args) => auth::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

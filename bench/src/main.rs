@@ -1,0 +1,4 @@
+//! `keel-bench`: see the library crate.
+fn main() -> std::process::ExitCode {
+    keel_bench::main()
+}
