@@ -76,6 +76,15 @@ fn serde_text(rejection: &JsonRejection) -> String {
     }
 }
 
+/// A 422 from a query or form rejection's text ("Failed to …: <serde message>").
+fn invalid_field(text: &str) -> ApiError {
+    let message = text.split_once(": ").map_or(text, |(_, m)| m).to_owned();
+    ApiError::validation(vec![FieldError {
+        field: field_of(&message),
+        message,
+    }])
+}
+
 /// The field a serde message names (`missing field `name``, or a path like
 /// `tasks[0].name: invalid type…`), or `body` when it names none.
 fn field_of(message: &str) -> String {
@@ -127,17 +136,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => {
-                let text = rejection.body_text();
-                let message = text
-                    .split_once(": ")
-                    .map_or(text.as_str(), |(_, m)| m)
-                    .to_owned();
-                Err(ApiError::validation(vec![FieldError {
-                    field: field_of(&message),
-                    message,
-                }]))
-            }
+            Err(rejection) => Err(invalid_field(&rejection.body_text())),
         }
     }
 }
@@ -194,17 +193,7 @@ where
                     "the request body is too large",
                 ))
             }
-            Err(rejection) => {
-                let text = rejection.body_text();
-                let message = text
-                    .split_once(": ")
-                    .map_or(text.as_str(), |(_, m)| m)
-                    .to_owned();
-                Err(ApiError::validation(vec![FieldError {
-                    field: field_of(&message),
-                    message,
-                }]))
-            }
+            Err(rejection) => Err(invalid_field(&rejection.body_text())),
         }
     }
 }

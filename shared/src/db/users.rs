@@ -19,7 +19,7 @@ macro_rules! user_columns {
 
 /// A stored account. The password hash never leaves the process: it is
 /// skipped when the user is cached or serialised.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, FromRow)]
 pub struct User {
     pub id: Uuid,
     pub username: String,
@@ -44,58 +44,6 @@ pub struct User {
     pub token_version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-#[derive(FromRow)]
-struct UserRow {
-    id: Uuid,
-    username: String,
-    email: String,
-    password_hash: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    phone_number: Option<String>,
-    phone_verified: bool,
-    avatar_url: Option<String>,
-    bio: Option<String>,
-    timezone: String,
-    language: String,
-    role: String,
-    is_active: bool,
-    two_fa_enabled: bool,
-    email_verified: bool,
-    last_login_at: Option<DateTime<Utc>>,
-    token_version: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        Self {
-            id: r.id,
-            username: r.username,
-            email: r.email,
-            password_hash: r.password_hash,
-            first_name: r.first_name,
-            last_name: r.last_name,
-            phone_number: r.phone_number,
-            phone_verified: r.phone_verified,
-            avatar_url: r.avatar_url,
-            bio: r.bio,
-            timezone: r.timezone,
-            language: r.language,
-            // The column's CHECK constraint admits only the three roles.
-            role: Role::parse(&r.role).unwrap_or(Role::User),
-            is_active: r.is_active,
-            two_fa_enabled: r.two_fa_enabled,
-            email_verified: r.email_verified,
-            last_login_at: r.last_login_at,
-            token_version: r.token_version,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
 }
 
 /// An account about to be inserted.
@@ -140,7 +88,7 @@ pub struct UserFilter {
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser) -> Result<User, sqlx::Error> {
     let p = &new.profile;
     let flat = |f: &Option<Option<String>>| f.clone().flatten();
-    sqlx::query_as::<_, UserRow>(concat!(
+    sqlx::query_as::<_, User>(concat!(
         "INSERT INTO users (id, username, email, password_hash, role, email_verified, first_name, \
          last_name, phone_number, avatar_url, bio, timezone, language) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
@@ -161,13 +109,12 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser) -> Result<User, sqlx
     .bind(p.language.as_deref().unwrap_or("en"))
     .fetch_one(db)
     .await
-    .map(User::from)
 }
 
 /// # Errors
 /// The database fails.
 pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, UserRow>(concat!(
+    sqlx::query_as::<_, User>(concat!(
         "SELECT ",
         user_columns!(),
         " FROM users WHERE id = $1"
@@ -175,7 +122,6 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User
     .bind(id)
     .fetch_optional(db)
     .await
-    .map(|r| r.map(User::from))
 }
 
 /// By username (without regard to case) or email.
@@ -186,7 +132,7 @@ pub async fn find_by_login(
     db: impl PgExecutor<'_>,
     username_or_email: &str,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, UserRow>(concat!(
+    sqlx::query_as::<_, User>(concat!(
         "SELECT ",
         user_columns!(),
         " FROM users WHERE lower(username) = lower($1) OR email = lower($1) LIMIT 1"
@@ -194,7 +140,6 @@ pub async fn find_by_login(
     .bind(username_or_email.trim())
     .fetch_optional(db)
     .await
-    .map(|r| r.map(User::from))
 }
 
 /// A page of users, newest first, and the total matching `filter`.
@@ -242,8 +187,8 @@ pub async fn list(
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);
-    let users = page.build_query_as::<UserRow>().fetch_all(db).await?;
-    Ok((users.into_iter().map(User::from).collect(), total))
+    let users = page.build_query_as::<User>().fetch_all(db).await?;
+    Ok((users.into_iter().collect(), total))
 }
 
 /// Applies `changes`; deactivation also ends every session.
@@ -281,10 +226,7 @@ pub async fn update_profile(
     qb.push(" WHERE id = ")
         .push_bind(id)
         .push(concat!(" RETURNING ", user_columns!()));
-    qb.build_query_as::<UserRow>()
-        .fetch_optional(db)
-        .await
-        .map(|r| r.map(User::from))
+    qb.build_query_as::<User>().fetch_optional(db).await
 }
 
 /// Sets the role and ends the user's sessions (their tokens carried the old one).
@@ -296,7 +238,7 @@ pub async fn set_role(
     id: Uuid,
     role: Role,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, UserRow>(concat!(
+    sqlx::query_as::<_, User>(concat!(
         "UPDATE users SET role = $2, token_version = token_version + 1 WHERE id = $1 RETURNING ",
         user_columns!()
     ))
@@ -304,7 +246,6 @@ pub async fn set_role(
     .bind(role.as_str())
     .fetch_optional(db)
     .await
-    .map(|r| r.map(User::from))
 }
 
 /// Sets a new password hash and ends every session.
@@ -316,12 +257,11 @@ pub async fn set_password(
     id: Uuid,
     hash: &str,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET password_hash = $2, token_version = token_version + 1 WHERE id = $1 RETURNING ", user_columns!()))
+    sqlx::query_as::<_, User>(concat!("UPDATE users SET password_hash = $2, token_version = token_version + 1 WHERE id = $1 RETURNING ", user_columns!()))
     .bind(id)
     .bind(hash)
     .fetch_optional(db)
     .await
-    .map(|r| r.map(User::from))
 }
 
 /// # Errors
@@ -330,14 +270,13 @@ pub async fn set_email_verified(
     db: impl PgExecutor<'_>,
     id: Uuid,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, UserRow>(concat!(
+    sqlx::query_as::<_, User>(concat!(
         "UPDATE users SET email_verified = true WHERE id = $1 RETURNING ",
         user_columns!()
     ))
     .bind(id)
     .fetch_optional(db)
     .await
-    .map(|r| r.map(User::from))
 }
 
 /// # Errors
