@@ -184,7 +184,8 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     /// No connection (pool timeout, refused, reset) is the database being
-    /// down, a 503; anything else is a bug.
+    /// down, a 503; text Postgres cannot store (a NUL byte) is the client's
+    /// 422; anything else is a bug.
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut
@@ -193,22 +194,29 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Tls(_) => {
                 Self::Unavailable(anyhow::Error::new(e).context("PostgreSQL is unreachable"))
             }
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                Self::Client {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: "validation_failed",
+                    detail: "text may not contain NUL or unencodable characters".into(),
+                    errors: vec![FieldError {
+                        field: "body".into(),
+                        message: "contains a character that cannot be stored".into(),
+                    }],
+                }
+            }
             e => Self::Internal(anyhow::Error::new(e)),
         }
     }
 }
 
 impl From<redis::RedisError> for ApiError {
+    /// Redis is infrastructure: any failure of it (unreachable, loading,
+    /// read-only after a failover) is a dependency being unavailable.
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-        {
-            Self::Unavailable(anyhow::Error::new(e).context("Redis is unreachable"))
-        } else {
-            Self::Internal(anyhow::Error::new(e))
-        }
+        Self::Unavailable(anyhow::Error::new(e).context("Redis failed"))
     }
 }
 

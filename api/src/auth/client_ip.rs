@@ -43,23 +43,32 @@ pub fn of(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     resolve(peer, headers, trusted)
 }
 
-/// Walks `X-Forwarded-For` from the right while the hop is trusted.
+/// Walks `X-Forwarded-For` from the right while the hop is trusted; a hop
+/// that does not parse ends the walk at the last address known good, since
+/// nothing left of it can be attributed.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
     }
-    let hops: Vec<IpAddr> = headers
+    let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
+        .map(str::trim)
         .collect();
-    hops.into_iter()
-        .rev()
-        .find(|hop| !is_trusted(hop))
-        .unwrap_or(peer)
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&client) {
+            return client;
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -91,5 +100,16 @@ mod tests {
             "the nearest untrusted hop, not the client-written leftmost"
         );
         assert_eq!(resolve(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(
+            resolve(proxy, &headers("1.2.3.4, 198.51.100.7:4711"), &trusted),
+            proxy,
+            "an unparseable hop stops the walk; the spoofable left part is never reached"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        assert_eq!(
+            resolve(mapped, &headers("198.51.100.7"), &trusted),
+            client,
+            "IPv4-mapped peers are canonical"
+        );
     }
 }

@@ -32,6 +32,11 @@ pub struct PasswordHasher {
     dummy_hash: Arc<str>,
 }
 
+/// Hashes at once: one per core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn owasp_params() -> Params {
     Params::new(
         Params::DEFAULT_M_COST,
@@ -46,7 +51,7 @@ impl PasswordHasher {
     /// # Panics
     /// If argon2 cannot hash at all (never with valid parameters).
     pub fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let cores = cores();
         let buffers = Arc::new(Mutex::new(Vec::with_capacity(cores)));
         let dummy =
             hash_with(&buffers, b"keel dummy password for unknown users").expect("argon2 hashes");
@@ -127,7 +132,10 @@ fn compute(
         out,
         &mut blocks[..],
     );
-    if let Ok(mut pool) = buffers.lock() {
+    // At most one buffer per permit is kept; more only exist while hashes run.
+    if let Ok(mut pool) = buffers.lock()
+        && pool.len() < cores()
+    {
         pool.push(blocks);
     }
     result

@@ -19,7 +19,7 @@ use axum::{
 use keel_shared::RedisClient;
 use redis::{AsyncCommands as _, Script};
 
-use super::{client_ip, tokens::hash_secret};
+use super::client_ip;
 use crate::{error::ApiError, state::AppState};
 
 /// `limit` requests per `period`, with bursts up to `limit`.
@@ -77,6 +77,19 @@ impl Decision {
     }
 }
 
+/// Counts an attempt unless the account is locked. Returns 0 when counted,
+/// else the seconds until the window ends.
+const RESERVE_ATTEMPT: &str = r"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then
+  return math.max(1, redis.call('TTL', KEYS[1]))
+end
+if redis.call('INCR', KEYS[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// GCRA over one key. Returns {allowed, remaining, retry_after_ms, reset_ms};
 /// time comes from the Redis server so replicas' clocks do not matter.
 const GCRA: &str = r"
@@ -100,6 +113,7 @@ return {1, remaining, 0, new_tat - now}
 pub struct RateLimiter {
     redis: RedisClient,
     script: Arc<Script>,
+    attempts: Arc<Script>,
     pub enabled: bool,
     /// The general quota.
     pub general: Quota,
@@ -110,6 +124,7 @@ impl RateLimiter {
         Self {
             redis,
             script: Arc::new(Script::new(GCRA)),
+            attempts: Arc::new(Script::new(RESERVE_ATTEMPT)),
             enabled,
             general: Quota::per_minute(per_minute),
         }
@@ -161,29 +176,32 @@ impl RateLimiter {
         }
     }
 
-    fn failures_key(&self, account: &str) -> String {
-        self.redis
-            .key(&format!("login-failures:{}", account.trim().to_lowercase()))
+    fn attempts_key(&self, account: &str) -> String {
+        self.redis.key(&format!("login-attempts:{account}"))
     }
 
-    /// Refuses (429) an account with too many recent failed logins.
+    /// Counts one password attempt against `account` before it is checked,
+    /// refusing (429) once `MAX_LOGIN_FAILURES` are counted in the window.
+    /// Counting first, atomically, means a burst of concurrent guesses
+    /// cannot all slip past the check; a success clears the count.
     ///
     /// # Errors
     /// Locked (429) or Redis down (503).
-    pub async fn ensure_not_locked(&self, account: &str) -> Result<(), ApiError> {
+    pub async fn reserve_attempt(&self, account: &str) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
         }
-        let key = self.failures_key(account);
-        let mut conn = self.redis.conn();
-        let failures: Option<u32> = conn.get(&key).await?;
-        if failures.unwrap_or(0) < MAX_LOGIN_FAILURES {
+        let wait: i64 = self
+            .attempts
+            .key(self.attempts_key(account))
+            .arg(MAX_LOGIN_FAILURES)
+            .arg(LOGIN_FAILURE_WINDOW.as_secs())
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        if wait <= 0 {
             return Ok(());
         }
-        let ttl: i64 = conn.ttl(&key).await?;
-        let wait = u64::try_from(ttl)
-            .unwrap_or(LOGIN_FAILURE_WINDOW.as_secs())
-            .max(1);
+        let wait = u64::try_from(wait).unwrap_or(1);
         Err(ApiError::RateLimited(Decision {
             allowed: false,
             limit: MAX_LOGIN_FAILURES,
@@ -193,34 +211,16 @@ impl RateLimiter {
         }))
     }
 
-    /// Counts a failed login for `account`; the window starts at the first failure.
-    ///
-    /// # Errors
-    /// Redis is unreachable.
-    pub async fn record_failure(&self, account: &str) -> Result<(), ApiError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let key = self.failures_key(account);
-        redis::pipe()
-            .incr(&key, 1)
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(LOGIN_FAILURE_WINDOW.as_secs())
-            .arg("NX")
-            .exec_async(&mut self.redis.conn())
-            .await?;
-        Ok(())
-    }
-
-    /// Forgets an account's failures after a successful login.
-    pub async fn clear_failures(&self, account: &str) {
-        let _: redis::RedisResult<()> = self.redis.conn().del(self.failures_key(account)).await;
+    /// Forgets an account's attempts after a correct password.
+    pub async fn clear_attempts(&self, account: &str) {
+        let _: redis::RedisResult<()> = self.redis.conn().del(self.attempts_key(account)).await;
     }
 }
 
 /// The general limit, keyed by the caller: a user (by a token that verifies
-/// — no database needed), an API key (by its hash), or the client IP.
+/// — no database needed), else the client IP. API keys count against the IP:
+/// telling a real key from a random one takes a database lookup, and a
+/// bucket per unverified key would let a client mint endless budgets.
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.limiter.enabled {
         return next.run(req).await;
@@ -229,7 +229,10 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     match state.limiter.check(&bucket, state.limiter.general).await {
         Ok(decision) if decision.allowed => {
             let mut response = next.run(req).await;
-            decision.apply(response.headers_mut());
+            // A sign-in endpoint's own (stricter) verdict stands.
+            if !response.headers().contains_key("ratelimit-limit") {
+                decision.apply(response.headers_mut());
+            }
             response
         }
         Ok(decision) => ApiError::RateLimited(decision).into_response(),
@@ -253,16 +256,6 @@ fn bucket_of(state: &AppState, req: &Request) -> String {
         && let Ok(claims) = state.tokens.verify_access(bearer.trim())
     {
         return format!("user:{}", claims.sub);
-    }
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        let hash = hash_secret(key.trim());
-        return format!(
-            "key:{}",
-            hash[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
     }
     format!(
         "ip:{}",

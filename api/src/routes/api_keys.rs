@@ -3,7 +3,10 @@
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use keel_shared::db::api_keys::{self, ApiKey};
+use keel_shared::db::{
+    api_keys::{self, ApiKey},
+    refresh_tokens,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -12,7 +15,8 @@ use uuid::Uuid;
 use crate::{
     auth::{Principal, tokens},
     error::{ApiError, FieldError, Problem},
-    extract::{AppJson, AppPath},
+    extract::{AppJson, AppPath, AppQuery},
+    pagination::{Page, PageQuery, PageRequest},
     state::AppState,
 };
 
@@ -64,14 +68,24 @@ impl ApiKeyWithSecret {
 
 /// The caller's keys, newest first (never their secrets).
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = [ApiKey]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    params(PageQuery),
+    responses((status = 200, body = Page<ApiKey>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 async fn list_keys(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<AppJson<Vec<ApiKey>>, ApiError> {
-    Ok(AppJson(
-        api_keys::list_for_user(&state.db, principal.id()).await?,
-    ))
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<AppJson<Page<ApiKey>>, ApiError> {
+    let page = PageRequest::parse(query)?;
+    // A user holds at most MAX_KEYS_PER_USER keys: paging them in memory is cheap.
+    let keys = api_keys::list_for_user(&state.db, principal.id()).await?;
+    let total = i64::try_from(keys.len()).unwrap_or(i64::MAX);
+    let offset = usize::try_from(page.offset()).unwrap_or(usize::MAX);
+    let items = keys
+        .into_iter()
+        .skip(offset)
+        .take(page.size as usize)
+        .collect();
+    Ok(AppJson(Page::new(items, total, page)))
 }
 
 /// Creates a key that acts as the caller.
@@ -105,7 +119,10 @@ async fn create_key(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    if api_keys::list_for_user(&state.db, principal.id())
+    // Counted under the user's row lock, so concurrent requests cannot all pass at the limit.
+    let mut tx = state.db.begin().await?;
+    refresh_tokens::lock_user(&mut *tx, principal.id()).await?;
+    if api_keys::list_for_user(&mut *tx, principal.id())
         .await?
         .len()
         >= MAX_KEYS_PER_USER
@@ -117,7 +134,7 @@ async fn create_key(
     }
     let (secret, prefix, hash) = tokens::new_api_key();
     let key = api_keys::insert(
-        &state.db,
+        &mut *tx,
         principal.id(),
         name,
         &prefix,
@@ -125,6 +142,7 @@ async fn create_key(
         request.expires_at,
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         AppJson(ApiKeyWithSecret::new(key, secret)),

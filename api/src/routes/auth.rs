@@ -53,24 +53,28 @@ pub struct Tokens {
     pub expires_in: i64,
 }
 
-/// Issues a pair: a new family for a sign-in, the same family for a refresh.
-async fn issue(state: &AppState, user: &User, family_id: Option<Uuid>) -> Result<Tokens, ApiError> {
-    let (refresh_token, hash) = tokens::new_refresh_token();
-    let family = family_id.unwrap_or_else(Uuid::now_v7);
-    refresh_tokens::insert(
-        &state.db,
-        user.id,
-        family,
-        &hash,
-        state.tokens.refresh_expiry(),
-    )
-    .await?;
-    Ok(Tokens {
+/// The pair a client receives: a fresh access token beside `refresh_token`.
+fn pair(state: &AppState, user: &User, refresh_token: String) -> Tokens {
+    Tokens {
         access_token: state.tokens.issue_access(user),
         refresh_token,
         token_type: "bearer".into(),
         expires_in: state.tokens.access_ttl_secs(),
-    })
+    }
+}
+
+/// A sign-in: the first pair of a new refresh family.
+async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
+    let (refresh_token, hash) = tokens::new_refresh_token();
+    refresh_tokens::insert(
+        &state.db,
+        user.id,
+        Uuid::now_v7(),
+        &hash,
+        state.tokens.refresh_expiry(),
+    )
+    .await?;
+    Ok(pair(state, user, refresh_token))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,16 +229,17 @@ async fn sign_in(
     } else {
         users::find_by_login(&state.db, account).await?
     };
-    // Failures count against the account, whichever name (username or email)
-    // the guesses use; for an unknown name, against the name as typed.
-    let account_key = user
-        .as_ref()
-        .map_or_else(|| account.trim().to_lowercase(), |u| u.id.to_string());
+    // Attempts count against the account, whichever name (username or email)
+    // the guesses use; for an unknown name, against a hash of the name typed.
+    let account_key = user.as_ref().map_or_else(
+        || hex(&tokens::hash_secret(&account.trim().to_lowercase())[..16]),
+        |u| u.id.to_string(),
+    );
     state
         .limiter
         .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
         .await?;
-    state.limiter.ensure_not_locked(&account_key).await?;
+    state.limiter.reserve_attempt(&account_key).await?;
     let matches = state
         .hasher
         .verify(
@@ -243,18 +248,21 @@ async fn sign_in(
         )
         .await?;
     let Some(user) = user.filter(|u| matches && u.is_active) else {
-        state.limiter.record_failure(&account_key).await?;
         return Err(ApiError::unauthorized(
             "invalid_credentials",
             "wrong username, email or password",
         ));
     };
-    state.limiter.clear_failures(&account_key).await;
+    state.limiter.clear_attempts(&account_key).await;
     users::record_login(&state.db, user.id).await?;
     // No cache invalidation: only last_login_at changed, and cached copies
     // may show an older one for a while rather than cost a reload per login.
     tracing::info!(user_id = %user.id, "signed in");
-    issue(state, &user, None).await
+    issue(state, &user).await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An OAuth2 token request, as form fields or JSON.
@@ -356,13 +364,20 @@ async fn rotate(state: &AppState, ip: std::net::IpAddr, token: &str) -> Result<T
             "the refresh token is invalid, expired or revoked",
         )
     };
-    match refresh_tokens::spend(&state.db, &tokens::hash_secret(token)).await? {
-        Rotation::Rotated { user_id, family_id } => {
+    let (next, next_hash) = tokens::new_refresh_token();
+    let rotation = refresh_tokens::rotate(
+        &state.db,
+        &tokens::hash_secret(token),
+        &next_hash,
+        state.tokens.refresh_expiry(),
+    )
+    .await?;
+    match rotation {
+        Rotation::Rotated { user_id, .. } => {
             let user = users::find_by_id(&state.db, user_id)
                 .await?
-                .filter(|u| u.is_active)
                 .ok_or_else(invalid)?;
-            issue(state, &user, Some(family_id)).await
+            Ok(pair(state, &user, next))
         }
         Rotation::Reused { user_id } => {
             tracing::warn!(%user_id, "a spent refresh token was presented; its family is revoked");
@@ -455,6 +470,9 @@ async fn change_password(
     AppJson(request): AppJson<ChangePasswordRequest>,
 ) -> Result<AppJson<Detail>, ApiError> {
     principal.require_session()?;
+    // A stolen access token must not buy unlimited guesses at the password.
+    let attempts_key = format!("change-password:{}", principal.id());
+    state.limiter.reserve_attempt(&attempts_key).await?;
     // The cached user has no hash: read it fresh.
     let user = users::find_by_id(&state.db, principal.id())
         .await?
@@ -475,6 +493,7 @@ async fn change_password(
             message: "is incorrect".into(),
         }]));
     }
+    state.limiter.clear_attempts(&attempts_key).await;
     let hash = state.hasher.hash(&new_password?).await?;
     let mut tx = state.db.begin().await?;
     users::set_password(&mut *tx, user.id, &hash).await?;

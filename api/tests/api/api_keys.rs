@@ -41,9 +41,9 @@ async fn a_key_is_shown_once_and_acts_as_its_owner() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed[0]["id"], created["id"]);
-    assert!(listed[0].get("key").is_none(), "never shown again");
-    assert!(listed[0]["last_used_at"].is_null());
+    assert_eq!(listed["items"][0]["id"], created["id"]);
+    assert!(listed["items"][0].get("key").is_none(), "never shown again");
+    assert!(listed["items"][0]["last_used_at"].is_null());
 
     let me: Value = with_key(&app, key, Method::GET, "/api/v1/users/me", None)
         .await
@@ -57,7 +57,10 @@ async fn a_key_is_shown_once_and_acts_as_its_owner() {
         .json()
         .await
         .unwrap();
-    assert!(listed[0]["last_used_at"].is_string(), "use is recorded");
+    assert!(
+        listed["items"][0]["last_used_at"].is_string(),
+        "use is recorded"
+    );
 
     let stored: Vec<u8> = sqlx::query_scalar("SELECT key_hash FROM api_keys")
         .fetch_one(app.pool())
@@ -228,7 +231,8 @@ async fn deleted_expired_and_foreign_keys() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed, json!([]));
+    assert_eq!(listed["items"], json!([]));
+    assert_eq!(listed["total"], 0);
 }
 
 #[tokio::test]

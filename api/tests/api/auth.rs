@@ -599,3 +599,29 @@ async fn a_malformed_authorization_header_is_401() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header}");
     }
 }
+
+#[tokio::test]
+async fn a_nul_byte_in_text_is_a_422_not_a_500() {
+    let app = spawn_app().await;
+    let login = app.login("alice\u{0}", "whatever password").await;
+    assert_ne!(login.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(login.status().is_client_error(), "{}", login.status());
+    let alice = app.create_user(Role::User).await;
+    let key = app
+        .send(
+            Method::POST,
+            "/api/v1/api-keys",
+            &alice.token,
+            Some(&json!({"name": "bad\u{0}name"})),
+        )
+        .await;
+    assert_problem(key, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let admin = app.create_user(Role::Admin).await;
+    let search = app.get_as("/api/v1/users?q=a%00b", &admin.token).await;
+    assert_problem(
+        search,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}

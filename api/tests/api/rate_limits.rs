@@ -167,3 +167,97 @@ async fn with_redis_down_sign_in_fails_closed_and_the_rest_stays_open() {
     let me = app.me(&alice.token).await;
     assert_eq!(me.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_burst_of_concurrent_guesses_gets_no_more_than_ten_tries() {
+    let app = spawn_app_with(&[]).await;
+    let alice = app.create_user(Role::User).await;
+    let guesses = (0..18).map(|i| {
+        let app = &app;
+        let name = alice.user.username.clone();
+        async move {
+            app.login(&name, &format!("guess number {i}"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(
+        checked, 10,
+        "exactly ten guesses reach the password check: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+}
+
+#[tokio::test]
+async fn a_login_429_carries_the_login_limit_not_the_general_one() {
+    let app = spawn_app_with(&[]).await;
+    let alice = app.create_user(Role::User).await;
+    for _ in 0..10 {
+        app.login(&alice.user.username, "not the password").await;
+    }
+    let locked = app.login(&alice.user.username, "not the password").await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(locked.headers()["ratelimit-limit"], "10");
+    assert_eq!(locked.headers()["ratelimit-remaining"], "0");
+}
+
+#[tokio::test]
+async fn change_password_guesses_lock_too() {
+    let app = spawn_app_with(&[]).await;
+    let alice = app.create_user(Role::User).await;
+    let body =
+        json!({"current_password": "a wrong guess", "new_password": "another long passphrase"});
+    for _ in 0..10 {
+        let response = app
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/auth/change-password",
+                &alice.token,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let right =
+        json!({"current_password": alice.password, "new_password": "another long passphrase"});
+    let locked = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/auth/change-password",
+            &alice.token,
+            Some(&right),
+        )
+        .await;
+    assert_problem(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn random_api_keys_spend_the_callers_ip_budget() {
+    let app = spawn_app_with(&["--rate-limit-per-minute", "5"]).await;
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let response = app
+            .client
+            .get(app.url("/api/v1/users/me"))
+            .header("x-api-key", format!("keel_made_up_{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(statuses[..5], [StatusCode::UNAUTHORIZED; 5], "{statuses:?}");
+    assert_eq!(
+        statuses[5..],
+        [StatusCode::TOO_MANY_REQUESTS; 2],
+        "a fresh key is no fresh budget: {statuses:?}"
+    );
+}

@@ -2,7 +2,7 @@
 //! stored as SHA-256 hashes and grouped in families (one per sign-in).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// What presenting a refresh token came to.
@@ -41,57 +41,99 @@ pub async fn insert(
     .map(drop)
 }
 
-/// Spends the token with `token_hash`. The spend is one conditional UPDATE,
-/// so of two concurrent presentations at most one rotates.
+/// Spends the token with `token_hash` and, if it was live and its user is
+/// active, stores `next_hash` in the same family — one transaction, under a
+/// shared lock on the user's row. Everything that revokes a user's tokens
+/// (logout, password or role change, deactivation) locks that row for update
+/// first, so no new token can slip in beside a revocation. Of two
+/// concurrent presentations of one token, at most one rotates; the other
+/// waits, sees it spent, and revokes the family, the new token included.
 ///
 /// # Errors
 /// The database fails.
-pub async fn spend(
-    db: impl PgExecutor<'_> + Copy,
+pub async fn rotate(
+    db: &PgPool,
     token_hash: &[u8],
+    next_hash: &[u8],
+    expires_at: DateTime<Utc>,
 ) -> Result<Rotation, sqlx::Error> {
-    let spent: Option<(Uuid, Uuid)> = sqlx::query_as(
+    let mut tx = db.begin().await?;
+    let Some(user_id) =
+        sqlx::query_scalar::<_, Uuid>("SELECT user_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(Rotation::Invalid);
+    };
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1 FOR SHARE")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let spent: Option<Uuid> = sqlx::query_scalar(
         "UPDATE refresh_tokens SET used_at = now() \
          WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now() \
-         RETURNING user_id, family_id",
+         RETURNING family_id",
     )
     .bind(token_hash)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    if let Some((user_id, family_id)) = spent {
-        return Ok(Rotation::Rotated { user_id, family_id });
-    }
-    let previous: Option<(Uuid, Uuid, bool)> = sqlx::query_as(
-        "SELECT user_id, family_id, used_at IS NOT NULL FROM refresh_tokens WHERE token_hash = $1",
-    )
-    .bind(token_hash)
-    .fetch_optional(db)
-    .await?;
-    match previous {
-        Some((user_id, family_id, true)) => {
-            revoke_family(db, family_id).await?;
-            Ok(Rotation::Reused { user_id })
+    let outcome = match (spent, active) {
+        (Some(family_id), Some(true)) => {
+            insert(&mut *tx, user_id, family_id, next_hash, expires_at).await?;
+            Rotation::Rotated { user_id, family_id }
         }
-        _ => Ok(Rotation::Invalid),
-    }
+        (Some(_), _) => Rotation::Invalid,
+        (None, _) => {
+            let reused: Option<Uuid> = sqlx::query_scalar(
+                "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL",
+            )
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match reused {
+                Some(family_id) => {
+                    revoke_family(&mut *tx, family_id).await?;
+                    Rotation::Reused { user_id }
+                }
+                None => Rotation::Invalid,
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
 }
 
-/// Revokes every token of the family `token_hash` belongs to; whether there was one.
+/// Revokes the family of the token with `token_hash` (logout), under the
+/// same user-row lock as [`rotate`].
 ///
 /// # Errors
 /// The database fails.
-pub async fn revoke_family_of(
-    db: impl PgExecutor<'_>,
-    token_hash: &[u8],
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = coalesce(revoked_at, now()) \
-         WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
-    )
-    .bind(token_hash)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() > 0)
+pub async fn revoke_family_of(db: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let found: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((user_id, family_id)) = found {
+        lock_user(&mut *tx, user_id).await?;
+        revoke_family(&mut *tx, family_id).await?;
+    }
+    tx.commit().await
+}
+
+/// Takes the user-row lock that orders revocations against [`rotate`].
+///
+/// # Errors
+/// The database fails.
+pub async fn lock_user(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(db)
+        .await
+        .map(drop)
 }
 
 /// # Errors
@@ -106,7 +148,9 @@ pub async fn revoke_family(db: impl PgExecutor<'_>, family_id: Uuid) -> Result<(
     .map(drop)
 }
 
-/// Revokes every refresh token of `user_id`: logout everywhere.
+/// Revokes every refresh token of `user_id`: logout everywhere. Callers
+/// hold the user's row lock (they have just updated the row in the same
+/// transaction), which orders this against [`rotate`].
 ///
 /// # Errors
 /// The database fails.
