@@ -133,6 +133,24 @@ pub fn command(binary: &str) -> std::process::Command {
     command
 }
 
+/// A background binary (worker, scheduler) on `database_url` and
+/// `redis_prefix`, serving `/health` and `/metrics` on loopback `metrics_port`.
+pub fn service_command(
+    binary: &str,
+    database_url: &str,
+    redis_prefix: &str,
+    metrics_port: u16,
+) -> std::process::Command {
+    let mut command = command(binary);
+    command
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", redis_prefix)
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_PORT", metrics_port.to_string());
+    command
+}
+
 /// A child process that is killed if the test ends before it does.
 #[derive(Debug)]
 pub struct ChildGuard(pub std::process::Child);

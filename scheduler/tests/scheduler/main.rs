@@ -10,13 +10,12 @@ const SCHEDULER_BIN: &str = env!("CARGO_BIN_EXE_keel-scheduler");
 async fn the_scheduler_serves_its_probes_and_stops_cleanly_on_sigint() {
     let db = TestDatabase::create().await.unwrap();
     let port = testing::free_port();
-    let mut command = testing::command(SCHEDULER_BIN);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", testing::redis_url())
-        .env("REDIS_PREFIX", testing::unique_redis_prefix())
-        .env("HOST", "127.0.0.1")
-        .env("METRICS_PORT", port.to_string());
+    let command = testing::service_command(
+        SCHEDULER_BIN,
+        &db.url,
+        &testing::unique_redis_prefix(),
+        port,
+    );
     let mut scheduler = ChildGuard::spawn(command);
     let base = format!("http://127.0.0.1:{port}");
 
@@ -84,14 +83,13 @@ fn a_bad_value_stops_the_scheduler_with_exit_2_naming_it() {
 async fn log_format_json_writes_one_json_object_per_line() {
     let db = TestDatabase::create().await.unwrap();
     let port = testing::free_port();
-    let mut command = testing::command(SCHEDULER_BIN);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", testing::redis_url())
-        .env("REDIS_PREFIX", testing::unique_redis_prefix())
-        .env("HOST", "127.0.0.1")
-        .env("METRICS_PORT", port.to_string())
-        .env("LOG_FORMAT", "json");
+    let mut command = testing::service_command(
+        SCHEDULER_BIN,
+        &db.url,
+        &testing::unique_redis_prefix(),
+        port,
+    );
+    command.env("LOG_FORMAT", "json");
     let mut scheduler = ChildGuard::spawn(command);
     testing::wait_for_status(
         &format!("http://127.0.0.1:{port}/live"),

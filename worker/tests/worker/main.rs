@@ -22,14 +22,8 @@ async fn start_worker(extra_env: &[(&str, &str)]) -> Started {
     let db = TestDatabase::create().await.unwrap();
     let prefix = testing::unique_redis_prefix();
     let port = testing::free_port();
-    let mut command = testing::command(WORKER_BIN);
-    command
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", testing::redis_url())
-        .env("REDIS_PREFIX", &prefix)
-        .env("HOST", "127.0.0.1")
-        .env("METRICS_PORT", port.to_string())
-        .envs(extra_env.iter().copied());
+    let mut command = testing::service_command(WORKER_BIN, &db.url, &prefix, port);
+    command.envs(extra_env.iter().copied());
     let worker = ChildGuard::spawn(command);
     let config = testing::config(&db.url, &prefix, &[]);
     Started {
@@ -102,14 +96,12 @@ async fn two_workers_get_distinct_names() {
     let first = start_worker(&[]).await;
     let redis = RedisClient::lazy(&first.config).unwrap();
     // A second process on the same prefix and database.
-    let mut command = testing::command(WORKER_BIN);
-    command
-        .env("DATABASE_URL", &first._db.url)
-        .env("REDIS_URL", testing::redis_url())
-        .env("REDIS_PREFIX", first.config.redis_prefix.as_str())
-        .env("HOST", "127.0.0.1")
-        .env("METRICS_PORT", testing::free_port().to_string());
-    let _second = ChildGuard::spawn(command);
+    let _second = ChildGuard::spawn(testing::service_command(
+        WORKER_BIN,
+        &first._db.url,
+        &first.config.redis_prefix,
+        testing::free_port(),
+    ));
 
     let cards = wait_for_cards(&redis, 2).await;
     assert_ne!(cards[0].id, cards[1].id);
