@@ -140,6 +140,24 @@ pub struct Config {
     #[arg(long = "name", env = "WORKER_NAME")]
     pub worker_name: Option<String>,
 
+    /// Seconds a worker's claim on a running task lasts; renewed every third of it while
+    /// the task runs, so a dead worker's tasks are taken over this long after it died.
+    #[arg(long, env = "TASK_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub task_lease_seconds: u64,
+
+    /// Timeout of a task that sets none (`timeout_seconds`).
+    #[arg(long, env = "TASK_DEFAULT_TIMEOUT_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub task_default_timeout_seconds: u32,
+
+    /// Unfinished (pending, running, retrying) tasks one user may have; 429 beyond. 0 = no cap.
+    #[arg(long, env = "MAX_UNFINISHED_TASKS_PER_USER", default_value_t = 10_000)]
+    pub max_unfinished_tasks_per_user: u32,
+
+    /// Hosts the `http_request` task kind may call (comma list; `host` or `host:port`).
+    /// Empty: the kind refuses every URL.
+    #[arg(long, env = "TASK_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub task_http_allowed_hosts: Vec<String>,
+
     /// Seconds a stopping process may take to finish or hand back what it holds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_seconds: u64,

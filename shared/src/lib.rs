@@ -8,7 +8,9 @@
 //! - [`db`]: the Postgres pool, embedded migrations, and each table's SQL.
 //! - [`domain`]: values parsed at the edge (username, email, password, role, …).
 //! - [`redis_client`]: the shared Redis connection and key prefix.
-//! - [`jobs`]: queue names (and, later, job payloads).
+//! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
+//! - [`kinds`]: the task kinds, their payload checks and handlers.
+//! - [`task_events`]: live task status changes on Redis pub/sub.
 //! - [`workers`]: the registry of live worker processes.
 //! - [`health`]: the health report every binary serves.
 //! - [`ops_server`]: `/health` and `/metrics` for the worker and scheduler.
@@ -21,11 +23,14 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod health;
+pub mod job_queue;
 pub mod jobs;
+pub mod kinds;
 pub mod ops_server;
 pub mod process;
 pub mod redis_client;
 pub mod shutdown;
+pub mod task_events;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

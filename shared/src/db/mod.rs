@@ -4,7 +4,9 @@
 //! (a pool or a transaction).
 
 pub mod api_keys;
+pub mod idempotency;
 pub mod refresh_tokens;
+pub mod tasks;
 pub mod users;
 
 use std::time::Duration;

@@ -1,0 +1,633 @@
+//! The `tasks` table and its history: creating tasks (one or a batch, under
+//! the owner's cap), reading and listing them, the user's cancel and retry,
+//! and the worker's lease — claim, progress, renewal, and the fenced final
+//! write. Every worker write says `AND lease_owner = $worker`, so a worker
+//! that lost its lease changes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Retrying,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        Self::Pending,
+        Self::Running,
+        Self::Retrying,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status called `s`, if there is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// No more attempts will run.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl sqlx::Type<Postgres> for TaskStatus {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for TaskStatus {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        Self::parse(s).ok_or_else(|| format!("unknown task status {s:?}").into())
+    }
+}
+
+/// A task row. Lease and bookkeeping columns are not serialised.
+#[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Task {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(example = "nightly report"))]
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(example = "sleep"))]
+    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+    pub status: TaskStatus,
+    /// 0 to 100.
+    pub progress: i16,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout_seconds: i32,
+    pub priority: i16,
+    pub scheduled_at: DateTime<Utc>,
+    /// When the next attempt may start (equals `scheduled_at` before the first).
+    pub next_attempt_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub schedule_id: Option<Uuid>,
+    /// The worker that ran the latest attempt.
+    pub worker_id: Option<String>,
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    #[serde(skip)]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub enqueued_at: Option<DateTime<Utc>>,
+}
+
+/// The columns every query returns, as a literal for `concat!`.
+macro_rules! task_columns {
+    () => {
+        "id, owner_id, name, kind, payload, status, progress, result, error, attempts, \
+         max_attempts, timeout_seconds, priority, scheduled_at, next_attempt_at, started_at, \
+         finished_at, created_at, updated_at, schedule_id, worker_id, lease_owner, \
+         lease_expires_at, enqueued_at"
+    };
+}
+
+/// The short form `GET /tasks/{id}/status` and live updates carry.
+#[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskState {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub owner_id: Uuid,
+    pub status: TaskStatus,
+    pub progress: i16,
+    pub attempts: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Task> for TaskState {
+    fn from(task: &Task) -> Self {
+        Self {
+            id: task.id,
+            owner_id: task.owner_id,
+            status: task.status,
+            progress: task.progress,
+            attempts: task.attempts,
+            updated_at: task.updated_at,
+        }
+    }
+}
+
+/// One status change, for the task's history.
+#[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskEvent {
+    pub from_status: Option<TaskStatus>,
+    pub to_status: TaskStatus,
+    /// A user id, a worker name, or `system`.
+    pub actor: Option<String>,
+    /// The attempt the change belongs to.
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+}
+
+/// A task to create, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub name: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+    pub timeout_seconds: i32,
+    pub priority: i16,
+    /// `None`: now, by the database clock.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub schedule_id: Option<Uuid>,
+}
+
+/// Inserts `tasks` for `owner` in one statement, unless that would take the
+/// owner past `cap` unfinished tasks (`None` when it would). The rows are
+/// marked enqueued: the caller pushes them next and clears the mark with
+/// [`mark_not_enqueued`] if the push fails. Returned in the order given.
+///
+/// The cap is checked in the same statement but not under a lock, so
+/// concurrent creates may overshoot it by their own number: it bounds a
+/// client's backlog, it is not an accounting limit.
+///
+/// # Errors
+/// The database fails.
+pub async fn insert_many(
+    db: impl PgExecutor<'_>,
+    owner: Uuid,
+    actor: &str,
+    tasks: &[NewTask],
+    cap: Option<u32>,
+) -> Result<Option<Vec<Task>>, sqlx::Error> {
+    let ids: Vec<Uuid> = tasks.iter().map(|_| Uuid::now_v7()).collect();
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let kinds: Vec<&str> = tasks.iter().map(|t| t.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = tasks.iter().map(|t| &t.payload).collect();
+    let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
+    let timeouts: Vec<i32> = tasks.iter().map(|t| t.timeout_seconds).collect();
+    let priorities: Vec<i16> = tasks.iter().map(|t| t.priority).collect();
+    let scheduled: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.scheduled_at).collect();
+    let schedules: Vec<Option<Uuid>> = tasks.iter().map(|t| t.schedule_id).collect();
+    let count = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
+    // `cap` 0 means no cap; the subquery stops counting at the cap, so the
+    // check costs at most `cap` index entries however large the backlog.
+    let cap = cap.filter(|c| *c > 0).map_or(i64::MAX, i64::from);
+    let mut rows: Vec<Task> = sqlx::query_as(concat!(
+        "WITH open AS (
+             SELECT count(*) AS n FROM (
+                 SELECT 1 FROM tasks
+                 WHERE owner_id = $1 AND status IN ('pending', 'running', 'retrying')
+                 LIMIT $12
+             ) unfinished
+         )
+         INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
+                            priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
+                            enqueued_at)
+         SELECT t.id, $1, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
+                t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
+                t.schedule_id, $11, now()
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::int[], $7::int[],
+                     $8::smallint[], $9::timestamptz[], $10::uuid[])
+              AS t(id, name, kind, payload, max_attempts, timeout_seconds, priority,
+                   scheduled_at, schedule_id),
+              open
+         WHERE $12 = 9223372036854775807 OR open.n + $13 <= $12
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(owner)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&max_attempts)
+    .bind(&timeouts)
+    .bind(&priorities)
+    .bind(&scheduled)
+    .bind(&schedules)
+    .bind(actor)
+    .bind(cap)
+    .bind(count)
+    .fetch_all(db)
+    .await?;
+    if rows.len() != tasks.len() {
+        return Ok(None);
+    }
+    // RETURNING keeps no promised order; put the rows back in the caller's.
+    let position: std::collections::HashMap<Uuid, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|t| position.get(&t.id).copied().unwrap_or(usize::MAX));
+    Ok(Some(rows))
+}
+
+/// Clears the enqueued mark of `ids` after a failed push, so the reconciler
+/// knows they were never handed to Redis.
+///
+/// # Errors
+/// The database fails.
+pub async fn mark_not_enqueued(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tasks SET enqueued_at = NULL WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// # Errors
+/// The database fails.
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// # Errors
+/// The database fails.
+pub async fn get_state(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<TaskState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, owner_id, status, progress, attempts, updated_at FROM tasks WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The status changes of `id`, oldest first.
+///
+/// # Errors
+/// The database fails.
+pub async fn history(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<TaskEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT from_status, to_status, actor, attempt, at FROM task_events \
+         WHERE task_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+}
+
+/// Which tasks a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// `None`: everybody's (admins).
+    pub owner: Option<Uuid>,
+    pub status: Option<TaskStatus>,
+    pub kind: Option<String>,
+}
+
+/// A page of tasks matching `filter`, newest first, and how many match.
+///
+/// # Errors
+/// The database fails.
+pub async fn list(
+    db: impl PgExecutor<'_> + Copy,
+    filter: &TaskFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Task>, i64), sqlx::Error> {
+    let where_clause = |qb: &mut QueryBuilder<Postgres>| {
+        qb.push(" WHERE true");
+        if let Some(owner) = filter.owner {
+            qb.push(" AND owner_id = ").push_bind(owner);
+        }
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(kind) = filter.kind.clone() {
+            qb.push(" AND kind = ").push_bind(kind);
+        }
+    };
+    let mut count = QueryBuilder::new("SELECT count(*) FROM tasks");
+    where_clause(&mut count);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+    let mut page = QueryBuilder::new(concat!("SELECT ", task_columns!(), " FROM tasks"));
+    where_clause(&mut page);
+    // Ids are UUID v7: their order is creation order.
+    page.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    let tasks = page.build_query_as::<Task>().fetch_all(db).await?;
+    Ok((tasks, total))
+}
+
+/// `pending`/`retrying` → `cancelled`. `None` when the task is in any other
+/// state (a worker claimed it first, or it is finished).
+///
+/// # Errors
+/// The database fails.
+pub async fn cancel(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    actor: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET status = 'cancelled', finished_at = now(), changed_by = $2 \
+         WHERE id = $1 AND status IN ('pending', 'retrying') RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(actor)
+    .fetch_optional(db)
+    .await
+}
+
+/// `failed`/`cancelled` → `pending`, with a fresh set of attempts, due now.
+/// The row is marked enqueued: the caller pushes it next.
+///
+/// # Errors
+/// The database fails.
+pub async fn retry(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    actor: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
+             error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
+             lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), changed_by = $2 \
+         WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(actor)
+    .fetch_optional(db)
+    .await
+}
+
+/// Claims those of `ids` that may run now: `pending`/`retrying` and due by
+/// the database clock, or `running` under an expired lease. Each claimed row
+/// is `running`, leased to `worker` for `lease`, with its attempt counted.
+/// Ids not returned were not claimable (see [`unclaimed_reasons`]).
+///
+/// # Errors
+/// The database fails.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET status = 'running', lease_owner = $2, \
+             lease_expires_at = now() + $3 * interval '1 millisecond', \
+             attempts = attempts + 1, started_at = now(), finished_at = NULL, progress = 0, \
+             worker_id = $2, changed_by = $2 \
+         WHERE id = ANY($1) \
+           AND ((status IN ('pending', 'retrying') AND next_attempt_at <= now()) \
+                OR (status = 'running' AND lease_expires_at < now())) \
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(ids)
+    .bind(worker)
+    .bind(millis(lease))
+    .fetch_all(db)
+    .await
+}
+
+/// Why a task was not claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclaimed {
+    /// Not due yet by the database clock: try again after this long.
+    NotYetDue(Duration),
+    /// Finished, cancelled, held by a live lease, or gone: the job is a duplicate.
+    Drop,
+}
+
+/// For ids [`claim`] did not return: which may be tried again, and when.
+///
+/// # Errors
+/// The database fails.
+pub async fn unclaimed_reasons(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Unclaimed)>, sqlx::Error> {
+    let waits: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
+        "SELECT id, CASE WHEN status IN ('pending', 'retrying') AND next_attempt_at > now() \
+                    THEN ceil(extract(epoch FROM next_attempt_at - now()) * 1000)::bigint END \
+         FROM tasks WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let wait = waits.iter().find(|(w, _)| w == id).and_then(|(_, ms)| *ms);
+            let reason = match wait {
+                Some(ms) => Unclaimed::NotYetDue(Duration::from_millis(
+                    u64::try_from(ms.max(1)).unwrap_or(1),
+                )),
+                None => Unclaimed::Drop,
+            };
+            (*id, reason)
+        })
+        .collect())
+}
+
+/// Renews the leases `worker` holds on `ids`; returns the ids still held
+/// (a task missing from the answer was taken over or cancelled meanwhile).
+///
+/// # Errors
+/// The database fails.
+pub async fn renew_leases(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE tasks SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+         WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running' RETURNING id",
+    )
+    .bind(ids)
+    .bind(worker)
+    .bind(millis(lease))
+    .fetch_all(db)
+    .await
+}
+
+/// Records progress (0–100) of a task `worker` holds.
+///
+/// # Errors
+/// The database fails.
+pub async fn set_progress(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    worker: &str,
+    progress: i16,
+) -> Result<Option<TaskState>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE tasks SET progress = $3 \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running' \
+         RETURNING id, owner_id, status, progress, attempts, updated_at",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(progress.clamp(0, 100))
+    .fetch_optional(db)
+    .await
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(serde_json::Value),
+    /// Failed; another attempt runs at `retry_at`.
+    Retry {
+        error: String,
+        retry_at: DateTime<Utc>,
+    },
+    /// Failed for good.
+    Failed(String),
+    /// Not the task's fault (the worker is stopping): the attempt is given
+    /// back uncounted and the task is due again at once.
+    HandBack,
+}
+
+/// Writes the outcomes of attempts `worker` holds, in one statement. Returns
+/// the new state of each row still leased to `worker`; a row it lost is left
+/// as it is and missing from the answer.
+///
+/// # Errors
+/// The database fails.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    worker: &str,
+    outcomes: &[(Uuid, Outcome)],
+) -> Result<Vec<TaskState>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(outcomes.len());
+    let mut statuses = Vec::with_capacity(outcomes.len());
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut errors = Vec::with_capacity(outcomes.len());
+    let mut retry_at = Vec::with_capacity(outcomes.len());
+    for (id, outcome) in outcomes {
+        ids.push(*id);
+        let (status, result, error, at) = match outcome {
+            Outcome::Completed(result) => ("completed", Some(result), None, None),
+            Outcome::Retry { error, retry_at } => {
+                ("retrying", None, Some(error.as_str()), Some(*retry_at))
+            }
+            Outcome::Failed(error) => ("failed", None, Some(error.as_str()), None),
+            Outcome::HandBack => ("handback", None, None, None),
+        };
+        statuses.push(status);
+        results.push(result);
+        errors.push(error);
+        retry_at.push(at);
+    }
+    sqlx::query_as(
+        "UPDATE tasks t SET
+             status = CASE o.status
+                 WHEN 'handback' THEN CASE WHEN t.attempts <= 1 THEN 'pending' ELSE 'retrying' END
+                 ELSE o.status END,
+             attempts = CASE WHEN o.status = 'handback' THEN greatest(t.attempts - 1, 0)
+                             ELSE t.attempts END,
+             result = CASE WHEN o.status = 'completed' THEN o.result ELSE t.result END,
+             error = CASE WHEN o.status = 'completed' THEN NULL
+                          WHEN o.status = 'handback' THEN t.error ELSE o.error END,
+             progress = CASE WHEN o.status = 'completed' THEN 100 ELSE t.progress END,
+             next_attempt_at = CASE WHEN o.status = 'retrying' THEN o.retry_at
+                                    WHEN o.status = 'handback' THEN now()
+                                    ELSE t.next_attempt_at END,
+             finished_at = CASE WHEN o.status IN ('completed', 'failed')
+                                THEN greatest(now(), t.started_at) END,
+             lease_owner = NULL,
+             lease_expires_at = NULL,
+             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback') THEN now()
+                                ELSE t.enqueued_at END,
+             changed_by = $1
+         FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[])
+              AS o(id, status, result, error, retry_at)
+         WHERE t.id = o.id AND t.lease_owner = $1 AND t.status = 'running'
+         RETURNING t.id, t.owner_id, t.status, t.progress, t.attempts, t.updated_at",
+    )
+    .bind(worker)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&results)
+    .bind(&errors)
+    .bind(&retry_at)
+    .fetch_all(db)
+    .await
+}
+
+/// Tasks by status, for stats and the queues view.
+///
+/// # Errors
+/// The database fails.
+pub async fn count_by_status(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<(TaskStatus, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status ORDER BY status")
+        .fetch_all(db)
+        .await
+}
+
+/// Unfinished tasks split by whether they are due: `(due, scheduled)`.
+///
+/// # Errors
+/// The database fails.
+pub async fn count_waiting(db: impl PgExecutor<'_>) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE next_attempt_at <= now()), \
+                count(*) FILTER (WHERE next_attempt_at > now()) \
+         FROM tasks WHERE status IN ('pending', 'retrying')",
+    )
+    .fetch_one(db)
+    .await
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,290 @@
+//! Task kinds: what a task can do. Each kind is one file here — its payload
+//! type, the JSON Schema clients see, its checks and its handler — and one
+//! line in [`KINDS`]. The API validates payloads against the same
+//! definitions the worker runs, which is why they live in `keel-shared`
+//! (the binaries never depend on each other).
+//!
+//! Adding a kind: copy `echo.rs`, implement [`Kind`], add `spec::<YourKind>()`
+//! to [`KINDS`]. Nothing else changes.
+
+mod echo;
+mod fail;
+mod http_request;
+mod noop;
+mod sleep;
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::Config;
+
+pub use http_request::HttpRequest;
+
+/// Every kind, by name.
+pub static KINDS: &[KindSpec] = &[
+    spec::<noop::Noop>(),
+    spec::<echo::Echo>(),
+    spec::<sleep::Sleep>(),
+    spec::<fail::Fail>(),
+    spec::<HttpRequest>(),
+];
+
+/// The kind called `name`.
+pub fn find(name: &str) -> Option<&'static KindSpec> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// What a kind is: its description for clients, and its payload checks and
+/// handler behind type-erased function pointers.
+pub trait Kind {
+    const NAME: &'static str;
+    const DESCRIPTION: &'static str;
+    /// A grouping for clients: `demo`, `integration`, `testing`, …
+    const CATEGORY: &'static str;
+    type Payload: DeserializeOwned + Serialize + Send + 'static;
+
+    /// JSON Schema (2020-12) of the payload, as `GET /tasks/kinds` shows it.
+    fn payload_schema() -> Value;
+
+    /// Checks beyond the payload's shape (ranges, allow-lists).
+    fn check(_payload: &Self::Payload, _settings: &KindSettings) -> Vec<PayloadError> {
+        Vec::new()
+    }
+
+    /// Runs one attempt. `Ok` is the task's result.
+    fn run(
+        payload: Self::Payload,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Value, TaskFailure>> + Send;
+}
+
+type RunFuture = Pin<Box<dyn Future<Output = Result<Value, TaskFailure>> + Send>>;
+
+/// A kind with its types erased, for the registry.
+#[derive(Clone, Copy)]
+pub struct KindSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub category: &'static str,
+    pub payload_schema: fn() -> Value,
+    check: fn(&Value, &KindSettings) -> Result<(), Vec<PayloadError>>,
+    run: fn(Value, TaskContext) -> RunFuture,
+}
+
+impl std::fmt::Debug for KindSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindSpec")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KindSpec {
+    /// Whether `payload` is acceptable for this kind; field errors otherwise,
+    /// each naming its path inside the payload (`url`, `headers.X`).
+    ///
+    /// # Errors
+    /// The payload does not fit the kind.
+    pub fn check(&self, payload: &Value, settings: &KindSettings) -> Result<(), Vec<PayloadError>> {
+        (self.check)(payload, settings)
+    }
+
+    /// Runs one attempt of a task of this kind.
+    pub fn run(&self, payload: Value, ctx: TaskContext) -> RunFuture {
+        (self.run)(payload, ctx)
+    }
+}
+
+/// The registry entry of `K`.
+pub const fn spec<K: Kind>() -> KindSpec {
+    KindSpec {
+        name: K::NAME,
+        description: K::DESCRIPTION,
+        category: K::CATEGORY,
+        payload_schema: K::payload_schema,
+        check: check_json::<K>,
+        run: run_json::<K>,
+    }
+}
+
+fn parse<K: Kind>(payload: &Value) -> Result<K::Payload, PayloadError> {
+    serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        PayloadError {
+            field: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn check_json<K: Kind>(payload: &Value, settings: &KindSettings) -> Result<(), Vec<PayloadError>> {
+    let parsed = parse::<K>(payload).map_err(|e| vec![e])?;
+    let errors = K::check(&parsed, settings);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn run_json<K: Kind>(payload: Value, ctx: TaskContext) -> RunFuture {
+    Box::pin(async move {
+        // Checked at creation, but the code may have changed since: a payload
+        // that no longer parses fails for good rather than retrying forever.
+        let parsed = parse::<K>(&payload).map_err(|e| {
+            TaskFailure::permanent(format!("invalid payload: {}: {}", e.field, e.message))
+        })?;
+        K::run(parsed, ctx).await
+    })
+}
+
+/// One problem with a payload: `field` is its path inside the payload
+/// (empty for the payload as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadError {
+    pub field: String,
+    pub message: String,
+}
+
+impl PayloadError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An attempt that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    pub message: String,
+    /// Whether another attempt may succeed (a timeout, a 503); a bad request
+    /// fails for good at once.
+    pub retryable: bool,
+}
+
+impl TaskFailure {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The deployment's settings kinds consult, from `Config`.
+#[derive(Debug, Clone, Default)]
+pub struct KindSettings {
+    /// `TASK_HTTP_ALLOWED_HOSTS`, lower-cased.
+    pub http_allowed_hosts: Vec<String>,
+}
+
+impl KindSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            http_allowed_hosts: config
+                .task_http_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// What a running attempt can reach: its identity, a progress reporter and
+/// the worker's shared HTTP client.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub task_id: Uuid,
+    pub attempt: i32,
+    pub settings: Arc<KindSettings>,
+    pub http: reqwest::Client,
+    progress: watch::Sender<i16>,
+}
+
+impl TaskContext {
+    /// A context whose progress reports land in the returned receiver.
+    pub fn new(
+        task_id: Uuid,
+        attempt: i32,
+        settings: Arc<KindSettings>,
+        http: reqwest::Client,
+    ) -> (Self, watch::Receiver<i16>) {
+        let (progress, rx) = watch::channel(0);
+        (
+            Self {
+                task_id,
+                attempt,
+                settings,
+                http,
+                progress,
+            },
+            rx,
+        )
+    }
+
+    /// Reports `percent` done (clamped to 0–100). Cheap: the worker writes
+    /// only the latest value, a few times a second at most.
+    pub fn progress(&self, percent: u8) {
+        self.progress.send_replace(i16::from(percent.min(100)));
+    }
+}
+
+/// The HTTP client the worker gives kinds: no redirects (a redirect could
+/// leave the allow-list), bounded connect time, rustls with ring.
+///
+/// # Errors
+/// The TLS set-up fails.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    // Another part of the process may have installed a provider already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!("keel-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_unique_and_schemas_are_objects() {
+        let mut names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len());
+        for kind in KINDS {
+            let schema = (kind.payload_schema)();
+            assert_eq!(schema["type"], "object", "{}", kind.name);
+        }
+    }
+
+    #[test]
+    fn a_bad_payload_names_the_field() {
+        let sleep = find("sleep").unwrap();
+        let settings = KindSettings::default();
+        let errors = sleep.check(&json!({"ms": "soon"}), &settings).unwrap_err();
+        assert_eq!(errors[0].field, "ms");
+        let errors = sleep
+            .check(&json!({"ms": 10, "extra": 1}), &settings)
+            .unwrap_err();
+        assert!(errors[0].message.contains("unknown field"), "{errors:?}");
+        assert!(sleep.check(&json!({"ms": 10}), &settings).is_ok());
+    }
+}
