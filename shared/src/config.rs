@@ -145,6 +145,15 @@ pub struct Config {
     #[arg(long, env = "TASK_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub task_lease_seconds: u64,
 
+    /// First retry delay of a failed task in milliseconds; doubled per attempt (with
+    /// jitter: each delay is 50–100 % of that), at most `TASK_RETRY_MAX_SECONDS`.
+    #[arg(long, env = "TASK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub task_retry_base_ms: u64,
+
+    /// Longest retry delay of a failed task, in seconds.
+    #[arg(long, env = "TASK_RETRY_MAX_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub task_retry_max_seconds: u64,
+
     /// Timeout of a task that sets none (`timeout_seconds`).
     #[arg(long, env = "TASK_DEFAULT_TIMEOUT_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86400))]
     pub task_default_timeout_seconds: u32,
@@ -157,6 +166,11 @@ pub struct Config {
     /// Empty: the kind refuses every URL.
     #[arg(long, env = "TASK_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub task_http_allowed_hosts: Vec<String>,
+
+    /// Offers the test-only task kinds (`abort`, which kills its worker) for fault tests.
+    /// Refused in production.
+    #[arg(long, env = "ENABLE_TEST_KINDS", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub enable_test_kinds: bool,
 
     /// Seconds a stopping process may take to finish or hand back what it holds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -300,6 +314,12 @@ impl Config {
                 return Err(ConfigError::new(
                     "ALLOWED_ORIGINS",
                     "`*` is refused in production; list the origins",
+                ));
+            }
+            if self.enable_test_kinds {
+                return Err(ConfigError::new(
+                    "ENABLE_TEST_KINDS",
+                    "test-only task kinds are refused in production",
                 ));
             }
             if !self.app_base_url.starts_with("https://") {

@@ -55,13 +55,15 @@ impl JobQueue {
     }
 
     /// The apalis configuration every producer and worker of `queue` shares:
-    /// the queue named explicitly, and apalis's own task locks and result
-    /// keeping off, because Postgres holds the leases and the results.
+    /// the queue named explicitly, and apalis's own task locks off, because
+    /// Postgres holds the leases. `persist_results` stays on: it is also
+    /// what acknowledges a job (without it a handled job never leaves its
+    /// worker's in-flight set).
     pub fn apalis_config(&self, queue: Queue) -> ApalisConfig {
         ApalisConfig::default()
             .queue(self.queue_name(queue))
             .lock_tasks(false)
-            .persist_results(false)
+            .persist_results(true)
             .emit_events(false)
     }
 

@@ -151,9 +151,16 @@ pub fn service_command(
     command
 }
 
-/// A child process that is killed if the test ends before it does.
+/// A child process that is killed if the test ends before it does. Its
+/// output is drained as it comes (a full pipe would stall a chatty child)
+/// and kept for [`ChildGuard::stderr`].
 #[derive(Debug)]
-pub struct ChildGuard(pub std::process::Child);
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    /// Stdout and stderr, as read so far.
+    output: [std::sync::Arc<std::sync::Mutex<String>>; 2],
+    drains: Vec<std::thread::JoinHandle<()>>,
+}
 
 impl ChildGuard {
     /// Starts `command` with captured output.
@@ -162,19 +169,41 @@ impl ChildGuard {
     /// When the binary cannot be started.
     pub fn spawn(mut command: std::process::Command) -> Self {
         use std::process::Stdio;
-        let child = command
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
-        Self(child)
+        let output: [std::sync::Arc<std::sync::Mutex<String>>; 2] = Default::default();
+        let mut drains = Vec::new();
+        let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        for (pipe, output) in pipes.into_iter().zip(output.iter()) {
+            let Some(pipe) = pipe else { continue };
+            let output = output.clone();
+            drains.push(std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut text = output.lock().expect("output buffer");
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }));
+        }
+        Self {
+            child,
+            output,
+            drains,
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.id()
     }
 
-    /// Sends `signal` (`TERM`, `INT`, `KILL`) through `kill(1)`.
+    /// Sends `signal` (`TERM`, `INT`, `KILL`, `STOP`, `CONT`) through `kill(1)`.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), self.pid().to_string()])
@@ -190,7 +219,7 @@ impl ChildGuard {
     ) -> Option<std::process::ExitStatus> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return Some(status);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -200,21 +229,31 @@ impl ChildGuard {
         }
     }
 
-    /// Everything the process wrote to stderr (call after it exited).
+    /// What the process wrote to stderr so far; after it exited, all of it.
     pub fn stderr(&mut self) -> String {
-        let mut text = String::new();
-        if let Some(mut err) = self.0.stderr.take() {
-            std::io::Read::read_to_string(&mut err, &mut text).ok();
+        self.read(1)
+    }
+
+    /// What the process wrote to stdout so far; after it exited, all of it.
+    pub fn stdout(&mut self) -> String {
+        self.read(0)
+    }
+
+    fn read(&mut self, pipe: usize) -> String {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            for drain in self.drains.drain(..) {
+                let _ = drain.join();
+            }
         }
-        text
+        self.output[pipe].lock().expect("output buffer").clone()
     }
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -17,12 +17,25 @@ pub const STALE_AFTER: Duration = Duration::from_secs(15);
 
 /// What a worker says of itself.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerCard {
     pub id: String,
     pub hostname: String,
     pub pid: u32,
     pub queues: Vec<Queue>,
     pub concurrency: usize,
+    /// The worker's release, e.g. `0.1.0`.
+    #[serde(default)]
+    pub version: String,
+    /// Jobs running now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Attempts finished since start (completed, failed or retrying).
+    #[serde(default)]
+    pub processed: u64,
+    /// Of those, attempts that failed.
+    #[serde(default)]
+    pub failed: u64,
     pub started_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
 }

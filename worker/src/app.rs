@@ -1,13 +1,24 @@
-//! `Worker`: one worker process — its connections, its card in the worker
-//! registry (refreshed every few seconds), its ops server, and its stop.
+//! `Worker`: one worker process — its connections, the apalis worker of
+//! each queue it serves, its card in the worker registry (refreshed every
+//! few seconds), its ops server, and its drain on a stop signal.
+
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use keel_shared::{
     Config, RedisClient,
+    job_queue::JobQueue,
+    jobs::Queue,
     process::Backbone,
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::{
+    stats::Stats,
+    tasks::{self, TaskRunner},
+    wake::WakeSignal,
+};
 
 /// `METRICS_PORT` of a worker when unset.
 pub const DEFAULT_METRICS_PORT: u16 = 9101;
@@ -16,6 +27,7 @@ pub const DEFAULT_METRICS_PORT: u16 = 9101;
 #[derive(Debug)]
 pub struct Worker {
     backbone: Backbone,
+    config: Config,
     card: WorkerCard,
     shutdown: CancellationToken,
 }
@@ -38,11 +50,16 @@ impl Worker {
             pid: std::process::id(),
             queues: config.worker_queues.clone(),
             concurrency: config.worker_concurrency(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            in_flight: 0,
+            processed: 0,
+            failed: 0,
             started_at: now,
             last_seen: now,
         };
         Ok(Self {
             backbone,
+            config: config.clone(),
             card,
             shutdown: CancellationToken::new(),
         })
@@ -65,27 +82,106 @@ impl Worker {
         self.shutdown.clone()
     }
 
-    /// Heartbeats until stopped, then leaves the registry.
+    /// Runs the queues and heartbeats until stopped; then drains: no new
+    /// jobs are taken, running attempts get `SHUTDOWN_GRACE_SECONDS` to
+    /// finish and are handed back after that, and the worker leaves the
+    /// registry.
     ///
     /// # Errors
-    /// Never for a Redis outage (heartbeats resume when it is back); only if
-    /// the process cannot go on.
+    /// Never for a Redis or Postgres outage (the loops recover when it is
+    /// back); only if a queue cannot be set up.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             backbone,
+            config,
             mut card,
             shutdown,
         } = self;
-        let Backbone { redis, ops, .. } = backbone;
+        let Backbone { db, redis, ops } = backbone;
         let ops = tokio::spawn(ops.serve(shutdown.clone()));
+        let stats = Arc::new(Stats::default());
+        let grace_over = CancellationToken::new();
+        let finished = CancellationToken::new();
+        let jobs = JobQueue::new(redis.clone());
+
+        let mut queues = Vec::new();
+        for queue in &card.queues {
+            match queue {
+                Queue::Tasks => {
+                    let runner = Arc::new(TaskRunner::start(
+                        &config,
+                        db.clone(),
+                        redis.clone(),
+                        &card.id,
+                        stats.clone(),
+                        shutdown.clone(),
+                        grace_over.clone(),
+                        finished.clone(),
+                    ));
+                    let wake = WakeSignal::listen(
+                        redis.clone(),
+                        jobs.wake_channel(Queue::Tasks),
+                        finished.clone(),
+                    );
+                    queues.push(tokio::spawn(tasks::run_queue(
+                        runner,
+                        wake,
+                        card.id.clone(),
+                        card.concurrency,
+                        shutdown.clone(),
+                    )));
+                }
+                // Their jobs arrive with the email and scheduler work; until then
+                // nothing is pushed to them.
+                Queue::Email | Queue::Maintenance => {
+                    tracing::debug!(%queue, "no handlers for this queue yet");
+                }
+            }
+        }
+
         tracing::info!(worker = %card.id, queues = ?card.queues, concurrency = card.concurrency, "keel-worker started");
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => beat(&redis, &mut card).await,
+                _ = tick.tick() => beat(&redis, &mut card, &stats).await,
             }
         }
+
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        tracing::info!(worker = %card.id, grace_seconds = grace.as_secs(), "draining");
+        let timer = {
+            let grace_over = grace_over.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                grace_over.cancel();
+            })
+        };
+        // Keep the card fresh while draining, so the fleet view shows the drain.
+        let drained = async {
+            for queue in queues {
+                match queue.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "a queue stopped with an error"),
+                    Err(e) => tracing::warn!(error = %e, "a queue task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        tokio::pin!(drained);
+        let hard_stop = tokio::time::sleep(grace + Duration::from_secs(10));
+        tokio::pin!(hard_stop);
+        loop {
+            tokio::select! {
+                () = &mut drained => break,
+                () = &mut hard_stop => {
+                    tracing::warn!("queues did not stop in time; leaving anyway");
+                    break;
+                }
+                _ = tick.tick() => beat(&redis, &mut card, &stats).await,
+            }
+        }
+        timer.abort();
+        finished.cancel();
         if let Err(e) = workers::deregister(&redis, &card.id).await {
             tracing::warn!(error = %e, "could not leave the worker registry; the entry expires by itself");
         }
@@ -95,7 +191,8 @@ impl Worker {
     }
 }
 
-async fn beat(redis: &RedisClient, card: &mut WorkerCard) {
+async fn beat(redis: &RedisClient, card: &mut WorkerCard, stats: &Stats) {
+    (card.in_flight, card.processed, card.failed) = stats.snapshot();
     if let Err(e) = workers::heartbeat(redis, card).await {
         tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat");
     }

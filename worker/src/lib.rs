@@ -1,13 +1,17 @@
 //! `keel-worker`: takes jobs from the Redis queues and runs them, writing
-//! their status to Postgres. This crate holds the process around the jobs:
-//! configuration, connections, the heartbeat that makes the worker visible
-//! to health and ops, and a clean stop. The job handlers join it with the
-//! queues they serve.
+//! their status to Postgres. Postgres is the truth: a job only says which
+//! row to look at, and every write is fenced by the worker's lease.
 //!
 //! # Layout
 //!
 //! - [`cli`]: the command line.
-//! - [`app`]: `Worker` — build, run until stopped.
+//! - [`app`]: `Worker` — build, run the queues, heartbeat, drain.
+//! - [`tasks`]: the `tasks` queue — claim, run, retry, finish.
+//! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
+//! - [`stats`]: this worker's counters for its registry card.
 
 pub mod app;
 pub mod cli;
+pub mod stats;
+pub mod tasks;
+pub mod wake;

@@ -36,6 +36,10 @@ async fn health_is_degraded_without_a_worker_and_healthy_with_one() {
         pid: 1,
         queues: vec![Queue::Tasks],
         concurrency: 1,
+        version: "test".into(),
+        in_flight: 0,
+        processed: 0,
+        failed: 0,
         started_at: Utc::now(),
         last_seen: Utc::now(),
     };

@@ -103,8 +103,7 @@ async fn log_format_json_writes_one_json_object_per_line() {
         .await
         .expect("the scheduler stops");
 
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut scheduler.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stdout = scheduler.stdout();
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

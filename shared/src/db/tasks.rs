@@ -405,7 +405,8 @@ pub async fn retry(
 }
 
 /// Claims those of `ids` that may run now: `pending`/`retrying` and due by
-/// the database clock, or `running` under an expired lease. Each claimed row
+/// the database clock, or `running` under an expired lease with attempts
+/// left (one without is for [`fail_exhausted`]). Each claimed row
 /// is `running`, leased to `worker` for `lease`, with its attempt counted.
 /// Ids not returned were not claimable (see [`unclaimed_reasons`]).
 ///
@@ -424,7 +425,8 @@ pub async fn claim(
              worker_id = $2, changed_by = $2 \
          WHERE id = ANY($1) \
            AND ((status IN ('pending', 'retrying') AND next_attempt_at <= now()) \
-                OR (status = 'running' AND lease_expires_at < now())) \
+                OR (status = 'running' AND lease_expires_at < now() \
+                    AND attempts < max_attempts)) \
          RETURNING ",
         task_columns!()
     ))
@@ -440,7 +442,11 @@ pub async fn claim(
 pub enum Unclaimed {
     /// Not due yet by the database clock: try again after this long.
     NotYetDue(Duration),
-    /// Finished, cancelled, held by a live lease, or gone: the job is a duplicate.
+    /// Running under another worker's lease that ends after this long: if
+    /// that worker died, the task is ours then; if it lives, it renews the
+    /// lease before then and this job is a duplicate.
+    Leased(Duration),
+    /// Finished, cancelled, or gone: the job is a duplicate.
     Drop,
 }
 
@@ -452,27 +458,55 @@ pub async fn unclaimed_reasons(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, Unclaimed)>, sqlx::Error> {
-    let waits: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
-        "SELECT id, CASE WHEN status IN ('pending', 'retrying') AND next_attempt_at > now() \
-                    THEN ceil(extract(epoch FROM next_attempt_at - now()) * 1000)::bigint END \
+    let rows: Vec<(Uuid, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT id, \
+             CASE WHEN status IN ('pending', 'retrying') AND next_attempt_at > now() \
+                  THEN ceil(extract(epoch FROM next_attempt_at - now()) * 1000)::bigint END, \
+             CASE WHEN status = 'running' AND lease_expires_at >= now() \
+                  THEN ceil(extract(epoch FROM lease_expires_at - now()) * 1000)::bigint END \
          FROM tasks WHERE id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(db)
     .await?;
+    let ms = |v: i64| Duration::from_millis(u64::try_from(v.max(1)).unwrap_or(1));
     Ok(ids
         .iter()
         .map(|id| {
-            let wait = waits.iter().find(|(w, _)| w == id).and_then(|(_, ms)| *ms);
-            let reason = match wait {
-                Some(ms) => Unclaimed::NotYetDue(Duration::from_millis(
-                    u64::try_from(ms.max(1)).unwrap_or(1),
-                )),
-                None => Unclaimed::Drop,
+            let reason = match rows.iter().find(|(row, _, _)| row == id) {
+                Some((_, Some(due), _)) => Unclaimed::NotYetDue(ms(*due)),
+                Some((_, _, Some(lease))) => Unclaimed::Leased(ms(*lease)),
+                _ => Unclaimed::Drop,
             };
             (*id, reason)
         })
         .collect())
+}
+
+/// Fails those of `ids` whose worker died during their last allowed
+/// attempt (running, lease expired, attempts used up): a task that kills
+/// its worker must not run forever. Returns their new state.
+///
+/// # Errors
+/// The database fails.
+pub async fn fail_exhausted(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    actor: &str,
+) -> Result<Vec<TaskState>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE tasks SET status = 'failed', \
+             error = 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts, \
+             finished_at = greatest(now(), started_at), lease_owner = NULL, \
+             lease_expires_at = NULL, changed_by = $2 \
+         WHERE id = ANY($1) AND status = 'running' AND lease_expires_at < now() \
+           AND attempts >= max_attempts \
+         RETURNING id, owner_id, status, progress, attempts, updated_at",
+    )
+    .bind(ids)
+    .bind(actor)
+    .fetch_all(db)
+    .await
 }
 
 /// Renews the leases `worker` holds on `ids`; returns the ids still held

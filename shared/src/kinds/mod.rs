@@ -7,8 +7,10 @@
 //! Adding a kind: copy `echo.rs`, implement [`Kind`], add `spec::<YourKind>()`
 //! to [`KINDS`]. Nothing else changes.
 
+mod abort;
 mod echo;
 mod fail;
+mod http_client;
 mod http_request;
 mod noop;
 mod sleep;
@@ -22,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+pub use http_client::{HttpClient, http_client};
 pub use http_request::HttpRequest;
 
 /// Every kind, by name.
@@ -31,11 +34,23 @@ pub static KINDS: &[KindSpec] = &[
     spec::<sleep::Sleep>(),
     spec::<fail::Fail>(),
     spec::<HttpRequest>(),
+    spec::<abort::Abort>(),
 ];
 
-/// The kind called `name`.
+/// The kind called `name`, enabled or not.
 pub fn find(name: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|k| k.name == name)
+}
+
+/// The kind called `name` if this deployment offers it (test-only kinds
+/// exist only with `ENABLE_TEST_KINDS`).
+pub fn find_enabled(name: &str, settings: &KindSettings) -> Option<&'static KindSpec> {
+    find(name).filter(|k| settings.offers(k))
+}
+
+/// The kinds this deployment offers.
+pub fn enabled(settings: &KindSettings) -> impl Iterator<Item = &'static KindSpec> + '_ {
+    KINDS.iter().filter(|k| settings.offers(k))
 }
 
 /// What a kind is: its description for clients, and its payload checks and
@@ -45,6 +60,9 @@ pub trait Kind {
     const DESCRIPTION: &'static str;
     /// A grouping for clients: `demo`, `integration`, `testing`, …
     const CATEGORY: &'static str;
+    /// Offered only with `ENABLE_TEST_KINDS` (never in production): kinds that
+    /// break things on purpose, for fault tests.
+    const TEST_ONLY: bool = false;
     type Payload: DeserializeOwned + Serialize + Send + 'static;
 
     /// JSON Schema (2020-12) of the payload, as `GET /tasks/kinds` shows it.
@@ -70,6 +88,7 @@ pub struct KindSpec {
     pub name: &'static str,
     pub description: &'static str,
     pub category: &'static str,
+    pub test_only: bool,
     pub payload_schema: fn() -> Value,
     check: fn(&Value, &KindSettings) -> Result<(), Vec<PayloadError>>,
     run: fn(Value, TaskContext) -> RunFuture,
@@ -105,6 +124,7 @@ pub const fn spec<K: Kind>() -> KindSpec {
         name: K::NAME,
         description: K::DESCRIPTION,
         category: K::CATEGORY,
+        test_only: K::TEST_ONLY,
         payload_schema: K::payload_schema,
         check: check_json::<K>,
         run: run_json::<K>,
@@ -189,6 +209,8 @@ impl TaskFailure {
 pub struct KindSettings {
     /// `TASK_HTTP_ALLOWED_HOSTS`, lower-cased.
     pub http_allowed_hosts: Vec<String>,
+    /// `ENABLE_TEST_KINDS`.
+    pub test_kinds: bool,
 }
 
 impl KindSettings {
@@ -200,7 +222,13 @@ impl KindSettings {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
+            test_kinds: config.enable_test_kinds,
         }
+    }
+
+    /// Whether `kind` may be used here.
+    pub fn offers(&self, kind: &KindSpec) -> bool {
+        !kind.test_only || self.test_kinds
     }
 }
 
@@ -211,7 +239,7 @@ pub struct TaskContext {
     pub task_id: Uuid,
     pub attempt: i32,
     pub settings: Arc<KindSettings>,
-    pub http: reqwest::Client,
+    pub http: HttpClient,
     progress: watch::Sender<i16>,
 }
 
@@ -221,7 +249,7 @@ impl TaskContext {
         task_id: Uuid,
         attempt: i32,
         settings: Arc<KindSettings>,
-        http: reqwest::Client,
+        http: HttpClient,
     ) -> (Self, watch::Receiver<i16>) {
         let (progress, rx) = watch::channel(0);
         (
@@ -243,21 +271,6 @@ impl TaskContext {
     }
 }
 
-/// The HTTP client the worker gives kinds: no redirects (a redirect could
-/// leave the allow-list), bounded connect time, rustls with ring.
-///
-/// # Errors
-/// The TLS set-up fails.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    // Another part of the process may have installed a provider already; either is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .user_agent(concat!("keel-worker/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +286,19 @@ mod tests {
             let schema = (kind.payload_schema)();
             assert_eq!(schema["type"], "object", "{}", kind.name);
         }
+    }
+
+    #[test]
+    fn test_only_kinds_are_hidden_unless_enabled() {
+        let off = KindSettings::default();
+        let on = KindSettings {
+            test_kinds: true,
+            ..KindSettings::default()
+        };
+        assert!(find_enabled("abort", &off).is_none());
+        assert!(find_enabled("abort", &on).is_some());
+        assert!(find_enabled("noop", &off).is_some());
+        assert!(enabled(&off).all(|k| !k.test_only));
     }
 
     #[test]

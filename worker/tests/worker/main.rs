@@ -1,5 +1,8 @@
 //! Integration tests of the `keel-worker` process, against real PostgreSQL and Redis.
 
+mod pipeline;
+mod tasks;
+
 use std::time::Duration;
 
 use keel_shared::{

@@ -1,0 +1,412 @@
+//! The `tasks` queue: one attempt of a user task per `RunTask` job. A job
+//! is only a hint that a row may be runnable; the row decides. The attempt
+//! is claimed with a lease (zero rows: a duplicate, dropped), runs under its
+//! timeout while the lease is renewed and progress is written, and ends
+//! with one fenced write — completed, retrying with backoff, or failed.
+
+mod batch;
+mod leases;
+mod retry;
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{BackendExt as _, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt as _};
+use chrono::{DateTime, Utc};
+use keel_shared::{
+    Config, RedisClient,
+    db::tasks::{self, Outcome, Task, Unclaimed},
+    job_queue::JobQueue,
+    jobs::RunTask,
+    kinds::{self, KindSettings, TaskContext, TaskFailure},
+    task_events,
+};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{stats::Stats, wake::WakeSignal};
+use batch::{BatchError, Claim, Claims, Finishes};
+use leases::Leases;
+pub use retry::RetryPolicy;
+
+/// How often a running task's progress is written at most.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Margin past a foreign lease's end before trying to take it over.
+const TAKEOVER_MARGIN: Duration = Duration::from_millis(50);
+
+/// Everything an attempt needs, shared by the queue's handlers.
+#[derive(Debug)]
+pub struct TaskRunner {
+    db: PgPool,
+    redis: RedisClient,
+    jobs: JobQueue,
+    /// The lease owner: this worker process's unique name.
+    worker: String,
+    lease: Duration,
+    retry: RetryPolicy,
+    settings: Arc<KindSettings>,
+    http: kinds::HttpClient,
+    claims: Claims,
+    finishes: Finishes,
+    leases: Leases,
+    stats: Arc<Stats>,
+    /// Stop taking work: jobs not yet started are handed back at once.
+    stopping: CancellationToken,
+    /// The grace period is over: running attempts are handed back too.
+    grace_over: CancellationToken,
+}
+
+/// Why an attempt ended without an outcome of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the database failed: {0}")]
+    Database(#[from] BatchError),
+}
+
+impl TaskRunner {
+    /// Starts the claim, finish and lease loops of worker `worker`; the
+    /// lease loop runs until `finished` (after the drain).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        config: &Config,
+        db: PgPool,
+        redis: RedisClient,
+        worker: &str,
+        stats: Arc<Stats>,
+        stopping: CancellationToken,
+        grace_over: CancellationToken,
+        finished: CancellationToken,
+    ) -> Self {
+        let lease = Duration::from_secs(config.task_lease_seconds);
+        Self {
+            jobs: JobQueue::new(redis.clone()),
+            claims: Claims::start(db.clone(), redis.clone(), worker.to_owned(), lease),
+            finishes: Finishes::start(db.clone(), redis.clone(), worker.to_owned()),
+            leases: Leases::start(db.clone(), worker.to_owned(), lease, finished),
+            retry: RetryPolicy {
+                base: Duration::from_millis(config.task_retry_base_ms),
+                max: Duration::from_secs(config.task_retry_max_seconds),
+            },
+            settings: Arc::new(KindSettings::from_config(config)),
+            http: kinds::http_client(),
+            worker: worker.to_owned(),
+            db,
+            redis,
+            lease,
+            stats,
+            stopping,
+            grace_over,
+        }
+    }
+
+    /// Handles one `RunTask` job.
+    ///
+    /// # Errors
+    /// The database failed before the claim; apalis then schedules the job
+    /// again, and the row — still unclaimed — is safe either way.
+    pub async fn run(&self, job: RunTask) -> Result<(), RunError> {
+        // Redis hands jobs out up to a second early (it counts whole seconds).
+        if let Some(at) = job.run_at
+            && !self.wait(until(at)).await
+        {
+            self.hand_back_job(job).await;
+            return Ok(());
+        }
+        let mut waited_out_lease = false;
+        let task = loop {
+            match self.claims.claim(job.task_id).await? {
+                Claim::Claimed(task) => break task,
+                Claim::Unclaimed(Unclaimed::Drop) => return Ok(()),
+                Claim::Unclaimed(Unclaimed::NotYetDue(wait)) => {
+                    // The database clock says not yet (skew, or a retry rescheduled it).
+                    if !self.wait(wait).await {
+                        self.hand_back_job(job).await;
+                        return Ok(());
+                    }
+                }
+                Claim::Unclaimed(Unclaimed::Leased(wait)) => {
+                    // Another worker holds it. If it died (this job came back as its
+                    // orphan) the lease runs out and the task is ours; if it lives, it
+                    // renews before then and this job is a duplicate.
+                    if waited_out_lease {
+                        return Ok(());
+                    }
+                    waited_out_lease = true;
+                    if !self.wait(wait + TAKEOVER_MARGIN).await {
+                        self.hand_back_job(job).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        self.attempt(*task).await;
+        Ok(())
+    }
+
+    /// Runs one claimed attempt to its end.
+    async fn attempt(&self, task: Task) {
+        self.stats.started();
+        let lost = self.leases.hold(task.id);
+        let kind_label = task.kind.clone();
+        metrics::counter!("keel_tasks_started_total", "kind" => kind_label.clone()).increment(1);
+        if let Some(started) = task.started_at {
+            let delay = (started - task.next_attempt_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!("keel_task_start_delay_seconds").record(delay.as_secs_f64());
+        }
+        let began = std::time::Instant::now();
+        let outcome = tokio::select! {
+            outcome = self.execute(&task) => Some(outcome),
+            () = lost.cancelled() => None,
+            () = self.grace_over.cancelled() => Some(Outcome::HandBack),
+        };
+        self.leases.release(task.id);
+        metrics::histogram!("keel_task_run_seconds", "kind" => kind_label.clone())
+            .record(began.elapsed().as_secs_f64());
+        let Some(outcome) = outcome else {
+            // Another worker owns the task now; anything written would be fenced.
+            self.stats.abandoned();
+            return;
+        };
+        let failed = matches!(outcome, Outcome::Retry { .. } | Outcome::Failed(_));
+        let name = match &outcome {
+            Outcome::Completed(_) => "keel_tasks_completed_total",
+            Outcome::Retry { .. } => "keel_tasks_retried_total",
+            Outcome::Failed(_) => "keel_tasks_failed_total",
+            Outcome::HandBack => "keel_tasks_handed_back_total",
+        };
+        metrics::counter!(name, "kind" => kind_label).increment(1);
+        let next_run = match &outcome {
+            Outcome::Retry { retry_at, .. } => Some(Some(*retry_at)),
+            Outcome::HandBack => Some(None),
+            _ => None,
+        };
+        match self.record(task.id, outcome).await {
+            Some(_) => {
+                if matches!(next_run, Some(None)) {
+                    self.stats.abandoned();
+                } else {
+                    self.stats.ended(failed);
+                }
+                if let Some(run_at) = next_run {
+                    self.push(task.id, run_at).await;
+                }
+            }
+            None => self.stats.abandoned(),
+        }
+    }
+
+    /// Runs the kind's handler under the task's timeout, writing progress.
+    async fn execute(&self, task: &Task) -> Outcome {
+        let Some(kind) = kinds::find_enabled(&task.kind, &self.settings) else {
+            return Outcome::Failed(format!(
+                "kind {:?} is not offered by this worker",
+                task.kind
+            ));
+        };
+        let (ctx, progress) = TaskContext::new(
+            task.id,
+            task.attempts,
+            self.settings.clone(),
+            self.http.clone(),
+        );
+        // Its own tokio task, so a panic in the handler is a failed attempt,
+        // not a dead worker, and a timeout can abort it.
+        let handle = tokio::spawn(kind.run(task.payload.clone(), ctx));
+        let abort = handle.abort_handle();
+        let timeout = Duration::from_secs(u64::try_from(task.timeout_seconds).unwrap_or(1));
+        let result = tokio::select! {
+            joined = tokio::time::timeout(timeout, handle) => match joined {
+                Ok(Ok(result)) => result,
+                Ok(Err(join)) if join.is_panic() => Err(TaskFailure::retryable(format!(
+                    "the handler panicked: {}", panic_message(join.into_panic())
+                ))),
+                Ok(Err(_)) => Err(TaskFailure::retryable("the handler was cancelled")),
+                Err(_) => {
+                    abort.abort();
+                    Err(TaskFailure::retryable(format!("timed out after {}s", task.timeout_seconds)))
+                }
+            },
+            never = self.write_progress(task, progress) => match never {},
+        };
+        abort.abort();
+        match result {
+            Ok(value) => Outcome::Completed(value),
+            Err(failure) if failure.retryable && task.attempts < task.max_attempts => {
+                let delay = self.retry.delay(task.attempts);
+                Outcome::Retry {
+                    error: failure.message,
+                    retry_at: Utc::now() + delay,
+                }
+            }
+            Err(failure) => Outcome::Failed(failure.message),
+        }
+    }
+
+    /// Writes the latest progress, at most every [`PROGRESS_EVERY`]. Never returns.
+    async fn write_progress(
+        &self,
+        task: &Task,
+        mut progress: watch::Receiver<i16>,
+    ) -> std::convert::Infallible {
+        loop {
+            if progress.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let value = *progress.borrow_and_update();
+            match tasks::set_progress(&self.db, task.id, self.lease_owner(), value).await {
+                Ok(Some(state)) => task_events::publish(&self.redis, &[state]).await,
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, task_id = %task.id, "progress not written"),
+            }
+            tokio::time::sleep(PROGRESS_EVERY).await;
+        }
+    }
+
+    fn lease_owner(&self) -> &str {
+        &self.worker
+    }
+
+    /// Writes the outcome, retrying while the database is away (the lease
+    /// fences a write that comes too late). `None`: the lease was lost.
+    async fn record(&self, id: uuid::Uuid, outcome: Outcome) -> Option<()> {
+        let mut backoff = Duration::from_millis(100);
+        let deadline = std::time::Instant::now() + self.lease;
+        loop {
+            match self.finishes.finish(id, outcome.clone()).await {
+                Ok(Some(_)) => return Some(()),
+                Ok(None) => {
+                    tracing::warn!(task_id = %id, "lease lost before the outcome was written; it is discarded");
+                    return None;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, task_id = %id, "could not record the outcome; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, task_id = %id, "gave up recording the outcome; the lease will expire and the task run again");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Pushes the next attempt of `id`; if Redis refuses, clears the
+    /// enqueued mark so the reconciler pushes it.
+    async fn push(&self, id: uuid::Uuid, run_at: Option<DateTime<Utc>>) {
+        let job = RunTask {
+            task_id: id,
+            run_at,
+        };
+        if let Err(e) = self.jobs.push(job, run_at).await {
+            tracing::warn!(error = %e, task_id = %id, "could not queue the next attempt; the reconciler will");
+            if let Err(e) = tasks::mark_not_enqueued(&self.db, &[id]).await {
+                tracing::warn!(error = %e, task_id = %id, "could not clear the enqueued mark");
+            }
+        }
+    }
+
+    /// Gives a job this worker will not start back to Redis (it is stopping).
+    async fn hand_back_job(&self, job: RunTask) {
+        if let Err(e) = self.jobs.push(job, job.run_at).await {
+            tracing::warn!(error = %e, task_id = %job.task_id, "could not hand the job back; the reconciler will");
+        }
+    }
+
+    /// Sleeps `duration` unless the worker starts stopping; `false` if it did.
+    async fn wait(&self, duration: Duration) -> bool {
+        if duration.is_zero() {
+            return !self.stopping.is_cancelled();
+        }
+        tokio::select! {
+            () = self.stopping.cancelled() => false,
+            () = tokio::time::sleep(duration) => true,
+        }
+    }
+}
+
+/// Time left until `at` by this machine's clock (zero if past).
+fn until(at: DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default()
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".into())
+}
+
+/// Runs the `tasks` queue's apalis worker until `stop`, restarting it under
+/// a new name (with backoff) when its backend fails: apalis ends a worker
+/// on any Redis error and never reconnects by itself, and a reused name
+/// would keep a dead worker's orphaned jobs looking alive.
+///
+/// # Errors
+/// Never for a Redis outage; only if the worker cannot be built.
+pub async fn run_queue(
+    runner: Arc<TaskRunner>,
+    wake: WakeSignal,
+    base_name: String,
+    concurrency: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut generation = 0u32;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let name = format!("{base_name}-tasks-{generation}");
+        // apalis recovers a dead worker's fetched jobs after its heartbeat is
+        // this stale; keep it near the lease so takeovers line up.
+        let heartbeat = (runner.lease / 3).max(Duration::from_secs(1));
+        let config = runner
+            .jobs
+            .apalis_config(keel_shared::jobs::Queue::Tasks)
+            .heartbeat_interval(heartbeat)
+            .missed_heartbeats(3)
+            .batch_size(concurrency.max(1));
+        let storage = apalis_redis::RedisStorage::<RunTask>::new(runner.redis.conn())
+            .with_config(config)
+            .poll_with_stream(wake.stream());
+        let worker = WorkerBuilder::new(name.clone())
+            .backend(storage)
+            .data(runner.clone())
+            // No `catch_panic`: kind handlers run in their own tokio task, where a
+            // panic is a failed attempt (and apalis would park a panicked job in
+            // `dead` with its Redis status stuck at Running).
+            .concurrency(concurrency)
+            .build(handle_run_task);
+        let signal = stop.clone();
+        tracing::debug!(worker = %name, "tasks queue worker starting");
+        let result = worker
+            .run_until(async move {
+                signal.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if stop.is_cancelled() {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, worker = %name, "tasks queue worker stopped with an error");
+            }
+            return Ok(());
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "tasks queue worker ended; restarting"),
+            Err(e) => {
+                tracing::warn!(error = %e, worker = %name, "tasks queue worker failed; restarting")
+            }
+        }
+        generation += 1;
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn handle_run_task(job: RunTask, runner: Data<Arc<TaskRunner>>) -> Result<(), BoxDynError> {
+    runner.run(job).await.map_err(Into::into)
+}

@@ -1,0 +1,117 @@
+//! Wake-ups for idle apalis workers. apalis-redis fetches only when polled,
+//! and nothing polls an idle worker when a job is pushed; a tight poll would
+//! burn Redis time. So producers publish on the queue's wake channel
+//! ([`keel_shared::job_queue::JobQueue::wake_channel`]) and this stream
+//! turns each message into a fetch, with a slow interval as the safety net
+//! (for scheduled jobs coming due, and for a lost pub/sub connection).
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::{Stream, StreamExt as _};
+use keel_shared::RedisClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often an idle worker looks for due work without being woken.
+pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// A fetch that was already running when a wake-up came may have missed the
+/// new job; a second tap this much later covers it.
+const SECOND_TAP: Duration = Duration::from_millis(3);
+
+/// Listens on one wake channel for the life of the process, reconnecting
+/// with backoff; every [`Wake`] stream made from it fires on each message.
+#[derive(Debug, Clone)]
+pub struct WakeSignal {
+    // A counter rather than a notification: a receiver that was busy when a
+    // message came still sees that the counter moved, so no wake-up is lost.
+    wakes: Arc<watch::Sender<u64>>,
+}
+
+impl WakeSignal {
+    /// Subscribes to `channel` in the background until `stop`.
+    pub fn listen(redis: RedisClient, channel: String, stop: CancellationToken) -> Self {
+        let wakes = Arc::new(watch::Sender::new(0));
+        let signal = Self {
+            wakes: wakes.clone(),
+        };
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let session = async {
+                    let mut pubsub = redis.pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    tracing::debug!(%channel, "listening for wake-ups");
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        wakes.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    Ok::<_, redis::RedisError>(())
+                };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    result = session => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, %channel, "wake-up channel lost; polling until it is back");
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+        signal
+    }
+
+    /// A stream for one apalis worker's poll strategy: it yields on every
+    /// wake-up (and again a moment later), or after [`FALLBACK_POLL`] of quiet.
+    pub fn stream(&self) -> Wake {
+        let wakes = self.wakes.subscribe();
+        let taps = futures_util::stream::unfold(wakes, |mut wakes| async move {
+            tokio::select! {
+                changed = wakes.changed() => {
+                    if changed.is_err() {
+                        // The listener is gone (process stopping): poll on the interval.
+                        tokio::time::sleep(FALLBACK_POLL).await;
+                    }
+                }
+                () = tokio::time::sleep(FALLBACK_POLL) => {}
+            }
+            Some(((), wakes))
+        })
+        .flat_map(|()| {
+            futures_util::stream::once(async {})
+                .chain(futures_util::stream::once(tokio::time::sleep(SECOND_TAP)))
+        });
+        Wake {
+            inner: Box::pin(taps),
+        }
+    }
+}
+
+/// Yields whenever the worker should fetch.
+pub struct Wake {
+    inner: Pin<Box<dyn Stream<Item = ()> + Send>>,
+}
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
+}
+
+impl Stream for Wake {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
