@@ -1,13 +1,15 @@
 //! Extractors that turn axum's rejections into `ApiError`s: `AppJson` (a
 //! `Json` whose malformed, mistyped or oversized bodies answer
-//! problem+json), `AppQuery`, `AppPath` and `JsonOrForm`.
+//! problem+json), `JsonBytes` (the same checks, with the exact body kept),
+//! `AppQuery`, `AppPath` and `JsonOrForm`.
 
 use axum::{
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
-    http::{StatusCode, request::Parts},
+    http::{HeaderMap, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{ApiError, FieldError};
 
@@ -38,13 +40,83 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
     }
 }
 
+/// A JSON body as its exact bytes, for handlers that must hash what the
+/// client sent (`Idempotency-Key`) before parsing it with
+/// [`JsonBytes::parse`]. Refuses as `AppJson` does: 415 without a JSON
+/// content type, 413 over the body limit; parsing gives 400 or 422.
+#[derive(Debug, Clone, Default)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    payload_too_large()
+                } else {
+                    ApiError::client(rejection.status(), "bad_request", rejection.body_text())
+                }
+            })
+    }
+}
+
+impl JsonBytes {
+    /// The body as `T`: 400 for malformed JSON, 422 naming the field for
+    /// well-formed JSON of the wrong shape.
+    ///
+    /// # Errors
+    /// As above.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        axum::Json::<T>::from_bytes(&self.0)
+            .map(|axum::Json(value)| value)
+            .map_err(|rejection| json_rejection(&rejection))
+    }
+}
+
+/// `application/json` or any `application/*+json`, as axum's `Json` accepts.
+fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::client(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "expected a body with Content-Type: application/json",
+    )
+}
+
+fn payload_too_large() -> ApiError {
+    ApiError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is too large",
+    )
+}
+
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::client(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected a body with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::JsonSyntaxError(_) => {
             ApiError::bad_request("malformed_json", serde_text(rejection))
         }
@@ -56,11 +128,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             }])
         }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::client(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            )
+            payload_too_large()
         }
         other => ApiError::client(other.status(), "bad_request", other.body_text()),
     }

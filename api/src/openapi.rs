@@ -22,6 +22,8 @@ use crate::error::{FieldError, Problem};
         (name = "auth", description = "Registration, sign-in, tokens"),
         (name = "users", description = "Profiles, roles and the user list"),
         (name = "api-keys", description = "Keys that act as their owner"),
+        (name = "tasks", description = "Background tasks: create, follow, cancel, retry"),
+        (name = "admin", description = "Operations: workers, queues, statistics (admin)"),
         (name = "health", description = "Health, readiness and metrics"),
     )
 )]

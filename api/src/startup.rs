@@ -6,7 +6,10 @@ use std::{future::IntoFuture as _, net::SocketAddr, pin::Pin, sync::Arc, time::D
 
 use anyhow::Context as _;
 use axum::{ServiceExt, extract::Request};
-use keel_shared::{Config, RedisClient, config::SigningKey, db, telemetry};
+use keel_shared::{
+    Config, RedisClient, config::SigningKey, db, job_queue::JobQueue, kinds::KindSettings,
+    telemetry,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
@@ -73,6 +76,8 @@ impl Application {
                 config.rate_limit_per_minute,
             ),
             users: UserCache::new(redis.clone()),
+            jobs: JobQueue::new(redis.clone()),
+            kinds: Arc::new(KindSettings::from_config(&config)),
             db,
             redis,
             config: Arc::new(config),

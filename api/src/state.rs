@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use axum::extract::FromRef;
-use keel_shared::{Config, RedisClient};
+use keel_shared::{Config, RedisClient, job_queue::JobQueue, kinds::KindSettings};
 use sqlx::PgPool;
 
 use crate::auth::{
@@ -18,6 +18,10 @@ use crate::auth::{
 pub struct AppState {
     pub db: PgPool,
     pub redis: RedisClient,
+    /// Pushes jobs to the Redis queues (over `redis`).
+    pub jobs: JobQueue,
+    /// What task kinds check payloads against, from `config`.
+    pub kinds: Arc<KindSettings>,
     pub config: Arc<Config>,
     pub tokens: Arc<TokenKeys>,
     pub hasher: PasswordHasher,

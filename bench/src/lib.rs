@@ -7,8 +7,12 @@
 //! - [`load`]: the closed-loop load generator and its latency histogram.
 //! - [`auth`]: the `auth` workload — login throughput against the argon2
 //!   ceiling, and `GET /users/me` against a bare axum handler.
+//! - [`e2e`]: the task pipeline end to end, with real workers.
+//! - [`ceilings`]: pgbench and redis-benchmark for the same work.
 
 pub mod auth;
+pub mod ceilings;
+pub mod e2e;
 pub mod load;
 
 use std::process::ExitCode;
@@ -30,6 +34,10 @@ struct Cli {
 enum Command {
     /// Logins/s next to the single-core argon2 ceiling; `GET /users/me` next to a bare axum handler.
     Auth(auth::Args),
+    /// The task pipeline: enqueue and end-to-end tasks/s, idle enqueue→start latency.
+    E2e(e2e::Args),
+    /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
+    Ceilings(ceilings::Args),
 }
 
 /// Runs the chosen benchmark; 1 and a message on failure.
@@ -42,6 +50,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Auth(args) => auth::run(args).await,
+            Command::E2e(args) => e2e::run(args).await,
+            Command::Ceilings(args) => ceilings::run(args).await,
         }
     });
     match result {

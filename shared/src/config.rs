@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{ArgAction, Args, ValueEnum, builder::BoolishValueParser};
+use clap::{ArgAction, Args, Parser, ValueEnum, builder::BoolishValueParser};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -407,6 +407,29 @@ impl ConfigError {
 
 /// Exit code for a configuration or usage error, as clap uses.
 pub const USAGE_EXIT_CODE: u8 = 2;
+
+#[derive(Parser)]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// A configuration from command-line style flags alone (and the
+    /// environment), for tools such as `keel-bench` and the test harness.
+    ///
+    /// # Errors
+    /// A flag or variable does not parse.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = std::iter::once(std::ffi::OsString::from("keel"))
+            .chain(flags.into_iter().map(Into::into));
+        Ok(ConfigOnly::try_parse_from(args)?.config)
+    }
+}
 
 /// Loads `.env` (without overriding the real environment) and parses the
 /// command line of the binary `P`. On an error it prints one line naming the

@@ -9,6 +9,7 @@
 //! - [`domain`]: values parsed at the edge (username, email, password, role, …).
 //! - [`redis_client`]: the shared Redis connection and key prefix.
 //! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
+//! - [`dispatch`]: pushing committed task rows to the queue.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
 //! - [`task_events`]: live task status changes on Redis pub/sub.
 //! - [`workers`]: the registry of live worker processes.
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dispatch;
 pub mod domain;
 pub mod health;
 pub mod job_queue;

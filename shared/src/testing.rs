@@ -5,7 +5,6 @@
 use std::net::TcpListener;
 
 use anyhow::Context as _;
-use clap::Parser;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::{Config, db};
@@ -77,12 +76,6 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-#[derive(Parser)]
-struct ConfigOnly {
-    #[command(flatten)]
-    config: Config,
-}
-
 /// A development configuration on `database_url` and `redis_prefix`,
 /// listening on a free loopback port, with `extra` flags
 /// (`["--rate-limit-enabled", "false"]`) on top.
@@ -91,7 +84,6 @@ struct ConfigOnly {
 /// When a flag is wrong: a bug in the test.
 pub fn config(database_url: &str, redis_prefix: &str, extra: &[&str]) -> Config {
     let mut args = vec![
-        "keel-test",
         "--environment",
         "development",
         "--database-url",
@@ -106,9 +98,7 @@ pub fn config(database_url: &str, redis_prefix: &str, extra: &[&str]) -> Config 
         "2",
     ];
     args.extend_from_slice(extra);
-    ConfigOnly::try_parse_from(args)
-        .expect("test configuration parses")
-        .config
+    Config::from_flags(args).expect("test configuration parses")
 }
 
 /// A `postgres://` URL on a port where nothing listens: a database that is down.

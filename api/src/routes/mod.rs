@@ -1,10 +1,12 @@
 //! The router: one module per resource, each exporting its routes, merged
 //! here with the docs, the 404 fallback and the middleware stack.
 
+pub mod admin;
 pub mod api_keys;
 pub mod auth;
 pub mod docs;
 pub mod health;
+pub mod tasks;
 pub mod users;
 
 use axum::{
@@ -23,6 +25,8 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(users::router())
         .merge(api_keys::router())
+        .merge(tasks::router())
+        .merge(admin::router())
         .layer(from_fn_with_state(state.clone(), rate_limit::middleware));
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())

@@ -19,6 +19,8 @@ use keel_shared::{
     Config, RedisClient,
     db::users::{self, NewUser, ProfileChanges, User},
     domain::{EmailAddress, Password, Role, Username},
+    job_queue::JobQueue,
+    jobs::Queue,
     testing,
 };
 use reqwest::{Response, StatusCode};
@@ -255,6 +257,49 @@ impl TestApp {
     /// A Redis client on this app's prefix, to look at what the app stored.
     pub fn redis(&self) -> RedisClient {
         RedisClient::lazy(&self.config).expect("redis client")
+    }
+
+    /// `POST /api/v1/tasks` as `token`.
+    pub async fn create_task(&self, token: &str, body: &Value) -> Response {
+        self.send(reqwest::Method::POST, "/api/v1/tasks", token, Some(body))
+            .await
+    }
+
+    /// Creates a task through the API and returns its JSON.
+    pub async fn created_task(&self, token: &str, body: &Value) -> Value {
+        let response = self.create_task(token, body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create {body}");
+        response.json().await.unwrap()
+    }
+
+    /// The ids of the `RunTask` jobs in Redis for the `tasks` queue under this
+    /// app's prefix, as apalis stores them: job id → job data.
+    pub async fn queued_task_jobs(&self) -> Vec<String> {
+        let config = JobQueue::new(self.redis()).apalis_config(Queue::Tasks);
+        redis::cmd("HVALS")
+            .arg(config.job_data_hash())
+            .query_async(&mut self.redis().conn())
+            .await
+            .expect("HVALS of the job data")
+    }
+
+    /// `ZCARD` of the `tasks` queue's scheduled set: jobs pushed, not yet released.
+    pub async fn scheduled_task_jobs(&self) -> i64 {
+        let config = JobQueue::new(self.redis()).apalis_config(Queue::Tasks);
+        redis::cmd("ZCARD")
+            .arg(config.scheduled_jobs_set())
+            .query_async(&mut self.redis().conn())
+            .await
+            .expect("ZCARD of the scheduled set")
+    }
+
+    /// How many times the job of `task_id` was pushed (each push is a new job).
+    pub async fn pushes_of(&self, task_id: &str) -> usize {
+        self.queued_task_jobs()
+            .await
+            .iter()
+            .filter(|data| data.contains(task_id))
+            .count()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests of `keel-api`, against real PostgreSQL and Redis.
 mod admin_cli;
+mod admin_ops;
 mod api_keys;
 mod auth;
 mod config;
@@ -11,5 +12,6 @@ mod middleware;
 mod rate_limits;
 mod rbac;
 mod shutdown;
+mod tasks;
 mod tls;
 mod users;

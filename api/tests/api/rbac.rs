@@ -126,6 +126,48 @@ fn table() -> Vec<(Method, &'static str, Option<Value>, [u16; 5])> {
         ),
         (
             Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"name": "t"})),
+            [401, 201, 201, 201, 201],
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks",
+            None,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks/kinds",
+            None,
+            [401, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks?user_id={victim}",
+            None,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/workers",
+            None,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/queues",
+            None,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/stats",
+            None,
+            [401, 403, 200, 200, 403],
+        ),
+        (
+            Method::POST,
             "/api/v1/auth/change-password",
             Some(
                 json!({"current_password": PASSWORD, "new_password": "a new rbac table password"}),

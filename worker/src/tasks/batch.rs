@@ -31,6 +31,8 @@ pub enum Claim {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, BatchError>>;
+/// An outcome to write, and where to send the task's new state.
+type FinishRequest = ((Uuid, Outcome), Reply<Option<TaskState>>);
 
 /// Claims tasks for one worker, in batches.
 #[derive(Debug, Clone)]
@@ -136,12 +138,12 @@ async fn claim_batch(
 /// Writes final statuses for one worker, in batches.
 #[derive(Debug, Clone)]
 pub struct Finishes {
-    tx: mpsc::UnboundedSender<((Uuid, Outcome), Reply<Option<TaskState>>)>,
+    tx: mpsc::UnboundedSender<FinishRequest>,
 }
 
 impl Finishes {
     pub fn start(db: PgPool, redis: RedisClient, worker: String) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<((Uuid, Outcome), Reply<Option<TaskState>>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<FinishRequest>();
         tokio::spawn(async move {
             while let Some(batch) = next_batch(&mut rx).await {
                 // One outcome per id per statement (an UPDATE … FROM touches a

@@ -1,0 +1,809 @@
+//! `/api/v1/tasks`: creating tasks (one, or a batch of up to 1000, under the
+//! owner's cap and an optional `Idempotency-Key`), reading and listing them,
+//! cancel and retry, the kind registry, and the Celery-era aliases. A user
+//! asking for another user's task gets 404, as if it did not exist.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use keel_shared::{
+    db::{
+        idempotency::{self, Claim},
+        tasks::{self, NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
+    },
+    dispatch, kinds, task_events,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    error::{ApiError, FieldError, Problem},
+    extract::{AppJson, AppPath, AppQuery, JsonBytes},
+    pagination::{Page, PageQuery, PageRequest},
+    state::AppState,
+};
+
+/// Most tasks one batch may create.
+pub const MAX_BATCH: usize = 1000;
+/// Longest task name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Set on a response replayed for a reused `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// How long a live-update publish may hold a response: it is best effort.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[allow(deprecated)] // the aliases are deprecated for clients, not for us
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks, create_task))
+        .routes(routes!(create_batch))
+        .routes(routes!(list_kinds))
+        .routes(routes!(get_task))
+        .routes(routes!(get_status))
+        .routes(routes!(cancel_task))
+        .routes(routes!(retry_task))
+        .routes(routes!(celery_test_task))
+        .routes(routes!(celery_task_status))
+}
+
+/// A task to create. Only `name` is required.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskRequest {
+    /// 1 to 200 characters.
+    #[schema(example = "nightly report")]
+    pub name: String,
+    /// One of `GET /api/v1/tasks/kinds`; `noop` when absent.
+    #[schema(example = "sleep")]
+    pub kind: Option<String>,
+    /// Checked against the kind's `payload_schema`; `{}` when absent.
+    #[schema(value_type = Option<Object>, example = json!({"ms": 500}))]
+    pub payload: Option<Value>,
+    /// When the task may first run; absent or in the past means now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// 1 to 100; 3 when absent.
+    #[schema(minimum = 1, maximum = 100, default = 3)]
+    pub max_attempts: Option<i64>,
+    /// 1 to 86400; the deployment's `TASK_DEFAULT_TIMEOUT_SECONDS` when absent.
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_seconds: Option<i64>,
+    /// -100 to 100; 0 when absent.
+    #[schema(minimum = -100, maximum = 100, default = 0)]
+    pub priority: Option<i64>,
+}
+
+/// Up to 1000 tasks, created all or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskBatch {
+    pub tasks: Vec<NewTaskRequest>,
+}
+
+/// The tasks a batch created, in the order given.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskBatch {
+    pub items: Vec<Task>,
+}
+
+/// A task with its status changes, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: Task,
+    pub history: Vec<TaskEvent>,
+}
+
+/// A registered kind, as clients see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KindInfo {
+    #[schema(example = "sleep")]
+    pub name: String,
+    pub description: String,
+    #[schema(example = "testing")]
+    pub category: String,
+    /// JSON Schema (2020-12) of the payload.
+    #[schema(value_type = Object)]
+    pub payload_schema: Value,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TaskListQuery {
+    /// `pending`, `running`, `retrying`, `completed`, `failed` or `cancelled`.
+    status: Option<String>,
+    kind: Option<String>,
+    /// Admins only (others may name only themselves): this owner's tasks.
+    user_id: Option<Uuid>,
+    #[param(minimum = 1, default = 1)]
+    page: Option<u32>,
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    size: Option<u32>,
+}
+
+/// The caller's tasks (an admin's: everybody's), newest first.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(TaskListQuery),
+    responses(
+        (status = 200, body = Page<Task>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`user_id` of someone else, by a non-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_tasks(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(query): AppQuery<TaskListQuery>,
+) -> Result<AppJson<Page<Task>>, ApiError> {
+    let page = PageRequest::parse(PageQuery {
+        page: query.page,
+        size: query.size,
+    })?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::validation(vec![field(
+                "status",
+                format!("must be one of {}", status_names()),
+            )])
+        })?),
+    };
+    let owner = match query.user_id {
+        Some(id) if id != principal.id() && !principal.is_admin() => {
+            return Err(ApiError::forbidden(
+                "only admins may list other users' tasks",
+            ));
+        }
+        Some(id) => Some(id),
+        None if principal.is_admin() => None,
+        None => Some(principal.id()),
+    };
+    let filter = TaskFilter {
+        owner,
+        status,
+        kind: query.kind,
+    };
+    let (items, total) = tasks::list(&state.db, &filter, page.limit(), page.offset()).await?;
+    Ok(AppJson(Page::new(items, total, page)))
+}
+
+/// Creates a task (`pending`) and queues it for `scheduled_at`.
+///
+/// With an `Idempotency-Key`, the same key and body from the same user
+/// within 24 h answer the first response (with `Idempotent-Replayed: true`)
+/// instead of creating another task.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; replays the first response for 24 h")),
+    request_body = NewTaskRequest,
+    responses(
+        (status = 201, body = Task, headers(("Location" = String, description = "the task's URL"))),
+        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an invalid field, or `idempotency_key_mismatch`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request: NewTaskRequest = body.parse()?;
+    let mut errors = Vec::new();
+    let new = validate(request, "", &state, &mut errors);
+    let new = match new {
+        Some(new) if errors.is_empty() => new,
+        _ => return Err(ApiError::validation(errors)),
+    };
+    let idempotency = key.map(|key| (key, request_hash(&method, &uri, &body)));
+    create(&state, &principal, idempotency, vec![new], Shape::One).await
+}
+
+/// Creates up to 1000 tasks in one transaction: every task is checked
+/// first, and one invalid task creates none (its errors name it,
+/// `tasks[3].payload.ms`). Honours `Idempotency-Key` as `POST /tasks` does.
+#[utoipa::path(post, path = "/api/v1/tasks/batch", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; replays the first response for 24 h")),
+    request_body = NewTaskBatch,
+    responses(
+        (status = 201, body = TaskBatch),
+        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an invalid task, no or too many tasks, or `idempotency_key_mismatch`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let batch: NewTaskBatch = body.parse()?;
+    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+        return Err(ApiError::validation(vec![field(
+            "tasks",
+            format!("must hold 1 to {MAX_BATCH} tasks"),
+        )]));
+    }
+    let mut errors = Vec::new();
+    let new: Vec<NewTask> = batch
+        .tasks
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, request)| validate(request, &format!("tasks[{i}]."), &state, &mut errors))
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let idempotency = key.map(|key| (key, request_hash(&method, &uri, &body)));
+    create(&state, &principal, idempotency, new, Shape::Batch).await
+}
+
+/// Whether a create answers one task or `{items}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    One,
+    Batch,
+}
+
+/// What inserting did: created the tasks, or found the first response to a
+/// reused idempotency key.
+#[derive(Debug)]
+enum Created {
+    Fresh(Vec<Task>),
+    Replay(Response),
+}
+
+/// Creates `new` and answers 201 with the task (`Shape::One`) or `{items}`.
+async fn create(
+    state: &AppState,
+    principal: &Principal,
+    idempotency: Option<(String, Vec<u8>)>,
+    new: Vec<NewTask>,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    match insert(state, principal, idempotency, new, shape).await? {
+        Created::Replay(response) => Ok(response),
+        Created::Fresh(created) => {
+            let response = match shape {
+                Shape::One => {
+                    let mut response = (StatusCode::CREATED, AppJson(&created[0])).into_response();
+                    set_location(&mut response, created[0].id);
+                    response
+                }
+                Shape::Batch => {
+                    (StatusCode::CREATED, AppJson(TaskBatch { items: created })).into_response()
+                }
+            };
+            Ok(response)
+        }
+    }
+}
+
+/// Inserts `new` for the caller (claiming the idempotency key and recording
+/// the response in the same transaction), then pushes the jobs. The rows
+/// commit before the push: with Redis down the tasks are still accepted,
+/// marked not enqueued for the reconciler.
+async fn insert(
+    state: &AppState,
+    principal: &Principal,
+    idempotency: Option<(String, Vec<u8>)>,
+    new: Vec<NewTask>,
+    shape: Shape,
+) -> Result<Created, ApiError> {
+    let mut tx = state.db.begin().await?;
+    if let Some((key, hash)) = &idempotency {
+        match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
+            Claim::Fresh => {}
+            Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
+            Claim::Mismatch => {
+                return Err(ApiError::client(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_mismatch",
+                    "this Idempotency-Key was used with another request",
+                ));
+            }
+        }
+    }
+    let cap = state.config.max_unfinished_tasks_per_user;
+    let created = tasks::insert_many(
+        &mut *tx,
+        principal.id(),
+        &principal.id().to_string(),
+        &new,
+        Some(cap),
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::client(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_unfinished_tasks",
+            format!("at most {cap} unfinished tasks per user; wait for some to finish"),
+        )
+    })?;
+    if let Some((key, _)) = &idempotency {
+        let body = match shape {
+            Shape::One => serde_json::to_value(&created[0]),
+            Shape::Batch => serde_json::to_value(TaskBatch {
+                items: created.clone(),
+            }),
+        }
+        .map_err(|e| ApiError::Internal(e.into()))?;
+        idempotency::record(
+            &mut tx,
+            principal.id(),
+            key,
+            StatusCode::CREATED.as_u16(),
+            &body,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    enqueue(state, &created).await;
+    Ok(Created::Fresh(created))
+}
+
+/// Pushes `created` (already committed) and publishes their state. A failed
+/// push is not the client's problem: the rows are marked not enqueued and
+/// the reconciler pushes them once Redis is back.
+async fn enqueue(state: &AppState, created: &[Task]) {
+    if dispatch::push_tasks(&state.db, &state.jobs, created)
+        .await
+        .is_err()
+    {
+        // Redis is sick: a live update would only wait on it too.
+        return;
+    }
+    publish(state, created.iter().map(TaskState::from).collect()).await;
+}
+
+/// Publishes live updates, without letting a slow Redis hold the response.
+async fn publish(state: &AppState, states: Vec<TaskState>) {
+    if tokio::time::timeout(PUBLISH_TIMEOUT, task_events::publish(&state.redis, &states))
+        .await
+        .is_err()
+    {
+        tracing::debug!(count = states.len(), "publishing task updates timed out");
+    }
+}
+
+/// The first response to a reused key, as it was.
+fn replay(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let mut response = (status, AppJson(body)).into_response();
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    if let Some(id) = id {
+        set_location(&mut response, id);
+    }
+    response
+}
+
+fn set_location(response: &mut Response, id: Uuid) {
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/tasks/{id}")) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::validation(vec![field(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )])),
+    }
+}
+
+/// What a key is bound to: the method, the path and the exact body bytes.
+fn request_hash(method: &Method, uri: &Uri, body: &JsonBytes) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str().as_bytes());
+    hash.update(b" ");
+    hash.update(uri.path().as_bytes());
+    hash.update(b"\n");
+    hash.update(&body.0);
+    hash.finalize().to_vec()
+}
+
+/// `request` as a task to insert, or its reasons in `errors` (each field
+/// under `prefix`, `tasks[3].`, for batches).
+fn validate(
+    request: NewTaskRequest,
+    prefix: &str,
+    state: &AppState,
+    errors: &mut Vec<FieldError>,
+) -> Option<NewTask> {
+    let before = errors.len();
+    let mut invalid =
+        |name: &str, message: String| errors.push(field(&format!("{prefix}{name}"), message));
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        invalid("name", format!("must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    let max_attempts = in_range(
+        request.max_attempts,
+        3,
+        1,
+        100,
+        "max_attempts",
+        &mut invalid,
+    );
+    let timeout_seconds = in_range(
+        request.timeout_seconds,
+        i64::from(state.config.task_default_timeout_seconds),
+        1,
+        86_400,
+        "timeout_seconds",
+        &mut invalid,
+    );
+    let priority = in_range(request.priority, 0, -100, 100, "priority", &mut invalid);
+    let kind_name = request.kind.as_deref().unwrap_or("noop");
+    let payload = match request.payload {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(payload) => payload,
+    };
+    match kinds::find_enabled(kind_name, &state.kinds) {
+        None => invalid(
+            "kind",
+            format!(
+                "unknown kind; one of {}",
+                kinds::enabled(&state.kinds)
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(kind) => {
+            if let Err(problems) = kind.check(&payload, &state.kinds) {
+                for problem in problems {
+                    let path = if problem.field.is_empty() {
+                        "payload".to_owned()
+                    } else {
+                        format!("payload.{}", problem.field)
+                    };
+                    invalid(&path, problem.message);
+                }
+            }
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(NewTask {
+        name: name.to_owned(),
+        kind: kind_name.to_owned(),
+        payload,
+        max_attempts: i32::try_from(max_attempts).ok()?,
+        timeout_seconds: i32::try_from(timeout_seconds).ok()?,
+        priority: i16::try_from(priority).ok()?,
+        // The past is now: the database clock decides.
+        scheduled_at: request.scheduled_at.filter(|at| *at > Utc::now()),
+        schedule_id: None,
+    })
+}
+
+/// `value` (or `default`) when within `min..=max`; else a reason for `name`.
+fn in_range(
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+    name: &str,
+    invalid: &mut impl FnMut(&str, String),
+) -> i64 {
+    let value = value.unwrap_or(default);
+    if !(min..=max).contains(&value) {
+        invalid(name, format!("must be {min} to {max}"));
+    }
+    value
+}
+
+fn field(name: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn status_names() -> String {
+    TaskStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The registered task kinds and their payload schemas.
+#[utoipa::path(get, path = "/api/v1/tasks/kinds", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = [KindInfo]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn list_kinds(
+    State(state): State<AppState>,
+    _principal: Principal,
+) -> AppJson<Vec<KindInfo>> {
+    AppJson(
+        kinds::enabled(&state.kinds)
+            .map(|k| KindInfo {
+                name: k.name.to_owned(),
+                description: k.description.to_owned(),
+                category: k.category.to_owned(),
+                payload_schema: (k.payload_schema)(),
+            })
+            .collect(),
+    )
+}
+
+/// The task `id`, if the caller may see it: their own, or any for an admin.
+async fn visible_task(state: &AppState, principal: &Principal, id: Uuid) -> Result<Task, ApiError> {
+    tasks::get(&state.db, id)
+        .await?
+        .filter(|t| t.owner_id == principal.id() || principal.is_admin())
+        .ok_or_else(no_such_task)
+}
+
+fn no_such_task() -> ApiError {
+    ApiError::not_found("no such task")
+}
+
+/// One task, with its status history.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = TaskDetail),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<TaskDetail>, ApiError> {
+    let task = visible_task(&state, &principal, id).await?;
+    let history = tasks::history(&state.db, id).await?;
+    Ok(AppJson(TaskDetail { task, history }))
+}
+
+/// A task's status in short, for polling.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/status", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = TaskState),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<TaskState>, ApiError> {
+    tasks::get_state(&state.db, id)
+        .await?
+        .filter(|t| t.owner_id == principal.id() || principal.is_admin())
+        .map(AppJson)
+        .ok_or_else(no_such_task)
+}
+
+/// Cancels a `pending` or `retrying` task. A worker that later pops its job
+/// finds nothing to run.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Task),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task_not_cancellable`: running or finished", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn cancel_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<Task>, ApiError> {
+    visible_task(&state, &principal, id).await?;
+    let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
+        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
+        return Err(ApiError::conflict(
+            "task_not_cancellable",
+            format!(
+                "the task is {}; only pending or retrying tasks can be cancelled",
+                now.status
+            ),
+        ));
+    };
+    publish(&state, vec![TaskState::from(&task)]).await;
+    Ok(AppJson(task))
+}
+
+/// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
+/// now.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Task),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task_not_retryable`: not failed or cancelled", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn retry_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<Task>, ApiError> {
+    visible_task(&state, &principal, id).await?;
+    let Some(task) = tasks::retry(&state.db, id, &principal.id().to_string()).await? else {
+        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
+        return Err(ApiError::conflict(
+            "task_not_retryable",
+            format!(
+                "the task is {}; only failed or cancelled tasks can be retried",
+                now.status
+            ),
+        ));
+    };
+    enqueue(&state, std::slice::from_ref(&task)).await;
+    Ok(AppJson(task))
+}
+
+/// The Celery-era test task.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CeleryTestTask {
+    #[schema(example = "hello")]
+    pub message: String,
+}
+
+/// What the Celery-era API answered on creating a task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CeleryTaskCreated {
+    pub task_id: Uuid,
+}
+
+/// A task's status in the Celery-era shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CeleryTaskStatus {
+    pub task_id: Uuid,
+    /// Keel's status names (`pending`, `running`, `completed`, …), not Celery's.
+    pub status: TaskStatus,
+    /// The result once `completed`; the error message once `failed`; else `null`.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+/// Alias from the Celery-based API: creates an `echo` task whose payload
+/// (and so result) is `{"message": …}`.
+#[utoipa::path(post, path = "/api/v1/celery/test-task", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    request_body = CeleryTestTask,
+    responses(
+        (status = 201, body = CeleryTaskCreated),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[deprecated = "use POST /api/v1/tasks with kind `echo`"]
+async fn celery_test_task(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<CeleryTestTask>,
+) -> Result<Response, ApiError> {
+    let request = NewTaskRequest {
+        name: "celery test-task".to_owned(),
+        kind: Some("echo".to_owned()),
+        payload: Some(serde_json::json!({ "message": request.message })),
+        scheduled_at: None,
+        max_attempts: None,
+        timeout_seconds: None,
+        priority: None,
+    };
+    let mut errors = Vec::new();
+    let new = match validate(request, "", &state, &mut errors) {
+        Some(new) if errors.is_empty() => new,
+        _ => return Err(ApiError::validation(errors)),
+    };
+    let Created::Fresh(created) = insert(&state, &principal, None, vec![new], Shape::One).await?
+    else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a create without an idempotency key replayed"
+        )));
+    };
+    let task_id = created[0].id;
+    let mut response =
+        (StatusCode::CREATED, AppJson(CeleryTaskCreated { task_id })).into_response();
+    set_location(&mut response, task_id);
+    Ok(response)
+}
+
+/// Alias from the Celery-based API: a task's status and result. Statuses
+/// keep Keel's names; `result` carries the error message of a failed task,
+/// as Celery's did the exception.
+#[utoipa::path(get, path = "/api/v1/celery/task-status/{task_id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
+    params(("task_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = CeleryTaskStatus),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+#[deprecated = "use GET /api/v1/tasks/{id}"]
+async fn celery_task_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(task_id): AppPath<Uuid>,
+) -> Result<AppJson<CeleryTaskStatus>, ApiError> {
+    let task = visible_task(&state, &principal, task_id).await?;
+    let result = match task.status {
+        TaskStatus::Completed => task.result,
+        TaskStatus::Failed => task.error.map(Value::String),
+        _ => None,
+    };
+    Ok(AppJson(CeleryTaskStatus {
+        task_id,
+        status: task.status,
+        result,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_binds_method_path_and_exact_body() {
+        let body = |s: &'static str| JsonBytes(s.as_bytes().to_vec().into());
+        let uri: Uri = "/api/v1/tasks".parse().unwrap();
+        let batch: Uri = "/api/v1/tasks/batch".parse().unwrap();
+        let a = request_hash(&Method::POST, &uri, &body(r#"{"name":"a"}"#));
+        assert_eq!(
+            a,
+            request_hash(&Method::POST, &uri, &body(r#"{"name":"a"}"#))
+        );
+        assert_ne!(
+            a,
+            request_hash(&Method::POST, &uri, &body(r#"{"name": "a"}"#))
+        );
+        assert_ne!(
+            a,
+            request_hash(&Method::POST, &batch, &body(r#"{"name":"a"}"#))
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_255_characters() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(idempotency_key(&headers), Ok(None)));
+        headers.insert("idempotency-key", HeaderValue::from_static("k-1"));
+        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("k-1"));
+        headers.insert("idempotency-key", HeaderValue::from_static(""));
+        assert!(idempotency_key(&headers).is_err());
+        let long = "k".repeat(256);
+        headers.insert("idempotency-key", HeaderValue::from_str(&long).unwrap());
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

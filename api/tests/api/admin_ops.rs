@@ -1,0 +1,204 @@
+//! `/api/v1/admin/{workers,queues,stats}`: admins only, with counts that
+//! follow the tasks created.
+
+use chrono::{Duration, Utc};
+use keel_shared::{domain::Role, workers};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, spawn_app_with, spawn_app_without_redis};
+
+async fn spawn() -> TestApp {
+    spawn_app_with(&["--rate-limit-enabled", "false"]).await
+}
+
+const ROUTES: [&str; 3] = [
+    "/api/v1/admin/workers",
+    "/api/v1/admin/queues",
+    "/api/v1/admin/stats",
+];
+
+fn queue<'a>(queues: &'a Value, name: &str) -> &'a Value {
+    queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("queue {name} in {queues}"))
+}
+
+#[tokio::test]
+async fn admin_routes_are_403_for_users_and_401_for_nobody() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    for path in ROUTES {
+        assert_problem(
+            app.get_as(path, &user.token).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        assert_problem(
+            app.get(path).await,
+            StatusCode::UNAUTHORIZED,
+            "not_authenticated",
+        )
+        .await;
+    }
+    let superadmin = app.create_user(Role::Superadmin).await;
+    for path in ROUTES {
+        assert_eq!(
+            app.get_as(path, &superadmin.token).await.status(),
+            StatusCode::OK,
+            "{path} for a superadmin"
+        );
+    }
+}
+
+#[tokio::test]
+async fn workers_lists_the_live_worker_cards() {
+    let app = spawn().await;
+    let admin = app.create_user(Role::Admin).await;
+    let none: Value = app
+        .get_as("/api/v1/admin/workers", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none, json!([]));
+
+    // Built from JSON so the card may grow fields without this test changing.
+    let mut card: workers::WorkerCard = serde_json::from_value(json!({
+        "id": "worker-test-1", "hostname": "host", "pid": 42, "queues": ["tasks"],
+        "concurrency": 8, "in_flight": 0, "processed": 0, "failed": 0,
+        "version": "0.1.0", "started_at": Utc::now(), "last_seen": Utc::now(),
+    }))
+    .unwrap();
+    workers::heartbeat(&app.redis(), &mut card).await.unwrap();
+
+    let live: Value = app
+        .get_as("/api/v1/admin/workers", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let live = live.as_array().unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["id"], "worker-test-1");
+    assert_eq!(live[0]["hostname"], "host");
+    assert_eq!(live[0]["queues"], json!(["tasks"]));
+    assert_eq!(live[0]["concurrency"], 8);
+    assert!(live[0]["last_seen"].is_string());
+}
+
+#[tokio::test]
+async fn queues_count_tasks_in_postgres_and_jobs_in_redis() {
+    let app = spawn().await;
+    let admin = app.create_user(Role::Admin).await;
+    let user = app.create_user(Role::User).await;
+    for name in ["a", "b", "c"] {
+        app.created_task(&user.token, &json!({"name": name})).await;
+    }
+    app.created_task(
+        &user.token,
+        &json!({"name": "later", "scheduled_at": Utc::now() + Duration::hours(2)}),
+    )
+    .await;
+    let done = app
+        .created_task(&user.token, &json!({"name": "done"}))
+        .await;
+    let failed = app
+        .created_task(&user.token, &json!({"name": "failed"}))
+        .await;
+    let running = app
+        .created_task(&user.token, &json!({"name": "running"}))
+        .await;
+    for (task, status) in [
+        (&done, "completed"),
+        (&failed, "failed"),
+        (&running, "running"),
+    ] {
+        sqlx::query("UPDATE tasks SET status = $2 WHERE id = $1::uuid")
+            .bind(task["id"].as_str().unwrap())
+            .bind(status)
+            .execute(app.pool())
+            .await
+            .unwrap();
+    }
+
+    let response = app.get_as("/api/v1/admin/queues", &admin.token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let queues: Value = response.json().await.unwrap();
+    let names: Vec<&str> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["email", "tasks", "maintenance"]);
+
+    let tasks = queue(&queues, "tasks");
+    assert_eq!(tasks["pending"], 3, "{tasks}");
+    assert_eq!(tasks["scheduled"], 1, "the task due in two hours: {tasks}");
+    assert_eq!(tasks["running"], 1);
+    assert_eq!(tasks["done"], 1);
+    assert_eq!(tasks["failed"], 1);
+    assert_eq!(
+        tasks["redis"],
+        json!({"scheduled": 7, "active": 0, "done": 0, "dead": 0}),
+        "every push waits in the scheduled set until a worker fetches it"
+    );
+    let email = queue(&queues, "email");
+    assert_eq!(email["pending"], 0);
+    assert_eq!(email["redis"]["scheduled"], 0);
+}
+
+#[tokio::test]
+async fn queues_answer_from_postgres_alone_when_redis_is_down() {
+    let app = spawn_app_without_redis().await;
+    let admin = app.create_user(Role::Admin).await;
+    app.created_task(&admin.token, &json!({"name": "offline"}))
+        .await;
+    let response = app.get_as("/api/v1/admin/queues", &admin.token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let queues: Value = response.json().await.unwrap();
+    let tasks = queue(&queues, "tasks");
+    assert_eq!(tasks["pending"], 1);
+    assert!(tasks["redis"].is_null(), "{tasks}");
+}
+
+#[tokio::test]
+async fn stats_count_users_and_tasks() {
+    let app = spawn().await;
+    let admin = app.create_user(Role::Admin).await;
+    let user = app.create_user(Role::User).await;
+    app.created_task(&user.token, &json!({"name": "one"})).await;
+    let cancelled = app.created_task(&user.token, &json!({"name": "two"})).await;
+    let path = format!("/api/v1/tasks/{}/cancel", cancelled["id"].as_str().unwrap());
+    assert_eq!(
+        app.send(reqwest::Method::POST, &path, &user.token, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let stats: Value = app
+        .get_as("/api/v1/admin/stats", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["users"]["total"], 2, "{stats}");
+    assert_eq!(stats["users"]["active"], 2);
+    assert_eq!(stats["users"]["verified"], 2);
+    assert_eq!(stats["users"]["by_role"]["admin"], 1);
+    assert_eq!(stats["users"]["by_role"]["user"], 1);
+    assert_eq!(stats["users"]["by_role"]["superadmin"], 0);
+    assert_eq!(stats["tasks"]["total"], 2);
+    assert_eq!(stats["tasks"]["by_status"]["pending"], 1);
+    assert_eq!(stats["tasks"]["by_status"]["cancelled"], 1);
+    assert_eq!(
+        stats["tasks"]["by_status"]["failed"], 0,
+        "every status is listed"
+    );
+}

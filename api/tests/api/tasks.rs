@@ -1,0 +1,957 @@
+//! `/api/v1/tasks`: creating (one, batches, idempotent), validation, the cap,
+//! ownership, listing, cancel and retry, kinds, Redis down, and the Celery
+//! aliases. No worker runs: a job "queued" is one found in Redis.
+
+use chrono::{Duration, Utc};
+use keel_shared::domain::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with, spawn_app_without_redis};
+
+/// Many requests per test: the general rate limit would get in the way.
+async fn spawn() -> TestApp {
+    spawn_app_with(&["--rate-limit-enabled", "false"]).await
+}
+
+async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> reqwest::Response {
+    app.send(Method::POST, path, &user.token, Some(body)).await
+}
+
+async fn set_status(app: &TestApp, id: &str, status: &str) {
+    sqlx::query("UPDATE tasks SET status = $2 WHERE id = $1::uuid")
+        .bind(id)
+        .bind(status)
+        .execute(app.pool())
+        .await
+        .unwrap();
+}
+
+async fn count_tasks(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tasks")
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
+
+fn fields(problem: &keel_api::error::Problem) -> Vec<String> {
+    problem
+        .errors
+        .as_ref()
+        .map(|e| e.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn create_with_defaults_answers_201_pending_and_pushes_the_job_to_redis() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+
+    let response = app
+        .create_task(&user.token, &json!({"name": "first"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let task: Value = response.json().await.unwrap();
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(location, format!("/api/v1/tasks/{id}"));
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["kind"], "noop");
+    assert_eq!(task["payload"], json!({}));
+    assert_eq!(task["max_attempts"], 3);
+    assert_eq!(task["timeout_seconds"], 300, "the configured default");
+    assert_eq!(task["priority"], 0);
+    assert_eq!(task["attempts"], 0);
+    assert_eq!(task["owner_id"], user.user.id.to_string());
+    assert!(task.get("lease_owner").is_none() && task.get("enqueued_at").is_none());
+
+    assert_eq!(app.scheduled_task_jobs().await, 1);
+    assert_eq!(app.pushes_of(id).await, 1, "the job names the task");
+    let enqueued: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(enqueued.is_some(), "a pushed task is marked enqueued");
+}
+
+#[tokio::test]
+async fn create_takes_every_field_and_a_trailing_slash() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let at = Utc::now() + Duration::hours(1);
+    let response = post(
+        &app,
+        "/api/v1/tasks/",
+        &user,
+        &json!({
+            "name": "nap", "kind": "sleep", "payload": {"ms": 5},
+            "scheduled_at": at, "max_attempts": 7, "timeout_seconds": 60, "priority": -5,
+        }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(task["kind"], "sleep");
+    assert_eq!(task["payload"], json!({"ms": 5}));
+    assert_eq!(task["max_attempts"], 7);
+    assert_eq!(task["timeout_seconds"], 60);
+    assert_eq!(task["priority"], -5);
+    let scheduled: chrono::DateTime<Utc> = task["scheduled_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (scheduled - at).num_milliseconds().abs() < 1000,
+        "{scheduled} vs {at}"
+    );
+}
+
+#[tokio::test]
+async fn a_scheduled_at_in_the_past_means_now() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let task = app
+        .created_task(
+            &user.token,
+            &json!({"name": "late", "scheduled_at": Utc::now() - Duration::days(3)}),
+        )
+        .await;
+    let scheduled: chrono::DateTime<Utc> = task["scheduled_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (Utc::now() - scheduled).num_seconds() < 60,
+        "scheduled_at {scheduled} is about now"
+    );
+}
+
+#[tokio::test]
+async fn invalid_tasks_are_422_naming_the_field() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let cases = [
+        (json!({"name": "x", "kind": "nope"}), "kind", "unknown kind"),
+        (
+            json!({"name": "x", "kind": "sleep", "payload": {"ms": "soon"}}),
+            "payload.ms",
+            "a payload field has the wrong type",
+        ),
+        (
+            json!({"name": "x", "kind": "sleep", "payload": {"ms": 99_999_999_999_u64}}),
+            "payload.ms",
+            "a payload field is out of range",
+        ),
+        (
+            json!({"name": "x", "kind": "sleep"}),
+            "payload",
+            "the payload as a whole lacks a field",
+        ),
+        (
+            json!({"name": "x", "max_attempts": 0}),
+            "max_attempts",
+            "max_attempts below 1",
+        ),
+        (
+            json!({"name": "x", "max_attempts": 101}),
+            "max_attempts",
+            "max_attempts above 100",
+        ),
+        (
+            json!({"name": "x", "timeout_seconds": 86_401}),
+            "timeout_seconds",
+            "timeout above a day",
+        ),
+        (
+            json!({"name": "x", "priority": 101}),
+            "priority",
+            "priority above 100",
+        ),
+        (
+            json!({"name": "x".repeat(201)}),
+            "name",
+            "name over 200 characters",
+        ),
+        (json!({"name": "  "}), "name", "a blank name"),
+        (json!({}), "name", "no name"),
+        (
+            json!({"name": "x", "role": "admin"}),
+            "role",
+            "an unknown field",
+        ),
+    ];
+    for (body, field, reason) in cases {
+        let problem = assert_problem(
+            app.create_task(&user.token, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        let names = fields(&problem);
+        assert!(
+            names
+                .iter()
+                .any(|f| f == field || f.starts_with(&format!("{field}."))),
+            "{reason}: expected an error on {field}, got {names:?}"
+        );
+    }
+    assert_eq!(count_tasks(&app).await, 0, "nothing was created");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_another_content_type_415() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    for path in ["/api/v1/tasks", "/api/v1/tasks/batch"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&user.token)
+            .header("content-type", "application/json")
+            .body("{oops}")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&user.token)
+            .header("content-type", "text/plain")
+            .body(r#"{"name": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(
+            response,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn tasks_need_a_caller_and_accept_an_api_key() {
+    let app = spawn().await;
+    let response = app.post_json("/api/v1/tasks", &json!({"name": "x"})).await;
+    assert_problem(response, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+
+    let user = app.create_user(Role::User).await;
+    let key = app.create_api_key(&user, "tasks").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .header("x-api-key", key)
+        .json(&json!({"name": "by key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(task["owner_id"], user.user.id.to_string());
+}
+
+#[tokio::test]
+async fn another_users_task_is_404_everywhere_but_an_admin_sees_it() {
+    let app = spawn().await;
+    let owner = app.create_user(Role::User).await;
+    let other = app.create_user(Role::User).await;
+    let admin = app.create_user(Role::Admin).await;
+    let task = app
+        .created_task(&owner.token, &json!({"name": "mine"}))
+        .await;
+    let id = task["id"].as_str().unwrap();
+
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/tasks/{id}")),
+        (Method::GET, format!("/api/v1/tasks/{id}/status")),
+        (Method::POST, format!("/api/v1/tasks/{id}/cancel")),
+        (Method::POST, format!("/api/v1/tasks/{id}/retry")),
+        (Method::GET, format!("/api/v1/celery/task-status/{id}")),
+    ] {
+        let response = app.send(method.clone(), &path, &other.token, None).await;
+        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+        let response = app.send(method.clone(), &path, &owner.token, None).await;
+        assert_ne!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{method} {path} for the owner"
+        );
+    }
+    let response = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &admin.token)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let missing = uuid::Uuid::now_v7();
+    for path in [
+        format!("/api/v1/tasks/{missing}"),
+        "/api/v1/tasks/not-a-uuid".to_owned(),
+    ] {
+        assert_problem(
+            app.get_as(&path, &owner.token).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn get_shows_the_task_with_its_history_and_status_the_short_form() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let task = app.created_task(&user.token, &json!({"name": "h"})).await;
+    let id = task["id"].as_str().unwrap();
+
+    let detail: Value = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["id"], task["id"]);
+    assert_eq!(detail["name"], "h");
+    let history = detail["history"].as_array().expect("a history");
+    assert!(!history.is_empty(), "the creation is recorded: {detail}");
+    assert_eq!(history[0]["to_status"], "pending");
+
+    let response = app
+        .get_as(&format!("/api/v1/tasks/{id}/status"), &user.token)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await.unwrap();
+    let mut keys: Vec<_> = status.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["attempts", "id", "progress", "status", "updated_at"]);
+    assert_eq!(status["status"], "pending");
+}
+
+#[tokio::test]
+async fn lists_are_own_tasks_newest_first_with_filters_and_pages() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let other = app.create_user(Role::User).await;
+    let admin = app.create_user(Role::Admin).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let kind = if i % 2 == 0 { "noop" } else { "echo" };
+        let task = app
+            .created_task(&user.token, &json!({"name": format!("t{i}"), "kind": kind}))
+            .await;
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let theirs = app
+        .created_task(&other.token, &json!({"name": "theirs"}))
+        .await;
+    set_status(&app, &ids[0], "failed").await;
+
+    let page: Value = app
+        .get_as("/api/v1/tasks?size=2", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 5, "only the caller's own");
+    assert_eq!(page["pages"], 3);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["items"][0]["id"], ids[4].as_str(), "newest first");
+    assert_eq!(page["items"][1]["id"], ids[3].as_str());
+    let last: Value = app
+        .get_as("/api/v1/tasks?size=2&page=3", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["items"][0]["id"], ids[0].as_str());
+
+    let echo: Value = app
+        .get_as("/api/v1/tasks?kind=echo", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["total"], 2);
+    let failed: Value = app
+        .get_as("/api/v1/tasks?status=failed", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["total"], 1);
+    assert_eq!(failed["items"][0]["id"], ids[0].as_str());
+
+    let problem = assert_problem(
+        app.get_as("/api/v1/tasks?status=sleeping", &user.token)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["status"]);
+    assert_problem(
+        app.get_as("/api/v1/tasks?size=101", &user.token).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    // A user may name themself, not anyone else.
+    let own: Value = app
+        .get_as(
+            &format!("/api/v1/tasks?user_id={}", user.user.id),
+            &user.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["total"], 5);
+    assert_problem(
+        app.get_as(
+            &format!("/api/v1/tasks?user_id={}", other.user.id),
+            &user.token,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+
+    let all: Value = app
+        .get_as("/api/v1/tasks", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["total"], 6, "an admin sees everybody's");
+    let filtered: Value = app
+        .get_as(
+            &format!("/api/v1/tasks?user_id={}", other.user.id),
+            &admin.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered["total"], 1);
+    assert_eq!(filtered["items"][0]["id"], theirs["id"]);
+}
+
+#[tokio::test]
+async fn cancel_a_pending_task_once_then_409() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let task = app.created_task(&user.token, &json!({"name": "c"})).await;
+    let id = task["id"].as_str().unwrap();
+    let path = format!("/api/v1/tasks/{id}/cancel");
+
+    let response = app.send(Method::POST, &path, &user.token, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(cancelled["finished_at"].is_string());
+
+    let again = app.send(Method::POST, &path, &user.token, None).await;
+    assert_problem(again, StatusCode::CONFLICT, "task_not_cancellable").await;
+
+    let running = app.created_task(&user.token, &json!({"name": "r"})).await;
+    let running_id = running["id"].as_str().unwrap();
+    set_status(&app, running_id, "running").await;
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/tasks/{running_id}/cancel"),
+            &user.token,
+            None,
+        )
+        .await;
+    assert_problem(response, StatusCode::CONFLICT, "task_not_cancellable").await;
+}
+
+#[tokio::test]
+async fn retry_of_a_cancelled_task_makes_it_pending_and_pushes_it_again() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let task = app
+        .created_task(&user.token, &json!({"name": "again"}))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let retry = format!("/api/v1/tasks/{id}/retry");
+
+    let early = app.send(Method::POST, &retry, &user.token, None).await;
+    assert_problem(early, StatusCode::CONFLICT, "task_not_retryable").await;
+
+    let cancel = format!("/api/v1/tasks/{id}/cancel");
+    assert_eq!(
+        app.send(Method::POST, &cancel, &user.token, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.pushes_of(id).await, 1);
+
+    let response = app.send(Method::POST, &retry, &user.token, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let retried: Value = response.json().await.unwrap();
+    assert_eq!(retried["status"], "pending");
+    assert_eq!(retried["attempts"], 0);
+    assert!(retried["finished_at"].is_null());
+    assert_eq!(app.pushes_of(id).await, 2, "a new job for the new run");
+
+    set_status(&app, id, "failed").await;
+    let response = app.send(Method::POST, &retry, &user.token, None).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a failed task runs again too"
+    );
+}
+
+#[tokio::test]
+async fn kinds_lists_every_registered_kind_with_its_schema() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let response = app.get_as("/api/v1/tasks/kinds", &user.token).await;
+    assert_eq!(response.status(), StatusCode::OK, "not taken for a task id");
+    let kinds: Vec<Value> = response.json().await.unwrap();
+    let names: Vec<&str> = kinds.iter().map(|k| k["name"].as_str().unwrap()).collect();
+    for kind in ["noop", "echo", "sleep", "fail", "http_request"] {
+        assert!(names.contains(&kind), "{kind} in {names:?}");
+    }
+    assert_eq!(
+        names.len(),
+        keel_shared::kinds::KINDS.len() - 1,
+        "every registered kind but the test-only abort"
+    );
+    assert!(!names.contains(&"abort"), "test-only kinds stay hidden");
+    let abort = post(
+        &app,
+        "/api/v1/tasks",
+        &user,
+        &json!({"name": "x", "kind": "abort"}),
+    )
+    .await;
+    assert_eq!(abort.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for kind in &kinds {
+        assert_eq!(kind["payload_schema"]["type"], "object", "{kind}");
+        assert!(kind["description"].is_string() && kind["category"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_creates_every_task_in_order_and_pushes_them() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let response = post(
+        &app,
+        "/api/v1/tasks/batch",
+        &user,
+        &json!({"tasks": [
+            {"name": "a"},
+            {"name": "b", "kind": "echo", "payload": {"x": 1}},
+            {"name": "c", "kind": "sleep", "payload": {"ms": 1}},
+        ]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    let items = body["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(app.scheduled_task_jobs().await, 3);
+    for item in items {
+        assert_eq!(app.pushes_of(item["id"].as_str().unwrap()).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_task_names_it_and_creates_nothing() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let response = post(
+        &app,
+        "/api/v1/tasks/batch",
+        &user,
+        &json!({"tasks": [
+            {"name": "fine"},
+            {"name": "bad", "kind": "sleep", "payload": {"ms": "soon"}},
+            {"name": "fine too"},
+            {"name": "x", "kind": "nope"},
+        ]}),
+    )
+    .await;
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["tasks[1].payload.ms", "tasks[3].kind"]);
+    assert_eq!(count_tasks(&app).await, 0);
+
+    let response = post(
+        &app,
+        "/api/v1/tasks/batch",
+        &user,
+        &json!({"tasks": [{"name": "fine"}, {"name": 5}]}),
+    )
+    .await;
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["tasks[1].name"], "{problem:?}");
+}
+
+#[tokio::test]
+async fn a_batch_holds_1_to_1000_tasks() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let tasks: Vec<Value> = (0..1001)
+        .map(|i| json!({"name": format!("t{i}")}))
+        .collect();
+    let response = post(&app, "/api/v1/tasks/batch", &user, &json!({"tasks": tasks})).await;
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["tasks"]);
+    let response = post(&app, "/api/v1/tasks/batch", &user, &json!({"tasks": []})).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(count_tasks(&app).await, 0);
+
+    let response = post(
+        &app,
+        "/api/v1/tasks/batch",
+        &user,
+        &json!({"tasks": tasks[..1000]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(count_tasks(&app).await, 1000);
+    assert_eq!(app.scheduled_task_jobs().await, 1000, "one push for all");
+}
+
+async fn create_with_key(
+    app: &TestApp,
+    user: &TestUser,
+    key: &str,
+    body: &str,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/tasks"))
+        .bearer_auth(&user.token)
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_replay_the_first_task() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let body = r#"{"name": "once"}"#;
+    let first = create_with_key(&app, &user, "key-1", body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let second = create_with_key(&app, &user, "key-1", body).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(count_tasks(&app).await, 1);
+    assert_eq!(app.scheduled_task_jobs().await, 1, "pushed once");
+
+    // Keys are per user: another user's same key is theirs.
+    let other = app.create_user(Role::User).await;
+    let theirs = create_with_key(&app, &other, "key-1", body).await;
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+    assert_eq!(count_tasks(&app).await, 2);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_with_another_body_is_422() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let first = create_with_key(&app, &user, "key-2", r#"{"name": "one"}"#).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let second = create_with_key(&app, &user, "key-2", r#"{"name": "two"}"#).await;
+    assert_problem(
+        second,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_mismatch",
+    )
+    .await;
+    // The same key on the batch route is another request, too.
+    let batch = app
+        .client
+        .post(app.url("/api/v1/tasks/batch"))
+        .bearer_auth(&user.token)
+        .header("idempotency-key", "key-2")
+        .json(&json!({"tasks": [{"name": "one"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        batch,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_mismatch",
+    )
+    .await;
+    assert_eq!(count_tasks(&app).await, 1);
+
+    let long = "k".repeat(256);
+    let problem = assert_problem(
+        create_with_key(&app, &user, &long, r#"{"name": "x"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["Idempotency-Key"]);
+}
+
+#[tokio::test]
+async fn a_batch_replays_under_its_idempotency_key() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let body = json!({"tasks": [{"name": "a"}, {"name": "b"}]});
+    let send = || {
+        app.client
+            .post(app.url("/api/v1/tasks/batch"))
+            .bearer_auth(&user.token)
+            .header("idempotency-key", "batch-1")
+            .json(&body)
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["items"], first["items"]);
+    assert_eq!(count_tasks(&app).await, 2);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_with_one_key_create_one_task() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = app
+            .client
+            .post(app.url("/api/v1/tasks"))
+            .bearer_auth(&user.token)
+            .header("idempotency-key", "race")
+            .json(&json!({"name": "raced"}));
+        requests.spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the one task");
+    assert_eq!(count_tasks(&app).await, 1);
+}
+
+#[tokio::test]
+async fn the_unfinished_task_cap_answers_429_and_counts_only_unfinished_tasks() {
+    let app = spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--max-unfinished-tasks-per-user",
+        "2",
+    ])
+    .await;
+    let user = app.create_user(Role::User).await;
+    let first = app.created_task(&user.token, &json!({"name": "1"})).await;
+    app.created_task(&user.token, &json!({"name": "2"})).await;
+    let third = app.create_task(&user.token, &json!({"name": "3"})).await;
+    assert_problem(
+        third,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    let batch = post(
+        &app,
+        "/api/v1/tasks/batch",
+        &user,
+        &json!({"tasks": [{"name": "4"}]}),
+    )
+    .await;
+    assert_problem(
+        batch,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+
+    // Admins are capped too; other users are not affected.
+    let admin = app.create_user(Role::Admin).await;
+    app.created_task(&admin.token, &json!({"name": "a1"})).await;
+    app.created_task(&admin.token, &json!({"name": "a2"})).await;
+    assert_eq!(
+        app.create_task(&admin.token, &json!({"name": "a3"}))
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // A finished task frees its place.
+    set_status(&app, first["id"].as_str().unwrap(), "completed").await;
+    assert_eq!(
+        app.create_task(&user.token, &json!({"name": "3"}))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_a_task_is_still_created_and_left_for_the_reconciler() {
+    let app = spawn_app_without_redis().await;
+    let user = app.create_user(Role::User).await;
+    let response = app
+        .create_task(&user.token, &json!({"name": "offline"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let task: Value = response.json().await.unwrap();
+    let enqueued: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
+            .bind(task["id"].as_str().unwrap())
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(enqueued, None, "marked as never handed to Redis");
+}
+
+#[tokio::test]
+async fn the_celery_aliases_create_an_echo_task_and_report_its_status() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let response = post(
+        &app,
+        "/api/v1/celery/test-task",
+        &user,
+        &json!({"message": "hello"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["task_id"].as_str().expect("a task id").to_owned();
+    assert_eq!(app.pushes_of(&id).await, 1);
+
+    let task: Value = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["kind"], "echo");
+    assert_eq!(task["payload"], json!({"message": "hello"}));
+
+    let path = format!("/api/v1/celery/task-status/{id}");
+    let status: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
+    assert_eq!(
+        status,
+        json!({"task_id": id, "status": "pending", "result": null})
+    );
+
+    sqlx::query(
+        "UPDATE tasks SET status = 'completed', result = '{\"message\": \"hello\"}' \
+         WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let status: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["result"], json!({"message": "hello"}));
+
+    let bad = post(&app, "/api/v1/celery/test-task", &user, &json!({})).await;
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn openapi_documents_the_task_and_admin_routes() {
+    let app = spawn().await;
+    let doc = app.openapi().await;
+    for (method, path, deprecated) in [
+        ("get", "/api/v1/tasks", false),
+        ("post", "/api/v1/tasks", false),
+        ("post", "/api/v1/tasks/batch", false),
+        ("get", "/api/v1/tasks/kinds", false),
+        ("get", "/api/v1/tasks/{id}", false),
+        ("get", "/api/v1/tasks/{id}/status", false),
+        ("post", "/api/v1/tasks/{id}/cancel", false),
+        ("post", "/api/v1/tasks/{id}/retry", false),
+        ("post", "/api/v1/celery/test-task", true),
+        ("get", "/api/v1/celery/task-status/{task_id}", true),
+        ("get", "/api/v1/admin/workers", false),
+        ("get", "/api/v1/admin/queues", false),
+        ("get", "/api/v1/admin/stats", false),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        assert!(operation["security"].is_array(), "{method} {path} security");
+        assert_eq!(
+            operation["deprecated"].as_bool().unwrap_or(false),
+            deprecated,
+            "{method} {path} deprecated"
+        );
+        let responses = operation["responses"].as_object().unwrap();
+        assert!(
+            responses.keys().any(|s| s.starts_with('4')),
+            "{method} {path} documents its problems"
+        );
+    }
+    for schema in [
+        "Task",
+        "TaskState",
+        "TaskDetail",
+        "NewTaskRequest",
+        "KindInfo",
+        "QueueStats",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema}"
+        );
+    }
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        tags.contains(&"tasks") && tags.contains(&"admin"),
+        "{tags:?}"
+    );
+}

@@ -1,0 +1,338 @@
+//! The `e2e` workload: the task pipeline end to end, through the code the
+//! API uses to create tasks (row committed, then pushed) and real
+//! `keel-worker` processes writing every status to Postgres.
+//!
+//! 1. Enqueue: `--tasks` `noop` tasks from `--connections` concurrent
+//!    creators, one task per create (or `--batch B` per create, the bulk path).
+//! 2. End to end: from the first create to the last `completed` row, by the
+//!    database clock.
+//! 3. Trickle: `--trickle` tasks at `--trickle-rate`/s on the idle queue;
+//!    enqueue→start is the row's `started_at - created_at`.
+//!
+//! With `--workers W` the bench starts W worker processes itself (from
+//! `--worker-bin`, on its own Redis prefix) and stops them after; without,
+//! it expects a fleet already running on `--redis-prefix` and `--database-url`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use keel_shared::{
+    Config, RedisClient,
+    db::{
+        self,
+        tasks::{self, NewTask},
+        users::{self, NewUser, ProfileChanges},
+    },
+    dispatch,
+    domain::{EmailAddress, Role, Username},
+    job_queue::JobQueue,
+    workers,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks in the throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Tasks per create (1: the single `POST /tasks` path; more: the bulk path).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrent creators.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Start this many worker processes (else use a running fleet).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// `WORKER_CONCURRENCY` of the workers the bench starts.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The worker binary for `--workers`.
+    #[arg(long, default_value = "target/release/keel-worker")]
+    worker_bin: String,
+    /// Tasks in the trickle run.
+    #[arg(long, default_value_t = 200)]
+    trickle: usize,
+    /// Tasks per second in the trickle run.
+    #[arg(long, default_value_t = 50)]
+    trickle_rate: u32,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
+    )]
+    database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Redis prefix of the fleet (with `--workers`, a fresh one is used when unset).
+    #[arg(long, env = "REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Print one JSON object as the last line too.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let prefix = args
+        .redis_prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]));
+    let config = Config::from_flags([
+        "--database-url",
+        &args.database_url,
+        "--redis-url",
+        &args.redis_url,
+        "--redis-prefix",
+        &prefix,
+        "--database-max-connections",
+        "32",
+    ])?;
+    db::create_database_if_missing(&config).await?;
+    let pool = db::connect(&config).await?;
+    db::migrate(&pool).await?;
+    let redis = RedisClient::connect(&config).await?;
+    let jobs = JobQueue::new(redis.clone());
+    let owner = bench_user(&pool).await?;
+
+    let mut fleet = Fleet::default();
+    if let Some(count) = args.workers {
+        for _ in 0..count {
+            fleet.start(&args, &prefix)?;
+        }
+    }
+    let alive = wait_for_workers(&redis, args.workers.unwrap_or(1)).await?;
+
+    // Throughput.
+    let start_db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await?;
+    let started = Instant::now();
+    enqueue(
+        &pool,
+        &jobs,
+        owner,
+        args.tasks,
+        args.batch,
+        args.connections,
+    )
+    .await?;
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    let last_finish = wait_completed(&pool, owner, args.tasks).await?;
+    let e2e_secs = (last_finish - start_db).num_microseconds().unwrap_or(1) as f64 / 1e6;
+
+    // Idle-queue latency.
+    let trickle_owner = bench_user(&pool).await?;
+    let latency = trickle(&pool, &jobs, trickle_owner, args.trickle, args.trickle_rate).await?;
+    fleet.stop();
+
+    let enqueue_tps = args.tasks as f64 / enqueue_secs;
+    let e2e_tps = args.tasks as f64 / e2e_secs;
+    let p50 = latency.value_at_quantile(0.50) as f64 / 1000.0;
+    let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
+    let max = latency.max() as f64 / 1000.0;
+    println!(
+        "e2e: {} noop tasks, batch {}, {} creators, {} worker(s) alive\n",
+        args.tasks, args.batch, args.connections, alive
+    );
+    println!("| measure | value |");
+    println!("| --- | ---: |");
+    println!("| enqueue (row + push) | {enqueue_tps:.0} tasks/s |");
+    println!("| end to end (first create → last completed row) | {e2e_tps:.0} tasks/s |");
+    println!(
+        "| idle enqueue→start, {} tasks at {}/s | p50 {p50:.2} ms · p99 {p99:.2} ms · max {max:.2} ms |",
+        args.trickle, args.trickle_rate
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "tasks": args.tasks, "batch": args.batch, "workers": alive,
+                "enqueue_tps": enqueue_tps.round(), "e2e_tps": e2e_tps.round(),
+                "start_p50_ms": p50, "start_p99_ms": p99, "start_max_ms": max,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Creates `n` noop tasks, `batch` per create, from `connections` creators.
+async fn enqueue(
+    pool: &PgPool,
+    jobs: &JobQueue,
+    owner: Uuid,
+    n: usize,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let batch = batch.max(1);
+    let creates = n.div_ceil(batch);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (pool, jobs, next) = (pool.clone(), jobs.clone(), next.clone());
+        creators.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= creates {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let size = batch.min(n - i * batch);
+                let specs: Vec<NewTask> = (0..size).map(|_| noop()).collect();
+                let rows = tasks::insert_many(&pool, owner, "bench", &specs, None)
+                    .await?
+                    .context("no cap is set")?;
+                dispatch::push_tasks(&pool, &jobs, &rows).await?;
+            }
+        }));
+    }
+    for creator in creators {
+        creator.await??;
+    }
+    Ok(())
+}
+
+/// Waits until `n` of `owner`'s tasks are completed; returns the last `finished_at`.
+async fn wait_completed(pool: &PgPool, owner: Uuid, n: usize) -> anyhow::Result<DateTime<Utc>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (done, last): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*), max(finished_at) FROM tasks WHERE owner_id = $1 AND status = 'completed'",
+        )
+        .bind(owner)
+        .fetch_one(pool)
+        .await?;
+        if usize::try_from(done).unwrap_or(0) >= n {
+            return last.context("completed rows have a finish time");
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {n} tasks completed within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` single creates at `rate`/s; the histogram holds each task's
+/// `started_at - created_at` in microseconds.
+async fn trickle(
+    pool: &PgPool,
+    jobs: &JobQueue,
+    owner: Uuid,
+    n: usize,
+    rate: u32,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    for _ in 0..n {
+        tick.tick().await;
+        let rows = tasks::insert_many(pool, owner, "bench", &[noop()], None)
+            .await?
+            .context("no cap is set")?;
+        dispatch::push_tasks(pool, jobs, &rows).await?;
+    }
+    wait_completed(pool, owner, n).await?;
+    let delays: Vec<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM started_at - created_at) * 1000000)::bigint \
+         FROM tasks WHERE owner_id = $1",
+    )
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for us in delays {
+        histogram.record(u64::try_from(us.max(0)).unwrap_or(0))?;
+    }
+    Ok(histogram)
+}
+
+fn noop() -> NewTask {
+    NewTask {
+        name: "bench".into(),
+        kind: "noop".into(),
+        payload: json!({}),
+        max_attempts: 3,
+        timeout_seconds: 60,
+        priority: 0,
+        scheduled_at: None,
+        schedule_id: None,
+    }
+}
+
+async fn bench_user(pool: &PgPool) -> anyhow::Result<Uuid> {
+    let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let user = users::insert(
+        pool,
+        &NewUser {
+            username: Username::parse(&name)?,
+            email: EmailAddress::parse(&format!("{name}@bench.invalid"))?,
+            password_hash: "!".into(),
+            role: Role::User,
+            email_verified: true,
+            profile: ProfileChanges::default(),
+        },
+    )
+    .await?;
+    Ok(user.id)
+}
+
+async fn wait_for_workers(redis: &RedisClient, n: usize) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = workers::list_alive(redis).await?.len();
+        if alive >= n {
+            return Ok(alive);
+        }
+        if Instant::now() > deadline {
+            bail!("{alive} of {n} workers alive on this prefix after 30 s; is a fleet running?");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Worker processes the bench started; stopped with SIGTERM.
+#[derive(Debug, Default)]
+struct Fleet(Vec<Child>);
+
+impl Fleet {
+    fn start(&mut self, args: &Args, prefix: &str) -> anyhow::Result<()> {
+        let child = Command::new(&args.worker_bin)
+            .env("DATABASE_URL", &args.database_url)
+            .env("REDIS_URL", &args.redis_url)
+            .env("REDIS_PREFIX", prefix)
+            .env("WORKER_QUEUES", "tasks")
+            .env("WORKER_CONCURRENCY", args.concurrency.to_string())
+            .env("METRICS_PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (build it with --release)", args.worker_bin))?;
+        self.0.push(child);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for mut child in self.0.drain(..) {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Handing committed task rows to the queue: the second half of every
+//! create, retry and scheduled fire. The row is committed first; this
+//! pushes one `RunTask` per row in a single round trip, timed for each
+//! row's next attempt. If Redis refuses, the rows' enqueued mark is cleared
+//! and the reconciler pushes them later: creating work never fails because
+//! Redis is down.
+
+use sqlx::PgPool;
+
+use crate::{
+    db::tasks::{self, Task},
+    job_queue::{JobQueue, PushError},
+    jobs::RunTask,
+};
+
+/// Pushes jobs for `rows` (already committed).
+///
+/// # Errors
+/// The push failed; the rows are marked not enqueued (best effort) and
+/// stay safe in Postgres.
+pub async fn push_tasks(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(), PushError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let batch = rows
+        .iter()
+        .map(|t| {
+            let at = Some(t.next_attempt_at);
+            (
+                RunTask {
+                    task_id: t.id,
+                    run_at: at,
+                },
+                at,
+            )
+        })
+        .collect();
+    let pushed = jobs.push_many(batch).await;
+    if let Err(e) = &pushed {
+        tracing::warn!(error = %e, count = rows.len(), "tasks not queued; the reconciler will queue them");
+        let ids: Vec<_> = rows.iter().map(|t| t.id).collect();
+        if let Err(e) = tasks::mark_not_enqueued(db, &ids).await {
+            tracing::warn!(error = %e, "could not clear the enqueued mark");
+        }
+    }
+    pushed
+}
