@@ -105,6 +105,7 @@ impl Worker {
         let jobs = JobQueue::new(redis.clone());
 
         let mut queues = Vec::new();
+        let mut runners = Vec::new();
         for queue in &card.queues {
             match queue {
                 Queue::Tasks => {
@@ -123,6 +124,7 @@ impl Worker {
                         jobs.wake_channel(Queue::Tasks),
                         finished.clone(),
                     );
+                    runners.push(runner.clone());
                     queues.push(tokio::spawn(tasks::run_queue(
                         runner,
                         wake,
@@ -165,6 +167,10 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "a queue task failed"),
                     Ok(Ok(())) => {}
                 }
+            }
+            // Attempts whose apalis worker died under them finish (or are handed back) too.
+            for runner in &runners {
+                runner.drained().await;
             }
         };
         tokio::pin!(drained);

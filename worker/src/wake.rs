@@ -111,7 +111,19 @@ impl std::fmt::Debug for Wake {
 impl Stream for Wake {
     type Item = ();
 
+    /// Drains every tap that is ready and answers once for them all. apalis
+    /// polls its strategy once per poll and ignores the answer, so a stream
+    /// left Ready would hold no waker, and the next wake-up would go unheard
+    /// until the worker's heartbeat; drained to Pending, it always holds one.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        self.inner.as_mut().poll_next(cx)
+        let mut fired = false;
+        while let Poll::Ready(Some(())) = self.inner.as_mut().poll_next(cx) {
+            fired = true;
+        }
+        if fired {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -425,12 +425,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// What a key is bound to: the method, the path and the exact body bytes.
+/// What a key is bound to: the method, the path (a trailing slash is the
+/// same route) and the exact body bytes.
 fn request_hash(method: &Method, uri: &Uri, body: &JsonBytes) -> Vec<u8> {
     let mut hash = Sha256::new();
     hash.update(method.as_str().as_bytes());
     hash.update(b" ");
-    hash.update(uri.path().as_bytes());
+    hash.update(uri.path().trim_end_matches('/').as_bytes());
     hash.update(b"\n");
     hash.update(&body.0);
     hash.finalize().to_vec()
@@ -791,6 +792,12 @@ mod tests {
         assert_ne!(
             a,
             request_hash(&Method::POST, &batch, &body(r#"{"name":"a"}"#))
+        );
+        let slash: Uri = "/api/v1/tasks/".parse().unwrap();
+        assert_eq!(
+            a,
+            request_hash(&Method::POST, &slash, &body(r#"{"name":"a"}"#)),
+            "a trailing slash is the same route"
         );
     }
 

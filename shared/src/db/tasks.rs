@@ -1,8 +1,10 @@
 //! The `tasks` table and its history: creating tasks (one or a batch, under
 //! the owner's cap), reading and listing them, the user's cancel and retry,
 //! and the worker's lease — claim, progress, renewal, and the fenced final
-//! write. Every worker write says `AND lease_owner = $worker`, so a worker
-//! that lost its lease changes nothing.
+//! write. A claim stores a lease token unique to that attempt
+//! (`{worker}/{random}`) in `lease_owner`; every later write of the attempt
+//! says `AND lease_owner = $token`, so an attempt that lost its lease —
+//! even to a later attempt on the same worker — changes nothing.
 
 use std::time::Duration;
 
@@ -407,7 +409,8 @@ pub async fn retry(
 /// Claims those of `ids` that may run now: `pending`/`retrying` and due by
 /// the database clock, or `running` under an expired lease with attempts
 /// left (one without is for [`fail_exhausted`]). Each claimed row
-/// is `running`, leased to `worker` for `lease`, with its attempt counted.
+/// is `running`, leased to `worker` for `lease` under a fresh token (the
+/// returned row's `lease_owner`), with its attempt counted.
 /// Ids not returned were not claimable (see [`unclaimed_reasons`]).
 ///
 /// # Errors
@@ -419,7 +422,7 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<Task>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "UPDATE tasks SET status = 'running', lease_owner = $2, \
+        "UPDATE tasks SET status = 'running', lease_owner = $2 || '/' || gen_random_uuid(), \
              lease_expires_at = now() + $3 * interval '1 millisecond', \
              attempts = attempts + 1, started_at = now(), finished_at = NULL, progress = 0, \
              worker_id = $2, changed_by = $2 \
@@ -451,6 +454,9 @@ pub enum Unclaimed {
 }
 
 /// For ids [`claim`] did not return: which may be tried again, and when.
+/// Only finished, cancelled or missing rows are `Drop`; an unfinished row
+/// whose moment passed between the two statements is retried at once, never
+/// dropped.
 ///
 /// # Errors
 /// The database fails.
@@ -458,12 +464,10 @@ pub async fn unclaimed_reasons(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, Unclaimed)>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT id, \
-             CASE WHEN status IN ('pending', 'retrying') AND next_attempt_at > now() \
-                  THEN ceil(extract(epoch FROM next_attempt_at - now()) * 1000)::bigint END, \
-             CASE WHEN status = 'running' AND lease_expires_at >= now() \
-                  THEN ceil(extract(epoch FROM lease_expires_at - now()) * 1000)::bigint END \
+    let rows: Vec<(Uuid, TaskStatus, i64, i64)> = sqlx::query_as(
+        "SELECT id, status, \
+             ceil(extract(epoch FROM next_attempt_at - now()) * 1000)::bigint, \
+             coalesce(ceil(extract(epoch FROM lease_expires_at - now()) * 1000)::bigint, 0) \
          FROM tasks WHERE id = ANY($1)",
     )
     .bind(ids)
@@ -473,9 +477,11 @@ pub async fn unclaimed_reasons(
     Ok(ids
         .iter()
         .map(|id| {
-            let reason = match rows.iter().find(|(row, _, _)| row == id) {
-                Some((_, Some(due), _)) => Unclaimed::NotYetDue(ms(*due)),
-                Some((_, _, Some(lease))) => Unclaimed::Leased(ms(*lease)),
+            let reason = match rows.iter().find(|(row, ..)| row == id) {
+                Some((_, TaskStatus::Pending | TaskStatus::Retrying, due, _)) => {
+                    Unclaimed::NotYetDue(ms(*due))
+                }
+                Some((_, TaskStatus::Running, _, lease)) => Unclaimed::Leased(ms(*lease)),
                 _ => Unclaimed::Drop,
             };
             (*id, reason)
@@ -509,36 +515,42 @@ pub async fn fail_exhausted(
     .await
 }
 
-/// Renews the leases `worker` holds on `ids`; returns the ids still held
-/// (a task missing from the answer was taken over or cancelled meanwhile).
+/// Renews the leases `(id, token)`; returns the ids still held (a task
+/// missing from the answer was taken over or is no longer running).
 ///
 /// # Errors
 /// The database fails.
 pub async fn renew_leases(
     db: impl PgExecutor<'_>,
-    ids: &[Uuid],
-    worker: &str,
+    held: &[(Uuid, String)],
     lease: Duration,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
+    // Rows are locked in id order, as every other batched write locks them,
+    // so two of one worker's statements cannot deadlock.
+    let mut held = held.to_vec();
+    held.sort_unstable();
+    let (ids, tokens): (Vec<Uuid>, Vec<String>) = held.into_iter().unzip();
     sqlx::query_scalar(
-        "UPDATE tasks SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running' RETURNING id",
+        "UPDATE tasks t SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+         FROM unnest($1::uuid[], $2::text[]) AS l(id, token) \
+         WHERE t.id = l.id AND t.lease_owner = l.token AND t.status = 'running' \
+         RETURNING t.id",
     )
-    .bind(ids)
-    .bind(worker)
+    .bind(&ids)
+    .bind(&tokens)
     .bind(millis(lease))
     .fetch_all(db)
     .await
 }
 
-/// Records progress (0–100) of a task `worker` holds.
+/// Records progress (0–100) of the attempt holding `token`.
 ///
 /// # Errors
 /// The database fails.
 pub async fn set_progress(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    worker: &str,
+    token: &str,
     progress: i16,
 ) -> Result<Option<TaskState>, sqlx::Error> {
     sqlx::query_as(
@@ -547,7 +559,7 @@ pub async fn set_progress(
          RETURNING id, owner_id, status, progress, attempts, updated_at",
     )
     .bind(id)
-    .bind(worker)
+    .bind(token)
     .bind(progress.clamp(0, 100))
     .fetch_optional(db)
     .await
@@ -557,10 +569,10 @@ pub async fn set_progress(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Completed(serde_json::Value),
-    /// Failed; another attempt runs at `retry_at`.
+    /// Failed; another attempt runs `delay` from now by the database clock.
     Retry {
         error: String,
-        retry_at: DateTime<Utc>,
+        delay: Duration,
     },
     /// Failed for good.
     Failed(String),
@@ -569,28 +581,46 @@ pub enum Outcome {
     HandBack,
 }
 
-/// Writes the outcomes of attempts `worker` holds, in one statement. Returns
-/// the new state of each row still leased to `worker`; a row it lost is left
-/// as it is and missing from the answer.
+/// One attempt's end: the task, the attempt's lease token, the outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub id: Uuid,
+    pub token: String,
+    pub outcome: Outcome,
+}
+
+/// Writes the outcomes of attempts, in one statement, as `worker`. Returns
+/// the new state of each row whose lease the attempt still held; a row it
+/// lost is left as it is and missing from the answer.
 ///
 /// # Errors
 /// The database fails.
 pub async fn finish(
     db: impl PgExecutor<'_>,
     worker: &str,
-    outcomes: &[(Uuid, Outcome)],
+    finishes: &[Finish],
 ) -> Result<Vec<TaskState>, sqlx::Error> {
-    let mut ids = Vec::with_capacity(outcomes.len());
-    let mut statuses = Vec::with_capacity(outcomes.len());
-    let mut results = Vec::with_capacity(outcomes.len());
-    let mut errors = Vec::with_capacity(outcomes.len());
-    let mut retry_at = Vec::with_capacity(outcomes.len());
-    for (id, outcome) in outcomes {
-        ids.push(*id);
-        let (status, result, error, at) = match outcome {
+    // In id order, like every batched write (no lock-order deadlocks).
+    let mut sorted: Vec<&Finish> = finishes.iter().collect();
+    sorted.sort_unstable_by_key(|f| f.id);
+    let n = sorted.len();
+    let (mut ids, mut tokens, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut results, mut errors, mut delays) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for finish in sorted {
+        ids.push(finish.id);
+        tokens.push(finish.token.as_str());
+        let (status, result, error, delay) = match &finish.outcome {
             Outcome::Completed(result) => ("completed", Some(result), None, None),
-            Outcome::Retry { error, retry_at } => {
-                ("retrying", None, Some(error.as_str()), Some(*retry_at))
+            Outcome::Retry { error, delay } => {
+                ("retrying", None, Some(error.as_str()), Some(millis(*delay)))
             }
             Outcome::Failed(error) => ("failed", None, Some(error.as_str()), None),
             Outcome::HandBack => ("handback", None, None, None),
@@ -598,7 +628,7 @@ pub async fn finish(
         statuses.push(status);
         results.push(result);
         errors.push(error);
-        retry_at.push(at);
+        delays.push(delay);
     }
     sqlx::query_as(
         "UPDATE tasks t SET
@@ -611,7 +641,8 @@ pub async fn finish(
              error = CASE WHEN o.status = 'completed' THEN NULL
                           WHEN o.status = 'handback' THEN t.error ELSE o.error END,
              progress = CASE WHEN o.status = 'completed' THEN 100 ELSE t.progress END,
-             next_attempt_at = CASE WHEN o.status = 'retrying' THEN o.retry_at
+             next_attempt_at = CASE WHEN o.status = 'retrying'
+                                        THEN now() + o.delay_ms * interval '1 millisecond'
                                     WHEN o.status = 'handback' THEN now()
                                     ELSE t.next_attempt_at END,
              finished_at = CASE WHEN o.status IN ('completed', 'failed')
@@ -621,17 +652,18 @@ pub async fn finish(
              enqueued_at = CASE WHEN o.status IN ('retrying', 'handback') THEN now()
                                 ELSE t.enqueued_at END,
              changed_by = $1
-         FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[])
-              AS o(id, status, result, error, retry_at)
-         WHERE t.id = o.id AND t.lease_owner = $1 AND t.status = 'running'
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[])
+              AS o(id, token, status, result, error, delay_ms)
+         WHERE t.id = o.id AND t.lease_owner = o.token AND t.status = 'running'
          RETURNING t.id, t.owner_id, t.status, t.progress, t.attempts, t.updated_at",
     )
     .bind(worker)
     .bind(&ids)
+    .bind(&tokens)
     .bind(&statuses)
     .bind(&results)
     .bind(&errors)
-    .bind(&retry_at)
+    .bind(&delays)
     .fetch_all(db)
     .await
 }

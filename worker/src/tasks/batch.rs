@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use keel_shared::{
     RedisClient,
-    db::tasks::{self, Outcome, Task, TaskState, Unclaimed},
+    db::tasks::{self, Finish, Task, TaskState, Unclaimed},
     task_events,
 };
 use sqlx::PgPool;
@@ -32,7 +32,7 @@ pub enum Claim {
 
 type Reply<T> = oneshot::Sender<Result<T, BatchError>>;
 /// An outcome to write, and where to send the task's new state.
-type FinishRequest = ((Uuid, Outcome), Reply<Option<TaskState>>);
+type FinishRequest = (Finish, Reply<Option<TaskState>>);
 
 /// Claims tasks for one worker, in batches.
 #[derive(Debug, Clone)]
@@ -67,6 +67,7 @@ impl Claims {
                         .collect(),
                     Err(_) => Vec::new(),
                 };
+                publish(&redis, claimed_states);
                 let mut answered = HashSet::new();
                 for (id, reply) in batch {
                     let answer = match &result {
@@ -86,7 +87,6 @@ impl Claims {
                     };
                     let _ = reply.send(answer);
                 }
-                task_events::publish(&redis, &claimed_states).await;
             }
         });
         Self { tx }
@@ -150,25 +150,24 @@ impl Finishes {
                 // row once); a second outcome for the same id waits a round.
                 let mut seen = HashSet::new();
                 let (now, later): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(|((id, _), _)| seen.insert(*id));
+                    batch.into_iter().partition(|(f, _)| seen.insert(f.id));
                 for part in [now, later] {
                     if part.is_empty() {
                         continue;
                     }
-                    let outcomes: Vec<(Uuid, Outcome)> =
-                        part.iter().map(|(o, _)| o.clone()).collect();
-                    let result = tasks::finish(&db, &worker, &outcomes)
+                    let finishes: Vec<Finish> = part.iter().map(|(f, _)| f.clone()).collect();
+                    let result = tasks::finish(&db, &worker, &finishes)
                         .await
                         .map_err(|e| BatchError(e.to_string()));
-                    for ((id, _), reply) in part {
+                    for (finish, reply) in part {
                         let answer = result
                             .as_ref()
-                            .map(|states| states.iter().find(|s| s.id == id).cloned())
+                            .map(|states| states.iter().find(|s| s.id == finish.id).cloned())
                             .map_err(Clone::clone);
                         let _ = reply.send(answer);
                     }
                     if let Ok(states) = result {
-                        task_events::publish(&redis, &states).await;
+                        publish(&redis, states);
                     }
                 }
             }
@@ -176,23 +175,29 @@ impl Finishes {
         Self { tx }
     }
 
-    /// Records `outcome` for `id`; `None` when the lease was lost meanwhile.
+    /// Records an attempt's outcome; `None` when its lease was lost meanwhile.
     ///
     /// # Errors
     /// The database failed.
-    pub async fn finish(
-        &self,
-        id: Uuid,
-        outcome: Outcome,
-    ) -> Result<Option<TaskState>, BatchError> {
+    pub async fn finish(&self, finish: Finish) -> Result<Option<TaskState>, BatchError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(((id, outcome), reply))
+            .send((finish, reply))
             .map_err(|_| BatchError("the finish loop has stopped".into()))?;
         answer
             .await
             .map_err(|_| BatchError("the finish loop has stopped".into()))?
     }
+}
+
+/// Publishes live updates off the write loop: a slow Redis must not hold
+/// up the next batch.
+fn publish(redis: &RedisClient, states: Vec<TaskState>) {
+    if states.is_empty() {
+        return;
+    }
+    let redis = redis.clone();
+    tokio::spawn(async move { task_events::publish(&redis, &states).await });
 }
 
 /// Waits for one request, then takes whatever else is already queued.

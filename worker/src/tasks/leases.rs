@@ -1,7 +1,8 @@
-//! The leases this worker holds. Every running task is registered here; a
-//! loop renews them all in one statement every third of the lease, and a
-//! task whose lease was lost (the database gave it to another worker after
-//! this one stalled) is told to stop: its writes would be fenced anyway.
+//! The leases this worker holds. Every running attempt is registered here
+//! with its lease token; a loop renews them all in one statement every third
+//! of the lease, and an attempt whose lease was lost (the database gave the
+//! task to another attempt after this one stalled) is told to stop: its
+//! writes would be fenced anyway.
 
 use std::{
     collections::HashMap,
@@ -14,14 +15,17 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+type Held = Arc<Mutex<HashMap<Uuid, (String, CancellationToken)>>>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Leases {
-    held: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+    held: Held,
 }
 
 impl Leases {
-    /// Starts renewing every lease this worker holds, every third of `lease`.
-    pub fn start(db: PgPool, worker: String, lease: Duration, stop: CancellationToken) -> Self {
+    /// Starts renewing every lease this worker holds, every third of `lease`,
+    /// until `stop`.
+    pub fn start(db: PgPool, lease: Duration, stop: CancellationToken) -> Self {
         let leases = Self::default();
         let held = leases.held.clone();
         tokio::spawn(async move {
@@ -32,22 +36,30 @@ impl Leases {
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let ids: Vec<Uuid> = held.lock().expect("lease map").keys().copied().collect();
-                if ids.is_empty() {
+                let now: Vec<(Uuid, String)> = held
+                    .lock()
+                    .expect("lease map")
+                    .iter()
+                    .map(|(id, (token, _))| (*id, token.clone()))
+                    .collect();
+                if now.is_empty() {
                     continue;
                 }
-                match tasks::renew_leases(&db, &ids, &worker, lease).await {
+                match tasks::renew_leases(&db, &now, lease).await {
                     Ok(kept) => {
                         let mut map = held.lock().expect("lease map");
-                        for id in ids.iter().filter(|id| !kept.contains(id)) {
-                            if let Some(lost) = map.remove(id) {
+                        for (id, token) in now.iter().filter(|(id, _)| !kept.contains(id)) {
+                            // Only the attempt that was asked about: a newer one may hold the id now.
+                            if map.get(id).is_some_and(|(t, _)| t == token)
+                                && let Some((_, lost)) = map.remove(id)
+                            {
                                 tracing::warn!(task_id = %id, "lease lost; abandoning the attempt");
                                 lost.cancel();
                             }
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, held = ids.len(), "could not renew leases; retrying")
+                        tracing::warn!(error = %e, held = now.len(), "could not renew leases; retrying")
                     }
                 }
             }
@@ -55,17 +67,44 @@ impl Leases {
         leases
     }
 
-    /// Registers a claimed task; the token fires if its lease is lost.
-    pub fn hold(&self, id: Uuid) -> CancellationToken {
-        let token = CancellationToken::new();
+    /// Registers a claimed attempt; the guard's token fires if its lease is
+    /// lost, and dropping the guard stops the renewals, whatever ends the attempt.
+    pub fn hold(&self, id: Uuid, token: &str) -> LeaseGuard {
+        let lost = CancellationToken::new();
         self.held
             .lock()
             .expect("lease map")
-            .insert(id, token.clone());
-        token
+            .insert(id, (token.to_owned(), lost.clone()));
+        LeaseGuard {
+            held: self.held.clone(),
+            id,
+            token: token.to_owned(),
+            lost,
+        }
     }
+}
 
-    pub fn release(&self, id: Uuid) {
-        self.held.lock().expect("lease map").remove(&id);
+/// One held lease; released when dropped.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    held: Held,
+    id: Uuid,
+    token: String,
+    lost: CancellationToken,
+}
+
+impl LeaseGuard {
+    /// Fires when the lease is lost.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let mut map = self.held.lock().expect("lease map");
+        if map.get(&self.id).is_some_and(|(t, _)| *t == self.token) {
+            map.remove(&self.id);
+        }
     }
 }

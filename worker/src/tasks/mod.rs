@@ -14,7 +14,7 @@ use apalis::prelude::{BackendExt as _, BoxDynError, Data, WorkerBuilder, WorkerB
 use chrono::{DateTime, Utc};
 use keel_shared::{
     Config, RedisClient,
-    db::tasks::{self, Outcome, Task, Unclaimed},
+    db::tasks::{self, Finish, Outcome, Task, Unclaimed},
     job_queue::JobQueue,
     jobs::RunTask,
     kinds::{self, KindSettings, TaskContext, TaskFailure},
@@ -22,7 +22,10 @@ use keel_shared::{
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 
 use crate::{stats::Stats, wake::WakeSignal};
 use batch::{BatchError, Claim, Claims, Finishes};
@@ -33,6 +36,9 @@ pub use retry::RetryPolicy;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Margin past a foreign lease's end before trying to take it over.
 const TAKEOVER_MARGIN: Duration = Duration::from_millis(50);
+/// A job not due for longer than this goes back to Redis for its time
+/// instead of holding a concurrency slot while it waits.
+const LONGEST_HOLD: Duration = Duration::from_secs(2);
 
 /// Everything an attempt needs, shared by the queue's handlers.
 #[derive(Debug)]
@@ -40,8 +46,6 @@ pub struct TaskRunner {
     db: PgPool,
     redis: RedisClient,
     jobs: JobQueue,
-    /// The lease owner: this worker process's unique name.
-    worker: String,
     lease: Duration,
     retry: RetryPolicy,
     settings: Arc<KindSettings>,
@@ -49,6 +53,9 @@ pub struct TaskRunner {
     claims: Claims,
     finishes: Finishes,
     leases: Leases,
+    /// Attempts run as their own tokio tasks, so an apalis worker that dies
+    /// (and drops its handlers) cannot cut an attempt off mid-way.
+    attempts: TaskTracker,
     stats: Arc<Stats>,
     /// Stop taking work: jobs not yet started are handed back at once.
     stopping: CancellationToken,
@@ -82,14 +89,14 @@ impl TaskRunner {
             jobs: JobQueue::new(redis.clone()),
             claims: Claims::start(db.clone(), redis.clone(), worker.to_owned(), lease),
             finishes: Finishes::start(db.clone(), redis.clone(), worker.to_owned()),
-            leases: Leases::start(db.clone(), worker.to_owned(), lease, finished),
+            leases: Leases::start(db.clone(), lease, finished),
+            attempts: TaskTracker::new(),
             retry: RetryPolicy {
                 base: Duration::from_millis(config.task_retry_base_ms),
                 max: Duration::from_secs(config.task_retry_max_seconds),
             },
             settings: Arc::new(KindSettings::from_config(config)),
             http: kinds::http_client(),
-            worker: worker.to_owned(),
             db,
             redis,
             lease,
@@ -104,8 +111,8 @@ impl TaskRunner {
     /// # Errors
     /// The database failed before the claim; apalis then schedules the job
     /// again, and the row — still unclaimed — is safe either way.
-    pub async fn run(&self, job: RunTask) -> Result<(), RunError> {
-        // Redis hands jobs out up to a second early (it counts whole seconds).
+    pub async fn run(self: &Arc<Self>, job: RunTask) -> Result<(), RunError> {
+        // Redis hands jobs out up to two seconds early (it counts whole seconds).
         if let Some(at) = job.run_at
             && !self.wait(until(at)).await
         {
@@ -117,17 +124,27 @@ impl TaskRunner {
             match self.claims.claim(job.task_id).await? {
                 Claim::Claimed(task) => break task,
                 Claim::Unclaimed(Unclaimed::Drop) => return Ok(()),
+                Claim::Unclaimed(Unclaimed::NotYetDue(wait)) if wait > LONGEST_HOLD => {
+                    // A stale job (say, an orphan of a task that is now retrying later):
+                    // its own push comes due then; this copy waits in Redis, not in a slot.
+                    let later = RunTask {
+                        task_id: job.task_id,
+                        run_at: Some(Utc::now() + wait),
+                    };
+                    self.hand_back_job(later).await;
+                    return Ok(());
+                }
                 Claim::Unclaimed(Unclaimed::NotYetDue(wait)) => {
-                    // The database clock says not yet (skew, or a retry rescheduled it).
+                    // The database clock says not yet (this machine's runs ahead).
                     if !self.wait(wait).await {
                         self.hand_back_job(job).await;
                         return Ok(());
                     }
                 }
                 Claim::Unclaimed(Unclaimed::Leased(wait)) => {
-                    // Another worker holds it. If it died (this job came back as its
-                    // orphan) the lease runs out and the task is ours; if it lives, it
-                    // renews before then and this job is a duplicate.
+                    // Another attempt holds it. If its worker died (this job came back
+                    // as its orphan) the lease runs out and the task is ours; if it
+                    // lives, it renews before then and this job is a duplicate.
                     if waited_out_lease {
                         return Ok(());
                     }
@@ -139,14 +156,27 @@ impl TaskRunner {
                 }
             }
         };
-        self.attempt(*task).await;
+        let runner = self.clone();
+        // Awaited here so apalis acknowledges the job only after the attempt,
+        // but not owned here: dropping this future does not stop the attempt.
+        let _ = self
+            .attempts
+            .spawn(async move { runner.attempt(*task).await })
+            .await;
         Ok(())
+    }
+
+    /// Waits for attempts still running outside any apalis worker.
+    pub async fn drained(&self) {
+        self.attempts.close();
+        self.attempts.wait().await;
     }
 
     /// Runs one claimed attempt to its end.
     async fn attempt(&self, task: Task) {
         self.stats.started();
-        let lost = self.leases.hold(task.id);
+        let token = task.lease_owner.clone().unwrap_or_default();
+        let lease = self.leases.hold(task.id, &token);
         let kind_label = task.kind.clone();
         metrics::counter!("keel_tasks_started_total", "kind" => kind_label.clone()).increment(1);
         if let Some(started) = task.started_at {
@@ -157,15 +187,15 @@ impl TaskRunner {
         }
         let began = std::time::Instant::now();
         let outcome = tokio::select! {
-            outcome = self.execute(&task) => Some(outcome),
-            () = lost.cancelled() => None,
+            outcome = self.execute(&task, &token) => Some(outcome),
+            () = lease.lost().cancelled() => None,
             () = self.grace_over.cancelled() => Some(Outcome::HandBack),
         };
-        self.leases.release(task.id);
+        drop(lease);
         metrics::histogram!("keel_task_run_seconds", "kind" => kind_label.clone())
             .record(began.elapsed().as_secs_f64());
         let Some(outcome) = outcome else {
-            // Another worker owns the task now; anything written would be fenced.
+            // Another attempt owns the task now; anything written would be fenced.
             self.stats.abandoned();
             return;
         };
@@ -178,12 +208,17 @@ impl TaskRunner {
         };
         metrics::counter!(name, "kind" => kind_label).increment(1);
         let next_run = match &outcome {
-            Outcome::Retry { retry_at, .. } => Some(Some(*retry_at)),
+            Outcome::Retry { delay, .. } => Some(Some(Utc::now() + *delay)),
             Outcome::HandBack => Some(None),
             _ => None,
         };
-        match self.record(task.id, outcome).await {
-            Some(_) => {
+        let finish = Finish {
+            id: task.id,
+            token,
+            outcome,
+        };
+        match self.record(finish).await {
+            Some(()) => {
                 if matches!(next_run, Some(None)) {
                     self.stats.abandoned();
                 } else {
@@ -198,7 +233,7 @@ impl TaskRunner {
     }
 
     /// Runs the kind's handler under the task's timeout, writing progress.
-    async fn execute(&self, task: &Task) -> Outcome {
+    async fn execute(&self, task: &Task, token: &str) -> Outcome {
         let Some(kind) = kinds::find_enabled(&task.kind, &self.settings) else {
             return Outcome::Failed(format!(
                 "kind {:?} is not offered by this worker",
@@ -212,32 +247,30 @@ impl TaskRunner {
             self.http.clone(),
         );
         // Its own tokio task, so a panic in the handler is a failed attempt,
-        // not a dead worker, and a timeout can abort it.
-        let handle = tokio::spawn(kind.run(task.payload.clone(), ctx));
-        let abort = handle.abort_handle();
+        // not a dead worker; aborted when dropped, so a timeout, a lost lease
+        // or a hand-back stops the handler too.
+        let mut handle = AbortOnDropHandle::new(tokio::spawn(kind.run(task.payload.clone(), ctx)));
         let timeout = Duration::from_secs(u64::try_from(task.timeout_seconds).unwrap_or(1));
         let result = tokio::select! {
-            joined = tokio::time::timeout(timeout, handle) => match joined {
+            joined = tokio::time::timeout(timeout, &mut handle) => match joined {
                 Ok(Ok(result)) => result,
                 Ok(Err(join)) if join.is_panic() => Err(TaskFailure::retryable(format!(
                     "the handler panicked: {}", panic_message(join.into_panic())
                 ))),
                 Ok(Err(_)) => Err(TaskFailure::retryable("the handler was cancelled")),
-                Err(_) => {
-                    abort.abort();
-                    Err(TaskFailure::retryable(format!("timed out after {}s", task.timeout_seconds)))
-                }
+                Err(_) => Err(TaskFailure::retryable(format!(
+                    "timed out after {}s", task.timeout_seconds
+                ))),
             },
-            never = self.write_progress(task, progress) => match never {},
+            never = self.write_progress(task, token, progress) => match never {},
         };
-        abort.abort();
+        drop(handle);
         match result {
             Ok(value) => Outcome::Completed(value),
             Err(failure) if failure.retryable && task.attempts < task.max_attempts => {
-                let delay = self.retry.delay(task.attempts);
                 Outcome::Retry {
                     error: failure.message,
-                    retry_at: Utc::now() + delay,
+                    delay: self.retry.delay(task.attempts),
                 }
             }
             Err(failure) => Outcome::Failed(failure.message),
@@ -248,6 +281,7 @@ impl TaskRunner {
     async fn write_progress(
         &self,
         task: &Task,
+        token: &str,
         mut progress: watch::Receiver<i16>,
     ) -> std::convert::Infallible {
         loop {
@@ -255,7 +289,7 @@ impl TaskRunner {
                 std::future::pending::<()>().await;
             }
             let value = *progress.borrow_and_update();
-            match tasks::set_progress(&self.db, task.id, self.lease_owner(), value).await {
+            match tasks::set_progress(&self.db, task.id, token, value).await {
                 Ok(Some(state)) => task_events::publish(&self.redis, &[state]).await,
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, task_id = %task.id, "progress not written"),
@@ -264,17 +298,14 @@ impl TaskRunner {
         }
     }
 
-    fn lease_owner(&self) -> &str {
-        &self.worker
-    }
-
     /// Writes the outcome, retrying while the database is away (the lease
     /// fences a write that comes too late). `None`: the lease was lost.
-    async fn record(&self, id: uuid::Uuid, outcome: Outcome) -> Option<()> {
+    async fn record(&self, finish: Finish) -> Option<()> {
+        let id = finish.id;
         let mut backoff = Duration::from_millis(100);
         let deadline = std::time::Instant::now() + self.lease;
         loop {
-            match self.finishes.finish(id, outcome.clone()).await {
+            match self.finishes.finish(finish.clone()).await {
                 Ok(Some(_)) => return Some(()),
                 Ok(None) => {
                     tracing::warn!(task_id = %id, "lease lost before the outcome was written; it is discarded");
@@ -308,10 +339,13 @@ impl TaskRunner {
         }
     }
 
-    /// Gives a job this worker will not start back to Redis (it is stopping).
+    /// Gives a job this worker will not start now back to Redis.
     async fn hand_back_job(&self, job: RunTask) {
         if let Err(e) = self.jobs.push(job, job.run_at).await {
             tracing::warn!(error = %e, task_id = %job.task_id, "could not hand the job back; the reconciler will");
+            if let Err(e) = tasks::mark_not_enqueued(&self.db, &[job.task_id]).await {
+                tracing::warn!(error = %e, task_id = %job.task_id, "could not clear the enqueued mark");
+            }
         }
     }
 
@@ -408,5 +442,5 @@ pub async fn run_queue(
 }
 
 async fn handle_run_task(job: RunTask, runner: Data<Arc<TaskRunner>>) -> Result<(), BoxDynError> {
-    runner.run(job).await.map_err(Into::into)
+    TaskRunner::run(&runner, job).await.map_err(Into::into)
 }
