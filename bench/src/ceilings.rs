@@ -22,19 +22,18 @@ use keel_shared::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TASK_SQL: &str = r"\set unused random(1, 1000)
-INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
-  VALUES (gen_random_uuid(), :'owner', 'ceiling', 'noop', '{}', 60, 'bench', now()) RETURNING id \gset
+const TASK_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
+  VALUES (gen_random_uuid(), :owner, 'ceiling', 'noop', '{}', 60, 'bench', now()) RETURNING id \gset
 UPDATE tasks SET status = 'running', lease_owner = 'w', lease_expires_at = now() + interval '30 seconds',
   attempts = attempts + 1, started_at = now(), worker_id = 'w', changed_by = 'w'
-  WHERE id = :'id' AND status IN ('pending', 'retrying');
+  WHERE id = :id AND status IN ('pending', 'retrying');
 UPDATE tasks SET status = 'completed', result = 'null', progress = 100, finished_at = now(),
   lease_owner = NULL, lease_expires_at = NULL, changed_by = 'w'
-  WHERE id = :'id' AND lease_owner = 'w' AND status = 'running';
+  WHERE id = :id AND lease_owner = 'w' AND status = 'running';
 ";
 
 const INSERT_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
-  VALUES (gen_random_uuid(), :'owner', 'ceiling', 'noop', '{}', 60, 'bench', now());
+  VALUES (gen_random_uuid(), :owner, 'ceiling', 'noop', '{}', 60, 'bench', now());
 ";
 
 #[derive(Debug, clap::Args)]
@@ -125,7 +124,16 @@ fn pgbench(args: &Args, script: &str, owner: Uuid) -> anyhow::Result<f64> {
     let path = std::env::temp_dir().join(format!("keel-ceiling-{}.sql", Uuid::new_v4()));
     std::fs::write(&path, script)?;
     let output = Command::new("pgbench")
-        .args(["-n", "-j", "2", "-c", &args.clients.to_string()])
+        // Prepared statements, as sqlx runs them.
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-j",
+            "2",
+            "-c",
+            &args.clients.to_string(),
+        ])
         .args(["-T", &args.duration.to_string()])
         .arg("-f")
         .arg(&path)

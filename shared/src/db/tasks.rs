@@ -131,6 +131,29 @@ macro_rules! task_columns {
     };
 }
 
+/// The insert of [`insert_many`], with a `WITH` before and a join and
+/// condition after the row source.
+macro_rules! insert_tasks {
+    ($with:literal, $filter:literal) => {
+        concat!(
+            $with,
+            "INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
+                                priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
+                                enqueued_at)
+             SELECT t.id, $1, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
+                    t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
+                    t.schedule_id, $11, now()
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::int[], $7::int[],
+                         $8::smallint[], $9::timestamptz[], $10::uuid[])
+                  AS t(id, name, kind, payload, max_attempts, timeout_seconds, priority,
+                       scheduled_at, schedule_id)",
+            $filter,
+            " RETURNING ",
+            task_columns!()
+        )
+    };
+}
+
 /// The short form `GET /tasks/{id}/status` and live updates carry.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -211,48 +234,44 @@ pub async fn insert_many(
     let priorities: Vec<i16> = tasks.iter().map(|t| t.priority).collect();
     let scheduled: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.scheduled_at).collect();
     let schedules: Vec<Option<Uuid>> = tasks.iter().map(|t| t.schedule_id).collect();
-    let count = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
-    // `cap` 0 means no cap; the subquery stops counting at the cap, so the
-    // check costs at most `cap` index entries however large the backlog.
-    let cap = cap.filter(|c| *c > 0).map_or(i64::MAX, i64::from);
-    let mut rows: Vec<Task> = sqlx::query_as(concat!(
-        "WITH open AS (
-             SELECT count(*) AS n FROM (
-                 SELECT 1 FROM tasks
-                 WHERE owner_id = $1 AND status IN ('pending', 'running', 'retrying')
-                 LIMIT $12
-             ) unfinished
-         )
-         INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
-                            priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
-                            enqueued_at)
-         SELECT t.id, $1, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
-                t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
-                t.schedule_id, $11, now()
-         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::int[], $7::int[],
-                     $8::smallint[], $9::timestamptz[], $10::uuid[])
-              AS t(id, name, kind, payload, max_attempts, timeout_seconds, priority,
-                   scheduled_at, schedule_id),
-              open
-         WHERE $12 = 9223372036854775807 OR open.n + $13 <= $12
-         RETURNING ",
-        task_columns!()
-    ))
-    .bind(owner)
-    .bind(&ids)
-    .bind(&names)
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&max_attempts)
-    .bind(&timeouts)
-    .bind(&priorities)
-    .bind(&scheduled)
-    .bind(&schedules)
-    .bind(actor)
-    .bind(cap)
-    .bind(count)
-    .fetch_all(db)
-    .await?;
+    // `cap` 0 means no cap. The capped statement's subquery stops counting at
+    // the cap, so the check costs at most `cap` index entries however large
+    // the backlog; the uncapped one counts nothing.
+    let query = match cap.filter(|c| *c > 0) {
+        Some(_) => sqlx::query_as::<_, Task>(insert_tasks!(
+            "WITH open AS (
+                 SELECT count(*) AS n FROM (
+                     SELECT 1 FROM tasks
+                     WHERE owner_id = $1 AND status IN ('pending', 'running', 'retrying')
+                     LIMIT $12
+                 ) unfinished
+             ) ",
+            ", open WHERE open.n + $13 <= $12"
+        )),
+        None => sqlx::query_as::<_, Task>(insert_tasks!("", "")),
+    };
+    let query = query
+        .bind(owner)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&max_attempts)
+        .bind(&timeouts)
+        .bind(&priorities)
+        .bind(&scheduled)
+        .bind(&schedules)
+        .bind(actor);
+    let mut rows = match cap.filter(|c| *c > 0) {
+        Some(cap) => {
+            query
+                .bind(i64::from(cap))
+                .bind(i64::try_from(tasks.len()).unwrap_or(i64::MAX))
+                .fetch_all(db)
+                .await?
+        }
+        None => query.fetch_all(db).await?,
+    };
     if rows.len() != tasks.len() {
         return Ok(None);
     }

@@ -289,15 +289,21 @@ pub async fn record_login(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx:
         .map(drop)
 }
 
-/// Whether a row was deleted.
+/// Whether a row was deleted. The user's tasks go with it (a cascade), and
+/// their history in the same statement (it has no foreign key to cascade).
 ///
 /// # Errors
 /// The database fails.
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
+    let done = sqlx::query(
+        "WITH history AS ( \
+             DELETE FROM task_events WHERE task_id IN (SELECT id FROM tasks WHERE owner_id = $1) \
+         ) \
+         DELETE FROM users WHERE id = $1",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

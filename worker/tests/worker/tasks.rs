@@ -504,3 +504,23 @@ async fn a_lost_redis_registration_restarts_the_queue_under_a_new_name() {
     );
     let _ = Utc::now();
 }
+
+#[tokio::test]
+async fn deleting_a_user_deletes_their_tasks_and_history() {
+    let p = Pipeline::new().await;
+    let _worker = p.worker(&[]);
+    let task = p.create("noop", noop()).await;
+    p.finished(task.id, LONG).await;
+    assert_eq!(p.history(task.id).await.len(), 3);
+
+    assert!(
+        keel_shared::db::users::delete(&p.pool, p.owner)
+            .await
+            .unwrap()
+    );
+    assert!(tasks::get(&p.pool, task.id).await.unwrap().is_none());
+    assert!(
+        p.history(task.id).await.is_empty(),
+        "no history left behind"
+    );
+}
