@@ -64,6 +64,9 @@ pub struct Args {
     /// Tasks per second in the trickle run.
     #[arg(long, default_value_t = 50)]
     trickle_rate: u32,
+    /// Tasks in the scheduled-start run.
+    #[arg(long, default_value_t = 200)]
+    scheduled: usize,
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -131,6 +134,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Idle-queue latency.
     let trickle_owner = bench_user(&pool).await?;
     let latency = trickle(&pool, &jobs, trickle_owner, args.trickle, args.trickle_rate).await?;
+    let scheduled_owner = bench_user(&pool).await?;
+    let (lateness, early) = scheduled(&pool, &jobs, scheduled_owner, args.scheduled).await?;
     fleet.stop();
 
     let enqueue_tps = args.tasks as f64 / enqueue_secs;
@@ -138,6 +143,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let p50 = latency.value_at_quantile(0.50) as f64 / 1000.0;
     let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
     let max = latency.max() as f64 / 1000.0;
+    let late_p50 = lateness.value_at_quantile(0.50) as f64 / 1000.0;
+    let late_p99 = lateness.value_at_quantile(0.99) as f64 / 1000.0;
+    let late_max = lateness.max() as f64 / 1000.0;
     println!(
         "e2e: {} noop tasks, batch {}, {} creators, {} worker(s) alive\n",
         args.tasks, args.batch, args.connections, alive
@@ -150,6 +158,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "| idle enqueue→start, {} tasks at {}/s | p50 {p50:.2} ms · p99 {p99:.2} ms · max {max:.2} ms |",
         args.trickle, args.trickle_rate
     );
+    println!(
+        "| scheduled start lateness, {} tasks over 2–4 s | p50 {late_p50:.2} ms · p99 {late_p99:.2} ms · max {late_max:.2} ms · {early} early |",
+        args.scheduled
+    );
     if args.json {
         println!(
             "{}",
@@ -157,6 +169,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "tasks": args.tasks, "batch": args.batch, "workers": alive,
                 "enqueue_tps": enqueue_tps.round(), "e2e_tps": e2e_tps.round(),
                 "start_p50_ms": p50, "start_p99_ms": p99, "start_max_ms": max,
+                "late_p50_ms": late_p50, "late_p99_ms": late_p99, "late_max_ms": late_max,
+                "early": early,
             })
         );
     }
@@ -249,6 +263,53 @@ async fn trickle(
         histogram.record(u64::try_from(us.max(0)).unwrap_or(0))?;
     }
     Ok(histogram)
+}
+
+/// `n` tasks scheduled 2–4 s ahead (by the database clock), created at
+/// once; returns the lateness histogram (µs) and how many started early.
+async fn scheduled(
+    pool: &PgPool,
+    jobs: &JobQueue,
+    owner: Uuid,
+    n: usize,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut histogram = Histogram::<u64>::new(3)?;
+    if n == 0 {
+        return Ok((histogram, 0));
+    }
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let specs: Vec<NewTask> = (0..n)
+        .map(|i| {
+            let offset = 2000 + (2000 * i / n) as i64;
+            NewTask {
+                scheduled_at: Some(
+                    now + chrono::Duration::milliseconds(offset)
+                        + chrono::Duration::microseconds(137 * i as i64),
+                ),
+                ..noop()
+            }
+        })
+        .collect();
+    let rows = tasks::insert_many(pool, owner, "bench", &specs, None)
+        .await?
+        .context("no cap is set")?;
+    dispatch::push_tasks(pool, jobs, &rows).await?;
+    wait_completed(pool, owner, n).await?;
+    let lateness: Vec<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM started_at - scheduled_at) * 1000000)::bigint \
+         FROM tasks WHERE owner_id = $1",
+    )
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    let mut early = 0;
+    for us in lateness {
+        if us < 0 {
+            early += 1;
+        }
+        histogram.record(u64::try_from(us.max(0)).unwrap_or(0))?;
+    }
+    Ok((histogram, early))
 }
 
 fn noop() -> NewTask {

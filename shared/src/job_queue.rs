@@ -9,11 +9,18 @@
 //!   due now publishes a wake-up on the queue's channel; workers listen and
 //!   fetch at once instead of polling tightly.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use apalis::prelude::{TaskBuilder, TaskSink as _};
 use apalis_redis::{Config as ApalisConfig, RedisStorage};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     jobs::{Job, Queue},
@@ -33,15 +40,24 @@ pub enum PushError {
     Timeout,
 }
 
+/// Wake-ups from one process are at most this often: the worker's second
+/// tap (3 ms after a wake-up) picks up whatever was pushed in between.
+const WAKE_EVERY_MICROS: i64 = 1000;
+
 /// Pushes jobs to the Redis queues of one deployment (its key prefix).
 #[derive(Clone, Debug)]
 pub struct JobQueue {
     redis: RedisClient,
+    /// When this process last woke the workers, in µs since the epoch.
+    last_wake: Arc<AtomicI64>,
 }
 
 impl JobQueue {
     pub fn new(redis: RedisClient) -> Self {
-        Self { redis }
+        Self {
+            redis,
+            last_wake: Arc::new(AtomicI64::new(0)),
+        }
     }
 
     /// The apalis queue name of `queue` under this deployment's prefix.
@@ -93,6 +109,30 @@ impl JobQueue {
         &self,
         jobs: Vec<(J, Option<DateTime<Utc>>)>,
     ) -> Result<(), PushError> {
+        let jobs = jobs
+            .into_iter()
+            .map(|(job, run_at)| (job, redis_run_at(run_at)))
+            .collect();
+        self.push_released(jobs).await
+    }
+
+    /// Pushes `job` for Redis to release at `release_at` (to the second),
+    /// whatever time the job itself carries: the worker's safety copy of a
+    /// job it holds in memory until its time.
+    ///
+    /// # Errors
+    /// As [`JobQueue::push`].
+    pub async fn push_release_at<J: Job>(
+        &self,
+        job: J,
+        release_at: DateTime<Utc>,
+    ) -> Result<(), PushError> {
+        self.push_released(vec![(job, release_at.timestamp())])
+            .await
+    }
+
+    /// Pushes `(job, unix second Redis releases it)` pairs.
+    async fn push_released<J: Job>(&self, jobs: Vec<(J, i64)>) -> Result<(), PushError> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -100,8 +140,7 @@ impl JobQueue {
         let mut due_now = false;
         let tasks: Vec<_> = jobs
             .into_iter()
-            .map(|(job, run_at)| {
-                let at = redis_run_at(run_at);
+            .map(|(job, at)| {
                 due_now |= at <= now;
                 TaskBuilder::new(job)
                     .run_at_timestamp(u64::try_from(at).unwrap_or_default())
@@ -124,9 +163,20 @@ impl JobQueue {
             .map_err(|_| PushError::Timeout)?
     }
 
-    /// Tells the idle workers of `queue` to look for work now. Best effort:
-    /// a missed wake-up costs one poll interval, not a job.
+    /// Tells the idle workers of `queue` to look for work now, unless this
+    /// process did within the last millisecond. Best effort: a missed
+    /// wake-up costs one poll interval, not a job.
     pub async fn wake(&self, queue: Queue) {
+        let now = Utc::now().timestamp_micros();
+        let last = self.last_wake.load(Ordering::Relaxed);
+        if now - last < WAKE_EVERY_MICROS
+            || self
+                .last_wake
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
         let published = redis::cmd("PUBLISH")
             .arg(self.wake_channel(queue))
             .arg(1)
@@ -135,6 +185,71 @@ impl JobQueue {
         if let Err(e) = published {
             tracing::debug!(error = %e, %queue, "could not wake the workers");
         }
+    }
+}
+
+/// Where one queue's jobs sit in Redis, counted with plain commands (the
+/// apalis listing helpers are broken; see `../shared/APALIS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueDepths {
+    /// Pushed, not yet released to workers (`{q}:scheduled`).
+    pub scheduled: u64,
+    /// Released, not yet fetched (`{q}:active`).
+    pub active: u64,
+    /// Fetched by a worker and not yet acknowledged (`{q}:inflight:*`).
+    pub in_flight: u64,
+    /// Acknowledged (`{q}:done`; trimmed by the scheduler's maintenance).
+    pub done: u64,
+    /// Given up on by apalis (`{q}:dead`).
+    pub dead: u64,
+}
+
+impl JobQueue {
+    /// The Redis depths of every queue, in [`Queue::ALL`] order.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn depths(&self) -> redis::RedisResult<Vec<(Queue, QueueDepths)>> {
+        let mut conn = self.redis.conn();
+        let configs: Vec<ApalisConfig> =
+            Queue::ALL.iter().map(|q| self.apalis_config(*q)).collect();
+        let mut pipe = redis::pipe();
+        for config in &configs {
+            pipe.zcard(config.scheduled_jobs_set())
+                .llen(config.active_jobs_list())
+                .scard(config.done_jobs_set())
+                .scard(config.dead_jobs_set())
+                .zrange(config.workers_set(), 0, -1);
+        }
+        let answers: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut depths = Vec::with_capacity(configs.len());
+        for ((queue, config), chunk) in Queue::ALL.iter().zip(&configs).zip(answers.chunks_exact(5))
+        {
+            let count = |v: &redis::Value| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0);
+            let workers: Vec<String> =
+                redis::from_redis_value(chunk[4].clone()).unwrap_or_default();
+            let mut in_flight = 0;
+            if !workers.is_empty() {
+                let mut sizes = redis::pipe();
+                for worker in &workers {
+                    sizes.scard(format!("{}:{worker}", config.inflight_jobs_set()));
+                }
+                let counts: Vec<u64> = sizes.query_async(&mut conn).await?;
+                in_flight = counts.iter().sum();
+            }
+            depths.push((
+                *queue,
+                QueueDepths {
+                    scheduled: count(&chunk[0]),
+                    active: count(&chunk[1]),
+                    in_flight,
+                    done: count(&chunk[2]),
+                    dead: count(&chunk[3]),
+                },
+            ));
+        }
+        Ok(depths)
     }
 }
 

@@ -11,6 +11,7 @@ use keel_shared::{
         users::{self, UserStats},
     },
     domain::Role,
+    job_queue::QueueDepths,
     jobs::Queue,
     workers::{self, WorkerCard},
 };
@@ -65,20 +66,7 @@ pub struct QueueStats {
     pub done: i64,
     pub failed: i64,
     /// What Redis holds for the queue; `null` when Redis is unreachable.
-    pub redis: Option<RedisQueueStats>,
-}
-
-/// The apalis keys of one queue: jobs by where they sit in Redis.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-pub struct RedisQueueStats {
-    /// `{q}:scheduled`: pushed, not yet released to workers.
-    pub scheduled: i64,
-    /// `{q}:active`: released, not yet fetched.
-    pub active: i64,
-    /// `{q}:done`.
-    pub done: i64,
-    /// `{q}:dead`.
-    pub dead: i64,
+    pub redis: Option<QueueDepths>,
 }
 
 /// Per queue: pending, scheduled, running, done and failed, and what Redis holds.
@@ -102,7 +90,7 @@ async fn list_queues(
             .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n)
     };
-    let redis = match tokio::time::timeout(REDIS_TIMEOUT, redis_counts(&state)).await {
+    let redis = match tokio::time::timeout(REDIS_TIMEOUT, state.jobs.depths()).await {
         Ok(Ok(counts)) => Some(counts),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "queue counts without Redis");
@@ -117,7 +105,7 @@ async fn list_queues(
         .into_iter()
         .enumerate()
         .map(|(i, queue)| {
-            let redis = redis.as_ref().and_then(|r| r.get(i).copied());
+            let redis = redis.as_ref().and_then(|r| r.get(i).map(|(_, d)| *d));
             if queue == Queue::Tasks {
                 QueueStats {
                     name: queue,
@@ -142,28 +130,6 @@ async fn list_queues(
         })
         .collect();
     Ok(AppJson(queues))
-}
-
-/// The apalis key sizes of every queue, in `Queue::ALL` order, in one round trip.
-async fn redis_counts(state: &AppState) -> redis::RedisResult<Vec<RedisQueueStats>> {
-    let mut pipe = redis::pipe();
-    for queue in Queue::ALL {
-        let config = state.jobs.apalis_config(queue);
-        pipe.zcard(config.scheduled_jobs_set())
-            .llen(config.active_jobs_list())
-            .scard(config.done_jobs_set())
-            .scard(config.dead_jobs_set());
-    }
-    let counts: Vec<i64> = pipe.query_async(&mut state.redis.conn()).await?;
-    Ok(counts
-        .chunks_exact(4)
-        .map(|c| RedisQueueStats {
-            scheduled: c[0],
-            active: c[1],
-            done: c[2],
-            dead: c[3],
-        })
-        .collect())
 }
 
 /// Tasks by status.

@@ -145,7 +145,7 @@ async fn queues_count_tasks_in_postgres_and_jobs_in_redis() {
     assert_eq!(tasks["failed"], 1);
     assert_eq!(
         tasks["redis"],
-        json!({"scheduled": 7, "active": 0, "done": 0, "dead": 0}),
+        json!({"scheduled": 7, "active": 0, "in_flight": 0, "done": 0, "dead": 0}),
         "every push waits in the scheduled set until a worker fetches it"
     );
     let email = queue(&queues, "email");

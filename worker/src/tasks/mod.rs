@@ -21,7 +21,7 @@ use keel_shared::{
     task_events,
 };
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::{
     sync::CancellationToken,
     task::{AbortOnDropHandle, TaskTracker},
@@ -39,6 +39,10 @@ const TAKEOVER_MARGIN: Duration = Duration::from_millis(50);
 /// A job not due for longer than this goes back to Redis for its time
 /// instead of holding a concurrency slot while it waits.
 const LONGEST_HOLD: Duration = Duration::from_secs(2);
+/// A job released early by at most this waits in its apalis slot; one due
+/// later waits in memory (with a safety copy in Redis), leaving the slot
+/// free for due work.
+const SLOT_WAIT: Duration = Duration::from_millis(10);
 
 /// Everything an attempt needs, shared by the queue's handlers.
 #[derive(Debug)]
@@ -54,8 +58,12 @@ pub struct TaskRunner {
     finishes: Finishes,
     leases: Leases,
     /// Attempts run as their own tokio tasks, so an apalis worker that dies
-    /// (and drops its handlers) cannot cut an attempt off mid-way.
+    /// (and drops its handlers) cannot cut an attempt off mid-way; jobs
+    /// waiting in memory for their time are tracked here too.
     attempts: TaskTracker,
+    /// `WORKER_CONCURRENCY`: attempts running at once, whether they came
+    /// straight from apalis or from a job that waited in memory.
+    run_slots: Arc<Semaphore>,
     stats: Arc<Stats>,
     /// Stop taking work: jobs not yet started are handed back at once.
     stopping: CancellationToken,
@@ -91,6 +99,7 @@ impl TaskRunner {
             finishes: Finishes::start(db.clone(), redis.clone(), worker.to_owned()),
             leases: Leases::start(db.clone(), lease, finished),
             attempts: TaskTracker::new(),
+            run_slots: Arc::new(Semaphore::new(config.worker_concurrency())),
             retry: RetryPolicy {
                 base: Duration::from_millis(config.task_retry_base_ms),
                 max: Duration::from_secs(config.task_retry_max_seconds),
@@ -113,12 +122,48 @@ impl TaskRunner {
     /// again, and the row — still unclaimed — is safe either way.
     pub async fn run(self: &Arc<Self>, job: RunTask) -> Result<(), RunError> {
         // Redis hands jobs out up to two seconds early (it counts whole seconds).
-        if let Some(at) = job.run_at
-            && !self.wait(until(at)).await
-        {
-            self.hand_back_job(job).await;
-            return Ok(());
+        if let Some(at) = job.run_at {
+            let wait = until(at);
+            if wait > SLOT_WAIT && self.hold_in_memory(job, at).await {
+                return Ok(());
+            }
+            if !self.wait(wait).await {
+                self.hand_back_job(job).await;
+                return Ok(());
+            }
         }
+        self.claim_and_run(job).await
+    }
+
+    /// Waits for `job`'s time outside apalis, so its slot takes due work
+    /// meanwhile. A safety copy released a lease after `at` covers this
+    /// process dying first (the copy finds the task done and drops itself
+    /// otherwise). `false` if the copy could not be pushed: then the caller
+    /// waits in its slot instead.
+    async fn hold_in_memory(self: &Arc<Self>, job: RunTask, at: DateTime<Utc>) -> bool {
+        let copy_at = at + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        if self.jobs.push_release_at(job, copy_at).await.is_err() {
+            return false;
+        }
+        let runner = self.clone();
+        self.attempts.spawn(async move {
+            if !runner.wait(until(at)).await {
+                runner.hand_back_job(job).await;
+                return;
+            }
+            if let Err(e) = runner.claim_and_run(job).await {
+                tracing::warn!(error = %e, task_id = %job.task_id, "claim failed; the safety copy will retry");
+            }
+        });
+        true
+    }
+
+    /// Claims the task of `job` (once it is due by the database clock) and
+    /// runs the attempt in a free run slot.
+    async fn claim_and_run(self: &Arc<Self>, job: RunTask) -> Result<(), RunError> {
+        let Ok(_slot) = self.run_slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let mut waited_out_lease = false;
         let task = loop {
             match self.claims.claim(job.task_id).await? {
