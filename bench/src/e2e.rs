@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Concurrent creators.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     connections: usize,
     /// Start this many worker processes (else use a running fleet).
     #[arg(long)]

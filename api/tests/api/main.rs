@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod helpers;
 mod middleware;
+mod pipeline;
 mod rate_limits;
 mod rbac;
 mod shutdown;

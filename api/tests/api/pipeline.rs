@@ -1,0 +1,149 @@
+//! Tasks through HTTP and a real worker: what a client sees from `POST
+//! /tasks` to the completed row. The worker runs in this process (the same
+//! code as `keel-worker`, on the app's database and Redis prefix); the
+//! worker's own tests run it as separate processes.
+
+use std::time::Duration;
+
+use keel_shared::domain::Role;
+use keel_worker::app::Worker;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestApp, TestUser, spawn_app_with};
+
+struct Stack {
+    app: TestApp,
+    worker: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.worker.cancel();
+    }
+}
+
+async fn stack() -> Stack {
+    let app = spawn_app_with(&["--rate-limit-enabled", "false"]).await;
+    let mut config = app.config.clone();
+    config.metrics_port = Some(0);
+    config.task_retry_base_ms = 100;
+    let worker = Worker::build(&config).await.expect("the worker starts");
+    let stop = worker.shutdown_token();
+    tokio::spawn(worker.run_until_stopped());
+    Stack { app, worker: stop }
+}
+
+async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> Value {
+    let response = app.send(Method::POST, path, &user.token, Some(body)).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap()
+}
+
+/// Polls `GET /tasks/{id}/status` until `status`.
+async fn wait_for(app: &TestApp, user: &TestUser, id: &str, status: &str) -> Value {
+    for _ in 0..300 {
+        let response = app
+            .get_as(&format!("/api/v1/tasks/{id}/status"), &user.token)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        if body["status"] == status {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("task {id} never reached {status}");
+}
+
+#[tokio::test]
+async fn a_task_created_over_http_runs_on_a_worker_and_reports_back() {
+    let Stack { app, worker: _w } = &stack().await;
+    let user = app.create_user(Role::User).await;
+    let task = post(
+        app,
+        "/api/v1/tasks",
+        &user,
+        &json!({"name": "greet", "kind": "echo", "payload": {"hello": "world"}}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap();
+    let state = wait_for(app, &user, id, "completed").await;
+    assert_eq!(state["attempts"], 1);
+
+    let detail: Value = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["result"], json!({"hello": "world"}));
+    assert_eq!(detail["progress"], 100);
+    let path: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(path, ["pending", "running", "completed"]);
+
+    // The Celery-era client sees the same run.
+    let celery = post(
+        app,
+        "/api/v1/celery/test-task",
+        &user,
+        &json!({"message": "hi"}),
+    )
+    .await;
+    let celery_id = celery["task_id"].as_str().unwrap();
+    wait_for(app, &user, celery_id, "completed").await;
+    let status: Value = app
+        .get_as(
+            &format!("/api/v1/celery/task-status/{celery_id}"),
+            &user.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["result"], json!({"message": "hi"}));
+}
+
+#[tokio::test]
+async fn a_failed_task_retried_over_http_runs_again_with_fresh_attempts() {
+    let Stack { app, worker: _w } = &stack().await;
+    let user = app.create_user(Role::User).await;
+    let task = post(
+        app,
+        "/api/v1/tasks",
+        &user,
+        &json!({"name": "doomed", "kind": "fail", "payload": {"message": "nope"}, "max_attempts": 2}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap();
+    let failed = wait_for(app, &user, id, "failed").await;
+    assert_eq!(failed["attempts"], 2);
+
+    let retried = post(app, &format!("/api/v1/tasks/{id}/retry"), &user, &json!({})).await;
+    assert_eq!(retried["status"], "pending");
+    assert_eq!(retried["attempts"], 0);
+    let again = wait_for(app, &user, id, "failed").await;
+    assert_eq!(again["attempts"], 2, "a retry gets a fresh set of attempts");
+
+    let detail: Value = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["error"], "nope");
+    let failures = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to_status"] == "failed")
+        .count();
+    assert_eq!(failures, 2, "{detail}");
+}
