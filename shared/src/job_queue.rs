@@ -163,6 +163,53 @@ impl JobQueue {
             .map_err(|_| PushError::Timeout)?
     }
 
+    /// The key whose presence pauses `queue`.
+    fn paused_key(&self, queue: Queue) -> String {
+        self.redis.key(&format!("paused:{}", queue.name()))
+    }
+
+    /// Pauses or resumes `queue`: workers stop taking its jobs (those
+    /// running finish) within a few seconds, and start again on resume.
+    /// Pushing goes on; the jobs wait in Redis.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn set_paused(&self, queue: Queue, paused: bool) -> redis::RedisResult<()> {
+        let cmd = if paused {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.paused_key(queue)).arg(Utc::now().to_rfc3339());
+            cmd
+        } else {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(self.paused_key(queue));
+            cmd
+        };
+        cmd.exec_async(&mut self.redis.conn()).await
+    }
+
+    /// Whether each queue is paused, in [`Queue::ALL`] order.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn paused(&self) -> redis::RedisResult<Vec<bool>> {
+        let mut pipe = redis::pipe();
+        for queue in Queue::ALL {
+            pipe.exists(self.paused_key(queue));
+        }
+        pipe.query_async(&mut self.redis.conn()).await
+    }
+
+    /// Whether `queue` is paused.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn is_paused(&self, queue: Queue) -> redis::RedisResult<bool> {
+        redis::cmd("EXISTS")
+            .arg(self.paused_key(queue))
+            .query_async(&mut self.redis.conn())
+            .await
+    }
+
     /// Tells the idle workers of `queue` to look for work now, unless this
     /// process did within the last millisecond. Best effort: a missed
     /// wake-up costs one poll interval, not a job.

@@ -8,10 +8,12 @@
 //! - [`app`]: `Worker` — build, run the queues, heartbeat, drain.
 //! - [`tasks`]: the `tasks` queue — claim, run, retry, finish.
 //! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
+//! - [`pause`]: queue pauses set by ops.
 //! - [`stats`]: this worker's counters for its registry card.
 
 pub mod app;
 pub mod cli;
+pub mod pause;
 pub mod stats;
 pub mod tasks;
 pub mod wake;

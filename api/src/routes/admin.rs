@@ -22,7 +22,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Principal,
     error::{ApiError, Problem},
-    extract::AppJson,
+    extract::{AppJson, AppPath},
     state::AppState,
 };
 
@@ -33,6 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_workers))
         .routes(routes!(list_queues))
+        .routes(routes!(pause_queue))
+        .routes(routes!(resume_queue))
         .routes(routes!(stats))
 }
 
@@ -65,6 +67,9 @@ pub struct QueueStats {
     /// Completed.
     pub done: i64,
     pub failed: i64,
+    /// Whether ops paused the queue (workers take none of its jobs);
+    /// `null` when Redis is unreachable.
+    pub paused: Option<bool>,
     /// What Redis holds for the queue; `null` when Redis is unreachable.
     pub redis: Option<QueueDepths>,
 }
@@ -90,7 +95,10 @@ async fn list_queues(
             .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n)
     };
-    let redis = match tokio::time::timeout(REDIS_TIMEOUT, state.jobs.depths()).await {
+    let from_redis = async {
+        Ok::<_, redis::RedisError>((state.jobs.depths().await?, state.jobs.paused().await?))
+    };
+    let redis = match tokio::time::timeout(REDIS_TIMEOUT, from_redis).await {
         Ok(Ok(counts)) => Some(counts),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "queue counts without Redis");
@@ -105,7 +113,8 @@ async fn list_queues(
         .into_iter()
         .enumerate()
         .map(|(i, queue)| {
-            let redis = redis.as_ref().and_then(|r| r.get(i).map(|(_, d)| *d));
+            let paused = redis.as_ref().and_then(|(_, p)| p.get(i).copied());
+            let redis = redis.as_ref().and_then(|(r, _)| r.get(i).map(|(_, d)| *d));
             if queue == Queue::Tasks {
                 QueueStats {
                     name: queue,
@@ -114,6 +123,7 @@ async fn list_queues(
                     running: count(TaskStatus::Running),
                     done: count(TaskStatus::Completed),
                     failed: count(TaskStatus::Failed),
+                    paused,
                     redis,
                 }
             } else {
@@ -124,12 +134,74 @@ async fn list_queues(
                     running: 0,
                     done: 0,
                     failed: 0,
+                    paused,
                     redis,
                 }
             }
         })
         .collect();
     Ok(AppJson(queues))
+}
+
+/// A queue's pause state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueuePause {
+    pub name: Queue,
+    pub paused: bool,
+}
+
+/// Pauses a queue: within 5 s its workers take no more of its jobs (those
+/// running finish). New jobs still queue up and run after a resume.
+#[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/pause", tag = "admin", security(("bearer" = []), ("api_key" = [])),
+    params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
+    responses(
+        (status = 200, body = QueuePause),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such queue", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn pause_queue(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(name): AppPath<String>,
+) -> Result<AppJson<QueuePause>, ApiError> {
+    set_paused(&state, &principal, &name, true).await
+}
+
+/// Resumes a paused queue: its workers take jobs again within 5 s.
+#[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/resume", tag = "admin", security(("bearer" = []), ("api_key" = [])),
+    params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
+    responses(
+        (status = 200, body = QueuePause),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such queue", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unreachable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn resume_queue(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(name): AppPath<String>,
+) -> Result<AppJson<QueuePause>, ApiError> {
+    set_paused(&state, &principal, &name, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    paused: bool,
+) -> Result<AppJson<QueuePause>, ApiError> {
+    principal.require(Role::Admin)?;
+    let queue =
+        Queue::parse(name).ok_or_else(|| ApiError::not_found(format!("no queue {name:?}")))?;
+    state.jobs.set_paused(queue, paused).await?;
+    tracing::info!(%queue, paused, by = %principal.id(), "queue pause changed");
+    Ok(AppJson(QueuePause {
+        name: queue,
+        paused,
+    }))
 }
 
 /// Tasks by status.

@@ -312,53 +312,53 @@ async fn insert(
     new: Vec<NewTask>,
     shape: Shape,
 ) -> Result<Created, ApiError> {
-    let mut tx = state.db.begin().await?;
-    if let Some((key, hash)) = &idempotency {
-        match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
-            Claim::Fresh => {}
-            Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
-            Claim::Mismatch => {
-                return Err(ApiError::client(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_mismatch",
-                    "this Idempotency-Key was used with another request",
-                ));
-            }
-        }
-    }
     let cap = state.config.max_unfinished_tasks_per_user;
-    let created = tasks::insert_many(
-        &mut *tx,
-        principal.id(),
-        &principal.id().to_string(),
-        &new,
-        Some(cap),
-    )
-    .await?
-    .ok_or_else(|| {
+    let over_cap = || {
         ApiError::client(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_unfinished_tasks",
             format!("at most {cap} unfinished tasks per user; wait for some to finish"),
         )
-    })?;
-    if let Some((key, _)) = &idempotency {
-        let body = match shape {
-            Shape::One => serde_json::to_value(&created[0]),
-            Shape::Batch => serde_json::to_value(TaskBatch {
-                items: created.clone(),
-            }),
+    };
+    let actor = principal.id().to_string();
+    let Some((key, hash)) = &idempotency else {
+        // One statement, committed on its own: no transaction round trips.
+        let created = tasks::insert_many(&state.db, principal.id(), &actor, &new, Some(cap))
+            .await?
+            .ok_or_else(over_cap)?;
+        enqueue(state, &created).await;
+        return Ok(Created::Fresh(created));
+    };
+    let mut tx = state.db.begin().await?;
+    match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
+        Claim::Fresh => {}
+        Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
+        Claim::Mismatch => {
+            return Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key was used with another request",
+            ));
         }
-        .map_err(|e| ApiError::Internal(e.into()))?;
-        idempotency::record(
-            &mut tx,
-            principal.id(),
-            key,
-            StatusCode::CREATED.as_u16(),
-            &body,
-        )
-        .await?;
     }
+    let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new, Some(cap))
+        .await?
+        .ok_or_else(over_cap)?;
+    let body = match shape {
+        Shape::One => serde_json::to_value(&created[0]),
+        Shape::Batch => serde_json::to_value(TaskBatch {
+            items: created.clone(),
+        }),
+    }
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    idempotency::record(
+        &mut tx,
+        principal.id(),
+        key,
+        StatusCode::CREATED.as_u16(),
+        &body,
+    )
+    .await?;
     tx.commit().await?;
     enqueue(state, &created).await;
     Ok(Created::Fresh(created))
@@ -366,16 +366,24 @@ async fn insert(
 
 /// Pushes `created` (already committed) and publishes their state. A failed
 /// push is not the client's problem: the rows are marked not enqueued and
-/// the reconciler pushes them once Redis is back.
+/// the reconciler pushes them once Redis is back. The push runs detached
+/// and is awaited: a client that hangs up after the commit (dropping this
+/// request) must not cancel it.
 async fn enqueue(state: &AppState, created: &[Task]) {
-    if dispatch::push_tasks(&state.db, &state.jobs, created)
-        .await
-        .is_err()
-    {
-        // Redis is sick: a live update would only wait on it too.
-        return;
+    let (state, created) = (state.clone(), created.to_vec());
+    let push = tokio::spawn(async move {
+        if dispatch::push_tasks(&state.db, &state.jobs, &created)
+            .await
+            .is_err()
+        {
+            // Redis is sick: a live update would only wait on it too.
+            return;
+        }
+        publish(&state, created.iter().map(TaskState::from).collect()).await;
+    });
+    if let Err(e) = push.await {
+        tracing::warn!(error = %e, "the push of new tasks failed; the reconciler will queue them");
     }
-    publish(state, created.iter().map(TaskState::from).collect()).await;
 }
 
 /// Publishes live updates, without letting a slow Redis hold the response.

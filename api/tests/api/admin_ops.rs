@@ -202,3 +202,51 @@ async fn stats_count_users_and_tasks() {
         "every status is listed"
     );
 }
+
+#[tokio::test]
+async fn queues_can_be_paused_and_resumed_by_admins() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let admin = app.create_user(Role::Admin).await;
+    let post = |path: &'static str, token: String| {
+        let app = &app;
+        async move { app.send(reqwest::Method::POST, path, &token, None).await }
+    };
+    assert_problem(
+        post("/api/v1/admin/queues/tasks/pause", user.token.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        post("/api/v1/admin/queues/bogus/pause", admin.token.clone()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    let paused = post("/api/v1/admin/queues/tasks/pause", admin.token.clone()).await;
+    assert_eq!(paused.status(), StatusCode::OK);
+    assert_eq!(
+        paused.json::<Value>().await.unwrap(),
+        json!({"name": "tasks", "paused": true})
+    );
+    let queues: Value = app
+        .get_as("/api/v1/admin/queues", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queue(&queues, "tasks")["paused"], true);
+    assert_eq!(queue(&queues, "email")["paused"], false);
+
+    let resumed = post("/api/v1/admin/queues/tasks/resume/", admin.token.clone()).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let queues: Value = app
+        .get_as("/api/v1/admin/queues", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queue(&queues, "tasks")["paused"], false);
+}

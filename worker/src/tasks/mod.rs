@@ -27,7 +27,7 @@ use tokio_util::{
     task::{AbortOnDropHandle, TaskTracker},
 };
 
-use crate::{stats::Stats, wake::WakeSignal};
+use crate::{pause, stats::Stats, wake::WakeSignal};
 use batch::{BatchError, Claim, Claims, Finishes};
 use leases::Leases;
 pub use retry::RetryPolicy;
@@ -422,7 +422,9 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Runs the `tasks` queue's apalis worker until `stop`, restarting it under
 /// a new name (with backoff) when its backend fails: apalis ends a worker
 /// on any Redis error and never reconnects by itself, and a reused name
-/// would keep a dead worker's orphaned jobs looking alive.
+/// would keep a dead worker's orphaned jobs looking alive. While ops pause
+/// the queue the worker is stopped (running attempts finish) and started
+/// again, under a new name, on resume.
 ///
 /// # Errors
 /// Never for a Redis outage; only if the worker cannot be built.
@@ -433,9 +435,19 @@ pub async fn run_queue(
     concurrency: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let queue = keel_shared::jobs::Queue::Tasks;
+    let mut paused = pause::watch(runner.jobs.clone(), queue, stop.clone());
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);
     loop {
+        if *paused.borrow() {
+            tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = pause::until(&mut paused, false) => {}
+            }
+            tracing::info!(%queue, "queue resumed");
+        }
         let name = format!("{base_name}-tasks-{generation}");
         // apalis recovers a dead worker's fetched jobs after its heartbeat is
         // this stale; keep it near the lease so takeovers line up.
@@ -457,14 +469,21 @@ pub async fn run_queue(
             // `dead` with its Redis status stuck at Running).
             .concurrency(concurrency)
             .build(handle_run_task);
-        let signal = stop.clone();
+        let (signal, mut pause_flag) = (stop.clone(), paused.clone());
         tracing::debug!(worker = %name, "tasks queue worker starting");
         let result = worker
             .run_until(async move {
-                signal.cancelled().await;
+                tokio::select! {
+                    () = signal.cancelled() => {}
+                    () = pause::until(&mut pause_flag, true) => {}
+                }
                 Ok::<(), std::io::Error>(())
             })
             .await;
+        if *paused.borrow() && !stop.is_cancelled() {
+            generation += 1;
+            continue;
+        }
         if stop.is_cancelled() {
             if let Err(e) = result {
                 tracing::warn!(error = %e, worker = %name, "tasks queue worker stopped with an error");

@@ -524,3 +524,22 @@ async fn deleting_a_user_deletes_their_tasks_and_history() {
         "no history left behind"
     );
 }
+
+#[tokio::test]
+async fn a_paused_queue_takes_no_jobs_until_resumed() {
+    let p = Pipeline::new().await;
+    let _worker = p.worker(&[]);
+    let first = p.create("noop", noop()).await;
+    p.finished(first.id, LONG).await;
+
+    p.jobs.set_paused(Queue::Tasks, true).await.unwrap();
+    // The worker sees the flag within a second or so; give it the promised 5 s at most.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = p.create("noop", noop()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.get(held.id).await.status, TaskStatus::Pending, "paused");
+
+    p.jobs.set_paused(Queue::Tasks, false).await.unwrap();
+    let done = p.finished(held.id, LONG).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+}
