@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use keel_shared::{
     db::{
         tasks::{self, TaskStatus},
@@ -21,7 +22,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
-    error::{ApiError, Problem},
+    error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath},
     state::AppState,
 };
@@ -35,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_queues))
         .routes(routes!(pause_queue))
         .routes(routes!(resume_queue))
+        .routes(routes!(purge_tasks))
         .routes(routes!(stats))
 }
 
@@ -204,6 +206,91 @@ async fn set_paused(
     }))
 }
 
+/// Which finished tasks to delete.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// `completed`, `failed` or `cancelled`.
+    #[schema(example = "completed")]
+    pub status: String,
+    /// Tasks that finished before this: an RFC 3339 time, or an age such
+    /// as `30d`, `12h`, `15m`, `90s`.
+    #[schema(example = "7d")]
+    pub older_than: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Purged {
+    pub deleted: u64,
+}
+
+/// Rows one purge statement deletes, so a large purge never holds long locks.
+const PURGE_BATCH: i64 = 5_000;
+
+/// Deletes finished tasks (and their history) of one status that finished
+/// before a time.
+#[utoipa::path(post, path = "/api/v1/admin/tasks/purge", tag = "admin", security(("bearer" = []), ("api_key" = [])),
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, body = Purged),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn purge_tasks(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<PurgeRequest>,
+) -> Result<AppJson<Purged>, ApiError> {
+    principal.require(Role::Admin)?;
+    let mut errors = Vec::new();
+    let status = TaskStatus::parse(&request.status).filter(|s| s.is_finished());
+    if status.is_none() {
+        errors.push(FieldError {
+            field: "status".into(),
+            message: "must be completed, failed or cancelled".into(),
+        });
+    }
+    let before = cutoff(&request.older_than, Utc::now());
+    if before.is_none() {
+        errors.push(FieldError {
+            field: "older_than".into(),
+            message: "must be an RFC 3339 time or an age like 30d, 12h, 15m, 90s".into(),
+        });
+    }
+    let (Some(status), Some(before)) = (status, before) else {
+        return Err(ApiError::validation(errors));
+    };
+    let mut deleted = 0;
+    loop {
+        let batch = tasks::purge_finished(&state.db, status, before, PURGE_BATCH).await?;
+        deleted += batch;
+        if batch < PURGE_BATCH.unsigned_abs() {
+            break;
+        }
+    }
+    tracing::info!(%status, %before, deleted, by = %principal.id(), "finished tasks purged");
+    Ok(AppJson(Purged { deleted }))
+}
+
+/// The time `older_than` names, from `now`.
+fn cutoff(older_than: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(older_than) {
+        return Some(at.to_utc());
+    }
+    let split = older_than.len().checked_sub(1)?;
+    let (number, unit) = older_than.split_at(split);
+    let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+    let age = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }?;
+    now.checked_sub_signed(age)
+}
+
 /// Tasks by status.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskStats {
@@ -246,4 +333,26 @@ async fn stats(
             by_status,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::cutoff;
+
+    #[test]
+    fn older_than_is_a_time_or_an_age() {
+        let now: DateTime<Utc> = "2026-01-10T00:00:00Z".parse().unwrap();
+        assert_eq!(cutoff("7d", now), Some(now - Duration::days(7)));
+        assert_eq!(cutoff("12h", now), Some(now - Duration::hours(12)));
+        assert_eq!(cutoff("90s", now), Some(now - Duration::seconds(90)));
+        assert_eq!(
+            cutoff("2026-01-01T00:00:00Z", now),
+            Some("2026-01-01T00:00:00Z".parse().unwrap())
+        );
+        for bad in ["", "d", "-1d", "7w", "soon", "99999999999999999d"] {
+            assert_eq!(cutoff(bad, now), None, "{bad}");
+        }
+    }
 }

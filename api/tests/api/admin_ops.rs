@@ -250,3 +250,91 @@ async fn queues_can_be_paused_and_resumed_by_admins() {
         .unwrap();
     assert_eq!(queue(&queues, "tasks")["paused"], false);
 }
+
+#[tokio::test]
+async fn purge_deletes_old_finished_tasks_of_one_status_with_their_history() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let admin = app.create_user(Role::Admin).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let task = app.created_task(&user.token, &json!({"name": "t"})).await;
+        ids.push(uuid::Uuid::parse_str(task["id"].as_str().unwrap()).unwrap());
+    }
+    // Two completed long ago, one completed just now, one failed long ago.
+    let finish = |id: uuid::Uuid, status: &'static str, age: &'static str| {
+        let pool = app.pool().clone();
+        async move {
+            sqlx::query(
+                "UPDATE tasks SET status = $2, started_at = now() - $3::interval, \
+                 finished_at = now() - $3::interval WHERE id = $1",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(age)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    finish(ids[0], "completed", "2 days").await;
+    finish(ids[1], "completed", "3 days").await;
+    finish(ids[2], "completed", "1 minute").await;
+    finish(ids[3], "failed", "3 days").await;
+
+    let purge = |token: String, body: Value| {
+        let app = &app;
+        async move {
+            app.send(
+                reqwest::Method::POST,
+                "/api/v1/admin/tasks/purge",
+                &token,
+                Some(&body),
+            )
+            .await
+        }
+    };
+    assert_problem(
+        purge(
+            user.token.clone(),
+            json!({"status": "completed", "older_than": "1d"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        purge(
+            admin.token.clone(),
+            json!({"status": "running", "older_than": "soon"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    let response = purge(
+        admin.token.clone(),
+        json!({"status": "completed", "older_than": "1d"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"deleted": 2})
+    );
+    let left: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tasks ORDER BY id")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [ids[2], ids[3]]);
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_events WHERE task_id NOT IN (SELECT id FROM tasks)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "their history went with them");
+}

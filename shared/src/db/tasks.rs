@@ -716,3 +716,32 @@ pub async fn count_waiting(db: impl PgExecutor<'_>) -> Result<(i64, i64), sqlx::
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// Deletes up to `limit` tasks in `status` (a finished one) that finished
+/// before `before`, with their history; returns how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn purge_finished(
+    db: impl PgExecutor<'_>,
+    status: TaskStatus,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH doomed AS ( \
+             SELECT id FROM tasks WHERE status = $1 AND finished_at < $2 LIMIT $3 \
+         ), history AS ( \
+             DELETE FROM task_events WHERE task_id IN (SELECT id FROM doomed) \
+         ), gone AS ( \
+             DELETE FROM tasks WHERE id IN (SELECT id FROM doomed) RETURNING 1 \
+         ) \
+         SELECT count(*) FROM gone",
+    )
+    .bind(status.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_one(db)
+    .await?;
+    Ok(u64::try_from(deleted).unwrap_or(0))
+}
