@@ -120,6 +120,10 @@ pub struct Config {
     #[arg(long, env = "APP_BASE_URL", default_value = "http://localhost:8000", value_parser = base_url)]
     pub app_base_url: String,
 
+    /// Where emails go as `.eml` files when no `SMTP_HOST` is set.
+    #[arg(long, env = "EMAIL_OUTBOX_DIR", default_value = ".data/outbox")]
+    pub email_outbox_dir: PathBuf,
+
     /// Log format; `pretty` in development and `json` in production unless set.
     #[arg(long, env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

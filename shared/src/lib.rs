@@ -10,6 +10,7 @@
 //! - [`redis_client`]: the shared Redis connection and key prefix.
 //! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
 //! - [`dispatch`]: pushing committed task rows to the queue.
+//! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
 //! - [`task_events`]: live task status changes on Redis pub/sub.
 //! - [`workers`]: the registry of live worker processes.
@@ -28,6 +29,7 @@ pub mod health;
 pub mod job_queue;
 pub mod jobs;
 pub mod kinds;
+pub mod mail;
 pub mod ops_server;
 pub mod process;
 pub mod redis_client;

@@ -10,10 +10,12 @@
 //! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
 //! - [`pause`]: queue pauses set by ops.
 //! - [`stats`]: this worker's counters for its registry card.
+//! - [`supervisor`]: each queue's apalis worker, restarted and paused.
 
 pub mod app;
 pub mod cli;
 pub mod pause;
 pub mod stats;
+pub mod supervisor;
 pub mod tasks;
 pub mod wake;

@@ -4,6 +4,7 @@
 //! (a pool or a transaction).
 
 pub mod api_keys;
+pub mod email_deliveries;
 pub mod idempotency;
 pub mod refresh_tokens;
 pub mod tasks;

@@ -10,7 +10,7 @@ mod retry;
 
 use std::{sync::Arc, time::Duration};
 
-use apalis::prelude::{BackendExt as _, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt as _};
+use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
 use keel_shared::{
     Config, RedisClient,
@@ -27,7 +27,7 @@ use tokio_util::{
     task::{AbortOnDropHandle, TaskTracker},
 };
 
-use crate::{pause, stats::Stats, wake::WakeSignal};
+use crate::{stats::Stats, supervisor, wake::WakeSignal};
 use batch::{BatchError, Claim, Claims, Finishes};
 use leases::Leases;
 pub use retry::RetryPolicy;
@@ -419,15 +419,16 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a non-string panic".into())
 }
 
-/// Runs the `tasks` queue's apalis worker until `stop`, restarting it under
-/// a new name (with backoff) when its backend fails: apalis ends a worker
-/// on any Redis error and never reconnects by itself, and a reused name
-/// would keep a dead worker's orphaned jobs looking alive. While ops pause
-/// the queue the worker is stopped (running attempts finish) and started
-/// again, under a new name, on resume.
+impl supervisor::Handler<RunTask> for TaskRunner {
+    async fn handle(self: Arc<Self>, job: RunTask) -> Result<(), BoxDynError> {
+        TaskRunner::run(&self, job).await.map_err(Into::into)
+    }
+}
+
+/// Runs the `tasks` queue until `stop` (see [`supervisor::run`]).
 ///
 /// # Errors
-/// Never for a Redis outage; only if the worker cannot be built.
+/// Never for a Redis outage.
 pub async fn run_queue(
     runner: Arc<TaskRunner>,
     wake: WakeSignal,
@@ -435,76 +436,12 @@ pub async fn run_queue(
     concurrency: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let queue = keel_shared::jobs::Queue::Tasks;
-    let mut paused = pause::watch(runner.jobs.clone(), queue, stop.clone());
-    let mut generation = 0u32;
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if *paused.borrow() {
-            tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
-            tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                () = pause::until(&mut paused, false) => {}
-            }
-            tracing::info!(%queue, "queue resumed");
-        }
-        let name = format!("{base_name}-tasks-{generation}");
-        // apalis recovers a dead worker's fetched jobs after its heartbeat is
-        // this stale; keep it near the lease so takeovers line up.
-        let heartbeat = (runner.lease / 3).max(Duration::from_secs(1));
-        let config = runner
-            .jobs
-            .apalis_config(keel_shared::jobs::Queue::Tasks)
-            .heartbeat_interval(heartbeat)
-            .missed_heartbeats(3)
-            .batch_size(concurrency.max(1));
-        let storage = apalis_redis::RedisStorage::<RunTask>::new(runner.redis.conn())
-            .with_config(config)
-            .poll_with_stream(wake.stream());
-        let worker = WorkerBuilder::new(name.clone())
-            .backend(storage)
-            .data(runner.clone())
-            // No `catch_panic`: kind handlers run in their own tokio task, where a
-            // panic is a failed attempt (and apalis would park a panicked job in
-            // `dead` with its Redis status stuck at Running).
-            .concurrency(concurrency)
-            .build(handle_run_task);
-        let (signal, mut pause_flag) = (stop.clone(), paused.clone());
-        tracing::debug!(worker = %name, "tasks queue worker starting");
-        let result = worker
-            .run_until(async move {
-                tokio::select! {
-                    () = signal.cancelled() => {}
-                    () = pause::until(&mut pause_flag, true) => {}
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-        if *paused.borrow() && !stop.is_cancelled() {
-            generation += 1;
-            continue;
-        }
-        if stop.is_cancelled() {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, worker = %name, "tasks queue worker stopped with an error");
-            }
-            return Ok(());
-        }
-        match result {
-            Ok(()) => tracing::warn!(worker = %name, "tasks queue worker ended; restarting"),
-            Err(e) => {
-                tracing::warn!(error = %e, worker = %name, "tasks queue worker failed; restarting")
-            }
-        }
-        generation += 1;
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
-}
-
-async fn handle_run_task(job: RunTask, runner: Data<Arc<TaskRunner>>) -> Result<(), BoxDynError> {
-    TaskRunner::run(&runner, job).await.map_err(Into::into)
+    let setup = supervisor::QueueSetup {
+        jobs: runner.jobs.clone(),
+        redis: runner.redis.clone(),
+        lease: runner.lease,
+        base_name,
+        concurrency,
+    };
+    supervisor::run(setup, runner, wake, stop).await
 }

@@ -1,0 +1,118 @@
+//! One queue's apalis worker, kept running: restarted under a new name
+//! (with backoff) when its backend fails — apalis ends a worker on any
+//! Redis error and never reconnects by itself, and a reused name would keep
+//! a dead worker's orphaned jobs looking alive — and stopped while ops
+//! pause the queue (running jobs finish), started again on resume.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use apalis::prelude::{BackendExt as _, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt as _};
+use keel_shared::{RedisClient, job_queue::JobQueue, jobs::Job};
+use tokio_util::sync::CancellationToken;
+
+use crate::{pause, wake::WakeSignal};
+
+/// What handles one queue's jobs.
+pub trait Handler<J>: Send + Sync + 'static {
+    /// Handles one job. `Err` makes apalis schedule the job again, so it is
+    /// only for failures before anything was claimed.
+    fn handle(self: Arc<Self>, job: J) -> impl Future<Output = Result<(), BoxDynError>> + Send;
+}
+
+/// How a queue's worker is set up.
+#[derive(Debug, Clone)]
+pub struct QueueSetup {
+    pub jobs: JobQueue,
+    pub redis: RedisClient,
+    /// The lease of what the jobs claim: apalis's orphan detection is kept near it.
+    pub lease: Duration,
+    /// The worker process's unique name; each apalis worker adds the queue and a generation.
+    pub base_name: String,
+    pub concurrency: usize,
+}
+
+/// Runs `J`'s queue with `handler` until `stop`.
+///
+/// # Errors
+/// Never for a Redis outage.
+pub async fn run<J, H>(
+    setup: QueueSetup,
+    handler: Arc<H>,
+    wake: WakeSignal,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    J: Job,
+    H: Handler<J>,
+{
+    let queue = J::QUEUE;
+    let mut paused = pause::watch(setup.jobs.clone(), queue, stop.clone());
+    let mut generation = 0u32;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *paused.borrow() {
+            tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = pause::until(&mut paused, false) => {}
+            }
+            tracing::info!(%queue, "queue resumed");
+        }
+        let name = format!("{}-{queue}-{generation}", setup.base_name);
+        // apalis recovers a dead worker's fetched jobs after its heartbeat is
+        // this stale; keep it near the lease so takeovers line up.
+        let heartbeat = (setup.lease / 3).max(Duration::from_secs(1));
+        let config = setup
+            .jobs
+            .apalis_config(queue)
+            .heartbeat_interval(heartbeat)
+            .missed_heartbeats(3)
+            .batch_size(setup.concurrency.max(1));
+        let storage = apalis_redis::RedisStorage::<J>::new(setup.redis.conn())
+            .with_config(config)
+            .poll_with_stream(wake.stream());
+        let worker = WorkerBuilder::new(name.clone())
+            .backend(storage)
+            .data(handler.clone())
+            // No `catch_panic`: handlers run their work in their own tokio
+            // tasks, where a panic is a failed attempt (and apalis would park a
+            // panicked job in `dead` with its Redis status stuck at Running).
+            .concurrency(setup.concurrency)
+            .build(handle::<J, H>);
+        let (signal, mut pause_flag) = (stop.clone(), paused.clone());
+        tracing::debug!(worker = %name, "queue worker starting");
+        let result = worker
+            .run_until(async move {
+                tokio::select! {
+                    () = signal.cancelled() => {}
+                    () = pause::until(&mut pause_flag, true) => {}
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if *paused.borrow() && !stop.is_cancelled() {
+            generation += 1;
+            continue;
+        }
+        if stop.is_cancelled() {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, worker = %name, "queue worker stopped with an error");
+            }
+            return Ok(());
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "queue worker ended; restarting"),
+            Err(e) => tracing::warn!(error = %e, worker = %name, "queue worker failed; restarting"),
+        }
+        generation += 1;
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn handle<J: Job, H: Handler<J>>(job: J, handler: Data<Arc<H>>) -> Result<(), BoxDynError> {
+    Arc::clone(&handler).handle(job).await
+}
