@@ -114,6 +114,15 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 # The same server's maintenance database, for creating and dropping databases.
 KEEL_ADMIN_DATABASE_URL=$(printf '%s' "$DATABASE_URL" | sed -E 's#^([a-z]+://[^/]*)/?[^?]*#\1/postgres#')
 
+# The tests' SMTP server: Debian's aiosmtpd, run by the system python (tests
+# call /usr/bin/python3, so a pyenv or venv on PATH does not hide it).
+ensure_smtp_test_server() {
+  if ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+    say "installing python3-aiosmtpd (the tests' SMTP server)"
+    apt_install python3-aiosmtpd
+  fi
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, against real PostgreSQL and Redis (installed and
-# started when missing). Extra arguments go to the test runner.
+# started when missing) and a real SMTP server (aiosmtpd, installed when missing). Extra arguments go to the test runner.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 ensure_services
+ensure_smtp_test_server
 cd "$KEEL_ROOT"
 
 # Tests create a database each (keel_test_*); sweep what earlier runs left.

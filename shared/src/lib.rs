@@ -10,6 +10,7 @@
 //! - [`redis_client`]: the shared Redis connection and key prefix.
 //! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
 //! - [`dispatch`]: pushing committed task rows to the queue.
+//! - [`emails`]: queueing an email (row, then job).
 //! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
 //! - [`task_events`]: live task status changes on Redis pub/sub.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod dispatch;
 pub mod domain;
+pub mod emails;
 pub mod health;
 pub mod job_queue;
 pub mod jobs;

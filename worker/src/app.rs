@@ -15,7 +15,9 @@ use keel_shared::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    email::EmailRunner,
     stats::Stats,
+    supervisor,
     tasks::{self, TaskRunner},
     wake::WakeSignal,
 };
@@ -133,9 +135,36 @@ impl Worker {
                         shutdown.clone(),
                     )));
                 }
-                // Their jobs arrive with the email and scheduler work; until then
-                // nothing is pushed to them.
-                Queue::Email | Queue::Maintenance => {
+                Queue::Email => {
+                    let runner = Arc::new(EmailRunner::new(
+                        &config,
+                        db.clone(),
+                        jobs.clone(),
+                        &card.id,
+                        shutdown.clone(),
+                    )?);
+                    let setup = supervisor::QueueSetup {
+                        jobs: jobs.clone(),
+                        redis: redis.clone(),
+                        lease: runner.lease(),
+                        base_name: card.id.clone(),
+                        concurrency: card.concurrency,
+                    };
+                    let wake = WakeSignal::listen(
+                        redis.clone(),
+                        jobs.wake_channel(Queue::Email),
+                        finished.clone(),
+                    );
+                    queues.push(tokio::spawn(supervisor::run(
+                        setup,
+                        runner,
+                        wake,
+                        shutdown.clone(),
+                    )));
+                }
+                // Its jobs arrive with the scheduler's maintenance work; until then
+                // nothing is pushed to it.
+                Queue::Maintenance => {
                     tracing::debug!(%queue, "no handlers for this queue yet");
                 }
             }

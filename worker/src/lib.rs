@@ -7,6 +7,7 @@
 //! - [`cli`]: the command line.
 //! - [`app`]: `Worker` — build, run the queues, heartbeat, drain.
 //! - [`tasks`]: the `tasks` queue — claim, run, retry, finish.
+//! - [`email`]: the `email` queue — claim, render, send, retry.
 //! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
 //! - [`pause`]: queue pauses set by ops.
 //! - [`stats`]: this worker's counters for its registry card.
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod email;
 pub mod pause;
 pub mod stats;
 pub mod supervisor;

@@ -160,3 +160,21 @@ pub async fn mark_not_enqueued(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), 
         .await
         .map(drop)
 }
+
+/// Fails `id` if its worker died during its last allowed attempt (sending,
+/// lease expired, attempts used up); `true` if it did.
+///
+/// # Errors
+/// The database fails.
+pub async fn fail_exhausted(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE email_deliveries SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+             last_error = coalesce(last_error, 'the worker stopped during the last attempt') \
+         WHERE id = $1 AND status = 'sending' AND lease_expires_at < now() \
+           AND attempts >= max_attempts",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

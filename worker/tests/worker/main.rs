@@ -1,5 +1,6 @@
 //! Integration tests of the `keel-worker` process, against real PostgreSQL and Redis.
 
+mod email;
 mod pipeline;
 mod tasks;
 
