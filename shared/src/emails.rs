@@ -12,6 +12,19 @@ use crate::{
     mail::EmailTemplate,
 };
 
+/// Pushes the job of a delivery recorded in a transaction that has committed.
+pub async fn push(db: &PgPool, jobs: &JobQueue, delivery: &Delivery) {
+    let job = EmailJob::Send {
+        delivery_id: delivery.id,
+    };
+    if let Err(e) = jobs.push(job, None).await {
+        tracing::warn!(error = %e, delivery_id = %delivery.id, "email not queued; the reconciler will queue it");
+        if let Err(e) = email_deliveries::mark_not_enqueued(db, delivery.id).await {
+            tracing::warn!(error = %e, "could not clear the enqueued mark");
+        }
+    }
+}
+
 /// Records and queues `template` for `to`, rendered with `data`.
 ///
 /// # Errors
@@ -24,14 +37,6 @@ pub async fn enqueue(
     data: &Value,
 ) -> Result<Delivery, sqlx::Error> {
     let delivery = email_deliveries::insert(db, to, template.name(), data).await?;
-    let job = EmailJob::Send {
-        delivery_id: delivery.id,
-    };
-    if let Err(e) = jobs.push(job, None).await {
-        tracing::warn!(error = %e, delivery_id = %delivery.id, "email not queued; the reconciler will queue it");
-        if let Err(e) = email_deliveries::mark_not_enqueued(db, delivery.id).await {
-            tracing::warn!(error = %e, "could not clear the enqueued mark");
-        }
-    }
+    push(db, jobs, &delivery).await;
     Ok(delivery)
 }

@@ -157,6 +157,10 @@ async fn register(
     };
     let user = users::insert(&state.db, &new).await.map_err(taken)?;
     tracing::info!(user_id = %user.id, "account registered");
+    // The account exists either way; without the mail the user asks for another.
+    if let Err(e) = super::verification::send_link(&state, &user).await {
+        tracing::warn!(error = %e, user_id = %user.id, "could not queue the verification email");
+    }
     Ok((StatusCode::CREATED, AppJson(UserResponse::from(user))))
 }
 

@@ -8,6 +8,7 @@ pub mod docs;
 pub mod health;
 pub mod tasks;
 pub mod users;
+pub mod verification;
 
 use axum::{
     Router,
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
     // The resources count against the general rate limit; probes and docs do not.
     let resources = OpenApiRouter::new()
         .merge(auth::router())
+        .merge(verification::router())
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())

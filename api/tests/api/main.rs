@@ -16,3 +16,4 @@ mod shutdown;
 mod tasks;
 mod tls;
 mod users;
+mod verification;

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, TestUser, spawn_app_with};
 
-struct Stack {
-    app: TestApp,
-    worker: CancellationToken,
+pub struct Stack {
+    pub app: TestApp,
+    pub worker: CancellationToken,
 }
 
 impl Drop for Stack {
@@ -25,7 +25,12 @@ impl Drop for Stack {
 }
 
 async fn stack() -> Stack {
-    let app = spawn_app_with(&["--rate-limit-enabled", "false"]).await;
+    stack_with(&["--rate-limit-enabled", "false"]).await
+}
+
+/// The API with `flags`, and a worker on its database and Redis prefix.
+pub async fn stack_with(flags: &[&str]) -> Stack {
+    let app = spawn_app_with(flags).await;
     let mut config = app.config.clone();
     config.metrics_port = Some(0);
     config.task_retry_base_ms = 100;

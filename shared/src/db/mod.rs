@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod email_deliveries;
+pub mod email_tokens;
 pub mod idempotency;
 pub mod refresh_tokens;
 pub mod tasks;
