@@ -504,6 +504,14 @@ async fn change_password(
     refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;
     tx.commit().await?;
     state.users.invalidate(user.id).await;
+    keel_shared::emails::enqueue(
+        &state.db,
+        &state.jobs,
+        &user.email,
+        keel_shared::mail::EmailTemplate::PasswordChanged,
+        &serde_json::json!({"username": user.username}),
+    )
+    .await?;
     Ok(AppJson(Detail {
         detail: "password changed; sign in again".into(),
     }))

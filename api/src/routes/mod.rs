@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod docs;
 pub mod health;
+pub mod password_reset;
 pub mod tasks;
 pub mod users;
 pub mod verification;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
     let resources = OpenApiRouter::new()
         .merge(auth::router())
         .merge(verification::router())
+        .merge(password_reset::router())
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())

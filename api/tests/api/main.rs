@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod helpers;
 mod middleware;
+mod password_reset;
 mod pipeline;
 mod rate_limits;
 mod rbac;

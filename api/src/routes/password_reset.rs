@@ -1,0 +1,192 @@
+//! Password reset: `request` answers 202 with the same body for every
+//! address, at once (the lookup and the mail happen after the answer, so
+//! known and unknown addresses take the same time); a known, active
+//! account gets a single-use token valid 30 minutes. `confirm` sets the new
+//! password (the registration policy), signs out every session and mails a
+//! "password changed" notice.
+
+use std::time::Duration;
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use chrono::Utc;
+use keel_shared::{
+    db::{
+        email_deliveries,
+        email_tokens::{self, Purpose},
+        refresh_tokens, users,
+    },
+    domain::{Invalid, Password},
+    emails,
+    mail::EmailTemplate,
+};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{auth::Detail, verification::Accepted};
+use crate::{
+    auth::{client_ip::ClientIp, rate_limit::Quota, tokens},
+    error::{ApiError, FieldError, Problem},
+    extract::AppJson,
+    state::AppState,
+};
+
+/// How long a reset link works.
+const TOKEN_TTL_MINUTES: i64 = 30;
+/// Reset requests from one IP.
+const REQUESTS_PER_IP: Quota = Quota::per_minute(10);
+/// Reset requests for one address.
+const REQUESTS_PER_ADDRESS: Quota = Quota {
+    limit: 5,
+    period: Duration::from_secs(3600),
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(request_reset))
+        .routes(routes!(confirm_reset))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    #[schema(example = "ann@example.com")]
+    pub email: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetConfirm {
+    pub token: String,
+    pub new_password: String,
+}
+
+/// Mails a reset link if the address belongs to an active account. The
+/// answer is the same either way.
+#[utoipa::path(post, path = "/api/v1/auth/password-reset/request", tag = "auth", request_body = ResetRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn request_reset(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(request): AppJson<ResetRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let address = request.email.trim().to_lowercase();
+    state
+        .limiter
+        .enforce(&format!("reset:ip:{ip}"), REQUESTS_PER_IP)
+        .await?;
+    // Keyed by a hash: the limiter's keys never hold an address.
+    let key = hex(&tokens::hash_secret(&address));
+    state
+        .limiter
+        .enforce(&format!("reset:address:{key}"), REQUESTS_PER_ADDRESS)
+        .await?;
+    // After the answer: whether the address is known must not show in the time taken.
+    tokio::spawn(async move {
+        if let Err(e) = mail_link(&state, &address).await {
+            tracing::warn!(error = %e, "could not queue a password reset email");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        AppJson(Accepted {
+            message: "if the address belongs to an account, a reset link is on its way".into(),
+        }),
+    ))
+}
+
+async fn mail_link(state: &AppState, address: &str) -> Result<(), ApiError> {
+    let Some(user) = users::find_by_login(&state.db, address)
+        .await?
+        .filter(|u| u.is_active && u.email == address)
+    else {
+        return Ok(());
+    };
+    let (token, hash) = tokens::new_refresh_token();
+    let link = format!(
+        "{}/reset-password?token={token}",
+        state.config.app_base_url.trim_end_matches('/')
+    );
+    let mut tx = state.db.begin().await?;
+    email_tokens::revoke_all(&mut *tx, user.id, Purpose::ResetPassword).await?;
+    email_tokens::insert(
+        &mut *tx,
+        user.id,
+        Purpose::ResetPassword,
+        &hash,
+        Utc::now() + chrono::Duration::minutes(TOKEN_TTL_MINUTES),
+    )
+    .await?;
+    let data = json!({"username": user.username, "link": link, "token": token});
+    let delivery = email_deliveries::insert(
+        &mut *tx,
+        &user.email,
+        EmailTemplate::PasswordReset.name(),
+        &data,
+    )
+    .await?;
+    tx.commit().await?;
+    emails::push(&state.db, &state.jobs, &delivery).await;
+    tracing::info!(user_id = %user.id, "password reset mailed");
+    Ok(())
+}
+
+/// Sets a new password with a token from a reset mail; every session ends.
+#[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
+    responses(
+        (status = 200, body = Detail),
+        (status = 400, description = "unknown, used or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn confirm_reset(
+    State(state): State<AppState>,
+    AppJson(request): AppJson<ResetConfirm>,
+) -> Result<AppJson<Detail>, ApiError> {
+    let password = Password::parse(&request.new_password).map_err(|Invalid(message)| {
+        ApiError::validation(vec![FieldError {
+            field: "new_password".into(),
+            message,
+        }])
+    })?;
+    // Hashed before the token is spent, so a slow hash cannot strand a spent token.
+    let hash = state.hasher.hash(&password).await?;
+    let mut tx = state.db.begin().await?;
+    let user_id = email_tokens::consume(
+        &mut *tx,
+        Purpose::ResetPassword,
+        &tokens::hash_secret(&request.token),
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_token",
+            "this reset link is unknown, used or expired; ask for a new one",
+        )
+    })?;
+    let user = users::set_password(&mut *tx, user_id, &hash)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("invalid_token", "the account is gone"))?;
+    refresh_tokens::revoke_all_for_user(&mut *tx, user_id).await?;
+    tx.commit().await?;
+    state.users.invalidate(user_id).await;
+    tracing::info!(%user_id, "password reset");
+    emails::enqueue(
+        &state.db,
+        &state.jobs,
+        &user.email,
+        EmailTemplate::PasswordChanged,
+        &json!({"username": user.username}),
+    )
+    .await?;
+    Ok(AppJson(Detail {
+        detail: "password changed; sign in again".into(),
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
