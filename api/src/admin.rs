@@ -101,7 +101,9 @@ impl From<sqlx::Error> for AdminError {
 /// See [`AdminError`].
 pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminError> {
     let db = db::connect(config).await?;
-    let users_cache = UserCache::new(RedisClient::lazy(config)?);
+    let redis = RedisClient::lazy(config)?;
+    let jobs = keel_shared::job_queue::JobQueue::new(redis.clone());
+    let users_cache = UserCache::new(redis);
     match command {
         AdminCommand::CreateSuperuser {
             username,
@@ -118,7 +120,7 @@ pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminErro
                     user.username, user.email
                 ))?;
             }
-            delete_account(&db, &users_cache, None, user.id).await?;
+            delete_account(&db, &jobs, &users_cache, None, user.id).await?;
             println!("deleted {}", user.username);
             Ok(())
         }

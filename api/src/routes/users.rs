@@ -6,6 +6,7 @@
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
 use keel_shared::{
+    db::email_deliveries,
     db::{
         refresh_tokens,
         users::{self, ProfileChanges, User, UserFilter},
@@ -13,6 +14,9 @@ use keel_shared::{
     domain::{
         Invalid, Language, ProfileText, Role, Timezone, parse_avatar_url, parse_phone_number,
     },
+    emails,
+    job_queue::JobQueue,
+    mail::EmailTemplate,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
@@ -529,16 +533,20 @@ async fn delete_user(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Role::Admin)?;
-    delete_account(&state.db, &state.users, Some(&principal), id).await?;
+    delete_account(&state.db, &state.jobs, &state.users, Some(&principal), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Deletes `id` as `actor` would (`None`: the operator's command line).
+/// Deletes `id` as `actor` would (`None`: the operator's command line),
+/// and mails the account's address that it is gone. The mail is recorded in
+/// the deleting transaction (a delivery outlives its user), so it goes out
+/// if and only if the delete happened.
 ///
 /// # Errors
 /// Not found, outranked, or the last superadmin.
 pub async fn delete_account(
     db: &PgPool,
+    jobs: &JobQueue,
     users_cache: &UserCache,
     actor: Option<&Principal>,
     id: Uuid,
@@ -550,8 +558,16 @@ pub async fn delete_account(
     }
     ensure_not_last_superadmin(&mut tx, &target).await?;
     users::delete(&mut *tx, id).await?;
+    let notice = email_deliveries::insert(
+        &mut *tx,
+        &target.email,
+        EmailTemplate::AccountDeleted.name(),
+        &serde_json::json!({"username": target.username}),
+    )
+    .await?;
     tx.commit().await?;
     users_cache.invalidate(id).await;
+    emails::push(db, jobs, &notice).await;
     Ok(())
 }
 

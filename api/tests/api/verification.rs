@@ -183,3 +183,47 @@ async fn an_expired_link_is_refused_and_a_resent_one_replaces_the_old() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn deleting_an_account_mails_the_notice_after_the_delete_and_only_then() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let (user, _) = register(app, "gina").await;
+    smtp.wait_for(1, LONG).await; // the verification mail
+    let admin = app.create_user(keel_shared::domain::Role::Admin).await;
+    let superadmin = app.create_user(keel_shared::domain::Role::Superadmin).await;
+
+    // A refused delete mails nothing.
+    let refused = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}", superadmin.user.id),
+            &admin.token,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let deleted = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}", user["id"].as_str().unwrap()),
+            &admin.token,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let messages = smtp.wait_for(2, LONG).await;
+    assert!(
+        messages[1].contains("Subject: Your account was deleted"),
+        "{}",
+        messages[1]
+    );
+    assert!(messages[1].contains("To: gina@example.com"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        smtp.messages().len(),
+        2,
+        "one notice, none for the refused delete"
+    );
+}
