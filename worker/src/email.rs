@@ -11,7 +11,10 @@ use apalis::prelude::BoxDynError;
 use chrono::Utc;
 use keel_shared::{
     Config,
-    db::email_deliveries::{self, SendOutcome},
+    db::{
+        email_deliveries::{self, SendOutcome},
+        two_factor,
+    },
     job_queue::JobQueue,
     jobs::EmailJob,
     mail::{EmailTemplate, Mailer, SendError, templates},
@@ -126,6 +129,45 @@ impl EmailRunner {
         Ok(())
     }
 
+    /// Makes the code of 2FA challenge `id`, stores its hash and mails it.
+    /// The code lives only in this function and the message: never in a
+    /// row, a job or a log line. A challenge that has a code already (a
+    /// duplicate job) or is closed gets nothing; a failed send forgets the
+    /// code, so apalis's retry makes a new one.
+    async fn send_code(&self, id: Uuid) -> Result<(), BoxDynError> {
+        use rand::Rng as _;
+        // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS).
+        let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
+        let Some(to) =
+            two_factor::set_code(&self.db, id, &two_factor::code_hash(id, &code)).await?
+        else {
+            return Ok(());
+        };
+        let minutes = (to.expires_at - Utc::now()).num_minutes().max(1);
+        let data = serde_json::json!({"username": to.username, "code": code, "minutes": minutes});
+        let sent = match templates::render(EmailTemplate::TwoFactorCode, &data, &self.app_base_url)
+        {
+            Ok(rendered) => {
+                self.mailer
+                    .send(&to.email, &rendered, &format!("{id}@keel"))
+                    .await
+            }
+            Err(e) => Err(SendError::Permanent(e.to_string())),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(SendError::Permanent(error)) => {
+                tracing::warn!(challenge_id = %id, %error, "2FA code not sent");
+                Ok(())
+            }
+            Err(SendError::Transient(error)) => {
+                two_factor::clear_code(&self.db, id).await?;
+                // apalis schedules the job again; the challenge's own expiry bounds the retries.
+                Err(format!("2FA code not sent yet: {error}").into())
+            }
+        }
+    }
+
     async fn render_and_send(
         &self,
         delivery: &email_deliveries::Delivery,
@@ -167,11 +209,7 @@ impl supervisor::Handler<EmailJob> for EmailRunner {
     async fn handle(self: Arc<Self>, job: EmailJob) -> Result<(), BoxDynError> {
         match job {
             EmailJob::Send { delivery_id } => self.send(delivery_id).await,
-            EmailJob::TwoFactorCode { challenge_id } => {
-                // Nothing pushes these yet: email 2FA comes with its challenge table.
-                tracing::warn!(%challenge_id, "2FA code jobs are not handled yet; dropped");
-                Ok(())
-            }
+            EmailJob::TwoFactorCode { challenge_id } => self.send_code(challenge_id).await,
         }
     }
 }

@@ -15,7 +15,10 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::users::{ProfileInput, UserResponse};
+use super::{
+    two_factor::TwoFactorChallenge,
+    users::{ProfileInput, UserResponse},
+};
 use crate::{
     auth::{
         Principal,
@@ -64,7 +67,7 @@ fn pair(state: &AppState, user: &User, refresh_token: String) -> Tokens {
 }
 
 /// A sign-in: the first pair of a new refresh family.
-async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
+pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
     let (refresh_token, hash) = tokens::new_refresh_token();
     refresh_tokens::insert(
         &state.db,
@@ -197,10 +200,20 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// Signs in with a username or email and a password.
+/// What a correct password gets: tokens, or, with 2FA on, a challenge
+/// whose code is on its way by email.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SignIn {
+    Tokens(Tokens),
+    Challenge(TwoFactorChallenge),
+}
+
+/// Signs in with a username or email and a password. With 2FA on, the
+/// answer is a challenge and the code is mailed; `verify-2fa` finishes.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
-        (status = 200, body = Tokens),
+        (status = 200, body = SignIn),
         (status = 401, description = "the same `invalid_credentials` for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "too many attempts from this IP or for this account", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the rate limiter is unavailable (sign-in fails closed)", body = Problem, content_type = "application/problem+json"),
@@ -209,7 +222,7 @@ async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AppJson(request): AppJson<LoginRequest>,
-) -> Result<AppJson<Tokens>, ApiError> {
+) -> Result<AppJson<SignIn>, ApiError> {
     sign_in(&state, ip, &request.username_or_email, &request.password)
         .await
         .map(AppJson)
@@ -223,7 +236,7 @@ async fn sign_in(
     ip: std::net::IpAddr,
     account: &str,
     password: &str,
-) -> Result<Tokens, ApiError> {
+) -> Result<SignIn, ApiError> {
     state
         .limiter
         .enforce(&format!("login:ip:{ip}"), LOGIN_PER_IP)
@@ -258,11 +271,16 @@ async fn sign_in(
         ));
     };
     state.limiter.clear_attempts(&account_key).await;
+    if user.two_fa_enabled {
+        return super::two_factor::challenge(state, &user)
+            .await
+            .map(SignIn::Challenge);
+    }
     users::record_login(&state.db, user.id).await?;
     // No cache invalidation: only last_login_at changed, and cached copies
     // may show an older one for a while rather than cost a reload per login.
     tracing::info!(user_id = %user.id, "signed in");
-    issue(state, &user).await
+    issue(state, &user).await.map(SignIn::Tokens)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -307,7 +325,15 @@ async fn token(
         "password" => {
             let username = request.username.ok_or_else(|| missing("username"))?;
             let password = request.password.ok_or_else(|| missing("password"))?;
-            sign_in(&state, ip, &username, &password).await.map(AppJson)
+            match sign_in(&state, ip, &username, &password).await? {
+                SignIn::Tokens(tokens) => Ok(AppJson(tokens)),
+                // An OAuth2 client cannot answer a challenge: send it to the two-step flow.
+                SignIn::Challenge(_) => Err(ApiError::client(
+                    StatusCode::FORBIDDEN,
+                    "two_factor_required",
+                    "this account signs in with a second factor: POST /api/v1/auth/login, then /api/v1/auth/verify-2fa",
+                )),
+            }
         }
         "refresh_token" => {
             let token = request

@@ -8,6 +8,7 @@ pub mod docs;
 pub mod health;
 pub mod password_reset;
 pub mod tasks;
+pub mod two_factor;
 pub mod users;
 pub mod verification;
 
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(verification::router())
         .merge(password_reset::router())
+        .merge(two_factor::router())
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())

@@ -16,5 +16,6 @@ mod rbac;
 mod shutdown;
 mod tasks;
 mod tls;
+mod two_factor;
 mod users;
 mod verification;

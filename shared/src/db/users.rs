@@ -264,6 +264,25 @@ pub async fn set_password(
     .await
 }
 
+/// Turns email 2FA on or off.
+///
+/// # Errors
+/// The database fails.
+pub async fn set_two_fa(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    enabled: bool,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "UPDATE users SET two_fa_enabled = $2 WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .bind(enabled)
+    .fetch_optional(db)
+    .await
+}
+
 /// # Errors
 /// The database fails.
 pub async fn set_email_verified(

@@ -1,0 +1,232 @@
+//! Email 2FA: `enable-2fa` (a verified address first), `disable-2fa` (the
+//! password), `test-2fa` (mails a code that signs nothing in), and the
+//! second step of a 2FA login, `verify-2fa`. The API opens challenges and
+//! checks typed codes; the worker alone makes a code, stores its hash and
+//! mails it.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use chrono::Utc;
+use keel_shared::{
+    db::{
+        two_factor::{self, Purpose, Verdict},
+        users::{self, User},
+    },
+    jobs::EmailJob,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{
+    auth::{Tokens, issue},
+    users::UserResponse,
+    verification::Accepted,
+};
+use crate::{
+    auth::{Principal, client_ip::ClientIp, rate_limit::LOGIN_PER_IP},
+    error::{ApiError, FieldError, Problem},
+    extract::AppJson,
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(verify_2fa))
+        .routes(routes!(enable_2fa))
+        .routes(routes!(disable_2fa))
+        .routes(routes!(test_2fa))
+}
+
+/// The answer to a correct password when 2FA is on.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TwoFactorChallenge {
+    pub two_factor_required: bool,
+    pub challenge_id: Uuid,
+    /// How the code comes: `email`.
+    #[schema(example = "email")]
+    pub method: String,
+    /// Seconds the code works.
+    pub expires_in: i64,
+}
+
+/// Opens a login challenge for `user` (voiding older ones) and asks the
+/// worker to mail its code.
+///
+/// # Errors
+/// The database fails.
+pub async fn challenge(state: &AppState, user: &User) -> Result<TwoFactorChallenge, ApiError> {
+    let minutes = i64::from(state.config.two_fa_code_expire_minutes);
+    let id = open(state, user.id, Purpose::Login, minutes).await?;
+    tracing::info!(user_id = %user.id, challenge_id = %id, "2FA challenge opened");
+    Ok(TwoFactorChallenge {
+        two_factor_required: true,
+        challenge_id: id,
+        method: "email".into(),
+        expires_in: minutes * 60,
+    })
+}
+
+async fn open(
+    state: &AppState,
+    user: Uuid,
+    purpose: Purpose,
+    minutes: i64,
+) -> Result<Uuid, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let id = two_factor::open(
+        &mut tx,
+        user,
+        purpose,
+        Utc::now() + chrono::Duration::minutes(minutes),
+    )
+    .await?;
+    tx.commit().await?;
+    let job = EmailJob::TwoFactorCode { challenge_id: id };
+    if let Err(e) = state.jobs.push(job, None).await {
+        // No row to reconcile from (the code exists only in the worker): say so now.
+        tracing::warn!(error = %e, "could not queue the 2FA code");
+        return Err(ApiError::unavailable(anyhow::anyhow!(
+            "the code could not be sent: {e}"
+        )));
+    }
+    Ok(id)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTwoFactor {
+    pub challenge_id: Uuid,
+    #[schema(example = "123456")]
+    pub code: String,
+}
+
+/// The second step of a 2FA login: the emailed code, once, within its
+/// time, five tries at most.
+#[utoipa::path(post, path = "/api/v1/auth/verify-2fa", tag = "auth", request_body = VerifyTwoFactor,
+    responses(
+        (status = 200, body = Tokens),
+        (status = 401, description = "`invalid_code` (tries left) or `challenge_closed`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn verify_2fa(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(request): AppJson<VerifyTwoFactor>,
+) -> Result<AppJson<Tokens>, ApiError> {
+    state
+        .limiter
+        .enforce(&format!("verify-2fa:ip:{ip}"), LOGIN_PER_IP)
+        .await?;
+    let mut tx = state.db.begin().await?;
+    let verdict = two_factor::verify(&mut tx, request.challenge_id, &request.code).await?;
+    tx.commit().await?;
+    let user = match verdict {
+        Verdict::Passed { user } => user,
+        Verdict::Wrong { left } if left > 0 => {
+            return Err(ApiError::unauthorized(
+                "invalid_code",
+                format!("wrong code; {left} tries left"),
+            ));
+        }
+        Verdict::Wrong { .. } | Verdict::Dead => {
+            return Err(ApiError::unauthorized(
+                "challenge_closed",
+                "this challenge is used, expired or out of tries; sign in again",
+            ));
+        }
+    };
+    let user = users::find_by_id(&state.db, user)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(|| ApiError::unauthorized("challenge_closed", "the account is not active"))?;
+    users::record_login(&state.db, user.id).await?;
+    tracing::info!(user_id = %user.id, "signed in with a second factor");
+    Ok(AppJson(issue(&state, &user).await?))
+}
+
+/// Turns email 2FA on; the address must be verified first.
+#[utoipa::path(post, path = "/api/v1/auth/enable-2fa", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn enable_2fa(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    principal.require_session()?;
+    if !principal.user.email_verified {
+        return Err(ApiError::conflict(
+            "email_not_verified",
+            "verify your email address before turning on 2FA",
+        ));
+    }
+    set(&state, principal.id(), true).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableTwoFactor {
+    pub password: String,
+}
+
+/// Turns email 2FA off; needs the password.
+#[utoipa::path(post, path = "/api/v1/auth/disable-2fa", tag = "auth", security(("bearer" = [])),
+    request_body = DisableTwoFactor,
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 422, description = "wrong password", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn disable_2fa(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<DisableTwoFactor>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    principal.require_session()?;
+    // Guesses at the password here count with the other password checks.
+    let attempts_key = format!("change-password:{}", principal.id());
+    state.limiter.reserve_attempt(&attempts_key).await?;
+    let user = users::find_by_id(&state.db, principal.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if !state
+        .hasher
+        .verify(&request.password, user.password_hash.as_deref())
+        .await?
+    {
+        return Err(ApiError::validation(vec![FieldError {
+            field: "password".into(),
+            message: "is incorrect".into(),
+        }]));
+    }
+    state.limiter.clear_attempts(&attempts_key).await;
+    set(&state, user.id, false).await
+}
+
+async fn set(state: &AppState, id: Uuid, enabled: bool) -> Result<AppJson<UserResponse>, ApiError> {
+    let user = users::set_two_fa(&state.db, id, enabled)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    state.users.invalidate(id).await;
+    tracing::info!(user_id = %id, enabled, "2FA changed");
+    Ok(AppJson(UserResponse::from(user)))
+}
+
+/// Mails a test code, to check that codes arrive; it signs nothing in.
+#[utoipa::path(post, path = "/api/v1/auth/test-2fa", tag = "auth", security(("bearer" = [])),
+    responses((status = 202, body = Accepted), (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn test_2fa(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require_session()?;
+    let minutes = i64::from(state.config.two_fa_code_expire_minutes);
+    open(&state, principal.id(), Purpose::Test, minutes).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        AppJson(Accepted {
+            message: "a test code is on its way".into(),
+        }),
+    ))
+}

@@ -1,0 +1,254 @@
+//! Email 2FA end to end: the login challenge, the code the worker mails to
+//! a real SMTP server, and `verify-2fa`.
+
+use std::time::Duration;
+
+use keel_shared::{domain::Role, testing::SmtpServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{TestApp, TestUser, assert_problem},
+    pipeline::{Stack, stack_with},
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn mail_stack(smtp: &SmtpServer) -> Stack {
+    let port = smtp.port.to_string();
+    stack_with(&[
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        &port,
+        "--smtp-tls",
+        "none",
+        "--emails-from-email",
+        "keel@example.com",
+        "--rate-limit-enabled",
+        "false",
+    ])
+    .await
+}
+
+/// A verified user with 2FA on.
+async fn two_factor_user(app: &TestApp) -> TestUser {
+    let user = app.create_user(Role::User).await;
+    let enabled = app
+        .send(Method::POST, "/api/v1/auth/enable-2fa", &user.token, None)
+        .await;
+    assert_eq!(enabled.status(), StatusCode::OK);
+    assert_eq!(
+        enabled.json::<Value>().await.unwrap()["two_fa_enabled"],
+        true
+    );
+    user
+}
+
+async fn login_challenge(app: &TestApp, user: &TestUser) -> String {
+    let answer: Value = app
+        .login(&user.user.username, &user.password)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["two_factor_required"], true, "{answer}");
+    assert_eq!(answer["method"], "email");
+    assert!(answer.get("access_token").is_none());
+    answer["challenge_id"].as_str().unwrap().to_owned()
+}
+
+/// The six-digit code in the plain-text part of a 2FA mail.
+fn code_in(message: &str) -> String {
+    let start = message.find("code is ").expect("a code") + "code is ".len();
+    message[start..start + 6].to_owned()
+}
+
+async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response {
+    app.post_json(
+        "/api/v1/auth/verify-2fa",
+        &json!({"challenge_id": challenge, "code": code}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_2fa_login_takes_the_mailed_code_once() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let user = two_factor_user(app).await;
+    let challenge = login_challenge(app, &user).await;
+
+    let messages = smtp.wait_for(1, LONG).await;
+    assert!(
+        messages[0].contains("Subject: Your sign-in code"),
+        "{}",
+        messages[0]
+    );
+    let code = code_in(&messages[0]);
+    assert!(code.chars().all(|c| c.is_ascii_digit()), "{code}");
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT code_hash FROM two_factor_challenges WHERE id = $1::uuid")
+            .bind(&challenge)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(
+        stored.is_some_and(|h| h != code.as_bytes()),
+        "only a hash is stored"
+    );
+
+    let signed_in = verify(app, &challenge, &code).await;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let tokens: Value = signed_in.json().await.unwrap();
+    assert!(tokens["access_token"].is_string());
+    assert_problem(
+        verify(app, &challenge, &code).await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+
+    // The OAuth2 password grant cannot do 2FA: it says so.
+    let grant = app
+        .post_json(
+            "/api/v1/auth/token",
+            &json!({"grant_type": "password", "username": user.user.username, "password": user.password}),
+        )
+        .await;
+    assert_problem(grant, StatusCode::FORBIDDEN, "two_factor_required").await;
+}
+
+#[tokio::test]
+async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let user = two_factor_user(app).await;
+
+    let challenge = login_challenge(app, &user).await;
+    let code = code_in(&smtp.wait_for(1, LONG).await[0]);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in (1..5).rev() {
+        let response = verify(app, &challenge, wrong).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_code");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{left} tries left"))
+        );
+    }
+    assert_problem(
+        verify(app, &challenge, wrong).await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+    assert_problem(
+        verify(app, &challenge, &code).await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+
+    let first = login_challenge(app, &user).await;
+    let first_code = code_in(&smtp.wait_for(2, LONG).await[1]);
+    let second = login_challenge(app, &user).await;
+    let second_code = code_in(&smtp.wait_for(3, LONG).await[2]);
+    assert_problem(
+        verify(app, &first, &first_code).await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+    assert_eq!(
+        verify(app, &second, &second_code).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_expired_code_is_refused() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let user = two_factor_user(app).await;
+    let challenge = login_challenge(app, &user).await;
+    let code = code_in(&smtp.wait_for(1, LONG).await[0]);
+    sqlx::query("UPDATE two_factor_challenges SET expires_at = now() - interval '1 second'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_problem(
+        verify(app, &challenge, &code).await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn enabling_needs_a_verified_address_and_disabling_the_password() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let unverified = app
+        .register(&json!({"username": "uma", "email": "uma@example.com", "password": "correct horse battery staple"}))
+        .await;
+    assert_eq!(unverified.status(), StatusCode::CREATED);
+    let login: Value = app
+        .login("uma", "correct horse battery staple")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    assert_problem(
+        app.send(Method::POST, "/api/v1/auth/enable-2fa", token, None)
+            .await,
+        StatusCode::CONFLICT,
+        "email_not_verified",
+    )
+    .await;
+
+    let user = two_factor_user(app).await;
+    assert_problem(
+        app.send(
+            Method::POST,
+            "/api/v1/auth/disable-2fa",
+            &user.token,
+            Some(&json!({"password": "nope"})),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let disabled = app
+        .send(
+            Method::POST,
+            "/api/v1/auth/disable-2fa",
+            &user.token,
+            Some(&json!({"password": user.password})),
+        )
+        .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let tokens: Value = app
+        .login(&user.user.username, &user.password)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens["access_token"].is_string(), "no challenge once off");
+
+    let test = app
+        .send(Method::POST, "/api/v1/auth/test-2fa", &user.token, None)
+        .await;
+    assert_eq!(test.status(), StatusCode::ACCEPTED);
+    let messages = smtp.wait_for(2, LONG).await;
+    let mail = messages
+        .iter()
+        .find(|m| m.contains("Subject: Your sign-in code"))
+        .unwrap();
+    assert_eq!(code_in(mail).len(), 6);
+}

@@ -1,0 +1,187 @@
+//! The `two_factor_challenges` table: one row per email-2FA challenge. The
+//! API opens it; the worker alone makes the code and stores its hash; the
+//! API checks a typed code against the hash — once, five tries at most.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// Wrong codes that kill a challenge.
+pub const MAX_ATTEMPTS: i32 = 5;
+
+/// What a challenge is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Login,
+    Test,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// The stored form of `code` for challenge `id` (the id salts the hash, so
+/// equal codes of two challenges differ).
+pub fn code_hash(id: Uuid, code: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(id.as_bytes());
+    hash.update(code.trim().as_bytes());
+    hash.finalize().into()
+}
+
+/// Opens a challenge for `user`, valid until `expires_at`. A login
+/// challenge voids the user's open login challenges: only the newest works.
+///
+/// # Errors
+/// The database fails.
+pub async fn open(
+    tx: &mut PgConnection,
+    user: Uuid,
+    purpose: Purpose,
+    expires_at: DateTime<Utc>,
+) -> Result<Uuid, sqlx::Error> {
+    if purpose == Purpose::Login {
+        sqlx::query(
+            "UPDATE two_factor_challenges SET invalidated_at = now() \
+             WHERE user_id = $1 AND purpose = 'login' AND used_at IS NULL AND invalidated_at IS NULL",
+        )
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO two_factor_challenges (id, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(purpose.as_str())
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(id)
+}
+
+/// Who to mail a new code to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Recipient {
+    pub email: String,
+    pub username: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Stores the hash of the code the worker made, if the challenge is open
+/// and has no code yet (a duplicate job finds one and mails nothing).
+///
+/// # Errors
+/// The database fails.
+pub async fn set_code(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    hash: &[u8],
+) -> Result<Option<Recipient>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE two_factor_challenges c SET code_hash = $2 FROM users u \
+         WHERE c.id = $1 AND u.id = c.user_id AND c.code_hash IS NULL AND c.used_at IS NULL \
+           AND c.invalidated_at IS NULL AND c.expires_at > now() \
+         RETURNING u.email, u.username, c.expires_at",
+    )
+    .bind(id)
+    .bind(hash)
+    .fetch_optional(db)
+    .await
+}
+
+/// Forgets a code that could not be mailed, so a retry makes a new one.
+///
+/// # Errors
+/// The database fails.
+pub async fn clear_code(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE two_factor_challenges SET code_hash = NULL WHERE id = $1 AND used_at IS NULL",
+    )
+    .bind(id)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
+/// What a typed code did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Right: the challenge is spent; sign this user in.
+    Passed { user: Uuid },
+    /// Wrong: `left` tries remain (0: the challenge is dead now).
+    Wrong { left: i32 },
+    /// Unknown, used, expired, voided, out of tries, or not a login challenge.
+    Dead,
+}
+
+/// Checks `code` against login challenge `id`, under a row lock so
+/// concurrent guesses are counted one by one.
+///
+/// # Errors
+/// The database fails.
+pub async fn verify(tx: &mut PgConnection, id: Uuid, code: &str) -> Result<Verdict, sqlx::Error> {
+    let row: Option<(Uuid, Option<Vec<u8>>, i32)> = sqlx::query_as(
+        "SELECT user_id, code_hash, attempts FROM two_factor_challenges \
+         WHERE id = $1 AND purpose = 'login' AND used_at IS NULL AND invalidated_at IS NULL \
+           AND expires_at > now() AND attempts < $2 \
+         FOR UPDATE",
+    )
+    .bind(id)
+    .bind(MAX_ATTEMPTS)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user, Some(stored), attempts)) = row else {
+        return Ok(Verdict::Dead);
+    };
+    let typed = code_hash(id, code);
+    // Constant time: the comparison must not tell how much of a guess was right.
+    let same = typed.len() == stored.len()
+        && typed
+            .iter()
+            .zip(&stored)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        sqlx::query("UPDATE two_factor_challenges SET used_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Verdict::Passed { user });
+    }
+    let attempts = attempts + 1;
+    sqlx::query(
+        "UPDATE two_factor_challenges SET attempts = $2, \
+             invalidated_at = CASE WHEN $2 >= $3 THEN now() END \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(MAX_ATTEMPTS)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Verdict::Wrong {
+        left: MAX_ATTEMPTS - attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_salted_by_the_challenge() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(code_hash(a, "123456"), code_hash(a, " 123456 "));
+        assert_ne!(code_hash(a, "123456"), code_hash(b, "123456"));
+        assert_ne!(code_hash(a, "123456"), code_hash(a, "123457"));
+    }
+}
