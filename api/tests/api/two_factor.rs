@@ -252,3 +252,42 @@ async fn enabling_needs_a_verified_address_and_disabling_the_password() {
         .unwrap();
     assert_eq!(code_in(mail).len(), 6);
 }
+
+#[tokio::test]
+async fn a_password_reset_does_not_bypass_2fa() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let user = two_factor_user(app).await;
+    let requested = app
+        .post_json(
+            "/api/v1/auth/password-reset/request",
+            &json!({"email": user.user.email}),
+        )
+        .await;
+    assert_eq!(requested.status(), StatusCode::ACCEPTED);
+    let mail = smtp.wait_for(1, LONG).await.remove(0);
+    let unfolded = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    let start = unfolded.find("reset-password?token=").unwrap() + "reset-password?token=".len();
+    let token: String = unfolded[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let new_password = "a brand new passphrase 42";
+    let confirmed = app
+        .post_json(
+            "/api/v1/auth/password-reset/confirm",
+            &json!({"token": token, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let answer: Value = app
+        .login(&user.user.username, new_password)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["two_factor_required"], true, "{answer}");
+}
