@@ -1,8 +1,12 @@
 //! `Scheduler`: one scheduler process — its connections, its ops server and
 //! its stop. Any number may run: ticks are deduplicated in Postgres.
 
+use std::time::Duration;
+
 use keel_shared::{Config, process::Backbone};
 use tokio_util::sync::CancellationToken;
+
+use crate::reconciler;
 
 /// `METRICS_PORT` of a scheduler when unset.
 pub const DEFAULT_METRICS_PORT: u16 = 9102;
@@ -11,6 +15,7 @@ pub const DEFAULT_METRICS_PORT: u16 = 9102;
 #[derive(Debug)]
 pub struct Scheduler {
     backbone: Backbone,
+    reconcile_every: Duration,
     shutdown: CancellationToken,
 }
 
@@ -23,6 +28,7 @@ impl Scheduler {
         let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
         Ok(Self {
             backbone,
+            reconcile_every: Duration::from_secs(config.reconcile_seconds),
             shutdown: CancellationToken::new(),
         })
     }
@@ -40,14 +46,25 @@ impl Scheduler {
         self.shutdown.clone()
     }
 
-    /// Serves its probes until stopped.
+    /// Reconciles and serves its probes until stopped.
     ///
     /// # Errors
     /// Only if the process cannot go on.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { backbone, shutdown } = self;
+        let Self {
+            backbone,
+            reconcile_every,
+            shutdown,
+        } = self;
         tracing::info!("keel-scheduler started");
+        let reconciler = tokio::spawn(reconciler::run(
+            backbone.db.clone(),
+            backbone.redis.clone(),
+            reconcile_every,
+            shutdown.clone(),
+        ));
         backbone.ops.serve(shutdown).await;
+        reconciler.await?;
         tracing::info!("keel-scheduler stopped");
         Ok(())
     }

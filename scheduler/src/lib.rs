@@ -7,6 +7,9 @@
 //!
 //! - [`cli`]: the command line.
 //! - [`app`]: `Scheduler` — build, run until stopped.
+//! - [`reconciler`]: makes Redis match Postgres again (lost and unpushed
+//!   jobs, expired leases).
 
 pub mod app;
 pub mod cli;
+pub mod reconciler;

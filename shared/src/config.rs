@@ -176,6 +176,11 @@ pub struct Config {
     #[arg(long, env = "ENABLE_TEST_KINDS", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub enable_test_kinds: bool,
 
+    /// Seconds between the scheduler's reconcile passes (re-queueing what Redis lost,
+    /// ending expired leases).
+    #[arg(long, env = "RECONCILE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_seconds: u64,
+
     /// Seconds a stopping process may take to finish or hand back what it holds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_seconds: u64,

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use keel_shared::testing::{self, ChildGuard, TestDatabase};
 
-const SCHEDULER_BIN: &str = env!("CARGO_BIN_EXE_keel-scheduler");
+mod reconcile;
+
+pub const SCHEDULER_BIN: &str = env!("CARGO_BIN_EXE_keel-scheduler");
 
 #[tokio::test]
 async fn the_scheduler_serves_its_probes_and_stops_cleanly_on_sigint() {

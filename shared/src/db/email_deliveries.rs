@@ -178,3 +178,29 @@ pub async fn fail_exhausted(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, s
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Deliveries to (re)push, marked enqueued now: queued ones never handed to
+/// Redis (or, with `lost_before`, handed over before then), and sends whose
+/// lease ran out. Returns `(id, next_attempt_at)`.
+///
+/// # Errors
+/// The database fails.
+pub async fn take_for_push(
+    db: impl PgExecutor<'_>,
+    lost_before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE email_deliveries SET enqueued_at = now() WHERE id IN ( \
+             SELECT id FROM email_deliveries \
+             WHERE (status = 'queued' AND (enqueued_at IS NULL OR enqueued_at < $1)) \
+                OR (status = 'sending' AND lease_expires_at < now() \
+                    AND (enqueued_at IS NULL OR enqueued_at < now() - interval '1 minute')) \
+             ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, next_attempt_at",
+    )
+    .bind(lost_before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -745,3 +745,64 @@ pub async fn purge_finished(
     .await?;
     Ok(u64::try_from(deleted).unwrap_or(0))
 }
+
+/// Waiting tasks to (re)push, marked enqueued now: those never handed to
+/// Redis, and with `lost_before`, also those handed over before that time
+/// (Redis lost them). At most `limit`, the most overdue first; rows another
+/// reconciler is taking are skipped.
+///
+/// # Errors
+/// The database fails.
+pub async fn take_for_push(
+    db: impl PgExecutor<'_>,
+    lost_before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET enqueued_at = now() WHERE id IN ( \
+             SELECT id FROM tasks \
+             WHERE status IN ('pending', 'retrying') \
+               AND (enqueued_at IS NULL OR enqueued_at < $1) \
+             ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(lost_before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Ends attempts whose lease ran out more than `grace` ago (their worker
+/// died or stalled): `retrying`, due now and marked enqueued (the caller
+/// pushes them), or `failed` when that was the last attempt. The stalled
+/// worker's later writes are fenced off by the cleared lease.
+///
+/// # Errors
+/// The database fails.
+pub async fn expire_leases(
+    db: impl PgExecutor<'_>,
+    grace: Duration,
+    limit: i64,
+) -> Result<Vec<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET \
+             status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'retrying' END, \
+             error = CASE WHEN attempts >= max_attempts \
+                          THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
+                          ELSE 'the worker stopped during attempt ' || attempts END, \
+             finished_at = CASE WHEN attempts >= max_attempts THEN greatest(now(), started_at) END, \
+             next_attempt_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+             enqueued_at = now(), changed_by = 'reconciler' \
+         WHERE id IN ( \
+             SELECT id FROM tasks \
+             WHERE status = 'running' AND lease_expires_at < now() - $1 * interval '1 millisecond' \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(millis(grace))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

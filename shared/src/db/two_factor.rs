@@ -173,6 +173,26 @@ pub async fn verify(tx: &mut PgConnection, id: Uuid, code: &str) -> Result<Verdi
     })
 }
 
+/// Open challenges still without a code `older_than` after they were
+/// opened (their job was lost): the caller pushes them again.
+///
+/// # Errors
+/// The database fails.
+pub async fn codeless(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM two_factor_challenges \
+         WHERE code_hash IS NULL AND used_at IS NULL AND invalidated_at IS NULL \
+           AND expires_at > now() AND created_at < now() - $1 * interval '1 millisecond' \
+         LIMIT 1000",
+    )
+    .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

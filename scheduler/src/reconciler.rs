@@ -1,0 +1,176 @@
+//! The reconciler: Postgres is the truth, Redis the transport, and this pass
+//! (every `RECONCILE_SECONDS`, on one scheduler replica at a time) makes
+//! Redis match the truth again:
+//!
+//! - tasks and email deliveries never handed to Redis (a push failed, or
+//!   the process died between commit and push) are pushed;
+//! - if Redis lost its data (restarted without persistence, `FLUSHDB`) —
+//!   seen by a sentinel key that vanished — everything waiting is pushed
+//!   again;
+//! - running tasks whose lease ran out (their worker died or stalled) go
+//!   back to `retrying` and are pushed, or `failed` at `max_attempts`;
+//! - 2FA challenges whose code was never made get their job again.
+//!
+//! A push is at least once: the workers' claims drop duplicates. "Due" and
+//! "expired" are judged by the database clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keel_shared::{
+    RedisClient,
+    db::{email_deliveries, tasks, two_factor},
+    dispatch,
+    job_queue::JobQueue,
+    jobs::EmailJob,
+};
+use sqlx::PgPool;
+
+/// Rows one statement takes, so a large backlog is pushed in pieces.
+const BATCH: i64 = 1000;
+/// A lease must be this far past its end before the reconciler ends it: a
+/// live worker's renewal may be a moment late.
+const LEASE_GRACE: Duration = Duration::from_secs(2);
+/// A challenge without a code this long after it opened lost its job.
+const CODELESS_AFTER: Duration = Duration::from_secs(5);
+/// The advisory lock that makes one replica reconcile at a time.
+const LOCK_KEY: i64 = 0x6b65_656c_7265_636f; // "keelreco"
+
+/// What one pass repaired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Repairs {
+    pub tasks_pushed: u64,
+    pub leases_expired: u64,
+    pub emails_pushed: u64,
+    pub codes_pushed: u64,
+    /// Redis had lost its data.
+    pub redis_lost: bool,
+}
+
+/// Runs passes every `every` until `stop`.
+pub async fn run(
+    db: PgPool,
+    redis: RedisClient,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let jobs = JobQueue::new(redis.clone());
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(&db, &redis, &jobs).await {
+            Ok(Some(repairs)) if repairs != Repairs::default() => {
+                tracing::info!(?repairs, "reconciled");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconcile pass failed; trying again next time"),
+        }
+    }
+}
+
+/// One pass, unless another replica holds the lock (`None`).
+///
+/// # Errors
+/// Postgres or Redis failed; the next pass starts over.
+pub async fn pass(
+    db: &PgPool,
+    redis: &RedisClient,
+    jobs: &JobQueue,
+) -> anyhow::Result<Option<Repairs>> {
+    let mut lock = db.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = repair(db, redis, jobs).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *lock)
+        .await?;
+    result.map(Some)
+}
+
+async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Result<Repairs> {
+    let mut repairs = Repairs::default();
+    // Everything handed to Redis before now is gone if the sentinel is.
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
+    let lost_before = sentinel_missing(redis).await?.then_some(now);
+    repairs.redis_lost = lost_before.is_some();
+    if repairs.redis_lost {
+        tracing::warn!("Redis lost its data; queueing every waiting job again");
+    }
+
+    loop {
+        let rows = tasks::take_for_push(db, lost_before, BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        repairs.tasks_pushed += rows.len() as u64;
+        dispatch::push_tasks(db, jobs, &rows).await?;
+    }
+    loop {
+        let rows = tasks::expire_leases(db, LEASE_GRACE, BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        repairs.leases_expired += rows.len() as u64;
+        let retrying: Vec<_> = rows
+            .into_iter()
+            .filter(|t| !t.status.is_finished())
+            .collect();
+        dispatch::push_tasks(db, jobs, &retrying).await?;
+    }
+    loop {
+        let rows = email_deliveries::take_for_push(db, lost_before, BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        repairs.emails_pushed += rows.len() as u64;
+        let batch = rows
+            .into_iter()
+            .map(|(id, at)| (EmailJob::Send { delivery_id: id }, Some(at)))
+            .collect();
+        jobs.push_many(batch).await?;
+    }
+    let codeless = two_factor::codeless(db, CODELESS_AFTER).await?;
+    if !codeless.is_empty() {
+        repairs.codes_pushed = codeless.len() as u64;
+        let batch = codeless
+            .into_iter()
+            .map(|id| (EmailJob::TwoFactorCode { challenge_id: id }, None))
+            .collect();
+        jobs.push_many(batch).await?;
+    }
+    for (what, n) in [
+        ("task_pushed", repairs.tasks_pushed),
+        ("lease_expired", repairs.leases_expired),
+        ("email_pushed", repairs.emails_pushed),
+        ("code_pushed", repairs.codes_pushed),
+    ] {
+        metrics::counter!("keel_reconciler_repairs_total", "what" => what).increment(n);
+    }
+    if repairs.redis_lost {
+        metrics::counter!("keel_reconciler_redis_losses_total").increment(1);
+    }
+    Ok(repairs)
+}
+
+/// Sets the sentinel if it is missing; `true` when it was (Redis started
+/// empty or was flushed — or this is the deployment's first pass, when a
+/// full push is merely redundant).
+async fn sentinel_missing(redis: &RedisClient) -> redis::RedisResult<bool> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(redis.key("sentinel"))
+        .arg(Utc::now().to_rfc3339())
+        .arg("NX")
+        .query_async(&mut redis.conn())
+        .await?;
+    Ok(set.is_some())
+}

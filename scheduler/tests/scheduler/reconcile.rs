@@ -1,0 +1,257 @@
+//! The reconciler against real Postgres and Redis: a `keel-scheduler`
+//! process repairing what a push failure, a Redis wipe or a dead worker
+//! left, and a worker (in this process, the same code as `keel-worker`)
+//! running what it repaired.
+
+use std::time::Duration;
+
+use keel_shared::{
+    Config, RedisClient,
+    db::{
+        self,
+        tasks::{self, NewTask, Task, TaskStatus},
+        users::{self, NewUser, ProfileChanges},
+    },
+    dispatch,
+    domain::{EmailAddress, Role, Username},
+    job_queue::JobQueue,
+    testing::{self, ChildGuard, TestDatabase},
+};
+use keel_worker::app::Worker;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::SCHEDULER_BIN;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Setup {
+    db: TestDatabase,
+    prefix: String,
+    config: Config,
+    pool: PgPool,
+    redis: RedisClient,
+    jobs: JobQueue,
+    owner: Uuid,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let db = TestDatabase::create().await.unwrap();
+        let prefix = testing::unique_redis_prefix();
+        let config = testing::config(&db.url, &prefix, &["--metrics-port", "0"]);
+        let pool = db::connect(&config).await.unwrap();
+        let redis = RedisClient::connect(&config).await.unwrap();
+        let jobs = JobQueue::new(redis.clone());
+        let name = format!("rec_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let owner = users::insert(
+            &pool,
+            &NewUser {
+                username: Username::parse(&name).unwrap(),
+                email: EmailAddress::parse(&format!("{name}@example.com")).unwrap(),
+                password_hash: "!".into(),
+                role: Role::User,
+                email_verified: true,
+                profile: ProfileChanges::default(),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+        Self {
+            db,
+            prefix,
+            config,
+            pool,
+            redis,
+            jobs,
+            owner,
+        }
+    }
+
+    fn scheduler(&self) -> ChildGuard {
+        let mut command = testing::service_command(
+            SCHEDULER_BIN,
+            &self.db.url,
+            &self.prefix,
+            testing::free_port(),
+        );
+        command
+            .env("RECONCILE_SECONDS", "1")
+            .env("RUST_LOG", "warn");
+        ChildGuard::spawn(command)
+    }
+
+    async fn worker(&self) -> CancellationToken {
+        let worker = Worker::build(&self.config).await.unwrap();
+        let stop = worker.shutdown_token();
+        tokio::spawn(worker.run_until_stopped());
+        stop
+    }
+
+    async fn insert(&self, n: usize, in_ms: Option<i64>) -> Vec<Task> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let specs: Vec<NewTask> = (0..n)
+            .map(|_| NewTask {
+                name: "t".into(),
+                kind: "noop".into(),
+                payload: json!({}),
+                max_attempts: 3,
+                timeout_seconds: 60,
+                priority: 0,
+                scheduled_at: in_ms.map(|ms| now + chrono::Duration::milliseconds(ms)),
+                schedule_id: None,
+            })
+            .collect();
+        tasks::insert_many(&self.pool, self.owner, "test", &specs, None)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits until every task is finished; returns them.
+    async fn all_finished(&self) -> Vec<Task> {
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let (all, _) = tasks::list(&self.pool, &tasks::TaskFilter::default(), 100_000, 0)
+                .await
+                .unwrap();
+            let open = all.iter().filter(|t| !t.status.is_finished()).count();
+            if open == 0 {
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} of {} unfinished",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the scheduler's first pass (it sets the sentinel).
+    async fn first_pass(&self) {
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(self.redis.key("sentinel"))
+                .query_async(&mut self.redis.conn())
+                .await
+                .unwrap();
+            if exists {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no reconcile pass");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn runs_of(&self, id: Uuid) -> usize {
+        tasks::history(&self.pool, id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.to_status == TaskStatus::Running)
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn tasks_whose_push_failed_run_once_the_reconciler_pushes_them() {
+    let s = Setup::new().await;
+    let _scheduler = s.scheduler();
+    s.first_pass().await;
+    let _worker = s.worker().await;
+    // Committed rows whose push never happened (Redis was down, or the API died).
+    let created = s.insert(20, None).await;
+    let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+    tasks::mark_not_enqueued(&s.pool, &ids).await.unwrap();
+
+    for task in s.all_finished().await {
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.attempts, 1);
+        assert!(task.enqueued_at.is_some(), "marked when pushed");
+    }
+}
+
+#[tokio::test]
+async fn after_redis_loses_everything_every_waiting_task_runs_once() {
+    let s = Setup::new().await;
+    let _scheduler = s.scheduler();
+    s.first_pass().await;
+    // 200 due now and 200 due in 3 s, pushed as the API pushes them, then
+    // the prefix's keys wiped (what FLUSHDB does to this deployment).
+    let mut created = s.insert(200, None).await;
+    created.extend(s.insert(200, Some(3000)).await);
+    dispatch::push_tasks(&s.pool, &s.jobs, &created)
+        .await
+        .unwrap();
+    let wiped_at = tokio::time::Instant::now();
+    let mut conn = s.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", s.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let _worker = s.worker().await;
+    let all = s.all_finished().await;
+    assert_eq!(all.len(), 400);
+    for task in &all {
+        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+        assert_eq!(task.attempts, 1);
+        assert_eq!(s.runs_of(task.id).await, 1, "each once");
+        assert!(task.started_at.unwrap() >= task.scheduled_at, "never early");
+    }
+    println!("all 400 done {:?} after the wipe", wiped_at.elapsed());
+}
+
+#[tokio::test]
+async fn a_task_whose_worker_died_goes_back_to_retrying_and_runs() {
+    let s = Setup::new().await;
+    let created = s.insert(2, None).await;
+    // Both claimed by a worker that is gone (no job left in Redis); the second
+    // was on its last attempt.
+    for (task, attempts) in created.iter().zip([1, 3]) {
+        sqlx::query(
+            "UPDATE tasks SET status = 'running', attempts = $2, lease_owner = 'ghost/1', \
+             started_at = now() - interval '1 minute', lease_expires_at = now() - interval '10 seconds' \
+             WHERE id = $1",
+        )
+        .bind(task.id)
+        .bind(attempts)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    }
+    let _scheduler = s.scheduler();
+    let _worker = s.worker().await;
+    let all = s.all_finished().await;
+    let retried = all.iter().find(|t| t.id == created[0].id).unwrap();
+    assert_eq!(retried.status, TaskStatus::Completed);
+    assert_eq!(retried.attempts, 2);
+    let history = tasks::history(&s.pool, retried.id).await.unwrap();
+    assert!(
+        history.iter().any(
+            |e| e.to_status == TaskStatus::Retrying && e.actor.as_deref() == Some("reconciler")
+        ),
+        "{history:?}"
+    );
+    let exhausted = all.iter().find(|t| t.id == created[1].id).unwrap();
+    assert_eq!(exhausted.status, TaskStatus::Failed);
+    assert_eq!(
+        exhausted.error.as_deref(),
+        Some("the worker stopped during attempt 3 of 3")
+    );
+}
