@@ -6,7 +6,9 @@
 //!   the process died between commit and push) are pushed;
 //! - if Redis lost its data (restarted without persistence, `FLUSHDB`) —
 //!   seen by a sentinel key that vanished — everything waiting is pushed
-//!   again;
+//!   again; if it lost some jobs (a process died between commit and push,
+//!   after marking the row enqueued) — seen as fewer due jobs in Redis than
+//!   overdue rows in Postgres — the overdue rows are pushed again;
 //! - running tasks whose lease ran out (their worker died or stalled) go
 //!   back to `retrying` and are pushed, or `failed` at `max_attempts`;
 //! - 2FA challenges whose code was never made get their job again.
@@ -31,6 +33,8 @@ const BATCH: i64 = 1000;
 /// A lease must be this far past its end before the reconciler ends it: a
 /// live worker's renewal may be a moment late.
 const LEASE_GRACE: Duration = Duration::from_secs(2);
+/// Rows due and handed over this long ago but unclaimed are overdue.
+const OVERDUE_AFTER: Duration = Duration::from_secs(10);
 /// A challenge without a code this long after it opened lost its job.
 const CODELESS_AFTER: Duration = Duration::from_secs(5);
 /// The advisory lock that makes one replica reconcile at a time.
@@ -101,10 +105,21 @@ async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Re
     let mut repairs = Repairs::default();
     // Everything handed to Redis before now is gone if the sentinel is.
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
-    let lost_before = sentinel_missing(redis).await?.then_some(now);
+    let mut lost_before = sentinel_missing(redis).await?.then_some(now);
     repairs.redis_lost = lost_before.is_some();
     if repairs.redis_lost {
         tracing::warn!("Redis lost its data; queueing every waiting job again");
+    } else {
+        let overdue = tasks::count_overdue(db, OVERDUE_AFTER).await?;
+        let due = jobs.due_depth(keel_shared::jobs::Queue::Tasks).await?;
+        if u64::try_from(overdue).unwrap_or(0) > due {
+            tracing::warn!(
+                overdue,
+                due,
+                "Redis holds fewer due tasks than are overdue; queueing the overdue again"
+            );
+            lost_before = Some(now - chrono::Duration::from_std(OVERDUE_AFTER).unwrap_or_default());
+        }
     }
 
     loop {

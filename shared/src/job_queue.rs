@@ -163,6 +163,32 @@ impl JobQueue {
             .map_err(|_| PushError::Timeout)?
     }
 
+    /// Jobs of `queue` that Redis holds and that are due: released or due to
+    /// be released, and fetched but not acknowledged.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn due_depth(&self, queue: Queue) -> redis::RedisResult<u64> {
+        let config = self.apalis_config(queue);
+        let mut conn = self.redis.conn();
+        let (scheduled, active, workers): (u64, u64, Vec<String>) = redis::pipe()
+            .zcount(config.scheduled_jobs_set(), "-inf", Utc::now().timestamp())
+            .llen(config.active_jobs_list())
+            .zrange(config.workers_set(), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let mut in_flight = 0;
+        if !workers.is_empty() {
+            let mut sizes = redis::pipe();
+            for worker in &workers {
+                sizes.scard(format!("{}:{worker}", config.inflight_jobs_set()));
+            }
+            let counts: Vec<u64> = sizes.query_async(&mut conn).await?;
+            in_flight = counts.iter().sum();
+        }
+        Ok(scheduled + active + in_flight)
+    }
+
     /// The key whose presence pauses `queue`.
     fn paused_key(&self, queue: Queue) -> String {
         self.redis.key(&format!("paused:{}", queue.name()))

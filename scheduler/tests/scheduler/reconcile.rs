@@ -255,3 +255,25 @@ async fn a_task_whose_worker_died_goes_back_to_retrying_and_runs() {
         Some("the worker stopped during attempt 3 of 3")
     );
 }
+
+#[tokio::test]
+async fn a_job_lost_after_its_row_was_marked_enqueued_is_found_and_run() {
+    let s = Setup::new().await;
+    let _scheduler = s.scheduler();
+    s.first_pass().await;
+    let _worker = s.worker().await;
+    // Marked enqueued at insert, but the pushing process died before the push.
+    let lost = s.insert(3, None).await;
+    let all = s.all_finished().await;
+    assert_eq!(all.len(), 3);
+    for task in &all {
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.attempts, 1);
+        let waited = task.started_at.unwrap() - task.created_at;
+        assert!(
+            waited.num_seconds() >= 10,
+            "found as overdue, not before: {waited}"
+        );
+    }
+    assert!(lost.iter().all(|t| all.iter().any(|a| a.id == t.id)));
+}

@@ -806,3 +806,20 @@ pub async fn expire_leases(
     .fetch_all(db)
     .await
 }
+
+/// Waiting tasks that were due and handed to Redis more than `age` ago and
+/// are still not claimed: if Redis holds fewer due jobs than this, some
+/// jobs were lost.
+///
+/// # Errors
+/// The database fails.
+pub async fn count_overdue(db: impl PgExecutor<'_>, age: Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE status IN ('pending', 'retrying') \
+           AND next_attempt_at < now() - $1 * interval '1 millisecond' \
+           AND enqueued_at < now() - $1 * interval '1 millisecond'",
+    )
+    .bind(millis(age))
+    .fetch_one(db)
+    .await
+}
