@@ -372,3 +372,30 @@ impl Drop for SmtpServer {
         let _ = std::fs::remove_dir_all(&self.maildir);
     }
 }
+
+/// A verified `user` account named `{stem}_{random}` with no usable
+/// password, for tests that need an owner for their rows.
+///
+/// # Panics
+/// When the insert fails.
+pub async fn insert_user(pool: &sqlx::PgPool, stem: &str) -> uuid::Uuid {
+    use crate::{
+        db::users::{self, NewUser, ProfileChanges},
+        domain::{EmailAddress, Role, Username},
+    };
+    let name = format!("{stem}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    users::insert(
+        pool,
+        &NewUser {
+            username: Username::parse(&name).expect("a valid test username"),
+            email: EmailAddress::parse(&format!("{name}@example.com")).expect("a valid address"),
+            password_hash: "!".into(),
+            role: Role::User,
+            email_verified: true,
+            profile: ProfileChanges::default(),
+        },
+    )
+    .await
+    .expect("a test user")
+    .id
+}

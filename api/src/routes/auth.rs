@@ -486,6 +486,38 @@ pub struct Detail {
     pub detail: String,
 }
 
+/// Checks the caller's password before a sensitive change, reading the hash
+/// fresh (the cached user has none). Guesses count against the account's
+/// password attempts: a stolen access token must not buy unlimited guesses.
+/// A wrong password is a 422 on `field`.
+///
+/// # Errors
+/// Too many attempts, a wrong password, or a dependency down.
+pub(crate) async fn check_password(
+    state: &AppState,
+    principal: &Principal,
+    password: &str,
+    field: &str,
+) -> Result<User, ApiError> {
+    let attempts_key = format!("change-password:{}", principal.id());
+    state.limiter.reserve_attempt(&attempts_key).await?;
+    let user = users::find_by_id(&state.db, principal.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if !state
+        .hasher
+        .verify(password, user.password_hash.as_deref())
+        .await?
+    {
+        return Err(ApiError::validation(vec![FieldError {
+            field: field.into(),
+            message: "is incorrect".into(),
+        }]));
+    }
+    state.limiter.clear_attempts(&attempts_key).await;
+    Ok(user)
+}
+
 /// Changes the password and ends every session, this one included.
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
     request_body = ChangePasswordRequest,
@@ -500,31 +532,20 @@ async fn change_password(
     AppJson(request): AppJson<ChangePasswordRequest>,
 ) -> Result<AppJson<Detail>, ApiError> {
     principal.require_session()?;
-    // A stolen access token must not buy unlimited guesses at the password.
-    let attempts_key = format!("change-password:{}", principal.id());
-    state.limiter.reserve_attempt(&attempts_key).await?;
-    // The cached user has no hash: read it fresh.
-    let user = users::find_by_id(&state.db, principal.id())
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let user = check_password(
+        &state,
+        &principal,
+        &request.current_password,
+        "current_password",
+    )
+    .await?;
     let new_password = Password::parse(&request.new_password).map_err(|Invalid(message)| {
         ApiError::validation(vec![FieldError {
             field: "new_password".into(),
             message,
         }])
-    });
-    if !state
-        .hasher
-        .verify(&request.current_password, user.password_hash.as_deref())
-        .await?
-    {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "current_password".into(),
-            message: "is incorrect".into(),
-        }]));
-    }
-    state.limiter.clear_attempts(&attempts_key).await;
-    let hash = state.hasher.hash(&new_password?).await?;
+    })?;
+    let hash = state.hasher.hash(&new_password).await?;
     let mut tx = state.db.begin().await?;
     users::set_password(&mut *tx, user.id, &hash).await?;
     refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;

@@ -19,13 +19,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
-    auth::{Tokens, issue},
+    auth::{Tokens, check_password, issue},
     users::UserResponse,
     verification::Accepted,
 };
 use crate::{
     auth::{Principal, client_ip::ClientIp, rate_limit::LOGIN_PER_IP},
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, Problem},
     extract::AppJson,
     state::AppState,
 };
@@ -184,23 +184,7 @@ async fn disable_2fa(
     AppJson(request): AppJson<DisableTwoFactor>,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     principal.require_session()?;
-    // Guesses at the password here count with the other password checks.
-    let attempts_key = format!("change-password:{}", principal.id());
-    state.limiter.reserve_attempt(&attempts_key).await?;
-    let user = users::find_by_id(&state.db, principal.id())
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if !state
-        .hasher
-        .verify(&request.password, user.password_hash.as_deref())
-        .await?
-    {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "password".into(),
-            message: "is incorrect".into(),
-        }]));
-    }
-    state.limiter.clear_attempts(&attempts_key).await;
+    let user = check_password(&state, &principal, &request.password, "password").await?;
     set(&state, user.id, false).await
 }
 

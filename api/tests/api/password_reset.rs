@@ -8,30 +8,11 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::assert_problem,
-    pipeline::{Stack, stack_with},
+    pipeline::{Stack, mail_stack},
 };
 
 const LONG: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse battery staple";
-
-async fn mail_stack(smtp: &SmtpServer) -> Stack {
-    let port = smtp.port.to_string();
-    stack_with(&[
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        &port,
-        "--smtp-tls",
-        "none",
-        "--emails-from-email",
-        "keel@example.com",
-        "--app-base-url",
-        "http://keel.test",
-        "--rate-limit-enabled",
-        "false",
-    ])
-    .await
-}
 
 fn token_in(message: &str) -> String {
     let unfolded = message
@@ -52,7 +33,7 @@ fn token_in(message: &str) -> String {
 #[tokio::test]
 async fn a_reset_token_sets_the_password_once_and_ends_every_session() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let response = app
         .register(&json!({"username": "rita", "email": "rita@example.com", "password": PASSWORD}))
         .await;
@@ -143,7 +124,7 @@ async fn a_reset_token_sets_the_password_once_and_ends_every_session() {
 #[tokio::test]
 async fn an_expired_reset_token_is_refused() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     app.register(&json!({"username": "otto", "email": "otto@example.com", "password": PASSWORD}))
         .await;
     app.post_json(
@@ -175,7 +156,7 @@ async fn an_expired_reset_token_is_refused() {
 #[tokio::test]
 async fn known_and_unknown_addresses_take_the_same_time() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     app.register(&json!({"username": "tess", "email": "tess@example.com", "password": PASSWORD}))
         .await;
     // Medians of a few requests each: the answer comes before any lookup.

@@ -28,6 +28,26 @@ async fn stack() -> Stack {
     stack_with(&["--rate-limit-enabled", "false"]).await
 }
 
+/// The API (with `extra` flags) and a worker that mail through `smtp`,
+/// links built on `http://keel.test`.
+pub async fn mail_stack(smtp: &keel_shared::testing::SmtpServer, extra: &[&str]) -> Stack {
+    let port = smtp.port.to_string();
+    let mut flags = vec![
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        &port,
+        "--smtp-tls",
+        "none",
+        "--emails-from-email",
+        "keel@example.com",
+        "--app-base-url",
+        "http://keel.test",
+    ];
+    flags.extend_from_slice(extra);
+    stack_with(&flags).await
+}
+
 /// The API with `flags`, and a worker on its database and Redis prefix.
 pub async fn stack_with(flags: &[&str]) -> Stack {
     let app = spawn_app_with(flags).await;

@@ -9,27 +9,10 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{TestApp, TestUser, assert_problem},
-    pipeline::{Stack, stack_with},
+    pipeline::{Stack, mail_stack},
 };
 
 const LONG: Duration = Duration::from_secs(30);
-
-async fn mail_stack(smtp: &SmtpServer) -> Stack {
-    let port = smtp.port.to_string();
-    stack_with(&[
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        &port,
-        "--smtp-tls",
-        "none",
-        "--emails-from-email",
-        "keel@example.com",
-        "--rate-limit-enabled",
-        "false",
-    ])
-    .await
-}
 
 /// A verified user with 2FA on.
 async fn two_factor_user(app: &TestApp) -> TestUser {
@@ -75,7 +58,7 @@ async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response
 #[tokio::test]
 async fn a_2fa_login_takes_the_mailed_code_once() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
     let challenge = login_challenge(app, &user).await;
 
@@ -122,7 +105,7 @@ async fn a_2fa_login_takes_the_mailed_code_once() {
 #[tokio::test]
 async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
 
     let challenge = login_challenge(app, &user).await;
@@ -172,7 +155,7 @@ async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one(
 #[tokio::test]
 async fn an_expired_code_is_refused() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
     let challenge = login_challenge(app, &user).await;
     let code = code_in(&smtp.wait_for(1, LONG).await[0]);
@@ -191,7 +174,7 @@ async fn an_expired_code_is_refused() {
 #[tokio::test]
 async fn enabling_needs_a_verified_address_and_disabling_the_password() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let unverified = app
         .register(&json!({"username": "uma", "email": "uma@example.com", "password": "correct horse battery staple"}))
         .await;
@@ -256,7 +239,7 @@ async fn enabling_needs_a_verified_address_and_disabling_the_password() {
 #[tokio::test]
 async fn a_password_reset_does_not_bypass_2fa() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
     let requested = app
         .post_json(

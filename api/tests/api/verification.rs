@@ -9,27 +9,10 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{TestApp, assert_problem},
-    pipeline::{Stack, stack_with},
+    pipeline::{Stack, mail_stack},
 };
 
 const LONG: Duration = Duration::from_secs(30);
-
-async fn mail_stack(smtp: &SmtpServer) -> Stack {
-    let port = smtp.port.to_string();
-    stack_with(&[
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        &port,
-        "--smtp-tls",
-        "none",
-        "--emails-from-email",
-        "keel@example.com",
-        "--app-base-url",
-        "http://keel.test",
-    ])
-    .await
-}
 
 /// The verification link in a raw message (quoted-printable may wrap it).
 fn link_in(message: &str) -> String {
@@ -62,7 +45,7 @@ async fn register(app: &TestApp, name: &str) -> (Value, String) {
 #[tokio::test]
 async fn the_link_in_the_verification_mail_verifies_once_and_brings_the_welcome() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &[]).await;
     let (_, token) = register(app, "vera").await;
 
     let messages = smtp.wait_for(1, LONG).await;
@@ -125,7 +108,7 @@ async fn the_link_in_the_verification_mail_verifies_once_and_brings_the_welcome(
 #[tokio::test]
 async fn an_expired_link_is_refused_and_a_resent_one_replaces_the_old() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &[]).await;
     let (_, token) = register(app, "walt").await;
     let first = link_in(&smtp.wait_for(1, LONG).await[0]);
 
@@ -187,7 +170,7 @@ async fn an_expired_link_is_refused_and_a_resent_one_replaces_the_old() {
 #[tokio::test]
 async fn deleting_an_account_mails_the_notice_after_the_delete_and_only_then() {
     let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp).await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &[]).await;
     let (user, _) = register(app, "gina").await;
     smtp.wait_for(1, LONG).await; // the verification mail
     let admin = app.create_user(keel_shared::domain::Role::Admin).await;

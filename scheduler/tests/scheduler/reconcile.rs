@@ -10,10 +10,8 @@ use keel_shared::{
     db::{
         self,
         tasks::{self, NewTask, Task, TaskStatus},
-        users::{self, NewUser, ProfileChanges},
     },
     dispatch,
-    domain::{EmailAddress, Role, Username},
     job_queue::JobQueue,
     testing::{self, ChildGuard, TestDatabase},
 };
@@ -45,21 +43,7 @@ impl Setup {
         let pool = db::connect(&config).await.unwrap();
         let redis = RedisClient::connect(&config).await.unwrap();
         let jobs = JobQueue::new(redis.clone());
-        let name = format!("rec_{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let owner = users::insert(
-            &pool,
-            &NewUser {
-                username: Username::parse(&name).unwrap(),
-                email: EmailAddress::parse(&format!("{name}@example.com")).unwrap(),
-                password_hash: "!".into(),
-                role: Role::User,
-                email_verified: true,
-                profile: ProfileChanges::default(),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+        let owner = testing::insert_user(&pool, "rec").await;
         Self {
             db,
             prefix,

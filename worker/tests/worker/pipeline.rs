@@ -7,11 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keel_shared::{
     RedisClient,
-    db::{
-        tasks::{self, NewTask, Task, TaskEvent, TaskStatus},
-        users::{self, NewUser, ProfileChanges},
-    },
-    domain::{EmailAddress, Role, Username},
+    db::tasks::{self, NewTask, Task, TaskEvent, TaskStatus},
     job_queue::JobQueue,
     jobs::RunTask,
     testing::{self, ChildGuard, TestDatabase},
@@ -39,21 +35,7 @@ impl Pipeline {
         let pool = keel_shared::db::connect(&config).await.unwrap();
         let redis = RedisClient::connect(&config).await.unwrap();
         let jobs = JobQueue::new(redis.clone());
-        let name = format!("owner_{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let owner = users::insert(
-            &pool,
-            &NewUser {
-                username: Username::parse(&name).unwrap(),
-                email: EmailAddress::parse(&format!("{name}@example.com")).unwrap(),
-                password_hash: "unused".into(),
-                role: Role::User,
-                email_verified: true,
-                profile: ProfileChanges::default(),
-            },
-        )
-        .await
-        .unwrap()
-        .id;
+        let owner = testing::insert_user(&pool, "owner").await;
         Self {
             db,
             pool,
