@@ -11,7 +11,9 @@
 //!   overdue rows in Postgres — the overdue rows are pushed again;
 //! - running tasks whose lease ran out (their worker died or stalled) go
 //!   back to `retrying` and are pushed, or `failed` at `max_attempts`;
-//! - 2FA challenges whose code was never made get their job again.
+//! - 2FA challenges whose code was never made get their job again;
+//! - acknowledged jobs are trimmed from Redis (apalis keeps their ids, data
+//!   and metadata forever), so Redis memory stays bounded.
 //!
 //! A push is at least once: the workers' claims drop duplicates. "Due" and
 //! "expired" are judged by the database clock.
@@ -47,6 +49,7 @@ pub struct Repairs {
     pub leases_expired: u64,
     pub emails_pushed: u64,
     pub codes_pushed: u64,
+    pub jobs_trimmed: u64,
     /// Redis had lost its data.
     pub redis_lost: bool,
 }
@@ -67,7 +70,13 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         match pass(&db, &redis, &jobs).await {
-            Ok(Some(repairs)) if repairs != Repairs::default() => {
+            // Trimming is routine; anything else it did is worth a line.
+            Ok(Some(repairs))
+                if Repairs {
+                    jobs_trimmed: 0,
+                    ..repairs
+                } != Repairs::default() =>
+            {
                 tracing::info!(?repairs, "reconciled");
             }
             Ok(_) => {}
@@ -163,11 +172,21 @@ async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Re
             .collect();
         jobs.push_many(batch).await?;
     }
+    for queue in keel_shared::jobs::Queue::ALL {
+        loop {
+            let trimmed = jobs.trim_done(queue, BATCH as usize).await?;
+            repairs.jobs_trimmed += trimmed as u64;
+            if trimmed < BATCH as usize {
+                break;
+            }
+        }
+    }
     for (what, n) in [
         ("task_pushed", repairs.tasks_pushed),
         ("lease_expired", repairs.leases_expired),
         ("email_pushed", repairs.emails_pushed),
         ("code_pushed", repairs.codes_pushed),
+        ("job_trimmed", repairs.jobs_trimmed),
     ] {
         metrics::counter!("keel_reconciler_repairs_total", "what" => what).increment(n);
     }

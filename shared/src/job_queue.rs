@@ -189,6 +189,34 @@ impl JobQueue {
         Ok(scheduled + active + in_flight)
     }
 
+    /// Forgets up to `max` acknowledged jobs of `queue` — their id in the
+    /// done set, their data and their metadata — which apalis keeps forever;
+    /// returns how many. Safe at any time: job ids are never reused, and
+    /// Postgres keeps the outcome.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn trim_done(&self, queue: Queue, max: usize) -> redis::RedisResult<usize> {
+        let config = self.apalis_config(queue);
+        let mut conn = self.redis.conn();
+        let ids: Vec<String> = redis::cmd("SPOP")
+            .arg(config.done_jobs_set())
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.hdel(config.job_data_hash(), &ids).ignore();
+        for id in &ids {
+            pipe.del(format!("{}:{id}", config.job_meta_hash()))
+                .ignore();
+        }
+        pipe.exec_async(&mut conn).await?;
+        Ok(ids.len())
+    }
+
     /// The key whose presence pauses `queue`.
     fn paused_key(&self, queue: Queue) -> String {
         self.redis.key(&format!("paused:{}", queue.name()))

@@ -261,3 +261,47 @@ async fn a_job_lost_after_its_row_was_marked_enqueued_is_found_and_run() {
     }
     assert!(lost.iter().all(|t| all.iter().any(|a| a.id == t.id)));
 }
+
+#[tokio::test]
+async fn finished_jobs_are_trimmed_from_redis() {
+    let s = Setup::new().await;
+    let _worker = s.worker().await;
+    let created = s.insert(100, None).await;
+    dispatch::push_tasks(&s.pool, &s.jobs, &created)
+        .await
+        .unwrap();
+    s.all_finished().await;
+    let config = s.jobs.apalis_config(keel_shared::jobs::Queue::Tasks);
+    let mut conn = s.redis.conn();
+    let (done, data): (u64, u64) = redis::pipe()
+        .scard(config.done_jobs_set())
+        .hlen(config.job_data_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        done > 0 && data > 0,
+        "apalis keeps finished jobs: {done} done, {data} data"
+    );
+
+    let _scheduler = s.scheduler();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let (done, data, meta): (u64, u64, Vec<String>) = redis::pipe()
+            .scard(config.done_jobs_set())
+            .hlen(config.job_data_hash())
+            .keys(format!("{}:*", config.job_meta_hash()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if done == 0 && data == 0 && meta.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} done, {data} data, {} meta left",
+            meta.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
