@@ -176,9 +176,13 @@ pub struct Config {
     #[arg(long, env = "ENABLE_TEST_KINDS", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub enable_test_kinds: bool,
 
+    /// Days finished tasks and email deliveries are kept; the daily purge deletes older ones.
+    #[arg(long, env = "TASK_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub task_retention_days: u32,
+
     /// Seconds between the scheduler's reconcile passes (re-queueing what Redis lost,
     /// ending expired leases).
-    #[arg(long, env = "RECONCILE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "RECONCILE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub reconcile_seconds: u64,
 
     /// Seconds a stopping process may take to finish or hand back what it holds.

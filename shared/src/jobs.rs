@@ -80,6 +80,33 @@ impl Job for EmailJob {
     const QUEUE: Queue = Queue::Email;
 }
 
+/// Housekeeping a system schedule asks for, on the `maintenance` queue. A
+/// lost one is harmless: the next tick asks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceJob {
+    pub work: Maintenance,
+    /// The system schedule that fired it, which shows how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+}
+
+/// What a [`MaintenanceJob`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// Delete expired refresh tokens, 2FA challenges, email tokens,
+    /// idempotency keys and old schedule fire records.
+    PurgeExpired,
+    /// Delete finished tasks and email deliveries older than `TASK_RETENTION_DAYS`.
+    PurgeFinished,
+    /// Delete acknowledged jobs (ids, data, metadata) from Redis, which apalis keeps forever.
+    TrimRedis,
+}
+
+impl Job for MaintenanceJob {
+    const QUEUE: Queue = Queue::Maintenance;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! - [`emails`]: queueing an email (row, then job).
 //! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
+//! - [`timetable`]: cron expressions in a timezone, DST included.
 //! - [`task_events`]: live task status changes on Redis pub/sub.
 //! - [`workers`]: the registry of live worker processes.
 //! - [`health`]: the health report every binary serves.
@@ -40,6 +41,7 @@ pub mod task_events;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timetable;
 pub mod workers;
 
 pub use config::Config;

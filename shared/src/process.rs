@@ -75,3 +75,10 @@ pub fn exit_code(service: &'static str, result: anyhow::Result<()>) -> ExitCode 
         }
     }
 }
+
+/// `host-pid-suffix`: a restarted process never reuses a name, so its
+/// predecessor's orphaned jobs (or claimed ticks) are recognised as such.
+pub fn unique_name(hostname: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{hostname}-{}-{}", std::process::id(), &suffix[..8])
+}

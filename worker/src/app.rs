@@ -9,13 +9,14 @@ use keel_shared::{
     Config, RedisClient,
     job_queue::JobQueue,
     jobs::Queue,
-    process::Backbone,
+    process::{self, Backbone},
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     email::EmailRunner,
+    maintenance::MaintenanceRunner,
     stats::Stats,
     supervisor,
     tasks::{self, TaskRunner},
@@ -47,7 +48,7 @@ impl Worker {
             id: config
                 .worker_name
                 .clone()
-                .unwrap_or_else(|| unique_name(&hostname)),
+                .unwrap_or_else(|| process::unique_name(&hostname)),
             hostname,
             pid: std::process::id(),
             queues: config.worker_queues.clone(),
@@ -162,10 +163,28 @@ impl Worker {
                         shutdown.clone(),
                     )));
                 }
-                // Its jobs arrive with the scheduler's maintenance work; until then
-                // nothing is pushed to it.
                 Queue::Maintenance => {
-                    tracing::debug!(%queue, "no handlers for this queue yet");
+                    let runner =
+                        Arc::new(MaintenanceRunner::new(&config, db.clone(), jobs.clone()));
+                    let setup = supervisor::QueueSetup {
+                        jobs: jobs.clone(),
+                        redis: redis.clone(),
+                        lease: runner.lease(),
+                        base_name: card.id.clone(),
+                        // One at a time: purges of the same tables would only contend.
+                        concurrency: 1,
+                    };
+                    let wake = WakeSignal::listen(
+                        redis.clone(),
+                        jobs.wake_channel(Queue::Maintenance),
+                        finished.clone(),
+                    );
+                    queues.push(tokio::spawn(supervisor::run(
+                        setup,
+                        runner,
+                        wake,
+                        shutdown.clone(),
+                    )));
                 }
             }
         }
@@ -231,11 +250,4 @@ async fn beat(redis: &RedisClient, card: &mut WorkerCard, stats: &Stats) {
     if let Err(e) = workers::heartbeat(redis, card).await {
         tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat");
     }
-}
-
-/// `host-pid-suffix`: a restarted process never reuses a name, so its
-/// predecessor's orphaned jobs are recognised as such.
-fn unique_name(hostname: &str) -> String {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{hostname}-{}-{}", std::process::id(), &suffix[..8])
 }

@@ -204,3 +204,23 @@ pub async fn take_for_push(
     .fetch_all(db)
     .await
 }
+
+/// Deletes up to `limit` sent or failed deliveries last changed before
+/// `before`; returns how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn purge_finished(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_some(
+        db,
+        "email_deliveries",
+        "status IN ('sent', 'failed') AND updated_at < $2",
+        before,
+        limit,
+    )
+    .await
+}

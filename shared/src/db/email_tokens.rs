@@ -86,3 +86,15 @@ pub async fn revoke_all(
     .await
     .map(drop)
 }
+
+/// Deletes up to `limit` expired email tokens (expired before `now`); returns how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn purge_expired(
+    db: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_some(db, "email_tokens", "expires_at < $2", now, limit).await
+}

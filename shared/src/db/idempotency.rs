@@ -100,3 +100,16 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// Deletes up to `limit` keys older than their TTL at `now`; returns how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn purge_expired(
+    db: impl sqlx::PgExecutor<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let before = now - chrono::Duration::hours(i64::from(KEY_TTL_HOURS));
+    super::delete_some(db, "idempotency_keys", "created_at < $2", before, limit).await
+}

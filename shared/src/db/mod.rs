@@ -8,6 +8,7 @@ pub mod email_deliveries;
 pub mod email_tokens;
 pub mod idempotency;
 pub mod refresh_tokens;
+pub mod schedules;
 pub mod tasks;
 pub mod two_factor;
 pub mod users;
@@ -134,4 +135,26 @@ fn describe(options: PgConnectOptions) -> String {
         options.get_port(),
         options.get_database().unwrap_or("?")
     )
+}
+
+/// Deletes up to `limit` rows of `table` where `condition` holds, `$2`
+/// being `before`; returns how many. Purges go in such slices so no
+/// statement holds locks on a large table for long.
+pub(crate) async fn delete_some(
+    db: impl sqlx::PgExecutor<'_>,
+    table: &'static str,
+    condition: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {condition} LIMIT $1))"
+    );
+    // Safe: `table` and `condition` are literals of this crate, never input.
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .bind(before)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -193,6 +193,18 @@ pub async fn codeless(
     .await
 }
 
+/// Deletes up to `limit` expired 2FA challenges (expired before `now`); returns how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn purge_expired(
+    db: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_some(db, "two_factor_challenges", "expires_at < $2", now, limit).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
