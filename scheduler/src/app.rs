@@ -1,12 +1,10 @@
 //! `Scheduler`: one scheduler process — its connections, its ops server and
 //! its stop. Any number may run: ticks are deduplicated in Postgres.
 
-use std::time::Duration;
-
 use keel_shared::{Config, process::Backbone};
 use tokio_util::sync::CancellationToken;
 
-use crate::reconciler;
+use crate::schedules::{self, Ticker};
 
 /// `METRICS_PORT` of a scheduler when unset.
 pub const DEFAULT_METRICS_PORT: u16 = 9102;
@@ -15,7 +13,7 @@ pub const DEFAULT_METRICS_PORT: u16 = 9102;
 #[derive(Debug)]
 pub struct Scheduler {
     backbone: Backbone,
-    reconcile_every: Duration,
+    config: Config,
     shutdown: CancellationToken,
 }
 
@@ -28,7 +26,7 @@ impl Scheduler {
         let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
         Ok(Self {
             backbone,
-            reconcile_every: Duration::from_secs(config.reconcile_seconds),
+            config: config.clone(),
             shutdown: CancellationToken::new(),
         })
     }
@@ -46,25 +44,29 @@ impl Scheduler {
         self.shutdown.clone()
     }
 
-    /// Reconciles and serves its probes until stopped.
+    /// Fires schedules (the reconciler among them) and serves its probes until stopped.
     ///
     /// # Errors
     /// Only if the process cannot go on.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             backbone,
-            reconcile_every,
+            config,
             shutdown,
         } = self;
-        tracing::info!("keel-scheduler started");
-        let reconciler = tokio::spawn(reconciler::run(
+        let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+        let replica = keel_shared::process::unique_name(&hostname);
+        tracing::info!(%replica, "keel-scheduler started");
+        let ticker = Ticker::new(
+            &config,
             backbone.db.clone(),
             backbone.redis.clone(),
-            reconcile_every,
-            shutdown.clone(),
-        ));
+            replica,
+        );
+        let ticks =
+            tokio::spawn(ticker.run(schedules::system_schedules(&config), shutdown.clone()));
         backbone.ops.serve(shutdown).await;
-        reconciler.await?;
+        ticks.await?;
         tracing::info!("keel-scheduler stopped");
         Ok(())
     }

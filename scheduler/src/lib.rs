@@ -7,9 +7,12 @@
 //!
 //! - [`cli`]: the command line.
 //! - [`app`]: `Scheduler` — build, run until stopped.
+//! - [`schedules`]: the tick loop — cron schedules fired once per tick
+//!   across replicas, and the built-in ones.
 //! - [`reconciler`]: makes Redis match Postgres again (lost and unpushed
 //!   jobs, expired leases).
 
 pub mod app;
 pub mod cli;
 pub mod reconciler;
+pub mod schedules;

@@ -1,6 +1,6 @@
 //! The reconciler: Postgres is the truth, Redis the transport, and this pass
-//! (every `RECONCILE_SECONDS`, on one scheduler replica at a time) makes
-//! Redis match the truth again:
+//! (the built-in `system.reconcile` schedule, every `RECONCILE_SECONDS`, on
+//! one scheduler replica at a time) makes Redis match the truth again:
 //!
 //! - tasks and email deliveries never handed to Redis (a push failed, or
 //!   the process died between commit and push) are pushed;
@@ -11,9 +11,7 @@
 //!   overdue rows in Postgres — the overdue rows are pushed again;
 //! - running tasks whose lease ran out (their worker died or stalled) go
 //!   back to `retrying` and are pushed, or `failed` at `max_attempts`;
-//! - 2FA challenges whose code was never made get their job again;
-//! - acknowledged jobs are trimmed from Redis (apalis keeps their ids, data
-//!   and metadata forever), so Redis memory stays bounded.
+//! - 2FA challenges whose code was never made get their job again.
 //!
 //! A push is at least once: the workers' claims drop duplicates. "Due" and
 //! "expired" are judged by the database clock.
@@ -49,40 +47,8 @@ pub struct Repairs {
     pub leases_expired: u64,
     pub emails_pushed: u64,
     pub codes_pushed: u64,
-    pub jobs_trimmed: u64,
     /// Redis had lost its data.
     pub redis_lost: bool,
-}
-
-/// Runs passes every `every` until `stop`.
-pub async fn run(
-    db: PgPool,
-    redis: RedisClient,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let jobs = JobQueue::new(redis.clone());
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match pass(&db, &redis, &jobs).await {
-            // Trimming is routine; anything else it did is worth a line.
-            Ok(Some(repairs))
-                if Repairs {
-                    jobs_trimmed: 0,
-                    ..repairs
-                } != Repairs::default() =>
-            {
-                tracing::info!(?repairs, "reconciled");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reconcile pass failed; trying again next time"),
-        }
-    }
 }
 
 /// One pass, unless another replica holds the lock (`None`).
@@ -172,21 +138,11 @@ async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Re
             .collect();
         jobs.push_many(batch).await?;
     }
-    for queue in keel_shared::jobs::Queue::ALL {
-        loop {
-            let trimmed = jobs.trim_done(queue, BATCH as usize).await?;
-            repairs.jobs_trimmed += trimmed as u64;
-            if trimmed < BATCH as usize {
-                break;
-            }
-        }
-    }
     for (what, n) in [
         ("task_pushed", repairs.tasks_pushed),
         ("lease_expired", repairs.leases_expired),
         ("email_pushed", repairs.emails_pushed),
         ("code_pushed", repairs.codes_pushed),
-        ("job_trimmed", repairs.jobs_trimmed),
     ] {
         metrics::counter!("keel_reconciler_repairs_total", "what" => what).increment(n);
     }

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use keel_shared::testing::{self, ChildGuard, TestDatabase};
 
+mod faults;
 mod reconcile;
+mod stack;
+mod ticks;
 
 pub const SCHEDULER_BIN: &str = env!("CARGO_BIN_EXE_keel-scheduler");
 

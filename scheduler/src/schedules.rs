@@ -1,0 +1,452 @@
+//! The tick loop: every enabled schedule's next fire, kept in memory and
+//! fired on time.
+//!
+//! Any number of replicas run this loop over the same schedules. A fire is
+//! claimed by inserting `(schedule, fire_at)` into `schedule_runs`: the one
+//! replica whose insert wins creates the task row (same transaction) and
+//! pushes its job; the others count the tick as lost to a peer. A crash
+//! after the commit and before the push is repaired by the reconciler, like
+//! any row whose push never happened.
+//!
+//! Edits reach every replica at commit through Postgres `NOTIFY` (a trigger
+//! on `schedules`), and everything is reloaded every minute and whenever
+//! the listening connection was lost, so a missed notification costs at
+//! most that.
+//!
+//! Missed ticks: after downtime (or a stall) a schedule fires **once** for
+//! the whole missed period — for the latest tick that passed — and then
+//! goes on from now: no burst of catch-up fires. Ticks before the schedule
+//! was created, enabled or rescheduled are never fired.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use keel_shared::{
+    Config, RedisClient,
+    db::{
+        schedules::{self, Schedule, SystemSchedule},
+        tasks::{self, TaskState},
+    },
+    dispatch,
+    job_queue::JobQueue,
+    jobs::{Maintenance, MaintenanceJob},
+    task_events,
+    timetable::Timetable,
+};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::reconciler;
+
+/// The channel the `schedules` trigger notifies.
+const CHANNEL: &str = "keel_schedules";
+/// Everything is reloaded this often, whatever the notifications said.
+const FULL_RELOAD: Duration = Duration::from_secs(60);
+/// Fires of one instant (many schedules on `0 * * * *`) run this many at a time.
+const PARALLEL_FIRES: usize = 8;
+
+/// What a system schedule does (its `kind`).
+const RECONCILE: &str = "reconcile";
+const PURGE_EXPIRED: &str = "purge_expired";
+const PURGE_FINISHED: &str = "purge_finished";
+const TRIM_REDIS: &str = "trim_redis";
+
+/// The built-in schedules. The reconcile period is `RECONCILE_SECONDS` (at
+/// most 60), as a seconds step of the minute.
+pub fn system_schedules(config: &Config) -> Vec<SystemSchedule> {
+    let reconcile = match config.reconcile_seconds {
+        60 => "0 * * * * *".to_owned(),
+        n => format!("*/{n} * * * * *"),
+    };
+    vec![
+        SystemSchedule {
+            name: "system.reconcile",
+            cron: reconcile,
+            kind: RECONCILE,
+        },
+        SystemSchedule {
+            name: "system.purge_expired",
+            cron: "0 0 * * * *".into(),
+            kind: PURGE_EXPIRED,
+        },
+        SystemSchedule {
+            name: "system.purge_finished",
+            cron: "0 30 3 * * *".into(),
+            kind: PURGE_FINISHED,
+        },
+        SystemSchedule {
+            name: "system.trim_redis",
+            cron: "*/10 * * * * *".into(),
+            kind: TRIM_REDIS,
+        },
+    ]
+}
+
+/// One loaded schedule and its next fire.
+#[derive(Debug)]
+struct Entry {
+    schedule: Schedule,
+    timetable: Timetable,
+    /// The next fire; `None` when it never fires again.
+    due: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn load(schedule: Schedule) -> Option<Self> {
+        let timetable = match Timetable::parse(&schedule.cron, &schedule.timezone) {
+            Ok(t) => t,
+            Err(e) => {
+                // The API validates; only a hand-edited row gets here.
+                tracing::warn!(schedule = %schedule.id, error = %e, "schedule not loaded");
+                return None;
+            }
+        };
+        // The first tick after the last fire (or after it took effect); if
+        // that has passed, it fires at once — once.
+        let since = schedule.last_run_at.unwrap_or(schedule.fire_from);
+        let due = timetable.next_after(since.max(schedule.fire_from));
+        Some(Self {
+            schedule,
+            timetable,
+            due,
+        })
+    }
+
+    /// Whether `other` fires the same timetable from the same point, so
+    /// this entry's next fire still holds.
+    fn same_timing(&self, other: &Schedule) -> bool {
+        self.schedule.cron == other.cron
+            && self.schedule.timezone == other.timezone
+            && self.schedule.fire_from == other.fire_from
+    }
+}
+
+/// How one tick went on this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Fired,
+    /// Another replica claimed it.
+    Lost,
+    /// Not claimed: the previous run of this system work is still going.
+    Skipped,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fired => "fired",
+            Self::Lost => "lost",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// Fires schedules on this replica.
+#[derive(Debug, Clone)]
+pub struct Ticker {
+    db: PgPool,
+    redis: RedisClient,
+    jobs: JobQueue,
+    /// This replica's name in `schedule_runs.fired_by`.
+    replica: String,
+    timeout_seconds: i32,
+    /// A reconcile pass is running here; the next tick is left to others.
+    reconciling: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    pub fn new(config: &Config, db: PgPool, redis: RedisClient, replica: String) -> Self {
+        Self {
+            jobs: JobQueue::new(redis.clone()),
+            db,
+            redis,
+            replica,
+            timeout_seconds: i32::try_from(config.task_default_timeout_seconds).unwrap_or(300),
+            reconciling: Arc::default(),
+        }
+    }
+
+    /// Runs the tick loop until `stop`. Postgres being down only delays
+    /// ticks (each fires once it is back, under the missed-tick rule).
+    pub async fn run(self, system: Vec<SystemSchedule>, stop: CancellationToken) {
+        while let Err(e) = schedules::ensure_system(&self.db, &system).await {
+            tracing::warn!(error = %e, "cannot create the built-in schedules; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let mut entries: HashMap<Uuid, Entry> = HashMap::new();
+        let mut listener: Option<PgListener> = None;
+        let mut reload = tokio::time::interval(FULL_RELOAD);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+                // Whatever changed while nobody listened.
+                self.reload_all(&mut entries).await;
+                reload.reset();
+            }
+            let next = entries.values().filter_map(|e| e.due).min();
+            let wait = next.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = sleep_or_forever(wait) => self.fire_due(&mut entries).await,
+                changed = recv(listener.as_mut()) => match changed {
+                    Ok(Some(id)) => self.reload_one(&mut entries, id).await,
+                    // The connection dropped: listen again and reload.
+                    Ok(None) | Err(()) => listener = None,
+                },
+                _ = reload.tick() => self.reload_all(&mut entries).await,
+            }
+            metrics::gauge!("keel_scheduler_schedules").set(entries.len() as f64);
+        }
+    }
+
+    /// A listener on the schedules channel, or `None` (after a pause) when
+    /// Postgres is unreachable: the loop then runs on periodic reloads.
+    async fn listen(&self) -> Option<PgListener> {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&self.db).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listener.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for schedule changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                None
+            }
+        }
+    }
+
+    async fn reload_all(&self, entries: &mut HashMap<Uuid, Entry>) {
+        let loaded = match schedules::enabled(&self.db).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load schedules; keeping the ones loaded");
+                return;
+            }
+        };
+        let mut fresh = HashMap::with_capacity(loaded.len());
+        for schedule in loaded {
+            let id = schedule.id;
+            match entries.remove(&id) {
+                Some(mut kept) if kept.same_timing(&schedule) => {
+                    kept.schedule = schedule;
+                    fresh.insert(id, kept);
+                }
+                _ => {
+                    if let Some(entry) = Entry::load(schedule) {
+                        fresh.insert(id, entry);
+                    }
+                }
+            }
+        }
+        *entries = fresh;
+    }
+
+    async fn reload_one(&self, entries: &mut HashMap<Uuid, Entry>, id: Uuid) {
+        match schedules::get(&self.db, id).await {
+            Ok(Some(schedule)) if schedule.enabled => match entries.get_mut(&id) {
+                Some(kept) if kept.same_timing(&schedule) => kept.schedule = schedule,
+                _ => {
+                    entries.remove(&id);
+                    if let Some(entry) = Entry::load(schedule) {
+                        entries.insert(id, entry);
+                    }
+                }
+            },
+            Ok(_) => {
+                entries.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload a schedule; the next full reload will")
+            }
+        }
+    }
+
+    /// Fires every entry that is due, and moves each to its next fire.
+    async fn fire_due(&self, entries: &mut HashMap<Uuid, Entry>) {
+        let now = Utc::now();
+        let due: Vec<&mut Entry> = entries
+            .values_mut()
+            .filter(|e| e.due.is_some_and(|d| d <= now))
+            .collect();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(PARALLEL_FIRES, |entry| async move {
+                let Some(due) = entry.due else { return };
+                // On time, the tick is `due`; after a stall or downtime it is
+                // the latest tick that passed, fired once for all of them.
+                let fire_at = match entry.timetable.next_after(due) {
+                    Some(after) if after > now => due,
+                    _ => entry.timetable.last_at_or_before(now).unwrap_or(due),
+                };
+                if fire_at > due {
+                    metrics::counter!("keel_scheduler_ticks_missed_total").increment(1);
+                }
+                let next = entry.timetable.next_after(fire_at);
+                let outcome = self.fire(&entry.schedule, fire_at, next).await;
+                match outcome {
+                    Ok(outcome) => {
+                        metrics::counter!("keel_scheduler_ticks_total", "outcome" => outcome.label())
+                            .increment(1);
+                        entry.due = next;
+                    }
+                    Err(e) => {
+                        // Postgres or Redis failed: try this tick again shortly.
+                        tracing::warn!(schedule = %entry.schedule.name, %fire_at, error = %e, "tick not fired; retrying");
+                        entry.due = Some(Utc::now() + chrono::Duration::seconds(1));
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Claims and fires the tick `fire_at` of `schedule`.
+    async fn fire(
+        &self,
+        schedule: &Schedule,
+        fire_at: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Outcome> {
+        if !schedule.system {
+            return self.fire_task(schedule, fire_at, next).await;
+        }
+        if schedule.kind == RECONCILE && self.reconciling.load(Ordering::Acquire) {
+            return Ok(Outcome::Skipped);
+        }
+        if !schedules::claim_tick(&self.db, schedule, fire_at, &self.replica).await? {
+            return Ok(Outcome::Lost);
+        }
+        self.observe_lateness(fire_at);
+        let work = match schedule.kind.as_str() {
+            RECONCILE => {
+                schedules::record_fire(&self.db, schedule.id, fire_at, None, "running", next)
+                    .await?;
+                self.spawn_reconcile(schedule.id);
+                return Ok(Outcome::Fired);
+            }
+            PURGE_EXPIRED => Maintenance::PurgeExpired,
+            PURGE_FINISHED => Maintenance::PurgeFinished,
+            TRIM_REDIS => Maintenance::TrimRedis,
+            other => anyhow::bail!("unknown system schedule kind {other:?}"),
+        };
+        let job = MaintenanceJob {
+            work,
+            schedule_id: Some(schedule.id),
+        };
+        // A lost maintenance job is harmless (the next tick asks again), so
+        // a failed push is recorded, not retried.
+        let status = match self.jobs.push(job, None).await {
+            Ok(()) => "queued",
+            Err(e) => {
+                tracing::warn!(schedule = %schedule.name, error = %e, "maintenance not queued");
+                "failed"
+            }
+        };
+        schedules::record_fire(&self.db, schedule.id, fire_at, None, status, next).await?;
+        Ok(Outcome::Fired)
+    }
+
+    /// A user schedule's tick: claim, task row and record in one
+    /// transaction, then the push.
+    async fn fire_task(
+        &self,
+        schedule: &Schedule,
+        fire_at: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Outcome> {
+        let Some(owner) = schedule.owner_id else {
+            anyhow::bail!("user schedule {} has no owner", schedule.id);
+        };
+        let mut tx = self.db.begin().await?;
+        if !schedules::claim_tick(&mut *tx, schedule, fire_at, &self.replica).await? {
+            return Ok(Outcome::Lost);
+        }
+        let spec = schedule.task(fire_at, self.timeout_seconds);
+        let created = tasks::insert_many(&mut *tx, owner, "scheduler", &[spec], None)
+            .await?
+            .unwrap_or_default();
+        let task_id = created.first().map(|t| t.id);
+        schedules::record_fire(&mut *tx, schedule.id, fire_at, task_id, "pending", next).await?;
+        tx.commit().await?;
+        self.observe_lateness(fire_at);
+        // A failed push leaves the row for the reconciler: not this tick's failure.
+        let _ = dispatch::push_tasks(&self.db, &self.jobs, &created).await;
+        let states: Vec<TaskState> = created.iter().map(TaskState::from).collect();
+        task_events::publish(&self.redis, &states).await;
+        Ok(Outcome::Fired)
+    }
+
+    fn observe_lateness(&self, fire_at: DateTime<Utc>) {
+        let late = (Utc::now() - fire_at).to_std().unwrap_or_default();
+        metrics::histogram!("keel_scheduler_tick_lateness_seconds").record(late.as_secs_f64());
+    }
+
+    /// Runs one reconcile pass beside the loop, so a long pass (a Redis
+    /// wipe) delays no tick.
+    fn spawn_reconcile(&self, schedule: Uuid) {
+        self.reconciling.store(true, Ordering::Release);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = match reconciler::pass(&this.db, &this.redis, &this.jobs).await {
+                Ok(Some(repairs)) => {
+                    if repairs != reconciler::Repairs::default() {
+                        tracing::info!(?repairs, "reconciled");
+                    }
+                    "completed"
+                }
+                // Another replica's pass still holds the lock.
+                Ok(None) => "skipped",
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile pass failed; trying again next time");
+                    "failed"
+                }
+            };
+            if let Err(e) = schedules::set_last_status(&this.db, schedule, status).await {
+                tracing::debug!(error = %e, "reconcile status not recorded");
+            }
+            this.reconciling.store(false, Ordering::Release);
+        });
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next changed schedule id: `Ok(None)` when the connection was lost
+/// (sqlx reconnects on the next receive, but what was sent meanwhile is
+/// gone), `Err` on failure; never returns without a listener.
+async fn recv(listener: Option<&mut PgListener>) -> Result<Option<Uuid>, ()> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match n.payload().parse() {
+                Ok(id) => return Ok(Some(id)),
+                Err(_) => continue,
+            },
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the schedule change listener");
+                return Err(());
+            }
+        }
+    }
+}
