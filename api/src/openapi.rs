@@ -12,8 +12,8 @@ use crate::error::{FieldError, Problem};
 #[openapi(
     info(
         title = "Keel API",
-        description = "Accounts, roles, 2FA, API keys and background tasks. Every error is \
-                       RFC 9457 `application/problem+json` with a stable `code`.",
+        description = "Accounts, roles, 2FA, API keys, background tasks and their schedules. \
+                       Every error is RFC 9457 `application/problem+json` with a stable `code`.",
         license(name = "MIT"),
     ),
     components(schemas(Problem, FieldError)),
@@ -23,6 +23,7 @@ use crate::error::{FieldError, Problem};
         (name = "users", description = "Profiles, roles and the user list"),
         (name = "api-keys", description = "Keys that act as their owner"),
         (name = "tasks", description = "Background tasks: create, follow, cancel, retry"),
+        (name = "schedules", description = "Cron schedules that create tasks (admin)"),
         (name = "admin", description = "Operations: workers, queues, statistics (admin)"),
         (name = "health", description = "Health, readiness and metrics"),
     )

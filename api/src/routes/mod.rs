@@ -7,6 +7,7 @@ pub mod auth;
 pub mod docs;
 pub mod health;
 pub mod password_reset;
+pub mod schedules;
 pub mod tasks;
 pub mod two_factor;
 pub mod users;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())
+        .merge(schedules::router())
         .merge(admin::router())
         .layer(from_fn_with_state(state.clone(), rate_limit::middleware));
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())

@@ -369,7 +369,7 @@ async fn insert(
 /// the reconciler pushes them once Redis is back. The push runs detached
 /// and is awaited: a client that hangs up after the commit (dropping this
 /// request) must not cancel it.
-async fn enqueue(state: &AppState, created: &[Task]) {
+pub(crate) async fn enqueue(state: &AppState, created: &[Task]) {
     let (state, created) = (state.clone(), created.to_vec());
     let push = tokio::spawn(async move {
         if dispatch::push_tasks(&state.db, &state.jobs, &created)

@@ -13,6 +13,7 @@ mod password_reset;
 mod pipeline;
 mod rate_limits;
 mod rbac;
+mod schedules;
 mod shutdown;
 mod tasks;
 mod tls;

@@ -1,0 +1,474 @@
+//! `/api/v1/schedules` (admins only): cron schedules that create tasks,
+//! their edits, and running one now. The built-in `system` schedules are
+//! listed beside them but never edited, deleted or run from here.
+//!
+//! A bad cron expression is a 422 naming the part at fault: `cron` for the
+//! expression as a whole (the wrong number of fields, or one that never
+//! fires, such as 30 February), `cron.<field>` for one field (`cron.second`,
+//! `cron.minute`, `cron.hour`, `cron.day_of_month`, `cron.month`,
+//! `cron.day_of_week`).
+
+use axum::{
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use keel_shared::{
+    db::{
+        schedules::{self, Schedule, ScheduleSpec},
+        tasks::{self, Task},
+    },
+    domain::Role,
+    kinds,
+    timetable::{self, Timetable, TimetableError},
+};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    error::{ApiError, FieldError, Problem},
+    extract::{AppJson, AppPath, AppQuery, JsonBytes},
+    pagination::{Page, PageQuery, PageRequest},
+    state::AppState,
+};
+
+/// Longest schedule name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Names the built-in schedules take; users may not.
+pub const SYSTEM_PREFIX: &str = "system.";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_schedules, create_schedule))
+        .routes(routes!(get_schedule, update_schedule, delete_schedule))
+        .routes(routes!(run_now))
+}
+
+/// A schedule to create. `name`, `cron` and `kind` are required.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewScheduleRequest {
+    /// 1 to 200 characters, unique; not starting with `system.`.
+    #[schema(required = true, value_type = String, example = "nightly report")]
+    pub name: Option<String>,
+    /// 5 fields (`minute hour day month weekday`, as crontab) or 6 (a leading `second`).
+    #[schema(required = true, value_type = String, example = "30 2 * * *")]
+    pub cron: Option<String>,
+    /// The IANA timezone the cron is read in; `UTC` when absent.
+    #[schema(example = "Europe/Berlin", default = "UTC")]
+    pub timezone: Option<String>,
+    /// One of `GET /api/v1/tasks/kinds`.
+    #[schema(required = true, value_type = String, example = "echo")]
+    pub kind: Option<String>,
+    /// Checked against the kind's `payload_schema`; `{}` when absent.
+    #[schema(value_type = Option<Object>, example = json!({"message": "hello"}))]
+    pub payload: Option<Value>,
+    /// `true` when absent.
+    #[schema(default = true)]
+    pub enabled: Option<bool>,
+}
+
+/// Changes to a schedule: any subset of the fields; absent or `null` ones
+/// stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulePatch {
+    pub name: Option<String>,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub kind: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    pub enabled: Option<bool>,
+}
+
+/// A schedule's fields before validation: a create's, or a patch merged over
+/// the stored row. `None` means missing.
+#[derive(Debug)]
+struct Draft {
+    name: Option<String>,
+    cron: Option<String>,
+    timezone: String,
+    kind: Option<String>,
+    payload: Value,
+    enabled: bool,
+}
+
+impl From<NewScheduleRequest> for Draft {
+    fn from(request: NewScheduleRequest) -> Self {
+        Self {
+            name: request.name,
+            cron: request.cron,
+            timezone: request.timezone.unwrap_or_else(|| "UTC".to_owned()),
+            kind: request.kind,
+            payload: request
+                .payload
+                .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
+            enabled: request.enabled.unwrap_or(true),
+        }
+    }
+}
+
+impl Draft {
+    /// `patch` over `current`.
+    fn merge(current: &Schedule, patch: SchedulePatch) -> Self {
+        Self {
+            name: Some(patch.name.unwrap_or_else(|| current.name.clone())),
+            cron: Some(patch.cron.unwrap_or_else(|| current.cron.clone())),
+            timezone: patch.timezone.unwrap_or_else(|| current.timezone.clone()),
+            kind: Some(patch.kind.unwrap_or_else(|| current.kind.clone())),
+            payload: patch.payload.unwrap_or_else(|| current.payload.clone()),
+            enabled: patch.enabled.unwrap_or(current.enabled),
+        }
+    }
+}
+
+/// `draft` as a schedule to store, its next fire counted from `now`; or a
+/// 422 with every invalid field.
+fn validate(draft: Draft, state: &AppState, now: DateTime<Utc>) -> Result<ScheduleSpec, ApiError> {
+    let mut errors = Vec::new();
+    let mut invalid = |name: &str, message: String| errors.push(field(name, message));
+
+    let name = draft.name.as_deref().map(str::trim).unwrap_or_default();
+    if draft.name.is_none() {
+        invalid("name", "is required".to_owned());
+    } else if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        invalid("name", format!("must be 1 to {MAX_NAME_CHARS} characters"));
+    } else if name
+        .get(..SYSTEM_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SYSTEM_PREFIX))
+    {
+        invalid(
+            "name",
+            format!("names starting with `{SYSTEM_PREFIX}` are kept for built-in schedules"),
+        );
+    }
+
+    let timezone = draft.timezone.trim();
+    let timezone_ok = match timetable::parse_timezone(timezone) {
+        Ok(_) => true,
+        Err(e) => {
+            invalid("timezone", e.to_string());
+            false
+        }
+    };
+    let cron = draft.cron.as_deref().map(str::trim).unwrap_or_default();
+    let mut next_run_at = None;
+    if draft.cron.is_none() {
+        invalid("cron", "is required".to_owned());
+    } else {
+        // With a bad timezone the expression is still checked, on UTC.
+        match Timetable::parse(cron, if timezone_ok { timezone } else { "UTC" }) {
+            Ok(table) => match table.next_after(now) {
+                Some(next) => next_run_at = Some(next),
+                None => invalid("cron", "never fires (no such date)".to_owned()),
+            },
+            Err(TimetableError::Cron { field, message }) => {
+                let name = if field == "cron" {
+                    "cron".to_owned()
+                } else {
+                    format!("cron.{field}")
+                };
+                invalid(&name, message);
+            }
+            Err(TimetableError::Timezone(_)) => {} // reported above
+        }
+    }
+
+    let kind = draft.kind.as_deref().unwrap_or_default();
+    let payload = match draft.payload {
+        Value::Null => Value::Object(serde_json::Map::new()),
+        payload => payload,
+    };
+    if draft.kind.is_none() {
+        invalid("kind", "is required".to_owned());
+    } else {
+        match kinds::find_enabled(kind, &state.kinds) {
+            None => invalid(
+                "kind",
+                format!(
+                    "unknown kind; one of {}",
+                    kinds::enabled(&state.kinds)
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Some(spec) => {
+                if let Err(problems) = spec.check(&payload, &state.kinds) {
+                    for problem in problems {
+                        let path = if problem.field.is_empty() {
+                            "payload".to_owned()
+                        } else {
+                            format!("payload.{}", problem.field)
+                        };
+                        invalid(&path, problem.message);
+                    }
+                }
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    Ok(ScheduleSpec {
+        name: name.to_owned(),
+        cron: cron.to_owned(),
+        timezone: timezone.to_owned(),
+        kind: kind.to_owned(),
+        payload,
+        enabled: draft.enabled,
+        next_run_at: next_run_at.filter(|_| draft.enabled),
+    })
+}
+
+fn field(name: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn no_such_schedule() -> ApiError {
+    ApiError::client(
+        StatusCode::NOT_FOUND,
+        "schedule_not_found",
+        "no such schedule",
+    )
+}
+
+fn read_only() -> ApiError {
+    ApiError::client(
+        StatusCode::FORBIDDEN,
+        "schedule_read_only",
+        "built-in schedules cannot be changed, deleted or run by hand",
+    )
+}
+
+/// A taken name is the client's conflict; anything else as usual.
+fn name_taken(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::Database(db) if db.constraint() == Some("schedules_name_key") => {
+            ApiError::conflict("schedule_name_taken", "a schedule has this name already")
+        }
+        e => e.into(),
+    }
+}
+
+/// The schedule `id`, if it exists and is not built in.
+async fn editable(state: &AppState, id: Uuid) -> Result<Schedule, ApiError> {
+    let schedule = schedules::get(&state.db, id)
+        .await?
+        .ok_or_else(no_such_schedule)?;
+    if schedule.system {
+        return Err(read_only());
+    }
+    Ok(schedule)
+}
+
+fn with_location(mut response: Response, path: String) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&path) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Every schedule, built-in ones first, then by name.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, body = Page<Schedule>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a bad `page` or `size`", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn list_schedules(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<AppJson<Page<Schedule>>, ApiError> {
+    principal.require(Role::Admin)?;
+    let page = PageRequest::parse(query)?;
+    let (items, total) = schedules::list(&state.db, page.limit(), page.offset()).await?;
+    Ok(AppJson(Page::new(items, total, page)))
+}
+
+/// Creates a schedule owned by the caller: its fires create the caller's
+/// tasks. `next_run_at` is the first fire after now; `null` when disabled.
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    request_body = NewScheduleRequest,
+    responses(
+        (status = 201, body = Schedule, headers(("Location" = String, description = "the schedule's URL"))),
+        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields: `name`, `cron` or `cron.<field>` (`cron.hour`, …), `timezone`, `kind`, `payload.<field>`", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn create_schedule(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: JsonBytes,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Admin)?;
+    let request: NewScheduleRequest = body.parse()?;
+    let spec = validate(request.into(), &state, Utc::now())?;
+    let schedule = schedules::insert(&state.db, principal.id(), &spec)
+        .await
+        .map_err(name_taken)?;
+    tracing::info!(schedule_id = %schedule.id, name = %schedule.name, "schedule created");
+    let path = format!("/api/v1/schedules/{}", schedule.id);
+    Ok(with_location(
+        (StatusCode::CREATED, AppJson(schedule)).into_response(),
+        path,
+    ))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Schedule),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all, fields(schedule_id = %id))]
+async fn get_schedule(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<Schedule>, ApiError> {
+    principal.require(Role::Admin)?;
+    schedules::get(&state.db, id)
+        .await?
+        .map(AppJson)
+        .ok_or_else(no_such_schedule)
+}
+
+/// Changes any of a schedule's fields, checked as on create. A new cron,
+/// timezone or a re-enable starts the timetable afresh from now: fires
+/// missed before the change are not caught up.
+#[utoipa::path(patch, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    request_body = SchedulePatch,
+    responses(
+        (status = 200, body = Schedule),
+        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid fields, named as on create", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all, fields(schedule_id = %id))]
+async fn update_schedule(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+    body: JsonBytes,
+) -> Result<AppJson<Schedule>, ApiError> {
+    principal.require(Role::Admin)?;
+    let patch: SchedulePatch = body.parse()?;
+    let current = editable(&state, id).await?;
+    let spec = validate(Draft::merge(&current, patch), &state, Utc::now())?;
+    let rescheduled = spec.cron != current.cron
+        || spec.timezone != current.timezone
+        || (spec.enabled && !current.enabled);
+    let schedule = schedules::update(&state.db, id, &spec, rescheduled)
+        .await
+        .map_err(name_taken)?
+        // Deleted since it was read.
+        .ok_or_else(no_such_schedule)?;
+    tracing::info!(rescheduled, "schedule updated");
+    Ok(AppJson(schedule))
+}
+
+/// Deletes a schedule. The tasks it created stay.
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all, fields(schedule_id = %id))]
+async fn delete_schedule(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Role::Admin)?;
+    editable(&state, id).await?;
+    if schedules::delete(&state.db, id).await? {
+        tracing::info!("schedule deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_schedule())
+    }
+}
+
+/// Fires a schedule once, now, whether or not it is enabled: creates its
+/// task (for the schedule's owner) and records it as the last run. The
+/// timetable is untouched.
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/run-now", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 201, description = "the task created", body = Task, headers(("Location" = String, description = "the task's URL"))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all, fields(schedule_id = %id))]
+async fn run_now(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Admin)?;
+    let schedule = editable(&state, id).await?;
+    let owner = schedule
+        .owner_id
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("user schedule {id} has no owner")))?;
+    let timeout = i32::try_from(state.config.task_default_timeout_seconds).unwrap_or(i32::MAX);
+    let new = tasks::NewTask {
+        // Now by the database clock, as any task created without a time.
+        scheduled_at: None,
+        ..schedule.task(Utc::now(), timeout)
+    };
+    let actor = principal.id().to_string();
+    let mut tx = state.db.begin().await?;
+    let task = tasks::insert_many(&mut *tx, owner, &actor, &[new], None)
+        .await?
+        .and_then(|created| created.into_iter().next())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an uncapped insert created no task")))?;
+    schedules::record_fire(
+        &mut *tx,
+        id,
+        task.created_at,
+        Some(task.id),
+        task.status.as_str(),
+        schedule.next_run_at,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(task_id = %task.id, "schedule run now");
+    super::tasks::enqueue(&state, std::slice::from_ref(&task)).await;
+    let path = format!("/api/v1/tasks/{}", task.id);
+    Ok(with_location(
+        (StatusCode::CREATED, AppJson(task)).into_response(),
+        path,
+    ))
+}
