@@ -1,6 +1,7 @@
 //! Integration tests of the `keel-worker` process, against real PostgreSQL and Redis.
 
 mod email;
+mod maintenance;
 mod pipeline;
 mod tasks;
 
