@@ -98,6 +98,8 @@ struct Entry {
     timetable: Timetable,
     /// The next fire; `None` when it never fires again.
     due: Option<DateTime<Utc>>,
+    /// After a failed fire (Postgres or Redis down): not tried again before this.
+    retry_at: Option<DateTime<Utc>>,
 }
 
 impl Entry {
@@ -118,7 +120,14 @@ impl Entry {
             schedule,
             timetable,
             due,
+            retry_at: None,
         })
+    }
+
+    /// When this entry next wants the loop: its fire, or its retry after a failure.
+    fn wake_at(&self) -> Option<DateTime<Utc>> {
+        self.due
+            .map(|due| self.retry_at.map_or(due, |r| r.max(due)))
     }
 
     /// Whether `other` fires the same timetable from the same point, so
@@ -196,7 +205,7 @@ impl Ticker {
                 self.reload_all(&mut entries).await;
                 reload.reset();
             }
-            let next = entries.values().filter_map(|e| e.due).min();
+            let next = entries.values().filter_map(Entry::wake_at).min();
             let wait = next.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -281,7 +290,7 @@ impl Ticker {
         let now = Utc::now();
         let due: Vec<&mut Entry> = entries
             .values_mut()
-            .filter(|e| e.due.is_some_and(|d| d <= now))
+            .filter(|e| e.wake_at().is_some_and(|at| at <= now))
             .collect();
         futures_util::stream::iter(due)
             .for_each_concurrent(PARALLEL_FIRES, |entry| async move {
@@ -302,11 +311,14 @@ impl Ticker {
                         metrics::counter!("keel_scheduler_ticks_total", "outcome" => outcome.label())
                             .increment(1);
                         entry.due = next;
+                        entry.retry_at = None;
                     }
                     Err(e) => {
-                        // Postgres or Redis failed: try this tick again shortly.
+                        // Postgres or Redis failed: try again shortly; if the
+                        // outage outlasts the next tick, the missed-tick rule
+                        // fires once for all.
                         tracing::warn!(schedule = %entry.schedule.name, %fire_at, error = %e, "tick not fired; retrying");
-                        entry.due = Some(Utc::now() + chrono::Duration::seconds(1));
+                        entry.retry_at = Some(Utc::now() + chrono::Duration::seconds(1));
                     }
                 }
             })
