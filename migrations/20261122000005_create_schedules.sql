@@ -18,6 +18,10 @@ CREATE TABLE schedules (
     -- timezone or enabled flag changes, so an edit does not fire for the past.
     fire_from     timestamptz NOT NULL DEFAULT now(),
     next_run_at   timestamptz,
+    -- The latest tick claimed. Claims only move it forward, so a replica that
+    -- stalled or runs behind on its clock can never fire an older tick again.
+    last_tick_at  timestamptz,
+    -- The latest fire, scheduled or run-now.
     last_run_at   timestamptz,
     -- The task of the last fire; its status is the schedule's `last_status`.
     last_task_id  uuid,
@@ -50,9 +54,9 @@ CREATE TRIGGER schedules_notify
     ON schedules
     FOR EACH ROW EXECUTE FUNCTION notify_schedule_change();
 
--- One row per fired tick. The primary key is what makes a tick fire once, however
--- many scheduler replicas try: the replica whose insert wins creates the task.
--- Kept a day (the hourly purge), which covers any replica's clock skew.
+-- One row per fired tick: the replica whose claim wins (it moves last_tick_at
+-- forward and inserts here, in one statement) creates the task; the primary key
+-- makes a second fire of one tick impossible. Kept a day (the hourly purge).
 CREATE TABLE schedule_runs (
     schedule_id  uuid NOT NULL REFERENCES schedules (id) ON DELETE CASCADE,
     fire_at      timestamptz NOT NULL,

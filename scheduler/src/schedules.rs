@@ -112,9 +112,9 @@ impl Entry {
                 return None;
             }
         };
-        // The first tick after the last fire (or after it took effect); if
-        // that has passed, it fires at once — once.
-        let since = schedule.last_run_at.unwrap_or(schedule.fire_from);
+        // The first tick after the last one claimed (or after the timetable
+        // took effect); if that has passed, it fires at once — once.
+        let since = schedule.last_tick_at.unwrap_or(schedule.fire_from);
         let due = timetable.next_after(since.max(schedule.fire_from));
         Some(Self {
             schedule,
@@ -131,7 +131,8 @@ impl Entry {
     }
 
     /// Whether `other` fires the same timetable from the same point, so
-    /// this entry's next fire still holds.
+    /// this entry's next fire still holds (a claim elsewhere that moved
+    /// `last_tick_at` past it is caught by the claim).
     fn same_timing(&self, other: &Schedule) -> bool {
         self.schedule.cron == other.cron
             && self.schedule.timezone == other.timezone
@@ -143,9 +144,9 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Fired,
-    /// Another replica claimed it.
+    /// Not claimed: another replica fired it (or the schedule changed under it).
     Lost,
-    /// Not claimed: the previous run of this system work is still going.
+    /// Not claimed: the previous run of this work is still going here.
     Skipped,
 }
 
@@ -170,6 +171,8 @@ pub struct Ticker {
     timeout_seconds: i32,
     /// A reconcile pass is running here; the next tick is left to others.
     reconciling: Arc<AtomicBool>,
+    /// A Redis trim is running here.
+    trimming: Arc<AtomicBool>,
 }
 
 impl Ticker {
@@ -181,6 +184,7 @@ impl Ticker {
             replica,
             timeout_seconds: i32::try_from(config.task_default_timeout_seconds).unwrap_or(300),
             reconciling: Arc::default(),
+            trimming: Arc::default(),
         }
     }
 
@@ -209,7 +213,11 @@ impl Ticker {
             let wait = next.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = sleep_or_forever(wait) => self.fire_due(&mut entries).await,
+                () = sleep_or_forever(wait) => tokio::select! {
+                    // A stop abandons fires in progress (their transactions roll back).
+                    () = stop.cancelled() => return,
+                    () = self.fire_due(&mut entries) => {}
+                },
                 changed = recv(listener.as_mut()) => match changed {
                     Ok(Some(id)) => self.reload_one(&mut entries, id).await,
                     // The connection dropped: listen again and reload.
@@ -335,23 +343,33 @@ impl Ticker {
         if !schedule.system {
             return self.fire_task(schedule, fire_at, next).await;
         }
-        if schedule.kind == RECONCILE && self.reconciling.load(Ordering::Acquire) {
+        // Reconcile and trim run here, in the scheduler: they repair the
+        // transport itself, so they must not depend on it. Purges are the
+        // worker's, on the `maintenance` queue.
+        let here = match schedule.kind.as_str() {
+            RECONCILE => Some(&self.reconciling),
+            TRIM_REDIS => Some(&self.trimming),
+            _ => None,
+        };
+        if here.is_some_and(|busy| busy.load(Ordering::Acquire)) {
             return Ok(Outcome::Skipped);
         }
-        if !schedules::claim_tick(&self.db, schedule, fire_at, &self.replica).await? {
+        if schedules::claim_tick(&self.db, schedule, fire_at, &self.replica)
+            .await?
+            .is_none()
+        {
             return Ok(Outcome::Lost);
         }
         self.observe_lateness(fire_at);
         let work = match schedule.kind.as_str() {
-            RECONCILE => {
+            RECONCILE | TRIM_REDIS => {
                 schedules::record_fire(&self.db, schedule.id, fire_at, None, "running", next)
                     .await?;
-                self.spawn_reconcile(schedule.id);
+                self.spawn_here(schedule);
                 return Ok(Outcome::Fired);
             }
             PURGE_EXPIRED => Maintenance::PurgeExpired,
             PURGE_FINISHED => Maintenance::PurgeFinished,
-            TRIM_REDIS => Maintenance::TrimRedis,
             other => anyhow::bail!("unknown system schedule kind {other:?}"),
         };
         let job = MaintenanceJob {
@@ -379,14 +397,18 @@ impl Ticker {
         fire_at: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
     ) -> anyhow::Result<Outcome> {
-        let Some(owner) = schedule.owner_id else {
+        let mut tx = self.db.begin().await?;
+        // The task is made from the row as the claim found it, never from
+        // this replica's copy, which may lag an edit by a moment.
+        let Some(claimed) =
+            schedules::claim_tick(&mut *tx, schedule, fire_at, &self.replica).await?
+        else {
+            return Ok(Outcome::Lost);
+        };
+        let spec = claimed.task(fire_at, self.timeout_seconds);
+        let Some(owner) = claimed.owner_id else {
             anyhow::bail!("user schedule {} has no owner", schedule.id);
         };
-        let mut tx = self.db.begin().await?;
-        if !schedules::claim_tick(&mut *tx, schedule, fire_at, &self.replica).await? {
-            return Ok(Outcome::Lost);
-        }
-        let spec = schedule.task(fire_at, self.timeout_seconds);
         let created = tasks::insert_many(&mut *tx, owner, "scheduler", &[spec], None)
             .await?
             .unwrap_or_default();
@@ -406,30 +428,51 @@ impl Ticker {
         metrics::histogram!("keel_scheduler_tick_lateness_seconds").record(late.as_secs_f64());
     }
 
-    /// Runs one reconcile pass beside the loop, so a long pass (a Redis
-    /// wipe) delays no tick.
-    fn spawn_reconcile(&self, schedule: Uuid) {
-        self.reconciling.store(true, Ordering::Release);
+    /// Runs a reconcile pass or a Redis trim beside the loop, so a long
+    /// one (after a Redis wipe) delays no tick; its outcome becomes the
+    /// schedule's `last_status`.
+    fn spawn_here(&self, schedule: &Schedule) {
+        let (kind, id) = (schedule.kind.clone(), schedule.id);
+        let busy = if kind == RECONCILE {
+            self.reconciling.clone()
+        } else {
+            self.trimming.clone()
+        };
+        busy.store(true, Ordering::Release);
         let this = self.clone();
         tokio::spawn(async move {
-            let status = match reconciler::pass(&this.db, &this.redis, &this.jobs).await {
-                Ok(Some(repairs)) => {
-                    if repairs != reconciler::Repairs::default() {
-                        tracing::info!(?repairs, "reconciled");
+            let status = if kind == RECONCILE {
+                match reconciler::pass(&this.db, &this.redis, &this.jobs).await {
+                    Ok(Some(repairs)) => {
+                        if repairs != reconciler::Repairs::default() {
+                            tracing::info!(?repairs, "reconciled");
+                        }
+                        "completed"
                     }
-                    "completed"
+                    // Another replica's pass still holds the lock.
+                    Ok(None) => "skipped",
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconcile pass failed; trying again next time");
+                        "failed"
+                    }
                 }
-                // Another replica's pass still holds the lock.
-                Ok(None) => "skipped",
-                Err(e) => {
-                    tracing::warn!(error = %e, "reconcile pass failed; trying again next time");
-                    "failed"
+            } else {
+                match this.jobs.trim_all_done().await {
+                    Ok(trimmed) => {
+                        metrics::counter!("keel_reconciler_repairs_total", "what" => "job_trimmed")
+                            .increment(trimmed);
+                        "completed"
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis trim failed; trying again next time");
+                        "failed"
+                    }
                 }
             };
-            if let Err(e) = schedules::set_last_status(&this.db, schedule, status).await {
-                tracing::debug!(error = %e, "reconcile status not recorded");
+            if let Err(e) = schedules::set_last_status(&this.db, id, status).await {
+                tracing::debug!(error = %e, "status not recorded");
             }
-            this.reconciling.store(false, Ordering::Release);
+            busy.store(false, Ordering::Release);
         });
     }
 }

@@ -217,6 +217,26 @@ impl JobQueue {
         Ok(ids.len())
     }
 
+    /// [`trim_done`](Self::trim_done) on every queue until nothing is left;
+    /// returns how many jobs it forgot.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn trim_all_done(&self) -> redis::RedisResult<u64> {
+        const SLICE: usize = 5000;
+        let mut trimmed = 0;
+        for queue in Queue::ALL {
+            loop {
+                let n = self.trim_done(queue, SLICE).await?;
+                trimmed += n as u64;
+                if n < SLICE {
+                    break;
+                }
+            }
+        }
+        Ok(trimmed)
+    }
+
     /// The key whose presence pauses `queue`.
     fn paused_key(&self, queue: Queue) -> String {
         self.redis.key(&format!("paused:{}", queue.name()))

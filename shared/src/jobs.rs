@@ -99,8 +99,6 @@ pub enum Maintenance {
     PurgeExpired,
     /// Delete finished tasks and email deliveries older than `TASK_RETENTION_DAYS`.
     PurgeFinished,
-    /// Delete acknowledged jobs (ids, data, metadata) from Redis, which apalis keeps forever.
-    TrimRedis,
 }
 
 impl Job for MaintenanceJob {

@@ -164,8 +164,7 @@ impl Worker {
                     )));
                 }
                 Queue::Maintenance => {
-                    let runner =
-                        Arc::new(MaintenanceRunner::new(&config, db.clone(), jobs.clone()));
+                    let runner = Arc::new(MaintenanceRunner::new(&config, db.clone()));
                     let setup = supervisor::QueueSetup {
                         jobs: jobs.clone(),
                         redis: redis.clone(),

@@ -1,8 +1,8 @@
-//! The `maintenance` queue: the housekeeping the built-in schedules ask for
-//! — purges of expired and of old finished rows, and the trim of what
-//! apalis leaves in Redis. Every step deletes in slices, so no statement
-//! holds a large table for long; each job is idempotent, and a lost one is
-//! simply done by the next tick.
+//! The `maintenance` queue: the purges the built-in schedules ask for — of
+//! expired rows (hourly) and of finished work past its retention (daily).
+//! Every step deletes in slices, so no statement holds a large table for
+//! long; each job is idempotent, and a lost one is simply done by the next
+//! tick.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,12 +15,11 @@ use keel_shared::{
         tasks::{self, TaskStatus},
         two_factor,
     },
-    job_queue::JobQueue,
-    jobs::{Maintenance, MaintenanceJob, Queue},
+    jobs::{Maintenance, MaintenanceJob},
 };
 use sqlx::PgPool;
 
-/// Rows (or Redis jobs) one statement deletes.
+/// Rows one statement deletes.
 const SLICE: i64 = 5000;
 /// How long a fire record is kept: far longer than any clock skew between
 /// scheduler replicas, short enough to stay small with per-second schedules.
@@ -29,28 +28,26 @@ const RUNS_KEPT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug)]
 pub struct MaintenanceRunner {
     db: PgPool,
-    jobs: JobQueue,
     retention: chrono::Duration,
 }
 
 impl MaintenanceRunner {
-    pub fn new(config: &Config, db: PgPool, jobs: JobQueue) -> Self {
+    pub fn new(config: &Config, db: PgPool) -> Self {
         Self {
             db,
-            jobs,
             retention: chrono::Duration::days(i64::from(config.task_retention_days)),
         }
     }
 
-    /// Maintenance jobs are short and hold no lease.
+    /// Maintenance jobs hold no lease; apalis's orphan detection runs near this.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(60)
     }
 
-    /// Does `work`; returns how many rows or jobs it deleted.
+    /// Does `work`; returns how many rows it deleted.
     ///
     /// # Errors
-    /// Postgres or Redis failed; the next tick tries again.
+    /// Postgres failed; the next tick tries again.
     pub async fn run(&self, work: Maintenance) -> anyhow::Result<u64> {
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
             .fetch_one(&self.db)
@@ -76,18 +73,6 @@ impl MaintenanceRunner {
                     deleted += drain(|| tasks::purge_finished(db, status, before, SLICE)).await?;
                 }
                 deleted += drain(|| email_deliveries::purge_finished(db, before, SLICE)).await?;
-            }
-            Maintenance::TrimRedis => {
-                let slice = usize::try_from(SLICE).unwrap_or(usize::MAX);
-                for queue in Queue::ALL {
-                    loop {
-                        let trimmed = self.jobs.trim_done(queue, slice).await?;
-                        deleted += trimmed as u64;
-                        if trimmed < slice {
-                            break;
-                        }
-                    }
-                }
             }
         }
         Ok(deleted)

@@ -262,8 +262,9 @@ fn name_taken(e: sqlx::Error) -> ApiError {
 }
 
 /// The schedule `id`, if it exists and is not built in.
-async fn editable(state: &AppState, id: Uuid) -> Result<Schedule, ApiError> {
-    let schedule = schedules::get(&state.db, id)
+async fn editable(db: &mut sqlx::PgConnection, id: Uuid) -> Result<Schedule, ApiError> {
+    // Locked: concurrent edits (and ticks) queue up instead of undoing each other.
+    let schedule = schedules::get_locked(db, id)
         .await?
         .ok_or_else(no_such_schedule)?;
     if schedule.system {
@@ -380,16 +381,17 @@ async fn update_schedule(
 ) -> Result<AppJson<Schedule>, ApiError> {
     principal.require(Role::Admin)?;
     let patch: SchedulePatch = body.parse()?;
-    let current = editable(&state, id).await?;
+    let mut tx = state.db.begin().await?;
+    let current = editable(&mut tx, id).await?;
     let spec = validate(Draft::merge(&current, patch), &state, Utc::now())?;
     let rescheduled = spec.cron != current.cron
         || spec.timezone != current.timezone
         || (spec.enabled && !current.enabled);
-    let schedule = schedules::update(&state.db, id, &spec, rescheduled)
+    let schedule = schedules::update(&mut *tx, id, &spec, rescheduled)
         .await
         .map_err(name_taken)?
-        // Deleted since it was read.
         .ok_or_else(no_such_schedule)?;
+    tx.commit().await?;
     tracing::info!(rescheduled, "schedule updated");
     Ok(AppJson(schedule))
 }
@@ -410,8 +412,10 @@ async fn delete_schedule(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Role::Admin)?;
-    editable(&state, id).await?;
-    if schedules::delete(&state.db, id).await? {
+    let mut tx = state.db.begin().await?;
+    editable(&mut tx, id).await?;
+    if schedules::delete(&mut *tx, id).await? {
+        tx.commit().await?;
         tracing::info!("schedule deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -438,7 +442,8 @@ async fn run_now(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Admin)?;
-    let schedule = editable(&state, id).await?;
+    let mut tx = state.db.begin().await?;
+    let schedule = editable(&mut tx, id).await?;
     let owner = schedule
         .owner_id
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("user schedule {id} has no owner")))?;
@@ -449,20 +454,11 @@ async fn run_now(
         ..schedule.task(Utc::now(), timeout)
     };
     let actor = principal.id().to_string();
-    let mut tx = state.db.begin().await?;
     let task = tasks::insert_many(&mut *tx, owner, &actor, &[new], None)
         .await?
         .and_then(|created| created.into_iter().next())
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an uncapped insert created no task")))?;
-    schedules::record_fire(
-        &mut *tx,
-        id,
-        task.created_at,
-        Some(task.id),
-        task.status.as_str(),
-        schedule.next_run_at,
-    )
-    .await?;
+    schedules::record_run_now(&mut *tx, id, task.id, task.status.as_str()).await?;
     tx.commit().await?;
     tracing::info!(task_id = %task.id, "schedule run now");
     super::tasks::enqueue(&state, std::slice::from_ref(&task)).await;

@@ -251,3 +251,63 @@ async fn after_downtime_a_schedule_fires_once_for_the_missed_period() {
         "then on the timetable"
     );
 }
+
+#[tokio::test]
+async fn a_claim_wins_once_only_for_a_newer_tick_of_an_enabled_schedule_of_an_active_owner() {
+    let s = Setup::new().await;
+    let schedule = s.schedule("every second", "* * * * * *").await;
+    let now = s.db_now().await.with_nanosecond(0).unwrap();
+    let tick = |secs: i64| now + chrono::Duration::seconds(secs);
+    let claim = |at, replica: &'static str| {
+        let (pool, schedule) = (s.pool.clone(), schedule.clone());
+        async move {
+            schedules::claim_tick(&pool, &schedule, at, replica)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+
+    // Two replicas at once: one wins.
+    let (a, b) = tokio::join!(claim(tick(2), "a"), claim(tick(2), "b"));
+    assert!(a ^ b, "exactly one claim wins: {a} {b}");
+    // A replica behind (a stall, a slow clock) cannot fire an older tick.
+    assert!(!claim(tick(1), "late").await);
+    assert!(claim(tick(3), "a").await);
+    // Not before the schedule took effect.
+    let before_start = schedule.fire_from - chrono::Duration::seconds(5);
+    sqlx::query("UPDATE schedules SET last_tick_at = NULL WHERE id = $1")
+        .bind(schedule.id)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(!claim(before_start, "a").await);
+    // Not for a deactivated owner, nor on a stale cron.
+    sqlx::query("UPDATE users SET is_active = false WHERE id = $1")
+        .bind(s.owner)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert!(!claim(tick(4), "a").await);
+    sqlx::query("UPDATE users SET is_active = true WHERE id = $1")
+        .bind(s.owner)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let mut stale = schedule.clone();
+    stale.cron = "*/2 * * * * *".into();
+    assert!(
+        schedules::claim_tick(&s.pool, &stale, tick(4), "a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(claim(tick(4), "a").await);
+    let fired: Vec<_> = s
+        .runs(schedule.id)
+        .await
+        .iter()
+        .map(|r| r.fire_at)
+        .collect();
+    assert_eq!(fired, [tick(2), tick(3), tick(4)]);
+}

@@ -39,6 +39,9 @@ pub struct Schedule {
     /// Ticks before this are never caught up.
     #[serde(skip)]
     pub fire_from: DateTime<Utc>,
+    /// The latest tick claimed; claims only move it forward.
+    #[serde(skip)]
+    pub last_tick_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -49,7 +52,7 @@ macro_rules! select_schedules {
         concat!(
             "SELECT s.id, s.name, s.cron, s.timezone, s.kind, s.payload, s.enabled, \
                     s.next_run_at, s.last_run_at, COALESCE(t.status, s.last_status) AS last_status, \
-                    s.system, s.owner_id, s.fire_from, s.created_at, s.updated_at \
+                    s.system, s.owner_id, s.fire_from, s.last_tick_at, s.created_at, s.updated_at \
              FROM schedules s LEFT JOIN tasks t ON t.id = s.last_task_id ",
             $where
         )
@@ -82,7 +85,8 @@ pub async fn insert(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING * \
          ) \
          SELECT id, name, cron, timezone, kind, payload, enabled, next_run_at, last_run_at, \
-                last_status, system, owner_id, fire_from, created_at, updated_at FROM s",
+                last_status, system, owner_id, fire_from, last_tick_at, created_at, updated_at \
+         FROM s",
     )
     .bind(Uuid::now_v7())
     .bind(&spec.name)
@@ -101,6 +105,22 @@ pub async fn insert(
 /// The database fails.
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Schedule>, sqlx::Error> {
     sqlx::query_as(select_schedules!("WHERE s.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The schedule `id`, locked until the transaction ends: an edit reads,
+/// merges and writes under it, so concurrent edits and ticks queue up
+/// instead of undoing each other.
+///
+/// # Errors
+/// The database fails.
+pub async fn get_locked(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<Schedule>, sqlx::Error> {
+    sqlx::query_as(select_schedules!("WHERE s.id = $1 FOR UPDATE OF s"))
         .bind(id)
         .fetch_optional(db)
         .await
@@ -159,7 +179,7 @@ pub async fn update(
          ) \
          SELECT s.id, s.name, s.cron, s.timezone, s.kind, s.payload, s.enabled, s.next_run_at, \
                 s.last_run_at, COALESCE(t.status, s.last_status) AS last_status, s.system, \
-                s.owner_id, s.fire_from, s.created_at, s.updated_at \
+                s.owner_id, s.fire_from, s.last_tick_at, s.created_at, s.updated_at \
          FROM s LEFT JOIN tasks t ON t.id = s.last_task_id",
     )
     .bind(id)
@@ -187,11 +207,17 @@ pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Err
     Ok(done.rows_affected() > 0)
 }
 
-/// Claims the tick `fire_at` of `schedule` for `replica`: `true` when this
-/// insert won. It wins only while the schedule is still enabled with the
-/// same cron and timezone, so a replica that has not yet heard of an edit
-/// cannot fire the old timetable. In a transaction, a concurrent claim of
-/// the same tick waits for this one's outcome.
+/// Claims the tick `fire_at` of `schedule` for `replica`; returns the
+/// schedule as it is now (what the fire must create) when this replica won.
+///
+/// The claim moves `last_tick_at` forward and records the run in one
+/// statement, under the schedule's row lock, so of any number of replicas
+/// exactly one wins a tick. It only wins for a tick later than every tick
+/// claimed before (a stalled replica or one whose clock lags cannot fire
+/// an old tick again), not before `fire_from`, while the schedule is
+/// enabled with the same cron and timezone (a replica that has not yet
+/// heard of an edit cannot fire the old timetable), and while its owner's
+/// account is active.
 ///
 /// # Errors
 /// The database fails.
@@ -200,25 +226,34 @@ pub async fn claim_tick(
     schedule: &Schedule,
     fire_at: DateTime<Utc>,
     replica: &str,
-) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO schedule_runs (schedule_id, fire_at, fired_by) \
-         SELECT id, $2, $3 FROM schedules \
-         WHERE id = $1 AND enabled AND cron = $4 AND timezone = $5 \
-         ON CONFLICT DO NOTHING",
+) -> Result<Option<Schedule>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH s AS ( \
+             UPDATE schedules SET last_tick_at = $2 \
+             WHERE id = $1 AND enabled AND cron = $4 AND timezone = $5 \
+               AND $2 >= fire_from AND $2 > COALESCE(last_tick_at, '-infinity') \
+               AND (system OR EXISTS (SELECT 1 FROM users u WHERE u.id = owner_id AND u.is_active)) \
+             RETURNING * \
+         ), run AS ( \
+             INSERT INTO schedule_runs (schedule_id, fire_at, fired_by) \
+             SELECT id, $2, $3 FROM s ON CONFLICT DO NOTHING RETURNING schedule_id \
+         ) \
+         SELECT s.id, s.name, s.cron, s.timezone, s.kind, s.payload, s.enabled, s.next_run_at, \
+                s.last_run_at, s.last_status, s.system, s.owner_id, s.fire_from, s.last_tick_at, \
+                s.created_at, s.updated_at \
+         FROM s JOIN run ON run.schedule_id = s.id",
     )
     .bind(schedule.id)
     .bind(fire_at)
     .bind(replica)
     .bind(&schedule.cron)
     .bind(&schedule.timezone)
-    .execute(db)
-    .await?;
-    Ok(claimed.rows_affected() == 1)
+    .fetch_optional(db)
+    .await
 }
 
-/// Records a fire (claimed tick, or run-now): its task, if it made one,
-/// the status to show, and the next fire.
+/// Records a claimed tick: its task, if it made one, the status to show,
+/// and the next fire.
 ///
 /// # Errors
 /// The database fails.
@@ -241,6 +276,27 @@ pub async fn record_fire(
     .bind(task_id)
     .bind(status)
     .bind(next_run_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a run-now: its task and status; the timetable is untouched.
+///
+/// # Errors
+/// The database fails.
+pub async fn record_run_now(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    task_id: Uuid,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE schedules SET last_run_at = now(), last_task_id = $2, last_status = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(task_id)
+    .bind(status)
     .execute(db)
     .await?;
     Ok(())

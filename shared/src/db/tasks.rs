@@ -718,7 +718,8 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Deletes up to `limit` tasks in `status` (a finished one) that finished
-/// before `before`, with their history; returns how many.
+/// before `before`, with their history; returns how many. A schedule whose
+/// last task goes keeps that task's status as its own `last_status`.
 ///
 /// # Errors
 /// The database fails.
@@ -733,6 +734,8 @@ pub async fn purge_finished(
              SELECT id FROM tasks WHERE status = $1 AND finished_at < $2 LIMIT $3 \
          ), history AS ( \
              DELETE FROM task_events WHERE task_id IN (SELECT id FROM doomed) \
+         ), remembered AS ( \
+             UPDATE schedules SET last_status = $1 WHERE last_task_id IN (SELECT id FROM doomed) \
          ), gone AS ( \
              DELETE FROM tasks WHERE id IN (SELECT id FROM doomed) RETURNING 1 \
          ) \

@@ -142,7 +142,31 @@ async fn the_daily_purge_deletes_finished_work_past_retention_only() {
         .unwrap();
     }
 
+    // A schedule whose last task is purged keeps showing that task's status.
+    schedules::ensure_system(
+        &p.pool,
+        &[SystemSchedule {
+            name: "system.test_last_task",
+            cron: "0 0 * * * *".into(),
+            kind: "test",
+        }],
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE schedules SET last_task_id = $1, last_status = 'pending' WHERE name = 'system.test_last_task'")
+        .bind(tasks[0].id)
+        .execute(&p.pool)
+        .await
+        .unwrap();
+
     run(&p, "system.test_purge_finished", Maintenance::PurgeFinished).await;
+    let last: Option<String> = sqlx::query_scalar(
+        "SELECT last_status FROM schedules WHERE name = 'system.test_last_task'",
+    )
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(last.as_deref(), Some("completed"));
     let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tasks ORDER BY id")
         .fetch_all(&p.pool)
         .await
