@@ -14,7 +14,6 @@
 //! it expects a fleet already running on `--redis-prefix` and `--database-url`.
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,16 +26,16 @@ use keel_shared::{
     db::{
         self,
         tasks::{self, NewTask},
-        users::{self, NewUser, ProfileChanges},
     },
     dispatch,
-    domain::{EmailAddress, Role, Username},
     job_queue::JobQueue,
     workers,
 };
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::fleet::{Fleet, bench_user};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -107,8 +106,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut fleet = Fleet::default();
     if let Some(count) = args.workers {
+        let concurrency = args.concurrency.to_string();
         for _ in 0..count {
-            fleet.start(&args, &prefix)?;
+            fleet.start(
+                &args.worker_bin,
+                &args.database_url,
+                &args.redis_url,
+                &prefix,
+                &[
+                    ("WORKER_QUEUES", "tasks"),
+                    ("WORKER_CONCURRENCY", &concurrency),
+                ],
+            )?;
         }
     }
     let alive = wait_for_workers(&redis, args.workers.unwrap_or(1)).await?;
@@ -325,23 +334,6 @@ fn noop() -> NewTask {
     }
 }
 
-async fn bench_user(pool: &PgPool) -> anyhow::Result<Uuid> {
-    let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let user = users::insert(
-        pool,
-        &NewUser {
-            username: Username::parse(&name)?,
-            email: EmailAddress::parse(&format!("{name}@bench.invalid"))?,
-            password_hash: "!".into(),
-            role: Role::User,
-            email_verified: true,
-            profile: ProfileChanges::default(),
-        },
-    )
-    .await?;
-    Ok(user.id)
-}
-
 async fn wait_for_workers(redis: &RedisClient, n: usize) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -353,47 +345,5 @@ async fn wait_for_workers(redis: &RedisClient, n: usize) -> anyhow::Result<usize
             bail!("{alive} of {n} workers alive on this prefix after 30 s; is a fleet running?");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Worker processes the bench started; stopped with SIGTERM.
-#[derive(Debug, Default)]
-struct Fleet(Vec<Child>);
-
-impl Fleet {
-    fn start(&mut self, args: &Args, prefix: &str) -> anyhow::Result<()> {
-        let child = Command::new(&args.worker_bin)
-            .env("DATABASE_URL", &args.database_url)
-            .env("REDIS_URL", &args.redis_url)
-            .env("REDIS_PREFIX", prefix)
-            .env("WORKER_QUEUES", "tasks")
-            .env("WORKER_CONCURRENCY", args.concurrency.to_string())
-            .env("METRICS_PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} (build it with --release)", args.worker_bin))?;
-        self.0.push(child);
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        for child in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for mut child in self.0.drain(..) {
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-        }
     }
 }

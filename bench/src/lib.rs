@@ -8,12 +8,16 @@
 //! - [`auth`]: the `auth` workload — login throughput against the argon2
 //!   ceiling, and `GET /users/me` against a bare axum handler.
 //! - [`e2e`]: the task pipeline end to end, with real workers.
+//! - [`ticks`]: cron ticks through competing scheduler replicas.
 //! - [`ceilings`]: pgbench and redis-benchmark for the same work.
+//! - [`fleet`]: the processes and users a bench starts and makes.
 
 pub mod auth;
 pub mod ceilings;
 pub mod e2e;
+pub mod fleet;
 pub mod load;
+pub mod ticks;
 
 use std::process::ExitCode;
 
@@ -36,6 +40,8 @@ enum Command {
     Auth(auth::Args),
     /// The task pipeline: enqueue and end-to-end tasks/s, idle enqueue→start latency.
     E2e(e2e::Args),
+    /// Cron ticks under competing scheduler replicas: lateness, and one fire per tick.
+    Ticks(ticks::Args),
     /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
     Ceilings(ceilings::Args),
 }
@@ -52,6 +58,7 @@ pub fn main() -> ExitCode {
             Command::Auth(args) => auth::run(args).await,
             Command::E2e(args) => e2e::run(args).await,
             Command::Ceilings(args) => ceilings::run(args).await,
+            Command::Ticks(args) => ticks::run(args).await,
         }
     });
     match result {

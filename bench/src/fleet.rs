@@ -1,0 +1,84 @@
+//! What the benches start and set up: Keel processes (stopped with SIGTERM
+//! when done, killed if the bench fails) and throwaway users.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context as _;
+use keel_shared::{
+    db::users::{self, NewUser, ProfileChanges},
+    domain::{EmailAddress, Role, Username},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Keel processes the bench started.
+#[derive(Debug, Default)]
+pub struct Fleet(Vec<Child>);
+
+impl Fleet {
+    /// Starts `binary` (a release build) on the bench's database and Redis
+    /// prefix, with `env` on top.
+    ///
+    /// # Errors
+    /// The binary cannot be started.
+    pub fn start(
+        &mut self,
+        binary: &str,
+        database_url: &str,
+        redis_url: &str,
+        prefix: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let child = Command::new(binary)
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url)
+            .env("REDIS_PREFIX", prefix)
+            .env("METRICS_PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary} (build it with --release)"))?;
+        self.0.push(child);
+        Ok(())
+    }
+
+    /// SIGTERM to each, then waits for them all.
+    pub fn stop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for mut child in self.0.drain(..) {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+    }
+}
+
+/// A fresh user to own what a run creates.
+pub async fn bench_user(pool: &PgPool) -> anyhow::Result<Uuid> {
+    let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let user = users::insert(
+        pool,
+        &NewUser {
+            username: Username::parse(&name)?,
+            email: EmailAddress::parse(&format!("{name}@bench.invalid"))?,
+            password_hash: "!".into(),
+            role: Role::User,
+            email_verified: true,
+            profile: ProfileChanges::default(),
+        },
+    )
+    .await?;
+    Ok(user.id)
+}
