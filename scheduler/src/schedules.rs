@@ -51,6 +51,8 @@ use crate::reconciler;
 const CHANNEL: &str = "keel_schedules";
 /// Everything is reloaded this often, whatever the notifications said.
 const FULL_RELOAD: Duration = Duration::from_secs(60);
+/// Reconcile and trim start this long after their tick.
+const HOUSEKEEPING_DELAY: Duration = Duration::from_millis(100);
 /// Fires of one instant (many schedules on `0 * * * *`) run this many at a time.
 const PARALLEL_FIRES: usize = 8;
 
@@ -441,6 +443,9 @@ impl Ticker {
         busy.store(true, Ordering::Release);
         let this = self.clone();
         tokio::spawn(async move {
+            // Let the user ticks of the same second commit first: they are
+            // the ones whose lateness users see.
+            tokio::time::sleep(HOUSEKEEPING_DELAY).await;
             let status = if kind == RECONCILE {
                 match reconciler::pass(&this.db, &this.redis, &this.jobs).await {
                     Ok(Some(repairs)) => {
