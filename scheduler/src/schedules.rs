@@ -249,6 +249,17 @@ impl Ticker {
         }
     }
 
+    /// An entry for `schedule`, its next fire shown on the row.
+    async fn load(&self, schedule: Schedule) -> Option<Entry> {
+        let entry = Entry::load(schedule)?;
+        if entry.schedule.next_run_at != entry.due
+            && let Err(e) = schedules::show_next_run(&self.db, entry.schedule.id, entry.due).await
+        {
+            tracing::debug!(error = %e, "next run not shown");
+        }
+        Some(entry)
+    }
+
     async fn reload_all(&self, entries: &mut HashMap<Uuid, Entry>) {
         let loaded = match schedules::enabled(&self.db).await {
             Ok(loaded) => loaded,
@@ -266,7 +277,7 @@ impl Ticker {
                     fresh.insert(id, kept);
                 }
                 _ => {
-                    if let Some(entry) = Entry::load(schedule) {
+                    if let Some(entry) = self.load(schedule).await {
                         fresh.insert(id, entry);
                     }
                 }
@@ -281,7 +292,7 @@ impl Ticker {
                 Some(kept) if kept.same_timing(&schedule) => kept.schedule = schedule,
                 _ => {
                     entries.remove(&id);
-                    if let Some(entry) = Entry::load(schedule) {
+                    if let Some(entry) = self.load(schedule).await {
                         entries.insert(id, entry);
                     }
                 }

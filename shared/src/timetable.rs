@@ -234,7 +234,13 @@ fn parse_cron(expression: &str) -> Result<cron::Schedule, TimetableError> {
         if let Err(e) = cron::Schedule::from_str(&probe.join(" ")) {
             return Err(TimetableError::Cron {
                 field,
-                message: format!("`{}` is not valid: {e}", fields[i]),
+                // The crate's message ends with its reason, after a picture
+                // of the probe expression that would only confuse.
+                message: format!(
+                    "`{}` is not valid: {}",
+                    fields[i],
+                    e.to_string().lines().last().unwrap_or_default().trim()
+                ),
             });
         }
     }
@@ -380,6 +386,13 @@ mod tests {
         assert_eq!(field("0 0 * * 8"), "day_of_week");
         assert_eq!(field("0 0 * * mon-"), "day_of_week");
         assert_eq!(field("61 * * * * *"), "second");
+        match Timetable::parse("0 25 * * *", "UTC") {
+            Err(TimetableError::Cron { message, .. }) => {
+                assert!(message.starts_with("`25` is not valid: "), "{message}");
+                assert!(!message.contains('\n'), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             Timetable::parse("* * * * *", "Mars/Olympus"),
             Err(TimetableError::Timezone(_))

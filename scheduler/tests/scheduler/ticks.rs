@@ -84,6 +84,25 @@ async fn an_every_two_seconds_schedule_fires_every_two_seconds_follows_edits_and
     }
     let shown = schedules::get(&s.pool, schedule.id).await.unwrap().unwrap();
     assert!(shown.last_run_at.is_some() && shown.next_run_at > shown.last_run_at);
+    // The built-in schedules are there, each showing its next fire.
+    let (all, _) = schedules::list(&s.pool, 100, 0).await.unwrap();
+    let system: Vec<_> = all.iter().filter(|s| s.system).collect();
+    let names: Vec<&str> = system.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "system.purge_expired",
+            "system.purge_finished",
+            "system.reconcile",
+            "system.trim_redis"
+        ]
+    );
+    assert!(system.iter().all(|s| s.next_run_at.is_some()), "{system:?}");
+    let reconcile = system
+        .iter()
+        .find(|s| s.name == "system.reconcile")
+        .unwrap();
+    assert!(reconcile.last_run_at.is_some(), "{reconcile:?}");
 
     // An edit reaches the replica within 5 s: every 3 s from now on.
     let mut spec = spec_of(&schedule);

@@ -302,6 +302,27 @@ pub async fn record_run_now(
     Ok(())
 }
 
+/// Shows `at` as the schedule's next fire, unless it already does: a
+/// scheduler that loads a schedule (a built-in one, or one whose fires
+/// were missed) sets what it will do next.
+///
+/// # Errors
+/// The database fails.
+pub async fn show_next_run(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE schedules SET next_run_at = $2 WHERE id = $1 AND next_run_at IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Sets the status a system schedule shows (its maintenance job finished).
 ///
 /// # Errors
