@@ -24,6 +24,7 @@ use crate::{
     middleware::trailing_slash,
     routes,
     state::{AppState, Lifecycle},
+    ws::hub::Hub,
 };
 
 /// The API, bound and ready to serve.
@@ -76,6 +77,7 @@ impl Application {
                 config.rate_limit_per_minute,
             ),
             users: UserCache::new(redis.clone()),
+            hub: Hub::new(redis.clone()),
             jobs: JobQueue::new(redis.clone()),
             kinds: Arc::new(KindSettings::from_config(&config)),
             db,
@@ -128,6 +130,8 @@ impl Application {
         let grace = state.config.shutdown_grace();
         let lifecycle = state.lifecycle.clone();
         state.users.listen(shutdown.clone());
+        state.hub.listen(shutdown.clone());
+        let hub = state.hub.clone();
         let router = routes::router(state);
         // Outside the router, so `/tasks/` is routed as `/tasks`.
         let app = MapRequestLayer::new(trailing_slash::trim).layer(router);
@@ -161,12 +165,19 @@ impl Application {
             shutdown.cancelled().await;
             tokio::time::sleep(drain + grace).await;
         };
-        tokio::select! {
+        let result = tokio::select! {
             result = server => result,
             () = deadline => {
                 tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; abandoning in-flight requests");
                 Ok(())
             }
+        };
+        // WebSockets were told to close (1001) when the stop began; give
+        // their close frames a moment to leave.
+        let closing = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !hub.is_empty() && tokio::time::Instant::now() < closing {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        result
     }
 }

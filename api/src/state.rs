@@ -28,6 +28,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub users: UserCache,
     pub lifecycle: Lifecycle,
+    /// This process's WebSockets.
+    pub hub: crate::ws::hub::Hub,
 }
 
 /// Whether the process is draining: once a stop signal arrives, `/ready`

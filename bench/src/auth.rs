@@ -238,7 +238,10 @@ fn argon2_parallel_per_s(threads: usize) -> f64 {
 }
 
 /// Registers a fresh user and signs in; returns its name, password and access token.
-async fn sign_up(client: &reqwest::Client, url: &str) -> anyhow::Result<(String, String, String)> {
+pub(crate) async fn sign_up(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<(String, String, String)> {
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let (username, password) = (
         format!("bench_{suffix}"),

@@ -8,6 +8,7 @@
 //! - [`auth`]: the `auth` workload — login throughput against the argon2
 //!   ceiling, and `GET /users/me` against a bare axum handler.
 //! - [`e2e`]: the task pipeline end to end, with real workers.
+//! - [`ws`]: WebSockets held open, and a room broadcast.
 //! - [`ticks`]: cron ticks through competing scheduler replicas.
 //! - [`ceilings`]: pgbench and redis-benchmark for the same work.
 //! - [`fleet`]: the processes and users a bench starts and makes.
@@ -18,6 +19,7 @@ pub mod e2e;
 pub mod fleet;
 pub mod load;
 pub mod ticks;
+pub mod ws;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,8 @@ enum Command {
     Auth(auth::Args),
     /// The task pipeline: enqueue and end-to-end tasks/s, idle enqueue→start latency.
     E2e(e2e::Args),
+    /// WebSockets: sockets held and memory per socket; broadcast latency to a room.
+    Ws(ws::Args),
     /// Cron ticks under competing scheduler replicas: lateness, and one fire per tick.
     Ticks(ticks::Args),
     /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
             Command::E2e(args) => e2e::run(args).await,
             Command::Ceilings(args) => ceilings::run(args).await,
             Command::Ticks(args) => ticks::run(args).await,
+            Command::Ws(args) => ws::run(args).await,
         }
     });
     match result {

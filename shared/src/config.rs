@@ -92,6 +92,31 @@ pub struct Config {
     #[arg(long, env = "ALLOWED_ORIGINS", value_parser = origins, default_value = "")]
     pub allowed_origins: Origins,
 
+    /// A WebSocket message larger than this closes its socket (1009).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    pub ws_max_message_bytes: u32,
+
+    /// Messages per second a WebSocket client may send; beyond, they are refused, and
+    /// at twice that the socket is closed (1008).
+    #[arg(long, env = "WS_MESSAGES_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ws_messages_per_second: u32,
+
+    /// Open WebSockets one user may hold on one API process.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ws_max_sockets_per_user: u32,
+
+    /// Rooms one WebSocket may be in.
+    #[arg(long, env = "WS_MAX_ROOMS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub ws_max_rooms: u32,
+
+    /// Seconds between the server's pings; a socket that misses two pongs is dropped.
+    #[arg(long, env = "WS_PING_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_ping_seconds: u64,
+
+    /// A WebSocket whose client sends nothing this long is closed (1000).
+    #[arg(long, env = "WS_IDLE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ws_idle_seconds: u64,
+
     /// SMTP server; unset, email goes to the file outbox `.data/outbox/`.
     #[arg(long, env = "SMTP_HOST")]
     pub smtp_host: Option<String>,

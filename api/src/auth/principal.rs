@@ -73,12 +73,12 @@ impl Principal {
 }
 
 /// What the request presented, if anything.
-enum Credential<'a> {
+pub(crate) enum Credential<'a> {
     Bearer(&'a str),
     ApiKey(&'a str),
 }
 
-fn credential(parts: &Parts) -> Result<Option<Credential<'_>>, ApiError> {
+pub(crate) fn credential(parts: &Parts) -> Result<Option<Credential<'_>>, ApiError> {
     if let Some(value) = parts.headers.get("authorization") {
         let value = value.to_str().map_err(|_| {
             ApiError::unauthorized("invalid_token", "malformed Authorization header")
@@ -133,7 +133,10 @@ impl OptionalFromRequestParts<AppState> for Principal {
     }
 }
 
-async fn authenticate(state: &AppState, credential: Credential<'_>) -> Result<Principal, ApiError> {
+pub(crate) async fn authenticate(
+    state: &AppState,
+    credential: Credential<'_>,
+) -> Result<Principal, ApiError> {
     match credential {
         Credential::Bearer(token) => {
             let claims = state.tokens.verify_access(token).map_err(|e| match e {

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), rate_limit::middleware));
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())
+        .merge(crate::ws::router())
         .merge(resources)
         .split_for_parts();
     let router = api.merge(docs::router(openapi)).fallback(not_found);

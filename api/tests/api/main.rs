@@ -20,3 +20,4 @@ mod tls;
 mod two_factor;
 mod users;
 mod verification;
+mod ws;
