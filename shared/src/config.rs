@@ -102,7 +102,7 @@ pub struct Config {
     pub ws_messages_per_second: u32,
 
     /// Open WebSockets one user may hold on one API process.
-    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub ws_max_sockets_per_user: u32,
 
     /// Rooms one WebSocket may be in.

@@ -31,6 +31,10 @@ use crate::{
     state::AppState,
 };
 
+/// Read and write buffers per socket: tungstenite's defaults (128 KiB each)
+/// would cost more memory than everything else a socket holds; chat and
+/// task updates are small, and a larger message just takes more reads.
+const BUFFER_BYTES: usize = 8 * 1024;
 /// The transport refuses messages past this multiple of `WS_MAX_MESSAGE_BYTES`
 /// outright; between the two the socket closes with 1009 itself.
 const HARD_LIMIT_FACTOR: usize = 4;
@@ -94,6 +98,8 @@ async fn accept(
     let max = state.config.ws_max_message_bytes as usize;
     let hard = (max * HARD_LIMIT_FACTOR).max(1 << 20);
     upgrade
+        .read_buffer_size(BUFFER_BYTES)
+        .write_buffer_size(BUFFER_BYTES)
         .max_message_size(hard)
         .max_frame_size(hard)
         .on_upgrade(move |mut ws| async move {
