@@ -20,7 +20,6 @@ use keel_shared::{
         tasks::{self, Task},
     },
     domain::Role,
-    kinds,
     timetable::{self, Timetable, TimetableError},
 };
 use serde::Deserialize;
@@ -188,30 +187,7 @@ fn validate(draft: Draft, state: &AppState, now: DateTime<Utc>) -> Result<Schedu
     if draft.kind.is_none() {
         invalid("kind", "is required".to_owned());
     } else {
-        match kinds::find_enabled(kind, &state.kinds) {
-            None => invalid(
-                "kind",
-                format!(
-                    "unknown kind; one of {}",
-                    kinds::enabled(&state.kinds)
-                        .map(|k| k.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            Some(spec) => {
-                if let Err(problems) = spec.check(&payload, &state.kinds) {
-                    for problem in problems {
-                        let path = if problem.field.is_empty() {
-                            "payload".to_owned()
-                        } else {
-                            format!("payload.{}", problem.field)
-                        };
-                        invalid(&path, problem.message);
-                    }
-                }
-            }
-        }
+        super::tasks::check_kind(state, kind, &payload, &mut invalid);
     }
 
     if !errors.is_empty() {

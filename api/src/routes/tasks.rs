@@ -482,30 +482,7 @@ fn validate(
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
         Some(payload) => payload,
     };
-    match kinds::find_enabled(kind_name, &state.kinds) {
-        None => invalid(
-            "kind",
-            format!(
-                "unknown kind; one of {}",
-                kinds::enabled(&state.kinds)
-                    .map(|k| k.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        Some(kind) => {
-            if let Err(problems) = kind.check(&payload, &state.kinds) {
-                for problem in problems {
-                    let path = if problem.field.is_empty() {
-                        "payload".to_owned()
-                    } else {
-                        format!("payload.{}", problem.field)
-                    };
-                    invalid(&path, problem.message);
-                }
-            }
-        }
-    }
+    check_kind(state, kind_name, &payload, &mut invalid);
     if errors.len() > before {
         return None;
     }
@@ -520,6 +497,41 @@ fn validate(
         scheduled_at: request.scheduled_at.filter(|at| *at > Utc::now()),
         schedule_id: None,
     })
+}
+
+/// Reports through `invalid` an unknown (or disabled) `kind`, or what is
+/// wrong with `payload` for it, field by field (`payload.url`): the checks
+/// a task create and a schedule share.
+pub(crate) fn check_kind(
+    state: &AppState,
+    kind: &str,
+    payload: &Value,
+    invalid: &mut impl FnMut(&str, String),
+) {
+    match kinds::find_enabled(kind, &state.kinds) {
+        None => invalid(
+            "kind",
+            format!(
+                "unknown kind; one of {}",
+                kinds::enabled(&state.kinds)
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(spec) => {
+            if let Err(problems) = spec.check(payload, &state.kinds) {
+                for problem in problems {
+                    let path = if problem.field.is_empty() {
+                        "payload".to_owned()
+                    } else {
+                        format!("payload.{}", problem.field)
+                    };
+                    invalid(&path, problem.message);
+                }
+            }
+        }
+    }
 }
 
 /// `value` (or `default`) when within `min..=max`; else a reason for `name`.
