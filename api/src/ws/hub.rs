@@ -26,8 +26,8 @@ const PRESENCE_COALESCE: Duration = Duration::from_millis(50);
 /// this is dropped rather than buffered without bound.
 pub const OUTBOX: usize = 256;
 
-/// What the hub hands a socket's task.
-#[derive(Debug)]
+/// What the hub hands a socket's task (cheap to clone: text is shared).
+#[derive(Debug, Clone)]
 pub enum Outbound {
     /// A JSON text frame to send.
     Text(Arc<str>),
@@ -226,19 +226,12 @@ impl Hub {
     fn deliver(&self, message: Outbound, to: impl Fn(&Registry) -> Vec<Uuid>) {
         let mut slow = Vec::new();
         let registry = self.registry();
-        let message = match message {
-            Outbound::Text(text) => Some(text),
-            Outbound::Recheck => None,
-        };
         for id in to(&registry) {
             let Some(socket) = registry.sockets.get(&id) else {
                 continue;
             };
-            let out = match &message {
-                Some(text) => Outbound::Text(text.clone()),
-                None => Outbound::Recheck,
-            };
-            if let Err(mpsc::error::TrySendError::Full(_)) = socket.outbox.try_send(out) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = socket.outbox.try_send(message.clone())
+            {
                 slow.push(id);
             }
         }
