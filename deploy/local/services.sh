@@ -127,3 +127,36 @@ ensure_services() {
   ensure_postgres
   ensure_redis
 }
+
+# The Python tools of deploy/local/requirements.txt (validators and linters),
+# in a virtualenv under .data/venv, reinstalled when that file changes. Its bin
+# directory is exported as KEEL_TOOLS_BIN and put first on PATH.
+ensure_python_tools() {
+  local venv="$KEEL_DATA/venv" requirements="$KEEL_ROOT/deploy/local/requirements.txt"
+  local stamp="$venv/.requirements"
+  if [[ ! -x $venv/bin/pip ]]; then
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    say "creating the tools virtualenv in $venv"
+    /usr/bin/python3 -m venv "$venv"
+  fi
+  if ! cmp -s "$requirements" "$stamp"; then
+    say "installing the Python tools ($(grep -cv '^#' "$requirements") packages)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+  fi
+  export KEEL_TOOLS_BIN="$venv/bin"
+  export PATH="$KEEL_TOOLS_BIN:$PATH"
+}
+
+# Headless Chromium (Debian's package) and the npm packages of the browser
+# tests (api/tests/browser: playwright-core, which drives that Chromium).
+ensure_browser_tools() {
+  [[ -x /usr/bin/chromium ]] || apt_install chromium
+  command -v npm >/dev/null || apt_install nodejs npm
+  local dir="$KEEL_ROOT/api/tests/browser"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.keel-installed"; then
+    say "installing the browser tests' npm packages"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund)
+    cp "$dir/package-lock.json" "$dir/node_modules/.keel-installed"
+  fi
+}

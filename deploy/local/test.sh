@@ -5,6 +5,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 ensure_services
 ensure_smtp_test_server
+ensure_python_tools
+ensure_browser_tools
 cd "$KEEL_ROOT"
 
 # Tests create a database each (keel_test_*); sweep what earlier runs left.
