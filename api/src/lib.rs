@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod listener;

@@ -1,31 +1,84 @@
-//! The OpenAPI document's frame: title, version, tags and the shared
-//! schemas. Paths are collected from the routers themselves.
+//! The OpenAPI document's frame: title, conventions, tags, security schemes,
+//! and the error responses routes share. Paths come from the routers'
+//! `#[utoipa::path]` annotations; `/openapi.json` serves the result.
+//!
+//! An operation lists its error responses itself. The ones many routes give
+//! alike are components here, so an annotation names them in one line:
+//! [`JsonBodyErrors`] (what `AppJson`, `JsonBytes` and `JsonOrForm` refuse),
+//! [`ResourceErrors`] (the rate limiter, and PostgreSQL or Redis down), and
+//! single responses such as [`Unauthorized`] or [`NotFound`]. List a group
+//! first: a route's own entry for the same status, listed after it, replaces
+//! the group's (`change-password` describes its 422 as a wrong password).
 
 use utoipa::{
-    Modify, OpenApi,
+    IntoResponses, Modify, OpenApi, ToResponse,
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::error::{FieldError, Problem};
+use crate::{
+    error::{FieldError, Problem},
+    routes::docs,
+};
+
+/// The conventions every operation follows, as the document's description.
+const DESCRIPTION: &str = "\
+Accounts, roles, 2FA, API keys, background tasks, their schedules, operations \
+and live updates over WebSockets.
+
+- **JSON** in and out; timestamps are RFC 3339 UTC, ids are UUIDs. A trailing \
+slash is optional on every path.
+- **Authentication**: `Authorization: Bearer <access token>` (from `POST /api/v1/auth/login`) \
+or `X-API-Key: <key>`, which acts as its owner. Missing or invalid: 401 with \
+`WWW-Authenticate: Bearer`; not allowed: 403.
+- **Errors** are RFC 9457 `application/problem+json` (`Problem`) with a stable, \
+machine-readable `code`: malformed JSON 400, invalid fields 422 (with `errors`), \
+body too large 413, wrong content type 415, duplicate 409, rate limited 429, a \
+dependency down 503.
+- **Lists** take `?page=1&size=20` (size at most 100) and answer \
+`{items, total, page, size, pages}`, newest first unless the operation says otherwise.
+- **Request ids**: every response carries `X-Request-Id` (the client's own, when it sent one).
+- **Rate limits**: `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` on \
+every `/api/v1` response; over the limit, 429 with `Retry-After`.
+- **Aliases** from the systems Keel replaces are marked deprecated; each names the \
+operation to use instead.";
 
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "Keel API",
-        description = "Accounts, roles, 2FA, API keys, background tasks and their schedules. \
-                       Every error is RFC 9457 `application/problem+json` with a stable `code`.",
-        license(name = "MIT"),
+    info(title = "Keel API", description = DESCRIPTION, license(name = "MIT")),
+    paths(
+        docs::openapi_json,
+        docs::swagger_ui,
+        docs::redoc,
+        docs::docs_alias,
+        docs::redoc_alias
     ),
-    components(schemas(Problem, FieldError)),
+    components(
+        schemas(Problem, FieldError),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            ApiKeyNotAllowed,
+            NotFound,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            ValidationFailed,
+            RateLimited,
+            Unavailable
+        )
+    ),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "auth", description = "Registration, sign-in, tokens"),
+        (name = "auth", description = "Registration, sign-in, tokens, 2FA, email verification, password reset"),
         (name = "users", description = "Profiles, roles and the user list"),
         (name = "api-keys", description = "Keys that act as their owner"),
         (name = "tasks", description = "Background tasks: create, follow, cancel, retry"),
         (name = "schedules", description = "Cron schedules that create tasks (admin)"),
         (name = "admin", description = "Operations: workers, queues, statistics (admin)"),
+        (name = "websockets", description = "Rooms, presence, chat and live task updates"),
         (name = "health", description = "Health, readiness and metrics"),
+        (name = "docs", description = "This document, Swagger UI and Redoc"),
+        (name = "dashboard", description = "The ops dashboard: HTML pages for admins in a browser"),
     )
 )]
 #[derive(Debug)]
@@ -44,12 +97,196 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from `POST /api/v1/auth/login`, `/token`, \
+                         `/refresh` or `/verify-2fa`.",
+                    ))
                     .build(),
             ),
         );
         components.add_security_scheme(
             "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A key from `POST /api/v1/api-keys`; it acts as its owner.",
+            ))),
+        );
+        components.add_security_scheme(
+            "dashboard_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "keel_dashboard",
+                "The dashboard's session, set by signing in at `/dashboard/login` (browsers).",
+            ))),
         );
     }
+}
+
+// The shared error responses. Each wraps `Problem` only to name a component.
+
+/// Malformed JSON (`malformed_json`), or a body that could not be read.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
+        "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct BadRequest(pub Problem);
+
+/// No credential, or one that is malformed, invalid, expired or revoked.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+    examples(
+        ("not_authenticated" = (summary = "no credential", value = json!({
+            "type": "urn:keel:problem:not_authenticated", "title": "Unauthorized", "status": 401,
+            "detail": "sign in: send a bearer token or an API key", "code": "not_authenticated",
+            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+        }))),
+        ("token_expired" = (summary = "an expired access token", value = json!({
+            "type": "urn:keel:problem:token_expired", "title": "Unauthorized", "status": 401,
+            "detail": "the access token has expired", "code": "token_expired",
+            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+        }))),
+        ("invalid_api_key" = (summary = "an unknown or expired API key", value = json!({
+            "type": "urn:keel:problem:invalid_api_key", "title": "Unauthorized", "status": 401,
+            "detail": "the API key is invalid or expired", "code": "invalid_api_key",
+            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+        }))),
+    )
+)]
+pub struct Unauthorized(pub Problem);
+
+/// The caller's role is too low (`forbidden`).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
+        "detail": "this needs the admin role", "code": "forbidden",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct Forbidden(pub Problem);
+
+/// Called with an API key (`api_key_not_allowed`): this needs the user's own
+/// session, a bearer token.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:api_key_not_allowed", "title": "Forbidden", "status": 403,
+        "detail": "an API key cannot do this; sign in with a password", "code": "api_key_not_allowed",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct ApiKeyNotAllowed(pub Problem);
+
+/// Nothing there, or nothing the caller may see (`not_found`); an id that is
+/// not a UUID names nothing either.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
+        "detail": "no such task", "code": "not_found",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct NotFound(pub Problem);
+
+/// The body is over `MAX_BODY_BYTES` (`payload_too_large`).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:payload_too_large", "title": "Payload Too Large", "status": 413,
+        "detail": "the request body is too large", "code": "payload_too_large",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct PayloadTooLarge(pub Problem);
+
+/// The body is not `application/json` (`unsupported_media_type`).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type",
+        "status": 415, "detail": "expected a body with Content-Type: application/json",
+        "code": "unsupported_media_type", "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct UnsupportedMediaType(pub Problem);
+
+/// Well-formed but invalid (`validation_failed`): `errors` names each field
+/// and why.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({
+        "type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
+        "status": 422, "detail": "name: must be 1 to 200 characters", "code": "validation_failed",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60",
+        "errors": [{"field": "name", "message": "must be 1 to 200 characters"}]
+    })
+)]
+pub struct ValidationFailed(pub Problem);
+
+/// Over a rate limit (`rate_limited`); retry after `Retry-After` seconds.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(
+        ("Retry-After" = u32, description = "Seconds until a retry may succeed"),
+        ("RateLimit-Limit" = u32, description = "Requests allowed in the window"),
+        ("RateLimit-Remaining" = u32, description = "Requests left in the window: 0"),
+        ("RateLimit-Reset" = u32, description = "Seconds until the window resets"),
+    ),
+    example = json!({
+        "type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+        "detail": "too many requests; retry in 12 s", "code": "rate_limited",
+        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct RateLimited(pub Problem);
+
+/// PostgreSQL or Redis is unavailable (`service_unavailable`); worth a retry.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying: 5")),
+    example = json!({
+        "type": "urn:keel:problem:service_unavailable", "title": "Service Unavailable",
+        "status": 503, "detail": "a service Keel depends on is unavailable; try again shortly",
+        "code": "service_unavailable", "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
+    })
+)]
+pub struct Unavailable(pub Problem);
+
+/// What an operation with a JSON body can be refused for before its handler
+/// runs: 400, 413, 415 and 422.
+#[derive(Debug, IntoResponses)]
+pub enum JsonBodyErrors {
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    #[response(status = 413)]
+    PayloadTooLarge(#[ref_response] PayloadTooLarge),
+    #[response(status = 415)]
+    UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
+    #[response(status = 422)]
+    ValidationFailed(#[ref_response] ValidationFailed),
+}
+
+/// What every `/api/v1` resource can answer: 429 from the rate limiter, 503
+/// when PostgreSQL or Redis is down.
+#[derive(Debug, IntoResponses)]
+pub enum ResourceErrors {
+    #[response(status = 429)]
+    RateLimited(#[ref_response] RateLimited),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
 }

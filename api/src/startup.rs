@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use axum::{ServiceExt, extract::Request};
 use keel_shared::{
     Config, RedisClient, config::SigningKey, db, job_queue::JobQueue, kinds::KindSettings,
-    telemetry,
+    queue_metrics::QueueGauges, telemetry,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -78,6 +78,7 @@ impl Application {
             ),
             users: UserCache::new(redis.clone()),
             hub: Hub::new(redis.clone()),
+            gauges: QueueGauges::new(db.clone(), redis.clone()),
             jobs: JobQueue::new(redis.clone()),
             kinds: Arc::new(KindSettings::from_config(&config)),
             db,

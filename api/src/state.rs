@@ -7,7 +7,9 @@ use std::sync::{
 };
 
 use axum::extract::FromRef;
-use keel_shared::{Config, RedisClient, job_queue::JobQueue, kinds::KindSettings};
+use keel_shared::{
+    Config, RedisClient, job_queue::JobQueue, kinds::KindSettings, queue_metrics::QueueGauges,
+};
 use sqlx::PgPool;
 
 use crate::auth::{
@@ -30,6 +32,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// This process's WebSockets.
     pub hub: crate::ws::hub::Hub,
+    /// The queue and worker gauges, sampled when `/metrics` is scraped.
+    pub gauges: QueueGauges,
 }
 
 /// Whether the process is draining: once a stop signal arrives, `/ready`

@@ -71,6 +71,7 @@ cat >&2 <<MSG
     API        $base/api/v1
     health     $base/health
     docs       $base/docs  (Redoc: $base/redoc, OpenAPI: $base/openapi.json)
+    dashboard  $base/dashboard  (admins: sign in with the superadmin below)
     metrics    $base/metrics · worker :${WORKER_METRICS_PORT:-9101}/metrics · scheduler :${SCHEDULER_METRICS_PORT:-9102}/metrics
     email      ${SMTP_HOST:+SMTP $SMTP_HOST}${SMTP_HOST:-file outbox $KEEL_DATA/outbox/ (SMTP_HOST unset)}
     $superadmin_note

@@ -23,7 +23,9 @@ impl Scheduler {
     /// # Errors
     /// A dependency cannot be reached or the ops port cannot be bound.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
+        let mut backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
+        // One scheduler always runs, so its scrape always has the queue gauges.
+        backbone.ops.export_queue_gauges();
         Ok(Self {
             backbone,
             config: config.clone(),

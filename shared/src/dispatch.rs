@@ -4,6 +4,10 @@
 //! row's next attempt. If Redis refuses, the rows' enqueued mark is cleared
 //! and the reconciler pushes them later: creating work never fails because
 //! Redis is down.
+//!
+//! Every creator — the API's single and batch creates and its Celery alias,
+//! a schedule's run-now, the scheduler's fires — ends here after its
+//! commit, so this is where `keel_tasks_created_total{kind}` is counted.
 
 use sqlx::PgPool;
 
@@ -22,6 +26,8 @@ pub async fn push_tasks(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(
     if rows.is_empty() {
         return Ok(());
     }
+    // Before the first await: a caller dropped mid-push has still created them.
+    count_created(rows);
     let batch = rows
         .iter()
         .map(|t| {
@@ -44,4 +50,15 @@ pub async fn push_tasks(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(
         }
     }
     pushed
+}
+
+/// Counts the rows of `rows` that come straight from their insert. The
+/// insert marks a row enqueued with the clock of the transaction that
+/// creates it, so `enqueued_at == created_at` holds until the row is marked
+/// again — by a user's retry or a reconciler's re-push, each in a later
+/// transaction — and those are not creations.
+fn count_created(rows: &[Task]) {
+    for row in rows.iter().filter(|t| t.enqueued_at == Some(t.created_at)) {
+        metrics::counter!("keel_tasks_created_total", "kind" => row.kind.clone()).increment(1);
+    }
 }

@@ -18,6 +18,7 @@
 //! - [`workers`]: the registry of live worker processes.
 //! - [`health`]: the health report every binary serves.
 //! - [`ops_server`]: `/health` and `/metrics` for the worker and scheduler.
+//! - [`queue_metrics`]: the queue and worker gauges, sampled at scrape time.
 //! - [`process`]: the connections and `main` frame of every binary.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`shutdown`]: stop signals.
@@ -35,6 +36,7 @@ pub mod kinds;
 pub mod mail;
 pub mod ops_server;
 pub mod process;
+pub mod queue_metrics;
 pub mod redis_client;
 pub mod shutdown;
 pub mod task_events;

@@ -1,6 +1,7 @@
 //! The small HTTP server of the worker and the scheduler: `/health`,
 //! `/live` and `/metrics` on `METRICS_PORT`, so orchestrators can probe and
-//! Prometheus can scrape processes that serve no API.
+//! Prometheus can scrape processes that serve no API. The scheduler's also
+//! samples the queue gauges at each scrape ([`OpsServer::export_queue_gauges`]).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -17,7 +18,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Environment, health::HealthReport, redis_client::RedisClient, telemetry};
+use crate::{
+    config::Environment, health::HealthReport, queue_metrics::QueueGauges,
+    redis_client::RedisClient, telemetry,
+};
 
 /// What the probes look at.
 #[derive(Clone, Debug)]
@@ -25,6 +29,8 @@ pub struct OpsProbe {
     pub db: PgPool,
     pub redis: RedisClient,
     pub environment: Environment,
+    /// Sampled before `/metrics` renders, when set.
+    pub queue_gauges: Option<QueueGauges>,
 }
 
 /// A bound ops server, not yet serving.
@@ -46,6 +52,13 @@ impl OpsServer {
             listener,
             probe: Arc::new(probe),
         })
+    }
+
+    /// Also exports the queue and worker gauges (`queue_metrics`), sampled
+    /// from this server's Postgres and Redis at each scrape.
+    pub fn export_queue_gauges(&mut self) {
+        let probe = Arc::make_mut(&mut self.probe);
+        probe.queue_gauges = Some(QueueGauges::new(probe.db.clone(), probe.redis.clone()));
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -102,11 +115,16 @@ async fn respond(
             "application/json",
             r#"{"status":"alive"}"#.into(),
         ),
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            telemetry::metrics().render(),
-        ),
+        "/metrics" => {
+            if let Some(gauges) = &probe.queue_gauges {
+                gauges.refresh().await;
+            }
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                telemetry::metrics().render(),
+            )
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
 }

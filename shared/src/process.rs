@@ -38,6 +38,7 @@ impl Backbone {
             db: db.clone(),
             redis: redis.clone(),
             environment: config.environment,
+            queue_gauges: None,
         };
         let ops = OpsServer::bind(addr, probe).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {addr} for /health and /metrics (METRICS_PORT): {e}")

@@ -1,6 +1,6 @@
 //! Logs and metrics for all three binaries: `tracing` with an `EnvFilter`
 //! from `RUST_LOG`, pretty locally and JSON in production, and one
-//! process-wide Prometheus recorder.
+//! process-wide Prometheus recorder with the help text of every series.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -49,9 +49,107 @@ pub fn metrics() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         // Only fails when another recorder was installed first; ours is then unused.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            describe();
+        }
         handle
     })
+}
+
+/// The help text of every series Keel exports, whichever binary emits it,
+/// so that a series shared by two binaries (`keel_tasks_retried_total`,
+/// the queue gauges) reads the same in both. The exporter prints a help
+/// line only beside a series with a value, so each binary shows only its own.
+/// Names follow Prometheus conventions: `keel_` prefix, `_total` counters,
+/// base units (`_seconds`).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+    // keel-api
+    describe_counter!(
+        "keel_http_requests_total",
+        "HTTP requests answered, by method, route template (`unmatched` for none) and status."
+    );
+    describe_histogram!(
+        "keel_http_request_duration_seconds",
+        "Time to answer an HTTP request, by method, route template and status."
+    );
+    describe_gauge!(
+        "keel_ws_connections",
+        "WebSockets open on this API process."
+    );
+    // Tasks: created where rows are committed (API, scheduler), the rest by workers.
+    describe_counter!(
+        "keel_tasks_created_total",
+        "Tasks created — single, batch, Celery alias, a schedule's run-now or fire — by kind."
+    );
+    describe_counter!(
+        "keel_tasks_started_total",
+        "Task attempts a worker started, by kind."
+    );
+    describe_counter!("keel_tasks_completed_total", "Tasks completed, by kind.");
+    describe_counter!(
+        "keel_tasks_failed_total",
+        "Tasks failed for good (last attempt used, or a permanent error), by kind."
+    );
+    describe_counter!(
+        "keel_tasks_retried_total",
+        "Tasks set to run again, by kind: by a worker after a failed attempt with attempts left, or by a user's retry of a failed or cancelled task."
+    );
+    describe_counter!(
+        "keel_tasks_handed_back_total",
+        "Attempts a stopping worker handed back unfinished, by kind."
+    );
+    describe_histogram!(
+        "keel_task_run_seconds",
+        "Run time of one task attempt, by kind."
+    );
+    describe_histogram!(
+        "keel_task_start_delay_seconds",
+        "From when an attempt was due (created, scheduled or backed off) to its start on a worker."
+    );
+    // keel-scheduler
+    describe_counter!(
+        "keel_scheduler_ticks_total",
+        "Schedule ticks, by outcome: fired by this replica, lost to another, or skipped while the previous run is busy."
+    );
+    describe_counter!(
+        "keel_scheduler_ticks_missed_total",
+        "Catch-up fires: a schedule found ticks passed unfired (downtime, stall) and fired once for them all."
+    );
+    describe_histogram!(
+        "keel_scheduler_tick_lateness_seconds",
+        "From a tick's time to its fire."
+    );
+    describe_gauge!(
+        "keel_scheduler_schedules",
+        "Schedules loaded by this scheduler, built-in ones included."
+    );
+    describe_counter!(
+        "keel_reconciler_repairs_total",
+        "Repairs made to Redis from Postgres, by what: task_pushed, lease_expired, email_pushed, code_pushed, job_trimmed."
+    );
+    describe_counter!(
+        "keel_reconciler_redis_losses_total",
+        "Reconcile passes that found Redis had lost its data and pushed everything waiting again."
+    );
+    // Shared state, sampled at scrape time (see `queue_metrics`).
+    describe_gauge!(
+        "keel_queue_depth",
+        "Tasks waiting or running, by queue and state (pending: due; scheduled: later; running), from Postgres."
+    );
+    describe_gauge!(
+        "keel_queue_oldest_pending_seconds",
+        "How long the longest-waiting due task has waited since it became due, by queue; 0 when none waits."
+    );
+    describe_gauge!(
+        "keel_queue_redis_jobs",
+        "Jobs Redis holds, by queue and state (scheduled, active, in_flight, done, dead)."
+    );
+    describe_gauge!(
+        "keel_workers_alive",
+        "Worker processes whose heartbeat is fresh."
+    );
 }
 
 /// Keeps the recorder's histograms compact; call once from a runtime.

@@ -56,13 +56,13 @@ pub async fn heartbeat(redis: &RedisClient, card: &mut WorkerCard) -> redis::Red
     card.last_seen = Utc::now();
     let json = serde_json::to_string(&card).expect("a worker card serialises");
     let ttl = STALE_AFTER.as_secs() * 2;
+    let now = card.last_seen.timestamp_millis();
     redis::pipe()
         .atomic()
-        .zadd(
-            index_key(redis),
-            &card.id,
-            card.last_seen.timestamp_millis(),
-        )
+        .zadd(index_key(redis), &card.id, now)
+        // Workers killed without deregistering: their cards expired, their
+        // entries go too, so the index stays as small as the fleet.
+        .zrembyscore(index_key(redis), "-inf", now - 2 * stale_millis())
         .set_ex(card_key(redis, &card.id), json, ttl)
         .exec_async(&mut redis.conn())
         .await
@@ -95,8 +95,32 @@ pub async fn count_alive(redis: &RedisClient) -> redis::RedisResult<u64> {
 /// Redis is unreachable.
 pub async fn list_alive(redis: &RedisClient) -> redis::RedisResult<Vec<WorkerCard>> {
     let since = Utc::now().timestamp_millis() - stale_millis();
+    cards(redis, since).await
+}
+
+/// The cards still in Redis, oldest heartbeat first: the live workers and
+/// those that went silent within the last `STALE_AFTER` or so (a card
+/// outlives its last heartbeat by twice that). Ops marks the stale ones.
+///
+/// # Errors
+/// Redis is unreachable.
+pub async fn list_recent(redis: &RedisClient) -> redis::RedisResult<Vec<WorkerCard>> {
+    let since = Utc::now().timestamp_millis() - 2 * stale_millis();
+    cards(redis, since).await
+}
+
+impl WorkerCard {
+    /// Whether the worker missed its heartbeats for `STALE_AFTER`.
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        (now - self.last_seen).num_milliseconds() > stale_millis()
+    }
+}
+
+async fn cards(redis: &RedisClient, since_millis: i64) -> redis::RedisResult<Vec<WorkerCard>> {
     let mut conn = redis.conn();
-    let ids: Vec<String> = conn.zrangebyscore(index_key(redis), since, "+inf").await?;
+    let ids: Vec<String> = conn
+        .zrangebyscore(index_key(redis), since_millis, "+inf")
+        .await?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -33,8 +33,11 @@ pub async fn finalize(req: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     let mut problem = match parts.extensions.remove::<Problem>() {
         Some(problem) => problem,
-        // A handler's deliberate JSON (the health report's 503) stays as it is.
-        None if is_json(&parts.headers) => return Response::from_parts(parts, body),
+        // A handler's deliberate JSON (the health report's 503) stays as it
+        // is, and so do the dashboard's error pages, which browsers read.
+        None if is_json(&parts.headers) || is_html(&parts.headers) => {
+            return Response::from_parts(parts, body);
+        }
         None => Problem::new(
             status,
             Problem::code_for(status),
@@ -58,6 +61,13 @@ fn is_json(headers: &HeaderMap) -> bool {
             let essence = v.split(';').next().unwrap_or_default().trim();
             essence == "application/json" || essence == PROBLEM_JSON
         })
+}
+
+/// `text/html`: a page made for a browser.
+fn is_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"))
 }
 
 /// The refusal's own text when it is short plain text, else a sentence for the status.

@@ -24,6 +24,7 @@ use crate::{
     auth::Principal,
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath},
+    openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized},
     state::AppState,
 };
 
@@ -43,10 +44,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Live workers: those that heartbeated within the last 15 s.
 #[utoipa::path(get, path = "/api/v1/admin/workers", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        (status = 200, body = [WorkerCard]),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis is unreachable", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The live workers", body = [WorkerCard],
+            example = json!([{"id": "worker-7f3c", "hostname": "keel-worker-0", "pid": 4242,
+                "queues": ["email", "tasks", "maintenance"], "concurrency": 8, "version": "0.1.0",
+                "in_flight": 2, "processed": 1337, "failed": 3, "started_at": "2026-01-15T00:00:00Z",
+                "last_seen": "2026-01-15T09:30:00Z"}])),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
     ))]
 async fn list_workers(
     State(state): State<AppState>,
@@ -59,6 +64,10 @@ async fn list_workers(
 /// One queue's counts. The task counts come from Postgres; other queues
 /// report zeros there until their jobs have tables of their own.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "name": "tasks", "pending": 12, "scheduled": 3, "running": 2, "done": 1337, "failed": 4,
+    "paused": false, "redis": {"scheduled": 3, "active": 12, "in_flight": 2, "done": 1000, "dead": 0}
+}))]
 pub struct QueueStats {
     pub name: Queue,
     /// Waiting and due.
@@ -79,17 +88,26 @@ pub struct QueueStats {
 /// Per queue: pending, scheduled, running, done and failed, and what Redis holds.
 #[utoipa::path(get, path = "/api/v1/admin/queues", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        (status = 200, body = [QueueStats]),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL is unreachable", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "Every queue's counts", body = [QueueStats]),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
     ))]
 async fn list_queues(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<AppJson<Vec<QueueStats>>, ApiError> {
     principal.require(Role::Admin)?;
-    let (due, later) = tasks::count_waiting(&state.db).await?;
+    queue_stats(&state).await.map(AppJson)
+}
+
+/// Every queue's counts: Postgres's for tasks, and what Redis holds when it
+/// answers within a second.
+///
+/// # Errors
+/// PostgreSQL is unreachable.
+pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, ApiError> {
+    let backlog = tasks::backlog(&state.db).await?;
     let by_status = tasks::count_by_status(&state.db).await?;
     let count = |status| {
         by_status
@@ -120,8 +138,8 @@ async fn list_queues(
             if queue == Queue::Tasks {
                 QueueStats {
                     name: queue,
-                    pending: due,
-                    scheduled: later,
+                    pending: backlog.due,
+                    scheduled: backlog.scheduled,
                     running: count(TaskStatus::Running),
                     done: count(TaskStatus::Completed),
                     failed: count(TaskStatus::Failed),
@@ -142,11 +160,12 @@ async fn list_queues(
             }
         })
         .collect();
-    Ok(AppJson(queues))
+    Ok(queues)
 }
 
 /// A queue's pause state.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "tasks", "paused": true}))]
 pub struct QueuePause {
     pub name: Queue,
     pub paused: bool,
@@ -157,11 +176,13 @@ pub struct QueuePause {
 #[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/pause", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
     responses(
-        (status = 200, body = QueuePause),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such queue", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis is unreachable", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The queue, paused", body = QueuePause),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "No such queue", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
+                "detail": "no queue \"emails\"", "code": "not_found"})),
     ))]
 async fn pause_queue(
     State(state): State<AppState>,
@@ -175,11 +196,14 @@ async fn pause_queue(
 #[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/resume", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
     responses(
-        (status = 200, body = QueuePause),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such queue", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis is unreachable", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The queue, running again", body = QueuePause,
+            example = json!({"name": "tasks", "paused": false})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "No such queue", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
+                "detail": "no queue \"emails\"", "code": "not_found"})),
     ))]
 async fn resume_queue(
     State(state): State<AppState>,
@@ -209,6 +233,7 @@ async fn set_paused(
 /// Which finished tasks to delete.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "completed", "older_than": "7d"}))]
 pub struct PurgeRequest {
     /// `completed`, `failed` or `cancelled`.
     #[schema(example = "completed")]
@@ -220,6 +245,7 @@ pub struct PurgeRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"deleted": 5120}))]
 pub struct Purged {
     pub deleted: u64,
 }
@@ -232,10 +258,10 @@ const PURGE_BATCH: i64 = 5_000;
 #[utoipa::path(post, path = "/api/v1/admin/tasks/purge", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     request_body = PurgeRequest,
     responses(
-        (status = 200, body = Purged),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "How many tasks were deleted", body = Purged),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
     ))]
 async fn purge_tasks(
     State(state): State<AppState>,
@@ -301,6 +327,10 @@ pub struct TaskStats {
 
 /// Users by role, active and verified; tasks by status.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "users": {"total": 42, "active": 40, "verified": 38, "by_role": {"user": 39, "admin": 2, "superadmin": 1}},
+    "tasks": {"total": 1356, "by_status": {"pending": 12, "running": 2, "retrying": 1, "completed": 1337, "failed": 4, "cancelled": 0}}
+}))]
 pub struct Stats {
     pub users: UserStats,
     pub tasks: TaskStats,
@@ -309,9 +339,10 @@ pub struct Stats {
 /// Counts across the deployment.
 #[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        (status = 200, body = Stats),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "Users and tasks counted", body = Stats),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
     ))]
 async fn stats(
     State(state): State<AppState>,

@@ -16,6 +16,9 @@ use crate::{
     auth::{Principal, tokens},
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
+    openapi::{
+        ApiKeyNotAllowed, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
+    },
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
 };
@@ -32,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci deploys", "expires_at": "2027-01-01T00:00:00Z"}))]
 pub struct NewApiKey {
     #[schema(example = "ci deploys")]
     pub name: String,
@@ -41,6 +45,11 @@ pub struct NewApiKey {
 
 /// A key with its secret: the only time it is shown.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01936f0e-8b2c-7e3d-8f4a-5b6c7d8e9fa0", "name": "ci deploys", "prefix": "keel_3f9a1c2b",
+    "created_at": "2026-01-12T10:00:00Z", "last_used_at": "2026-01-15T09:30:00Z", "expires_at": null,
+    "key": "keel_3f9a1c2b_Xq7vN2pL9sT4wK8mR1cY6hB3jF0dG5zA2eU7iO4nQ9x"
+}))]
 pub struct ApiKeyWithSecret {
     pub id: Uuid,
     pub name: String,
@@ -69,7 +78,16 @@ impl ApiKeyWithSecret {
 /// The caller's keys, newest first (never their secrets).
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
     params(PageQuery),
-    responses((status = 200, body = Page<ApiKey>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        ResourceErrors,
+        (status = 200, description = "A page of the caller's keys", body = Page<ApiKey>,
+            example = json!({"items": [{
+                "id": "01936f0e-8b2c-7e3d-8f4a-5b6c7d8e9fa0", "name": "ci deploys", "prefix": "keel_3f9a1c2b",
+                "created_at": "2026-01-12T10:00:00Z", "last_used_at": "2026-01-15T09:30:00Z", "expires_at": null
+            }], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn list_keys(
     State(state): State<AppState>,
     principal: Principal,
@@ -91,10 +109,13 @@ async fn list_keys(
 /// Creates a key that acts as the caller.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = NewApiKey,
     responses(
-        (status = 201, body = ApiKeyWithSecret),
-        (status = 403, description = "called with an API key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "too many keys", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The key, with its secret `key`: the only time it is shown", body = ApiKeyWithSecret),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 409, description = "`too_many_api_keys`: 25 at most", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:too_many_api_keys", "title": "Conflict", "status": 409,
+                "detail": "at most 25 keys per user", "code": "too_many_api_keys"})),
     ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -151,11 +172,13 @@ async fn create_key(
 
 /// Gives the key a new secret; the old one stops working at once.
 #[utoipa::path(post, path = "/api/v1/api-keys/{id}/regenerate", tag = "api-keys", security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The key's id")),
     responses(
-        (status = 200, body = ApiKeyWithSecret),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The key with its new secret `key`, shown once", body = ApiKeyWithSecret),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 404, response = NotFound),
     ))]
 async fn regenerate_key(
     State(state): State<AppState>,
@@ -172,8 +195,13 @@ async fn regenerate_key(
 
 /// Deletes one of the caller's keys.
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        ResourceErrors,
+        (status = 204, description = "Deleted; the key stops working at once"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ))]
 async fn delete_key(
     State(state): State<AppState>,
     principal: Principal,

@@ -28,6 +28,7 @@ use crate::{
     },
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, JsonOrForm},
+    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
     state::AppState,
 };
 
@@ -47,6 +48,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// An access and refresh token pair.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYwZS01YzRkLTdhMWItOWUyZi0zYTRiNWM2ZDdlOGYifQ.c2lnbmF0dXJl",
+    "refresh_token": "r7Vq2xN4b9TzK1mPwE3sYhL8uJ5cA0dG6fQ2iR4oX7k", "token_type": "bearer", "expires_in": 1800
+}))]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,
@@ -81,6 +86,10 @@ pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiEr
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "username": "alice", "email": "alice@example.com", "password": "correct horse battery staple",
+    "first_name": "Alice", "last_name": "Liddell", "timezone": "Europe/Berlin", "language": "en"
+}))]
 pub struct RegisterRequest {
     #[schema(example = "alice")]
     pub username: String,
@@ -104,11 +113,14 @@ pub struct RegisterRequest {
 /// Creates an account with the `user` role.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
-        (status = 201, body = UserResponse),
-        (status = 403, description = "a role other than user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`username_taken` or `email_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The new account; its email is not verified yet", body = UserResponse),
+        (status = 403, description = "`role_not_allowed`: a `role` other than `user`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:role_not_allowed", "title": "Forbidden", "status": 403,
+                "detail": "registration creates `user` accounts only", "code": "role_not_allowed"})),
+        (status = 409, description = "`username_taken` or `email_taken`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:username_taken", "title": "Conflict", "status": 409,
+                "detail": "that username is taken", "code": "username_taken"})),
     ))]
 async fn register(
     State(state): State<AppState>,
@@ -193,6 +205,7 @@ pub fn taken(e: sqlx::Error) -> ApiError {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"username_or_email": "alice", "password": "correct horse battery staple"}))]
 pub struct LoginRequest {
     /// A username (any case) or an email address.
     #[schema(example = "alice")]
@@ -211,12 +224,24 @@ pub enum SignIn {
 
 /// Signs in with a username or email and a password. With 2FA on, the
 /// answer is a challenge and the code is mailed; `verify-2fa` finishes.
+///
+/// Attempts are limited per IP and per account (429), and refused while
+/// the rate limiter is unavailable (503): sign-in fails closed.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
-        (status = 200, body = SignIn),
-        (status = 401, description = "the same `invalid_credentials` for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "too many attempts from this IP or for this account", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the rate limiter is unavailable (sign-in fails closed)", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "Tokens; or, with 2FA on, a challenge for `verify-2fa` (the code is mailed)", body = SignIn,
+            examples(
+                ("tokens" = (summary = "signed in", value = json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYwZS01YzRkLTdhMWItOWUyZi0zYTRiNWM2ZDdlOGYifQ.c2lnbmF0dXJl",
+                    "refresh_token": "r7Vq2xN4b9TzK1mPwE3sYhL8uJ5cA0dG6fQ2iR4oX7k", "token_type": "bearer", "expires_in": 1800}))),
+                ("challenge" = (summary = "2FA on: a code was mailed", value = json!({
+                    "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
+                    "method": "email", "expires_in": 600}))),
+            )),
+        (status = 401, description = "`invalid_credentials`, alike for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
+                "detail": "wrong username, email or password", "code": "invalid_credentials"})),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -231,7 +256,7 @@ async fn login(
 /// The password check behind `login` and the token endpoint: rate limits
 /// per IP and per account, lockout after repeated failures, and one answer
 /// for every kind of failure, in the same time.
-async fn sign_in(
+pub(crate) async fn sign_in(
     state: &AppState,
     ip: std::net::IpAddr,
     account: &str,
@@ -298,17 +323,25 @@ pub struct TokenRequest {
 }
 
 /// OAuth2 token endpoint: `grant_type=password` or `grant_type=refresh_token`,
-/// form-encoded or JSON.
+/// form-encoded or JSON (anything else is 415). An unknown grant, or a
+/// missing field of one, is 422.
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
     request_body(content(
-        (TokenRequest = "application/x-www-form-urlencoded"),
-        (TokenRequest = "application/json"),
+        (TokenRequest = "application/x-www-form-urlencoded",
+            example = json!({"grant_type": "password", "username": "alice", "password": "correct horse battery staple"})),
+        (TokenRequest = "application/json",
+            example = json!({"grant_type": "refresh_token", "refresh_token": "r7Vq2xN4b9TzK1mPwE3sYhL8uJ5cA0dG6fQ2iR4oX7k"})),
     )),
     responses(
-        (status = 200, body = Tokens),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "an unknown grant type or a missing field", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "A new token pair", body = Tokens),
+        (status = 401, description = "`invalid_credentials` or `invalid_refresh_token`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
+                "detail": "wrong username, email or password", "code": "invalid_credentials"})),
+        (status = 403, description = "`two_factor_required`: the account uses 2FA; sign in with `login` and `verify-2fa`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:two_factor_required", "title": "Forbidden", "status": 403,
+                "detail": "this account signs in with a second factor: POST /api/v1/auth/login, then /api/v1/auth/verify-2fa",
+                "code": "two_factor_required"})),
     ))]
 async fn token(
     State(state): State<AppState>,
@@ -349,6 +382,7 @@ async fn token(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"refresh_token": "r7Vq2xN4b9TzK1mPwE3sYhL8uJ5cA0dG6fQ2iR4oX7k"}))]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
@@ -357,9 +391,11 @@ pub struct RefreshRequest {
 /// Presenting a spent token revokes its whole family.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
-        (status = 200, body = Tokens),
-        (status = 401, description = "unknown, expired, revoked or reused", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
+        (status = 401, description = "`invalid_refresh_token`: unknown, expired, revoked, or spent (which revokes its family)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:invalid_refresh_token", "title": "Unauthorized", "status": 401,
+                "detail": "the refresh token is invalid, expired or revoked", "code": "invalid_refresh_token"})),
     ))]
 async fn refresh(
     State(state): State<AppState>,
@@ -373,7 +409,13 @@ async fn refresh(
 
 /// Alias of `POST /auth/refresh`.
 #[utoipa::path(post, path = "/api/v1/auth/token/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Tokens), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
+        (status = 401, description = "`invalid_refresh_token`: unknown, expired, revoked, or spent (which revokes its family)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:invalid_refresh_token", "title": "Unauthorized", "status": 401,
+                "detail": "the refresh token is invalid, expired or revoked", "code": "invalid_refresh_token"})),
+    ))]
 #[deprecated = "use POST /api/v1/auth/refresh"]
 async fn alias_refresh(
     state: State<AppState>,
@@ -419,7 +461,10 @@ async fn rotate(state: &AppState, ip: std::net::IpAddr, token: &str) -> Result<T
 
 /// Revokes the refresh token's family (this sign-in on every device it was refreshed on).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
-    responses((status = 204, description = "signed out (also for an unknown token)")))]
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 204, description = "Signed out (also for an unknown token)"),
+    ))]
 async fn logout(
     State(state): State<AppState>,
     AppJson(request): AppJson<RefreshRequest>,
@@ -431,17 +476,25 @@ async fn logout(
 
 /// The current user (same as `GET /users/me`).
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = UserResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The caller", body = UserResponse),
+        (status = 401, response = Unauthorized),
+    ))]
 async fn me(principal: Principal) -> AppJson<UserResponse> {
     AppJson(principal.user.into())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYwZS01YzRkLTdhMWItOWUyZi0zYTRiNWM2ZDdlOGYifQ.c2lnbmF0dXJl"
+}))]
 pub struct VerifyRequest {
     pub token: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"valid": true, "exp": 1768471200}))]
 pub struct VerifyResponse {
     pub valid: bool,
     /// Expiry, in seconds since the epoch.
@@ -450,7 +503,13 @@ pub struct VerifyResponse {
 
 /// Whether an access token is valid (as djangorestframework-simplejwt's verify).
 #[utoipa::path(post, path = "/api/v1/auth/token/verify", tag = "auth", request_body = VerifyRequest,
-    responses((status = 200, body = VerifyResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The access token is valid", body = VerifyResponse),
+        (status = 401, description = "`invalid_token` or `token_expired`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:token_expired", "title": "Unauthorized", "status": 401,
+                "detail": "the token has expired", "code": "token_expired"})),
+    ))]
 async fn verify_token(
     State(state): State<AppState>,
     AppJson(request): AppJson<VerifyRequest>,
@@ -476,12 +535,16 @@ async fn verify_token(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "current_password": "correct horse battery staple", "new_password": "tr0ubadour-and-3-more-words"
+}))]
 pub struct ChangePasswordRequest {
     pub current_password: String,
     pub new_password: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"detail": "password changed; sign in again"}))]
 pub struct Detail {
     pub detail: String,
 }
@@ -518,13 +581,19 @@ pub(crate) async fn check_password(
     Ok(user)
 }
 
-/// Changes the password and ends every session, this one included.
+/// Changes the password and ends every session, this one included. Wrong
+/// passwords count against the account, as sign-in attempts do (429).
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses(
-        (status = 200, body = Detail),
-        (status = 403, description = "called with an API key", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "Changed; every session has ended, this one too", body = Detail),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 422, description = "A wrong `current_password`, or a weak `new_password`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "current_password: is incorrect", "code": "validation_failed",
+                "errors": [{"field": "current_password", "message": "is incorrect"}]})),
     ))]
 async fn change_password(
     State(state): State<AppState>,

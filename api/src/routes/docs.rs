@@ -34,17 +34,53 @@ const REDOC_HTML: &str = r#"<!DOCTYPE html>
 </html>
 "#;
 
+#[allow(deprecated)] // the aliases are deprecated for clients, not for us
 pub fn router(openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
     let swagger: Router<AppState> = SwaggerUi::new("/docs").url("/openapi.json", openapi).into();
     swagger
-        .route("/redoc", get(|| async { Html(REDOC_HTML) }))
+        .route("/redoc", get(redoc))
         .route("/redoc/redoc.standalone.js", get(redoc_js))
-        .route("/api/docs", get(|| async { Redirect::permanent("/docs/") }))
-        .route(
-            "/api/redoc",
-            get(|| async { Redirect::permanent("/redoc") }),
-        )
+        .route("/api/docs", get(docs_alias))
+        .route("/api/redoc", get(redoc_alias))
         .layer(from_fn(docs_csp))
+}
+
+// `SwaggerUi` serves `/openapi.json` and `/docs/` itself; these two bodiless
+// functions only carry their descriptions into the document (`ApiDoc`).
+
+/// This document: OpenAPI 3.1, as JSON.
+#[utoipa::path(get, path = "/openapi.json", tag = "docs",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json",
+        example = json!({"openapi": "3.1.0", "info": {"title": "Keel API", "version": "0.1.0"}, "paths": {}}))))]
+pub fn openapi_json() {}
+
+/// Swagger UI over this document (`/docs` redirects here), served from the
+/// binary: it works offline.
+#[utoipa::path(get, path = "/docs/", tag = "docs",
+    responses((status = 200, description = "The Swagger UI page", body = String, content_type = "text/html")))]
+pub fn swagger_ui() {}
+
+/// Redoc over this document, served from the binary.
+#[utoipa::path(get, path = "/redoc", tag = "docs",
+    responses((status = 200, description = "The Redoc page", body = String, content_type = "text/html")))]
+pub async fn redoc() -> Html<&'static str> {
+    Html(REDOC_HTML)
+}
+
+/// Alias of `/docs/`.
+#[utoipa::path(get, path = "/api/docs", tag = "docs",
+    responses((status = 308, description = "To `/docs/`", headers(("Location" = String, description = "`/docs/`")))))]
+#[deprecated = "use GET /docs/"]
+pub async fn docs_alias() -> Redirect {
+    Redirect::permanent("/docs/")
+}
+
+/// Alias of `/redoc`.
+#[utoipa::path(get, path = "/api/redoc", tag = "docs",
+    responses((status = 308, description = "To `/redoc`", headers(("Location" = String, description = "`/redoc`")))))]
+#[deprecated = "use GET /redoc"]
+pub async fn redoc_alias() -> Redirect {
+    Redirect::permanent("/redoc")
 }
 
 async fn redoc_js() -> Response {

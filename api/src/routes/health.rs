@@ -9,6 +9,7 @@ use axum::{
 use keel_shared::{
     RedisClient, db,
     health::{self, ComponentStatus, HealthReport},
+    queue_metrics::QueueGauges,
     telemetry,
 };
 use serde::Serialize;
@@ -36,8 +37,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Component statuses, version and time; 503 only when the database is down.
 #[utoipa::path(get, path = "/health", tag = "health",
     responses(
-        (status = 200, description = "healthy, or degraded (Redis down or no worker alive)", body = HealthReport),
-        (status = 503, description = "the database is down", body = HealthReport),
+        (status = 200, description = "`healthy`, or `degraded`: Redis down or no worker alive", body = HealthReport,
+            example = json!({
+                "status": "healthy", "database": "healthy", "redis": "healthy",
+                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
+                "components": {"database": true, "redis": true, "workers": 2},
+                "info": {"version": "0.1.0", "environment": "production"}})),
+        (status = 503, description = "`unhealthy`: the database is down", body = HealthReport,
+            example = json!({
+                "status": "unhealthy", "database": "unhealthy", "redis": "healthy",
+                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
+                "components": {"database": false, "redis": true, "workers": 2},
+                "info": {"version": "0.1.0", "environment": "production"}})),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
     let report = HealthReport::check(&state.db, &state.redis, state.config.environment).await;
@@ -48,14 +59,25 @@ async fn health(State(state): State<AppState>) -> Response {
 /// The same report as `/health`, under the versioned prefix.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
     responses(
-        (status = 200, body = HealthReport),
-        (status = 503, description = "the database is down", body = HealthReport),
+        (status = 200, description = "`healthy`, or `degraded`: Redis down or no worker alive", body = HealthReport,
+            example = json!({
+                "status": "healthy", "database": "healthy", "redis": "healthy",
+                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
+                "components": {"database": true, "redis": true, "workers": 2},
+                "info": {"version": "0.1.0", "environment": "production"}})),
+        (status = 503, description = "`unhealthy`: the database is down", body = HealthReport,
+            example = json!({
+                "status": "unhealthy", "database": "unhealthy", "redis": "healthy",
+                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
+                "components": {"database": false, "redis": true, "workers": 2},
+                "info": {"version": "0.1.0", "environment": "production"}})),
     ))]
 async fn api_health(state: State<AppState>) -> Response {
     health(state).await
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "alive"}))]
 struct Alive {
     #[schema(example = "alive")]
     status: &'static str,
@@ -63,12 +85,14 @@ struct Alive {
 
 /// Liveness: the process is up and serving. Checks no dependency, so a
 /// database outage never gets the API restarted.
-#[utoipa::path(get, path = "/live", tag = "health", responses((status = 200, body = Alive)))]
+#[utoipa::path(get, path = "/live", tag = "health",
+    responses((status = 200, description = "The process is up", body = Alive)))]
 async fn live() -> AppJson<Alive> {
     AppJson(Alive { status: "alive" })
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "database": "healthy", "redis": "healthy", "migrations": "current"}))]
 struct Ready {
     #[schema(example = "ready")]
     status: &'static str,
@@ -81,8 +105,11 @@ struct Ready {
 /// draining for a stop. Load balancers send traffic only while this is 200.
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses(
-        (status = 200, body = Ready),
-        (status = 503, description = "not ready; `errors` says why", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Ready for traffic", body = Ready),
+        (status = 503, description = "`not_ready`: `errors` says why (`database`, `redis`, `migrations`, `lifecycle`)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:not_ready", "title": "Service Unavailable", "status": 503,
+                "detail": "redis: unreachable", "code": "not_ready",
+                "errors": [{"field": "redis", "message": "unreachable"}]})),
     ))]
 async fn ready(
     State(db): State<PgPool>,
@@ -139,8 +166,11 @@ struct ComponentHealth {
 /// Whether PostgreSQL answers.
 #[utoipa::path(get, path = "/api/v1/health/db", tag = "health",
     responses(
-        (status = 200, body = ComponentHealth),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "PostgreSQL answers", body = ComponentHealth,
+            example = json!({"status": "healthy", "component": "database"})),
+        (status = 503, description = "`database_unavailable`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:database_unavailable", "title": "Service Unavailable", "status": 503,
+                "detail": "PostgreSQL does not answer", "code": "database_unavailable"})),
     ))]
 async fn database(State(db): State<PgPool>) -> Result<AppJson<ComponentHealth>, ApiError> {
     if health::database_up(&db).await {
@@ -160,8 +190,11 @@ async fn database(State(db): State<PgPool>) -> Result<AppJson<ComponentHealth>, 
 /// Whether Redis answers.
 #[utoipa::path(get, path = "/api/v1/health/cache", tag = "health",
     responses(
-        (status = 200, body = ComponentHealth),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Redis answers", body = ComponentHealth,
+            example = json!({"status": "healthy", "component": "cache"})),
+        (status = 503, description = "`cache_unavailable`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:cache_unavailable", "title": "Service Unavailable", "status": 503,
+                "detail": "Redis does not answer", "code": "cache_unavailable"})),
     ))]
 async fn cache(State(redis): State<RedisClient>) -> Result<AppJson<ComponentHealth>, ApiError> {
     if health::redis_up(&redis).await {
@@ -181,7 +214,10 @@ async fn cache(State(redis): State<RedisClient>) -> Result<AppJson<ComponentHeal
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
-async fn metrics() -> Response {
+async fn metrics(State(gauges): State<QueueGauges>) -> Response {
+    // The queue and worker gauges are read from Postgres and Redis now, so
+    // they are as fresh as the scrape (scrapes within a second share one).
+    gauges.refresh().await;
     let mut response = telemetry::metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -39,9 +39,13 @@ pub fn router(state: AppState) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())
         .merge(crate::ws::router())
+        .merge(crate::dashboard::documented())
         .merge(resources)
         .split_for_parts();
-    let router = api.merge(docs::router(openapi)).fallback(not_found);
+    let router = api
+        .merge(docs::router(openapi))
+        .merge(crate::dashboard::router())
+        .fallback(not_found);
     middleware::apply(router, &state.config).with_state(state)
 }
 

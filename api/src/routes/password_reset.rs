@@ -29,6 +29,7 @@ use crate::{
     auth::{client_ip::ClientIp, rate_limit::Quota, tokens},
     error::{ApiError, FieldError, Problem},
     extract::AppJson,
+    openapi::{JsonBodyErrors, ResourceErrors},
     state::AppState,
 };
 
@@ -50,6 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "alice@example.com"}))]
 pub struct ResetRequest {
     #[schema(example = "ann@example.com")]
     pub email: String,
@@ -57,6 +59,7 @@ pub struct ResetRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"token": "Zk3v9QmT2xL7pR1wN8cY4hB6jF0dG5sA3eU2iO7nK9q", "new_password": "tr0ubadour-and-3-more-words"}))]
 pub struct ResetConfirm {
     pub token: String,
     pub new_password: String,
@@ -66,8 +69,9 @@ pub struct ResetConfirm {
 /// answer is the same either way.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/request", tag = "auth", request_body = ResetRequest,
     responses(
-        (status = 202, body = Accepted),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 202, description = "The same answer for every address", body = Accepted,
+            example = json!({"message": "if the address belongs to an account, a reset link is on its way"})),
     ))]
 async fn request_reset(
     State(state): State<AppState>,
@@ -138,9 +142,19 @@ async fn mail_link(state: &AppState, address: &str) -> Result<(), ApiError> {
 /// Sets a new password with a token from a reset mail; every session ends.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
     responses(
-        (status = 200, body = Detail),
-        (status = 400, description = "unknown, used or expired token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "Changed; every session has ended", body = Detail),
+        (status = 400, description = "`invalid_token`: unknown, used or expired; or `malformed_json`", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("invalid_token" = (value = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
+                    "detail": "this reset link is unknown, used or expired; ask for a new one", "code": "invalid_token"}))),
+                ("malformed_json" = (value = json!({"type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
+                    "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json"}))),
+            )),
+        (status = 422, description = "A weak `new_password`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "new_password: must be at least 8 characters", "code": "validation_failed",
+                "errors": [{"field": "new_password", "message": "must be at least 8 characters"}]})),
     ))]
 async fn confirm_reset(
     State(state): State<AppState>,

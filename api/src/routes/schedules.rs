@@ -24,7 +24,7 @@ use keel_shared::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{ToResponse, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -32,6 +32,7 @@ use crate::{
     auth::Principal,
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
+    openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
 };
@@ -51,6 +52,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A schedule to create. `name`, `cron` and `kind` are required.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "nightly report", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "kind": "echo",
+    "payload": {"message": "hello"}, "enabled": true
+}))]
 pub struct NewScheduleRequest {
     /// 1 to 200 characters, unique; not starting with `system.`.
     #[schema(required = true, value_type = String, example = "nightly report")]
@@ -76,6 +81,7 @@ pub struct NewScheduleRequest {
 /// stay as they are.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"cron": "0 3 * * 1-5", "enabled": false}))]
 pub struct SchedulePatch {
     pub name: Option<String>,
     pub cron: Option<String>,
@@ -256,14 +262,38 @@ fn with_location(mut response: Response, path: String) -> Response {
     response
 }
 
+/// 404 `schedule_not_found` (`not_found` for an id that is not a UUID).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "urn:keel:problem:schedule_not_found", "title": "Not Found", "status": 404,
+        "detail": "no such schedule", "code": "schedule_not_found"})
+)]
+pub struct ScheduleNotFound(pub Problem);
+
+/// 403: not an admin (`forbidden`), or a built-in schedule (`schedule_read_only`).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    examples(
+        ("schedule_read_only" = (value = json!({"type": "urn:keel:problem:schedule_read_only", "title": "Forbidden", "status": 403,
+            "detail": "built-in schedules cannot be changed, deleted or run by hand", "code": "schedule_read_only"}))),
+        ("forbidden" = (value = json!({"type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
+            "detail": "this needs the admin role", "code": "forbidden"}))),
+    )
+)]
+pub struct ScheduleForbidden(pub Problem);
+
 /// Every schedule, built-in ones first, then by name.
 #[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     params(PageQuery),
     responses(
-        (status = 200, body = Page<Schedule>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a bad `page` or `size`", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "A page of schedules, built-in ones first, then by name", body = Page<Schedule>,
+            example = json!({"items": [Schedule::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
     ))]
 #[tracing::instrument(skip_all)]
 async fn list_schedules(
@@ -282,13 +312,18 @@ async fn list_schedules(
 #[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     request_body = NewScheduleRequest,
     responses(
-        (status = 201, body = Schedule, headers(("Location" = String, description = "the schedule's URL"))),
-        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields: `name`, `cron` or `cron.<field>` (`cron.hour`, …), `timezone`, `kind`, `payload.<field>`", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The schedule, with its first `next_run_at`", body = Schedule,
+            headers(("Location" = String, description = "The schedule's URL"))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:schedule_name_taken", "title": "Conflict", "status": 409,
+                "detail": "a schedule has this name already", "code": "schedule_name_taken"})),
+        (status = 422, description = "Invalid fields: `name`, `cron` or `cron.<field>` (`cron.hour`, …), `timezone`, `kind`, `payload.<field>`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "cron.hour: 25 is out of range 0-23", "code": "validation_failed",
+                "errors": [{"field": "cron.hour", "message": "25 is out of range 0-23"}]})),
     ))]
 #[tracing::instrument(skip_all)]
 async fn create_schedule(
@@ -312,12 +347,13 @@ async fn create_schedule(
 
 /// One schedule.
 #[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        (status = 200, body = Schedule),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = inline(ScheduleNotFound)),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
 async fn get_schedule(
@@ -336,17 +372,17 @@ async fn get_schedule(
 /// timezone or a re-enable starts the timetable afresh from now: fires
 /// missed before the change are not caught up.
 #[utoipa::path(patch, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The schedule's id")),
     request_body = SchedulePatch,
     responses(
-        (status = 200, body = Schedule),
-        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid fields, named as on create", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The schedule, changed", body = Schedule),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = inline(ScheduleForbidden)),
+        (status = 404, response = inline(ScheduleNotFound)),
+        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:schedule_name_taken", "title": "Conflict", "status": 409,
+                "detail": "a schedule has this name already", "code": "schedule_name_taken"})),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
 async fn update_schedule(
@@ -357,9 +393,29 @@ async fn update_schedule(
 ) -> Result<AppJson<Schedule>, ApiError> {
     principal.require(Role::Admin)?;
     let patch: SchedulePatch = body.parse()?;
+    update(&state, id, patch).await.map(AppJson)
+}
+
+/// Turns the user schedule `id` on or off (the dashboard's switch).
+///
+/// # Errors
+/// As `PATCH /schedules/{id}` with only `enabled`.
+pub(crate) async fn set_enabled(
+    state: &AppState,
+    id: Uuid,
+    enabled: bool,
+) -> Result<Schedule, ApiError> {
+    let patch = SchedulePatch {
+        enabled: Some(enabled),
+        ..SchedulePatch::default()
+    };
+    update(state, id, patch).await
+}
+
+async fn update(state: &AppState, id: Uuid, patch: SchedulePatch) -> Result<Schedule, ApiError> {
     let mut tx = state.db.begin().await?;
     let current = editable(&mut tx, id).await?;
-    let spec = validate(Draft::merge(&current, patch), &state, Utc::now())?;
+    let spec = validate(Draft::merge(&current, patch), state, Utc::now())?;
     let rescheduled = spec.cron != current.cron
         || spec.timezone != current.timezone
         || (spec.enabled && !current.enabled);
@@ -369,17 +425,18 @@ async fn update_schedule(
         .ok_or_else(no_such_schedule)?;
     tx.commit().await?;
     tracing::info!(rescheduled, "schedule updated");
-    Ok(AppJson(schedule))
+    Ok(schedule)
 }
 
 /// Deletes a schedule. The tasks it created stay.
 #[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        (status = 204, description = "deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 204, description = "Deleted; the tasks it created stay"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = inline(ScheduleForbidden)),
+        (status = 404, response = inline(ScheduleNotFound)),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
 async fn delete_schedule(
@@ -403,13 +460,14 @@ async fn delete_schedule(
 /// task (for the schedule's owner) and records it as the last run. The
 /// timetable is untouched.
 #[utoipa::path(post, path = "/api/v1/schedules/{id}/run-now", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        (status = 201, description = "the task created", body = Task, headers(("Location" = String, description = "the task's URL"))),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "not an admin, or `schedule_read_only`: a built-in schedule", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`schedule_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 201, description = "The task it created, owned by the schedule's owner", body = Task,
+            headers(("Location" = String, description = "The task's URL"))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = inline(ScheduleForbidden)),
+        (status = 404, response = inline(ScheduleNotFound)),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
 async fn run_now(

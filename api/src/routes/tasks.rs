@@ -29,6 +29,9 @@ use crate::{
     auth::Principal,
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
+    openapi::{
+        Forbidden, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
+    },
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
 };
@@ -61,6 +64,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A task to create. Only `name` is required.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "nightly report", "kind": "sleep", "payload": {"ms": 500},
+    "scheduled_at": "2026-01-15T02:30:00Z", "max_attempts": 3, "timeout_seconds": 300, "priority": 0
+}))]
 pub struct NewTaskRequest {
     /// 1 to 200 characters.
     #[schema(example = "nightly report")]
@@ -87,22 +94,43 @@ pub struct NewTaskRequest {
 /// Up to 1000 tasks, created all or none.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tasks": [
+    {"name": "resize 1", "kind": "sleep", "payload": {"ms": 200}},
+    {"name": "resize 2", "kind": "sleep", "payload": {"ms": 200}, "priority": 10}
+]}))]
 pub struct NewTaskBatch {
     pub tasks: Vec<NewTaskRequest>,
 }
 
 /// The tasks a batch created, in the order given.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"items": [Task::example()]}))]
 pub struct TaskBatch {
     pub items: Vec<Task>,
 }
 
 /// A task with its status changes, oldest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = TaskDetail::example)]
 pub struct TaskDetail {
     #[serde(flatten)]
     pub task: Task,
     pub history: Vec<TaskEvent>,
+}
+
+impl TaskDetail {
+    fn example() -> Value {
+        let mut task = Task::example();
+        task["history"] = serde_json::json!([
+            {"from_status": null, "to_status": "pending", "actor": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
+             "attempt": 0, "at": "2026-01-15T02:30:00Z"},
+            {"from_status": "pending", "to_status": "running", "actor": "worker-7f3c", "attempt": 1,
+             "at": "2026-01-15T02:30:01Z"},
+            {"from_status": "running", "to_status": "completed", "actor": "worker-7f3c", "attempt": 1,
+             "at": "2026-01-15T02:30:02Z"},
+        ]);
+        task
+    }
 }
 
 /// A registered kind, as clients see it.
@@ -136,10 +164,12 @@ struct TaskListQuery {
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(TaskListQuery),
     responses(
-        (status = 200, body = Page<Task>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`user_id` of someone else, by a non-admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "A page of tasks", body = Page<Task>,
+            example = json!({"items": [Task::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
     ))]
 async fn list_tasks(
     State(state): State<AppState>,
@@ -184,16 +214,31 @@ async fn list_tasks(
 /// within 24 h answer the first response (with `Idempotent-Replayed: true`)
 /// instead of creating another task.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; replays the first response for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskRequest,
     responses(
-        (status = 201, body = Task, headers(("Location" = String, description = "the task's URL"))),
-        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "an invalid field, or `idempotency_key_mismatch`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The task, `pending`", body = Task, headers(
+            ("Location" = String, description = "The task's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "An invalid field (`validation_failed`), or an `Idempotency-Key` used with another request (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("validation_failed" = (value = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
+                    "status": 422, "detail": "payload.ms: is required", "code": "validation_failed",
+                    "errors": [{"field": "payload.ms", "message": "is required"}]}))),
+                ("idempotency_key_mismatch" = (value = json!({"type": "urn:keel:problem:idempotency_key_mismatch", "title": "Unprocessable Entity", "status": 422,
+                    "detail": "this Idempotency-Key was used with another request", "code": "idempotency_key_mismatch"}))),
+            )),
+        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
+            examples(
+                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
+                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
+                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
+            )),
     ))]
 async fn create_task(
     State(state): State<AppState>,
@@ -219,16 +264,29 @@ async fn create_task(
 /// first, and one invalid task creates none (its errors name it,
 /// `tasks[3].payload.ms`). Honours `Idempotency-Key` as `POST /tasks` does.
 #[utoipa::path(post, path = "/api/v1/tasks/batch", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; replays the first response for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskBatch,
     responses(
-        (status = 201, body = TaskBatch),
-        (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "an invalid task, no or too many tasks, or `idempotency_key_mismatch`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The tasks, in the order given", body = TaskBatch,
+            headers(("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"))),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "An invalid field (`validation_failed`), or an `Idempotency-Key` used with another request (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("validation_failed" = (value = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
+                    "status": 422, "detail": "payload.ms: is required", "code": "validation_failed",
+                    "errors": [{"field": "payload.ms", "message": "is required"}]}))),
+                ("idempotency_key_mismatch" = (value = json!({"type": "urn:keel:problem:idempotency_key_mismatch", "title": "Unprocessable Entity", "status": 422,
+                    "detail": "this Idempotency-Key was used with another request", "code": "idempotency_key_mismatch"}))),
+            )),
+        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
+            examples(
+                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
+                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
+                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
+            )),
     ))]
 async fn create_batch(
     State(state): State<AppState>,
@@ -387,7 +445,7 @@ pub(crate) async fn enqueue(state: &AppState, created: &[Task]) {
 }
 
 /// Publishes live updates, without letting a slow Redis hold the response.
-async fn publish(state: &AppState, states: Vec<TaskState>) {
+pub(crate) async fn publish(state: &AppState, states: Vec<TaskState>) {
     if tokio::time::timeout(PUBLISH_TIMEOUT, task_events::publish(&state.redis, &states))
         .await
         .is_err()
@@ -567,7 +625,15 @@ fn status_names() -> String {
 
 /// The registered task kinds and their payload schemas.
 #[utoipa::path(get, path = "/api/v1/tasks/kinds", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = [KindInfo]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The kinds this deployment runs", body = [KindInfo],
+            example = json!([{"name": "sleep", "description": "Sleeps for `ms` milliseconds, reporting progress.",
+                "category": "testing", "payload_schema": {"type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000}},
+                "required": ["ms"], "additionalProperties": false}}])),
+        (status = 401, response = Unauthorized),
+    ))]
 async fn list_kinds(
     State(state): State<AppState>,
     _principal: Principal,
@@ -585,7 +651,11 @@ async fn list_kinds(
 }
 
 /// The task `id`, if the caller may see it: their own, or any for an admin.
-async fn visible_task(state: &AppState, principal: &Principal, id: Uuid) -> Result<Task, ApiError> {
+pub(crate) async fn visible_task(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
     tasks::get(&state.db, id)
         .await?
         .filter(|t| t.owner_id == principal.id() || principal.is_admin())
@@ -598,11 +668,12 @@ fn no_such_task() -> ApiError {
 
 /// One task, with its status history.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, body = TaskDetail),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The task and its history", body = TaskDetail),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
     ))]
 async fn get_task(
     State(state): State<AppState>,
@@ -616,11 +687,12 @@ async fn get_task(
 
 /// A task's status in short, for polling.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/status", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, body = TaskState),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The task's status", body = TaskState),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
     ))]
 async fn get_status(
     State(state): State<AppState>,
@@ -637,19 +709,34 @@ async fn get_status(
 /// Cancels a `pending` or `retrying` task. A worker that later pops its job
 /// finds nothing to run.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, body = Task),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`task_not_cancellable`: running or finished", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The task, `cancelled`", body = Task),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`task_not_cancellable`: running or finished", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:task_not_cancellable", "title": "Conflict", "status": 409,
+                "detail": "the task is running; only pending or retrying tasks can be cancelled", "code": "task_not_cancellable"})),
     ))]
 async fn cancel_task(
     State(state): State<AppState>,
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<Task>, ApiError> {
-    visible_task(&state, &principal, id).await?;
+    cancel(&state, &principal, id).await.map(AppJson)
+}
+
+/// Cancels the task `id` if `principal` may see it and it has not started.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 once it runs or finished.
+pub(crate) async fn cancel(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
     let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
         return Err(ApiError::conflict(
@@ -660,26 +747,41 @@ async fn cancel_task(
             ),
         ));
     };
-    publish(&state, vec![TaskState::from(&task)]).await;
-    Ok(AppJson(task))
+    publish(state, vec![TaskState::from(&task)]).await;
+    Ok(task)
 }
 
 /// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
 /// now.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, body = Task),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`task_not_retryable`: not failed or cancelled", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The task, `pending` again with fresh attempts", body = Task),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`task_not_retryable`: neither failed nor cancelled", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:task_not_retryable", "title": "Conflict", "status": 409,
+                "detail": "the task is completed; only failed or cancelled tasks can be retried", "code": "task_not_retryable"})),
     ))]
 async fn retry_task(
     State(state): State<AppState>,
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<Task>, ApiError> {
-    visible_task(&state, &principal, id).await?;
+    retry(&state, &principal, id).await.map(AppJson)
+}
+
+/// Runs the `failed` or `cancelled` task `id` again, if `principal` may see it.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 for one in another state.
+pub(crate) async fn retry(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
     let Some(task) = tasks::retry(&state.db, id, &principal.id().to_string()).await? else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
         return Err(ApiError::conflict(
@@ -690,13 +792,35 @@ async fn retry_task(
             ),
         ));
     };
-    enqueue(&state, std::slice::from_ref(&task)).await;
-    Ok(AppJson(task))
+    enqueue(state, std::slice::from_ref(&task)).await;
+    Ok(task)
+}
+
+/// Makes the waiting task `id` (scheduled for later, or backing off before a
+/// retry) due now, if `principal` may see it.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 for one that is not waiting.
+pub(crate) async fn run_now(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
+    let Some(task) = tasks::run_now(&state.db, id, &principal.id().to_string()).await? else {
+        return Err(ApiError::conflict(
+            "task_not_waiting",
+            "only a pending or retrying task that waits for a later time can run now",
+        ));
+    };
+    enqueue(state, std::slice::from_ref(&task)).await;
+    Ok(task)
 }
 
 /// The Celery-era test task.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"message": "hello"}))]
 pub struct CeleryTestTask {
     #[schema(example = "hello")]
     pub message: String,
@@ -704,30 +828,42 @@ pub struct CeleryTestTask {
 
 /// What the Celery-era API answered on creating a task.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"task_id": "01936f0e-7d2a-7c3e-8f41-5b6c7d8e9f01"}))]
 pub struct CeleryTaskCreated {
     pub task_id: Uuid,
 }
 
 /// A task's status in the Celery-era shape.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "task_id": "01936f0e-7d2a-7c3e-8f41-5b6c7d8e9f01", "status": "completed", "result": {"message": "hello"}
+}))]
 pub struct CeleryTaskStatus {
     pub task_id: Uuid,
     /// Keel's status names (`pending`, `running`, `completed`, …), not Celery's.
     pub status: TaskStatus,
-    /// The result once `completed`; the error message once `failed`; else `null`.
-    #[schema(value_type = Option<Object>)]
+    /// The result once `completed`; the error message (a string) once
+    /// `failed`; else `null`.
     pub result: Option<Value>,
 }
 
 /// Alias from the Celery-based API: creates an `echo` task whose payload
-/// (and so result) is `{"message": …}`.
+/// (and so result) is `{"message": …}`. Use `POST /api/v1/tasks` instead.
 #[utoipa::path(post, path = "/api/v1/celery/test-task", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     request_body = CeleryTestTask,
     responses(
-        (status = 201, body = CeleryTaskCreated),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`too_many_unfinished_tasks`, or `rate_limited`", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 201, description = "The `echo` task's id", body = CeleryTaskCreated,
+            headers(("Location" = String, description = "The task's URL"))),
+        (status = 401, response = Unauthorized),
+        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
+            examples(
+                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
+                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
+                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
+            )),
     ))]
 #[deprecated = "use POST /api/v1/tasks with kind `echo`"]
 async fn celery_test_task(
@@ -764,13 +900,14 @@ async fn celery_test_task(
 
 /// Alias from the Celery-based API: a task's status and result. Statuses
 /// keep Keel's names; `result` carries the error message of a failed task,
-/// as Celery's did the exception.
+/// as Celery's did the exception. Use `GET /api/v1/tasks/{id}` instead.
 #[utoipa::path(get, path = "/api/v1/celery/task-status/{task_id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("task_id" = Uuid, Path)),
+    params(("task_id" = Uuid, Path, description = "The task's id")),
     responses(
-        (status = 200, body = CeleryTaskStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The task's status and result", body = CeleryTaskStatus),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
     ))]
 #[deprecated = "use GET /api/v1/tasks/{id}"]
 async fn celery_task_status(

@@ -27,6 +27,7 @@ use crate::{
     auth::{Principal, client_ip::ClientIp, rate_limit::LOGIN_PER_IP},
     error::{ApiError, Problem},
     extract::AppJson,
+    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
     state::AppState,
 };
 
@@ -40,6 +41,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The answer to a correct password when 2FA is on.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
+    "method": "email", "expires_in": 600
+}))]
 pub struct TwoFactorChallenge {
     pub two_factor_required: bool,
     pub challenge_id: Uuid,
@@ -95,6 +100,7 @@ async fn open(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1", "code": "123456"}))]
 pub struct VerifyTwoFactor {
     pub challenge_id: Uuid,
     #[schema(example = "123456")]
@@ -105,21 +111,43 @@ pub struct VerifyTwoFactor {
 /// time, five tries at most.
 #[utoipa::path(post, path = "/api/v1/auth/verify-2fa", tag = "auth", request_body = VerifyTwoFactor,
     responses(
-        (status = 200, body = Tokens),
-        (status = 401, description = "`invalid_code` (tries left) or `challenge_closed`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "Signed in", body = Tokens),
+        (status = 401, description = "`invalid_code` (tries left), or `challenge_closed` (used, expired or out of tries: sign in again)", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("invalid_code" = (value = json!({"type": "urn:keel:problem:invalid_code", "title": "Unauthorized", "status": 401,
+                    "detail": "wrong code; 4 tries left", "code": "invalid_code"}))),
+                ("challenge_closed" = (value = json!({"type": "urn:keel:problem:challenge_closed", "title": "Unauthorized", "status": 401,
+                    "detail": "this challenge is used, expired or out of tries; sign in again", "code": "challenge_closed"}))),
+            )),
     ))]
 async fn verify_2fa(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AppJson(request): AppJson<VerifyTwoFactor>,
 ) -> Result<AppJson<Tokens>, ApiError> {
+    let user = pass_challenge(&state, ip, request.challenge_id, &request.code).await?;
+    Ok(AppJson(issue(&state, &user).await?))
+}
+
+/// Checks `code` against a login challenge and records the sign-in; the
+/// user it signs in, still active. Shared by `verify-2fa` and the dashboard.
+///
+/// # Errors
+/// A wrong code, a closed challenge, an inactive account, too many tries
+/// from `ip`, or a dependency down.
+pub(crate) async fn pass_challenge(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    challenge_id: Uuid,
+    code: &str,
+) -> Result<User, ApiError> {
     state
         .limiter
         .enforce(&format!("verify-2fa:ip:{ip}"), LOGIN_PER_IP)
         .await?;
     let mut tx = state.db.begin().await?;
-    let verdict = two_factor::verify(&mut tx, request.challenge_id, &request.code).await?;
+    let verdict = two_factor::verify(&mut tx, challenge_id, code).await?;
     tx.commit().await?;
     let user = match verdict {
         Verdict::Passed { user } => user,
@@ -142,14 +170,19 @@ async fn verify_2fa(
         .ok_or_else(|| ApiError::unauthorized("challenge_closed", "the account is not active"))?;
     users::record_login(&state.db, user.id).await?;
     tracing::info!(user_id = %user.id, "signed in with a second factor");
-    Ok(AppJson(issue(&state, &user).await?))
+    Ok(user)
 }
 
 /// Turns email 2FA on; the address must be verified first.
 #[utoipa::path(post, path = "/api/v1/auth/enable-2fa", tag = "auth", security(("bearer" = [])),
     responses(
-        (status = 200, body = UserResponse),
-        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "The caller, with `two_fa_enabled`", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
+                "detail": "verify your email address before turning on 2FA", "code": "email_not_verified"})),
     ))]
 async fn enable_2fa(
     State(state): State<AppState>,
@@ -167,6 +200,7 @@ async fn enable_2fa(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"password": "correct horse battery staple"}))]
 pub struct DisableTwoFactor {
     pub password: String,
 }
@@ -175,8 +209,14 @@ pub struct DisableTwoFactor {
 #[utoipa::path(post, path = "/api/v1/auth/disable-2fa", tag = "auth", security(("bearer" = [])),
     request_body = DisableTwoFactor,
     responses(
-        (status = 200, body = UserResponse),
-        (status = 422, description = "wrong password", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The caller, without 2FA", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 422, description = "A wrong `password`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "password: is incorrect", "code": "validation_failed",
+                "errors": [{"field": "password", "message": "is incorrect"}]})),
     ))]
 async fn disable_2fa(
     State(state): State<AppState>,
@@ -199,7 +239,13 @@ async fn set(state: &AppState, id: Uuid, enabled: bool) -> Result<AppJson<UserRe
 
 /// Mails a test code, to check that codes arrive; it signs nothing in.
 #[utoipa::path(post, path = "/api/v1/auth/test-2fa", tag = "auth", security(("bearer" = [])),
-    responses((status = 202, body = Accepted), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        ResourceErrors,
+        (status = 202, description = "A test code is on its way", body = Accepted,
+            example = json!({"message": "a test code is on its way"})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+    ))]
 async fn test_2fa(
     State(state): State<AppState>,
     principal: Principal,

@@ -20,7 +20,7 @@ use keel_shared::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, ToResponse, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -28,6 +28,9 @@ use crate::{
     auth::{Principal, user_cache::UserCache},
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
+    openapi::{
+        Forbidden, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
+    },
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
 };
@@ -48,6 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A user as the API shows it: never a password hash.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = UserResponse::example)]
 pub struct UserResponse {
     pub id: Uuid,
     pub username: String,
@@ -67,6 +71,20 @@ pub struct UserResponse {
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl UserResponse {
+    /// The user the API's documentation shows.
+    fn example() -> serde_json::Value {
+        serde_json::json!({
+            "id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f", "username": "alice", "email": "alice@example.com",
+            "first_name": "Alice", "last_name": "Liddell", "phone_number": null, "phone_verified": false,
+            "avatar_url": null, "bio": null, "timezone": "Europe/Berlin", "language": "en", "role": "user",
+            "is_active": true, "two_fa_enabled": false, "email_verified": true,
+            "last_login_at": "2026-01-15T09:30:00Z", "created_at": "2026-01-10T08:00:00Z",
+            "updated_at": "2026-01-15T09:30:00Z"
+        })
+    }
 }
 
 impl From<User> for UserResponse {
@@ -98,6 +116,7 @@ impl From<User> for UserResponse {
 /// field (`role`, `email_verified`, …) is refused with 422.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
 pub struct UserPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
@@ -208,7 +227,11 @@ impl UserPatch {
 
 /// The current user.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = UserResponse), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The caller", body = UserResponse),
+        (status = 401, response = Unauthorized),
+    ))]
 async fn get_me(principal: Principal) -> AppJson<UserResponse> {
     AppJson(principal.user.into())
 }
@@ -217,9 +240,9 @@ async fn get_me(principal: Principal) -> AppJson<UserResponse> {
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
     request_body = UserPatch,
     responses(
-        (status = 200, body = UserResponse),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "an invalid or unknown field", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The caller, changed", body = UserResponse),
+        (status = 401, response = Unauthorized),
     ))]
 async fn patch_me(
     State(state): State<AppState>,
@@ -267,9 +290,12 @@ struct UserListQuery {
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(UserListQuery),
     responses(
-        (status = 200, body = Page<UserResponse>),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "A page of users", body = Page<UserResponse>,
+            example = json!({"items": [UserResponse::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
     ))]
 async fn list_users(
     State(db): State<PgPool>,
@@ -310,8 +336,16 @@ async fn list_page(
 
 /// Users of one role (admin).
 #[utoipa::path(get, path = "/api/v1/users/role/{role}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("role" = Role, Path), PageQuery),
-    responses((status = 200, body = Page<UserResponse>), (status = 403, body = Problem, content_type = "application/problem+json")))]
+    params(("role" = Role, Path, description = "`user`, `admin` or `superadmin`; any other is 404"), PageQuery),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "A page of the role's users", body = Page<UserResponse>,
+            example = json!({"items": [UserResponse::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn users_by_role(
     State(db): State<PgPool>,
     principal: Principal,
@@ -339,8 +373,13 @@ async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Resu
 
 /// One user: yourself, or anyone for an admin.
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
-    responses((status = 200, body = UserResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ))]
 async fn get_user(
     State(state): State<AppState>,
     principal: Principal,
@@ -353,7 +392,13 @@ async fn get_user(
 
 /// Alias of `GET /users/{id}`.
 #[utoipa::path(get, path = "/api/v1/users/get/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), responses((status = 200, body = UserResponse)))]
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ))]
 #[deprecated = "use GET /api/v1/users/{id}"]
 async fn alias_get_user(
     state: State<AppState>,
@@ -366,13 +411,14 @@ async fn alias_get_user(
 /// Changes a user's profile: yourself, or (admin) anyone below your role,
 /// including `is_active`.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), request_body = UserPatch,
+    params(("id" = Uuid, Path, description = "The user's id")), request_body = UserPatch,
     responses(
-        (status = 200, body = UserResponse),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "would deactivate the last superadmin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The user, changed", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn patch_user(
     State(state): State<AppState>,
@@ -409,7 +455,15 @@ async fn patch_user(
 
 /// Alias of `PATCH /users/{id}`.
 #[utoipa::path(put, path = "/api/v1/users/update/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), request_body = UserPatch, responses((status = 200, body = UserResponse)))]
+    params(("id" = Uuid, Path, description = "The user's id")), request_body = UserPatch,
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The user, changed", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
+    ))]
 #[deprecated = "use PATCH /api/v1/users/{id}"]
 async fn alias_update_user(
     state: State<AppState>,
@@ -450,20 +504,33 @@ async fn ensure_not_last_superadmin(
     Ok(())
 }
 
+/// 409 `last_superadmin`: the only active superadmin cannot be demoted,
+/// deactivated or deleted.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "urn:keel:problem:last_superadmin", "title": "Conflict", "status": 409,
+        "detail": "the last active superadmin cannot be demoted, deactivated or deleted", "code": "last_superadmin"})
+)]
+pub struct LastSuperadmin(pub Problem);
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "admin"}))]
 pub struct RoleChange {
     pub role: Role,
 }
 
 /// Sets a user's role (superadmin). Ends the user's sessions.
 #[utoipa::path(put, path = "/api/v1/users/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), request_body = RoleChange,
+    params(("id" = Uuid, Path, description = "The user's id")), request_body = RoleChange,
     responses(
-        (status = 200, body = UserResponse),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "would demote the last superadmin", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The user in their new role; their sessions have ended", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn set_role(
     State(state): State<AppState>,
@@ -507,7 +574,15 @@ pub async fn change_role(
 
 /// Alias of `PUT /users/{id}/role`.
 #[utoipa::path(put, path = "/api/v1/users/update/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), request_body = RoleChange, responses((status = 200, body = UserResponse)))]
+    params(("id" = Uuid, Path, description = "The user's id")), request_body = RoleChange,
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The user in their new role; their sessions have ended", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
+    ))]
 #[deprecated = "use PUT /api/v1/users/{id}/role"]
 async fn alias_set_role(
     state: State<AppState>,
@@ -520,12 +595,14 @@ async fn alias_set_role(
 
 /// Deletes a user (admin), never one of a higher role nor the last superadmin.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The user's id")),
     responses(
-        (status = 204, description = "deleted"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 204, description = "Deleted; the address is told by email"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn delete_user(
     State(state): State<AppState>,
@@ -573,7 +650,15 @@ pub async fn delete_account(
 
 /// Alias of `DELETE /users/{id}`.
 #[utoipa::path(delete, path = "/api/v1/users/delete/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path)), responses((status = 204, description = "deleted")))]
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        ResourceErrors,
+        (status = 204, description = "Deleted; the address is told by email"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = inline(LastSuperadmin)),
+    ))]
 #[deprecated = "use DELETE /api/v1/users/{id}"]
 async fn alias_delete_user(
     state: State<AppState>,

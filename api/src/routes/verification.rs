@@ -27,6 +27,7 @@ use crate::{
     auth::{Principal, rate_limit::Quota, tokens},
     error::{ApiError, Problem},
     extract::{AppJson, AppQuery},
+    openapi::{JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
     state::AppState,
 };
 
@@ -46,12 +47,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A token from a verification mail.
 #[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"token": "Zk3v9QmT2xL7pR1wN8cY4hB6jF0dG5sA3eU2iO7nK9q"}))]
 pub struct VerifyEmail {
     pub token: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"message": "a verification link is on its way"}))]
 pub struct Accepted {
     #[schema(example = "a verification link is on its way")]
     pub message: String,
@@ -93,8 +97,15 @@ pub async fn send_link(state: &AppState, user: &User) -> Result<(), ApiError> {
 /// Verifies the address a token was mailed to.
 #[utoipa::path(post, path = "/api/v1/auth/verify-email", tag = "auth", request_body = VerifyEmail,
     responses(
-        (status = 200, description = "verified", body = UserResponse),
-        (status = 400, description = "unknown, used or expired token", body = Problem, content_type = "application/problem+json"),
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "Verified; a welcome mail is on its way", body = UserResponse),
+        (status = 400, description = "`invalid_token`: unknown, used or expired; or `malformed_json`", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("invalid_token" = (value = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
+                    "detail": "this verification link is unknown, used or expired; ask for a new one", "code": "invalid_token"}))),
+                ("malformed_json" = (value = json!({"type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
+                    "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json"}))),
+            )),
     ))]
 async fn verify_email_post(
     State(state): State<AppState>,
@@ -106,8 +117,12 @@ async fn verify_email_post(
 /// Verifies the address a token was mailed to: the link in the mail.
 #[utoipa::path(get, path = "/api/v1/auth/verify-email", tag = "auth", params(VerifyEmail),
     responses(
-        (status = 200, description = "verified", body = UserResponse),
-        (status = 400, description = "unknown, used or expired token", body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 200, description = "Verified; a welcome mail is on its way", body = UserResponse),
+        (status = 400, description = "`invalid_token`: unknown, used or expired", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
+                "detail": "this verification link is unknown, used or expired; ask for a new one", "code": "invalid_token"})),
+        (status = 422, response = ValidationFailed),
     ))]
 async fn verify_email_get(
     State(state): State<AppState>,
@@ -144,12 +159,14 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
 }
 
 /// Mails the caller a fresh verification link.
-#[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security(("bearer" = []), ("api_key" = [])),
     responses(
-        (status = 202, body = Accepted),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already verified", body = Problem, content_type = "application/problem+json"),
-        (status = 429, body = Problem, content_type = "application/problem+json"),
+        ResourceErrors,
+        (status = 202, description = "A fresh link is on its way; older ones stop working", body = Accepted),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "`email_already_verified`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:email_already_verified", "title": "Conflict", "status": 409,
+                "detail": "this address is verified already", "code": "email_already_verified"})),
     ))]
 async fn resend_verification(
     State(state): State<AppState>,

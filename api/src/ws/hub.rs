@@ -69,6 +69,8 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(redis: RedisClient) -> Self {
+        // Shown as 0 until the first socket, rather than missing.
+        metrics::gauge!("keel_ws_connections").set(0.0);
         Self {
             redis,
             registry: Arc::default(),

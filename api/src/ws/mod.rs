@@ -16,11 +16,11 @@ use axum::{
     extract::{Path, Query, State, WebSocketUpgrade, ws::Message},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa::{IntoParams, ToResponse};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{
     protocol::Member,
@@ -28,6 +28,7 @@ use self::{
 };
 use crate::{
     auth::principal::{AuthMethod, Credential, authenticate, credential},
+    error::Problem,
     state::AppState,
 };
 
@@ -39,18 +40,89 @@ const BUFFER_BYTES: usize = 8 * 1024;
 /// outright; between the two the socket closes with 1009 itself.
 const HARD_LIMIT_FACTOR: usize = 4;
 
+#[allow(deprecated)] // the alias is deprecated for clients, not for us
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .route("/ws", get(connect))
-        .route("/ws/{client_id}", get(connect_with_id))
-        .route("/ws/chat/{room}", get(connect_to_room))
+        .routes(routes!(connect))
+        .routes(routes!(connect_with_id))
+        .routes(routes!(connect_to_room))
 }
 
-#[derive(Debug, Deserialize)]
+/// The message protocol, in each WebSocket operation's description.
+const PROTOCOL: &str = "\
+Upgrades to a WebSocket. Browsers cannot set headers on one, so the access token \
+goes in `?token=`; an `Authorization: Bearer` or `X-API-Key` header works too. A \
+missing or bad credential is answered after the upgrade, with close code 1008 and \
+the reason, which a browser's script can see (an HTTP 401 it could not).
+
+Every message is a JSON text frame with a `type`.
+
+**Client → server**
+
+| message | what |
+| --- | --- |
+| `{\"type\":\"join_room\",\"room\":\"lobby\"}` | join a room; its members get a `presence` |
+| `{\"type\":\"leave_room\",\"room\":\"lobby\"}` | leave it |
+| `{\"type\":\"room_message\",\"room\":\"lobby\",\"content\":\"hi\"}` | chat to a room you are in |
+| `{\"type\":\"subscribe_tasks\"}` | live updates of your tasks, starting with the unfinished ones; `\"all\":true` (admins) for everyone's |
+| `{\"type\":\"unsubscribe_tasks\"}` | stop them |
+| `{\"type\":\"ping\"}` | answered with `pong` |
+
+**Server → client**
+
+| message | when |
+| --- | --- |
+| `{\"type\":\"room_message\",\"room\",\"from\",\"content\",\"ts\"}` | someone chatted in a room you are in (`from` is a username, `ts` RFC 3339) |
+| `{\"type\":\"presence\",\"room\",\"users\":[{\"id\",\"username\"}]}` | a room's members changed |
+| `{\"type\":\"task_update\",\"task\":{\"id\",\"status\",\"progress\",\"attempts\",\"updated_at\"}}` | a followed task changed (`TaskState`) |
+| `{\"type\":\"pong\"}` | the answer to `ping` |
+| `{\"type\":\"error\",\"code\",\"message\"}` | a message was refused; the socket stays open. `code`: `invalid_message`, `invalid_room`, `not_in_room`, `too_many_rooms`, `forbidden`, `rate_limited` |
+
+Room names are 1 to 64 of `A-Z a-z 0-9 _ . -`. Messages reach the room's members \
+on every API replica.
+
+**Limits and closes.** The server pings every `WS_PING_SECONDS` (30) and drops a \
+socket that misses two pongs. Close codes: 1000 idle for `WS_IDLE_SECONDS` (300); \
+1001 the server is restarting; 1008 a bad credential, an expired token, a session \
+ended (signed out, deactivated), more than `WS_MAX_SOCKETS_PER_USER` (10) sockets, \
+more than twice `WS_MESSAGES_PER_SECOND` (20) messages in a second (past it once, a \
+message is refused with `rate_limited`), or a client too slow to read; 1009 a message \
+over `WS_MAX_MESSAGE_BYTES` (64 KiB). A socket may be in `WS_MAX_ROOMS` (20) rooms.";
+
+/// 400: not a WebSocket upgrade (a header is missing or wrong).
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "urn:keel:problem:bad_request", "title": "Bad Request", "status": 400,
+        "detail": "`Sec-WebSocket-Key` header missing", "code": "bad_request"})
+)]
+pub struct NotAnUpgrade(pub Problem);
+
+/// 403: a browser `Origin` other than the API's own or one in `ALLOWED_ORIGINS`.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
+        "detail": "origin not allowed", "code": "forbidden"})
+)]
+pub struct OriginNotAllowed(pub Problem);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
+    /// An access token; or send an `Authorization: Bearer` or `X-API-Key` header.
     token: Option<String>,
 }
 
+/// Opens a WebSocket: chat, presence and live task updates.
+#[utoipa::path(get, path = "/ws", tag = "websockets", operation_id = "ws_connect", description = PROTOCOL,
+    security(("bearer" = []), ("api_key" = [])),
+    params(TokenQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open (then closed with 1008 if the credential is bad)"),
+        (status = 400, response = inline(NotAnUpgrade)),
+        (status = 403, response = inline(OriginNotAllowed)),
+    ))]
 async fn connect(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
@@ -60,7 +132,16 @@ async fn connect(
     accept(state, query, headers, upgrade, None).await
 }
 
-/// The seed's path: the client id is the client's own business.
+/// Alias of `/ws` from the seed API: the client id is the client's own business.
+#[utoipa::path(get, path = "/ws/{client_id}", tag = "websockets", operation_id = "ws_connect_with_id", description = PROTOCOL,
+    security(("bearer" = []), ("api_key" = [])),
+    params(("client_id" = String, Path, description = "Any id the client likes; ignored"), TokenQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open (then closed with 1008 if the credential is bad)"),
+        (status = 400, response = inline(NotAnUpgrade)),
+        (status = 403, response = inline(OriginNotAllowed)),
+    ))]
+#[deprecated = "use GET /ws"]
 async fn connect_with_id(
     State(state): State<AppState>,
     Path(_client_id): Path<String>,
@@ -71,6 +152,15 @@ async fn connect_with_id(
     accept(state, query, headers, upgrade, None).await
 }
 
+/// Opens a WebSocket already in `room`, as if its first message were `join_room`.
+#[utoipa::path(get, path = "/ws/chat/{room}", tag = "websockets", operation_id = "ws_join_room", description = PROTOCOL,
+    security(("bearer" = []), ("api_key" = [])),
+    params(("room" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$", description = "The room to join; an invalid name gets an `invalid_room` error message"), TokenQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open, in the room (then closed with 1008 if the credential is bad)"),
+        (status = 400, response = inline(NotAnUpgrade)),
+        (status = 403, response = inline(OriginNotAllowed)),
+    ))]
 async fn connect_to_room(
     State(state): State<AppState>,
     Path(room): Path<String>,

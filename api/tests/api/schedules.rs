@@ -78,7 +78,7 @@ async fn count(app: &TestApp, table: &str) -> i64 {
         .unwrap()
 }
 
-async fn add_system_schedule(app: &TestApp) -> Value {
+pub async fn add_system_schedule(app: &TestApp) -> Value {
     schedules::ensure_system(
         app.pool(),
         &[SystemSchedule {

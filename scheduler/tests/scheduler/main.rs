@@ -5,6 +5,7 @@ use std::time::Duration;
 use keel_shared::testing::{self, ChildGuard, TestDatabase};
 
 mod faults;
+mod metrics;
 mod reconcile;
 mod stack;
 mod ticks;

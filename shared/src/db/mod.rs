@@ -9,6 +9,7 @@ pub mod email_tokens;
 pub mod idempotency;
 pub mod refresh_tokens;
 pub mod schedules;
+pub mod task_stats;
 pub mod tasks;
 pub mod two_factor;
 pub mod users;

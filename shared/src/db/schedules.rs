@@ -11,6 +11,7 @@ use uuid::Uuid;
 /// A schedule as the API shows it.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = Schedule::example))]
 pub struct Schedule {
     pub id: Uuid,
     #[cfg_attr(feature = "openapi", schema(example = "nightly report"))]
@@ -44,6 +45,20 @@ pub struct Schedule {
     pub last_tick_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(feature = "openapi")]
+impl Schedule {
+    /// The schedule the API's documentation shows.
+    pub fn example() -> serde_json::Value {
+        serde_json::json!({
+            "id": "01936f0e-6a1b-7d2c-9e3f-4a5b6c7d8e9f", "name": "nightly report", "cron": "30 2 * * *",
+            "timezone": "Europe/Berlin", "kind": "echo", "payload": {"message": "hello"}, "enabled": true,
+            "next_run_at": "2026-01-16T01:30:00Z", "last_run_at": "2026-01-15T01:30:00Z",
+            "last_status": "completed", "system": false, "created_at": "2026-01-10T08:00:00Z",
+            "updated_at": "2026-01-10T08:00:00Z"
+        })
+    }
 }
 
 /// The select every read uses: the last status is the last task's while it exists.

@@ -84,6 +84,7 @@ impl<'r> sqlx::Decode<'r, Postgres> for TaskStatus {
 /// A task row. Lease and bookkeeping columns are not serialised.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = Task::example))]
 pub struct Task {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -119,6 +120,22 @@ pub struct Task {
     pub lease_expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub enqueued_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(feature = "openapi")]
+impl Task {
+    /// The task the API's documentation shows, wherever a task appears.
+    pub fn example() -> serde_json::Value {
+        serde_json::json!({
+            "id": "01936f0e-7d2a-7c3e-8f41-5b6c7d8e9f01", "owner_id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
+            "name": "nightly report", "kind": "sleep", "payload": {"ms": 500}, "status": "completed",
+            "progress": 100, "result": {"slept_ms": 500}, "error": null, "attempts": 1, "max_attempts": 3,
+            "timeout_seconds": 300, "priority": 0, "scheduled_at": "2026-01-15T02:30:00Z",
+            "next_attempt_at": "2026-01-15T02:30:00Z", "started_at": "2026-01-15T02:30:01Z",
+            "finished_at": "2026-01-15T02:30:02Z", "created_at": "2026-01-15T02:30:00Z",
+            "updated_at": "2026-01-15T02:30:02Z", "schedule_id": null, "worker_id": "worker-7f3c"
+        })
+    }
 }
 
 /// The columns every query returns, as a literal for `concat!`.
@@ -157,6 +174,10 @@ macro_rules! insert_tasks {
 /// The short form `GET /tasks/{id}/status` and live updates carry.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "id": "01936f0e-7d2a-7c3e-8f41-5b6c7d8e9f01", "status": "running", "progress": 40,
+    "attempts": 1, "updated_at": "2026-01-15T02:30:01Z"
+})))]
 pub struct TaskState {
     pub id: Uuid,
     #[serde(skip)]
@@ -405,6 +426,12 @@ pub async fn cancel(
 /// `failed`/`cancelled` → `pending`, with a fresh set of attempts, due now.
 /// The row is marked enqueued: the caller pushes it next.
 ///
+/// Counts `keel_tasks_retried_total{kind}`, the counter the worker bumps
+/// for a failed attempt with attempts left: both mean "this task runs
+/// again", and a dashboard wants them together. Counted here, not at the
+/// push, because a push cannot tell a user's retry from a reconciler's
+/// re-push; the one caller passes the pool, so the row is committed.
+///
 /// # Errors
 /// The database fails.
 pub async fn retry(
@@ -412,11 +439,40 @@ pub async fn retry(
     id: Uuid,
     actor: &str,
 ) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let task: Option<Task> = sqlx::query_as(concat!(
         "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
              error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), changed_by = $2 \
          WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(actor)
+    .fetch_optional(db)
+    .await?;
+    if let Some(task) = &task {
+        metrics::counter!("keel_tasks_retried_total", "kind" => task.kind.clone()).increment(1);
+    }
+    Ok(task)
+}
+
+/// A `pending` or `retrying` task waiting for a later time becomes due now
+/// (ops' "run now"); the row is marked enqueued, and the caller pushes it.
+/// `None` when the task is in another state or already due.
+///
+/// # Errors
+/// The database fails.
+pub async fn run_now(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    actor: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET next_attempt_at = now(), \
+             scheduled_at = CASE WHEN attempts = 0 THEN now() ELSE scheduled_at END, \
+             enqueued_at = now(), changed_by = $2 \
+         WHERE id = $1 AND status IN ('pending', 'retrying') AND next_attempt_at > now() \
+         RETURNING ",
         task_columns!()
     ))
     .bind(id)
@@ -699,14 +755,33 @@ pub async fn count_by_status(
         .await
 }
 
-/// Unfinished tasks split by whether they are due: `(due, scheduled)`.
+/// The `tasks` queue's backlog, for the queues view and the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, FromRow)]
+pub struct Backlog {
+    /// Waiting and due (`pending` or `retrying`, `next_attempt_at` passed).
+    pub due: i64,
+    /// Waiting for a later time (`scheduled_at`, or a retry's backoff).
+    pub scheduled: i64,
+    pub running: i64,
+    /// How long the longest-waiting due task has been due, by the database
+    /// clock; 0 when none is.
+    pub oldest_due_seconds: f64,
+}
+
+/// The backlog as the queues view and the gauges count it, and the
+/// age of its oldest due task. Both scans walk partial indexes
+/// (`tasks_due_idx`, `tasks_lease_idx`) holding only unfinished rows, so
+/// the cost follows the backlog, never the table.
 ///
 /// # Errors
 /// The database fails.
-pub async fn count_waiting(db: impl PgExecutor<'_>) -> Result<(i64, i64), sqlx::Error> {
+pub async fn backlog(db: impl PgExecutor<'_>) -> Result<Backlog, sqlx::Error> {
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE next_attempt_at <= now()), \
-                count(*) FILTER (WHERE next_attempt_at > now()) \
+        "SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due, \
+                count(*) FILTER (WHERE next_attempt_at > now()) AS scheduled, \
+                (SELECT count(*) FROM tasks WHERE status = 'running') AS running, \
+                greatest(extract(epoch FROM now() - min(next_attempt_at)), 0)::float8 \
+                    AS oldest_due_seconds \
          FROM tasks WHERE status IN ('pending', 'retrying')",
     )
     .fetch_one(db)

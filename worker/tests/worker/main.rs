@@ -2,6 +2,7 @@
 
 mod email;
 mod maintenance;
+mod metrics;
 mod pipeline;
 mod tasks;
 

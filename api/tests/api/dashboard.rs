@@ -1,0 +1,633 @@
+//! The ops dashboard: sign-in and its cookie, who may see it, CSRF and
+//! origin checks on every action, the pages' contents — over HTTP — and
+//! the whole admin's path in real headless Chromium (Playwright), with a
+//! real worker running the retried task.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use keel_shared::domain::Role;
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{
+    helpers::{TestApp, TestUser, spawn_app},
+    pipeline::stack_with,
+};
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs `user` in through the dashboard's form; the session cookie (`name=value`).
+async fn sign_in(app: &TestApp, user: &TestUser) -> String {
+    let response = browser()
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("username_or_email", user.user.username.as_str()),
+            ("password", &user.password),
+            ("next", "/dashboard/tasks"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/dashboard/tasks");
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
+    let response = browser()
+        .get(app.url(path))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("the page has a form") + marker.len();
+    html[start..start + 32].to_owned()
+}
+
+async fn post_form(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    csrf: &str,
+    origin: Option<&str>,
+) -> reqwest::Response {
+    let mut request = browser()
+        .post(app.url(path))
+        .header(header::COOKIE, cookie)
+        .form(&[("csrf", csrf)]);
+    if let Some(origin) = origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    request.send().await.unwrap()
+}
+
+async fn task_row(app: &TestApp, id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status, attempts FROM tasks WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors_are_sent_to_sign_in()
+ {
+    let app = spawn_app().await;
+    let response = browser()
+        .get(app.url("/dashboard/tasks?status=failed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()[header::LOCATION],
+        "/dashboard/login?next=%2Fdashboard%2Ftasks%3Fstatus%3Dfailed"
+    );
+
+    let (status, login) = page(&app, "", "/dashboard/login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(login.contains(r#"name="password""#));
+
+    let admin = app.create_user(Role::Admin).await;
+    let wrong = browser()
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("username_or_email", admin.user.username.as_str()),
+            ("password", "not it at all"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get(header::SET_COOKIE).is_none());
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("Wrong username, email or password.")
+    );
+
+    let response = browser()
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("username_or_email", admin.user.username.as_str()),
+            ("password", &admin.password),
+            // Never sent off the dashboard after sign-in.
+            ("next", "https://evil.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/dashboard");
+    let set_cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/dashboard"] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{attribute} in {set_cookie}"
+        );
+    }
+    let cookie = set_cookie.split(';').next().unwrap();
+
+    let (status, overview) = page(&app, cookie, "/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(overview.contains(r#"<table id="queues">"#), "{overview}");
+    assert!(overview.contains("<svg class=\"chart\""));
+    assert!(!overview.contains("https://"), "no asset from a CDN");
+
+    // A bearer token or an API key also opens it, for scripts.
+    let (status, _) = page(&app, "", "/dashboard").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let by_token = app.get_as("/dashboard/workers", &admin.token).await;
+    assert_eq!(by_token.status(), StatusCode::OK);
+    let key = app.create_api_key(&admin, "ops").await;
+    let by_key = app
+        .client
+        .get(app.url("/dashboard/schedules"))
+        .header("x-api-key", key["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), StatusCode::OK);
+
+    // Signing out drops the cookie.
+    let csrf = csrf_of(&overview);
+    let out = post_form(&app, cookie, "/dashboard/logout", &csrf, None).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(
+        out.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+}
+
+#[tokio::test]
+async fn users_who_are_not_admins_are_refused_and_a_session_ends_with_its_token() {
+    let app = spawn_app().await;
+    let user = app.create_user(Role::User).await;
+    let response = browser()
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("username_or_email", user.user.username.as_str()),
+            ("password", &user.password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("the dashboard is for admins")
+    );
+    let by_token = app.get_as("/dashboard", &user.token).await;
+    assert_eq!(by_token.status(), StatusCode::FORBIDDEN);
+
+    // A demoted admin's cookie stops working at once.
+    let admin = app.create_user(Role::Admin).await;
+    let cookie = sign_in(&app, &admin).await;
+    assert_eq!(page(&app, &cookie, "/dashboard").await.0, StatusCode::OK);
+    let superadmin = app.create_user(Role::Superadmin).await;
+    let demoted = app
+        .send(
+            Method::PUT,
+            &format!("/api/v1/users/{}/role", admin.user.id),
+            &superadmin.token,
+            Some(&json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(demoted.status(), StatusCode::OK);
+    let (status, _) = page(&app, &cookie, "/dashboard").await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "the old session signs in again"
+    );
+}
+
+#[tokio::test]
+async fn actions_need_the_sessions_csrf_token_and_our_origin() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let cookie = sign_in(&app, &admin).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let task = app
+        .created_task(
+            &admin.token,
+            &json!({"kind": "noop", "name": "later", "scheduled_at": later}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let path = format!("/dashboard/tasks/{id}");
+    let (status, html) = page(&app, &cookie, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Run now") && html.contains("Cancel") && !html.contains(">Retry<"));
+    let csrf = csrf_of(&html);
+
+    let cancel = format!("{path}/cancel");
+    let forged = post_form(
+        &app,
+        &cookie,
+        &cancel,
+        "0123456789abcdef0123456789abcdef",
+        None,
+    )
+    .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(forged.text().await.unwrap().contains("csrf_failed"));
+    let cross = post_form(&app, &cookie, &cancel, &csrf, Some("https://evil.example")).await;
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    assert!(cross.text().await.unwrap().contains("cross_origin"));
+    assert_eq!(task_row(&app, id).await.0, "pending", "nothing happened");
+
+    // Run now: the task waiting an hour is due at once.
+    let own_origin = app.address.clone();
+    let run = post_form(
+        &app,
+        &cookie,
+        &format!("{path}/run-now"),
+        &csrf,
+        Some(&own_origin),
+    )
+    .await;
+    assert_eq!(run.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        run.headers()[header::LOCATION].to_str().unwrap(),
+        format!("{path}?done=due_now")
+    );
+    let due: bool =
+        sqlx::query_scalar("SELECT next_attempt_at <= now() FROM tasks WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(due);
+    assert!(app.pushes_of(id).await >= 2, "pushed again to run now");
+
+    let done = post_form(&app, &cookie, &cancel, &csrf, Some(&own_origin)).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(task_row(&app, id).await.0, "cancelled");
+    let (_, html) = page(&app, &cookie, &format!("{path}?done=cancelled")).await;
+    assert!(html.contains("Done: cancelled.") && html.contains(">Retry<"));
+
+    let unknown = post_form(&app, &cookie, &format!("{path}/explode"), &csrf, None).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // An action the task's state does not allow is the API's 409, as a page.
+    let again = post_form(&app, &cookie, &cancel, &csrf, None).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert!(again.text().await.unwrap().contains("task_not_cancellable"));
+    let (status, html) = page(
+        &app,
+        &cookie,
+        &format!("/dashboard/tasks/{}", uuid::Uuid::now_v7()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("no such task"));
+}
+
+#[tokio::test]
+async fn pages_list_filter_and_page_tasks_and_switch_schedules() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let other = app.create_user(Role::User).await;
+    for i in 0..55 {
+        app.created_task(
+            &other.token,
+            &json!({"kind": "noop", "name": format!("bulk {i}")}),
+        )
+        .await;
+    }
+    app.created_task(
+        &admin.token,
+        &json!({"kind": "echo", "name": "<b>shout</b>", "payload": {"message": "x"}}),
+    )
+    .await;
+    let cookie = sign_in(&app, &admin).await;
+
+    let (_, all) = page(&app, &cookie, "/dashboard/tasks").await;
+    assert!(
+        all.contains(r#"<span class="count">56</span>"#),
+        "everybody's tasks"
+    );
+    assert!(all.contains("page 1 of 2"));
+    assert!(
+        all.contains("&lt;b&gt;shout") && !all.contains("<b>shout</b>"),
+        "escaped"
+    );
+    let (_, second) = page(&app, &cookie, "/dashboard/tasks?page=2").await;
+    assert_eq!(second.matches("data-task-id=").count(), 6);
+    let (_, echo) = page(&app, &cookie, "/dashboard/tasks?status=&kind=echo").await;
+    assert_eq!(echo.matches("data-task-id=").count(), 1);
+    let (_, pending) = page(&app, &cookie, "/dashboard/tasks?status=pending").await;
+    assert!(pending.contains(r#"<span class="count">56</span>"#));
+    let (status, _) = page(&app, &cookie, "/dashboard/tasks?status=bogus").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (_, overview) = page(&app, &cookie, "/dashboard").await;
+    let tasks_row = overview.split("<td>tasks</td>").nth(1).unwrap();
+    assert!(
+        tasks_row.contains(r#"status=pending">56</a>"#),
+        "{tasks_row}"
+    );
+
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/schedules",
+            &admin.token,
+            Some(&json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"})),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let schedule: Value = created.json().await.unwrap();
+    // The scheduler makes the built-in ones at start; this test runs none.
+    let system = crate::schedules::add_system_schedule(&app).await;
+    let (_, html) = page(&app, &cookie, "/dashboard/schedules").await;
+    assert!(
+        html.contains("system.purge_expired"),
+        "built-in schedules are listed"
+    );
+    let csrf = csrf_of(&html);
+    let off = post_form(
+        &app,
+        &cookie,
+        &format!(
+            "/dashboard/schedules/{}/disable",
+            schedule["id"].as_str().unwrap()
+        ),
+        &csrf,
+        None,
+    )
+    .await;
+    assert_eq!(off.status(), StatusCode::SEE_OTHER);
+    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM schedules WHERE name = 'nightly'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert!(!enabled);
+    let system = system["id"].as_str().unwrap();
+    let refused = post_form(
+        &app,
+        &cookie,
+        &format!("/dashboard/schedules/{system}/disable"),
+        &csrf,
+        None,
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.text().await.unwrap().contains("schedule_read_only"));
+}
+
+#[tokio::test]
+async fn assets_are_served_by_the_binary_under_a_strict_csp() {
+    let app = spawn_app().await;
+    for (path, content_type) in [
+        ("/dashboard/assets/dashboard.css", "text/css"),
+        ("/dashboard/assets/dashboard.js", "text/javascript"),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type)
+        );
+    }
+    let login = app.get("/dashboard/login").await;
+    let csp = login.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("form-action 'self'"),
+        "{csp}"
+    );
+    assert_eq!(login.headers()[header::CACHE_CONTROL], "no-store");
+}
+
+/// A webhook that answers 500 until it is told to come up.
+async fn flaky_webhook() -> (u16, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = vec![0; 16384];
+            let _ = socket.read(&mut buf).await;
+            let reply = if flag.load(Ordering::SeqCst) {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            } else {
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown"
+            };
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (port, up)
+}
+
+/// Where test artifacts (screenshots) go: `target/test-artifacts/`.
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn in_chromium_an_admin_retries_a_failed_task_sees_a_live_worker_and_disables_a_schedule() {
+    let (port, webhook_up) = flaky_webhook().await;
+    let stack = stack_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--task-http-allowed-hosts",
+        "127.0.0.1",
+    ])
+    .await;
+    let app = &stack.app;
+    let admin = app.create_user(Role::Admin).await;
+    let task = app
+        .created_task(
+            &admin.token,
+            &json!({"kind": "http_request", "name": "webhook", "max_attempts": 1,
+                    "payload": {"method": "POST", "url": format!("http://127.0.0.1:{port}/hook")}}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = task_row(app, &id).await.0;
+        if status == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "failed", "the webhook is down, so the task fails");
+    webhook_up.store(true, Ordering::SeqCst);
+
+    let schedule = app
+        .send(
+            Method::POST,
+            "/api/v1/schedules",
+            &admin.token,
+            Some(&json!({"name": "hourly digest", "cron": "0 * * * *", "kind": "noop"})),
+        )
+        .await;
+    assert_eq!(schedule.status(), StatusCode::CREATED);
+    let workers: Value = app
+        .get_as("/api/v1/admin/workers", &admin.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let worker_id = workers[0]["id"]
+        .as_str()
+        .expect("the worker heartbeats")
+        .to_owned();
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let artifacts = artifacts();
+    let output = tokio::process::Command::new("node")
+        .arg("dashboard.mjs")
+        .current_dir(&dir)
+        .env("KEEL_URL", &app.address)
+        .env("KEEL_USERNAME", admin.user.username.as_str())
+        .env("KEEL_PASSWORD", &admin.password)
+        .env("KEEL_TASK_ID", &id)
+        .env("KEEL_WORKER_ID", &worker_id)
+        .env("KEEL_SCHEDULE", "hourly digest")
+        .env("KEEL_ARTIFACTS", &artifacts)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("the browser test finishes within two minutes")
+        .expect("node runs (the test command installs it and playwright-core)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+
+    // What the clicks did, by the database.
+    let (status, attempts) = task_row(app, &id).await;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("completed", 1),
+        "retried from a fresh set of attempts"
+    );
+    let enabled: bool =
+        sqlx::query_scalar("SELECT enabled FROM schedules WHERE name = 'hourly digest'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(!enabled, "the schedule was disabled");
+    for shot in ["dashboard-task.png", "dashboard-overview.png"] {
+        let size = std::fs::metadata(artifacts.join(shot))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(size > 10_000, "{shot} was saved ({size} bytes)");
+    }
+}
+
+#[tokio::test]
+async fn the_workers_page_marks_a_worker_stale_after_missed_heartbeats() {
+    use keel_shared::{jobs::Queue, workers::WorkerCard};
+    use redis::AsyncCommands as _;
+
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let redis = app.redis();
+    let now = chrono::Utc::now();
+    let card = |id: &str, seen: chrono::DateTime<chrono::Utc>| WorkerCard {
+        id: id.into(),
+        hostname: "box-1".into(),
+        pid: 4242,
+        queues: vec![Queue::Tasks],
+        concurrency: 8,
+        version: "0.1.0".into(),
+        in_flight: 3,
+        processed: 120,
+        failed: 2,
+        started_at: now - chrono::Duration::hours(1),
+        last_seen: seen,
+    };
+    let mut live = card("live-worker", now);
+    keel_shared::workers::heartbeat(&redis, &mut live)
+        .await
+        .unwrap();
+    // A worker whose last heartbeat was 20 s ago, written as its card would be.
+    let silent = card("silent-worker", now - chrono::Duration::seconds(20));
+    let mut conn = redis.conn();
+    let _: () = conn
+        .set(
+            redis.key("worker:silent-worker"),
+            serde_json::to_string(&silent).unwrap(),
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .zadd(
+            redis.key("workers"),
+            "silent-worker",
+            silent.last_seen.timestamp_millis(),
+        )
+        .await
+        .unwrap();
+
+    let html = app
+        .get_as("/dashboard/workers", &admin.token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("1 alive"), "{html}");
+    let row = |id: &str| {
+        let start = html.find(&format!(r#"data-worker-id="{id}""#)).unwrap();
+        html[start..start + html[start..].find("</tr>").unwrap()].to_owned()
+    };
+    let live_row = row("live-worker");
+    assert!(live_row.contains(">alive<") && live_row.contains("3/8") && live_row.contains("box-1"));
+    assert!(row("silent-worker").contains(">stale<"));
+}
