@@ -122,6 +122,11 @@ pub enum ApiError {
     /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
     #[error("rate limited")]
     RateLimited(crate::auth::rate_limit::Decision),
+    /// Keel itself is saturated (the password hasher's queue is full): 503
+    /// `server_busy` with `Retry-After: 1`, logged at debug (a flood would
+    /// otherwise flood the log too).
+    #[error("busy: {0}")]
+    Busy(String),
     /// A dependency (Postgres, Redis) is down: 503, worth retrying.
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -175,6 +180,10 @@ impl ApiError {
             detail,
             errors,
         }
+    }
+
+    pub fn busy(detail: impl Into<String>) -> Self {
+        Self::Busy(detail.into())
     }
 
     pub fn unavailable(cause: impl Into<anyhow::Error>) -> Self {
@@ -250,6 +259,16 @@ impl IntoResponse for ApiError {
                     Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
                         .into_response();
                 decision.apply(response.headers_mut());
+                response
+            }
+            Self::Busy(detail) => {
+                tracing::debug!(detail, "refused while busy");
+                let mut response =
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "server_busy", detail)
+                        .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Self::Unavailable(cause) => {

@@ -1,14 +1,20 @@
 //! Password hashing with argon2id at OWASP's parameters (m = 19 MiB, t = 2,
 //! p = 1). Each hash takes tens of milliseconds of CPU, so it runs on the
 //! blocking pool behind a semaphore sized to the cores: logins queue for a
-//! core instead of starving the async runtime.
+//! core instead of starving the async runtime. The queue is short
+//! (`QUEUE_PER_CORE` hashes per core): beyond it a login is refused at once
+//! with 503 `server_busy`, so a flood of logins costs each one a quick
+//! refusal instead of a wait that grows without bound.
 //!
 //! Each hash needs 19 MiB of working memory. Allocating it per hash costs
 //! page faults on every call and, spread over the blocking pool's threads
 //! and the allocator's arenas, hundreds of MiB of resident memory under a
 //! login burst; so the buffers are kept — at most one per permit — and reused.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use anyhow::Context as _;
 use argon2::{
@@ -18,13 +24,22 @@ use argon2::{
 use keel_shared::domain::Password;
 use tokio::sync::Semaphore;
 
+use crate::error::ApiError;
+
 /// Bytes of salt and of hash output in every new hash.
 const SALT_LEN: usize = 16;
 const OUTPUT_LEN: usize = 32;
+/// Hashes that may wait for a core, per core, before more are refused: at
+/// about 25 ms a hash, a waiting login starts within about 100 ms.
+const QUEUE_PER_CORE: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    /// Hashes running or waiting for a permit.
+    admitted: Arc<AtomicUsize>,
+    /// The most that may be running or waiting at once.
+    capacity: usize,
     /// Working memory of finished hashes, for the next ones.
     buffers: Arc<Mutex<Vec<Vec<Block>>>>,
     /// Verified against when a login names no account, so an unknown user
@@ -57,6 +72,8 @@ impl PasswordHasher {
             hash_with(&buffers, b"keel dummy password for unknown users").expect("argon2 hashes");
         Self {
             permits: Arc::new(Semaphore::new(cores)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: cores * (1 + QUEUE_PER_CORE),
             buffers,
             dummy_hash: dummy.into(),
         }
@@ -65,20 +82,23 @@ impl PasswordHasher {
     /// The PHC string of `password`, with a fresh random salt.
     ///
     /// # Errors
-    /// The blocking pool is gone (shutting down).
-    pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
+    /// The hasher is saturated (503 `server_busy`), or the blocking pool is
+    /// gone (shutting down).
+    pub async fn hash(&self, password: &Password) -> Result<String, ApiError> {
         let secret = password.expose().to_owned();
         let buffers = Arc::clone(&self.buffers);
-        self.run(move || hash_with(&buffers, secret.as_bytes()))
-            .await?
+        Ok(self
+            .run(move || hash_with(&buffers, secret.as_bytes()))
+            .await??)
     }
 
     /// Whether `password` matches `hash`; with no hash (no such user) it
     /// spends the same time on a dummy and answers `false`.
     ///
     /// # Errors
-    /// The blocking pool is gone (shutting down).
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> anyhow::Result<bool> {
+    /// The hasher is saturated (503 `server_busy`), or the blocking pool is
+    /// gone (shutting down).
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, ApiError> {
         let known = hash.is_some();
         let hash = hash.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
         let secret = password.to_owned();
@@ -92,15 +112,39 @@ impl PasswordHasher {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, ApiError> {
+        let _admitted = Admission::enter(&self.admitted, self.capacity).ok_or_else(|| {
+            ApiError::busy("too many sign-ins are being checked right now; retry in a second")
+        })?;
         let _permit = self
             .permits
             .acquire()
             .await
             .context("password hasher closed")?;
-        tokio::task::spawn_blocking(work)
+        Ok(tokio::task::spawn_blocking(work)
             .await
-            .context("password hashing task failed")
+            .context("password hashing task failed")?)
+    }
+}
+
+/// One hash counted against the hasher's capacity while it waits and runs.
+struct Admission<'a>(&'a AtomicUsize);
+
+impl<'a> Admission<'a> {
+    /// `None` when `capacity` hashes are already admitted.
+    fn enter(admitted: &'a AtomicUsize, capacity: usize) -> Option<Self> {
+        admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(admitted))
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -226,7 +226,9 @@ pub enum SignIn {
 /// answer is a challenge and the code is mailed; `verify-2fa` finishes.
 ///
 /// Attempts are limited per IP and per account (429), and refused while
-/// the rate limiter is unavailable (503): sign-in fails closed.
+/// the rate limiter is unavailable (503): sign-in fails closed. While more
+/// passwords wait to be checked than the cores can take within about
+/// 100 ms, more are refused at once: 503 `server_busy`, `Retry-After: 1`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         JsonBodyErrors, ResourceErrors,

@@ -625,3 +625,48 @@ async fn a_nul_byte_in_text_is_a_422_not_a_500() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_flood_of_logins_is_refused_quickly_with_server_busy_instead_of_queueing() {
+    let app = crate::helpers::spawn_app_with(&["--rate-limit-enabled", "false"]).await;
+    let user = app.create_user(keel_shared::domain::Role::User).await;
+    // More logins at once than the hasher runs and queues (5 per core).
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let flood = cores * 5 + 30;
+    let logins = (0..flood).map(|_| {
+        let (app, user) = (&app, &user);
+        async move {
+            let response = app.login(user.user.username.as_str(), &user.password).await;
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let signed_in = answers
+        .iter()
+        .filter(|(status, ..)| *status == StatusCode::OK)
+        .count();
+    assert_eq!(
+        busy.len() + signed_in,
+        flood,
+        "each login either works or is refused as busy"
+    );
+    assert!(
+        signed_in >= cores,
+        "the hasher's capacity is used: {signed_in} of {flood}"
+    );
+    assert!(!busy.is_empty(), "the excess is refused, not queued");
+    for (_, retry_after, body) in busy {
+        assert_eq!(body["code"], "server_busy");
+        assert_eq!(retry_after.as_ref().unwrap(), "1");
+    }
+    // The hasher recovers as soon as the flood is over.
+    let after = app.login(user.user.username.as_str(), &user.password).await;
+    assert_eq!(after.status(), StatusCode::OK);
+}
