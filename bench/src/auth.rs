@@ -6,6 +6,10 @@
 //! 3. `GET /users/me` with a JWT, and a bare axum JSON handler served by this
 //!    process, each at `--connections` for `--duration`: the ratio says what
 //!    Keel's stack (auth, cache, middleware) costs over axum itself.
+//! 4. Overload: `GET /users/me` probed open loop at `--probe-rate`, first
+//!    alone, then while logins are offered open loop at `--overload` times
+//!    the hashing ceiling: how much the other endpoints suffer, and how the
+//!    excess logins are answered (503 `server_busy` at once, or a queue).
 //!
 //! The target must run with `RATE_LIMIT_ENABLED=false`, or logins hit their
 //! per-account limit within a second.
@@ -32,6 +36,12 @@ pub struct Args {
     /// Concurrent connections for the login run.
     #[arg(long, default_value_t = 8)]
     login_connections: usize,
+    /// Logins offered in the overload run, as a multiple of the hashing ceiling.
+    #[arg(long, default_value_t = 4.0)]
+    overload: f64,
+    /// Requests per second of the `GET /users/me` probe beside the overload.
+    #[arg(long, default_value_t = 100)]
+    probe_rate: u32,
     /// Print one JSON object as the last line too.
     #[arg(long)]
     json: bool,
@@ -77,13 +87,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let me = get_run(
         &client,
         format!("{}/api/v1/users/me", args.url),
-        Some(token),
+        Some(token.clone()),
         args.connections,
         duration,
     )
     .await;
     let bare_url = serve_bare().await?;
     let bare = get_run(&client, bare_url, None, args.connections, duration).await;
+    let overload = overload(&args, &client, &login_url, &login_body, &token, ceiling).await;
 
     println!("keel-bench auth  ({cores} cores, {}s runs)", args.duration);
     println!(
@@ -124,6 +135,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "GET /users/me reaches {:.0} % of the bare handler",
         100.0 * me.per_second() / bare.per_second()
     );
+    println!(
+        "overload: logins offered at {:.0}/s ({}× the ceiling): {} signed in ({:.1}/s), {} refused 503 server_busy, {} other; login p50 {:.2} ms, p99 {:.2} ms",
+        overload.offered_per_s,
+        args.overload,
+        overload.signed_in,
+        overload.signed_in as f64 / args.duration as f64,
+        overload.busy,
+        overload.other,
+        overload.logins.p50_ms(),
+        overload.logins.p99_ms()
+    );
+    println!(
+        "GET /users/me at {}/s, open loop: p99 {:.2} ms idle, {:.2} ms under the login overload ({:.2}×)",
+        args.probe_rate,
+        overload.idle.p99_ms(),
+        overload.loaded.p99_ms(),
+        overload.loaded.p99_ms() / overload.idle.p99_ms()
+    );
     if args.json {
         let summary = json!({
             "cores": cores,
@@ -136,10 +165,77 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "me_p99_ms": me.p99_ms(),
             "bare_per_s": bare.per_second(),
             "bare_p99_ms": bare.p99_ms(),
+            "overload_offered_per_s": overload.offered_per_s,
+            "overload_signed_in": overload.signed_in,
+            "overload_busy": overload.busy,
+            "overload_other": overload.other,
+            "overload_login_p99_ms": overload.logins.p99_ms(),
+            "probe_idle_p99_ms": overload.idle.p99_ms(),
+            "probe_overload_p99_ms": overload.loaded.p99_ms(),
         });
         println!("{summary}");
     }
     Ok(())
+}
+
+/// What the overload run saw.
+struct Overload {
+    offered_per_s: f64,
+    signed_in: u64,
+    busy: u64,
+    other: u64,
+    logins: Report,
+    idle: Report,
+    loaded: Report,
+}
+
+async fn overload(
+    args: &Args,
+    client: &reqwest::Client,
+    login_url: &str,
+    login_body: &Value,
+    token: &str,
+    ceiling: f64,
+) -> Overload {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let duration = Duration::from_secs(args.duration);
+    let me_url = format!("{}/api/v1/users/me", args.url);
+    let probe = || {
+        let request = client.get(&me_url).bearer_auth(token);
+        async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+    };
+    let idle = load::run_open(args.probe_rate, duration, probe).await;
+    let offered_per_s = (ceiling * args.overload).max(1.0);
+    let outcomes = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let login = || {
+        let request = client.post(login_url).json(login_body);
+        let outcomes = Arc::clone(&outcomes);
+        async move {
+            let slot = match request.send().await.map(|r| r.status().as_u16()) {
+                Ok(200) => 0,
+                Ok(503) => 1,
+                _ => 2,
+            };
+            outcomes[slot].fetch_add(1, Ordering::Relaxed);
+            slot == 0
+        }
+    };
+    let (logins, loaded) = tokio::join!(
+        load::run_open(offered_per_s as u32, duration, login),
+        load::run_open(args.probe_rate, duration, probe),
+    );
+    Overload {
+        offered_per_s,
+        signed_in: outcomes[0].load(Ordering::Relaxed),
+        busy: outcomes[1].load(Ordering::Relaxed),
+        other: outcomes[2].load(Ordering::Relaxed),
+        logins,
+        idle,
+        loaded,
+    }
 }
 
 async fn get_run(
@@ -202,7 +298,7 @@ impl Hasher {
 }
 
 /// Median of 30 hashes on one thread, after a warm-up.
-fn argon2_single_core_ms() -> f64 {
+pub(crate) fn argon2_single_core_ms() -> f64 {
     let mut hasher = Hasher::new();
     for _ in 0..5 {
         hasher.hash();
@@ -277,7 +373,7 @@ pub(crate) async fn sign_up(
 }
 
 /// A bare axum handler returning a user-sized JSON object, on a free port.
-async fn serve_bare() -> anyhow::Result<String> {
+pub(crate) async fn serve_bare() -> anyhow::Result<String> {
     let body = json!({
         "id": "01932c5e-7c1e-7f00-8a4e-2f9d1c3b5a60", "username": "bench", "email": "bench@example.com",
         "first_name": null, "last_name": null, "phone_number": null, "phone_verified": false, "avatar_url": null,

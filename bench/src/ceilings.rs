@@ -7,6 +7,7 @@
 //!   the finish UPDATE, each its own transaction — one script run is one
 //!   task, unbatched. Also the INSERT alone.
 //! - redis-benchmark LPUSH, unpipelined and with `-P 16`.
+//! - argon2id's single-core hash time with Keel's parameters.
 
 use std::process::Command;
 
@@ -32,7 +33,7 @@ UPDATE tasks SET status = 'completed', result = 'null', progress = 100, finished
   WHERE id = :id AND lease_owner = 'w' AND status = 'running';
 ";
 
-const INSERT_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
+pub(crate) const INSERT_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
   VALUES (gen_random_uuid(), :owner, 'ceiling', 'noop', '{}', 60, 'bench', now());
 ";
 
@@ -80,8 +81,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?
     .id;
 
-    let task_tps = pgbench(&args, TASK_SQL, owner)?;
-    let insert_tps = pgbench(&args, INSERT_SQL, owner)?;
+    let task_tps = pgbench(
+        &args.database_url,
+        args.clients,
+        args.duration,
+        TASK_SQL,
+        owner,
+    )?;
+    let insert_tps = pgbench(
+        &args.database_url,
+        args.clients,
+        args.duration,
+        INSERT_SQL,
+        owner,
+    )?;
+    let hash_ms = tokio::task::spawn_blocking(crate::auth::argon2_single_core_ms).await?;
     // The rows were only for measuring.
     sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(owner)
@@ -107,20 +121,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("| redis-benchmark LPUSH, 50 clients | {lpush:.0} ops/s |");
     println!("| redis-benchmark LPUSH, 50 clients, -P 16 | {lpush_p16:.0} ops/s |");
+    println!("| argon2id hash, Keel's parameters, one core | {hash_ms:.1} ms |");
     if args.json {
         println!(
             "{}",
             json!({
                 "pgbench_task_sql_tps": task_tps.round(), "pgbench_insert_tps": insert_tps.round(),
                 "redis_lpush_ops": lpush.round(), "redis_lpush_p16_ops": lpush_p16.round(),
+                "argon2_hash_ms": hash_ms,
             })
         );
     }
     Ok(())
 }
 
-/// Runs `script` with pgbench; returns its tps.
-fn pgbench(args: &Args, script: &str, owner: Uuid) -> anyhow::Result<f64> {
+/// Runs `script` with pgbench, `clients` at once for `seconds`, `:owner`
+/// bound to `owner`; returns its tps.
+pub(crate) fn pgbench(
+    database_url: &str,
+    clients: usize,
+    seconds: u64,
+    script: &str,
+    owner: Uuid,
+) -> anyhow::Result<f64> {
     let path = std::env::temp_dir().join(format!("keel-ceiling-{}.sql", Uuid::new_v4()));
     std::fs::write(&path, script)?;
     let output = Command::new("pgbench")
@@ -132,13 +155,13 @@ fn pgbench(args: &Args, script: &str, owner: Uuid) -> anyhow::Result<f64> {
             "-j",
             "2",
             "-c",
-            &args.clients.to_string(),
+            &clients.to_string(),
         ])
-        .args(["-T", &args.duration.to_string()])
+        .args(["-T", &seconds.to_string()])
         .arg("-f")
         .arg(&path)
         .args(["-D", &format!("owner={owner}")])
-        .arg(&args.database_url)
+        .arg(database_url)
         .output()
         .context("running pgbench (apt-get install postgresql-client)")?;
     let _ = std::fs::remove_file(&path);

@@ -12,6 +12,8 @@
 //! With `--workers W` the bench starts W worker processes itself (from
 //! `--worker-bin`, on its own Redis prefix) and stops them after; without,
 //! it expects a fleet already running on `--redis-prefix` and `--database-url`.
+//! `--workers 1,2,4` repeats the throughput run with each fleet size, for
+//! the scaling curve; the latency runs use the first.
 
 use std::{
     sync::Arc,
@@ -48,15 +50,10 @@ pub struct Args {
     /// Concurrent creators.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Start this many worker processes (else use a running fleet).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// `WORKER_CONCURRENCY` of the workers the bench starts.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// The worker binary for `--workers`.
-    #[arg(long, default_value = "target/release/keel-worker")]
-    worker_bin: String,
+    /// Start this many worker processes (else use a running fleet); a list
+    /// (`1,2,4`) runs the throughput part once per fleet size.
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
     /// Tasks in the trickle run.
     #[arg(long, default_value_t = 200)]
     trickle: usize,
@@ -66,89 +63,136 @@ pub struct Args {
     /// Tasks in the scheduled-start run.
     #[arg(long, default_value_t = 200)]
     scheduled: usize,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
     /// Redis prefix of the fleet (with `--workers`, a fresh one is used when unset).
     #[arg(long, env = "REDIS_PREFIX")]
     redis_prefix: Option<String>,
+    #[command(flatten)]
+    stack: StackArgs,
     /// Print one JSON object as the last line too.
     #[arg(long)]
     json: bool,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let prefix = args
-        .redis_prefix
-        .clone()
-        .unwrap_or_else(|| format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let config = Config::from_flags([
-        "--database-url",
-        &args.database_url,
-        "--redis-url",
-        &args.redis_url,
-        "--redis-prefix",
-        &prefix,
-        "--database-max-connections",
-        "32",
-    ])?;
-    db::create_database_if_missing(&config).await?;
-    let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
-    let redis = RedisClient::connect(&config).await?;
-    let jobs = JobQueue::new(redis.clone());
-    let owner = bench_user(&pool).await?;
+/// Where the benches that start workers find the stack.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// `WORKER_CONCURRENCY` of the workers the bench starts.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// The worker binary the bench starts.
+    #[arg(long, default_value = "target/release/keel-worker")]
+    pub worker_bin: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
 
-    let mut fleet = Fleet::default();
-    if let Some(count) = args.workers {
-        let concurrency = args.concurrency.to_string();
+/// The bench's database, Redis prefix and the clients on them.
+pub(crate) struct Setup {
+    pub pool: PgPool,
+    pub redis: RedisClient,
+    pub jobs: JobQueue,
+    pub prefix: String,
+}
+
+impl Setup {
+    /// Connects (creating and migrating the database when missing) on
+    /// `prefix`, or a fresh one.
+    pub(crate) async fn connect(stack: &StackArgs, prefix: Option<String>) -> anyhow::Result<Self> {
+        let (database_url, redis_url) = (stack.database_url.as_str(), stack.redis_url.as_str());
+        let prefix = prefix
+            .unwrap_or_else(|| format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]));
+        let config = Config::from_flags([
+            "--database-url",
+            database_url,
+            "--redis-url",
+            redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--database-max-connections",
+            "32",
+        ])?;
+        db::create_database_if_missing(&config).await?;
+        let pool = db::connect(&config).await?;
+        db::migrate(&pool).await?;
+        let redis = RedisClient::connect(&config).await?;
+        let jobs = JobQueue::new(redis.clone());
+        Ok(Self {
+            pool,
+            redis,
+            jobs,
+            prefix,
+        })
+    }
+
+    /// Connects to `database_url` and `redis_url` on a fresh prefix.
+    pub(crate) async fn connect_url(database_url: &str, redis_url: &str) -> anyhow::Result<Self> {
+        let stack = StackArgs {
+            concurrency: 1,
+            worker_bin: String::new(),
+            database_url: database_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+        };
+        Self::connect(&stack, None).await
+    }
+
+    /// Starts `count` workers on the `tasks` queue and waits until they heartbeat.
+    pub(crate) async fn workers(&self, count: usize, stack: &StackArgs) -> anyhow::Result<Fleet> {
+        let mut fleet = Fleet::default();
+        let concurrency = stack.concurrency.to_string();
         for _ in 0..count {
             fleet.start(
-                &args.worker_bin,
-                &args.database_url,
-                &args.redis_url,
-                &prefix,
+                &stack.worker_bin,
+                &stack.database_url,
+                &stack.redis_url,
+                &self.prefix,
                 &[
                     ("WORKER_QUEUES", "tasks"),
                     ("WORKER_CONCURRENCY", &concurrency),
                 ],
             )?;
         }
+        wait_for_workers(&self.redis, count).await?;
+        Ok(fleet)
     }
-    let alive = wait_for_workers(&redis, args.workers.unwrap_or(1)).await?;
+}
 
-    // Throughput.
-    let start_db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(&pool)
-        .await?;
-    let started = Instant::now();
-    enqueue(
-        &pool,
-        &jobs,
-        owner,
-        args.tasks,
-        args.batch,
-        args.connections,
-    )
-    .await?;
-    let enqueue_secs = started.elapsed().as_secs_f64();
-    let last_finish = wait_completed(&pool, owner, args.tasks).await?;
-    let e2e_secs = (last_finish - start_db).num_microseconds().unwrap_or(1) as f64 / 1e6;
+/// One throughput run's figures.
+struct Throughput {
+    workers: usize,
+    enqueue_tps: f64,
+    e2e_tps: f64,
+}
 
-    // Idle-queue latency.
-    let trickle_owner = bench_user(&pool).await?;
-    let latency = trickle(&pool, &jobs, trickle_owner, args.trickle, args.trickle_rate).await?;
-    let scheduled_owner = bench_user(&pool).await?;
-    let (lateness, early) = scheduled(&pool, &jobs, scheduled_owner, args.scheduled).await?;
-    fleet.stop();
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let setup = Setup::connect(&args.stack, args.redis_prefix.clone()).await?;
+    // No list: a fleet is already running on the prefix.
+    let sizes: Vec<Option<usize>> = if args.workers.is_empty() {
+        vec![None]
+    } else {
+        args.workers.iter().copied().map(Some).collect()
+    };
+    let mut runs = Vec::new();
+    let mut latencies = None;
+    for size in sizes {
+        let mut fleet = match size {
+            Some(count) => setup.workers(count, &args.stack).await?,
+            None => Fleet::default(),
+        };
+        let alive = wait_for_workers(&setup.redis, size.unwrap_or(1)).await?;
+        runs.push(throughput(&setup, &args, alive).await?);
+        if latencies.is_none() {
+            latencies = Some(idle_latencies(&setup, &args).await?);
+        }
+        fleet.stop();
+    }
+    let (latency, lateness, early) = latencies.context("at least one run")?;
 
-    let enqueue_tps = args.tasks as f64 / enqueue_secs;
-    let e2e_tps = args.tasks as f64 / e2e_secs;
     let p50 = latency.value_at_quantile(0.50) as f64 / 1000.0;
     let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
     let max = latency.max() as f64 / 1000.0;
@@ -156,13 +200,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let late_p99 = lateness.value_at_quantile(0.99) as f64 / 1000.0;
     let late_max = lateness.max() as f64 / 1000.0;
     println!(
-        "e2e: {} noop tasks, batch {}, {} creators, {} worker(s) alive\n",
-        args.tasks, args.batch, args.connections, alive
+        "e2e: {} noop tasks per run, batch {}, {} creators\n",
+        args.tasks, args.batch, args.connections
     );
-    println!("| measure | value |");
+    println!(
+        "| workers | enqueue (row + push) | end to end (first create → last completed row) | vs the first |"
+    );
+    println!("| ---: | ---: | ---: | ---: |");
+    let base = runs[0].e2e_tps;
+    for run in &runs {
+        println!(
+            "| {} | {:.0} tasks/s | {:.0} tasks/s | {:.2}× |",
+            run.workers,
+            run.enqueue_tps,
+            run.e2e_tps,
+            run.e2e_tps / base
+        );
+    }
+    println!();
+    println!("| latency, {} worker(s) | value |", runs[0].workers);
     println!("| --- | ---: |");
-    println!("| enqueue (row + push) | {enqueue_tps:.0} tasks/s |");
-    println!("| end to end (first create → last completed row) | {e2e_tps:.0} tasks/s |");
     println!(
         "| idle enqueue→start, {} tasks at {}/s | p50 {p50:.2} ms · p99 {p99:.2} ms · max {max:.2} ms |",
         args.trickle, args.trickle_rate
@@ -172,11 +229,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.scheduled
     );
     if args.json {
+        let runs: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({"workers": r.workers, "enqueue_tps": r.enqueue_tps.round(),
+                       "e2e_tps": r.e2e_tps.round()})
+            })
+            .collect();
         println!(
             "{}",
             json!({
-                "tasks": args.tasks, "batch": args.batch, "workers": alive,
-                "enqueue_tps": enqueue_tps.round(), "e2e_tps": e2e_tps.round(),
+                "tasks": args.tasks, "batch": args.batch, "runs": runs,
+                "enqueue_tps": runs[0]["enqueue_tps"], "e2e_tps": runs[0]["e2e_tps"],
                 "start_p50_ms": p50, "start_p99_ms": p99, "start_max_ms": max,
                 "late_p50_ms": late_p50, "late_p99_ms": late_p99, "late_max_ms": late_max,
                 "early": early,
@@ -186,8 +250,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--tasks` creates while `workers` workers complete them.
+async fn throughput(setup: &Setup, args: &Args, workers: usize) -> anyhow::Result<Throughput> {
+    let owner = bench_user(&setup.pool).await?;
+    let start_db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&setup.pool)
+        .await?;
+    let started = Instant::now();
+    enqueue(
+        &setup.pool,
+        &setup.jobs,
+        owner,
+        args.tasks,
+        args.batch,
+        args.connections,
+    )
+    .await?;
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    let last_finish = wait_completed(&setup.pool, owner, args.tasks).await?;
+    let e2e_secs = (last_finish - start_db).num_microseconds().unwrap_or(1) as f64 / 1e6;
+    Ok(Throughput {
+        workers,
+        enqueue_tps: args.tasks as f64 / enqueue_secs,
+        e2e_tps: args.tasks as f64 / e2e_secs,
+    })
+}
+
+/// The idle-queue latencies: trickled creates, then tasks scheduled ahead.
+async fn idle_latencies(
+    setup: &Setup,
+    args: &Args,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64)> {
+    let owner = bench_user(&setup.pool).await?;
+    let latency = trickle(
+        &setup.pool,
+        &setup.jobs,
+        owner,
+        args.trickle,
+        args.trickle_rate,
+    )
+    .await?;
+    let owner = bench_user(&setup.pool).await?;
+    let (lateness, early) =
+        scheduled(&setup.pool, &setup.jobs, owner, args.scheduled, 2000).await?;
+    Ok((latency, lateness, early))
+}
+
 /// Creates `n` noop tasks, `batch` per create, from `connections` creators.
-async fn enqueue(
+pub(crate) async fn enqueue(
     pool: &PgPool,
     jobs: &JobQueue,
     owner: Uuid,
@@ -223,7 +333,11 @@ async fn enqueue(
 }
 
 /// Waits until `n` of `owner`'s tasks are completed; returns the last `finished_at`.
-async fn wait_completed(pool: &PgPool, owner: Uuid, n: usize) -> anyhow::Result<DateTime<Utc>> {
+pub(crate) async fn wait_completed(
+    pool: &PgPool,
+    owner: Uuid,
+    n: usize,
+) -> anyhow::Result<DateTime<Utc>> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let (done, last): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
@@ -274,27 +388,33 @@ async fn trickle(
     Ok(histogram)
 }
 
-/// `n` tasks scheduled 2–4 s ahead (by the database clock), created at
-/// once; returns the lateness histogram (µs) and how many started early.
-async fn scheduled(
+/// `n` tasks scheduled 2 s ahead (by the database clock) and spread over
+/// the next `spread_ms`, created at once; returns the lateness histogram
+/// (µs) and how many started early. A spread of 0 puts them all on one
+/// instant.
+pub(crate) async fn scheduled(
     pool: &PgPool,
     jobs: &JobQueue,
     owner: Uuid,
     n: usize,
+    spread_ms: i64,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut histogram = Histogram::<u64>::new(3)?;
     if n == 0 {
         return Ok((histogram, 0));
     }
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let at = now + chrono::Duration::milliseconds(2000);
     let specs: Vec<NewTask> = (0..n)
         .map(|i| {
-            let offset = 2000 + (2000 * i / n) as i64;
+            let offset = if spread_ms == 0 {
+                chrono::Duration::zero()
+            } else {
+                chrono::Duration::milliseconds(spread_ms * i as i64 / n as i64)
+                    + chrono::Duration::microseconds(137 * i as i64)
+            };
             NewTask {
-                scheduled_at: Some(
-                    now + chrono::Duration::milliseconds(offset)
-                        + chrono::Duration::microseconds(137 * i as i64),
-                ),
+                scheduled_at: Some(at + offset),
                 ..noop()
             }
         })
@@ -321,7 +441,7 @@ async fn scheduled(
     Ok((histogram, early))
 }
 
-fn noop() -> NewTask {
+pub(crate) fn noop() -> NewTask {
     NewTask {
         name: "bench".into(),
         kind: "noop".into(),
@@ -334,7 +454,7 @@ fn noop() -> NewTask {
     }
 }
 
-async fn wait_for_workers(redis: &RedisClient, n: usize) -> anyhow::Result<usize> {
+pub(crate) async fn wait_for_workers(redis: &RedisClient, n: usize) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alive = workers::list_alive(redis).await?.len();

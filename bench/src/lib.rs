@@ -7,17 +7,25 @@
 //! - [`load`]: the closed-loop load generator and its latency histogram.
 //! - [`auth`]: the `auth` workload — login throughput against the argon2
 //!   ceiling, and `GET /users/me` against a bare axum handler.
-//! - [`e2e`]: the task pipeline end to end, with real workers.
+//! - [`e2e`]: the task pipeline end to end, with real workers (and the
+//!   scaling curve over fleet sizes).
+//! - [`burn_down`]: a queued backlog drained by workers started after it.
+//! - [`schedule`]: many tasks due at one instant: start lateness.
 //! - [`ws`]: WebSockets held open, and a room broadcast.
 //! - [`ticks`]: cron ticks through competing scheduler replicas.
+//! - [`http`]: the hot endpoints, closed and open loop, beside a bare
+//!   handler and pgbench.
 //! - [`ceilings`]: pgbench and redis-benchmark for the same work.
 //! - [`fleet`]: the processes and users a bench starts and makes.
 
 pub mod auth;
+pub mod burn_down;
 pub mod ceilings;
 pub mod e2e;
 pub mod fleet;
+pub mod http;
 pub mod load;
+pub mod schedule;
 pub mod ticks;
 pub mod ws;
 
@@ -38,12 +46,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Logins/s next to the single-core argon2 ceiling; `GET /users/me` next to a bare axum handler.
-    Auth(auth::Args),
-    /// The task pipeline: enqueue and end-to-end tasks/s, idle enqueue→start latency.
+    /// Logins/s next to the argon2 ceiling; `GET /users/me` next to a bare handler; both under a login overload.
+    #[command(alias = "auth")]
+    Login(auth::Args),
+    /// The task pipeline: enqueue and end-to-end tasks/s per fleet size, idle enqueue→start latency.
     E2e(e2e::Args),
+    /// A backlog of noop tasks queued first, then drained by workers: tasks/s.
+    BurnDown(burn_down::Args),
+    /// Many tasks scheduled for one instant: start lateness p50/p99/max, none early.
+    Schedule(schedule::Args),
     /// WebSockets: sockets held and memory per socket; broadcast latency to a room.
     Ws(ws::Args),
+    /// GET /users/me, POST /tasks, GET /tasks/{id}/status: closed and open loop, beside a bare handler and pgbench.
+    Http(http::Args),
     /// Cron ticks under competing scheduler replicas: lateness, and one fire per tick.
     Ticks(ticks::Args),
     /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
@@ -59,10 +74,13 @@ pub fn main() -> ExitCode {
         .expect("a runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Auth(args) => auth::run(args).await,
+            Command::Login(args) => auth::run(args).await,
             Command::E2e(args) => e2e::run(args).await,
+            Command::BurnDown(args) => burn_down::run(args).await,
+            Command::Schedule(args) => schedule::run(args).await,
             Command::Ceilings(args) => ceilings::run(args).await,
             Command::Ticks(args) => ticks::run(args).await,
+            Command::Http(args) => http::run(args).await,
             Command::Ws(args) => ws::run(args).await,
         }
     });

@@ -1,6 +1,10 @@
-//! A closed-loop load generator: `connections` tasks, each sending its next
-//! request as soon as the last is answered, for a fixed time; latencies go
-//! into one HDR histogram.
+//! Load generators, with latencies in one HDR histogram:
+//!
+//! - closed loop ([`run`]): `connections` tasks, each sending its next
+//!   request as soon as the last is answered, for a fixed time;
+//! - open loop ([`run_open`]): requests sent at a fixed rate whatever the
+//!   answers do, each timed from when it was due to be sent, so a stalled
+//!   server shows in the latency instead of slowing the offered load.
 
 use std::{
     future::Future,
@@ -30,6 +34,53 @@ impl Report {
     pub fn p99_ms(&self) -> f64 {
         self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
     }
+
+    pub fn p999_ms(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.999) as f64 / 1000.0
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Sends `request` `rate` times a second for `duration`, each in its own
+/// task; `request` answers whether the response was a success.
+pub async fn run_open<F, Fut>(rate: u32, duration: Duration, request: F) -> Report
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let count = (duration.as_secs_f64() * f64::from(rate)) as u32;
+    let started = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..count {
+        let due = started + interval * i;
+        tokio::time::sleep_until(due.into()).await;
+        let (response, done_tx) = (request(), done_tx.clone());
+        tokio::spawn(async move {
+            let ok = response.await;
+            let _ = done_tx.send((due.elapsed(), ok));
+        });
+    }
+    drop(done_tx);
+    let mut latency_us = histogram();
+    let mut errors = 0;
+    while let Some((elapsed, ok)) = done_rx.recv().await {
+        latency_us.saturating_record(micros(elapsed));
+        errors += u64::from(!ok);
+    }
+    Report {
+        requests: latency_us.len(),
+        errors,
+        elapsed: started.elapsed(),
+        latency_us,
+    }
 }
 
 /// Runs `request` from `connections` tasks for `duration`. `request`
@@ -45,16 +96,12 @@ where
         .map(|_| {
             let request = request.clone();
             tokio::spawn(async move {
-                let mut histogram =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut histogram = histogram();
                 let mut errors = 0;
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
                     let ok = request().await;
-                    let us = u64::try_from(t0.elapsed().as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    histogram.saturating_record(us);
+                    histogram.saturating_record(micros(t0.elapsed()));
                     if !ok {
                         errors += 1;
                     }
@@ -63,7 +110,7 @@ where
             })
         })
         .collect();
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut latency_us = histogram();
     let mut errors = 0;
     for task in tasks {
         let (histogram, task_errors) = task.await.expect("a load task");
