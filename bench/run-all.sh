@@ -53,13 +53,13 @@ kill -TERM "$worker" "$scheduler"; wait "$worker" "$scheduler" 2>/dev/null || tr
 last_json() { tail -n 1; }
 for run in $(seq 1 "$RUNS"); do
   say "run $run of $RUNS"
-  "$bin/keel-bench" ceilings --json | tee /dev/stderr | last_json >>"$OUT/ceilings.jsonl"
-  "$bin/keel-bench" e2e --tasks 10000 --workers 1,2,4 --json | tee /dev/stderr | last_json >>"$OUT/e2e.jsonl"
-  "$bin/keel-bench" burn-down --tasks 50000 --workers 1 --json | tee /dev/stderr | last_json >>"$OUT/burn_down.jsonl"
-  "$bin/keel-bench" burn-down --tasks 50000 --workers 2 --json | tee /dev/stderr | last_json >>"$OUT/burn_down_2.jsonl"
-  "$bin/keel-bench" schedule --tasks 1000 --workers 1 --json | tee /dev/stderr | last_json >>"$OUT/schedule.jsonl"
-  "$bin/keel-bench" login --url "$URL" --duration 10 --json | tee /dev/stderr | last_json >>"$OUT/login.jsonl"
-  "$bin/keel-bench" http --url "$URL" --duration 10 --connections 64 --rate 1000 --json | tee /dev/stderr | last_json >>"$OUT/http.jsonl"
+  "$bin/keel-bench" ceilings --json | tee -a /dev/stderr | last_json >>"$OUT/ceilings.jsonl"
+  "$bin/keel-bench" e2e --tasks 10000 --workers 1,2,4 --json | tee -a /dev/stderr | last_json >>"$OUT/e2e.jsonl"
+  "$bin/keel-bench" burn-down --tasks 50000 --workers 1 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down.jsonl"
+  "$bin/keel-bench" burn-down --tasks 50000 --workers 2 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down_2.jsonl"
+  "$bin/keel-bench" schedule --tasks 1000 --workers 1 --json | tee -a /dev/stderr | last_json >>"$OUT/schedule.jsonl"
+  "$bin/keel-bench" login --url "$URL" --duration 10 --json | tee -a /dev/stderr | last_json >>"$OUT/login.jsonl"
+  "$bin/keel-bench" http --url "$URL" --duration 10 --connections 64 --rate 1000 --json | tee -a /dev/stderr | last_json >>"$OUT/http.jsonl"
 done
 
 say "medians of $RUNS runs (raw lines in $OUT)"

@@ -217,6 +217,42 @@ impl JobQueue {
         Ok(ids.len())
     }
 
+    /// Moves up to `max` of `queue`'s due jobs from Redis's scheduled set to
+    /// its ready list, oldest first; returns how many it moved.
+    ///
+    /// apalis promotes due jobs itself, inside its fetch, but all of them in
+    /// one Lua `unpack`, which fails past about 8,000 ids ("too many results
+    /// to unpack"); its worker then ends on every fetch, and a backlog that
+    /// large — workers down while the API accepts tasks, or the reconciler
+    /// restoring a flushed Redis — would never drain. Workers call this
+    /// often, in bounded chunks, so apalis only ever finds a few due ids.
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn promote_due(&self, queue: Queue, max: usize) -> redis::RedisResult<usize> {
+        static PROMOTE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, ARGV[2])
+                if #ids > 0 then
+                    redis.call('rpush', KEYS[2], unpack(ids))
+                    redis.call('zrem', KEYS[1], unpack(ids))
+                    redis.call('del', KEYS[3])
+                    redis.call('lpush', KEYS[3], 1)
+                end
+                return #ids",
+            )
+        });
+        let config = self.apalis_config(queue);
+        PROMOTE
+            .key(config.scheduled_jobs_set())
+            .key(config.active_jobs_list())
+            .key(config.signal_list())
+            .arg(Utc::now().timestamp())
+            .arg(max)
+            .invoke_async(&mut self.redis.conn())
+            .await
+    }
+
     /// [`trim_done`](Self::trim_done) on every queue until nothing is left;
     /// returns how many jobs it forgot.
     ///

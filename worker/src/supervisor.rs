@@ -47,6 +47,7 @@ where
 {
     let queue = J::QUEUE;
     let mut paused = pause::watch(setup.jobs.clone(), queue, stop.clone());
+    tokio::spawn(promote(setup.jobs.clone(), queue, stop.clone()));
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -115,4 +116,35 @@ where
 
 async fn handle<J: Job, H: Handler<J>>(job: J, handler: Data<Arc<H>>) -> Result<(), BoxDynError> {
     Arc::clone(&handler).handle(job).await
+}
+
+/// Due jobs moved to the ready list per call: far below the ~8,000 ids at
+/// which apalis's own promotion fails (see `JobQueue::promote_due`).
+const PROMOTE_CHUNK: usize = 1000;
+/// How often the promoter looks.
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps `queue`'s due jobs moving from the scheduled set to the ready list
+/// in chunks, until `stop`, so no backlog grows past what apalis's fetch
+/// can promote.
+async fn promote(jobs: JobQueue, queue: keel_shared::jobs::Queue, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROMOTE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // A backlog of any size drains at a chunk per round trip.
+        loop {
+            match jobs.promote_due(queue, PROMOTE_CHUNK).await {
+                Ok(moved) if moved == PROMOTE_CHUNK => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, %queue, "could not promote due jobs");
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -543,3 +543,44 @@ async fn a_paused_queue_takes_no_jobs_until_resumed() {
     let done = p.finished(held.id, LONG).await;
     assert_eq!(done.status, TaskStatus::Completed);
 }
+
+#[tokio::test]
+async fn a_backlog_of_twelve_thousand_jobs_queued_before_any_worker_is_drained() {
+    // apalis promotes every due job in one Lua `unpack`, which fails past
+    // about 8,000 ids: without Keel's chunked promotion this backlog would
+    // stall the queue for good.
+    let p = Pipeline::new().await;
+    let n = 12_000;
+    for _ in 0..n / 2000 {
+        p.create_many((0..2000).map(|_| new_task("noop", noop())).collect())
+            .await;
+    }
+    let queued: u64 = redis::cmd("ZCARD")
+        .arg(p.jobs.apalis_config(Queue::Tasks).scheduled_jobs_set())
+        .query_async(&mut p.redis.conn())
+        .await
+        .unwrap();
+    assert_eq!(queued, n, "every job waits in Redis before a worker starts");
+    let _worker = p.worker(&[("WORKER_CONCURRENCY", "64")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let completed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'completed'")
+                .fetch_one(&p.pool)
+                .await
+                .unwrap();
+        if completed == i64::try_from(n).unwrap() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {completed} of {n} completed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let attempts: i64 = sqlx::query_scalar("SELECT max(attempts)::bigint FROM tasks")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "each ran once");
+}
