@@ -31,7 +31,7 @@ cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; d
 trap cleanup EXIT
 
 prefix=bench-$RANDOM$RANDOM
-RATE_LIMIT_ENABLED=false MAX_UNFINISHED_TASKS_PER_USER=100000000 REDIS_PREFIX=$prefix \
+RATE_LIMIT_ENABLED=false MAX_UNFINISHED_TASKS_PER_USER=0 REDIS_PREFIX=$prefix \
   PORT=$PORT HOST=127.0.0.1 "$bin/keel-api" &
 api=$!; pids+=("$api")
 REDIS_PREFIX=$prefix METRICS_PORT=0 "$bin/keel-worker" &

@@ -8,9 +8,9 @@
 //! - `POST /api/v1/tasks` (`noop`): a committed row and a pushed job.
 //! - `GET /api/v1/tasks/{id}/status`: a primary-key read.
 //!
-//! The target runs with `RATE_LIMIT_ENABLED=false` and a
-//! `MAX_UNFINISHED_TASKS_PER_USER` above what the run creates (no worker
-//! needs to run: the created tasks stay pending).
+//! The target runs with `RATE_LIMIT_ENABLED=false` and without the
+//! per-user cap (`MAX_UNFINISHED_TASKS_PER_USER=0`): no worker needs to run,
+//! and the created tasks stay pending.
 
 use std::time::Duration;
 
