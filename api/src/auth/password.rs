@@ -70,8 +70,11 @@ impl PasswordHasher {
         let buffers = Arc::new(Mutex::new(Vec::with_capacity(cores)));
         // Its own pool, dropped at once: an idle API keeps no 19 MiB buffer
         // for a hash made only at start.
-        let dummy = hash_with(&Mutex::new(Vec::new()), b"keel dummy password for unknown users")
-            .expect("argon2 hashes");
+        let dummy = hash_with(
+            &Mutex::new(Vec::new()),
+            b"keel dummy password for unknown users",
+        )
+        .expect("argon2 hashes");
         Self {
             permits: Arc::new(Semaphore::new(cores)),
             admitted: Arc::new(AtomicUsize::new(0)),
