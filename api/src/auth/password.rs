@@ -118,36 +118,47 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _admitted = Admission::enter(&self.admitted, self.capacity).ok_or_else(|| {
+        let admitted = Admission::enter(&self.admitted, self.capacity).ok_or_else(|| {
             ApiError::busy("too many sign-ins are being checked right now; retry in a second")
         })?;
-        let _permit = self
-            .permits
-            .acquire()
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
             .await
             .context("password hasher closed")?;
-        Ok(tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task failed")?)
+        // The hash owns its admission and its permit: a request dropped
+        // mid-hash (the client hung up) must not free a slot while the hash
+        // still runs, or hangups would buy unbounded concurrent hashes.
+        Ok(tokio::task::spawn_blocking(move || {
+            let _held = (admitted, permit);
+            work()
+        })
+        .await
+        .context("password hashing task failed")?)
+    }
+
+    /// Whether a password check would be admitted now: callers that count
+    /// attempts ask first, so a refusal while busy never costs an attempt.
+    pub fn has_room(&self) -> bool {
+        self.admitted.load(Ordering::Acquire) < self.capacity
     }
 }
 
 /// One hash counted against the hasher's capacity while it waits and runs.
-struct Admission<'a>(&'a AtomicUsize);
+struct Admission(Arc<AtomicUsize>);
 
-impl<'a> Admission<'a> {
+impl Admission {
     /// `None` when `capacity` hashes are already admitted.
-    fn enter(admitted: &'a AtomicUsize, capacity: usize) -> Option<Self> {
+    fn enter(admitted: &Arc<AtomicUsize>, capacity: usize) -> Option<Self> {
         admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < capacity).then_some(n + 1)
             })
             .ok()
-            .map(|_| Self(admitted))
+            .map(|_| Self(Arc::clone(admitted)))
     }
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -246,6 +257,41 @@ mod tests {
     use argon2::{PasswordHasher as _, PasswordVerifier as _};
 
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_request_keeps_its_slot_until_its_hash_is_done() {
+        let hasher = PasswordHasher::new();
+        let checks: Vec<_> = (0..hasher.capacity)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.verify("guess", None).await })
+            })
+            .collect();
+        // Let the first hashes start on the blocking pool, then hang up on all.
+        while hasher.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for check in &checks {
+            check.abort();
+        }
+        for check in checks {
+            let _ = check.await;
+        }
+        // The waiting ones left; the running ones still hold their slots.
+        let held = hasher.admitted.load(Ordering::Acquire);
+        assert!(
+            held >= 1,
+            "running hashes still count after their requests are gone"
+        );
+        assert!(
+            held <= cores(),
+            "waiting requests gave their slots back: {held}"
+        );
+        while hasher.admitted.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(hasher.has_room());
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_use_argon2id_with_owasp_parameters() {

@@ -107,6 +107,11 @@ pub async fn tasks(
         kind: kind.clone(),
     };
     let (rows, total) = tasks::list(&state.db, &filter, PAGE_SIZE, (page - 1) * PAGE_SIZE).await?;
+    // The pager's links keep the filters, encoded (a kind may hold `&`).
+    let filters = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("status", status.map_or("", TaskStatus::as_str))
+        .append_pair("kind", kind.as_deref().unwrap_or(""))
+        .finish();
     Ok(views::render(
         "tasks.html",
         context! {
@@ -119,6 +124,7 @@ pub async fn tasks(
             number => page,
             pages => pages(total),
             status => status.map(TaskStatus::as_str),
+            pager_base => format!("/dashboard/tasks?{filters}&"),
             kind,
             statuses => TaskStatus::ALL.map(TaskStatus::as_str),
         },

@@ -67,17 +67,28 @@ impl Admin {
 /// Not signed in: browsers go to the sign-in page and come back after.
 #[derive(Debug)]
 pub enum Refusal {
-    SignIn { next: String },
+    /// `expired`: a session cookie came and no longer works, so it is dropped.
+    SignIn {
+        next: String,
+        expired: bool,
+    },
     Page(PageError),
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Self::SignIn { next } => {
+            Self::SignIn { next, expired } => {
                 let target = format!("{PATH}/login?next={}", url_escape(&next));
-                // The cookie, if any, no longer works: drop it.
-                (CookieJar::new().add(removal()), Redirect::to(&target)).into_response()
+                // Only a cookie that came and failed is dropped: a link from
+                // another site arrives without the (SameSite=Strict) cookie,
+                // and must not end the session the browser still holds.
+                let jar = if expired {
+                    CookieJar::new().add(removal())
+                } else {
+                    CookieJar::new()
+                };
+                (jar, Redirect::to(&target)).into_response()
             }
             Self::Page(e) => e.into_response(),
         }
@@ -91,12 +102,21 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let sign_in = || Refusal::SignIn {
-            next: parts
+        // After signing in, come back here; an action (a POST) goes back to
+        // the page it belongs to instead.
+        let back = if parts.method == axum::http::Method::GET {
+            parts.uri.path_and_query().map_or(PATH, |p| p.as_str())
+        } else {
+            parts
                 .uri
-                .path_and_query()
-                .map_or(PATH, |p| p.as_str())
-                .to_owned(),
+                .path()
+                .rsplit_once('/')
+                .map_or(PATH, |(page, _)| page)
+        };
+        let back = back.to_owned();
+        let sign_in = |expired| Refusal::SignIn {
+            next: back.clone(),
+            expired,
         };
         let header_credential = credential(parts).map_err(|e| Refusal::Page(e.into()))?;
         let jar = CookieJar::from_headers(&parts.headers);
@@ -104,7 +124,7 @@ impl FromRequestParts<AppState> for Admin {
             Some(credential) => (credential, false),
             None => match jar.get(COOKIE) {
                 Some(cookie) => (Credential::Bearer(cookie.value()), true),
-                None => return Err(sign_in()),
+                None => return Err(sign_in(false)),
             },
         };
         let token_digest = match &credential {
@@ -112,7 +132,7 @@ impl FromRequestParts<AppState> for Admin {
         };
         let principal = match authenticate(state, credential).await {
             Ok(principal) => principal,
-            Err(ApiError::Unauthorized { .. }) if by_cookie => return Err(sign_in()),
+            Err(ApiError::Unauthorized { .. }) if by_cookie => return Err(sign_in(true)),
             Err(e) => return Err(Refusal::Page(e.into())),
         };
         principal
@@ -288,7 +308,8 @@ fn refused(e: ApiError, next: &str, challenge_id: Option<Uuid>) -> Response {
         "login.html",
         minijinja::context! { next, challenge_id => challenge_id.map(|id| id.to_string()), message },
     );
-    (parts.status, html).into_response()
+    // The refusal's headers stay (Retry-After on 429 and 503).
+    Response::from_parts(parts, html.0.into())
 }
 
 #[derive(Debug, Deserialize)]

@@ -283,6 +283,7 @@ pub(crate) async fn sign_in(
         .limiter
         .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
         .await?;
+    busy_unless_room(state)?;
     state.limiter.reserve_attempt(&account_key).await?;
     let matches = state
         .hasher
@@ -308,6 +309,20 @@ pub(crate) async fn sign_in(
     // may show an older one for a while rather than cost a reload per login.
     tracing::info!(user_id = %user.id, "signed in");
     issue(state, &user).await.map(SignIn::Tokens)
+}
+
+/// 503 `server_busy` before an attempt is counted, when the hasher has no
+/// room: a refusal while busy must not count against the account. (A check
+/// that finds room here may still be refused a moment later; that rare
+/// attempt is counted.)
+fn busy_unless_room(state: &AppState) -> Result<(), ApiError> {
+    if state.hasher.has_room() {
+        Ok(())
+    } else {
+        Err(ApiError::busy(
+            "too many sign-ins are being checked right now; retry in a second",
+        ))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -565,6 +580,7 @@ pub(crate) async fn check_password(
     field: &str,
 ) -> Result<User, ApiError> {
     let attempts_key = format!("change-password:{}", principal.id());
+    busy_unless_room(state)?;
     state.limiter.reserve_attempt(&attempts_key).await?;
     let user = users::find_by_id(&state.db, principal.id())
         .await?

@@ -104,6 +104,23 @@ async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors
         response.headers()[header::LOCATION],
         "/dashboard/login?next=%2Fdashboard%2Ftasks%3Fstatus%3Dfailed"
     );
+    // A visitor without the cookie (as on any link from another site, the
+    // cookie being SameSite=Strict) is not told to drop one.
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    // A cookie that no longer works is dropped.
+    let stale = browser()
+        .get(app.url("/dashboard"))
+        .header(header::COOKIE, "keel_dashboard=not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::SEE_OTHER);
+    assert!(
+        stale.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
 
     let (status, login) = page(&app, "", "/dashboard/login").await;
     assert_eq!(status, StatusCode::OK);
@@ -260,6 +277,19 @@ async fn actions_need_the_sessions_csrf_token_and_our_origin() {
     let csrf = csrf_of(&html);
 
     let cancel = format!("{path}/cancel");
+    // Signed out meanwhile: after signing in, back to the task's page (not
+    // to the POST-only action).
+    let signed_out = browser()
+        .post(app.url(&cancel))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        signed_out.headers()[header::LOCATION].to_str().unwrap(),
+        format!("/dashboard/login?next=%2Fdashboard%2Ftasks%2F{id}")
+    );
     let forged = post_form(
         &app,
         &cookie,
