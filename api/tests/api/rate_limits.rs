@@ -182,18 +182,44 @@ async fn a_burst_of_concurrent_guesses_gets_no_more_than_ten_tries() {
         }
     });
     let statuses = futures_util::future::join_all(guesses).await;
-    let checked = statuses
+    // Beyond what the password hasher admits at once (5 per core), a guess
+    // is refused as busy (503) before it counts; the rest are checked (401)
+    // until the account's ten tries are spent (429).
+    assert!(
+        statuses.iter().all(|s| [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE
+        ]
+        .contains(s)),
+        "{statuses:?}"
+    );
+    let mut checked = statuses
         .iter()
         .filter(|s| **s == StatusCode::UNAUTHORIZED)
         .count();
-    assert_eq!(
-        checked, 10,
-        "exactly ten guesses reach the password check: {statuses:?}"
-    );
     assert!(
-        statuses
-            .iter()
-            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+        checked <= 10,
+        "at most ten guesses reach the password check: {statuses:?}"
+    );
+    // One at a time, the remaining tries are checked, and then no more.
+    while checked < 10 {
+        let status = app
+            .login(&alice.user.username, "one more guess")
+            .await
+            .status();
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "after {checked} checked guesses"
+        );
+        checked += 1;
+    }
+    let locked = app.login(&alice.user.username, &alice.password).await;
+    assert_eq!(
+        locked.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
     );
 }
 
