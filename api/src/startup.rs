@@ -23,7 +23,7 @@ use crate::{
     listener::{self, PeerAddr, TlsListener},
     middleware::trailing_slash,
     routes,
-    state::{AppState, Lifecycle},
+    state::{AppState, Lifecycle, Parts},
     ws::hub::Hub,
 };
 
@@ -68,7 +68,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         telemetry::spawn_metrics_upkeep();
-        let state = AppState {
+        let state = AppState::new(Parts {
             tokens: Arc::new(TokenKeys::new(&config, &signing_key)),
             hasher: PasswordHasher::new(),
             limiter: RateLimiter::new(
@@ -85,7 +85,7 @@ impl Application {
             redis,
             config: Arc::new(config),
             lifecycle: Lifecycle::default(),
-        };
+        });
         Ok(Self {
             listener,
             tls,
