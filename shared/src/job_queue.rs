@@ -225,7 +225,11 @@ impl JobQueue {
     /// to unpack"); its worker then ends on every fetch, and a backlog that
     /// large — workers down while the API accepts tasks, or the reconciler
     /// restoring a flushed Redis — would never drain. Workers call this
-    /// often, in bounded chunks, so apalis only ever finds a few due ids.
+    /// often, in bounded chunks, so apalis only ever finds a few due ids,
+    /// and again before restarting a queue worker that failed (a burst can
+    /// still come due between two rounds and reach apalis's fetch first;
+    /// apalis fetches on every wake of its worker, so the promotion cannot
+    /// be ordered before each fetch from outside).
     ///
     /// # Errors
     /// Redis is unreachable.

@@ -49,7 +49,7 @@ where
     let mut paused = pause::watch(setup.jobs.clone(), queue, stop.clone());
     tokio::spawn(promote(setup.jobs.clone(), queue, stop.clone()));
     let mut generation = 0u32;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
         if *paused.borrow() {
             tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
@@ -82,6 +82,7 @@ where
             .build(handle::<J, H>);
         let (signal, mut pause_flag) = (stop.clone(), paused.clone());
         tracing::debug!(worker = %name, "queue worker starting");
+        let started = std::time::Instant::now();
         let result = worker
             .run_until(async move {
                 tokio::select! {
@@ -106,11 +107,48 @@ where
             Err(e) => tracing::warn!(error = %e, worker = %name, "queue worker failed; restarting"),
         }
         generation += 1;
+        let wait = backoff.after(started.elapsed());
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        // apalis's fetch promotes every due job in one Lua call, which fails
+        // past about 8,000 ids: a burst that came due between two rounds of
+        // the promoter can end a worker that way. Drain it before the next
+        // worker's first fetch, so the restart cannot fail the same way.
+        promote_all_due(&setup.jobs, queue).await;
+    }
+}
+
+/// The wait before restarting a failed queue worker: doubling from half a
+/// second to 30 s while restarts keep failing, and back to the start once
+/// a worker has run for a while, so an outage last week does not slow the
+/// recovery from today's.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+    /// A worker that ran this long was healthy.
+    const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+    /// How long to wait after a worker that ran for `ran` ended.
+    fn after(&mut self, ran: Duration) -> Duration {
+        if ran >= Self::HEALTHY_RUN {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
     }
 }
 
@@ -135,16 +173,39 @@ async fn promote(jobs: JobQueue, queue: keel_shared::jobs::Queue, stop: Cancella
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // A backlog of any size drains at a chunk per round trip.
-        loop {
-            match jobs.promote_due(queue, PROMOTE_CHUNK).await {
-                Ok(moved) if moved == PROMOTE_CHUNK => {}
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, %queue, "could not promote due jobs");
-                    break;
-                }
+        promote_all_due(&jobs, queue).await;
+    }
+}
+
+/// Moves every due job of `queue` to the ready list, a chunk per round
+/// trip, so a backlog of any size drains.
+async fn promote_all_due(jobs: &JobQueue, queue: keel_shared::jobs::Queue) {
+    loop {
+        match jobs.promote_due(queue, PROMOTE_CHUNK).await {
+            Ok(moved) if moved == PROMOTE_CHUNK => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, %queue, "could not promote due jobs");
+                return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_while_they_fail_and_start_over_after_a_healthy_run() {
+        let mut backoff = Backoff::default();
+        let quick = Duration::from_secs(1);
+        let waits: Vec<_> = (0..9).map(|_| backoff.after(quick).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(backoff.after(Backoff::HEALTHY_RUN), Backoff::FIRST);
+        assert_eq!(backoff.after(quick), Duration::from_secs(1));
     }
 }

@@ -526,6 +526,46 @@ async fn deleting_a_user_deletes_their_tasks_and_history() {
 }
 
 #[tokio::test]
+async fn ten_thousand_jobs_pushed_at_once_to_a_running_worker_all_run() {
+    // One push of more due jobs than apalis's fetch can promote (about
+    // 8,000), straight at a worker that is already fetching: the fetch may
+    // reach them before Keel's promoter does and end the apalis worker; the
+    // supervisor drains the due set and starts a new one.
+    let p = Pipeline::new().await;
+    let _worker = p.worker(&[("WORKER_CONCURRENCY", "64")]);
+    let first = p.create("noop", noop()).await;
+    p.finished(first.id, LONG).await;
+    let mut rows = Vec::new();
+    for _ in 0..5 {
+        let specs: Vec<_> = (0..2000).map(|_| new_task("noop", noop())).collect();
+        rows.extend(
+            tasks::insert_many(&p.pool, p.owner, "test", &specs, None)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let jobs = rows
+        .iter()
+        .map(|t| {
+            let job = RunTask {
+                task_id: t.id,
+                run_at: Some(t.next_attempt_at),
+            };
+            (job, Some(t.next_attempt_at))
+        })
+        .collect();
+    p.jobs.push_many(jobs).await.unwrap();
+    let done = p.all_finished(Duration::from_secs(120)).await;
+    assert_eq!(done.len(), 10_001);
+    assert!(
+        done.iter()
+            .all(|t| t.status == TaskStatus::Completed && t.attempts == 1),
+        "each ran once, to completion"
+    );
+}
+
+#[tokio::test]
 async fn a_paused_queue_takes_no_jobs_until_resumed() {
     let p = Pipeline::new().await;
     let _worker = p.worker(&[]);
