@@ -55,6 +55,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let parallel = tokio::task::spawn_blocking(move || argon2_parallel_per_s(cores)).await?;
 
     let client = reqwest::Client::builder()
+        // A request the stack never answers is an error, not a hang.
+        .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(args.connections.max(args.login_connections))
         .build()?;
     let (username, password, token) = sign_up(&client, &args.url).await?;

@@ -99,6 +99,8 @@ async fn open(call: &Call, rate: u32, duration: Duration) -> Report {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
     let client = reqwest::Client::builder()
+        // A request the stack never answers is an error, not a hang.
+        .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(args.connections)
         .build()?;
     let (_, _, token) = sign_up(&client, &args.url).await?;
