@@ -5,7 +5,7 @@
 # the benches themselves on their own Redis prefixes. Raw JSON lines are kept
 # in $OUT (default target/bench/).
 #
-#   ./bench/run-all.sh            # about 20 minutes on 2 cores, 3 runs
+#   ./bench/run-all.sh            # about 25 minutes on 2 cores, 3 runs
 #   RUNS=1 ./bench/run-all.sh     # one pass
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../deploy/local/services.sh"
@@ -57,7 +57,10 @@ for run in $(seq 1 "$RUNS"); do
   "$bin/keel-bench" e2e --tasks 10000 --workers 1,2,4 --json | tee -a /dev/stderr | last_json >>"$OUT/e2e.jsonl"
   "$bin/keel-bench" burn-down --tasks 50000 --workers 1 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down.jsonl"
   "$bin/keel-bench" burn-down --tasks 50000 --workers 2 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down_2.jsonl"
+  "$bin/keel-bench" burn-down --tasks 50000 --workers 1 --concurrency 1024 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down_c1024.jsonl"
+  "$bin/keel-bench" burn-down --tasks 50000 --workers 2 --concurrency 1024 --json | tee -a /dev/stderr | last_json >>"$OUT/burn_down_2_c1024.jsonl"
   "$bin/keel-bench" schedule --tasks 1000 --workers 1 --json | tee -a /dev/stderr | last_json >>"$OUT/schedule.jsonl"
+  "$bin/keel-bench" schedule --tasks 1000 --workers 1 --concurrency 1024 --json | tee -a /dev/stderr | last_json >>"$OUT/schedule_c1024.jsonl"
   "$bin/keel-bench" login --url "$URL" --duration 10 --json | tee -a /dev/stderr | last_json >>"$OUT/login.jsonl"
   "$bin/keel-bench" http --url "$URL" --duration 10 --connections 64 --rate 1000 --json | tee -a /dev/stderr | last_json >>"$OUT/http.jsonl"
 done

@@ -19,6 +19,8 @@ impl Fleet {
     /// Starts `binary` (a release build) on the bench's database and Redis
     /// prefix, with `env` on top.
     ///
+    /// Returns the process id.
+    ///
     /// # Errors
     /// The binary cannot be started.
     pub fn start(
@@ -28,7 +30,7 @@ impl Fleet {
         redis_url: &str,
         prefix: &str,
         env: &[(&str, &str)],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u32> {
         let child = Command::new(binary)
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)
@@ -40,8 +42,9 @@ impl Fleet {
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {binary} (build it with --release)"))?;
+        let pid = child.id();
         self.0.push(child);
-        Ok(())
+        Ok(pid)
     }
 
     /// SIGTERM to each, then waits for them all.

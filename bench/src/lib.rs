@@ -11,6 +11,8 @@
 //!   scaling curve over fleet sizes).
 //! - [`burn_down`]: a queued backlog drained by workers started after it.
 //! - [`schedule`]: many tasks due at one instant: start lateness.
+//! - [`soak`]: a whole stack under steady load for half an hour: memory
+//!   and table bloat over time.
 //! - [`ws`]: WebSockets held open, and a room broadcast.
 //! - [`ticks`]: cron ticks through competing scheduler replicas.
 //! - [`http`]: the hot endpoints, closed and open loop, beside a bare
@@ -26,6 +28,7 @@ pub mod fleet;
 pub mod http;
 pub mod load;
 pub mod schedule;
+pub mod soak;
 pub mod ticks;
 pub mod ws;
 
@@ -59,6 +62,8 @@ enum Command {
     Ws(ws::Args),
     /// GET /users/me, POST /tasks, GET /tasks/{id}/status: closed and open loop, beside a bare handler and pgbench.
     Http(http::Args),
+    /// A whole stack under a steady stream of creates for a long time: RSS, Redis memory and table bloat over time.
+    Soak(soak::Args),
     /// Cron ticks under competing scheduler replicas: lateness, and one fire per tick.
     Ticks(ticks::Args),
     /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
@@ -80,6 +85,7 @@ pub fn main() -> ExitCode {
             Command::Schedule(args) => schedule::run(args).await,
             Command::Ceilings(args) => ceilings::run(args).await,
             Command::Ticks(args) => ticks::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
             Command::Http(args) => http::run(args).await,
             Command::Ws(args) => ws::run(args).await,
         }

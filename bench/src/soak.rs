@@ -1,0 +1,314 @@
+//! The `soak` workload: a whole stack (api, worker, scheduler, started by
+//! the bench on a fresh Redis prefix) under a steady open-loop stream of
+//! `POST /tasks` for a long time, sampled every `--sample-secs`:
+//!
+//! - each process's RSS and Redis's `used_memory`, which must stay flat
+//!   after the warm-up (growth is printed from the first sample at or after
+//!   `--warmup-minutes` to the last);
+//! - the queue's Redis depths, so a stack falling behind shows;
+//! - the `tasks` table's live and dead rows, autovacuum runs, and bytes per
+//!   live row: rows are kept for the retention period, so the table grows
+//!   by design, but bytes per live row stay flat unless dead rows pile up
+//!   (bloat).
+//!
+//! The rate is meant to be about half of what `e2e` saturates at.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use keel_shared::jobs::Queue;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::{auth::sign_up, e2e::Setup, fleet::Fleet, load};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long the load runs.
+    #[arg(long, default_value_t = 30)]
+    minutes: u64,
+    /// `POST /tasks` per second (open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 30)]
+    sample_secs: u64,
+    /// Growth is measured from the first sample after this.
+    #[arg(long, default_value_t = 5)]
+    warmup_minutes: u64,
+    #[arg(long, default_value = "target/release/keel-api")]
+    api_bin: String,
+    #[arg(long, default_value = "target/release/keel-scheduler")]
+    scheduler_bin: String,
+    #[command(flatten)]
+    stack: crate::e2e::StackArgs,
+    /// Print one JSON object as the last line too.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One reading of the stack.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Sample {
+    seconds: u64,
+    api_kib: u64,
+    worker_kib: u64,
+    scheduler_kib: u64,
+    redis_used_bytes: u64,
+    /// Jobs Redis holds that are due or running: the stack keeping up or not.
+    redis_backlog: u64,
+    live_rows: i64,
+    dead_rows: i64,
+    autovacuums: i64,
+    table_bytes: i64,
+}
+
+impl Sample {
+    fn rss_kib(&self) -> u64 {
+        self.api_kib + self.worker_kib + self.scheduler_kib
+    }
+
+    fn bytes_per_row(&self) -> f64 {
+        self.table_bytes as f64 / self.live_rows.max(1) as f64
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let setup = Setup::connect(&args.stack, None).await?;
+    // Without autovacuum every task's two old row versions stay: the soak
+    // would measure the server's settings, not Keel.
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&setup.pool)
+        .await?;
+    if autovacuum != "on" {
+        bail!(
+            "autovacuum is {autovacuum} on this PostgreSQL server, so dead rows would pile up \
+             whatever Keel does; turn it on first: ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();"
+        );
+    }
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let (db, redis) = (&args.stack.database_url, &args.stack.redis_url);
+    let concurrency = args.stack.concurrency.to_string();
+    let mut fleet = Fleet::default();
+    let api = fleet.start(
+        &args.api_bin,
+        db,
+        redis,
+        &setup.prefix,
+        &[
+            ("PORT", &port.to_string()),
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("MAX_UNFINISHED_TASKS_PER_USER", "0"),
+        ],
+    )?;
+    let worker = fleet.start(
+        &args.stack.worker_bin,
+        db,
+        redis,
+        &setup.prefix,
+        &[("WORKER_CONCURRENCY", &concurrency)],
+    )?;
+    let scheduler = fleet.start(&args.scheduler_bin, db, redis, &setup.prefix, &[])?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    wait_ready(&client, &url).await?;
+    let (_, _, token) = sign_up(&client, &url).await?;
+
+    let started = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let (samples, every) = (samples.clone(), Duration::from_secs(args.sample_secs));
+        let (pool, jobs) = (setup.pool.clone(), setup.jobs.clone());
+        let mut redis = setup.redis.conn();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let sample = read(&pool, &jobs, &mut redis, started, [api, worker, scheduler]);
+                match sample.await {
+                    Ok(s) => {
+                        eprintln!(
+                            "soak: {:>4} s  rss {:.1} MiB  redis {:.1} MiB  backlog {}  rows {} live / {} dead",
+                            s.seconds,
+                            s.rss_kib() as f64 / 1024.0,
+                            s.redis_used_bytes as f64 / 1_048_576.0,
+                            s.redis_backlog,
+                            s.live_rows,
+                            s.dead_rows
+                        );
+                        samples.lock().await.push(s);
+                    }
+                    Err(e) => eprintln!("soak: a sample failed: {e:#}"),
+                }
+            }
+        })
+    };
+
+    let create = format!("{url}/api/v1/tasks");
+    let report = load::run_open(args.rate, Duration::from_secs(args.minutes * 60), || {
+        let request = client
+            .post(&create)
+            .bearer_auth(&token)
+            .json(&json!({"kind": "noop", "name": "soak"}))
+            .send();
+        async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+    // The last sample is taken once the stack has caught up.
+    let drained = Instant::now();
+    while setup.jobs.due_depth(Queue::Tasks).await? > 0
+        && drained.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sampler.abort();
+    let last = read(
+        &setup.pool,
+        &setup.jobs,
+        &mut setup.redis.conn(),
+        started,
+        [api, worker, scheduler],
+    )
+    .await?;
+    fleet.stop();
+    let mut samples = Arc::try_unwrap(samples)
+        .map_err(|_| anyhow::anyhow!("the sampler still runs"))?
+        .into_inner();
+    samples.push(last);
+    print(&args, &report, &samples)
+}
+
+fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Result<()> {
+    let warm = samples
+        .iter()
+        .find(|s| s.seconds >= args.warmup_minutes * 60)
+        .context("no sample after the warm-up: run longer")?;
+    let last = samples.last().context("no samples")?;
+    let growth = |from: f64, to: f64| 100.0 * (to - from) / from.max(1.0);
+    let rss_growth = growth(warm.rss_kib() as f64, last.rss_kib() as f64);
+    let redis_growth = growth(warm.redis_used_bytes as f64, last.redis_used_bytes as f64);
+    let row_growth = growth(warm.bytes_per_row(), last.bytes_per_row());
+    let dead_share = 100.0 * last.dead_rows as f64 / (last.live_rows.max(1) as f64);
+
+    println!(
+        "keel-bench soak: {} POST /tasks per s for {} min (api + 1 worker + scheduler), sampled every {} s\n",
+        args.rate, args.minutes, args.sample_secs
+    );
+    println!(
+        "| min | api MiB | worker MiB | scheduler MiB | Redis used MiB | Redis backlog | live rows | dead rows | autovacuums | table bytes/row |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for s in samples {
+        println!(
+            "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} |",
+            s.seconds as f64 / 60.0,
+            s.api_kib as f64 / 1024.0,
+            s.worker_kib as f64 / 1024.0,
+            s.scheduler_kib as f64 / 1024.0,
+            s.redis_used_bytes as f64 / 1_048_576.0,
+            s.redis_backlog,
+            s.live_rows,
+            s.dead_rows,
+            s.autovacuums,
+            s.bytes_per_row()
+        );
+    }
+    println!();
+    println!(
+        "answered {} creates ({:.0}/s succeeded): {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        report.requests,
+        report.per_second(),
+        report.errors,
+        report.p50_ms(),
+        report.p99_ms(),
+        report.p999_ms()
+    );
+    println!(
+        "growth from minute {:.1} to {:.1}: RSS {rss_growth:+.1} %, Redis used_memory {redis_growth:+.1} %, tasks bytes per live row {row_growth:+.1} %; dead rows at the end {dead_share:.1} % of live, {} autovacuum runs",
+        warm.seconds as f64 / 60.0,
+        last.seconds as f64 / 60.0,
+        last.autovacuums
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({"rate": args.rate, "minutes": args.minutes, "creates": report.requests,
+                   "errors": report.errors, "create_p99_ms": report.p99_ms(),
+                   "rss_growth_pct": rss_growth, "redis_growth_pct": redis_growth,
+                   "bytes_per_row_growth_pct": row_growth, "dead_rows_pct": dead_share,
+                   "autovacuums": last.autovacuums, "samples": samples})
+        );
+    }
+    Ok(())
+}
+
+/// Takes one sample of the processes `pids` (api, worker, scheduler).
+async fn read(
+    pool: &sqlx::PgPool,
+    jobs: &keel_shared::job_queue::JobQueue,
+    redis: &mut impl redis::aio::ConnectionLike,
+    started: Instant,
+    pids: [u32; 3],
+) -> anyhow::Result<Sample> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
+    let redis_used_bytes = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")?;
+    let redis_backlog = jobs.due_depth(Queue::Tasks).await?;
+    let (live_rows, dead_rows, autovacuums, table_bytes): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT n_live_tup, n_dead_tup, autovacuum_count, pg_total_relation_size(relid)
+         FROM pg_stat_user_tables WHERE relname = 'tasks'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let [api_kib, worker_kib, scheduler_kib] = pids.map(rss_kib);
+    Ok(Sample {
+        seconds: started.elapsed().as_secs(),
+        api_kib,
+        worker_kib,
+        scheduler_kib,
+        redis_used_bytes,
+        redis_backlog,
+        live_rows,
+        dead_rows,
+        autovacuums,
+        table_bytes,
+    })
+}
+
+/// A process's resident set, 0 once it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{url}/ready")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the API at {url} did not become ready")
+}
