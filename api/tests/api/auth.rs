@@ -494,7 +494,7 @@ fn sign(claims: &AccessClaims, algorithm: Algorithm, secret: &str) -> String {
 }
 
 #[tokio::test]
-async fn forged_expired_mistyped_and_unsigned_tokens_are_refused() {
+async fn forged_expired_mistyped_misaddressed_and_unsigned_tokens_are_refused() {
     let app = spawn_app().await;
     let alice = app.create_user(Role::User).await;
     let id = alice.user.id;
@@ -519,6 +519,16 @@ async fn forged_expired_mistyped_and_unsigned_tokens_are_refused() {
     expired.exp = chrono::Utc::now().timestamp() - 3600;
     let mut wrong_audience = claims_for(id, "access", 0);
     wrong_audience.aud = "someone-else".into();
+    let mut wrong_issuer = claims_for(id, "access", 0);
+    wrong_issuer.iss = "https://issuer.invalid".into();
+    // A real refresh token, as login hands it out, is no access token.
+    let tokens: Value = app
+        .login(&alice.user.username, &alice.password)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
     let cases = [
         (unsigned, "invalid_token", "alg=none"),
         (
@@ -564,6 +574,12 @@ async fn forged_expired_mistyped_and_unsigned_tokens_are_refused() {
             "invalid_token",
             "another audience",
         ),
+        (
+            sign(&wrong_issuer, Algorithm::HS256, TEST_SECRET),
+            "invalid_token",
+            "another issuer",
+        ),
+        (refresh_token, "invalid_token", "a refresh token from login"),
         ("garbage".to_owned(), "invalid_token", "not a JWT"),
     ];
     for (token, code, why) in cases {
