@@ -522,13 +522,10 @@ async fn forged_expired_mistyped_misaddressed_and_unsigned_tokens_are_refused() 
     let mut wrong_issuer = claims_for(id, "access", 0);
     wrong_issuer.iss = "https://issuer.invalid".into();
     // A real refresh token, as login hands it out, is no access token.
-    let tokens: Value = app
-        .login(&alice.user.username, &alice.password)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh_token = login_tokens(&app, &alice).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let cases = [
         (unsigned, "invalid_token", "alg=none"),
         (
