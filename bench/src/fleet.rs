@@ -68,6 +68,20 @@ impl Drop for Fleet {
     }
 }
 
+/// Resident memory of process `pid`, in KiB.
+///
+/// # Errors
+/// The process is gone, or its status has no `VmRSS`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
 /// A fresh user to own what a run creates.
 pub async fn bench_user(pool: &PgPool) -> anyhow::Result<Uuid> {
     let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);

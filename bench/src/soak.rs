@@ -23,7 +23,12 @@ use keel_shared::jobs::Queue;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::{auth::sign_up, e2e::Setup, fleet::Fleet, load};
+use crate::{
+    auth::sign_up,
+    e2e::Setup,
+    fleet::{Fleet, rss_kib},
+    load,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -268,7 +273,8 @@ async fn read(
     )
     .fetch_one(pool)
     .await?;
-    let [api_kib, worker_kib, scheduler_kib] = pids.map(rss_kib);
+    // A process that is gone reads 0.
+    let [api_kib, worker_kib, scheduler_kib] = pids.map(|pid| rss_kib(pid).unwrap_or(0));
     Ok(Sample {
         seconds: started.elapsed().as_secs(),
         api_kib,
@@ -281,18 +287,6 @@ async fn read(
         autovacuums,
         table_bytes,
     })
-}
-
-/// A process's resident set, 0 once it is gone.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -19,6 +19,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::fleet::rss_kib;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The API's base URL (run it with `WS_MAX_SOCKETS_PER_USER` at least `--connections`
@@ -168,15 +170,4 @@ fn record(latencies: &Latencies, text: &str) {
     if let Ok(micros) = u64::try_from(micros) {
         let _ = latencies.lock().expect("histogram").record(micros.max(1));
     }
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
