@@ -123,6 +123,19 @@ ensure_smtp_test_server() {
   fi
 }
 
+# The fault tests: libfaketime for clock skew, and PostgreSQL's server
+# binaries for a server of their own to stop and restart.
+ensure_fault_tools() {
+  if ! compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null; then
+    say "installing faketime (the clock-skew tests)"
+    apt_install faketime
+  fi
+  if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+    say "installing postgresql (the fault tests start a server of their own)"
+    apt_install postgresql
+  fi
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis

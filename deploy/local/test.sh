@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 ensure_services
 ensure_smtp_test_server
+ensure_fault_tools
 ensure_python_tools
 ensure_browser_tools
 cd "$KEEL_ROOT"
@@ -19,10 +20,25 @@ if [[ -n $stale ]]; then
 fi
 
 export KEEL_TEST_DATABASE_URL=$KEEL_ADMIN_DATABASE_URL
+# Every log of the run, and the secrets its tests used, land here; the
+# secrets check (the `hygiene` test) reads them after everything else ran.
+export KEEL_TEST_LOG_DIR=$KEEL_ROOT/target/test-logs
+rm -rf "$KEEL_TEST_LOG_DIR"
+mkdir -p "$KEEL_TEST_LOG_DIR"
+
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  say "cargo nextest run --workspace"
-  cargo nextest run --workspace --no-fail-fast "$@"
+  if [[ $# -gt 0 ]]; then
+    say "cargo nextest run --workspace $*"
+    exec cargo nextest run --workspace --no-fail-fast "$@"
+  fi
+  say "cargo nextest run --workspace (all but the secrets check)"
+  cargo nextest run --workspace --no-fail-fast -E 'not binary(hygiene)' || status=$?
+  say "the secrets check, over the logs of that run"
+  cargo nextest run -p keel-api --test hygiene || status=$?
 else
   say "cargo test --workspace (install cargo-nextest for parallel, per-process tests)"
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" -- --skip the_suite_logged_no_secret || status=$?
+  [[ $# -gt 0 ]] || cargo test -p keel-api --test hygiene || status=$?
 fi
+exit "$status"

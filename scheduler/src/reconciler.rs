@@ -31,7 +31,8 @@ use sqlx::PgPool;
 /// Rows one statement takes, so a large backlog is pushed in pieces.
 const BATCH: i64 = 1000;
 /// A lease must be this far past its end before the reconciler ends it: a
-/// live worker's renewal may be a moment late.
+/// live worker's renewal may be a moment late. Half the reconcile period
+/// when that is shorter, so no lease stays expired longer than two periods.
 const LEASE_GRACE: Duration = Duration::from_secs(2);
 /// Rows due and handed over this long ago but unclaimed are overdue.
 const OVERDUE_AFTER: Duration = Duration::from_secs(10);
@@ -39,6 +40,28 @@ const OVERDUE_AFTER: Duration = Duration::from_secs(10);
 const CODELESS_AFTER: Duration = Duration::from_secs(5);
 /// The advisory lock that makes one replica reconcile at a time.
 const LOCK_KEY: i64 = 0x6b65_656c_7265_636f; // "keelreco"
+
+/// The configuration a pass follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How far past its end a lease is ended.
+    pub lease_grace: Duration,
+    /// The retry backoff of an attempt lost with its worker: the workers'
+    /// (`TASK_RETRY_BASE_MS`, `TASK_RETRY_MAX_SECONDS`).
+    pub retry: (Duration, Duration),
+}
+
+impl Settings {
+    pub fn from_config(config: &keel_shared::Config) -> Self {
+        Self {
+            lease_grace: LEASE_GRACE.min(Duration::from_secs(config.reconcile_seconds) / 2),
+            retry: (
+                Duration::from_millis(config.task_retry_base_ms),
+                Duration::from_secs(config.task_retry_max_seconds),
+            ),
+        }
+    }
+}
 
 /// What one pass repaired.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +82,7 @@ pub async fn pass(
     db: &PgPool,
     redis: &RedisClient,
     jobs: &JobQueue,
+    settings: Settings,
 ) -> anyhow::Result<Option<Repairs>> {
     let mut lock = db.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -68,7 +92,7 @@ pub async fn pass(
     if !locked {
         return Ok(None);
     }
-    let result = repair(db, redis, jobs).await;
+    let result = repair(db, redis, jobs, settings).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
         .execute(&mut *lock)
@@ -76,7 +100,12 @@ pub async fn pass(
     result.map(Some)
 }
 
-async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Result<Repairs> {
+async fn repair(
+    db: &PgPool,
+    redis: &RedisClient,
+    jobs: &JobQueue,
+    settings: Settings,
+) -> anyhow::Result<Repairs> {
     let mut repairs = Repairs::default();
     // Everything handed to Redis before now is gone if the sentinel is.
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
@@ -106,7 +135,7 @@ async fn repair(db: &PgPool, redis: &RedisClient, jobs: &JobQueue) -> anyhow::Re
         dispatch::push_tasks(db, jobs, &rows).await?;
     }
     loop {
-        let rows = tasks::expire_leases(db, LEASE_GRACE, BATCH).await?;
+        let rows = tasks::expire_leases(db, settings.lease_grace, settings.retry, BATCH).await?;
         if rows.is_empty() {
             break;
         }

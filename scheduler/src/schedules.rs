@@ -171,6 +171,7 @@ pub struct Ticker {
     /// This replica's name in `schedule_runs.fired_by`.
     replica: String,
     timeout_seconds: i32,
+    reconcile: reconciler::Settings,
     /// A reconcile pass is running here; the next tick is left to others.
     reconciling: Arc<AtomicBool>,
     /// A Redis trim is running here.
@@ -185,6 +186,7 @@ impl Ticker {
             redis,
             replica,
             timeout_seconds: i32::try_from(config.task_default_timeout_seconds).unwrap_or(300),
+            reconcile: reconciler::Settings::from_config(config),
             reconciling: Arc::default(),
             trimming: Arc::default(),
         }
@@ -458,7 +460,7 @@ impl Ticker {
             // the ones whose lateness users see.
             tokio::time::sleep(HOUSEKEEPING_DELAY).await;
             let status = if kind == RECONCILE {
-                match reconciler::pass(&this.db, &this.redis, &this.jobs).await {
+                match reconciler::pass(&this.db, &this.redis, &this.jobs, this.reconcile).await {
                     Ok(Some(repairs)) => {
                         if repairs != reconciler::Repairs::default() {
                             tracing::info!(?repairs, "reconciled");

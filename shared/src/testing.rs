@@ -165,6 +165,14 @@ impl ChildGuard {
             .spawn()
             .expect("binary starts");
         let output: [std::sync::Arc<std::sync::Mutex<String>>; 2] = Default::default();
+        // Everything a child says also goes to the suite's logs, for the secrets check.
+        let log_name = format!(
+            "{}-{}.log",
+            std::path::Path::new(command.get_program())
+                .file_name()
+                .map_or_else(|| "child".into(), |n| n.to_string_lossy()),
+            child.id()
+        );
         let mut drains = Vec::new();
         let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
             child.stdout.take().map(|p| Box::new(p) as _),
@@ -173,9 +181,11 @@ impl ChildGuard {
         for (pipe, output) in pipes.into_iter().zip(output.iter()) {
             let Some(pipe) = pipe else { continue };
             let output = output.clone();
+            let log_name = log_name.clone();
             drains.push(std::thread::spawn(move || {
                 use std::io::BufRead as _;
                 for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    append(&log_name, &line);
                     let mut text = output.lock().expect("output buffer");
                     text.push_str(&line);
                     text.push('\n');
@@ -679,4 +689,271 @@ mod tests {
         assert_eq!(scrape.value("h_bucket", &[("le", "+Inf")]), Some(4.0));
         assert_eq!(scrape.undescribed(), ["b"]);
     }
+}
+
+/// A PostgreSQL server of the test's own (the machine's `postgres` on a
+/// free loopback port, over a fresh data directory, without fsync), for
+/// tests that stop or restart PostgreSQL — which they must not do to the
+/// one every other test shares. Killed and removed when dropped.
+#[derive(Debug)]
+pub struct PostgresServer {
+    pub port: u16,
+    data: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    process: Option<ChildGuard>,
+}
+
+impl PostgresServer {
+    /// Creates a cluster (`initdb`), starts it and waits until it answers.
+    ///
+    /// # Panics
+    /// When no PostgreSQL server binaries are installed or the cluster does not start.
+    pub async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .expect("a PostgreSQL version with a bin/postgres");
+        let data = std::env::temp_dir().join(format!("keel-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data).expect("a data directory");
+        let server = Self {
+            port: free_port(),
+            data,
+            bin,
+            process: None,
+        };
+        // initdb and postgres refuse to run as root: as root, run them as `postgres`.
+        server.chown_to_postgres();
+        let status = server
+            .as_postgres(&server.bin.join("initdb"))
+            .args(["-D", server.data.to_str().unwrap(), "-U", "postgres"])
+            .args(["--auth", "trust", "--no-sync", "-E", "UTF8"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let mut server = server;
+        server.restart().await;
+        server
+    }
+
+    fn is_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    }
+
+    fn chown_to_postgres(&self) {
+        if Self::is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres", self.data.to_str().unwrap()])
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown of the data directory failed");
+        }
+    }
+
+    fn as_postgres(&self, program: &std::path::Path) -> std::process::Command {
+        if Self::is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    /// `postgres://` URL of `database` on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates database `name` and migrates it; returns its URL.
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub async fn create_database(&self, name: &str) -> String {
+        let mut admin = PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("the test's PostgreSQL answers");
+        // The name is the test's own constant, never input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let url = self.url(name);
+        let pool = PgPool::connect(&url).await.expect("the new database");
+        db::migrate(&pool).await.expect("migrations run");
+        pool.close().await;
+        url
+    }
+
+    /// Stops the server at once (SIGKILL of the postmaster — a crash; its
+    /// children follow when they see it gone).
+    pub fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            // The postmaster's pid is the first line of its lock file;
+            // killing `runuser` would leave it running.
+            if let Ok(lock) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+                && let Some(pid) = lock.lines().next()
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .status();
+            }
+            drop(process);
+            // Its backends see it gone and exit; until they have, a new
+            // postmaster would refuse the shared memory they still hold.
+            let pattern = format!("-D {} ", self.data.display());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::process::Command::new("pgrep")
+                .args(["-f", "--", &pattern])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Starts the server again on the same data and port (recovering from a crash).
+    ///
+    /// # Panics
+    /// When it does not answer within 30 s.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let running = self
+                .process
+                .as_mut()
+                .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)));
+            if !running {
+                // The first try can meet the old backends' shared memory: try again.
+                let mut command = self.as_postgres(&self.bin.join("postgres"));
+                command
+                    .args([
+                        "-D",
+                        self.data.to_str().unwrap(),
+                        "-p",
+                        &self.port.to_string(),
+                    ])
+                    .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                    .args([
+                        "-c",
+                        "unix_socket_directories=",
+                        "-c",
+                        "max_connections=200",
+                    ]);
+                self.process = Some(ChildGuard::spawn(command));
+            }
+            if let Ok(conn) = PgConnection::connect(&self.url("postgres")).await {
+                let _ = conn.close().await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("postgres did not start on port {}", self.port);
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Asserts what must hold of the `tasks` table whatever failed: no
+/// `running` row whose lease ran out more than twice the reconcile
+/// period ago (the reconciler takes such rows back), and no row that
+/// finished before it started.
+///
+/// # Panics
+/// When either is broken, naming the rows.
+pub async fn assert_task_invariants(pool: &PgPool, reconcile: std::time::Duration) {
+    let stale: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+        "SELECT id, extract(epoch FROM now() - lease_expires_at)::float8 FROM tasks \
+         WHERE status = 'running' AND lease_expires_at < now() - $1 * interval '1 millisecond'",
+    )
+    .bind(i64::try_from(2 * reconcile.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .expect("the lease query");
+    assert!(
+        stale.is_empty(),
+        "running rows with leases expired longer than 2 × {reconcile:?} (id, seconds): {stale:?}"
+    );
+    let backwards: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE finished_at < started_at")
+            .fetch_all(pool)
+            .await
+            .expect("the time query");
+    assert!(
+        backwards.is_empty(),
+        "tasks finished before they started: {backwards:?}"
+    );
+}
+
+/// Where the suite keeps its logs and the secrets its tests used
+/// (`KEEL_TEST_LOG_DIR`, which the test command sets), so that a last
+/// test can prove no log holds a secret. `None` outside the test command.
+pub fn log_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("KEEL_TEST_LOG_DIR").map(std::path::PathBuf::from)
+}
+
+/// Appends `line` to `name` in the log directory, if there is one.
+fn append(name: &str, line: &str) {
+    use std::io::Write as _;
+    let Some(dir) = log_dir() else { return };
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+    {
+        // One write per line: lines from parallel tests never interleave.
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Notes a secret a test used (a password, token, API key, 2FA code) for
+/// the suite's last test, which looks for it in every log.
+pub fn record_secret(secret: &str) {
+    let secret = secret.trim();
+    if !secret.is_empty() && !secret.contains('\n') {
+        append(&format!("secrets-{}.txt", std::process::id()), secret);
+    }
+}
+
+/// Sends this test process's `tracing` output, at `debug` for Keel's own
+/// crates, to a file in the log directory — what an in-process app logs.
+/// Does nothing outside the test command or when a subscriber is set.
+pub fn log_in_process() {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = log_dir() else { return };
+        let _ = std::fs::create_dir_all(&dir);
+        let Ok(file) =
+            std::fs::File::create(dir.join(format!("in-process-{}.log", std::process::id())))
+        else {
+            return;
+        };
+        let _ = tracing_subscriber::registry()
+            .with(EnvFilter::new(
+                "info,keel_api=debug,keel_shared=debug,keel_worker=debug,keel_scheduler=debug",
+            ))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::sync::Mutex::new(file)),
+            )
+            .try_init();
+    });
 }

@@ -249,11 +249,16 @@ async fn the_token_endpoint_takes_form_and_json_for_both_grants() {
 }
 
 async fn login_tokens(app: &crate::helpers::TestApp, user: &crate::helpers::TestUser) -> Value {
-    app.login(&user.user.username, &user.password)
+    let tokens: Value = app
+        .login(&user.user.username, &user.password)
         .await
         .json()
         .await
-        .unwrap()
+        .unwrap();
+    for name in ["access_token", "refresh_token"] {
+        keel_shared::testing::record_secret(tokens[name].as_str().unwrap_or_default());
+    }
+    tokens
 }
 
 #[tokio::test]

@@ -75,6 +75,8 @@ pub async fn spawn_app_without_redis() -> TestApp {
 }
 
 async fn start(mut config: Config, db: Option<testing::TestDatabase>) -> TestApp {
+    testing::log_in_process();
+    testing::record_secret(TEST_SECRET);
     config
         .secret_key
         .get_or_insert_with(|| TEST_SECRET.to_owned().into());
@@ -178,6 +180,8 @@ impl TestApp {
         };
         let user = users::insert(self.pool(), &new).await.unwrap();
         let token = self.token_keys().issue_access(&user);
+        testing::record_secret(&password);
+        testing::record_secret(&token);
         TestUser {
             user,
             password,
@@ -251,7 +255,9 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.unwrap()
+        let key: Value = response.json().await.unwrap();
+        testing::record_secret(key["key"].as_str().unwrap_or_default());
+        key
     }
 
     /// A Redis client on this app's prefix, to look at what the app stored.
@@ -413,9 +419,11 @@ pub struct TestUser {
 /// A registration body with fresh, valid values.
 pub fn registration() -> Value {
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let password = format!("a long passphrase {suffix}");
+    testing::record_secret(&password);
     json!({
         "username": format!("user_{suffix}"),
         "email": format!("user_{suffix}@example.com"),
-        "password": format!("a long passphrase {suffix}"),
+        "password": password,
     })
 }

@@ -23,11 +23,13 @@ fn token_in(message: &str) -> String {
         .find("reset-password?token=")
         .unwrap_or_else(|| panic!("no link in {message}"))
         + "reset-password?token=".len();
-    unfolded[start..]
+    let found = unfolded[start..]
         .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
         .next()
         .unwrap()
-        .to_owned()
+        .to_owned();
+    keel_shared::testing::record_secret(found.rsplit('=').next().unwrap_or_default());
+    found
 }
 
 #[tokio::test]

@@ -44,7 +44,9 @@ async fn login_challenge(app: &TestApp, user: &TestUser) -> String {
 /// The six-digit code in the plain-text part of a 2FA mail.
 fn code_in(message: &str) -> String {
     let start = message.find("code is ").expect("a code") + "code is ".len();
-    message[start..start + 6].to_owned()
+    let code = message[start..start + 6].to_owned();
+    keel_shared::testing::record_secret(&code);
+    code
 }
 
 async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response {

@@ -23,11 +23,13 @@ fn link_in(message: &str) -> String {
     let start = unfolded
         .find("http://keel.test/api/v1/auth/verify-email?token=")
         .unwrap_or_else(|| panic!("no link in {message}"));
-    unfolded[start..]
+    let found = unfolded[start..]
         .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
         .next()
         .unwrap()
-        .to_owned()
+        .to_owned();
+    keel_shared::testing::record_secret(found.rsplit('=').next().unwrap_or_default());
+    found
 }
 
 async fn register(app: &TestApp, name: &str) -> (Value, String) {

@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use keel_shared::testing::{self, ChildGuard, TestDatabase};
 
+mod crashes;
 mod faults;
 mod metrics;
+mod outages;
 mod reconcile;
+mod skew;
 mod stack;
 mod ticks;
 

@@ -13,7 +13,7 @@ use keel_shared::{
         tasks::{self, NewTask, Task, TaskStatus},
     },
     job_queue::JobQueue,
-    testing::{self, ChildGuard, RedisServer, TestDatabase},
+    testing::{self, ChildGuard, PostgresServer, RedisServer, TestDatabase},
 };
 use keel_worker::app::Worker;
 use serde_json::json;
@@ -24,6 +24,9 @@ use uuid::Uuid;
 use crate::SCHEDULER_BIN;
 
 pub const LONG: Duration = Duration::from_secs(60);
+
+/// The schedulers' reconcile period here (`RECONCILE_SECONDS=1`).
+pub const RECONCILE: Duration = Duration::from_secs(1);
 
 pub struct Setup {
     pub db: TestDatabase,
@@ -47,8 +50,23 @@ impl Setup {
         Self::on(server.url()).await
     }
 
+    /// On a database of the test's own PostgreSQL server, and the shared Redis.
+    pub async fn with_own_postgres(server: &PostgresServer) -> Self {
+        let url = server.create_database("keel").await;
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let db = TestDatabase {
+            name: "keel".into(),
+            url,
+            pool,
+        };
+        Self::on_database(db, testing::redis_url()).await
+    }
+
     async fn on(redis_url: String) -> Self {
-        let db = TestDatabase::create().await.unwrap();
+        Self::on_database(TestDatabase::create().await.unwrap(), redis_url).await
+    }
+
+    async fn on_database(db: TestDatabase, redis_url: String) -> Self {
         let prefix = testing::unique_redis_prefix();
         let config = testing::config(
             &db.url,
@@ -73,11 +91,19 @@ impl Setup {
 
     /// A `keel-scheduler` reconciling every second; its ops port is `port`.
     pub fn scheduler_on(&self, port: u16) -> ChildGuard {
+        self.scheduler_with(port, &[])
+    }
+
+    /// A `keel-scheduler` as [`Setup::scheduler_on`], with `env` on top.
+    pub fn scheduler_with(&self, port: u16, env: &[(&str, &str)]) -> ChildGuard {
         let mut command = testing::service_command(SCHEDULER_BIN, &self.db.url, &self.prefix, port);
         command
             .env("REDIS_URL", &self.redis_url)
             .env("RECONCILE_SECONDS", "1")
             .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
         ChildGuard::spawn(command)
     }
 
@@ -108,6 +134,107 @@ impl Setup {
             command.env(key, value);
         }
         ChildGuard::spawn(command)
+    }
+
+    /// A `keel-api` process with `env` on top; rate limits off, so bursts
+    /// are not throttled.
+    pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
+        let binary = std::path::Path::new(SCHEDULER_BIN).with_file_name("keel-api");
+        assert!(
+            binary.exists(),
+            "{} is built with the workspace",
+            binary.display()
+        );
+        let port = testing::free_port();
+        let mut command = testing::command(binary.to_str().unwrap());
+        command
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("REDIS_PREFIX", &self.prefix)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("RATE_LIMIT_ENABLED", "false")
+            .env("DATABASE_TIMEOUT_SECONDS", "2")
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let process = ChildGuard::spawn(command);
+        let base = format!("http://127.0.0.1:{port}");
+        testing::wait_for_status(&format!("{base}/ready"), 200, LONG).await;
+        ApiProcess {
+            process,
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Inserts one task per `(kind, payload)`, due now, with `max_attempts`; not pushed.
+    pub async fn insert_each(
+        &self,
+        specs: &[(&str, serde_json::Value)],
+        max_attempts: i32,
+    ) -> Vec<Task> {
+        let specs: Vec<NewTask> = specs
+            .iter()
+            .map(|(kind, payload)| NewTask {
+                name: "t".into(),
+                kind: (*kind).into(),
+                payload: payload.clone(),
+                max_attempts,
+                timeout_seconds: 60,
+                priority: 0,
+                scheduled_at: None,
+                schedule_id: None,
+            })
+            .collect();
+        let mut all = Vec::new();
+        // The insert binds arrays; a few thousand rows per statement.
+        for chunk in specs.chunks(2000) {
+            all.extend(
+                tasks::insert_many(&self.pool, self.owner, "test", chunk, None)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        all
+    }
+
+    /// How many tasks are finished.
+    pub async fn finished_count(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE status IN ('completed', 'failed', 'cancelled')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Waits up to `timeout` until every task is finished, checking the
+    /// invariants of [`testing::assert_task_invariants`] (reconcile period
+    /// 1 s) on each look; returns them.
+    pub async fn all_finished_within(&self, timeout: Duration) -> Vec<Task> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            testing::assert_task_invariants(&self.pool, RECONCILE).await;
+            let (all, _) = tasks::list(&self.pool, &tasks::TaskFilter::default(), 100_000, 0)
+                .await
+                .unwrap();
+            let open = all.iter().filter(|t| !t.status.is_finished()).count();
+            if open == 0 {
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} of {} unfinished",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// A worker in this process; cancel the token to stop it.
@@ -242,4 +369,104 @@ pub struct Run {
     pub fired_at: DateTime<Utc>,
     pub fired_by: String,
     pub task_id: Option<Uuid>,
+}
+
+/// A `keel-api` process and a client with a 10 s timeout.
+pub struct ApiProcess {
+    pub process: ChildGuard,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl ApiProcess {
+    /// Registers an account through the API and signs in: a bearer token.
+    pub async fn token(&self) -> String {
+        let name = format!("u{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let password = "correct-horse-battery-staple-42";
+        let registered = self
+            .client
+            .post(format!("{}/api/v1/auth/register", self.base))
+            .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            registered.status(),
+            201,
+            "{}",
+            registered.text().await.unwrap()
+        );
+        let tokens: serde_json::Value = self
+            .client
+            .post(format!("{}/api/v1/auth/login", self.base))
+            .json(&json!({"username_or_email": name, "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = tokens["access_token"].as_str().expect("tokens").to_owned();
+        testing::record_secret(password);
+        testing::record_secret(&token);
+        token
+    }
+
+    /// `POST /api/v1/tasks` of a `noop` task.
+    pub async fn create_task(&self, token: &str) -> reqwest::Result<reqwest::Response> {
+        create_noop(&self.client, &self.base, token).await
+    }
+}
+
+/// `POST /api/v1/tasks` of a `noop` task to the API at `base`.
+pub async fn create_noop(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth(token)
+        .json(&json!({"name": "burst", "kind": "noop"}))
+        .send()
+        .await
+}
+
+/// A webhook receiver for `http_request` probe tasks: counts the
+/// deliveries of each key (`POST /effect/{key}`). The effect is the key's
+/// first delivery — a receiver deduplicating by key, as an idempotent
+/// webhook does — so "each effect once" is "every key delivered".
+pub struct EffectSink {
+    pub port: u16,
+    deliveries: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl EffectSink {
+    pub async fn start() -> Self {
+        use axum::{Router, extract::Path, routing::post};
+        let deliveries =
+            std::sync::Arc::<std::sync::Mutex<std::collections::HashMap<String, u32>>>::default();
+        let seen = deliveries.clone();
+        let app = Router::new().route(
+            "/effect/{key}",
+            post(move |Path(key): Path<String>| async move {
+                *seen.lock().unwrap().entry(key).or_default() += 1;
+                "ok"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { port, deliveries }
+    }
+
+    /// The `http_request` payload of a probe with `key`.
+    pub fn probe(&self, key: &str) -> serde_json::Value {
+        json!({"method": "POST", "url": format!("http://127.0.0.1:{}/effect/{key}", self.port)})
+    }
+
+    /// Deliveries per key so far.
+    pub fn deliveries(&self) -> std::collections::HashMap<String, u32> {
+        self.deliveries.lock().unwrap().clone()
+    }
 }

@@ -852,15 +852,21 @@ pub async fn take_for_push(
 }
 
 /// Ends attempts whose lease ran out more than `grace` ago (their worker
-/// died or stalled): `retrying`, due now and marked enqueued (the caller
-/// pushes them), or `failed` when that was the last attempt. The stalled
-/// worker's later writes are fenced off by the cleared lease.
+/// died or stalled): `retrying` and marked enqueued (the caller pushes
+/// them), or `failed` when that was the last attempt. The stalled worker's
+/// later writes are fenced off by the cleared lease.
+///
+/// A lost attempt is retried like a failed one, after a random 50–100 % of
+/// `retry_base × 2^(attempt-1)` (at most `retry_max`): tasks that died
+/// together with a task that kills its worker come back apart from it, so
+/// it does not take the same neighbours down on every attempt.
 ///
 /// # Errors
 /// The database fails.
 pub async fn expire_leases(
     db: impl PgExecutor<'_>,
     grace: Duration,
+    (retry_base, retry_max): (Duration, Duration),
     limit: i64,
 ) -> Result<Vec<Task>, sqlx::Error> {
     sqlx::query_as(concat!(
@@ -870,7 +876,9 @@ pub async fn expire_leases(
                           THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
                           ELSE 'the worker stopped during attempt ' || attempts END, \
              finished_at = CASE WHEN attempts >= max_attempts THEN greatest(now(), started_at) END, \
-             next_attempt_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+             next_attempt_at = now() + least($4, $3 * power(2, least(attempts - 1, 30))) \
+                 * (0.5 + random() / 2) * interval '1 millisecond', \
+             lease_owner = NULL, lease_expires_at = NULL, \
              enqueued_at = now(), changed_by = 'reconciler' \
          WHERE id IN ( \
              SELECT id FROM tasks \
@@ -881,6 +889,8 @@ pub async fn expire_leases(
     ))
     .bind(millis(grace))
     .bind(limit)
+    .bind(retry_base.as_secs_f64() * 1000.0)
+    .bind(retry_max.as_secs_f64() * 1000.0)
     .fetch_all(db)
     .await
 }
