@@ -22,7 +22,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -172,6 +172,10 @@ pub struct Ticker {
     replica: String,
     timeout_seconds: i32,
     reconcile: reconciler::Settings,
+    /// How far the database's clock is ahead of this host's, in
+    /// microseconds: ticks are due by the database clock, so a replica
+    /// whose clock runs ahead or behind fires neither early nor late.
+    clock_offset: Arc<AtomicI64>,
     /// A reconcile pass is running here; the next tick is left to others.
     reconciling: Arc<AtomicBool>,
     /// A Redis trim is running here.
@@ -187,6 +191,7 @@ impl Ticker {
             replica,
             timeout_seconds: i32::try_from(config.task_default_timeout_seconds).unwrap_or(300),
             reconcile: reconciler::Settings::from_config(config),
+            clock_offset: Arc::default(),
             reconciling: Arc::default(),
             trimming: Arc::default(),
         }
@@ -214,7 +219,7 @@ impl Ticker {
                 reload.reset();
             }
             let next = entries.values().filter_map(Entry::wake_at).min();
-            let wait = next.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            let wait = next.map(|at| (at - self.now()).to_std().unwrap_or_default());
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = sleep_or_forever(wait) => tokio::select! {
@@ -262,7 +267,35 @@ impl Ticker {
         Some(entry)
     }
 
+    /// The database clock, as well as this replica knows it.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::microseconds(self.clock_offset.load(Ordering::Relaxed))
+    }
+
+    /// Measures the database clock against this host's, at start and on
+    /// every full reload. The database read its clock somewhere within the
+    /// round trip; taking the end of it as that moment errs late, never
+    /// early, so no tick fires before its time by the database clock.
+    async fn sync_clock(&self) {
+        let Ok(db_now) = sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
+            .fetch_one(&self.db)
+            .await
+        else {
+            return; // Postgres is down: keep the last offset.
+        };
+        let offset = db_now - Utc::now();
+        let micros = offset.num_microseconds().unwrap_or(0);
+        let previous = self.clock_offset.swap(micros, Ordering::Relaxed);
+        if micros.abs() >= 1_000_000 && (micros - previous).abs() >= 500_000 {
+            tracing::warn!(
+                offset_ms = micros / 1000,
+                "this host's clock is off the database's; ticks follow the database"
+            );
+        }
+    }
+
     async fn reload_all(&self, entries: &mut HashMap<Uuid, Entry>) {
+        self.sync_clock().await;
         let loaded = match schedules::enabled(&self.db).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -310,7 +343,7 @@ impl Ticker {
 
     /// Fires every entry that is due, and moves each to its next fire.
     async fn fire_due(&self, entries: &mut HashMap<Uuid, Entry>) {
-        let now = Utc::now();
+        let now = self.now();
         let due: Vec<&mut Entry> = entries
             .values_mut()
             .filter(|e| e.wake_at().is_some_and(|at| at <= now))
@@ -341,7 +374,7 @@ impl Ticker {
                         // outage outlasts the next tick, the missed-tick rule
                         // fires once for all.
                         tracing::warn!(schedule = %entry.schedule.name, %fire_at, error = %e, "tick not fired; retrying");
-                        entry.retry_at = Some(Utc::now() + chrono::Duration::seconds(1));
+                        entry.retry_at = Some(self.now() + chrono::Duration::seconds(1));
                     }
                 }
             })
@@ -439,7 +472,7 @@ impl Ticker {
     }
 
     fn observe_lateness(&self, fire_at: DateTime<Utc>) {
-        let late = (Utc::now() - fire_at).to_std().unwrap_or_default();
+        let late = (self.now() - fire_at).to_std().unwrap_or_default();
         metrics::histogram!("keel_scheduler_tick_lateness_seconds").record(late.as_secs_f64());
     }
 
