@@ -233,7 +233,7 @@ impl Setup {
                 "{open} of {} unfinished",
                 all.len()
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -303,24 +303,9 @@ impl Setup {
         .unwrap()
     }
 
-    /// Waits until every task is finished; returns them.
+    /// Waits until every task is finished, checking the invariants; returns them.
     pub async fn all_finished(&self) -> Vec<Task> {
-        let deadline = tokio::time::Instant::now() + LONG;
-        loop {
-            let (all, _) = tasks::list(&self.pool, &tasks::TaskFilter::default(), 100_000, 0)
-                .await
-                .unwrap();
-            let open = all.iter().filter(|t| !t.status.is_finished()).count();
-            if open == 0 {
-                return all;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{open} of {} unfinished",
-                all.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.all_finished_within(LONG).await
     }
 
     /// Waits for the scheduler's first reconcile pass (it sets the sentinel).
