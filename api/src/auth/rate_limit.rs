@@ -50,6 +50,15 @@ pub const REFRESH_PER_IP: Quota = Quota::per_minute(30);
 pub const MAX_LOGIN_FAILURES: u32 = 10;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// A bucket name standing for `value` (an email address) without holding
+/// it: the hex of its SHA-256, so the limiter's keys never hold an address.
+pub fn hashed(value: &str) -> String {
+    super::tokens::hash_secret(value)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

@@ -23,7 +23,9 @@ use crate::{
     auth::{
         Principal,
         client_ip::ClientIp,
-        rate_limit::{LOGIN_PER_ACCOUNT, LOGIN_PER_IP, REFRESH_PER_IP, REGISTER_PER_IP},
+        rate_limit::{
+            LOGIN_PER_ACCOUNT, LOGIN_PER_IP, Quota, REFRESH_PER_IP, REGISTER_PER_IP, hashed,
+        },
         tokens::{self, TokenError},
     },
     error::{ApiError, FieldError, Problem},
@@ -110,15 +112,17 @@ pub struct RegisterRequest {
     pub role: Option<String>,
 }
 
-/// Creates an account with the `user` role.
+/// Creates an account with the `user` role. A taken email answers 201 as
+/// a new account would (nothing is created; the address's owner is mailed),
+/// so registration never tells whether an address has an account.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
         JsonBodyErrors, ResourceErrors,
-        (status = 201, description = "The new account; its email is not verified yet", body = UserResponse),
+        (status = 201, description = "The new account, its email not verified yet — or, for a taken email, the same answer with nothing created", body = UserResponse),
         (status = 403, description = "`role_not_allowed`: a `role` other than `user`", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:role_not_allowed", "title": "Forbidden", "status": 403,
                 "detail": "registration creates `user` accounts only", "code": "role_not_allowed"})),
-        (status = 409, description = "`username_taken` or `email_taken`", body = Problem, content_type = "application/problem+json",
+        (status = 409, description = "`username_taken` (a taken email is not told)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:username_taken", "title": "Conflict", "status": 409,
                 "detail": "that username is taken", "code": "username_taken"})),
     ))]
@@ -161,6 +165,7 @@ async fn register(
     else {
         return Err(ApiError::validation(errors));
     };
+    // Hashed whether or not the address is taken: the two answers take the same time.
     let password_hash = state.hasher.hash(&password).await?;
     let new = NewUser {
         username,
@@ -170,13 +175,78 @@ async fn register(
         email_verified: false,
         profile,
     };
-    let user = users::insert(&state.db, &new).await.map_err(taken)?;
-    tracing::info!(user_id = %user.id, "account registered");
-    // The account exists either way; without the mail the user asks for another.
-    if let Err(e) = super::verification::send_link(&state, &user).await {
-        tracing::warn!(error = %e, user_id = %user.id, "could not queue the verification email");
-    }
+    let user = match users::insert(&state.db, &new).await {
+        Ok(user) => {
+            tracing::info!(user_id = %user.id, "account registered");
+            // After the answer, as the owner's notice below: the mail work
+            // must not show in the time taken. The account exists either
+            // way; without the mail the user asks for another.
+            let (state, registered) = (state.clone(), user.clone());
+            tokio::spawn(async move {
+                if let Err(e) = super::verification::send_link(&state, &registered).await {
+                    tracing::warn!(error = %e, user_id = %registered.id, "could not queue the verification email");
+                }
+            });
+            user
+        }
+        Err(e) if constraint_of(&e) == Some("users_email_key") => {
+            // A username is a public handle, so a taken one may say so (and
+            // does first, as when both are taken); an address is not: a taken
+            // one answers as a fresh account would, creates nothing, and its
+            // owner hears of the attempt by mail.
+            if users::username_taken(&state.db, &new.username).await? {
+                return Err(username_taken());
+            }
+            tracing::info!("registration with a taken email; answered as if new");
+            tokio::spawn(tell_owner_of_attempt(state, new.email.clone()));
+            users::as_inserted(&new, Uuid::now_v7(), chrono::Utc::now())
+        }
+        Err(e) => return Err(taken(e)),
+    };
     Ok((StatusCode::CREATED, AppJson(UserResponse::from(user))))
+}
+
+/// Notices of a registration attempt one address may get: enough to hear
+/// of it, too few to make registration a way to flood someone's inbox.
+const ATTEMPT_NOTICES_PER_ADDRESS: Quota = Quota {
+    limit: 3,
+    period: std::time::Duration::from_secs(3600),
+};
+
+/// Mails the owner of `email` that someone tried to register with it.
+async fn tell_owner_of_attempt(state: AppState, email: EmailAddress) {
+    let bucket = format!("register-notice:address:{}", hashed(email.as_str()));
+    match state
+        .limiter
+        .check(&bucket, ATTEMPT_NOTICES_PER_ADDRESS)
+        .await
+    {
+        Ok(decision) if decision.allowed => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; no registration-attempt notice");
+            return;
+        }
+    }
+    let owner = match users::find_by_login(&state.db, email.as_str()).await {
+        Ok(Some(owner)) if owner.is_active && owner.email == email.as_str() => owner,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look up the owner of a taken email");
+            return;
+        }
+    };
+    if let Err(e) = keel_shared::emails::enqueue(
+        &state.db,
+        &state.jobs,
+        &owner.email,
+        keel_shared::mail::EmailTemplate::RegistrationAttempt,
+        &serde_json::json!({"username": owner.username}),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, user_id = %owner.id, "could not queue the registration-attempt notice");
+    }
 }
 
 /// The value, or its reason pushed onto `errors`.
@@ -191,13 +261,25 @@ fn collect<T>(errors: &mut Vec<FieldError>, field: &str, result: Result<T, Inval
         .ok()
 }
 
-/// A unique violation on username or email is the client's 409.
+/// The constraint a database error violated, if any.
+fn constraint_of(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+fn username_taken() -> ApiError {
+    ApiError::conflict("username_taken", "that username is taken")
+}
+
+/// A unique violation on username or email is the client's 409 (where
+/// telling that an address has an account is fine: `keel-api admin` commands;
+/// registration answers a taken email as a fresh account).
 pub fn taken(e: sqlx::Error) -> ApiError {
-    match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("users_username_key") => {
-            ApiError::conflict("username_taken", "that username is taken")
-        }
-        sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
+    match constraint_of(&e) {
+        Some("users_username_key") => username_taken(),
+        Some("users_email_key") => {
             ApiError::conflict("email_taken", "an account with that email exists")
         }
         _ => e.into(),

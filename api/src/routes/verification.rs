@@ -2,11 +2,18 @@
 //! (256 random bits, stored as its SHA-256, valid 24 hours);
 //! `POST`/`GET /auth/verify-email` spends it and mails the welcome;
 //! `POST /auth/resend-verification` mails a fresh link (and voids the old
-//! ones), a few times an hour per account.
+//! ones), a few times an hour per account: to the caller with a bearer
+//! token, or, without one, to the unverified account of `{email}` — an
+//! answer (202) that is the same for every address and comes before the
+//! lookup, as a password reset's does.
 
 use std::time::Duration;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::{FromRequest as _, Request, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
 use chrono::Utc;
 use keel_shared::{
     db::{
@@ -24,7 +31,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::users::UserResponse;
 use crate::{
-    auth::{Principal, rate_limit::Quota, tokens},
+    auth::{
+        Principal,
+        client_ip::ClientIp,
+        rate_limit::{Quota, hashed},
+        tokens,
+    },
     error::{ApiError, Problem},
     extract::{AppJson, AppQuery},
     openapi::{JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
@@ -36,6 +48,14 @@ const TOKEN_TTL_HOURS: i64 = 24;
 /// Verification mails one account may ask for.
 const RESEND_PER_ACCOUNT: Quota = Quota {
     limit: 3,
+    period: Duration::from_secs(3600),
+};
+
+/// Resend requests without a bearer token from one IP.
+const RESEND_PER_IP: Quota = Quota::per_minute(10);
+/// Resend requests without a bearer token naming one address.
+const RESEND_PER_ADDRESS: Quota = Quota {
+    limit: 5,
     period: Duration::from_secs(3600),
 };
 
@@ -158,11 +178,13 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
     Ok(AppJson(UserResponse::from(user)))
 }
 
-/// Mails the caller a fresh verification link.
-#[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security(("bearer" = []), ("api_key" = [])),
+/// Mails a fresh verification link: to the caller, or, signed out, to the
+/// unverified account of `{email}` (the same 202 for every address).
+#[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security((), ("bearer" = []), ("api_key" = [])),
+    request_body(content = Option<ResendRequest>, description = "Signed out only: the address to send a fresh link to"),
     responses(
-        ResourceErrors,
-        (status = 202, description = "A fresh link is on its way; older ones stop working", body = Accepted),
+        JsonBodyErrors, ResourceErrors,
+        (status = 202, description = "A fresh link is on its way; older ones stop working. Signed out, the same answer whether or not the address has an unverified account", body = Accepted),
         (status = 401, response = Unauthorized),
         (status = 409, description = "`email_already_verified`", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:email_already_verified", "title": "Conflict", "status": 409,
@@ -170,8 +192,21 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
     ))]
 async fn resend_verification(
     State(state): State<AppState>,
-    principal: Principal,
+    ClientIp(ip): ClientIp,
+    principal: Option<Principal>,
+    request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
+    let Some(principal) = principal else {
+        // Neither a credential nor a body: the bearer form without its token.
+        if !has_body(&request) {
+            return Err(ApiError::unauthorized(
+                "not_authenticated",
+                "sign in: send a bearer token or an API key (or, signed out, a body {\"email\"})",
+            ));
+        }
+        let AppJson(body) = AppJson::<ResendRequest>::from_request(request, &state).await?;
+        return resend_to_address(state, ip, &body.email).await;
+    };
     let user = &principal.user;
     if user.email_verified {
         return Err(ApiError::conflict(
@@ -193,4 +228,87 @@ async fn resend_verification(
             message: "a verification link is on its way".into(),
         }),
     ))
+}
+
+/// The signed-out form of `resend-verification`: an address instead of a token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "alice@example.com"}))]
+pub struct ResendRequest {
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+}
+
+/// Whether a request carries a body (a content type, a length above zero,
+/// or a chunked transfer).
+fn has_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::CONTENT_TYPE)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// 202 for every address, limited per IP and per address alike; the lookup
+/// and the mail come after the answer, so whether the address has an
+/// unverified account shows neither in the answer nor in its time.
+async fn resend_to_address(
+    state: AppState,
+    ip: std::net::IpAddr,
+    email: &str,
+) -> Result<(StatusCode, AppJson<Accepted>), ApiError> {
+    let address = email.trim().to_lowercase();
+    state
+        .limiter
+        .enforce(&format!("resend-verification:ip:{ip}"), RESEND_PER_IP)
+        .await?;
+    state
+        .limiter
+        .enforce(
+            &format!("resend-verification:address:{}", hashed(&address)),
+            RESEND_PER_ADDRESS,
+        )
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = mail_link_to(&state, &address).await {
+            tracing::warn!(error = %e, "could not queue a verification email");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        AppJson(Accepted {
+            message:
+                "if the address belongs to an unverified account, a verification link is on its way"
+                    .into(),
+        }),
+    ))
+}
+
+/// Mails a fresh link if `address` is an active, unverified account's,
+/// within the same per-account budget as the signed-in form.
+async fn mail_link_to(state: &AppState, address: &str) -> Result<(), ApiError> {
+    let Some(user) = users::find_by_login(&state.db, address)
+        .await?
+        .filter(|u| u.is_active && !u.email_verified && u.email == address)
+    else {
+        return Ok(());
+    };
+    let budget = state
+        .limiter
+        .check(
+            &format!("resend-verification:{}", user.id),
+            RESEND_PER_ACCOUNT,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    if !budget.allowed {
+        tracing::info!(user_id = %user.id, "verification link not resent: the account's budget is spent");
+        return Ok(());
+    }
+    send_link(state, &user).await?;
+    tracing::info!(user_id = %user.id, "verification link resent by address");
+    Ok(())
 }

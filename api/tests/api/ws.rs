@@ -26,21 +26,21 @@ use crate::{
     pipeline::stack_with,
 };
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The longest any one step of a test may take.
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// A `keel-api` process on `app`'s database and Redis prefix, signing with
 /// the test key (so `app`'s tokens are good on it): a replica beside `app`.
-struct ApiProcess {
-    base: String,
-    process: ChildGuard,
+pub(crate) struct ApiProcess {
+    pub(crate) base: String,
+    pub(crate) process: ChildGuard,
 }
 
 impl ApiProcess {
     /// Starts the process with `env` on top and waits until it is ready.
-    async fn spawn(app: &TestApp, env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn spawn(app: &TestApp, env: &[(&str, &str)]) -> Self {
         let port = testing::free_port().to_string();
         let mut command = testing::command(API_BIN);
         command.envs([
@@ -58,7 +58,7 @@ impl ApiProcess {
         Self { base, process }
     }
 
-    fn ws(&self, path: &str, token: &str) -> String {
+    pub(crate) fn ws(&self, path: &str, token: &str) -> String {
         ws_url(&self.base, path, token)
     }
 }
@@ -70,7 +70,7 @@ fn ws_url(http_base: &str, path: &str, token: &str) -> String {
 }
 
 /// Opens a socket; the upgrade itself must succeed (101).
-async fn connect(url: &str) -> Socket {
+pub(crate) async fn connect(url: &str) -> Socket {
     let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
         .await
         .unwrap_or_else(|_| panic!("no upgrade of {url} within {WAIT:?}"))
@@ -79,11 +79,11 @@ async fn connect(url: &str) -> Socket {
     socket
 }
 
-async fn send(socket: &mut Socket, message: &Value) {
+pub(crate) async fn send(socket: &mut Socket, message: &Value) {
     send_text(socket, message.to_string()).await;
 }
 
-async fn send_text(socket: &mut Socket, text: String) {
+pub(crate) async fn send_text(socket: &mut Socket, text: String) {
     tokio::time::timeout(WAIT, socket.send(Message::text(text)))
         .await
         .expect("sent in time")
@@ -141,7 +141,7 @@ async fn wait_for(socket: &mut Socket, what: &str, wanted: impl Fn(&Value) -> bo
 }
 
 /// The next message of `kind` (`"pong"`, `"error"`, …).
-async fn wait_for_type(socket: &mut Socket, kind: &str) -> Value {
+pub(crate) async fn wait_for_type(socket: &mut Socket, kind: &str) -> Value {
     wait_for(socket, &format!("a {kind}"), |m| m["type"] == kind).await
 }
 
@@ -193,13 +193,13 @@ async fn close_within(socket: &mut Socket, what: &str, within: Duration) -> Clos
     }
 }
 
-async fn close_of(socket: &mut Socket, what: &str) -> CloseFrame {
+pub(crate) async fn close_of(socket: &mut Socket, what: &str) -> CloseFrame {
     close_within(socket, what, WAIT).await
 }
 
 /// Sends a ping and waits for its pong: everything sent before it has
 /// been handled.
-async fn round_trip(socket: &mut Socket) {
+pub(crate) async fn round_trip(socket: &mut Socket) {
     send(socket, &json!({"type": "ping"})).await;
     wait_for_type(socket, "pong").await;
 }

@@ -111,6 +111,52 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser) -> Result<User, sqlx
     .await
 }
 
+/// The row [`insert`] would store for `new` under `id` at `now`, made up
+/// without storing anything: what registering with a taken email answers,
+/// so that answer looks like a fresh account's.
+pub fn as_inserted(new: &NewUser, id: Uuid, now: DateTime<Utc>) -> User {
+    let p = &new.profile;
+    let flat = |f: &Option<Option<String>>| f.clone().flatten();
+    // Postgres keeps microseconds; a finer timestamp would give the fake away.
+    let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    User {
+        id,
+        username: new.username.as_str().to_owned(),
+        email: new.email.as_str().to_owned(),
+        password_hash: Some(new.password_hash.clone()),
+        first_name: flat(&p.first_name),
+        last_name: flat(&p.last_name),
+        phone_number: flat(&p.phone_number),
+        phone_verified: false,
+        avatar_url: flat(&p.avatar_url),
+        bio: flat(&p.bio),
+        timezone: p.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
+        language: p.language.clone().unwrap_or_else(|| "en".to_owned()),
+        role: new.role,
+        is_active: true,
+        two_fa_enabled: false,
+        email_verified: new.email_verified,
+        last_login_at: None,
+        token_version: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Whether an account has `username`, without regard to case.
+///
+/// # Errors
+/// The database fails.
+pub async fn username_taken(
+    db: impl PgExecutor<'_>,
+    username: &Username,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1))")
+        .bind(username.as_str())
+        .fetch_one(db)
+        .await
+}
+
 /// # Errors
 /// The database fails.
 pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {

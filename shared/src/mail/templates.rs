@@ -18,16 +18,19 @@ pub enum EmailTemplate {
     Welcome,
     PasswordChanged,
     AccountDeleted,
+    /// To an account's owner: someone tried to register with its address.
+    RegistrationAttempt,
 }
 
 impl EmailTemplate {
-    pub const ALL: [EmailTemplate; 6] = [
+    pub const ALL: [EmailTemplate; 7] = [
         Self::Verification,
         Self::PasswordReset,
         Self::TwoFactorCode,
         Self::Welcome,
         Self::PasswordChanged,
         Self::AccountDeleted,
+        Self::RegistrationAttempt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl EmailTemplate {
             Self::Welcome => "welcome",
             Self::PasswordChanged => "password_changed",
             Self::AccountDeleted => "account_deleted",
+            Self::RegistrationAttempt => "registration_attempt",
         }
     }
 
@@ -79,6 +83,7 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
         "welcome",
         "password_changed",
         "account_deleted",
+        "registration_attempt",
     );
     for (name, source) in sources {
         env.add_template(name, source)

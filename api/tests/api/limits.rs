@@ -1,0 +1,594 @@
+//! Resource limits against one `keel-api` process, whose resident memory
+//! is read from `/proc/<pid>/status` before and after: oversized bodies
+//! (413), deeply nested JSON (400, never a 5xx or a crash), page sizes
+//! past the maximum (422 naming `size`; no page is ever larger), the
+//! per-user cap on unfinished tasks (429), and the WebSocket caps on
+//! message size (1009) and rate (`rate_limited`, then 1008). The same
+//! abuse runs twice: memory may grow once (allocator arenas, buffers) but
+//! not again, which is what "bounded" means here. The figures are printed.
+
+use futures_util::{SinkExt as _, StreamExt as _, stream};
+use keel_shared::domain::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+use crate::{
+    helpers::{TestApp, TestUser, assert_problem, spawn_app},
+    ws::{self, ApiProcess, WAIT},
+};
+
+/// The process's default body limit (`MAX_BODY_BYTES`).
+const BODY_LIMIT: usize = 1024 * 1024;
+/// The cap on unfinished tasks the process is started with.
+const TASK_CAP: usize = 5;
+/// How much resident memory the abuse may add over the warmed-up process,
+/// and how much a second round may add to the first.
+const MAX_GROWTH_MIB: f64 = 64.0;
+const MAX_SECOND_ROUND_GROWTH_MIB: f64 = 16.0;
+
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process lives");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line");
+    kib / 1024.0
+}
+
+/// The answer to a hand-written HTTP/1.1 request: status, content type
+/// and body.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+/// Writes a request head, then up to `body_bytes` of body (chunked when
+/// `chunked`, else after a `Content-Length` of that size), while reading
+/// the answer; stops writing once the server has answered or hung up.
+async fn raw_post(
+    address: &str,
+    path: &str,
+    token: &str,
+    body_bytes: usize,
+    chunked: bool,
+) -> RawAnswer {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let (mut read, mut write) = stream.into_split();
+    let length = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {body_bytes}")
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n{length}\r\nConnection: close\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await.expect("head sent");
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_bytes {
+            let n = chunk.len().min(body_bytes - sent);
+            let framed = if chunked {
+                let mut framed = format!("{n:x}\r\n").into_bytes();
+                framed.extend_from_slice(&chunk[..n]);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            } else {
+                chunk[..n].to_vec()
+            };
+            if write.write_all(&framed).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+        if chunked {
+            let _ = write.write_all(b"0\r\n\r\n").await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, read.read_to_end(&mut answer)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer to {path}, not {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    // The answer is small and, with `Connection: close`, unchunked or one chunk.
+    let json = body.find('{').map_or("", |start| {
+        &body[start..=body.rfind('}').unwrap_or(body.len() - 1)]
+    });
+    RawAnswer {
+        status,
+        content_type,
+        body: serde_json::from_str(json).unwrap_or(Value::Null),
+    }
+}
+
+fn assert_raw_problem(answer: &RawAnswer, status: u16, code: &str, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {answer:?}");
+    assert_eq!(
+        answer.content_type, "application/problem+json",
+        "{what}: {answer:?}"
+    );
+    assert_eq!(answer.body["code"], code, "{what}: {answer:?}");
+}
+
+/// What ordinary use allocates once: pools, caches, a task, a page, a socket.
+async fn warm_up(app: &TestApp, api: &ApiProcess, user: &TestUser) {
+    for _ in 0..20 {
+        let response = app
+            .client
+            .get(format!("{}/api/v1/tasks?size=100", api.base))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let mut socket = ws::connect(&api.ws("/ws/chat/warm", &user.token)).await;
+    ws::round_trip(&mut socket).await;
+    let _ = socket.close(None).await;
+}
+
+/// 500 bodies declared over the limit (the server answers before they
+/// come) and 40 streamed past it without a length (it must stop reading
+/// at the limit), to an authenticated JSON endpoint and a public one.
+async fn oversized_bodies(api: &ApiProcess, user: &TestUser) {
+    let address = api.base.trim_start_matches("http://").to_owned();
+    let declared = stream::iter(0..500).map(|i| {
+        let (address, token) = (address.clone(), user.token.clone());
+        async move {
+            let path = if i % 2 == 0 {
+                "/api/v1/tasks"
+            } else {
+                "/api/v1/auth/login"
+            };
+            let answer = raw_post(&address, path, &token, 64 * BODY_LIMIT, false).await;
+            assert_raw_problem(&answer, 413, "payload_too_large", "a 64 MiB Content-Length");
+        }
+    });
+    declared.buffer_unordered(16).collect::<Vec<()>>().await;
+    let streamed = stream::iter(0..40).map(|i| {
+        let (address, token) = (address.clone(), user.token.clone());
+        async move {
+            let path = if i % 2 == 0 {
+                "/api/v1/tasks/batch"
+            } else {
+                "/api/v1/auth/register"
+            };
+            let answer = raw_post(&address, path, &token, 4 * BODY_LIMIT, true).await;
+            assert_raw_problem(&answer, 413, "payload_too_large", "4 MiB chunked");
+        }
+    });
+    streamed.buffer_unordered(8).collect::<Vec<()>>().await;
+}
+
+fn nested_arrays(depth: usize) -> String {
+    "[".repeat(depth) + &"]".repeat(depth)
+}
+
+fn nested_objects(depth: usize) -> String {
+    r#"{"a":"#.repeat(depth) + "1" + &"}".repeat(depth)
+}
+
+/// Bodies nested 100,000 deep to endpoints that take JSON, each a 4xx
+/// problem: where the nesting is read as free JSON (a task's payload)
+/// serde_json stops at depth 128 (400 `malformed_json`); elsewhere the
+/// shape is wrong first (422), or an unknown field is skipped without
+/// recursion and a required one is missing (422).
+async fn deeply_nested_json(app: &TestApp, api: &ApiProcess, user: &TestUser) {
+    let deep = 100_000;
+    let malformed = (StatusCode::BAD_REQUEST, "malformed_json");
+    let invalid = (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let cases = [
+        (
+            "/api/v1/tasks",
+            format!(r#"{{"name":"deep","payload":{}}}"#, nested_arrays(deep)),
+            malformed,
+            "arrays in a task's payload",
+        ),
+        (
+            "/api/v1/tasks/batch",
+            format!(
+                r#"{{"tasks":[{{"name":"deep","payload":{}}}]}}"#,
+                nested_objects(deep)
+            ),
+            malformed,
+            "objects in a batch task's payload",
+        ),
+        (
+            "/api/v1/tasks",
+            nested_arrays(deep),
+            invalid,
+            "arrays for a task",
+        ),
+        (
+            "/api/v1/tasks",
+            nested_objects(deep),
+            invalid,
+            "objects for a task",
+        ),
+        (
+            "/api/v1/auth/login",
+            nested_objects(deep),
+            invalid,
+            "objects for a login",
+        ),
+        (
+            "/api/v1/auth/password-reset/request",
+            nested_arrays(deep),
+            invalid,
+            "arrays for a reset",
+        ),
+    ];
+    for (_, body, _, what) in &cases {
+        assert!(body.len() < BODY_LIMIT, "{what} fits the body limit");
+    }
+    let requests = stream::iter((0..30).flat_map(|_| cases.iter())).map(
+        |(path, body, (status, code), what)| {
+            let request = app
+                .client
+                .post(format!("{}{path}", api.base))
+                .bearer_auth(&user.token)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            async move {
+                let response = request.send().await.expect("answered, no crash");
+                let problem = assert_problem(response, *status, code).await;
+                if *code == "malformed_json" {
+                    assert!(
+                        problem.detail.contains("recursion limit"),
+                        "{what}: {problem:?}"
+                    );
+                }
+            }
+        },
+    );
+    requests.buffer_unordered(4).collect::<Vec<()>>().await;
+}
+
+/// Sizes past the maximum are refused naming `size`, and no page is ever
+/// larger than 100; a page far past the end is empty, not an overflow.
+async fn page_sizes(app: &TestApp, api: &ApiProcess, user: &TestUser) {
+    let get = |query: &str| {
+        app.client
+            .get(format!("{}/api/v1/tasks?{query}", api.base))
+            .bearer_auth(&user.token)
+            .send()
+    };
+    for query in ["size=101", "size=1000000000", "size=99999999999999999999"] {
+        let problem = assert_problem(
+            get(query).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        let fields: Vec<_> = problem
+            .errors
+            .unwrap()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["size"], "{query}");
+    }
+    let page: Value = get("size=100").await.unwrap().json().await.unwrap();
+    assert_eq!(page["size"], 100);
+    let last: Value = get("page=2147483647&size=100")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["items"], json!([]), "{last}");
+}
+
+/// Unfinished tasks past the cap: 429 for one more and for a batch, and
+/// nothing created; another user is not held back.
+async fn task_quota(app: &TestApp, api: &ApiProcess) {
+    let user = app.create_user(Role::User).await;
+    let other = app.create_user(Role::User).await;
+    let create = |user: &TestUser, path: &str, body: Value| {
+        app.client
+            .post(format!("{}{path}", api.base))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+    };
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let task = json!({"name": "waits", "scheduled_at": later});
+    for n in 1..=TASK_CAP {
+        let response = create(&user, "/api/v1/tasks", task.clone()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "task {n}");
+    }
+    let problem = assert_problem(
+        create(&user, "/api/v1/tasks", task.clone()).await.unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    assert!(
+        problem.detail.contains(&TASK_CAP.to_string()),
+        "{problem:?}"
+    );
+    let batch = json!({"tasks": vec![task.clone(); 1000]});
+    assert_problem(
+        create(&user, "/api/v1/tasks/batch", batch.clone())
+            .await
+            .unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    let listed: Value = app
+        .client
+        .get(format!("{}/api/v1/tasks", api.base))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["total"], TASK_CAP,
+        "nothing past the cap was created"
+    );
+    // A batch that would cross the cap is refused whole, for a fresh user too.
+    assert_problem(
+        create(
+            &other,
+            "/api/v1/tasks/batch",
+            json!({"tasks": vec![task.clone(); TASK_CAP + 1]}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    assert_eq!(
+        create(&other, "/api/v1/tasks", task)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED,
+        "the cap is per user"
+    );
+}
+
+/// Opens a WebSocket by hand, sends only the header of a masked text
+/// frame announcing 1 GiB, and returns the close code the server answers.
+async fn announce_huge_frame(api: &ApiProcess, token: &str) -> u16 {
+    let address = api.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.expect("connects");
+    let upgrade = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("an upgrade in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "the upgrade was cut: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // FIN + text; masked, 64-bit length; then the mask key and no payload.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    stream.write_all(&frame).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    // The server's close frame: 0x88, a length under 126, then the code.
+    let close = answer
+        .windows(2)
+        .position(|w| w[0] == 0x88 && w[1] < 126)
+        .unwrap_or_else(|| panic!("no close frame in {answer:?}"));
+    u16::from_be_bytes([answer[close + 2], answer[close + 3]])
+}
+
+/// Floods `socket` with pings; returns the refusals seen before its close code.
+async fn flood(socket: ws::Socket) -> (usize, CloseCode) {
+    let (mut write, mut read) = socket.split();
+    let sender = tokio::spawn(async move {
+        for _ in 0..100 {
+            let ping = Message::text(json!({"type": "ping"}).to_string());
+            if write.feed(ping).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.flush().await;
+        write
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut refusals = 0;
+    let code = loop {
+        match tokio::time::timeout_at(deadline, read.next())
+            .await
+            .expect("a close in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "error" {
+                    assert_eq!(message["code"], "rate_limited", "{message}");
+                    refusals += 1;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close code").code,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the socket failed before its close frame: {e}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    };
+    let _ = sender.await;
+    (refusals, code)
+}
+
+/// Messages over the size cap (1009, also far past it), floods (1008),
+/// nesting (an error frame; the socket stays), and sockets past the
+/// per-user cap (1008), with `users` taking turns so the cap is only met
+/// where it is meant to be.
+async fn websocket_abuse(api: &ApiProcess, users: &[TestUser]) {
+    let url = |i: usize| api.ws("/ws", &users[i % users.len()].token);
+    for i in 0..50 {
+        let mut socket = ws::connect(&url(i)).await;
+        ws::send_text(&mut socket, "x".repeat(64 * 1024 + 1)).await;
+        let frame = ws::close_of(&mut socket, "a message over 64 KiB").await;
+        assert_eq!(frame.code, CloseCode::Size, "{frame:?}");
+    }
+    // A frame that announces a gigabyte is refused from its header alone:
+    // nothing of it is buffered, nothing more need be sent.
+    for i in 0..20 {
+        let code = announce_huge_frame(api, &users[i % users.len()].token).await;
+        assert_eq!(code, 1009, "a frame announcing 1 GiB");
+    }
+
+    for i in 0..5 {
+        let socket = ws::connect(&url(i)).await;
+        let (refusals, code) = flood(socket).await;
+        assert!(refusals >= 1, "past the budget: rate_limited first");
+        assert_eq!(code, CloseCode::Policy, "then 1008");
+    }
+
+    let mut socket = ws::connect(&url(0)).await;
+    for depth in [200, 30_000] {
+        ws::send_text(&mut socket, nested_arrays(depth)).await;
+        let error = ws::wait_for_type(&mut socket, "error").await;
+        assert_eq!(error["code"], "invalid_message", "{error}");
+    }
+    ws::round_trip(&mut socket).await;
+    let _ = socket.close(None).await;
+
+    // One user's sockets past the cap of 10: the 11th is closed with 1008.
+    let hog = &users[users.len() - 1];
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut socket = ws::connect(&api.ws("/ws", &hog.token)).await;
+        ws::round_trip(&mut socket).await;
+        held.push(socket);
+    }
+    let mut extra = ws::connect(&api.ws("/ws", &hog.token)).await;
+    let frame = ws::close_of(&mut extra, "the 11th socket").await;
+    assert_eq!(frame.code, CloseCode::Policy, "{frame:?}");
+    for mut socket in held {
+        let _ = socket.close(None).await;
+        // Read to the server's close, so the socket is gone before the next round.
+        let deadline = Instant::now() + WAIT;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn abuse_gets_4xx_answers_and_closes_and_the_api_process_memory_stays_bounded() {
+    let app = spawn_app().await;
+    let cap = TASK_CAP.to_string();
+    let mut api = ApiProcess::spawn(
+        &app,
+        &[
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("MAX_UNFINISHED_TASKS_PER_USER", &cap),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let pid = api.process.pid();
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(app.create_user(Role::User).await);
+    }
+    let user = &users[0];
+
+    warm_up(&app, &api, user).await;
+    let baseline = rss_mib(pid);
+    let mut after = Vec::new();
+    for round in 1..=2 {
+        let start = Instant::now();
+        oversized_bodies(&api, user).await;
+        let bodies = rss_mib(pid);
+        deeply_nested_json(&app, &api, user).await;
+        let nested = rss_mib(pid);
+        page_sizes(&app, &api, user).await;
+        websocket_abuse(&api, &users).await;
+        let sockets = rss_mib(pid);
+        println!(
+            "round {round} ({:.1} s): RSS {baseline:.1} MiB warmed up, {bodies:.1} after oversized \
+             bodies, {nested:.1} after nested JSON, {sockets:.1} after WebSocket abuse",
+            start.elapsed().as_secs_f64()
+        );
+        after.push(sockets);
+    }
+    task_quota(&app, &api).await;
+
+    assert!(
+        matches!(api.process.child.try_wait(), Ok(None)),
+        "the API is still running: {}",
+        api.process.stderr()
+    );
+    let live = app
+        .client
+        .get(format!("{}/live", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let (first, second) = (after[0], after[1]);
+    println!(
+        "RSS: {baseline:.1} MiB warmed up, {first:.1} after round 1, {second:.1} after round 2 \
+         (+{:.1} MiB overall, +{:.1} MiB in round 2)",
+        second - baseline,
+        second - first
+    );
+    assert!(
+        second - baseline < MAX_GROWTH_MIB,
+        "resident memory grew from {baseline:.1} to {second:.1} MiB; at most {MAX_GROWTH_MIB} MiB may be added"
+    );
+    assert!(
+        second - first < MAX_SECOND_ROUND_GROWTH_MIB,
+        "the second round added {:.1} MiB to the first's {first:.1} MiB: memory keeps growing",
+        second - first
+    );
+    assert!(
+        !api.process.stderr().contains("panicked"),
+        "no panic: {}",
+        api.process.stderr()
+    );
+}
