@@ -26,8 +26,8 @@ fn files(dir: &PathBuf, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 /// all-digit secret (a 2FA code) inside a longer number — a timestamp's
 /// microseconds, a byte count — is no leak.
 fn stands_alone(text: &[u8], start: usize, end: usize) -> bool {
-    let digit_or_dot = |i: Option<&u8>| i.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'.');
-    !digit_or_dot(start.checked_sub(1).and_then(|i| text.get(i))) && !digit_or_dot(text.get(end))
+    let joined = |i: Option<&u8>| i.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'.');
+    !joined(start.checked_sub(1).and_then(|i| text.get(i))) && !joined(text.get(end))
 }
 
 #[test]

@@ -107,8 +107,23 @@ async fn repair(
     settings: Settings,
 ) -> anyhow::Result<Repairs> {
     let mut repairs = Repairs::default();
-    // Everything handed to Redis before now is gone if the sentinel is.
+    // Before the leases: the rows they hand back are marked enqueued after
+    // it, so a full push below does not take them twice.
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
+    // Leases first, in PostgreSQL alone: a dead worker's tasks leave
+    // `running` even while Redis is down. Their push comes after; if it
+    // fails, they wait as every unpushed row does (the sentinel or the
+    // overdue count below finds them on a later pass).
+    let mut retrying = Vec::new();
+    loop {
+        let rows = tasks::expire_leases(db, settings.lease_grace, settings.retry, BATCH).await?;
+        if rows.is_empty() {
+            break;
+        }
+        repairs.leases_expired += rows.len() as u64;
+        retrying.extend(rows.into_iter().filter(|t| !t.status.is_finished()));
+    }
+    // Everything handed to Redis before now is gone if the sentinel is.
     let mut lost_before = sentinel_missing(redis).await?.then_some(now);
     repairs.redis_lost = lost_before.is_some();
     if repairs.redis_lost {
@@ -134,17 +149,8 @@ async fn repair(
         repairs.tasks_pushed += rows.len() as u64;
         dispatch::push_tasks(db, jobs, &rows).await?;
     }
-    loop {
-        let rows = tasks::expire_leases(db, settings.lease_grace, settings.retry, BATCH).await?;
-        if rows.is_empty() {
-            break;
-        }
-        repairs.leases_expired += rows.len() as u64;
-        let retrying: Vec<_> = rows
-            .into_iter()
-            .filter(|t| !t.status.is_finished())
-            .collect();
-        dispatch::push_tasks(db, jobs, &retrying).await?;
+    for chunk in retrying.chunks(usize::try_from(BATCH).unwrap_or(1000)) {
+        dispatch::push_tasks(db, jobs, chunk).await?;
     }
     loop {
         let rows = email_deliveries::take_for_push(db, lost_before, BATCH).await?;

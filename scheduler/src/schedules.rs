@@ -273,17 +273,28 @@ impl Ticker {
     }
 
     /// Measures the database clock against this host's, at start and on
-    /// every full reload. The database read its clock somewhere within the
+    /// every full reload. The database read its clock somewhere within a
     /// round trip; taking the end of it as that moment errs late, never
-    /// early, so no tick fires before its time by the database clock.
+    /// early, so no tick fires before its time by the database clock. The
+    /// quickest of a few round trips errs least (a slow one may have waited
+    /// for a pooled connection).
     async fn sync_clock(&self) {
-        let Ok(db_now) = sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
-            .fetch_one(&self.db)
-            .await
-        else {
-            return; // Postgres is down: keep the last offset.
-        };
-        let offset = db_now - Utc::now();
+        let mut best: Option<(chrono::Duration, chrono::Duration)> = None;
+        for _ in 0..3 {
+            let before = Utc::now();
+            let Ok(db_now) = sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
+                .fetch_one(&self.db)
+                .await
+            else {
+                return; // Postgres is down: keep the last offset.
+            };
+            let after = Utc::now();
+            let sample = (after - before, db_now - after);
+            if best.is_none_or(|(trip, _)| sample.0 < trip) {
+                best = Some(sample);
+            }
+        }
+        let Some((_, offset)) = best else { return };
         let micros = offset.num_microseconds().unwrap_or(0);
         let previous = self.clock_offset.swap(micros, Ordering::Relaxed);
         if micros.abs() >= 1_000_000 && (micros - previous).abs() >= 500_000 {

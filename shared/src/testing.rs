@@ -714,7 +714,15 @@ impl PostgresServer {
             .filter_map(Result::ok)
             .map(|e| e.path().join("bin"))
             .filter(|p| p.join("postgres").exists())
-            .max()
+            // The newest by number: as strings, "9.6" would beat "16".
+            .max_by_key(|p| {
+                p.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.split('.').next())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
             .expect("a PostgreSQL version with a bin/postgres");
         let data = std::env::temp_dir().join(format!("keel-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data).expect("a data directory");

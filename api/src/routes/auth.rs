@@ -178,15 +178,13 @@ async fn register(
     let user = match users::insert(&state.db, &new).await {
         Ok(user) => {
             tracing::info!(user_id = %user.id, "account registered");
-            // After the answer, as the owner's notice below: the mail work
-            // must not show in the time taken. The account exists either
-            // way; without the mail the user asks for another.
-            let (state, registered) = (state.clone(), user.clone());
-            tokio::spawn(async move {
-                if let Err(e) = super::verification::send_link(&state, &registered).await {
-                    tracing::warn!(error = %e, user_id = %registered.id, "could not queue the verification email");
-                }
-            });
+            // Queued before the answer, so a 201 never loses its mail; the
+            // taken-email path below queues its notice alike, so the two
+            // take the same time. The account exists either way; without
+            // the mail the user asks for another.
+            if let Err(e) = super::verification::send_link(&state, &user).await {
+                tracing::warn!(error = %e, user_id = %user.id, "could not queue the verification email");
+            }
             user
         }
         Err(e) if constraint_of(&e) == Some("users_email_key") => {
@@ -198,7 +196,7 @@ async fn register(
                 return Err(username_taken());
             }
             tracing::info!("registration with a taken email; answered as if new");
-            tokio::spawn(tell_owner_of_attempt(state, new.email.clone()));
+            tell_owner_of_attempt(&state, &new.email).await;
             users::as_inserted(&new, Uuid::now_v7(), chrono::Utc::now())
         }
         Err(e) => return Err(taken(e)),
@@ -214,7 +212,7 @@ const ATTEMPT_NOTICES_PER_ADDRESS: Quota = Quota {
 };
 
 /// Mails the owner of `email` that someone tried to register with it.
-async fn tell_owner_of_attempt(state: AppState, email: EmailAddress) {
+async fn tell_owner_of_attempt(state: &AppState, email: &EmailAddress) {
     let bucket = format!("register-notice:address:{}", hashed(email.as_str()));
     match state
         .limiter

@@ -114,9 +114,9 @@ async fn three_workers_one_killed_three_times_lose_and_repeat_nothing() {
     let total = i64::try_from(created.len()).unwrap();
 
     let _steady = [spawn_worker(&s, "steady-1"), spawn_worker(&s, "steady-2")];
-    let mut victim = spawn_worker(&s, "victim");
+    let mut victim = spawn_worker(&s, "victim-0");
     let started = tokio::time::Instant::now();
-    for percent in [15, 40, 65] {
+    for (kill, percent) in [15, 40, 65].into_iter().enumerate() {
         while s.finished_count().await * 100 < total * percent {
             assert!(
                 started.elapsed() < Duration::from_secs(180),
@@ -131,7 +131,8 @@ async fn three_workers_one_killed_three_times_lose_and_repeat_nothing() {
             .expect("killed");
         assert!(!status.success(), "SIGKILL ends the worker");
         println!("killed the victim at {percent} % ({:?})", started.elapsed());
-        victim = spawn_worker(&s, "victim");
+        // A new process has a new name, as `WORKER_NAME` must be unique.
+        victim = spawn_worker(&s, &format!("victim-{}", kill + 1));
     }
 
     let all = s.all_finished_within(Duration::from_secs(180)).await;
@@ -211,7 +212,7 @@ async fn a_kind_that_aborts_its_worker_fails_after_exactly_max_attempts_and_the_
         ("TASK_LEASE_SECONDS", "2"),
         ("RUST_LOG", "error"),
     ];
-    let mut worker = s.worker_process("crashy", &env);
+    let mut worker = s.worker_process("crashy-0", &env);
     let mut crashes = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !keel_shared::db::tasks::get(&s.pool, poison.id)
@@ -223,7 +224,7 @@ async fn a_kind_that_aborts_its_worker_fails_after_exactly_max_attempts_and_the_
     {
         if worker.wait_exit(Duration::from_millis(100)).await.is_some() {
             crashes += 1;
-            worker = s.worker_process("crashy", &env);
+            worker = s.worker_process(&format!("crashy-{crashes}"), &env);
         }
         assert!(
             tokio::time::Instant::now() < deadline,

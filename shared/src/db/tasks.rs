@@ -876,8 +876,9 @@ pub async fn expire_leases(
                           THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
                           ELSE 'the worker stopped during attempt ' || attempts END, \
              finished_at = CASE WHEN attempts >= max_attempts THEN greatest(now(), started_at) END, \
-             next_attempt_at = now() + least($4, $3 * power(2, least(attempts - 1, 30))) \
-                 * (0.5 + random() / 2) * interval '1 millisecond', \
+             next_attempt_at = CASE WHEN attempts >= max_attempts THEN next_attempt_at \
+                 ELSE now() + least($4, $3 * power(2, least(attempts - 1, 30))) \
+                     * (0.5 + random() / 2) * interval '1 millisecond' END, \
              lease_owner = NULL, lease_expires_at = NULL, \
              enqueued_at = now(), changed_by = 'reconciler' \
          WHERE id IN ( \
