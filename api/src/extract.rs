@@ -15,22 +15,19 @@ use crate::error::{ApiError, FieldError};
 
 /// JSON in and out. As an extractor: 415 without a JSON content type, 400
 /// for malformed JSON, 413 over the body limit, 422 (naming the field) for
-/// well-formed JSON of the wrong shape.
+/// well-formed JSON of the wrong shape, an array included.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
-        }
+        JsonBytes::from_request(req, state).await?.parse().map(Self)
     }
 }
 
@@ -68,12 +65,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 }
 
 impl JsonBytes {
-    /// The body as `T`: 400 for malformed JSON, 422 naming the field for
-    /// well-formed JSON of the wrong shape.
+    /// The body, a JSON object, as `T`: 400 for malformed JSON, 422 naming
+    /// the field for well-formed JSON of the wrong shape.
     ///
     /// # Errors
     /// As above.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        // serde reads a struct from an array too, field by field in order
+        // (`["a@example.com"]` as `{"email": …}`); every body Keel takes is
+        // an object, as its document says.
+        if self.0.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::validation(vec![FieldError {
+                field: "body".into(),
+                message: "must be a JSON object".into(),
+            }]));
+        }
         axum::Json::<T>::from_bytes(&self.0)
             .map(|axum::Json(value)| value)
             .map_err(|rejection| json_rejection(&rejection))

@@ -9,10 +9,25 @@
 //! single responses such as [`Unauthorized`] or [`NotFound`]. List a group
 //! first: a route's own entry for the same status, listed after it, replaces
 //! the group's (`change-password` describes its 422 as a wrong password).
+//!
+//! The string formats the API parses (`keel_shared::domain`) are components
+//! too, each stating its parser's rule ([`Timezone`], [`PhoneNumber`], …), so
+//! a request the document allows is one the API accepts. What depends on the
+//! configuration, the task kinds on offer, is filled in at startup
+//! ([`complete`]).
 
+use keel_shared::{
+    domain,
+    kinds::{self, KindSettings, KindSpec},
+};
+use serde_json::{Value, json};
 use utoipa::{
-    IntoResponses, Modify, OpenApi, ToResponse,
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    IntoResponses, Modify, OpenApi, PartialSchema, ToResponse, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{ObjectBuilder, Schema, Type},
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 use crate::{
@@ -289,4 +304,196 @@ pub enum ResourceErrors {
     RateLimited(#[ref_response] RateLimited),
     #[response(status = 503)]
     Unavailable(#[ref_response] Unavailable),
+}
+
+// The string formats of request fields, as `value_type`s: each states the
+// rule of the parser the handler runs, so what the document allows is what
+// the API accepts.
+
+/// A string with `pattern`, of at most `max_length` characters.
+fn string_schema(
+    description: &str,
+    pattern: &str,
+    max_length: impl Into<Option<usize>>,
+    example: &str,
+) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .max_length(max_length.into())
+        .examples([example])
+        .into()
+}
+
+/// An IANA time zone, as the tz database Keel is built with names it.
+#[derive(Debug)]
+pub struct Timezone;
+
+impl PartialSchema for Timezone {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An IANA time zone, as the tz database names it (case matters).",
+            ))
+            .enum_values(Some(domain::Timezone::names()))
+            .examples(["Europe/Berlin"])
+            .into()
+    }
+}
+
+impl ToSchema for Timezone {}
+
+/// A language tag such as `en` or `pt-BR`.
+#[derive(Debug)]
+pub struct LanguageTag;
+
+impl PartialSchema for LanguageTag {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "A language tag: 2 or 3 letters, then `-` and 1 to 8 letters or digits, repeated.",
+            domain::LANGUAGE_PATTERN,
+            35,
+            "pt-BR",
+        )
+    }
+}
+
+impl ToSchema for LanguageTag {}
+
+/// A phone number.
+#[derive(Debug)]
+pub struct PhoneNumber;
+
+impl PartialSchema for PhoneNumber {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "5 to 15 digits, with spaces, `-`, `(`, `)` and a leading `+` as you like.",
+            domain::PHONE_NUMBER_PATTERN,
+            None,
+            "+33 1 23 45 67 89",
+        )
+    }
+}
+
+impl ToSchema for PhoneNumber {}
+
+/// An http(s) URL of a picture.
+#[derive(Debug)]
+pub struct AvatarUrl;
+
+impl PartialSchema for AvatarUrl {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "An http(s) URL on a named host, at most 2048 characters; stored trimmed.",
+            domain::AVATAR_URL_PATTERN,
+            2048,
+            "https://cdn.example.com/avatars/alice.png",
+        )
+    }
+}
+
+impl ToSchema for AvatarUrl {}
+
+/// A first or last name.
+#[derive(Debug)]
+pub struct PersonName;
+
+impl PartialSchema for PersonName {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "At most 100 characters, no control characters; stored trimmed.",
+            domain::PROFILE_TEXT_PATTERN,
+            100,
+            "Alice",
+        )
+    }
+}
+
+impl ToSchema for PersonName {}
+
+/// A short biography.
+#[derive(Debug)]
+pub struct Bio;
+
+impl PartialSchema for Bio {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "At most 1000 characters, no control characters but line feeds; stored trimmed.",
+            domain::PROFILE_TEXT_PATTERN,
+            1000,
+            "Writes the nightly reports.",
+        )
+    }
+}
+
+impl ToSchema for Bio {}
+
+/// The document as served: `doc` with the task kinds this deployment offers
+/// (`ENABLE_TEST_KINDS` adds some) written into the request schemas that name
+/// one. `kind` lists them, and `payload` must fit the chosen kind's
+/// `payload_schema`, as `GET /api/v1/tasks/kinds` shows it.
+///
+/// # Panics
+/// The document does not serialise (a bug, caught by every test).
+pub fn complete(doc: &utoipa::openapi::OpenApi, settings: &KindSettings) -> Value {
+    let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serialises");
+    let offered: Vec<&KindSpec> = kinds::enabled(settings).collect();
+    let schemas = &mut doc["components"]["schemas"];
+    // (schema, the kind an absent `kind` means, whether `payload` follows the kind)
+    // A patch's payload is checked against the stored kind when it names none,
+    // which no schema of the patch alone can say.
+    for (name, default_kind, tied) in [
+        ("NewTaskRequest", Some("noop"), true),
+        ("NewScheduleRequest", None, true),
+        ("SchedulePatch", None, false),
+    ] {
+        let schema = &mut schemas[name];
+        let kind = &mut schema["properties"]["kind"];
+        let nullable = kind["type"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("null")));
+        let mut names: Vec<Value> = offered.iter().map(|k| Value::from(k.name)).collect();
+        if nullable {
+            names.push(Value::Null);
+        }
+        kind["enum"] = Value::Array(names);
+        if tied {
+            let choices = offered
+                .iter()
+                .map(|kind| payload_choice(kind, default_kind));
+            schema["oneOf"] = choices.collect();
+        }
+    }
+    doc
+}
+
+/// The `kind` and `payload` a request naming `kind` has: its payload
+/// required when the kind's schema requires a field, else optional (`null`
+/// or absent is `{}`).
+fn payload_choice(kind: &KindSpec, default_kind: Option<&str>) -> Value {
+    let payload = (kind.payload_schema)();
+    let payload_required = payload["required"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    let is_default = default_kind == Some(kind.name);
+    let mut required = Vec::new();
+    let kind_schema = if is_default {
+        json!({"enum": [kind.name, null]})
+    } else {
+        required.push("kind");
+        json!({"const": kind.name})
+    };
+    let payload_schema = if payload_required {
+        required.push("payload");
+        payload
+    } else {
+        json!({"oneOf": [{"type": "null"}, payload]})
+    };
+    let mut choice = json!({"properties": {"kind": kind_schema, "payload": payload_schema}});
+    if !required.is_empty() {
+        choice["required"] = json!(required);
+    }
+    choice
 }

@@ -7,12 +7,15 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::{ApiError, FieldError};
 
 pub const MAX_SIZE: u32 = 100;
+/// The last page one may ask for: the document's `int32` bound (and an
+/// offset that `i64` holds with room to spare).
+pub const MAX_PAGE: u32 = 2_147_483_647;
 
 #[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based page number.
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 2_147_483_647, default = 1)]
     pub page: Option<u32>,
     /// Items per page, at most 100.
     #[param(minimum = 1, maximum = 100, default = 20)]
@@ -28,14 +31,14 @@ pub struct PageRequest {
 
 impl PageRequest {
     /// # Errors
-    /// `page` below 1 or `size` outside 1..=100.
+    /// `page` outside 1..=[`MAX_PAGE`] or `size` outside 1..=100.
     pub fn parse(query: PageQuery) -> Result<Self, ApiError> {
         let (page, size) = (query.page.unwrap_or(1), query.size.unwrap_or(20));
         let mut errors = Vec::new();
-        if page < 1 {
+        if !(1..=MAX_PAGE).contains(&page) {
             errors.push(FieldError {
                 field: "page".into(),
-                message: "must be at least 1".into(),
+                message: format!("must be 1 to {MAX_PAGE}"),
             });
         }
         if !(1..=MAX_SIZE).contains(&size) {

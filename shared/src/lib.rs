@@ -14,6 +14,7 @@
 //! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
 //! - [`timetable`]: cron expressions in a timezone, DST included.
+//! - [`whole_number`]: JSON integers written with a `.0`, as JSON Schema allows.
 //! - [`task_events`]: live task status changes on Redis pub/sub.
 //! - [`workers`]: the registry of live worker processes.
 //! - [`health`]: the health report every binary serves.
@@ -44,6 +45,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod timetable;
+pub mod whole_number;
 pub mod workers;
 
 pub use config::Config;

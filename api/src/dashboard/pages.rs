@@ -40,6 +40,7 @@ const CHART_MINUTES: i32 = 60;
         (status = 200, description = "the overview page", content_type = "text/html", body = String),
         (status = 303, description = "not signed in: to `/dashboard/login?next=…`",
             headers(("location" = String, description = "the sign-in page"))),
+        (status = 401, description = "an `Authorization` or `X-API-Key` header that is malformed, invalid or expired (an HTML page)", content_type = "text/html", body = String),
         (status = 403, description = "signed in, but not an admin (an HTML page)", content_type = "text/html", body = String),
     ))]
 pub async fn overview(

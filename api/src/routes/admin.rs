@@ -17,7 +17,12 @@ use keel_shared::{
     workers::{self, WorkerCard},
 };
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{
+    ToSchema,
+    openapi::schema::{
+        AnyOfBuilder, KnownFormat, Object, ObjectBuilder, Schema, SchemaFormat, Type,
+    },
+};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
@@ -236,12 +241,44 @@ async fn set_paused(
 #[schema(example = json!({"status": "completed", "older_than": "7d"}))]
 pub struct PurgeRequest {
     /// `completed`, `failed` or `cancelled`.
-    #[schema(example = "completed")]
+    #[schema(schema_with = finished_status_schema)]
     pub status: String,
     /// Tasks that finished before this: an RFC 3339 time, or an age such
     /// as `30d`, `12h`, `15m`, `90s`.
-    #[schema(example = "7d")]
+    #[schema(schema_with = older_than_schema)]
     pub older_than: String,
+}
+
+/// The statuses a purge takes: the finished ones.
+fn finished_status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("`completed`, `failed` or `cancelled`."))
+        .enum_values(Some(["completed", "failed", "cancelled"]))
+        .examples(["completed"])
+        .build()
+}
+
+/// What [`cutoff`] reads.
+fn older_than_schema() -> Schema {
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[0-9]{1,6}[smhd]$")),
+        )
+        .description(Some(
+            "Tasks that finished before this: an RFC 3339 time, or an age of at most 6 digits \
+             and a unit, such as `30d`, `12h`, `15m`, `90s`.",
+        ))
+        .examples(["7d"])
+        .build()
+        .into()
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -299,19 +336,26 @@ async fn purge_tasks(
     Ok(AppJson(Purged { deleted }))
 }
 
-/// The time `older_than` names, from `now`.
+/// The time `older_than` names, from `now`: an RFC 3339 time, or an age of
+/// 1 to 6 digits and a unit. Even `999999d` (2,700 years) stays within
+/// PostgreSQL's `timestamptz`, which starts at 4713 BC: an older cutoff
+/// would fail the query.
 fn cutoff(older_than: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(older_than) {
         return Some(at.to_utc());
     }
-    let split = older_than.len().checked_sub(1)?;
-    let (number, unit) = older_than.split_at(split);
-    let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+    // By the last character, not byte: `5é` must not split inside `é`.
+    let unit = older_than.chars().next_back()?;
+    let number = &older_than[..older_than.len() - unit.len_utf8()];
+    if !(1..=6).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = number.parse().ok()?;
     let age = match unit {
-        "s" => chrono::Duration::try_seconds(n),
-        "m" => chrono::Duration::try_minutes(n),
-        "h" => chrono::Duration::try_hours(n),
-        "d" => chrono::Duration::try_days(n),
+        's' => chrono::Duration::try_seconds(n),
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
         _ => None,
     }?;
     now.checked_sub_signed(age)
@@ -382,7 +426,21 @@ mod tests {
             cutoff("2026-01-01T00:00:00Z", now),
             Some("2026-01-01T00:00:00Z".parse().unwrap())
         );
-        for bad in ["", "d", "-1d", "7w", "soon", "99999999999999999d"] {
+        assert_eq!(cutoff("999999d", now), Some(now - Duration::days(999_999)));
+        // The last character is the unit even when it is not ASCII.
+        for bad in [
+            "",
+            "d",
+            "-1d",
+            "+1d",
+            "7w",
+            "soon",
+            "1000000d",
+            "9043912d",
+            "99999999999999999d",
+            "5é",
+            "é",
+        ] {
             assert_eq!(cutoff(bad, now), None, "{bad}");
         }
     }

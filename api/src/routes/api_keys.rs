@@ -37,7 +37,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "ci deploys", "expires_at": "2027-01-01T00:00:00Z"}))]
 pub struct NewApiKey {
-    #[schema(example = "ci deploys")]
+    /// 1 to 100 characters, not all white space.
+    #[schema(
+        example = "ci deploys",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     /// When the key stops working; never when absent.
     pub expires_at: Option<DateTime<Utc>>,

@@ -35,8 +35,11 @@ const REDOC_HTML: &str = r#"<!DOCTYPE html>
 "#;
 
 #[allow(deprecated)] // the aliases are deprecated for clients, not for us
-pub fn router(openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
-    let swagger: Router<AppState> = SwaggerUi::new("/docs").url("/openapi.json", openapi).into();
+/// `openapi`: the whole document, as [`crate::openapi::complete`] makes it.
+pub fn router(openapi: serde_json::Value) -> Router<AppState> {
+    let swagger: Router<AppState> = SwaggerUi::new("/docs")
+        .external_url_unchecked("/openapi.json", openapi)
+        .into();
     swagger
         .route("/redoc", get(redoc))
         .route("/redoc/redoc.standalone.js", get(redoc_js))

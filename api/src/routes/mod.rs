@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::documented())
         .merge(resources)
         .split_for_parts();
+    let openapi = crate::openapi::complete(&openapi, &state.kinds);
     let router = api
         .merge(docs::router(openapi))
         .merge(crate::dashboard::router())

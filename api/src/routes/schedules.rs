@@ -57,14 +57,15 @@ pub fn router() -> OpenApiRouter<AppState> {
     "payload": {"message": "hello"}, "enabled": true
 }))]
 pub struct NewScheduleRequest {
-    /// 1 to 200 characters, unique; not starting with `system.`.
-    #[schema(required = true, value_type = String, example = "nightly report")]
+    /// 1 to 200 characters, not all white space, unique; not starting with `system.`.
+    #[schema(required = true, value_type = String, example = "nightly report", min_length = 1,
+        max_length = 200, pattern = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub name: Option<String>,
     /// 5 fields (`minute hour day month weekday`, as crontab) or 6 (a leading `second`).
     #[schema(required = true, value_type = String, example = "30 2 * * *")]
     pub cron: Option<String>,
     /// The IANA timezone the cron is read in; `UTC` when absent.
-    #[schema(example = "Europe/Berlin", default = "UTC")]
+    #[schema(value_type = Option<crate::openapi::Timezone>, default = "UTC")]
     pub timezone: Option<String>,
     /// One of `GET /api/v1/tasks/kinds`.
     #[schema(required = true, value_type = String, example = "echo")]
@@ -83,8 +84,14 @@ pub struct NewScheduleRequest {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"cron": "0 3 * * 1-5", "enabled": false}))]
 pub struct SchedulePatch {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: Option<String>,
     pub cron: Option<String>,
+    #[schema(value_type = Option<crate::openapi::Timezone>)]
     pub timezone: Option<String>,
     pub kind: Option<String>,
     #[schema(value_type = Option<Object>)]

@@ -16,7 +16,7 @@ use keel_shared::{
         idempotency::{self, Claim},
         tasks::{self, NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
     },
-    dispatch, kinds, task_events,
+    dispatch, kinds, task_events, whole_number,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -69,8 +69,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     "scheduled_at": "2026-01-15T02:30:00Z", "max_attempts": 3, "timeout_seconds": 300, "priority": 0
 }))]
 pub struct NewTaskRequest {
-    /// 1 to 200 characters.
-    #[schema(example = "nightly report")]
+    /// 1 to 200 characters, not all white space.
+    #[schema(
+        example = "nightly report",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     /// One of `GET /api/v1/tasks/kinds`; `noop` when absent.
     #[schema(example = "sleep")]
@@ -82,12 +87,15 @@ pub struct NewTaskRequest {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// 1 to 100; 3 when absent.
     #[schema(minimum = 1, maximum = 100, default = 3)]
+    #[serde(default, deserialize_with = "whole_number::deserialize_option")]
     pub max_attempts: Option<i64>,
     /// 1 to 86400; the deployment's `TASK_DEFAULT_TIMEOUT_SECONDS` when absent.
     #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "whole_number::deserialize_option")]
     pub timeout_seconds: Option<i64>,
     /// -100 to 100; 0 when absent.
     #[schema(minimum = -100, maximum = 100, default = 0)]
+    #[serde(default, deserialize_with = "whole_number::deserialize_option")]
     pub priority: Option<i64>,
 }
 
@@ -99,6 +107,7 @@ pub struct NewTaskRequest {
     {"name": "resize 2", "kind": "sleep", "payload": {"ms": 200}, "priority": 10}
 ]}))]
 pub struct NewTaskBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     pub tasks: Vec<NewTaskRequest>,
 }
 
@@ -150,11 +159,12 @@ pub struct KindInfo {
 #[into_params(parameter_in = Query)]
 struct TaskListQuery {
     /// `pending`, `running`, `retrying`, `completed`, `failed` or `cancelled`.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
     kind: Option<String>,
     /// Admins only (others may name only themselves): this owner's tasks.
     user_id: Option<Uuid>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 2_147_483_647, default = 1)]
     page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 20)]
     size: Option<u32>,

@@ -29,7 +29,8 @@ use crate::{
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
-        Forbidden, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
+        AvatarUrl, Bio, Forbidden, JsonBodyErrors, LanguageTag, NotFound, PersonName, PhoneNumber,
+        ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
@@ -112,31 +113,61 @@ impl From<User> for UserResponse {
     }
 }
 
-/// Profile fields to change; absent fields stay, `null` clears. Any other
-/// field (`role`, `email_verified`, …) is refused with 422.
+/// Your own profile fields to change; absent fields stay, `null` clears.
+/// Any other field (`role`, `email_verified`, `is_active`, …) is refused
+/// with 422.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
+pub struct ProfilePatch {
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<PersonName>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<PersonName>)]
+    pub last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<PhoneNumber>)]
+    pub phone_number: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<AvatarUrl>)]
+    pub avatar_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Bio>)]
+    pub bio: Option<Option<String>>,
+    #[schema(value_type = Option<crate::openapi::Timezone>)]
+    pub timezone: Option<String>,
+    #[schema(value_type = Option<LanguageTag>)]
+    pub language: Option<String>,
+}
+
+/// A user's profile fields to change, as [`ProfilePatch`], and (admins,
+/// on someone else) `is_active`. Any other field (`role`,
+/// `email_verified`, …) is refused with 422.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
 pub struct UserPatch {
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PersonName>)]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PersonName>)]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<PhoneNumber>)]
     pub phone_number: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<AvatarUrl>)]
     pub avatar_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Bio>)]
     pub bio: Option<Option<String>>,
-    /// An IANA time zone.
+    #[schema(value_type = Option<crate::openapi::Timezone>)]
     pub timezone: Option<String>,
+    #[schema(value_type = Option<LanguageTag>)]
     pub language: Option<String>,
-    /// Admins only, and not through `/users/me`.
+    /// Admins only.
     pub is_active: Option<bool>,
 }
 
@@ -210,6 +241,20 @@ impl ProfileInput {
     }
 }
 
+impl From<ProfilePatch> for ProfileInput {
+    fn from(patch: ProfilePatch) -> Self {
+        Self {
+            first_name: patch.first_name,
+            last_name: patch.last_name,
+            phone_number: patch.phone_number,
+            avatar_url: patch.avatar_url,
+            bio: patch.bio,
+            timezone: patch.timezone,
+            language: patch.language,
+        }
+    }
+}
+
 impl UserPatch {
     fn split(self) -> (ProfileInput, Option<bool>) {
         let input = ProfileInput {
@@ -238,7 +283,7 @@ async fn get_me(principal: Principal) -> AppJson<UserResponse> {
 
 /// Changes the current user's profile fields.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    request_body = UserPatch,
+    request_body = ProfilePatch,
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "The caller, changed", body = UserResponse),
@@ -247,17 +292,10 @@ async fn get_me(principal: Principal) -> AppJson<UserResponse> {
 async fn patch_me(
     State(state): State<AppState>,
     principal: Principal,
-    AppJson(patch): AppJson<UserPatch>,
+    AppJson(patch): AppJson<ProfilePatch>,
 ) -> Result<AppJson<UserResponse>, ApiError> {
-    let (input, is_active) = patch.split();
     let mut errors = Vec::new();
-    if is_active.is_some() {
-        errors.push(FieldError {
-            field: "is_active".into(),
-            message: "cannot be set on your own account".into(),
-        });
-    }
-    let changes = input.parse(&mut errors);
+    let changes = ProfileInput::from(patch).parse(&mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -278,9 +316,10 @@ struct UserListQuery {
     /// Only this role.
     role: Option<Role>,
     /// Matches username, email, first or last name.
+    #[param(max_length = 100)]
     q: Option<String>,
     is_active: Option<bool>,
-    #[param(minimum = 1, default = 1)]
+    #[param(minimum = 1, maximum = 2_147_483_647, default = 1)]
     page: Option<u32>,
     #[param(minimum = 1, maximum = 100, default = 20)]
     size: Option<u32>,

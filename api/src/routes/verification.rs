@@ -181,7 +181,8 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
 /// Mails a fresh verification link: to the caller, or, signed out, to the
 /// unverified account of `{email}` (the same 202 for every address).
 #[utoipa::path(post, path = "/api/v1/auth/resend-verification", tag = "auth", security((), ("bearer" = []), ("api_key" = [])),
-    request_body(content = Option<ResendRequest>, description = "Signed out only: the address to send a fresh link to"),
+    request_body(content = Option<ResendRequest>, description = "Signed out only: the address to send a fresh link to",
+        example = json!({"email": "alice@example.com"})),
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 202, description = "A fresh link is on its way; older ones stop working. Signed out, the same answer whether or not the address has an unverified account", body = Accepted),

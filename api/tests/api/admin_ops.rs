@@ -314,6 +314,17 @@ async fn purge_deletes_old_finished_tasks_of_one_status_with_their_history() {
         "validation_failed",
     )
     .await;
+    // The oldest cutoff an age can name is one PostgreSQL stores (once a 500).
+    let ancient = purge(
+        admin.token.clone(),
+        json!({"status": "completed", "older_than": "999999d"}),
+    )
+    .await;
+    assert_eq!(ancient.status(), StatusCode::OK);
+    assert_eq!(
+        ancient.json::<Value>().await.unwrap(),
+        json!({"deleted": 0})
+    );
 
     let response = purge(
         admin.token.clone(),

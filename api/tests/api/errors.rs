@@ -144,6 +144,11 @@ async fn json_of_the_wrong_shape_is_a_422_problem_naming_the_field() {
             "name",
             "a field of the wrong type",
         ),
+        (
+            r#" ["a", 1]"#,
+            "body",
+            "an array, which serde would read as the struct's fields in order",
+        ),
     ];
     for (body, field, why) in cases {
         let response = client

@@ -105,6 +105,68 @@ async fn create_takes_every_field_and_a_trailing_slash() {
     );
 }
 
+/// Whole numbers written with a fraction are integers, as JSON Schema has
+/// it; and a payload's numbers, even at the edge of `f64`, read back from
+/// PostgreSQL (which prints them in full) once stored.
+#[tokio::test]
+async fn integers_may_be_written_79_0_and_payload_numbers_survive_storage() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let response = post(
+        &app,
+        "/api/v1/tasks",
+        &user,
+        &json!({
+            "name": "nap", "kind": "sleep", "payload": {"ms": 5.0},
+            "max_attempts": 7.0, "timeout_seconds": 6e1, "priority": -5.0,
+        }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            &task["max_attempts"],
+            &task["timeout_seconds"],
+            &task["priority"]
+        ),
+        (&json!(7), &json!(60), &json!(-5))
+    );
+    let response = post(
+        &app,
+        "/api/v1/tasks",
+        &user,
+        &json!({"name": "n", "priority": 1.5}),
+    )
+    .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    let edge = json!({"max": f64::MAX, "min": -f64::MAX, "tiny": 5e-324, "big": 1e20});
+    let task = app
+        .created_task(
+            &user.token,
+            &json!({"name": "edge", "kind": "echo", "payload": edge}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let read = app
+        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
+    assert_eq!(
+        read.status(),
+        StatusCode::OK,
+        "the stored payload reads back"
+    );
+    assert_eq!(read.json::<Value>().await.unwrap()["payload"], edge);
+    let list = app.get_as("/api/v1/tasks", &user.token).await;
+    assert_eq!(list.status(), StatusCode::OK, "and so does the list");
+}
+
 #[tokio::test]
 async fn a_scheduled_at_in_the_past_means_now() {
     let app = spawn().await;

@@ -3,6 +3,38 @@
 
 use super::Invalid;
 
+// The rules below as ECMA-262 patterns (OpenAPI's `pattern`), so the API's
+// document states what `parse` accepts. The class at either end is what
+// `str::trim` removes first (Unicode `White_Space`).
+
+/// [`Language::parse`] as a pattern.
+pub const LANGUAGE_PATTERN: &str = r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$";
+
+/// [`parse_phone_number`] as a pattern: 5 to 15 digits, spaces, `-`, `(`,
+/// `)` and a leading `+`.
+pub const PHONE_NUMBER_PATTERN: &str = concat!(
+    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"\+?[ ()-]*(?:[0-9][ ()-]*){5,15}",
+    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+);
+
+/// [`parse_avatar_url`] as a pattern, a little stricter than it: an http(s)
+/// URL whose host is a name (its last label starts with a letter) and whose
+/// port has at most 4 digits.
+pub const AVATAR_URL_PATTERN: &str = concat!(
+    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
+    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+);
+
+/// [`ProfileText::parse`] as a pattern (its length is a `maxLength`): no
+/// control character but a line feed, once the ends are trimmed.
+pub const PROFILE_TEXT_PATTERN: &str = concat!(
+    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*",
+    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+);
+
 /// An IANA time zone name, e.g. `Europe/Paris`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timezone(String);
@@ -18,6 +50,11 @@ impl Timezone {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Every name [`Timezone::parse`] accepts, in the tz database's order.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
     }
 }
 
@@ -54,13 +91,16 @@ impl Language {
 pub struct ProfileText(String);
 
 impl ProfileText {
+    /// Trimmed. The length counts what was sent, so a limit is one a
+    /// client (and the API's document, as `maxLength`) can state plainly.
+    ///
     /// # Errors
     /// Longer than `max` characters, or holding control characters.
     pub fn parse(s: &str, max: usize) -> Result<Self, Invalid> {
-        let s = s.trim();
         if s.chars().count() > max {
             return Err(Invalid::new(format!("must be at most {max} characters")));
         }
+        let s = s.trim();
         if s.chars().any(|c| c.is_control() && c != '\n') {
             return Err(Invalid::new("must not contain control characters"));
         }
@@ -91,18 +131,15 @@ pub fn parse_phone_number(s: &str) -> Result<String, Invalid> {
     }
 }
 
-/// An `http(s)` URL of at most 2048 characters.
+/// An `http(s)` URL of at most 2048 characters (as sent), trimmed.
 ///
 /// # Errors
 /// Anything else (`javascript:` and `data:` URLs included).
 pub fn parse_avatar_url(s: &str) -> Result<String, Invalid> {
+    let short = s.chars().count() <= 2048;
     let s = s.trim();
     match url::Url::parse(s) {
-        Ok(url)
-            if matches!(url.scheme(), "http" | "https")
-                && url.host().is_some()
-                && s.len() <= 2048 =>
-        {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && short => {
             Ok(s.to_owned())
         }
         _ => Err(Invalid::new("must be an http(s) URL")),

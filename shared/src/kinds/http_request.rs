@@ -49,10 +49,13 @@ impl Kind for HttpRequest {
             "type": "object",
             "properties": {
                 "method": {"type": "string", "enum": METHODS},
-                "url": {"type": "string", "format": "uri",
+                "url": {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
                         "description": "http(s) URL on a host in TASK_HTTP_ALLOWED_HOSTS"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                            "maxProperties": MAX_HEADERS},
+                // What `HeaderName` and `HeaderValue` take.
+                "headers": {"type": "object", "maxProperties": MAX_HEADERS,
+                            "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+                            "additionalProperties": {"type": "string",
+                                                     "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"}},
                 "body": {"description": "A string is sent as is; anything else as JSON."},
             },
             "required": ["method", "url"],

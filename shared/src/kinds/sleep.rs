@@ -17,6 +17,7 @@ pub struct Sleep;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SleepPayload {
+    #[serde(deserialize_with = "crate::whole_number::deserialize")]
     pub ms: u64,
 }
 
