@@ -37,7 +37,8 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?
   if [[ $# -eq 0 ]]; then
     say "the secrets check, over the logs of that run"
-    cargo nextest run -p keel-api --test hygiene --ignore-default-filter || status=$?
+    # The whole workspace, as above: the same features, so nothing is rebuilt.
+    cargo nextest run --workspace --ignore-default-filter -E 'binary(hygiene)' || status=$?
   fi
 else
   say "cargo test --workspace (install cargo-nextest for parallel, per-process tests)"
