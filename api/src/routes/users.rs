@@ -143,8 +143,9 @@ pub struct ProfilePatch {
 
 /// A user's profile fields to change, as [`ProfilePatch`], and (admins,
 /// on someone else) `is_active`. Any other field (`role`,
-/// `email_verified`, …) is refused with 422. The fields repeat
-/// `ProfilePatch`'s because serde's `flatten` turns `deny_unknown_fields` off.
+/// `email_verified`, …) is refused with 422.
+// The fields repeat `ProfilePatch`'s: serde's `flatten` would turn
+// `deny_unknown_fields` off.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
