@@ -173,3 +173,15 @@ ensure_browser_tools() {
     cp "$dir/package-lock.json" "$dir/node_modules/.keel-installed"
   fi
 }
+
+# The OAuth sign-in tests' OpenID provider: npm `oidc-provider` under node
+# (api/tests/oidc/provider.mjs, started by api/tests/api/oauth.rs).
+ensure_oidc_test_provider() {
+  command -v npm >/dev/null || apt_install nodejs npm
+  local dir="$KEEL_ROOT/api/tests/oidc"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.keel-installed"; then
+    say "installing the OAuth tests' OpenID provider (npm oidc-provider)"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund)
+    cp "$dir/package-lock.json" "$dir/node_modules/.keel-installed"
+  fi
+}

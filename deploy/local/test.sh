@@ -8,6 +8,7 @@ ensure_smtp_test_server
 ensure_fault_tools
 ensure_python_tools
 ensure_browser_tools
+ensure_oidc_test_provider
 cd "$KEEL_ROOT"
 
 # A fault test killed mid-way leaves its own PostgreSQL (and data directory) behind.

@@ -145,6 +145,35 @@ pub struct Config {
     #[arg(long, env = "APP_BASE_URL", default_value = "http://localhost:8000", value_parser = base_url)]
     pub app_base_url: String,
 
+    // ---- OAuth 2.0 / OpenID Connect sign-in (`/api/v1/auth/oauth`) ----
+    // A provider is offered when its client id and secret are set.
+    /// The public URL providers send the browser back to, `{provider}` standing
+    /// for the provider's name; register it with each provider. Unset:
+    /// `APP_BASE_URL` + `/api/v1/auth/oauth/{provider}/callback`.
+    #[arg(long, env = "OAUTH_REDIRECT_URI", value_parser = redirect_uri_template)]
+    pub oauth_redirect_uri: Option<String>,
+
+    /// Client id of Keel's Google OAuth client (sign-in with Google, OpenID Connect).
+    #[arg(long, env = "OAUTH_GOOGLE_CLIENT_ID")]
+    pub oauth_google_client_id: Option<String>,
+
+    /// Secret of Keel's Google OAuth client.
+    #[arg(long, env = "OAUTH_GOOGLE_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
+    pub oauth_google_client_secret: Option<SecretString>,
+
+    /// Client id of Keel's GitHub OAuth app (sign-in with GitHub, plain OAuth 2.0).
+    #[arg(long, env = "OAUTH_GITHUB_CLIENT_ID")]
+    pub oauth_github_client_id: Option<String>,
+
+    /// Secret of Keel's GitHub OAuth app.
+    #[arg(long, env = "OAUTH_GITHUB_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
+    pub oauth_github_client_secret: Option<SecretString>,
+
+    /// Other OpenID Connect providers, found by discovery from their issuer: a JSON
+    /// list of `{"name", "issuer", "client_id", "client_secret", "scopes"?, "display_name"?}`
+    /// (`scopes`: a list or a space-separated string; `openid email profile` when absent).
+    #[arg(long, env = "OAUTH_OIDC_PROVIDERS", value_parser = OidcProvidersParser, default_value = "", hide_env_values = true, hide_default_value = true)]
+    pub oauth_oidc_providers: OidcProviders,
     /// Where emails go as `.eml` files when no `SMTP_HOST` is set.
     #[arg(long, env = "EMAIL_OUTBOX_DIR", default_value = ".data/outbox")]
     pub email_outbox_dir: PathBuf,
@@ -292,6 +321,33 @@ pub struct Origins {
     pub list: Vec<String>,
 }
 
+/// The OpenID Connect providers of `OAUTH_OIDC_PROVIDERS`, beside the presets.
+#[derive(Clone, Debug, Default)]
+pub struct OidcProviders(pub Vec<OidcProvider>);
+
+/// An OpenID Connect provider found by discovery from its issuer.
+#[derive(Clone, Debug)]
+pub struct OidcProvider {
+    /// Its name in Keel's URLs: 1–32 of `[a-z0-9_-]`, not a preset's name.
+    pub name: String,
+    /// What a sign-in button says; the name when not given.
+    pub display_name: String,
+    /// An http(s) URL with no query or fragment; discovery reads
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Scopes asked for besides `openid`, which is always asked for.
+    pub scopes: Vec<String>,
+}
+
+/// The names of the preset providers, which `OAUTH_OIDC_PROVIDERS` may not reuse.
+pub const OAUTH_PRESETS: [&str; 2] = ["google", "github"];
+
+/// Where a provider sends the browser back when `OAUTH_REDIRECT_URI` is unset,
+/// after `APP_BASE_URL`.
+pub const OAUTH_CALLBACK_PATH: &str = "/api/v1/auth/oauth/{provider}/callback";
+
 impl Config {
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
@@ -302,6 +358,16 @@ impl Config {
             Environment::Development => LogFormat::Pretty,
             Environment::Production => LogFormat::Json,
         })
+    }
+
+    /// The redirect URI registered with `provider`: `OAUTH_REDIRECT_URI`
+    /// with its `{provider}` filled in.
+    pub fn oauth_redirect_uri(&self, provider: &str) -> String {
+        let template = self
+            .oauth_redirect_uri
+            .clone()
+            .unwrap_or_else(|| format!("{}{OAUTH_CALLBACK_PATH}", self.app_base_url));
+        template.replace("{provider}", provider)
     }
 
     pub fn database_timeout(&self) -> Duration {
@@ -367,11 +433,61 @@ impl Config {
                 ));
             }
         }
+        self.validate_oauth()?;
         if self.smtp_host.is_some() && self.emails_from_email.is_none() {
             return Err(ConfigError::new(
                 "EMAILS_FROM_EMAIL",
                 "required when SMTP_HOST is set",
             ));
+        }
+        Ok(())
+    }
+
+    /// A preset's client id and secret come together; in production every
+    /// URL of the flow is https.
+    fn validate_oauth(&self) -> Result<(), ConfigError> {
+        let presets = [
+            (
+                "OAUTH_GOOGLE_CLIENT_ID",
+                "OAUTH_GOOGLE_CLIENT_SECRET",
+                self.oauth_google_client_id.is_some(),
+                self.oauth_google_client_secret.is_some(),
+            ),
+            (
+                "OAUTH_GITHUB_CLIENT_ID",
+                "OAUTH_GITHUB_CLIENT_SECRET",
+                self.oauth_github_client_id.is_some(),
+                self.oauth_github_client_secret.is_some(),
+            ),
+        ];
+        for (id, secret, has_id, has_secret) in presets {
+            if has_id != has_secret {
+                let missing = if has_id { secret } else { id };
+                return Err(ConfigError::new(
+                    missing,
+                    format!("{id} and {secret} must be set together"),
+                ));
+            }
+        }
+        let any_provider = presets.iter().any(|p| p.2) || !self.oauth_oidc_providers.0.is_empty();
+        if self.is_production() && any_provider {
+            if !self.oauth_redirect_uri("x").starts_with("https://") {
+                return Err(ConfigError::new(
+                    "OAUTH_REDIRECT_URI",
+                    "must be https:// in production",
+                ));
+            }
+            if let Some(p) = self
+                .oauth_oidc_providers
+                .0
+                .iter()
+                .find(|p| !p.issuer.starts_with("https://"))
+            {
+                return Err(ConfigError::new(
+                    "OAUTH_OIDC_PROVIDERS",
+                    format!("{}: the issuer must be https:// in production", p.name),
+                ));
+            }
         }
         Ok(())
     }
@@ -594,6 +710,124 @@ fn log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An http(s) URL with a `{provider}` in it (`OAUTH_REDIRECT_URI`).
+fn redirect_uri_template(s: &str) -> Result<String, String> {
+    if !s.contains("{provider}") {
+        return Err("must contain `{provider}`, where the provider's name goes".into());
+    }
+    let url = url::Url::parse(&s.replace("{provider}", "x")).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if url.fragment().is_some() {
+        return Err("may not have a #fragment".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Reads `OAUTH_OIDC_PROVIDERS`. Its errors name fields, never values (the
+/// value holds client secrets), and are raw, so clap does not quote the value.
+#[derive(Clone, Copy, Debug)]
+struct OidcProvidersParser;
+
+impl clap::builder::TypedValueParser for OidcProvidersParser {
+    type Value = OidcProviders;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let fail = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("OAUTH_OIDC_PROVIDERS (--oauth-oidc-providers): {message}\n"),
+            )
+        };
+        let value = value.to_str().ok_or_else(|| fail("is not UTF-8".into()))?;
+        oidc_providers(value).map_err(fail)
+    }
+}
+
+/// A JSON list of providers; empty for none.
+fn oidc_providers(s: &str) -> Result<OidcProviders, String> {
+    use serde_json::Value;
+    if s.trim().is_empty() {
+        return Ok(OidcProviders::default());
+    }
+    // serde_json's syntax errors give a line and column, never the text.
+    let list: Vec<Value> = match serde_json::from_str(s) {
+        Ok(Value::Array(list)) => list,
+        Ok(_) => return Err("must be a JSON list of providers".into()),
+        Err(e) => return Err(format!("not JSON: {e}")),
+    };
+    let mut providers: Vec<OidcProvider> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let Value::Object(fields) = entry else {
+            return Err(format!("entry {i}: must be an object"));
+        };
+        if let Some(unknown) = fields.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "name" | "display_name" | "issuer" | "client_id" | "client_secret" | "scopes"
+            )
+        }) {
+            return Err(format!("entry {i}: unknown field `{unknown}`"));
+        }
+        let text = |field: &str, required: bool| -> Result<Option<String>, String> {
+            match fields.get(field) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+                None | Some(Value::Null) if !required => Ok(None),
+                _ => Err(format!("entry {i}: `{field}` must be a non-empty string")),
+            }
+        };
+        let required = |field: &str| text(field, true).map(Option::unwrap_or_default);
+        let name = required("name")?;
+        let valid_name = name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+        if !valid_name {
+            return Err(format!("entry {i}: `name` must be 1 to 32 of [a-z0-9_-]"));
+        }
+        if OAUTH_PRESETS.contains(&name.as_str()) || providers.iter().any(|p| p.name == name) {
+            return Err(format!("entry {i}: the name `{name}` is taken"));
+        }
+        let issuer = required("issuer")?;
+        let parsed = url::Url::parse(&issuer).map_err(|e| format!("{name}: issuer: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.host().is_none()
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+        {
+            return Err(format!(
+                "{name}: issuer must be an http(s) URL without query or fragment"
+            ));
+        }
+        let scopes = match fields.get("scopes") {
+            None | Some(Value::Null) => vec!["email".to_owned(), "profile".to_owned()],
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("{name}: `scopes` must be strings"))?,
+            Some(_) => return Err(format!("{name}: `scopes` must be a list or a string")),
+        };
+        providers.push(OidcProvider {
+            display_name: text("display_name", false)?.unwrap_or_else(|| name.clone()),
+            // The issuer as configured, to the byte: ID tokens' `iss` must equal it.
+            issuer,
+            client_id: required("client_id")?,
+            client_secret: required("client_secret")?.into(),
+            scopes: scopes.into_iter().filter(|s| s != "openid").collect(),
+            name,
+        });
+    }
+    Ok(OidcProviders(providers))
+}
+
 /// Reads `a,b`, `["a","b"]` or `*`; each origin must be a bare `scheme://host[:port]`.
 fn origins(s: &str) -> Result<Origins, String> {
     let s = s.trim();
@@ -663,6 +897,138 @@ mod tests {
         assert_eq!(cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
         assert!(cidr("10.0.0.0/99").is_err());
+    }
+
+    #[test]
+    fn oidc_providers_read_a_json_list_with_defaults() {
+        let providers = oidc_providers(
+            r#"[{"name": "acme", "issuer": "https://sso.acme.example/realms/main",
+                 "client_id": "keel", "client_secret": "s3cret"},
+                {"name": "corp-sso", "display_name": "Corp", "issuer": "http://127.0.0.1:9000",
+                 "client_id": "k", "client_secret": "t", "scopes": "openid email groups"}]"#,
+        )
+        .unwrap()
+        .0;
+        assert_eq!(providers.len(), 2);
+        assert_eq!(
+            providers[0].display_name, "acme",
+            "the name when none is given"
+        );
+        assert_eq!(providers[0].issuer, "https://sso.acme.example/realms/main");
+        assert_eq!(providers[0].scopes, ["email", "profile"]);
+        assert_eq!(providers[0].client_secret.expose_secret(), "s3cret");
+        assert_eq!(providers[1].display_name, "Corp");
+        assert_eq!(
+            providers[1].scopes,
+            ["email", "groups"],
+            "openid is always asked for, so not listed"
+        );
+        assert!(oidc_providers("").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn oidc_providers_refuse_bad_entries_without_quoting_secrets() {
+        let entry = |extra: &str| {
+            format!(
+                r#"[{{"name": "acme", "issuer": "https://sso.example", "client_id": "keel",
+                      "client_secret": "hush-hush" {extra}}}]"#
+            )
+        };
+        for (value, why) in [
+            (r#"{"name": "acme"}"#.to_owned(), "not a list"),
+            ("[1]".to_owned(), "not an object"),
+            (
+                entry(r#", "name": "Bad Name""#),
+                "a name outside [a-z0-9_-]",
+            ),
+            (entry(r#", "name": "google""#), "a preset's name"),
+            (entry(r#", "issuer": "ftp://sso.example""#), "not http(s)"),
+            (
+                entry(r#", "issuer": "https://sso.example/?x=1""#),
+                "a query",
+            ),
+            (
+                entry(r#", "client_secret": 7"#),
+                "a secret that is not a string",
+            ),
+            (entry(r#", "tenant": "x""#), "an unknown field"),
+            (
+                r#"[{"name": "acme", "issuer": "https://a.example", "client_id": "k"}]"#.to_owned(),
+                "no secret",
+            ),
+        ] {
+            let error = oidc_providers(&value).expect_err(why);
+            assert!(!error.contains("hush-hush"), "{why}: {error}");
+        }
+        let twice = r#"[{"name": "a", "issuer": "https://a.example", "client_id": "k", "client_secret": "s"},
+                        {"name": "a", "issuer": "https://b.example", "client_id": "k", "client_secret": "s"}]"#;
+        assert!(oidc_providers(twice).is_err(), "a name used twice");
+    }
+
+    #[test]
+    fn oauth_settings_parse_as_flags_and_hide_the_secrets() {
+        let config = Config::from_flags([
+            "--oauth-google-client-id",
+            "id.apps.googleusercontent.com",
+            "--oauth-google-client-secret",
+            "google-hush",
+            "--oauth-oidc-providers",
+            r#"[{"name": "acme", "issuer": "https://sso.example", "client_id": "keel", "client_secret": "acme-hush"}]"#,
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("google-hush") && !debug.contains("acme-hush"),
+            "{debug}"
+        );
+        assert_eq!(
+            config.oauth_redirect_uri("google"),
+            "http://localhost:8000/api/v1/auth/oauth/google/callback",
+            "APP_BASE_URL's, when OAUTH_REDIRECT_URI is unset"
+        );
+        let bad = Config::from_flags([
+            "--oauth-oidc-providers",
+            r#"[{"client_secret": "acme-hush"}]"#,
+        ])
+        .expect_err("no name");
+        assert!(!bad.to_string().contains("acme-hush"), "{bad}");
+    }
+
+    #[test]
+    fn the_redirect_uri_needs_a_place_for_the_provider() {
+        assert!(
+            redirect_uri_template("https://keel.example/api/v1/auth/oauth/{provider}/callback")
+                .is_ok()
+        );
+        assert!(redirect_uri_template("https://keel.example/api/v1/auth/oauth/callback").is_err());
+        assert!(redirect_uri_template("keel.example/{provider}").is_err());
+    }
+
+    #[test]
+    fn oauth_client_ids_and_secrets_come_in_pairs_and_production_wants_https() {
+        let lonely = Config::from_flags(["--oauth-github-client-id", "Iv1.abc"]).unwrap();
+        assert_eq!(
+            lonely.validate().unwrap_err().variable,
+            "OAUTH_GITHUB_CLIENT_SECRET"
+        );
+        let production = Config::from_flags([
+            "--environment",
+            "production",
+            "--app-base-url",
+            "https://keel.example.com",
+            "--oauth-github-client-id",
+            "Iv1.abc",
+            "--oauth-github-client-secret",
+            "s",
+            "--oauth-redirect-uri",
+            "http://keel.example.com/api/v1/auth/oauth/{provider}/callback",
+        ])
+        .unwrap();
+        assert_eq!(
+            production.validate().unwrap_err().variable,
+            "OAUTH_REDIRECT_URI"
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct TokenKeys {
     validation: Validation,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    /// Seals TOTP secrets, under a key derived from the same `SECRET_KEY`.
+    pub totp: super::totp::Sealer,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -93,6 +95,7 @@ impl TokenKeys {
             validation,
             access_ttl: Duration::from_secs(u64::from(config.access_token_expire_minutes) * 60),
             refresh_ttl: Duration::from_secs(u64::from(config.refresh_token_expire_days) * 86_400),
+            totp: super::totp::Sealer::new(&key.key),
         }
     }
 

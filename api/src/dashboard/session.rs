@@ -257,7 +257,11 @@ pub async fn login(
         }
         Ok(SignIn::Challenge(challenge)) => Ok(views::render(
             "login.html",
-            minijinja::context! { next, challenge_id => challenge.challenge_id.to_string() },
+            minijinja::context! {
+                next,
+                challenge_id => challenge.challenge_id.to_string(),
+                method => challenge.method,
+            },
         )
         .into_response()),
         Err(e) => Ok(refused(e, &next, None)),

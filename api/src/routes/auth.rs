@@ -294,7 +294,8 @@ pub struct LoginRequest {
 }
 
 /// What a correct password gets: tokens, or, with 2FA on, a challenge
-/// whose code is on its way by email.
+/// for a code from the authenticator app (`totp`) or one on its way by
+/// email (`email`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum SignIn {
@@ -303,7 +304,9 @@ pub enum SignIn {
 }
 
 /// Signs in with a username or email and a password. With 2FA on, the
-/// answer is a challenge and the code is mailed; `verify-2fa` finishes.
+/// answer is a challenge that `verify-2fa` finishes: `method: totp` when
+/// the user has an authenticator app (it wins over email), otherwise
+/// `method: email` and the code is mailed.
 ///
 /// Attempts are limited per IP and per account (429), and refused while
 /// the rate limiter is unavailable (503): sign-in fails closed. While more
@@ -312,7 +315,7 @@ pub enum SignIn {
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         JsonBodyErrors, ResourceErrors,
-        (status = 200, description = "Tokens; or, with 2FA on, a challenge for `verify-2fa` (the code is mailed)", body = SignIn,
+        (status = 200, description = "Tokens; or, with 2FA on, a challenge for `verify-2fa` (`email`: the code is mailed; `totp`: from the authenticator app)", body = SignIn,
             examples(
                 ("tokens" = (summary = "signed in", value = json!({
                     "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYwZS01YzRkLTdhMWItOWUyZi0zYTRiNWM2ZDdlOGYifQ.c2lnbmF0dXJl",
@@ -320,6 +323,9 @@ pub enum SignIn {
                 ("challenge" = (summary = "2FA on: a code was mailed", value = json!({
                     "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
                     "method": "email", "expires_in": 600}))),
+                ("totp_challenge" = (summary = "TOTP on: a code from the authenticator app", value = json!({
+                    "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
+                    "method": "totp", "expires_in": 600}))),
             )),
         (status = 401, description = "`invalid_credentials`, alike for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
@@ -379,7 +385,7 @@ pub(crate) async fn sign_in(
         ));
     };
     state.limiter.clear_attempts(&account_key).await;
-    if user.two_fa_enabled {
+    if user.two_fa_enabled || user.totp_enabled {
         return super::two_factor::challenge(state, &user)
             .await
             .map(SignIn::Challenge);

@@ -6,9 +6,11 @@ pub mod api_keys;
 pub mod auth;
 pub mod docs;
 pub mod health;
+pub mod oauth;
 pub mod password_reset;
 pub mod schedules;
 pub mod tasks;
+pub mod totp;
 pub mod two_factor;
 pub mod users;
 pub mod verification;
@@ -30,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .merge(verification::router())
         .merge(password_reset::router())
         .merge(two_factor::router())
+        .merge(oauth::router(&state.config))
+        .merge(totp::router())
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())

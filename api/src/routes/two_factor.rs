@@ -1,14 +1,15 @@
 //! Email 2FA: `enable-2fa` (a verified address first), `disable-2fa` (the
 //! password), `test-2fa` (mails a code that signs nothing in), and the
-//! second step of a 2FA login, `verify-2fa`. The API opens challenges and
-//! checks typed codes; the worker alone makes a code, stores its hash and
-//! mails it.
+//! second step of a 2FA login, `verify-2fa`, for either factor. The API
+//! opens challenges and checks typed codes; for email the worker alone
+//! makes a code, stores its hash and mails it; TOTP codes are checked by
+//! `totp`.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::Utc;
 use keel_shared::{
     db::{
-        two_factor::{self, Purpose, Verdict},
+        two_factor::{self, Method, Purpose, Verdict},
         users::{self, User},
     },
     jobs::EmailJob,
@@ -48,26 +49,33 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct TwoFactorChallenge {
     pub two_factor_required: bool,
     pub challenge_id: Uuid,
-    /// How the code comes: `email`.
+    /// Where the code comes from: `email` (mailed now) or `totp` (the
+    /// authenticator app; a recovery code also answers).
     #[schema(example = "email")]
     pub method: String,
-    /// Seconds the code works.
+    /// Seconds the challenge can be answered.
     pub expires_in: i64,
 }
 
-/// Opens a login challenge for `user` (voiding older ones) and asks the
-/// worker to mail its code.
+/// Opens a login challenge for `user` (voiding older ones): for TOTP when
+/// it is on (the stronger factor wins), otherwise for a mailed code, which
+/// the worker is asked to send.
 ///
 /// # Errors
 /// The database fails.
 pub async fn challenge(state: &AppState, user: &User) -> Result<TwoFactorChallenge, ApiError> {
     let minutes = i64::from(state.config.two_fa_code_expire_minutes);
-    let id = open(state, user.id, Purpose::Login, minutes).await?;
-    tracing::info!(user_id = %user.id, challenge_id = %id, "2FA challenge opened");
+    let method = if user.totp_enabled {
+        Method::Totp
+    } else {
+        Method::Email
+    };
+    let id = open(state, user.id, Purpose::Login, method, minutes).await?;
+    tracing::info!(user_id = %user.id, challenge_id = %id, method = method.as_str(), "2FA challenge opened");
     Ok(TwoFactorChallenge {
         two_factor_required: true,
         challenge_id: id,
-        method: "email".into(),
+        method: method.as_str().into(),
         expires_in: minutes * 60,
     })
 }
@@ -76,6 +84,7 @@ async fn open(
     state: &AppState,
     user: Uuid,
     purpose: Purpose,
+    method: Method,
     minutes: i64,
 ) -> Result<Uuid, ApiError> {
     let mut tx = state.db.begin().await?;
@@ -83,10 +92,14 @@ async fn open(
         &mut tx,
         user,
         purpose,
+        method,
         Utc::now() + chrono::Duration::minutes(minutes),
     )
     .await?;
     tx.commit().await?;
+    if method == Method::Totp {
+        return Ok(id);
+    }
     let job = EmailJob::TwoFactorCode { challenge_id: id };
     if let Err(e) = state.jobs.push(job, None).await {
         // No row to reconcile from (the code exists only in the worker): say so now.
@@ -107,8 +120,10 @@ pub struct VerifyTwoFactor {
     pub code: String,
 }
 
-/// The second step of a 2FA login: the emailed code, once, within its
-/// time, five tries at most.
+/// The second step of a 2FA login: for `method: email` the mailed code;
+/// for `totp` a code from the authenticator app (±30 s of drift, each code
+/// once) or one of the recovery codes (each once). A challenge passes
+/// once, within its time, after five wrong codes at most.
 #[utoipa::path(post, path = "/api/v1/auth/verify-2fa", tag = "auth", request_body = VerifyTwoFactor,
     responses(
         JsonBodyErrors, ResourceErrors,
@@ -147,7 +162,16 @@ pub(crate) async fn pass_challenge(
         .enforce(&format!("verify-2fa:ip:{ip}"), LOGIN_PER_IP)
         .await?;
     let mut tx = state.db.begin().await?;
-    let verdict = two_factor::verify(&mut tx, challenge_id, code).await?;
+    let verdict = match two_factor::lock(&mut tx, challenge_id).await? {
+        None => Verdict::Dead,
+        Some(challenge) => {
+            let right = match challenge.method {
+                Method::Email => challenge.emailed_code_matches(code),
+                Method::Totp => super::totp::check(state, &mut tx, challenge.user, code).await?,
+            };
+            two_factor::settle(&mut tx, &challenge, right).await?
+        }
+    };
     tx.commit().await?;
     let user = match verdict {
         Verdict::Passed { user } => user,
@@ -252,7 +276,14 @@ async fn test_2fa(
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require_session()?;
     let minutes = i64::from(state.config.two_fa_code_expire_minutes);
-    open(&state, principal.id(), Purpose::Test, minutes).await?;
+    open(
+        &state,
+        principal.id(),
+        Purpose::Test,
+        Method::Email,
+        minutes,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         AppJson(Accepted {

@@ -67,7 +67,11 @@ pub struct UserResponse {
     pub language: String,
     pub role: Role,
     pub is_active: bool,
+    /// Email codes as a second factor.
     pub two_fa_enabled: bool,
+    /// An authenticator app (TOTP) as a second factor; asked for instead of
+    /// email codes when both are on.
+    pub totp_enabled: bool,
     pub email_verified: bool,
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -81,7 +85,7 @@ impl UserResponse {
             "id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f", "username": "alice", "email": "alice@example.com",
             "first_name": "Alice", "last_name": "Liddell", "phone_number": null, "phone_verified": false,
             "avatar_url": null, "bio": null, "timezone": "Europe/Berlin", "language": "en", "role": "user",
-            "is_active": true, "two_fa_enabled": false, "email_verified": true,
+            "is_active": true, "two_fa_enabled": false, "totp_enabled": false, "email_verified": true,
             "last_login_at": "2026-01-15T09:30:00Z", "created_at": "2026-01-10T08:00:00Z",
             "updated_at": "2026-01-15T09:30:00Z"
         })
@@ -105,6 +109,7 @@ impl From<User> for UserResponse {
             role: u.role,
             is_active: u.is_active,
             two_fa_enabled: u.two_fa_enabled,
+            totp_enabled: u.totp_enabled,
             email_verified: u.email_verified,
             last_login_at: u.last_login_at,
             created_at: u.created_at,

@@ -7,10 +7,12 @@ pub mod api_keys;
 pub mod email_deliveries;
 pub mod email_tokens;
 pub mod idempotency;
+pub mod oauth;
 pub mod refresh_tokens;
 pub mod schedules;
 pub mod task_stats;
 pub mod tasks;
+pub mod totp;
 pub mod two_factor;
 pub mod users;
 

@@ -1,6 +1,7 @@
-//! The `two_factor_challenges` table: one row per email-2FA challenge. The
-//! API opens it; the worker alone makes the code and stores its hash; the
-//! API checks a typed code against the hash — once, five tries at most.
+//! The `two_factor_challenges` table: one row per 2FA challenge. The API
+//! opens it; for an emailed code the worker alone makes the code and stores
+//! its hash; for TOTP the code comes from the user's authenticator. The API
+//! checks a typed code — once, five tries at most.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
@@ -26,6 +27,24 @@ impl Purpose {
     }
 }
 
+/// Which second factor a challenge asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A code the worker mails.
+    Email,
+    /// A code from an authenticator app, or a recovery code.
+    Totp,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Totp => "totp",
+        }
+    }
+}
+
 /// The stored form of `code` for challenge `id` (the id salts the hash, so
 /// equal codes of two challenges differ).
 pub fn code_hash(id: Uuid, code: &str) -> [u8; 32] {
@@ -44,6 +63,7 @@ pub async fn open(
     tx: &mut PgConnection,
     user: Uuid,
     purpose: Purpose,
+    method: Method,
     expires_at: DateTime<Utc>,
 ) -> Result<Uuid, sqlx::Error> {
     if purpose == Purpose::Login {
@@ -57,11 +77,13 @@ pub async fn open(
     }
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO two_factor_challenges (id, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO two_factor_challenges (id, user_id, purpose, method, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(user)
     .bind(purpose.as_str())
+    .bind(method.as_str())
     .bind(expires_at)
     .execute(&mut *tx)
     .await?;
@@ -123,14 +145,43 @@ pub enum Verdict {
     Dead,
 }
 
-/// Checks `code` against login challenge `id`, under a row lock so
+/// An open login challenge, locked until the transaction ends so that
 /// concurrent guesses are counted one by one.
+#[derive(Debug, Clone)]
+pub struct Open {
+    pub id: Uuid,
+    pub user: Uuid,
+    pub method: Method,
+    /// The emailed code's hash; `None` for TOTP, or before the worker made it.
+    code_hash: Option<Vec<u8>>,
+    attempts: i32,
+}
+
+impl Open {
+    /// Whether `code` is the emailed code (always false for TOTP, whose
+    /// codes the caller checks against the authenticator's secret).
+    pub fn emailed_code_matches(&self, code: &str) -> bool {
+        let Some(stored) = &self.code_hash else {
+            return false;
+        };
+        let typed = code_hash(self.id, code);
+        // Constant time: the comparison must not tell how much of a guess was right.
+        typed.len() == stored.len()
+            && typed
+                .iter()
+                .zip(stored)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// Locks login challenge `id` if it can still be answered.
 ///
 /// # Errors
 /// The database fails.
-pub async fn verify(tx: &mut PgConnection, id: Uuid, code: &str) -> Result<Verdict, sqlx::Error> {
-    let row: Option<(Uuid, Option<Vec<u8>>, i32)> = sqlx::query_as(
-        "SELECT user_id, code_hash, attempts FROM two_factor_challenges \
+pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<Open>, sqlx::Error> {
+    let row: Option<(Uuid, String, Option<Vec<u8>>, i32)> = sqlx::query_as(
+        "SELECT user_id, method, code_hash, attempts FROM two_factor_challenges \
          WHERE id = $1 AND purpose = 'login' AND used_at IS NULL AND invalidated_at IS NULL \
            AND expires_at > now() AND attempts < $2 \
          FOR UPDATE",
@@ -139,31 +190,49 @@ pub async fn verify(tx: &mut PgConnection, id: Uuid, code: &str) -> Result<Verdi
     .bind(MAX_ATTEMPTS)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((user, Some(stored), attempts)) = row else {
-        return Ok(Verdict::Dead);
-    };
-    let typed = code_hash(id, code);
-    // Constant time: the comparison must not tell how much of a guess was right.
-    let same = typed.len() == stored.len()
-        && typed
-            .iter()
-            .zip(&stored)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    Ok(row.and_then(|(user, method, code_hash, attempts)| {
+        let method = match method.as_str() {
+            "totp" => Method::Totp,
+            // An emailed challenge whose code is not made yet cannot be answered.
+            _ if code_hash.is_none() => return None,
+            _ => Method::Email,
+        };
+        Some(Open {
+            id,
+            user,
+            method,
+            code_hash,
+            attempts,
+        })
+    }))
+}
+
+/// Settles a locked challenge: spent when `passed`, otherwise one try
+/// counted (and dead at the fifth).
+///
+/// # Errors
+/// The database fails.
+pub async fn settle(
+    tx: &mut PgConnection,
+    challenge: &Open,
+    passed: bool,
+) -> Result<Verdict, sqlx::Error> {
+    if passed {
         sqlx::query("UPDATE two_factor_challenges SET used_at = now() WHERE id = $1")
-            .bind(id)
+            .bind(challenge.id)
             .execute(&mut *tx)
             .await?;
-        return Ok(Verdict::Passed { user });
+        return Ok(Verdict::Passed {
+            user: challenge.user,
+        });
     }
-    let attempts = attempts + 1;
+    let attempts = challenge.attempts + 1;
     sqlx::query(
         "UPDATE two_factor_challenges SET attempts = $2, \
              invalidated_at = CASE WHEN $2 >= $3 THEN now() END \
          WHERE id = $1",
     )
-    .bind(id)
+    .bind(challenge.id)
     .bind(attempts)
     .bind(MAX_ATTEMPTS)
     .execute(&mut *tx)
@@ -184,8 +253,8 @@ pub async fn codeless(
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM two_factor_challenges \
-         WHERE code_hash IS NULL AND used_at IS NULL AND invalidated_at IS NULL \
-           AND expires_at > now() AND created_at < now() - $1 * interval '1 millisecond' \
+         WHERE method = 'email' AND code_hash IS NULL AND used_at IS NULL \
+           AND invalidated_at IS NULL AND expires_at > now() AND created_at < now() - $1 * interval '1 millisecond' \
          LIMIT 1000",
     )
     .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))

@@ -13,7 +13,7 @@ macro_rules! user_columns {
     () => {
         "id, username, email, password_hash, first_name, last_name, phone_number, \
      phone_verified, avatar_url, bio, timezone, language, role, is_active, two_fa_enabled, \
-     email_verified, last_login_at, token_version, created_at, updated_at"
+     totp_enabled, email_verified, last_login_at, token_version, created_at, updated_at"
     };
 }
 
@@ -36,7 +36,12 @@ pub struct User {
     pub language: String,
     pub role: Role,
     pub is_active: bool,
+    /// Email codes as a second factor.
     pub two_fa_enabled: bool,
+    /// An authenticator app as a second factor (it wins over email codes).
+    /// Defaulted so users cached before the column existed still read.
+    #[serde(default)]
+    pub totp_enabled: bool,
     pub email_verified: bool,
     pub last_login_at: Option<DateTime<Utc>>,
     /// Access tokens carry the version they were issued under; bumping it
@@ -135,6 +140,7 @@ pub fn as_inserted(new: &NewUser, id: Uuid, now: DateTime<Utc>) -> User {
         role: new.role,
         is_active: true,
         two_fa_enabled: false,
+        totp_enabled: false,
         email_verified: new.email_verified,
         last_login_at: None,
         token_version: 0,

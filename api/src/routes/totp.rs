@@ -1,0 +1,278 @@
+//! TOTP for authenticator apps: `totp/setup` (a pending secret, its URI and
+//! QR code), `totp/confirm` (a first code turns it on and hands out the
+//! recovery codes, once), `totp/disable` (the password and a code), and the
+//! code check `verify-2fa` uses for `method: totp` challenges.
+
+use axum::extract::State;
+use keel_shared::db::{totp as store, users};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{auth::check_password, users::UserResponse};
+use crate::{
+    auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, totp},
+    error::{ApiError, FieldError, Problem},
+    extract::AppJson,
+    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(setup))
+        .routes(routes!(confirm))
+        .routes(routes!(disable))
+}
+
+/// A new authenticator secret, three ways to hand it to an app.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+    "otpauth_uri": "otpauth://totp/Keel:alice%40example.com?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=Keel",
+    "qr_svg": "<?xml version=\"1.0\" standalone=\"yes\"?><svg xmlns=\"http://www.w3.org/2000/svg\" …></svg>"
+}))]
+pub struct TotpSetup {
+    /// Base32 (RFC 4648), for typing into the app by hand.
+    pub secret: String,
+    /// `otpauth://totp/…`: SHA-1, 6 digits, 30-second steps.
+    pub otpauth_uri: String,
+    /// The URI as a QR code: an SVG document.
+    pub qr_svg: String,
+}
+
+/// Starts TOTP setup: a new secret, pending until `totp/confirm` gets a
+/// code from it (a second setup before then replaces it). Nothing changes
+/// at sign-in until it is confirmed.
+#[utoipa::path(post, path = "/api/v1/auth/totp/setup", tag = "auth", security(("bearer" = [])),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The pending secret, its URI and QR code", body = TotpSetup),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 409, description = "`totp_already_enabled`: disable it first to change the secret", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:totp_already_enabled", "title": "Conflict", "status": 409,
+                "detail": "TOTP is already on; disable it first to set up a new secret", "code": "totp_already_enabled"})),
+    ))]
+async fn setup(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<AppJson<TotpSetup>, ApiError> {
+    principal.require_session()?;
+    let user = &principal.user;
+    let secret = totp::new_secret();
+    let sealed = state.tokens.totp.seal(user.id, &secret);
+    if !store::set_pending(&state.db, user.id, &sealed).await? {
+        return Err(already_enabled());
+    }
+    let enrolment = totp::enrolment(&secret, &user.email);
+    tracing::info!(user_id = %user.id, "TOTP setup started");
+    Ok(AppJson(TotpSetup {
+        secret: enrolment.secret,
+        otpauth_uri: enrolment.otpauth_uri,
+        qr_svg: enrolment.qr_svg,
+    }))
+}
+
+fn already_enabled() -> ApiError {
+    ApiError::conflict(
+        "totp_already_enabled",
+        "TOTP is already on; disable it first to set up a new secret",
+    )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "492039"}))]
+pub struct ConfirmTotp {
+    /// The 6-digit code the app shows now.
+    #[schema(example = "492039")]
+    pub code: String,
+}
+
+/// The recovery codes: each signs in once instead of a TOTP code.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"recovery_codes": [
+    "k7d2m-q4xnp", "3hv6a-wz2ro", "pe5tj-ub7yc", "n2gq4-xk6me", "r6wzt-a3dhu",
+    "y4cfb-7mq2s", "d5jnx-tg3ke", "wq7ru-2bp6f", "h3mza-v5ktn", "s2xe6-lc4gy"]}))]
+pub struct RecoveryCodes {
+    /// Shown this once; only their hashes are kept.
+    pub recovery_codes: Vec<String>,
+}
+
+/// Turns TOTP on with a code from the pending secret, and answers the ten
+/// recovery codes, shown this once. From now on sign-in asks for a TOTP
+/// code (`method: totp`), even if email 2FA is on too.
+#[utoipa::path(post, path = "/api/v1/auth/totp/confirm", tag = "auth", security(("bearer" = [])),
+    request_body = ConfirmTotp,
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "TOTP is on; the recovery codes", body = RecoveryCodes),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 409, description = "`totp_not_set_up` (call `totp/setup` first) or `totp_already_enabled`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:totp_not_set_up", "title": "Conflict", "status": 409,
+                "detail": "no TOTP setup is pending; POST /api/v1/auth/totp/setup first", "code": "totp_not_set_up"})),
+        (status = 422, description = "A wrong `code`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "code: is incorrect", "code": "validation_failed",
+                "errors": [{"field": "code", "message": "is incorrect"}]})),
+    ))]
+async fn confirm(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<ConfirmTotp>,
+) -> Result<AppJson<RecoveryCodes>, ApiError> {
+    principal.require_session()?;
+    let user = principal.id();
+    limit_guesses(&state, user).await?;
+    let mut tx = state.db.begin().await?;
+    let stored = store::lock(&mut tx, user).await?.ok_or_else(|| {
+        ApiError::conflict(
+            "totp_not_set_up",
+            "no TOTP setup is pending; POST /api/v1/auth/totp/setup first",
+        )
+    })?;
+    if stored.confirmed {
+        return Err(already_enabled());
+    }
+    if !check_code(&state, &mut tx, user, &stored, &request.code).await? {
+        return Err(wrong_code());
+    }
+    let codes = totp::new_recovery_codes();
+    let hashes: Vec<[u8; 32]> = codes
+        .iter()
+        .map(|c| store::recovery_code_hash(user, c))
+        .collect();
+    store::confirm(&mut tx, user, &hashes).await?;
+    tx.commit().await?;
+    state.users.invalidate(user).await;
+    tracing::info!(user_id = %user, "TOTP turned on");
+    Ok(AppJson(RecoveryCodes {
+        recovery_codes: codes,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"password": "correct horse battery staple", "code": "492039"}))]
+pub struct DisableTotp {
+    pub password: String,
+    /// A current TOTP code, or an unused recovery code (for a lost app).
+    #[schema(example = "492039")]
+    pub code: String,
+}
+
+/// Turns TOTP off; needs the password and a current code (or a recovery
+/// code). The secret and the recovery codes are deleted; email 2FA, if on,
+/// stays on.
+#[utoipa::path(post, path = "/api/v1/auth/totp/disable", tag = "auth", security(("bearer" = [])),
+    request_body = DisableTotp,
+    responses(
+        JsonBodyErrors, ResourceErrors,
+        (status = 200, description = "The caller, without TOTP", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = ApiKeyNotAllowed),
+        (status = 409, description = "`totp_not_enabled`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:totp_not_enabled", "title": "Conflict", "status": 409,
+                "detail": "TOTP is not on", "code": "totp_not_enabled"})),
+        (status = 422, description = "A wrong `password` or `code`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
+                "detail": "code: is incorrect", "code": "validation_failed",
+                "errors": [{"field": "code", "message": "is incorrect"}]})),
+    ))]
+async fn disable(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<DisableTotp>,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    principal.require_session()?;
+    let user = principal.id();
+    limit_guesses(&state, user).await?;
+    check_password(&state, &principal, &request.password, "password").await?;
+    let mut tx = state.db.begin().await?;
+    if !check(&state, &mut tx, user, &request.code).await? {
+        let enabled = store::lock(&mut tx, user)
+            .await?
+            .is_some_and(|s| s.confirmed);
+        return Err(if enabled {
+            wrong_code()
+        } else {
+            ApiError::conflict("totp_not_enabled", "TOTP is not on")
+        });
+    }
+    store::remove(&mut tx, user).await?;
+    tx.commit().await?;
+    state.users.invalidate(user).await;
+    tracing::info!(user_id = %user, "TOTP turned off");
+    let user = users::find_by_id(&state.db, user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(AppJson(UserResponse::from(user)))
+}
+
+/// Code guesses outside a login challenge (confirm, disable) count against
+/// the account like sign-in attempts: a stolen session must not buy
+/// unlimited guesses at the six digits.
+async fn limit_guesses(state: &AppState, user: Uuid) -> Result<(), ApiError> {
+    state
+        .limiter
+        .enforce(&format!("totp:user:{user}"), LOGIN_PER_ACCOUNT)
+        .await
+        .map(drop)
+}
+
+fn wrong_code() -> ApiError {
+    ApiError::validation(vec![FieldError {
+        field: "code".into(),
+        message: "is incorrect".into(),
+    }])
+}
+
+/// Whether `code` answers for `user`'s confirmed TOTP: a code of a time
+/// step later than any used before (the step is then used up), or an
+/// unused recovery code (then spent). Runs in the caller's transaction,
+/// which commits the spending with the rest.
+///
+/// # Errors
+/// The database fails, or the secret does not open (`SECRET_KEY` changed).
+pub(crate) async fn check(
+    state: &AppState,
+    tx: &mut PgConnection,
+    user: Uuid,
+    code: &str,
+) -> Result<bool, ApiError> {
+    let Some(stored) = store::lock(tx, user).await?.filter(|s| s.confirmed) else {
+        return Ok(false);
+    };
+    if totp::is_totp_code(code) {
+        check_code(state, tx, user, &stored, code).await
+    } else {
+        Ok(store::use_recovery_code(tx, user, code).await?)
+    }
+}
+
+async fn check_code(
+    state: &AppState,
+    tx: &mut PgConnection,
+    user: Uuid,
+    stored: &store::StoredSecret,
+    code: &str,
+) -> Result<bool, ApiError> {
+    let secret = state
+        .tokens
+        .totp
+        .open(user, &stored.secret_sealed)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+    let Some(step) = totp::matching_step(&secret, code, totp::now_unix()) else {
+        return Ok(false);
+    };
+    // A step at or before the last one used is a replay (or an older code
+    // after a newer one): refused, as RFC 6238 §5.2 asks.
+    if stored.last_step.is_some_and(|last| step <= last) {
+        return Ok(false);
+    }
+    Ok(store::accept_step(tx, user, step).await?)
+}
