@@ -178,6 +178,47 @@ pub struct Config {
     #[arg(long, env = "EMAIL_OUTBOX_DIR", default_value = ".data/outbox")]
     pub email_outbox_dir: PathBuf,
 
+    // ---- Files ----
+    /// Where files (uploads, avatars, task outputs) are kept when no `S3_BUCKET` is set.
+    #[arg(long, env = "FILES_DIR", default_value = ".data/files")]
+    pub files_dir: PathBuf,
+
+    /// An S3-compatible bucket for files instead of `FILES_DIR`, so API
+    /// replicas and workers on several machines share them.
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// The S3 endpoint, for stores other than AWS (MinIO, Ceph, moto):
+    /// `http(s)://host:port`, path-style requests. Unset: AWS itself.
+    #[arg(long, env = "S3_ENDPOINT", value_parser = base_url)]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// S3 credentials (unset: none are sent, for public or instance-role setups).
+    #[arg(long, env = "S3_ACCESS_KEY_ID", value_parser = secret, hide_env_values = true)]
+    pub s3_access_key_id: Option<SecretString>,
+
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", value_parser = secret, hide_env_values = true)]
+    pub s3_secret_access_key: Option<SecretString>,
+
+    /// Largest file one upload part may be, in bytes (413 beyond).
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_bytes: u64,
+
+    /// Most files in one upload request.
+    #[arg(long, env = "MAX_FILES_PER_UPLOAD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_files_per_upload: u32,
+
+    /// Bytes of files each user may keep in all (413 `quota_exceeded` beyond).
+    #[arg(long, env = "USER_STORAGE_QUOTA_BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub user_storage_quota_bytes: u64,
+
+    /// Largest avatar image, in bytes.
+    #[arg(long, env = "MAX_AVATAR_BYTES", default_value_t = 2 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=104_857_600))]
+    pub max_avatar_bytes: u64,
     /// Log format; `pretty` in development and `json` in production unless set.
     #[arg(long, env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

@@ -23,6 +23,7 @@
 //! - [`process`]: the connections and `main` frame of every binary.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`shutdown`]: stop signals.
+//! - [`storage`]: file bytes, in a local directory or an S3-compatible store.
 //! - `testing` (feature `testing`): per-test databases and Redis prefixes.
 
 pub mod config;
@@ -40,6 +41,7 @@ pub mod process;
 pub mod queue_metrics;
 pub mod redis_client;
 pub mod shutdown;
+pub mod storage;
 pub mod task_events;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod email_deliveries;
 pub mod email_tokens;
+pub mod files;
 pub mod idempotency;
 pub mod oauth;
 pub mod refresh_tokens;
