@@ -88,6 +88,7 @@ operation to use instead.";
         (name = "users", description = "Profiles, roles and the user list"),
         (name = "api-keys", description = "Keys that act as their owner"),
         (name = "tasks", description = "Background tasks: create, follow, cancel, retry"),
+        (name = "files", description = "Uploads and downloads of the caller's files, and task outputs"),
         (name = "schedules", description = "Cron schedules that create tasks (admin)"),
         (name = "admin", description = "Operations: workers, queues, statistics (admin)"),
         (name = "websockets", description = "Rooms, presence, chat and live task updates"),

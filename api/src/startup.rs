@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use axum::{ServiceExt, extract::Request};
 use keel_shared::{
     Config, RedisClient, config::SigningKey, db, job_queue::JobQueue, kinds::KindSettings,
-    queue_metrics::QueueGauges, telemetry,
+    queue_metrics::QueueGauges, storage::Storage, telemetry,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -68,7 +68,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         telemetry::spawn_metrics_upkeep();
+        let storage = Storage::from_config(&config).context("file storage")?;
+        tracing::info!(location = storage.location(), "files are stored");
         let state = AppState::new(Parts {
+            storage,
             tokens: Arc::new(TokenKeys::new(&config, &signing_key)),
             hasher: PasswordHasher::new(),
             limiter: RateLimiter::new(

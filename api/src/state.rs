@@ -17,6 +17,7 @@ use std::{
 use axum::extract::FromRef;
 use keel_shared::{
     Config, RedisClient, job_queue::JobQueue, kinds::KindSettings, queue_metrics::QueueGauges,
+    storage::Storage,
 };
 use sqlx::PgPool;
 
@@ -61,6 +62,8 @@ pub struct Parts {
     pub hub: crate::ws::hub::Hub,
     /// The queue and worker gauges, sampled when `/metrics` is scraped.
     pub gauges: QueueGauges,
+    /// Where file bytes are: a local directory or an S3-compatible store.
+    pub storage: Storage,
 }
 
 /// `State<Part>` for each part, cloned out of the shared state.

@@ -60,6 +60,7 @@ const PARALLEL_FIRES: usize = 8;
 const RECONCILE: &str = "reconcile";
 const PURGE_EXPIRED: &str = "purge_expired";
 const PURGE_FINISHED: &str = "purge_finished";
+const SWEEP_ORPHANS: &str = "sweep_orphans";
 const TRIM_REDIS: &str = "trim_redis";
 
 /// The built-in schedules. The reconcile period is `RECONCILE_SECONDS` (at
@@ -84,6 +85,12 @@ pub fn system_schedules(config: &Config) -> Vec<SystemSchedule> {
             name: "system.purge_finished",
             cron: "0 30 3 * * *".into(),
             kind: PURGE_FINISHED,
+        },
+        // A quarter past, out of the way of the purge on the hour.
+        SystemSchedule {
+            name: "system.sweep_orphans",
+            cron: "0 15 * * * *".into(),
+            kind: SWEEP_ORPHANS,
         },
         SystemSchedule {
             name: "system.trim_redis",
@@ -429,6 +436,7 @@ impl Ticker {
             }
             PURGE_EXPIRED => Maintenance::PurgeExpired,
             PURGE_FINISHED => Maintenance::PurgeFinished,
+            SWEEP_ORPHANS => Maintenance::SweepOrphans,
             other => anyhow::bail!("unknown system schedule kind {other:?}"),
         };
         let job = MaintenanceJob {

@@ -99,6 +99,9 @@ pub enum Maintenance {
     PurgeExpired,
     /// Delete finished tasks and email deliveries older than `TASK_RETENTION_DAYS`.
     PurgeFinished,
+    /// Delete stored objects under `files/` that no file row points at and
+    /// that are older than any upload still in flight (an hour).
+    SweepOrphans,
 }
 
 impl Job for MaintenanceJob {

@@ -10,6 +10,7 @@ use keel_shared::{
     job_queue::JobQueue,
     jobs::Queue,
     process::{self, Backbone},
+    storage::Storage,
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
 };
 use tokio_util::sync::CancellationToken;
@@ -31,17 +32,21 @@ pub const DEFAULT_METRICS_PORT: u16 = 9101;
 pub struct Worker {
     backbone: Backbone,
     config: Config,
+    /// Where task kinds write their output files.
+    storage: Storage,
     card: WorkerCard,
     shutdown: CancellationToken,
 }
 
 impl Worker {
-    /// Connects to Postgres and Redis and binds the ops server.
+    /// Connects to Postgres and Redis, opens file storage and binds the ops server.
     ///
     /// # Errors
-    /// A dependency cannot be reached or the ops port cannot be bound.
+    /// A dependency cannot be reached, the storage settings are unusable, or
+    /// the ops port cannot be bound.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
+        let storage = Storage::from_config(config)?;
         let now = Utc::now();
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let card = WorkerCard {
@@ -63,6 +68,7 @@ impl Worker {
         Ok(Self {
             backbone,
             config: config.clone(),
+            storage,
             card,
             shutdown: CancellationToken::new(),
         })
@@ -97,6 +103,7 @@ impl Worker {
         let Self {
             backbone,
             config,
+            storage,
             mut card,
             shutdown,
         } = self;
@@ -116,6 +123,7 @@ impl Worker {
                         &config,
                         db.clone(),
                         redis.clone(),
+                        storage.clone(),
                         &card.id,
                         stats.clone(),
                         shutdown.clone(),
@@ -164,7 +172,8 @@ impl Worker {
                     )));
                 }
                 Queue::Maintenance => {
-                    let runner = Arc::new(MaintenanceRunner::new(&config, db.clone()));
+                    let runner =
+                        Arc::new(MaintenanceRunner::new(&config, db.clone(), storage.clone()));
                     let setup = supervisor::QueueSetup {
                         jobs: jobs.clone(),
                         redis: redis.clone(),

@@ -8,7 +8,7 @@
 //! - [`app`]: `Worker` — build, run the queues, heartbeat, drain.
 //! - [`tasks`]: the `tasks` queue — claim, run, retry, finish.
 //! - [`email`]: the `email` queue — claim, render, send, retry.
-//! - [`maintenance`]: the `maintenance` queue — purges and the Redis trim.
+//! - [`maintenance`]: the `maintenance` queue — purges, the Redis trim and the orphan sweep.
 //! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
 //! - [`pause`]: queue pauses set by ops.
 //! - [`stats`]: this worker's counters for its registry card.

@@ -1,5 +1,6 @@
 //! The `maintenance` queue: the purges the built-in schedules ask for — of
-//! expired rows (hourly) and of finished work past its retention (daily).
+//! expired rows (hourly) and of finished work past its retention (daily) —
+//! and the hourly sweep of stored objects no file row points at.
 //! Every step deletes in slices, so no statement holds a large table for
 //! long; each job is idempotent, and a lost one is simply done by the next
 //! tick.
@@ -11,11 +12,12 @@ use chrono::{DateTime, Utc};
 use keel_shared::{
     Config,
     db::{
-        email_deliveries, email_tokens, idempotency, refresh_tokens, schedules,
+        email_deliveries, email_tokens, files, idempotency, refresh_tokens, schedules,
         tasks::{self, TaskStatus},
         two_factor,
     },
     jobs::{Maintenance, MaintenanceJob},
+    storage::Storage,
 };
 use sqlx::PgPool;
 
@@ -24,17 +26,28 @@ const SLICE: i64 = 5000;
 /// How long a fire record is kept: far longer than any clock skew between
 /// scheduler replicas, short enough to stay small with per-second schedules.
 const RUNS_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How old an object without a row must be before it is swept. An upload
+/// writes its object before its row, so a younger one may be an upload
+/// still streaming in; none takes an hour.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// Keys one query checks for rows.
+const KEYS_PER_QUERY: usize = 500;
+/// Objects one sweep deletes at most; a larger backlog waits for the next
+/// hour, so one run never holds the queue for long.
+const SWEEP_LIMIT: u64 = 10_000;
 
 #[derive(Debug)]
 pub struct MaintenanceRunner {
     db: PgPool,
+    storage: Storage,
     retention: chrono::Duration,
 }
 
 impl MaintenanceRunner {
-    pub fn new(config: &Config, db: PgPool) -> Self {
+    pub fn new(config: &Config, db: PgPool, storage: Storage) -> Self {
         Self {
             db,
+            storage,
             retention: chrono::Duration::days(i64::from(config.task_retention_days)),
         }
     }
@@ -44,10 +57,10 @@ impl MaintenanceRunner {
         Duration::from_secs(60)
     }
 
-    /// Does `work`; returns how many rows it deleted.
+    /// Does `work`; returns how many rows (or objects) it deleted.
     ///
     /// # Errors
-    /// Postgres failed; the next tick tries again.
+    /// Postgres or the file store failed; the next tick tries again.
     pub async fn run(&self, work: Maintenance) -> anyhow::Result<u64> {
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
             .fetch_one(&self.db)
@@ -74,7 +87,43 @@ impl MaintenanceRunner {
                 }
                 deleted += drain(|| email_deliveries::purge_finished(db, before, SLICE)).await?;
             }
+            Maintenance::SweepOrphans => {
+                // The store's clock, not Postgres's, dates objects; the
+                // hour's margin dwarfs any skew between them.
+                deleted += self
+                    .sweep_orphans(Utc::now() - chrono::Duration::from_std(ORPHAN_AGE)?)
+                    .await?;
+            }
         }
+        Ok(deleted)
+    }
+
+    /// Deletes the objects under `files/` last written before `before` that
+    /// no file row points at, up to a bound per run; returns how many.
+    ///
+    /// # Errors
+    /// Postgres or the file store failed.
+    pub async fn sweep_orphans(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
+        let keys = self
+            .storage
+            .keys_older_than(files::OBJECT_PREFIX, before)
+            .await?;
+        let mut deleted = 0;
+        'keys: for batch in keys.chunks(KEYS_PER_QUERY) {
+            for key in files::unreferenced(&self.db, batch).await? {
+                self.storage.delete(&key).await?;
+                deleted += 1;
+                if deleted == SWEEP_LIMIT {
+                    break 'keys;
+                }
+            }
+        }
+        tracing::info!(
+            checked = keys.len(),
+            deleted,
+            location = self.storage.location(),
+            "orphaned objects swept"
+        );
         Ok(deleted)
     }
 }

@@ -2,6 +2,7 @@
 //! tracing span, problem rendering, panic catching, timeout, body limit,
 //! CORS, security headers, metrics.
 
+mod body_limit;
 mod metrics;
 mod problem;
 mod request_id;
@@ -20,7 +21,6 @@ use keel_shared::Config;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -51,7 +51,10 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &Confi
                     StatusCode::REQUEST_TIMEOUT,
                     timeout,
                 ))
-                .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+                .layer(from_fn_with_state(
+                    body_limit::BodyLimits::new(config),
+                    body_limit::limit,
+                ))
                 .layer(DefaultBodyLimit::max(config.max_body_bytes))
                 .option_layer(security_headers::cors(config)),
         )

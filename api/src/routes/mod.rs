@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod api_keys;
 pub mod auth;
+pub mod avatars;
 pub mod docs;
+pub mod files;
 pub mod health;
 pub mod oauth;
 pub mod password_reset;
@@ -37,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(api_keys::router())
         .merge(tasks::router())
+        .merge(files::router())
+        .merge(avatars::router())
         .merge(schedules::router())
         .merge(admin::router())
         .layer(from_fn_with_state(state.clone(), rate_limit::middleware));

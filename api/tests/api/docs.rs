@@ -246,6 +246,10 @@ async fn openapi_documents_every_route_of_the_contract() {
         ("put", "/api/v1/users/update/{id}", Any, true),
         ("put", "/api/v1/users/update/{id}/role", Any, true),
         ("delete", "/api/v1/users/delete/{id}", Any, true),
+        // Avatars: set by the user (or their key), shown to anyone.
+        ("put", "/api/v1/users/me/avatar", Any, false),
+        ("delete", "/api/v1/users/me/avatar", Any, false),
+        ("get", "/api/v1/avatars/{id}", Public, false),
         // API keys: a key cannot mint keys.
         ("get", "/api/v1/api-keys", Any, false),
         ("post", "/api/v1/api-keys", Session, false),
@@ -262,6 +266,12 @@ async fn openapi_documents_every_route_of_the_contract() {
         ("get", "/api/v1/tasks/kinds", Any, false),
         ("post", "/api/v1/celery/test-task", Any, true),
         ("get", "/api/v1/celery/task-status/{task_id}", Any, true),
+        // Files: a task's output file is downloaded through them too.
+        ("post", "/api/v1/files", Any, false),
+        ("get", "/api/v1/files", Any, false),
+        ("get", "/api/v1/files/{id}", Any, false),
+        ("delete", "/api/v1/files/{id}", Any, false),
+        ("get", "/api/v1/files/{id}/content", Any, false),
         // Schedules (admin).
         ("get", "/api/v1/schedules", Any, false),
         ("post", "/api/v1/schedules", Any, false),

@@ -115,8 +115,8 @@ async fn scheduler_metrics_count_ticks_repairs_and_fires_and_sample_the_queues()
         (
             "keel_scheduler_schedules",
             &[],
-            5.0,
-            "four built-in and `once`",
+            6.0,
+            "five built-in and `once`",
         ),
         (
             "keel_queue_depth",

@@ -94,6 +94,7 @@ async fn an_every_two_seconds_schedule_fires_every_two_seconds_follows_edits_and
             "system.purge_expired",
             "system.purge_finished",
             "system.reconcile",
+            "system.sweep_orphans",
             "system.trim_redis"
         ]
     );

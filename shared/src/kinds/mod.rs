@@ -9,6 +9,7 @@
 
 mod abort;
 mod echo;
+mod export_tasks_csv;
 mod fail;
 mod http_client;
 mod http_request;
@@ -19,10 +20,11 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::{config::Config, storage::Storage};
 
 pub use http_client::{HttpClient, http_client};
 pub use http_request::HttpRequest;
@@ -35,6 +37,7 @@ pub static KINDS: &[KindSpec] = &[
     spec::<fail::Fail>(),
     spec::<HttpRequest>(),
     spec::<abort::Abort>(),
+    spec::<export_tasks_csv::ExportTasksCsv>(),
 ];
 
 /// The kind called `name`, enabled or not.
@@ -232,32 +235,78 @@ impl KindSettings {
     }
 }
 
-/// What a running attempt can reach: its identity, a progress reporter and
-/// the worker's shared HTTP client.
+/// What the worker lends every attempt, made once at its start and cloned
+/// (cheaply: handles and `Arc`s) into each [`TaskContext`].
+#[derive(Debug, Clone)]
+pub struct TaskServices {
+    pub settings: Arc<KindSettings>,
+    pub http: HttpClient,
+    pub db: PgPool,
+    pub storage: Storage,
+    /// `USER_STORAGE_QUOTA_BYTES`: what one owner's files may total, task
+    /// outputs included, so an export cannot get round the upload quota.
+    pub storage_quota_bytes: u64,
+}
+
+impl TaskServices {
+    /// The services of a worker with `config`, its pool and its store.
+    pub fn new(config: &Config, db: PgPool, storage: Storage) -> Self {
+        Self {
+            settings: Arc::new(KindSettings::from_config(config)),
+            http: http_client(),
+            db,
+            storage,
+            storage_quota_bytes: config.user_storage_quota_bytes,
+        }
+    }
+}
+
+/// What a running attempt can reach: its identity and owner, a progress
+/// reporter, and the worker's shared HTTP client, database pool and file
+/// storage.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub task_id: Uuid,
     pub attempt: i32,
+    /// The user the task belongs to: whatever the kind reads or writes on
+    /// someone's behalf is theirs.
+    pub owner_id: Uuid,
     pub settings: Arc<KindSettings>,
     pub http: HttpClient,
+    pub db: PgPool,
+    pub storage: Storage,
+    /// See [`TaskServices::storage_quota_bytes`].
+    pub storage_quota_bytes: u64,
     progress: watch::Sender<i16>,
 }
 
 impl TaskContext {
-    /// A context whose progress reports land in the returned receiver.
+    /// A context for attempt `attempt` of task `task_id` owned by
+    /// `owner_id`, whose progress reports land in the returned receiver.
     pub fn new(
         task_id: Uuid,
         attempt: i32,
-        settings: Arc<KindSettings>,
-        http: HttpClient,
+        owner_id: Uuid,
+        services: &TaskServices,
     ) -> (Self, watch::Receiver<i16>) {
         let (progress, rx) = watch::channel(0);
+        let TaskServices {
+            settings,
+            http,
+            db,
+            storage,
+            storage_quota_bytes,
+        } = services.clone();
         (
             Self {
                 task_id,
                 attempt,
+                owner_id,
                 settings,
                 http,
+                db,
+                storage,
+                storage_quota_bytes,
                 progress,
             },
             rx,

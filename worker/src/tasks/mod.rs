@@ -17,7 +17,8 @@ use keel_shared::{
     db::tasks::{self, Finish, Outcome, Task, Unclaimed},
     job_queue::JobQueue,
     jobs::RunTask,
-    kinds::{self, KindSettings, TaskContext, TaskFailure},
+    kinds::{self, TaskContext, TaskFailure, TaskServices},
+    storage::Storage,
     task_events,
 };
 use sqlx::PgPool;
@@ -52,8 +53,8 @@ pub struct TaskRunner {
     jobs: JobQueue,
     lease: Duration,
     retry: RetryPolicy,
-    settings: Arc<KindSettings>,
-    http: kinds::HttpClient,
+    /// Lent to every attempt: kind settings, the HTTP client, the pool, storage.
+    services: TaskServices,
     claims: Claims,
     finishes: Finishes,
     leases: Leases,
@@ -86,6 +87,7 @@ impl TaskRunner {
         config: &Config,
         db: PgPool,
         redis: RedisClient,
+        storage: Storage,
         worker: &str,
         stats: Arc<Stats>,
         stopping: CancellationToken,
@@ -104,8 +106,7 @@ impl TaskRunner {
                 base: Duration::from_millis(config.task_retry_base_ms),
                 max: Duration::from_secs(config.task_retry_max_seconds),
             },
-            settings: Arc::new(KindSettings::from_config(config)),
-            http: kinds::http_client(),
+            services: TaskServices::new(config, db.clone(), storage),
             db,
             redis,
             lease,
@@ -279,18 +280,14 @@ impl TaskRunner {
 
     /// Runs the kind's handler under the task's timeout, writing progress.
     async fn execute(&self, task: &Task, token: &str) -> Outcome {
-        let Some(kind) = kinds::find_enabled(&task.kind, &self.settings) else {
+        let Some(kind) = kinds::find_enabled(&task.kind, &self.services.settings) else {
             return Outcome::Failed(format!(
                 "kind {:?} is not offered by this worker",
                 task.kind
             ));
         };
-        let (ctx, progress) = TaskContext::new(
-            task.id,
-            task.attempts,
-            self.settings.clone(),
-            self.http.clone(),
-        );
+        let (ctx, progress) =
+            TaskContext::new(task.id, task.attempts, task.owner_id, &self.services);
         // Its own tokio task, so a panic in the handler is a failed attempt,
         // not a dead worker; aborted when dropped, so a timeout, a lost lease
         // or a hand-back stops the handler too.

@@ -1,16 +1,22 @@
 //! The `maintenance` queue through a real `keel-worker`: the purges delete
-//! what expired or aged out and keep the rest, and the system schedule
-//! that asked shows how it went.
+//! what expired or aged out and keep the rest, the orphan sweep deletes
+//! only old objects no file row points at (on the local store and on S3),
+//! and the system schedule that asked shows how it went.
 
 use std::time::Duration;
 
+use chrono::Utc;
 use keel_shared::{
     db::{
+        files::{self, NewFile, Purpose},
         schedules::{self, SystemSchedule},
         tasks::TaskStatus,
     },
     jobs::{Maintenance, MaintenanceJob},
+    storage::Storage,
+    testing::{self, MotoServer, TestDatabase},
 };
+use keel_worker::maintenance::{MaintenanceRunner, ORPHAN_AGE};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -183,4 +189,126 @@ async fn the_daily_purge_deletes_finished_work_past_retention_only() {
             .await
             .unwrap();
     assert_eq!(deliveries, ["queued", "sent"]);
+}
+
+/// Writes an object under `files/` and, if `with_row`, the file row that
+/// points at it; returns its key.
+async fn object(storage: &Storage, pool: &sqlx::PgPool, owner: Uuid, with_row: bool) -> String {
+    let id = Uuid::now_v7();
+    let key = files::object_key(id);
+    let written = storage
+        .put(&key, b"some bytes".to_vec().into())
+        .await
+        .unwrap();
+    if with_row {
+        files::insert(
+            pool,
+            &NewFile {
+                id,
+                owner_id: owner,
+                purpose: Purpose::Upload,
+                name: "kept.txt".into(),
+                size: 10,
+                content_type: "text/plain".into(),
+                sha256: written.sha256,
+                description: None,
+                tags: Vec::new(),
+                task_id: None,
+                object_key: key.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    key
+}
+
+/// The keys left under `files/`, sorted.
+async fn keys_left(storage: &Storage) -> Vec<String> {
+    let far = Utc::now() + chrono::Duration::days(1);
+    let mut keys = storage.keys_older_than("files", far).await.unwrap();
+    keys.sort_unstable();
+    keys
+}
+
+/// The sweep called directly on `flags`' store, with its cutoff between
+/// the old objects and the young one. `gap` is more than the store's
+/// timestamp resolution (moto's listing gives whole seconds).
+async fn sweep_case(flags: &[&str], gap: Duration) {
+    let db = TestDatabase::create().await.unwrap();
+    let config = testing::config(&db.url, &testing::unique_redis_prefix(), flags);
+    let storage = Storage::from_config(&config).unwrap();
+    let owner = testing::insert_user(&db.pool, "owner").await;
+    let runner = MaintenanceRunner::new(&config, db.pool.clone(), storage.clone());
+
+    let kept = object(&storage, &db.pool, owner, true).await;
+    let orphan = object(&storage, &db.pool, owner, false).await;
+    // Outside `files/`: not the sweep's to judge.
+    storage
+        .put("elsewhere/old", b"not a file".to_vec().into())
+        .await
+        .unwrap();
+    tokio::time::sleep(gap).await;
+    let cutoff = Utc::now();
+    tokio::time::sleep(gap).await;
+    let young = object(&storage, &db.pool, owner, false).await;
+
+    assert_eq!(runner.sweep_orphans(cutoff).await.unwrap(), 1);
+    let mut expected = vec![kept, young];
+    expected.sort_unstable();
+    assert_eq!(
+        keys_left(&storage).await,
+        expected,
+        "only the old orphan ({orphan}) goes"
+    );
+    let far = Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        storage.keys_older_than("elsewhere", far).await.unwrap(),
+        ["elsewhere/old"]
+    );
+    assert_eq!(
+        runner.sweep_orphans(cutoff).await.unwrap(),
+        0,
+        "a second sweep finds nothing"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_only_old_orphans_in_a_local_directory() {
+    sweep_case(&[], Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_only_old_orphans_on_s3() {
+    let moto = MotoServer::start().await;
+    let flags = moto.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    sweep_case(&flags, Duration::from_millis(1100)).await;
+}
+
+#[tokio::test]
+async fn the_hourly_sweep_through_a_worker_keeps_objects_younger_than_an_hour() {
+    let p = Pipeline::new().await;
+    let dir = testing::test_files_dir();
+    let _worker = p.worker(&[("WORKER_QUEUES", "maintenance"), ("FILES_DIR", &dir)]);
+    let storage = Storage::local(std::path::Path::new(&dir)).unwrap();
+    let kept = object(&storage, &p.pool, p.owner, true).await;
+    let orphan = object(&storage, &p.pool, p.owner, false).await;
+    let young = object(&storage, &p.pool, p.owner, false).await;
+    // Older than the worker's cutoff, as the clock of the store sees it.
+    let aged = Utc::now() - chrono::Duration::from_std(ORPHAN_AGE * 2).unwrap();
+    for key in [&kept, &orphan] {
+        let status = std::process::Command::new("touch")
+            .arg("-d")
+            .arg(format!("@{}", aged.timestamp()))
+            .arg(format!("{dir}/{key}"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "touch {key}");
+    }
+
+    run(&p, "system.test_sweep_orphans", Maintenance::SweepOrphans).await;
+    let mut expected = vec![kept, young];
+    expected.sort_unstable();
+    assert_eq!(keys_left(&storage).await, expected, "{orphan} went");
 }

@@ -1,0 +1,442 @@
+//! `/api/v1/files`: multipart uploads streamed to storage, the caller's
+//! files (an admin's: everyone's), their metadata, downloads (whole or by
+//! range, with an `ETag`), and deletion of the row and then its object.
+//! Another user's file answers 404, as if it did not exist.
+
+pub mod upload;
+
+use axum::{
+    body::Body,
+    extract::{DefaultBodyLimit, Multipart, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
+use keel_shared::db::files::{self, File, Purpose};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    error::{ApiError, Problem},
+    extract::{AppJson, AppPath, AppQuery},
+    openapi::{NotFound, ResourceErrors, Unauthorized, ValidationFailed},
+    pagination::{Page, PageQuery, PageRequest},
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload_files, list_files))
+        .routes(routes!(get_file, delete_file))
+        .routes(routes!(download))
+        // The upload's own limits apply (per file, per request, the quota),
+        // checked as the bytes stream in; see `middleware::body_limit`.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// A stored file.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01936f0f-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "owner_id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
+    "name": "report.pdf", "size": 48213, "content_type": "application/pdf",
+    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "description": "Q3 figures", "tags": ["finance", "q3"], "purpose": "upload", "task_id": null,
+    "created_at": "2026-01-15T09:30:00Z"
+}))]
+pub struct FileResponse {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    /// The uploaded name without any directory part.
+    pub name: String,
+    /// Bytes.
+    pub size: i64,
+    /// Detected from the content, not taken from the upload.
+    pub content_type: String,
+    /// SHA-256 of the content, lower-case hex; also the download's `ETag`.
+    pub sha256: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    /// `upload`, `avatar` or `task_output`.
+    pub purpose: Purpose,
+    /// The task that wrote this file (`task_output`).
+    pub task_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<File> for FileResponse {
+    fn from(f: File) -> Self {
+        Self {
+            sha256: f.sha256_hex(),
+            id: f.id,
+            owner_id: f.owner_id,
+            name: f.name,
+            size: f.size,
+            content_type: f.content_type,
+            description: f.description,
+            tags: f.tags,
+            purpose: f.purpose,
+            task_id: f.task_id,
+            created_at: f.created_at,
+        }
+    }
+}
+
+/// The files one upload stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"items": [{
+        "id": "01936f0f-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "owner_id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
+        "name": "report.pdf", "size": 48213, "content_type": "application/pdf",
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "description": "Q3 figures", "tags": ["finance", "q3"], "purpose": "upload", "task_id": null,
+        "created_at": "2026-01-15T09:30:00Z"
+    }]}))]
+pub struct Uploaded {
+    pub items: Vec<FileResponse>,
+}
+
+/// A multipart upload (`multipart/form-data`). Any other part is refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"file": ["(the bytes of report.pdf)"], "description": "Q3 figures", "tags": "finance,q3"}))]
+#[allow(dead_code)] // Documents the form; the handler reads it part by part.
+pub struct UploadForm {
+    /// One or more files (repeat the part), each with a file name; at most
+    /// `MAX_FILES_PER_UPLOAD` (10 by default).
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1)]
+    file: Vec<Vec<u8>>,
+    /// Applies to every file of the upload; at most 1,000 characters.
+    #[schema(max_length = 1000)]
+    description: Option<String>,
+    /// Comma-separated (or repeated) tags: at most 20, each 1 to 50 characters.
+    #[schema(example = "finance,q3")]
+    tags: Option<String>,
+}
+
+/// Uploads one or more files, streamed to storage (never held whole in
+/// memory). Each file may be `MAX_UPLOAD_BYTES` at most and all of the
+/// caller's files `USER_STORAGE_QUOTA_BYTES` together (413 beyond); the
+/// type is detected from the bytes; names lose any directory part.
+#[utoipa::path(post, path = "/api/v1/files", tag = "files", security(("bearer" = []), ("api_key" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        ResourceErrors,
+        (status = 201, description = "The stored files", body = Uploaded),
+        (status = 400, description = "`malformed_multipart`: the body is not a readable multipart form", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:malformed_multipart", "title": "Bad Request", "status": 400,
+                "detail": "the multipart body cannot be read: Error parsing `multipart/form-data` request", "code": "malformed_multipart"})),
+        (status = 401, response = Unauthorized),
+        (status = 413, description = "`file_too_large` (over `MAX_UPLOAD_BYTES`), `quota_exceeded`, or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
+                "detail": "a file may be at most 104857600 bytes", "code": "file_too_large"})),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn upload_files(
+    State(state): State<AppState>,
+    principal: Principal,
+    mut multipart: Multipart,
+) -> Result<impl IntoResponse, ApiError> {
+    let owner = principal.id();
+    let used = u64::try_from(files::used_bytes(&state.db, owner).await?).unwrap_or(0);
+    let limits = upload::Limits {
+        file: state.config.max_upload_bytes,
+        quota_left: state.config.user_storage_quota_bytes.saturating_sub(used),
+        files: state.config.max_files_per_upload as usize,
+    };
+    let received = upload::receive(&state.storage, &mut multipart, owner, limits).await?;
+    let recorded = async {
+        let mut tx = state.db.begin().await?;
+        let mut items = Vec::with_capacity(received.files.len());
+        for file in &received.files {
+            items.push(FileResponse::from(files::insert(&mut *tx, file).await?));
+        }
+        tx.commit().await?;
+        Ok::<_, ApiError>(items)
+    }
+    .await;
+    let items = match recorded {
+        Ok(items) => items,
+        Err(e) => {
+            upload::discard(&state.storage, &received.files).await;
+            return Err(e);
+        }
+    };
+    for item in &items {
+        tracing::info!(user_id = %owner, file_id = %item.id, size = item.size, content_type = item.content_type, "file uploaded");
+    }
+    Ok((StatusCode::CREATED, AppJson(Uploaded { items })))
+}
+
+/// The caller's uploads and task outputs, newest first (an admin's list
+/// holds everyone's). Avatars are not listed.
+#[utoipa::path(get, path = "/api/v1/files", tag = "files", security(("bearer" = []), ("api_key" = [])),
+    params(PageQuery),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "A page of files", body = Page<FileResponse>,
+            example = json!({"items": [{
+        "id": "01936f0f-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "owner_id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
+        "name": "report.pdf", "size": 48213, "content_type": "application/pdf",
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "description": "Q3 figures", "tags": ["finance", "q3"], "purpose": "upload", "task_id": null,
+        "created_at": "2026-01-15T09:30:00Z"
+    }], "total": 1, "page": 1, "size": 20, "pages": 1})),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn list_files(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(query): AppQuery<PageQuery>,
+) -> Result<AppJson<Page<FileResponse>>, ApiError> {
+    let page = PageRequest::parse(query)?;
+    let owner = (!principal.is_admin()).then(|| principal.id());
+    let (items, total) = files::list(&state.db, owner, page.limit(), page.offset()).await?;
+    let items = items.into_iter().map(FileResponse::from).collect();
+    Ok(AppJson(Page::new(items, total, page)))
+}
+
+/// File `id` if the caller may see it: their own, or any for an admin.
+async fn visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<File, ApiError> {
+    files::find(&state.db, id)
+        .await?
+        .filter(|f| f.owner_id == principal.id() || principal.is_admin())
+        .ok_or_else(|| ApiError::not_found("no such file"))
+}
+
+/// A file's metadata.
+#[utoipa::path(get, path = "/api/v1/files/{id}", tag = "files", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "The file's id")),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The file", body = FileResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ))]
+async fn get_file(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<AppJson<FileResponse>, ApiError> {
+    visible(&state, &principal, id)
+        .await
+        .map(|f| AppJson(FileResponse::from(f)))
+}
+
+/// Deletes a file: its row, then its object (an object that cannot be
+/// deleted now is swept later).
+#[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = Uuid, Path, description = "The file's id")),
+    responses(
+        ResourceErrors,
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ))]
+async fn delete_file(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    visible(&state, &principal, id).await?;
+    let Some(file) = files::delete(&state.db, id).await? else {
+        return Err(ApiError::not_found("no such file"));
+    };
+    if let Err(e) = state.storage.delete(&file.object_key).await {
+        tracing::warn!(error = %e, file_id = %id, "could not delete a file's object; the sweep will");
+    }
+    tracing::info!(user_id = %principal.id(), file_id = %id, "file deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The file's bytes, streamed: whole (200) or one `Range: bytes=…` (206;
+/// 416 when it lies past the end). `ETag` is the SHA-256; a matching
+/// `If-None-Match` answers 304. Always `Content-Disposition: attachment`,
+/// so a browser never renders an upload as a page of this site.
+#[utoipa::path(get, path = "/api/v1/files/{id}/content", tag = "files", security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The file's id"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`, `bytes=1024-` or `bytes=-512`"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy the client holds"),
+    ),
+    responses(
+        ResourceErrors,
+        (status = 200, description = "The whole file, as the type detected at upload", content_type = "*/*", body = Vec<u8>,
+            headers(("ETag" = String), ("Content-Disposition" = String), ("Accept-Ranges" = String))),
+        (status = 206, description = "The requested range", content_type = "*/*", body = Vec<u8>,
+            headers(("Content-Range" = String), ("ETag" = String))),
+        (status = 304, description = "Not modified: the client's copy is current"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 416, description = "`range_not_satisfiable`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:range_not_satisfiable", "title": "Range Not Satisfiable", "status": 416,
+                "detail": "the file has 1024 bytes", "code": "range_not_satisfiable"})),
+    ))]
+async fn download(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppPath(id): AppPath<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let file = visible(&state, &principal, id).await?;
+    serve(&state, &file, &headers, true).await
+}
+
+/// Answers `file`'s bytes under `headers`' conditions and range; as an
+/// attachment, or inline (avatars, which are checked images).
+///
+/// # Errors
+/// An unsatisfiable range, or storage failing.
+pub async fn serve(
+    state: &AppState,
+    file: &File,
+    headers: &HeaderMap,
+    attachment: bool,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", file.sha256_hex());
+    let size = u64::try_from(file.size).unwrap_or(0);
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "private, max-age=0, must-revalidate");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v == "*"
+                || v.split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag)
+        })
+    {
+        return Ok(response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid headers"));
+    }
+    let range = match requested_range(headers, &etag, size) {
+        Ok(range) => range,
+        Err(()) => {
+            let mut refused = ApiError::client(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the file has {size} bytes"),
+            )
+            .into_response();
+            refused.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+            );
+            return Ok(refused);
+        }
+    };
+    let (status, range) = match range {
+        Some(r) => {
+            response = response.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, Some(r))
+        }
+        None => (StatusCode::OK, None),
+    };
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    // An empty file has no range to ask the store for.
+    let body = if length == 0 {
+        Body::empty()
+    } else {
+        let stream = state
+            .storage
+            .get(&file.object_key, range)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(anyhow::Error::new(e).context("file storage failed"))
+            })?;
+        Body::from_stream(stream.map_err(std::io::Error::other))
+    };
+    let disposition = content_disposition(&file.name, attachment);
+    Ok(response
+        .status(status)
+        .header(header::CONTENT_TYPE, &file.content_type)
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::CONTENT_DISPOSITION, disposition)
+        .body(body)
+        .expect("valid headers"))
+}
+
+/// The one range asked for, if any and if it applies (`If-Range` matching
+/// the `ETag`); several ranges are answered with the whole file, as RFC
+/// 9110 allows. `Err` when the range lies past the end (416).
+fn requested_range(
+    headers: &HeaderMap,
+    etag: &str,
+    size: u64,
+) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != etag)
+    {
+        return Ok(None);
+    }
+    // A header that does not parse is ignored (RFC 9110 §14.2).
+    let Ok(parsed) = http_range_header::parse_range_header(value) else {
+        return Ok(None);
+    };
+    match parsed.validate(size) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let r = &ranges[0];
+            Ok(Some(*r.start()..*r.end() + 1))
+        }
+        Ok(_) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// `attachment` (or `inline`) with the name as ASCII and as UTF-8 (RFC 6266).
+fn content_disposition(name: &str, attachment: bool) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let kind = if attachment { "attachment" } else { "inline" };
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions_carry_the_name_safely() {
+        assert_eq!(
+            content_disposition("a \"b\".txt", true),
+            "attachment; filename=\"a _b_.txt\"; filename*=UTF-8''a%20%22b%22.txt"
+        );
+        assert_eq!(
+            content_disposition("é.png", false),
+            "inline; filename=\"_.png\"; filename*=UTF-8''%C3%A9.png"
+        );
+    }
+}

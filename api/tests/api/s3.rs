@@ -1,0 +1,325 @@
+//! Files on an S3-compatible store (moto in server mode, started per test):
+//! a multipart upload of a large file beside a small one, listing,
+//! metadata, downloads whole and by range, deletion of row and object, two
+//! API replicas sharing one bucket, and the store down answering 503.
+
+use keel_shared::{domain::Role, testing::MotoServer};
+use rand::RngCore as _;
+use reqwest::{
+    StatusCode,
+    header::{self},
+    multipart::{Form, Part},
+};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with};
+
+/// Larger than the store's 8 MiB part, so the upload is a multipart one.
+const LARGE: usize = 10 * 1024 * 1024 + 12_345;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+fn part(name: &str, bytes: &[u8]) -> Part {
+    Part::bytes(bytes.to_vec()).file_name(name.to_owned())
+}
+
+/// An app (with its own database) whose files are in `moto`'s bucket.
+async fn spawn_on(moto: &MotoServer) -> TestApp {
+    let flags = moto.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    spawn_app_with(&flags).await
+}
+
+async fn upload(app: &TestApp, user: &TestUser, form: Form) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&user.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn delete(app: &TestApp, user: &TestUser, id: &str) -> reqwest::Response {
+    app.send(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/files/{id}"),
+        &user.token,
+        None,
+    )
+    .await
+}
+
+/// Nothing was written to the local directory: the bytes went to S3.
+fn assert_local_dir_unused(app: &TestApp) {
+    let dir = &app.config.files_dir;
+    let entries = std::fs::read_dir(dir).map_or(0, Iterator::count);
+    assert_eq!(entries, 0, "{} is unused with S3", dir.display());
+}
+
+#[tokio::test]
+async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
+    let moto = MotoServer::start().await;
+    let app = spawn_on(&moto).await;
+    let user = app.create_user(Role::User).await;
+    let small = b"a small text file\n".repeat(10);
+    let large = random_bytes(LARGE);
+
+    let response = upload(
+        &app,
+        &user,
+        Form::new()
+            .part("file", part("small.txt", &small))
+            .part("file", part("large.bin", &large)),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let items = response.json::<Value>().await.unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(items.len(), 2);
+    let (small_file, large_file) = (&items[0], &items[1]);
+    assert_eq!(small_file["size"], small.len());
+    assert_eq!(small_file["content_type"], "text/plain");
+    assert_eq!(large_file["size"], LARGE);
+    assert_eq!(large_file["sha256"], hex(&Sha256::digest(&large)));
+    let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let mut keys = moto.keys("files/").await;
+    keys.sort_unstable();
+    let mut expected: Vec<String> = ids.iter().map(|id| format!("files/{id}")).collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "one object per file, under files/");
+    assert_local_dir_unused(&app);
+
+    let list: Value = app
+        .get_as("/api/v1/files", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 2);
+    let meta: Value = app
+        .get_as(&format!("/api/v1/files/{}", ids[1]), &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&meta, large_file);
+
+    // Whole: the same bytes, streamed back from the bucket.
+    let content = format!("/api/v1/files/{}/content", ids[1]);
+    let whole = app.get_as(&content, &user.token).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(
+        whole.headers()[header::CONTENT_LENGTH],
+        LARGE.to_string().as_str()
+    );
+    let body = whole.bytes().await.unwrap();
+    assert_eq!(hex(&Sha256::digest(&body)), large_file["sha256"]);
+
+    // A range across the boundary of the first two parts (8 MiB).
+    let (start, end) = (8 * 1024 * 1024 - 100, 8 * 1024 * 1024 + 99);
+    let ranged = app
+        .client
+        .get(app.url(&content))
+        .bearer_auth(&user.token)
+        .header(header::RANGE, format!("bytes={start}-{end}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        ranged.headers()[header::CONTENT_RANGE],
+        format!("bytes {start}-{end}/{LARGE}").as_str()
+    );
+    assert_eq!(ranged.bytes().await.unwrap(), &large[start..=end]);
+    let small_body = app
+        .get_as(&format!("/api/v1/files/{}/content", ids[0]), &user.token)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(small_body, small);
+
+    // Delete: the row, then the object.
+    assert_eq!(
+        delete(&app, &user, ids[1]).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        app.get_as(&format!("/api/v1/files/{}", ids[1]), &user.token)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        app.get_as(&content, &user.token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        moto.keys("files/").await,
+        [format!("files/{}", ids[0])],
+        "the deleted file's object is gone from the bucket"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_bucket() {
+    let moto = MotoServer::start().await;
+    let first = spawn_on(&moto).await;
+    let second = first.spawn_replica().await;
+    let user = first.create_user(Role::User).await;
+    let bytes = random_bytes(64 * 1024);
+
+    let response = upload(
+        &first,
+        &user,
+        Form::new().part("file", part("shared.bin", &bytes)),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let file = response.json::<Value>().await.unwrap()["items"][0].clone();
+    let id = file["id"].as_str().unwrap();
+
+    let downloaded = second
+        .get_as(&format!("/api/v1/files/{id}/content"), &user.token)
+        .await;
+    assert_eq!(downloaded.status(), StatusCode::OK);
+    assert_eq!(downloaded.bytes().await.unwrap(), bytes);
+    assert_eq!(
+        delete(&second, &user, id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(moto.keys("files/").await.is_empty());
+    assert_local_dir_unused(&first);
+}
+
+#[tokio::test]
+async fn the_store_down_answers_503_not_500() {
+    let mut moto = MotoServer::start().await;
+    let app = spawn_on(&moto).await;
+    let user = app.create_user(Role::User).await;
+    let response = upload(
+        &app,
+        &user,
+        Form::new().part("file", part("kept.txt", b"kept while the store was up")),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let kept = response.json::<Value>().await.unwrap()["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    moto.stop();
+    for (name, bytes) in [
+        ("small.txt", b"written while the store is down".to_vec()),
+        ("large.bin", random_bytes(LARGE)),
+    ] {
+        let response = upload(&app, &user, Form::new().part("file", part(name, &bytes))).await;
+        assert_problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        )
+        .await;
+    }
+    assert_problem(
+        app.get_as(&format!("/api/v1/files/{kept}/content"), &user.token)
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    let list: Value = app
+        .get_as("/api/v1/files", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1, "a failed upload records no row");
+}
+
+#[tokio::test]
+async fn moto_checks_signatures_so_a_wrong_secret_is_refused() {
+    // The other tests pass only if moto accepted every signature; this one
+    // shows it does check them.
+    let moto = MotoServer::start().await;
+    let mut flags = moto.flags();
+    let secret = flags
+        .iter()
+        .position(|f| f == "--s3-secret-access-key")
+        .unwrap()
+        + 1;
+    flags[secret] = "not-the-secret-key".to_owned();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = spawn_app_with(&flags).await;
+    let user = app.create_user(Role::User).await;
+    let response = upload(
+        &app,
+        &user,
+        Form::new().part("file", part("refused.txt", b"signed with the wrong key")),
+    )
+    .await;
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert!(moto.keys("").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_by_the_request_timeout_leaves_no_open_multipart_upload() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let moto = MotoServer::start().await;
+    let mut flags = moto.flags();
+    flags.extend(["--request-timeout-seconds", "2"].map(str::to_owned));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = spawn_app_with(&flags).await;
+    let user = app.create_user(Role::User).await;
+
+    // More than one part's worth of a longer file, then silence: the
+    // store has begun a multipart upload when the timeout drops the handler.
+    let head = "--cut\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.bin\"\r\n\
+                Content-Type: application/octet-stream\r\n\r\n";
+    let request = format!(
+        "POST /api/v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=cut\r\nContent-Length: {}\r\n\r\n{head}",
+        user.token,
+        head.len() + 2 * LARGE
+    );
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&random_bytes(LARGE)).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while moto.open_multipart_uploads().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped upload's multipart upload was never aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(moto.keys("").await.is_empty());
+}
