@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
     process::Command,
 };
 
@@ -81,15 +80,8 @@ async fn docs_aliases_lead_to_the_docs() {
     assert_eq!(app.get("/api/redoc").await.status(), StatusCode::OK);
 }
 
-/// The directory of the Python tools of `deploy/local/requirements.txt`:
-/// `KEEL_TOOLS_BIN`, as the test command exports it, else the workspace's
-/// own virtualenv.
-pub fn tools_bin() -> PathBuf {
-    std::env::var_os("KEEL_TOOLS_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data/venv/bin"),
-        PathBuf::from,
-    )
-}
+/// The Python tools' directory, shared with the storage tests' moto server.
+pub use keel_shared::testing::tools_bin;
 
 /// Runs the tool `program` (from [`tools_bin`]) with `args` and then the
 /// document, written to a file; `Err` is the tool's output.
