@@ -9,6 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 use keel_shared::{
     Config,
     db::{
@@ -104,13 +105,16 @@ impl MaintenanceRunner {
     /// # Errors
     /// Postgres or the file store failed.
     pub async fn sweep_orphans(&self, before: DateTime<Utc>) -> anyhow::Result<u64> {
-        let keys = self
+        // A batch at a time as the store lists them: a bucket of millions
+        // of files never sits in memory whole.
+        let mut batches = self
             .storage
             .keys_older_than(files::OBJECT_PREFIX, before)
-            .await?;
-        let mut deleted = 0;
-        'keys: for batch in keys.chunks(KEYS_PER_QUERY) {
-            for key in files::unreferenced(&self.db, batch).await? {
+            .try_chunks(KEYS_PER_QUERY);
+        let (mut checked, mut deleted) = (0, 0);
+        'keys: while let Some(batch) = batches.try_next().await.map_err(|e| e.1)? {
+            checked += batch.len();
+            for key in files::unreferenced(&self.db, &batch).await? {
                 self.storage.delete(&key).await?;
                 deleted += 1;
                 if deleted == SWEEP_LIMIT {
@@ -119,7 +123,7 @@ impl MaintenanceRunner {
             }
         }
         tracing::info!(
-            checked = keys.len(),
+            checked,
             deleted,
             location = self.storage.location(),
             "orphaned objects swept"

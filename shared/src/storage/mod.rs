@@ -171,21 +171,19 @@ impl Storage {
         }
     }
 
-    /// The keys under `prefix` last written before `before`.
-    ///
-    /// # Errors
-    /// The store fails.
-    pub async fn keys_older_than(
+    /// The keys under `prefix` last written before `before`, as the store
+    /// lists them (a page at a time), so a caller can take them in batches
+    /// however many there are; an item is an error when the store fails.
+    pub fn keys_older_than(
         &self,
         prefix: &str,
         before: DateTime<Utc>,
-    ) -> Result<Vec<String>, object_store::Error> {
+    ) -> BoxStream<'static, Result<String, object_store::Error>> {
         self.store
             .list(Some(&Path::from(prefix)))
-            .try_filter(|meta| std::future::ready(meta.last_modified < before))
+            .try_filter(move |meta| std::future::ready(meta.last_modified < before))
             .map_ok(|meta| meta.location.to_string())
-            .try_collect()
-            .await
+            .boxed()
     }
 
     /// Whether the store answers, within `timeout`.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::TryStreamExt as _;
 use keel_shared::{
     db::{
         files::{self, NewFile, Purpose},
@@ -226,7 +227,11 @@ async fn object(storage: &Storage, pool: &sqlx::PgPool, owner: Uuid, with_row: b
 /// The keys left under `files/`, sorted.
 async fn keys_left(storage: &Storage) -> Vec<String> {
     let far = Utc::now() + chrono::Duration::days(1);
-    let mut keys = storage.keys_older_than("files", far).await.unwrap();
+    let mut keys = storage
+        .keys_older_than("files", far)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     keys.sort_unstable();
     keys
 }
@@ -263,7 +268,11 @@ async fn sweep_case(flags: &[&str], gap: Duration) {
     );
     let far = Utc::now() + chrono::Duration::days(1);
     assert_eq!(
-        storage.keys_older_than("elsewhere", far).await.unwrap(),
+        storage
+            .keys_older_than("elsewhere", far)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap(),
         ["elsewhere/old"]
     );
     assert_eq!(
