@@ -3,7 +3,10 @@
 //! Rows are read in pages by id and streamed to storage, so an export of
 //! 100 000 tasks never sits in memory; the file counts against the owner's
 //! storage quota. A retry of an export that already recorded its file
-//! returns that file instead of writing another.
+//! returns that file instead of writing another. Names and errors that a
+//! spreadsheet would run as formulas are written as text (a leading `'`).
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -302,7 +305,7 @@ fn push_task(out: &mut Vec<u8>, task: &TaskRow) {
         out,
         &[
             task.id.to_string().as_str(),
-            &task.name,
+            &as_text(&task.name),
             &task.kind,
             task.status.as_str(),
             &task.priority.to_string(),
@@ -310,9 +313,22 @@ fn push_task(out: &mut Vec<u8>, task: &TaskRow) {
             &timestamp(Some(task.created_at)),
             &timestamp(task.started_at),
             &timestamp(task.finished_at),
-            task.error.as_deref().unwrap_or_default(),
+            &as_text(task.error.as_deref().unwrap_or_default()),
         ],
     );
+}
+
+/// `value`, which a user wrote, as a spreadsheet will show it rather than
+/// run it: a cell that starts like a formula (`=`, `+`, `-`, `@`, or a tab
+/// or carriage return, which some spreadsheets skip before one) gets a `'`
+/// in front, which spreadsheets take as "this is text" (OWASP's advice on
+/// CSV injection). A task named `=HYPERLINK(…)` stays a name.
+fn as_text(value: &str) -> Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{value}"))
+    } else {
+        Cow::Borrowed(value)
+    }
 }
 
 /// RFC 3339 in UTC to the microsecond (what `timestamptz` keeps); empty for none.
@@ -494,6 +510,23 @@ mod tests {
     fn a_record_joins_its_fields_with_commas_and_ends_with_crlf() {
         assert_eq!(record(&["a", "", "c,d", ""]), "a,,\"c,d\",\r\n");
         assert_eq!(record(&COLUMNS), format!("{}\r\n", COLUMNS.join(",")));
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_kept_as_text() {
+        for (value, shown) in [
+            ("=1+1", "'=1+1"),
+            ("+1", "'+1"),
+            ("-2", "'-2"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("nightly = 1+1", "nightly = 1+1"),
+            ("a-b", "a-b"),
+            ("", ""),
+        ] {
+            assert_eq!(as_text(value), shown, "{value:?}");
+        }
     }
 
     #[test]
