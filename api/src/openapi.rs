@@ -387,7 +387,9 @@ pub struct AvatarUrl;
 impl PartialSchema for AvatarUrl {
     fn schema() -> RefOr<Schema> {
         string_schema(
-            "An http(s) URL on a named host, at most 2048 characters; stored trimmed.",
+            "An http(s) URL on a named host, at most 2048 characters; stored trimmed. \
+             Setting another URL (or null) over an avatar uploaded with \
+             `PUT /users/me/avatar` deletes that image.",
             domain::AVATAR_URL_PATTERN,
             2048,
             "https://cdn.example.com/avatars/alice.png",

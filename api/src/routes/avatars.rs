@@ -14,11 +14,12 @@ use imagesize::ImageType;
 use keel_shared::{
     Config,
     db::{
-        files::{self, NewFile, Purpose},
+        files::{self, File, NewFile, Purpose},
         users::{self, ProfileChanges, User},
     },
     storage::{Storage, WriteError},
 };
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -74,7 +75,8 @@ pub struct AvatarForm {
 
 /// Sets the caller's avatar: the image is stored and `avatar_url` becomes
 /// its public URL, `{APP_BASE_URL}/api/v1/avatars/{id}`. The avatar it
-/// replaces, if Keel stored it, is deleted.
+/// replaces, if Keel stored it, is deleted. Avatars count against the
+/// storage quota.
 #[utoipa::path(put, path = "/api/v1/users/me/avatar", tag = "users", security(("bearer" = []), ("api_key" = [])),
     request_body(content = AvatarForm, content_type = "multipart/form-data"),
     responses(
@@ -93,7 +95,7 @@ pub struct AvatarForm {
             example = json!({"type": "urn:keel:problem:malformed_multipart", "title": "Bad Request", "status": 400,
                 "detail": "the multipart body cannot be read: Error parsing `multipart/form-data` request", "code": "malformed_multipart"})),
         (status = 401, response = Unauthorized),
-        (status = 413, description = "`file_too_large` (over `MAX_AVATAR_BYTES`), or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
+        (status = 413, description = "`file_too_large` (over `MAX_AVATAR_BYTES`), `quota_exceeded` (over what is left of `USER_STORAGE_QUOTA_BYTES`, the replaced avatar's bytes freed), or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
                 "detail": "an avatar may be at most 2097152 bytes", "code": "file_too_large"})),
         (status = 415, description = "`unsupported_image`: the bytes are not a PNG, JPEG or WebP image, whatever the name or the part's type say", body = Problem, content_type = "application/problem+json",
@@ -212,15 +214,14 @@ async fn get_avatar(
 async fn replace(state: &AppState, owner: Uuid, image: Option<&NewFile>) -> Result<User, ApiError> {
     let gone = || ApiError::not_found("no such user");
     let mut tx = state.db.begin().await?;
-    // An update of nothing (but `updated_at`) locks the user's row until
-    // the commit, so of two concurrent changes the second sees the avatar
-    // the first set, and deletes it, rather than both replacing the same.
-    let before = users::update_profile(&mut *tx, owner, &ProfileChanges::default())
-        .await?
-        .ok_or_else(gone)?;
+    let before = lock_user(&mut tx, owner).await?.ok_or_else(gone)?;
+    // The old avatar goes first, so its bytes do not count against the
+    // quota the new one is held to.
+    let replaced = release(&mut tx, owner, before.avatar_url.as_deref()).await?;
     let url = match image {
         Some(image) => {
-            files::insert(&mut *tx, image).await?;
+            let quota = state.config.user_storage_quota_bytes;
+            files::insert_within_quota(&mut tx, owner, std::slice::from_ref(image), quota).await?;
             Some(avatar_url(&state.config, image.id))
         }
         None => None,
@@ -232,25 +233,97 @@ async fn replace(state: &AppState, owner: Uuid, image: Option<&NewFile>) -> Resu
     let user = users::update_profile(&mut *tx, owner, &changes)
         .await?
         .ok_or_else(gone)?;
-    // The old URL may name a file that is not this user's avatar (PATCH
-    // /users/me takes any URL): only their own avatar file goes.
-    let replaced = match avatar_id(before.avatar_url.as_deref()) {
-        Some(id) => match files::find(&mut *tx, id).await? {
-            Some(f) if f.purpose == Purpose::Avatar && f.owner_id == owner => {
-                files::delete(&mut *tx, id).await?
-            }
-            _ => None,
-        },
-        None => None,
-    };
     tx.commit().await?;
     state.users.invalidate(owner).await;
-    if let Some(old) = replaced
-        && let Err(e) = state.storage.delete(&old.object_key).await
+    delete_released(&state.storage, replaced).await;
+    Ok(user)
+}
+
+/// Applies `changes` to user `id` within `tx`: every profile change that
+/// may set `avatar_url` (`PATCH /users/me`, `PATCH /users/{id}`) goes
+/// through here, so an avatar Keel stored for them that the change leaves
+/// behind does not linger, private but counted in their quota. Its row is
+/// deleted here and returned; once `tx` commits, [`delete_released`]
+/// deletes its object.
+///
+/// # Errors
+/// The database fails.
+pub async fn update_profile(
+    tx: &mut PgConnection,
+    id: Uuid,
+    changes: &ProfileChanges,
+) -> Result<Option<(User, Option<File>)>, sqlx::Error> {
+    let Some(new_url) = &changes.avatar_url else {
+        let user = users::update_profile(&mut *tx, id, changes).await?;
+        return Ok(user.map(|user| (user, None)));
+    };
+    let Some(before) = lock_user(tx, id).await? else {
+        return Ok(None);
+    };
+    let released = if avatar_id(before.avatar_url.as_deref()) == avatar_id(new_url.as_deref()) {
+        None
+    } else {
+        release(tx, id, before.avatar_url.as_deref()).await?
+    };
+    let user = users::update_profile(&mut *tx, id, changes).await?;
+    Ok(user.map(|user| (user, released)))
+}
+
+/// Clears the `avatar_url` of `owner` if it names file `file_id`, which
+/// `DELETE /files/{id}` is deleting in `tx`, so it never points at nothing.
+/// The caller has locked the user with [`lock_user`] before deleting the
+/// file, in the order [`replace`] takes them, so neither waits on the other.
+///
+/// # Errors
+/// The database fails.
+pub async fn forget(tx: &mut PgConnection, owner: &User, file_id: Uuid) -> Result<(), sqlx::Error> {
+    if avatar_id(owner.avatar_url.as_deref()) == Some(file_id) {
+        let changes = ProfileChanges {
+            avatar_url: Some(None),
+            ..ProfileChanges::default()
+        };
+        users::update_profile(&mut *tx, owner.id, &changes).await?;
+    }
+    Ok(())
+}
+
+/// Locks user `id` until `tx` ends (an update of nothing but `updated_at`),
+/// so of two concurrent avatar changes the second sees what the first set
+/// and deletes it, rather than both replacing the same one.
+///
+/// # Errors
+/// The database fails.
+pub async fn lock_user(tx: &mut PgConnection, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    users::update_profile(&mut *tx, id, &ProfileChanges::default()).await
+}
+
+/// Deletes the row of the avatar file `url` names, if it is one `owner`
+/// uploaded; the deleted row. The old URL may name a file that is not this
+/// user's avatar (PATCH /users/me takes any URL): only their own goes.
+async fn release(
+    tx: &mut PgConnection,
+    owner: Uuid,
+    url: Option<&str>,
+) -> Result<Option<File>, sqlx::Error> {
+    let Some(id) = avatar_id(url) else {
+        return Ok(None);
+    };
+    match files::find(&mut *tx, id).await? {
+        Some(f) if f.purpose == Purpose::Avatar && f.owner_id == owner => {
+            files::delete(&mut *tx, id).await
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Deletes the object of an avatar whose row [`release`] deleted and whose
+/// transaction committed.
+pub async fn delete_released(storage: &Storage, released: Option<File>) {
+    if let Some(old) = released
+        && let Err(e) = storage.delete(&old.object_key).await
     {
         tracing::warn!(error = %e, file_id = %old.id, "could not delete a replaced avatar's object; the sweep will");
     }
-    Ok(user)
 }
 
 /// `{APP_BASE_URL}/api/v1/avatars/{id}`.

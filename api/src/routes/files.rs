@@ -25,6 +25,7 @@ use crate::{
     extract::{AppJson, AppPath, AppQuery},
     openapi::{NotFound, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
+    routes::avatars,
     state::AppState,
 };
 
@@ -149,12 +150,15 @@ async fn upload_files(
     let received = upload::receive(&state.storage, &mut multipart, owner, limits).await?;
     let recorded = async {
         let mut tx = state.db.begin().await?;
-        let mut items = Vec::with_capacity(received.files.len());
-        for file in &received.files {
-            items.push(FileResponse::from(files::insert(&mut *tx, file).await?));
-        }
+        let quota = state.config.user_storage_quota_bytes;
+        let recorded = files::insert_within_quota(&mut tx, owner, &received.files, quota).await?;
         tx.commit().await?;
-        Ok::<_, ApiError>(items)
+        Ok::<_, ApiError>(
+            recorded
+                .into_iter()
+                .map(FileResponse::from)
+                .collect::<Vec<_>>(),
+        )
     }
     .await;
     let items = match recorded {
@@ -227,7 +231,8 @@ async fn get_file(
 }
 
 /// Deletes a file: its row, then its object (an object that cannot be
-/// deleted now is swept later).
+/// deleted now is swept later). Deleting the caller's current avatar
+/// removes it, as `DELETE /users/me/avatar` does: `avatar_url` becomes `null`.
 #[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The file's id")),
     responses(
@@ -241,10 +246,24 @@ async fn delete_file(
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    visible(&state, &principal, id).await?;
-    let Some(file) = files::delete(&state.db, id).await? else {
+    let file = visible(&state, &principal, id).await?;
+    let mut tx = state.db.begin().await?;
+    // An avatar's owner is locked before its row, as a change of avatar
+    // locks them; and their `avatar_url` must not go on naming it.
+    let avatar_owner = match file.purpose {
+        Purpose::Avatar => avatars::lock_user(&mut tx, file.owner_id).await?,
+        _ => None,
+    };
+    let Some(file) = files::delete(&mut *tx, id).await? else {
         return Err(ApiError::not_found("no such file"));
     };
+    if let Some(owner) = &avatar_owner {
+        avatars::forget(&mut tx, owner, file.id).await?;
+    }
+    tx.commit().await?;
+    if let Some(owner) = avatar_owner {
+        state.users.invalidate(owner.id).await;
+    }
     if let Err(e) = state.storage.delete(&file.object_key).await {
         tracing::warn!(error = %e, file_id = %id, "could not delete a file's object; the sweep will");
     }

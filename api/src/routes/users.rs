@@ -33,6 +33,7 @@ use crate::{
         ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
+    routes::avatars,
     state::AppState,
 };
 
@@ -306,10 +307,13 @@ async fn patch_me(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let user = users::update_profile(&state.db, principal.id(), &changes)
+    let mut tx = state.db.begin().await?;
+    let (user, released) = avatars::update_profile(&mut tx, principal.id(), &changes)
         .await?
         .ok_or_else(gone)?;
+    tx.commit().await?;
     state.users.invalidate(user.id).await;
+    avatars::delete_released(&state.storage, released).await;
     Ok(AppJson(user.into()))
 }
 
@@ -488,7 +492,7 @@ async fn patch_user(
     if is_active == Some(false) {
         ensure_not_last_superadmin(&mut tx, &target).await?;
     }
-    let user = users::update_profile(&mut *tx, id, &changes)
+    let (user, released) = avatars::update_profile(&mut tx, id, &changes)
         .await?
         .ok_or_else(gone)?;
     if is_active == Some(false) {
@@ -496,6 +500,7 @@ async fn patch_user(
     }
     tx.commit().await?;
     state.users.invalidate(id).await;
+    avatars::delete_released(&state.storage, released).await;
     Ok(AppJson(user.into()))
 }
 

@@ -1,7 +1,9 @@
 //! Avatars end to end: PNG, JPEG and WebP images set as the caller's
 //! avatar and served to anyone; fakes, other types, oversized images and
 //! files refused without a trace; replacement and removal deleting the old
-//! file; avatars kept apart from the files API both ways.
+//! file, as does a PATCH of `avatar_url` away from it; avatars held to the
+//! storage quota; avatars kept apart from the files API both ways, and
+//! deleting one there removing it as the avatar.
 
 use std::path::Path;
 
@@ -545,21 +547,122 @@ async fn a_plain_url_still_works_and_replacing_it_never_deletes_someone_elses_av
     assert_eq!((rows(&app).await, objects(&app)), (1, 1));
 }
 
+async fn patch_me(app: &TestApp, user: &TestUser, body: &Value) -> Value {
+    let response = app
+        .send(Method::PATCH, "/api/v1/users/me", &user.token, Some(body))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{body}");
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
-async fn an_avatar_replaced_by_a_plain_url_is_no_longer_served() {
+async fn an_avatar_replaced_by_a_plain_url_is_deleted_and_no_longer_served() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
+    let me = set_avatar(&app, &user, &png(1, 1, 0)).await;
+    let (path, _) = avatar_path(&me);
+    // Other fields, or the avatar's own URL again, leave it be.
+    patch_me(&app, &user, &json!({"bio": "hello"})).await;
+    patch_me(&app, &user, &json!({"avatar_url": me["avatar_url"]})).await;
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    assert_eq!((rows(&app).await, objects(&app)), (1, 1));
+
+    let me = patch_me(
+        &app,
+        &user,
+        &json!({"avatar_url": "https://cdn.example.com/me.png"}),
+    )
+    .await;
+    assert_eq!(me["avatar_url"], "https://cdn.example.com/me.png");
+    assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(
+        (rows(&app).await, objects(&app)),
+        (0, 0),
+        "the stored image is deleted, not left private in the quota"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_setting_someones_avatar_url_deletes_their_stored_avatar() {
+    let app = spawn_app().await;
+    let (admin, user) = (
+        app.create_user(Role::Admin).await,
+        app.create_user(Role::User).await,
+    );
     let (path, _) = avatar_path(&set_avatar(&app, &user, &png(1, 1, 0)).await);
     let response = app
         .send(
             Method::PATCH,
-            "/api/v1/users/me",
-            &user.token,
-            Some(&json!({"avatar_url": "https://cdn.example.com/me.png"})),
+            &format!("/api/v1/users/{}", user.user.id),
+            &admin.token,
+            Some(&json!({"avatar_url": null})),
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(avatar_url_of(&app, &user).await, Value::Null);
     assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!((rows(&app).await, objects(&app)), (0, 0));
+}
+
+#[tokio::test]
+async fn deleting_the_avatars_file_under_files_removes_the_avatar() {
+    let app = spawn_app().await;
+    let (admin, alice, bob) = (
+        app.create_user(Role::Admin).await,
+        app.create_user(Role::User).await,
+        app.create_user(Role::User).await,
+    );
+    // By its owner, and by an admin: either way `avatar_url` is cleared,
+    // never left naming a file that is gone.
+    for (user, deleter) in [(&alice, &alice), (&bob, &admin)] {
+        let (path, id) = avatar_path(&set_avatar(&app, user, &png(1, 1, 0)).await);
+        let response = app
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/files/{id}"),
+                &deleter.token,
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(avatar_url_of(&app, user).await, Value::Null);
+        assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    assert_eq!((rows(&app).await, objects(&app)), (0, 0));
+}
+
+#[tokio::test]
+async fn avatars_count_against_the_storage_quota() {
+    let first = png(1, 1, 0);
+    let quota = 1000 + first.len();
+    let app = spawn_app_with(&["--user-storage-quota-bytes", &quota.to_string()]).await;
+    let user = app.create_user(Role::User).await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&user.token)
+        .multipart(Form::new().part("file", Part::bytes(vec![7u8; 1000]).file_name("filler.bin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // Exactly full, then replaced by one as large: the old image's bytes
+    // are freed for the new one.
+    set_avatar(&app, &user, &first).await;
+    let (path, _) = avatar_path(&set_avatar(&app, &user, &png(1, 1, 1)).await);
+
+    let larger = png(2, 2, 0);
+    let refused = put_avatar(&app, &user, image("file", "me.png", &larger, "image/png")).await;
+    let problem = assert_problem(refused, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    assert!(
+        problem
+            .detail
+            .contains(&format!("{} bytes left", first.len())),
+        "{problem:?}"
+    );
+    // Nothing changed: the avatar, its file and the filler stay.
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    assert_eq!((rows(&app).await, objects(&app)), (2, 2));
 }
 
 #[tokio::test]

@@ -365,6 +365,50 @@ async fn the_quota_counts_every_file_of_the_user() {
 }
 
 #[tokio::test]
+async fn two_uploads_that_each_fit_the_quota_but_not_together_keep_only_one() {
+    let app = spawn_app_with(&["--user-storage-quota-bytes", "1500"]).await;
+    let user = app.create_user(Role::User).await;
+    // The first upload sends half its file, then waits: the quota it was
+    // checked against at the start (1500 bytes free) is stale by the time
+    // it ends, because the second one is kept meanwhile.
+    let (first_half, rest) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rest, |mut rx| async {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(chunk), rx))
+    }));
+    let slow = upload(
+        &app,
+        &user,
+        Form::new().part(
+            "file",
+            Part::stream_with_length(body, 1000).file_name("slow.bin"),
+        ),
+    );
+    let meanwhile = async {
+        let first_half = first_half;
+        first_half.send(vec![1u8; 500]).await.unwrap();
+        // Time for the server to read the headers and check the quota.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        uploaded(&app, &user, "quick.bin", &[2u8; 1000]).await;
+        first_half.send(vec![1u8; 500]).await.unwrap();
+    };
+    let (slow, ()) = tokio::join!(slow, meanwhile);
+
+    let problem = assert_problem(slow, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    assert!(problem.detail.contains("500 bytes left"), "{problem:?}");
+    let used: i64 = sqlx::query_scalar("SELECT sum(size)::bigint FROM files")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(used, 1000, "within the quota");
+    assert_eq!(
+        files_under(&app.config.files_dir).len(),
+        1,
+        "the refused object is gone"
+    );
+}
+
+#[tokio::test]
 async fn malformed_forms_are_4xx_problems() {
     let app = spawn_app_with(&["--max-files-per-upload", "2"]).await;
     let user = app.create_user(Role::User).await;

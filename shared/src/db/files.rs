@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 macro_rules! file_columns {
@@ -102,6 +102,52 @@ pub async fn insert(db: impl PgExecutor<'_>, file: &NewFile) -> Result<File, sql
     .bind(&file.object_key)
     .fetch_one(db)
     .await
+}
+
+/// Why [`insert_within_quota`] recorded nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the files would take their owner over the storage quota ({left} bytes left)")]
+    OverQuota { left: u64 },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Records `new`, files of `owner`, if with every file they already keep
+/// they stay within `quota` bytes; else records none. Checking before the
+/// bytes arrive is not enough: two uploads that each fit alone would both
+/// pass. So a lock on the owner, held until `tx` ends, makes the sum and
+/// the inserts one step, and of two such uploads the second is refused.
+///
+/// # Errors
+/// Over the quota, or the database fails.
+pub async fn insert_within_quota(
+    tx: &mut PgConnection,
+    owner: Uuid,
+    new: &[NewFile],
+    quota: u64,
+) -> Result<Vec<File>, RecordError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('keel.files.quota:' || $1::text, 0))",
+    )
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    let used = u64::try_from(used_bytes(&mut *tx, owner).await?).unwrap_or(0);
+    let adding: u64 = new
+        .iter()
+        .map(|f| u64::try_from(f.size).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
+    if used.saturating_add(adding) > quota {
+        return Err(RecordError::OverQuota {
+            left: quota.saturating_sub(used),
+        });
+    }
+    let mut recorded = Vec::with_capacity(new.len());
+    for file in new {
+        recorded.push(insert(&mut *tx, file).await?);
+    }
+    Ok(recorded)
 }
 
 /// File `id`.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{Kind, KindSettings, PayloadError, TaskContext, TaskFailure};
 use crate::{
     db::{
-        files::{self, File, NewFile, Purpose},
+        files::{self, File, NewFile, Purpose, RecordError},
         tasks::TaskStatus,
     },
     storage::{Storage, Upload, WriteError},
@@ -155,7 +155,7 @@ impl Kind for ExportTasksCsv {
             task_id: Some(ctx.task_id),
             object_key: key.clone(),
         };
-        match record(&ctx.db, &new).await {
+        match record(&ctx.db, &new, ctx.storage_quota_bytes).await {
             Ok(Recorded::Inserted(file)) => {
                 tracing::info!(task_id = %ctx.task_id, file_id = %file.id, rows, size = file.size, "tasks exported");
                 Ok(result(&file, rows))
@@ -165,9 +165,16 @@ impl Kind for ExportTasksCsv {
                 discard(&ctx.storage, &key).await;
                 existing_result(&ctx.storage, &file).await
             }
+            // Files recorded since this attempt began took the room it had.
+            Err(RecordError::OverQuota { left }) => {
+                discard(&ctx.storage, &key).await;
+                Err(TaskFailure::permanent(format!(
+                    "the export does not fit in the {left} bytes left of the owner's storage quota"
+                )))
+            }
             // Not discarded: the insert may have committed unheard, and a row
             // must never lose its object. Unrecorded, the orphan sweep takes it.
-            Err(e) => Err(database_failed(e)),
+            Err(RecordError::Database(e)) => Err(database_failed(e)),
         }
     }
 }
@@ -431,8 +438,9 @@ enum Recorded {
     Existing(File),
 }
 
-/// Records `file` unless its task already has an output.
-async fn record(db: &PgPool, file: &NewFile) -> Result<Recorded, sqlx::Error> {
+/// Records `file` unless its task already has an output, and if it fits in
+/// its owner's `quota`.
+async fn record(db: &PgPool, file: &NewFile, quota: u64) -> Result<Recorded, RecordError> {
     let task_id = file.task_id.unwrap_or_default();
     let mut tx = db.begin().await?;
     // Attempts of a task overlap only when one has lost its lease without
@@ -445,9 +453,12 @@ async fn record(db: &PgPool, file: &NewFile) -> Result<Recorded, sqlx::Error> {
     if let Some(existing) = recorded_output(&mut *tx, task_id).await? {
         return Ok(Recorded::Existing(existing));
     }
-    let inserted = files::insert(&mut *tx, file).await?;
+    let mut inserted =
+        files::insert_within_quota(&mut tx, file.owner_id, std::slice::from_ref(file), quota)
+            .await?;
     tx.commit().await?;
-    Ok(Recorded::Inserted(inserted))
+    // One file in, one row out.
+    Ok(Recorded::Inserted(inserted.swap_remove(0)))
 }
 
 /// Deletes the object `key`, written but not recorded; if the store refuses,
@@ -507,12 +518,6 @@ mod tests {
     }
 
     #[test]
-    fn a_record_joins_its_fields_with_commas_and_ends_with_crlf() {
-        assert_eq!(record(&["a", "", "c,d", ""]), "a,,\"c,d\",\r\n");
-        assert_eq!(record(&COLUMNS), format!("{}\r\n", COLUMNS.join(",")));
-    }
-
-    #[test]
     fn cells_a_spreadsheet_would_run_are_kept_as_text() {
         for (value, shown) in [
             ("=1+1", "'=1+1"),
@@ -527,6 +532,12 @@ mod tests {
         ] {
             assert_eq!(as_text(value), shown, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_record_joins_its_fields_with_commas_and_ends_with_crlf() {
+        assert_eq!(record(&["a", "", "c,d", ""]), "a,,\"c,d\",\r\n");
+        assert_eq!(record(&COLUMNS), format!("{}\r\n", COLUMNS.join(",")));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use axum::{
 };
 use bytes::Bytes;
 use keel_shared::{
-    db::files::{self, NewFile, Purpose},
+    db::files::{self, NewFile, Purpose, RecordError},
     storage::{Storage, WriteError},
 };
 use uuid::Uuid;
@@ -174,13 +174,7 @@ async fn store(
             Err(WriteError::TooLarge) => {
                 upload.abort().await;
                 return Err(if quota_left < file_limit {
-                    ApiError::client(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "quota_exceeded",
-                        format!(
-                            "this file would take you over your storage quota ({quota_left} bytes left)"
-                        ),
-                    )
+                    quota_exceeded(quota_left)
                 } else {
                     ApiError::client(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -261,6 +255,24 @@ pub fn sanitize_name(raw: &str) -> String {
         clean.chars().skip(count - MAX_NAME_CHARS).collect()
     } else {
         clean.to_owned()
+    }
+}
+
+/// 413 `quota_exceeded`: the caller's files would pass `USER_STORAGE_QUOTA_BYTES`.
+pub fn quota_exceeded(left: u64) -> ApiError {
+    ApiError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "quota_exceeded",
+        format!("this would take you over your storage quota ({left} bytes left)"),
+    )
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::OverQuota { left } => quota_exceeded(left),
+            RecordError::Database(e) => e.into(),
+        }
     }
 }
 
