@@ -388,6 +388,38 @@ impl SmtpServer {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+
+    /// Waits until at least `n` messages with this `subject` arrived;
+    /// returns those, oldest first. Other mail (a notice the same request
+    /// also sent) may come before or after them.
+    ///
+    /// # Panics
+    /// When they do not arrive within `timeout`.
+    pub async fn wait_for_subject(
+        &self,
+        subject: &str,
+        n: usize,
+        timeout: std::time::Duration,
+    ) -> Vec<String> {
+        let line = format!("Subject: {subject}");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let messages: Vec<String> = self
+                .messages()
+                .into_iter()
+                .filter(|m| m.contains(&line))
+                .collect();
+            if messages.len() >= n {
+                return messages;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} messages titled {subject:?} within {timeout:?}",
+                messages.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for SmtpServer {

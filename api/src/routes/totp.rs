@@ -4,14 +4,21 @@
 //! code check `verify-2fa` uses for `method: totp` challenges.
 
 use axum::extract::State;
-use keel_shared::db::{totp as store, users};
+use keel_shared::{
+    db::{totp as store, users},
+    emails,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{auth::check_password, users::UserResponse};
+use super::{
+    auth::check_password,
+    two_factor::{AUTHENTICATOR_APP, record_notice},
+    users::UserResponse,
+};
 use crate::{
     auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, totp},
     error::{ApiError, FieldError, Problem},
@@ -147,8 +154,10 @@ async fn confirm(
         .map(|c| store::recovery_code_hash(user, c))
         .collect();
     store::confirm(&mut tx, user, &hashes).await?;
+    let notice = record_notice(&mut tx, &principal.user, AUTHENTICATOR_APP, true).await?;
     tx.commit().await?;
     state.users.invalidate(user).await;
+    emails::push(&state.db, &state.jobs, &notice).await;
     tracing::info!(user_id = %user, "TOTP turned on");
     Ok(AppJson(RecoveryCodes {
         recovery_codes: codes,
@@ -204,8 +213,10 @@ async fn disable(
         });
     }
     store::remove(&mut tx, user).await?;
+    let notice = record_notice(&mut tx, &principal.user, AUTHENTICATOR_APP, false).await?;
     tx.commit().await?;
     state.users.invalidate(user).await;
+    emails::push(&state.db, &state.jobs, &notice).await;
     tracing::info!(user_id = %user, "TOTP turned off");
     let user = users::find_by_id(&state.db, user)
         .await?

@@ -9,12 +9,16 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::Utc;
 use keel_shared::{
     db::{
+        email_deliveries::{self, Delivery},
         two_factor::{self, Method, Purpose, Verdict},
         users::{self, User},
     },
+    emails,
     jobs::EmailJob,
+    mail::EmailTemplate,
 };
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -219,7 +223,7 @@ async fn enable_2fa(
             "verify your email address before turning on 2FA",
         ));
     }
-    set(&state, principal.id(), true).await
+    set(&state, &principal.user, true).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -249,16 +253,61 @@ async fn disable_2fa(
 ) -> Result<AppJson<UserResponse>, ApiError> {
     principal.require_session()?;
     let user = check_password(&state, &principal, &request.password, "password").await?;
-    set(&state, user.id, false).await
+    set(&state, &user, false).await
 }
 
-async fn set(state: &AppState, id: Uuid, enabled: bool) -> Result<AppJson<UserResponse>, ApiError> {
-    let user = users::set_two_fa(&state.db, id, enabled)
+async fn set(
+    state: &AppState,
+    user: &User,
+    enabled: bool,
+) -> Result<AppJson<UserResponse>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let changed = users::set_two_fa(&mut *tx, user.id, enabled)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    state.users.invalidate(id).await;
-    tracing::info!(user_id = %id, enabled, "2FA changed");
-    Ok(AppJson(UserResponse::from(user)))
+    // Only a change is news: turning on what is on mails nothing.
+    let notice = if user.two_fa_enabled == enabled {
+        None
+    } else {
+        Some(record_notice(&mut tx, &changed, EMAIL_CODES, enabled).await?)
+    };
+    tx.commit().await?;
+    state.users.invalidate(user.id).await;
+    if let Some(notice) = notice {
+        emails::push(&state.db, &state.jobs, &notice).await;
+    }
+    tracing::info!(user_id = %user.id, enabled, "2FA changed");
+    Ok(AppJson(UserResponse::from(changed)))
+}
+
+/// How the notice of a change names email 2FA.
+pub(crate) const EMAIL_CODES: &str = "a code sent by email";
+/// How it names TOTP.
+pub(crate) const AUTHENTICATOR_APP: &str = "a code from an authenticator app";
+
+/// Records in `tx` the email that tells `user` a second factor (`method`)
+/// was turned on or off, so that someone who took over a session cannot
+/// weaken the account unseen. In the transaction of the change, it is sent
+/// exactly when the change stands; the caller pushes it with
+/// [`emails::push`] once `tx` commits (a failed push leaves it to the
+/// reconciler).
+///
+/// # Errors
+/// The database fails.
+pub(crate) async fn record_notice(
+    tx: &mut PgConnection,
+    user: &User,
+    method: &str,
+    enabled: bool,
+) -> Result<Delivery, sqlx::Error> {
+    let data = serde_json::json!({"username": user.username, "method": method, "enabled": enabled});
+    email_deliveries::insert(
+        &mut *tx,
+        &user.email,
+        EmailTemplate::TwoFactorChanged.name(),
+        &data,
+    )
+    .await
 }
 
 /// Mails a test code, to check that codes arrive; it signs nothing in.

@@ -1,5 +1,6 @@
 //! TOTP end to end: setup, confirm, sign-in with a code from an
-//! authenticator (±1 step, never twice), recovery codes, and disabling.
+//! authenticator (±1 step, never twice), recovery codes, disabling, and the
+//! notice mailed to the owner when TOTP is turned on or off.
 //! Codes come from an RFC 6238 implementation here, over `hmac` and `sha1`,
 //! not from the totp-rs the API uses, and are checked against the RFC's own
 //! test vector first.
@@ -7,11 +8,21 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use keel_shared::{domain::Role, testing::record_secret};
+use keel_shared::{
+    domain::Role,
+    testing::{SmtpServer, record_secret},
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with};
+use crate::{
+    helpers::{TestApp, TestUser, assert_problem, spawn_app_with},
+    pipeline::{Stack, mail_stack},
+    two_factor::change_notices,
+};
+
+/// How long a mail may take through the worker to the SMTP server.
+const LONG: Duration = Duration::from_secs(30);
 
 /// RFC 4226 HOTP, truncated to six digits, at counter `step`.
 fn hotp(key: &[u8], step: u64) -> String {
@@ -360,6 +371,26 @@ async fn disable(app: &TestApp, user: &TestUser, password: &str, code: &str) -> 
         Some(&json!({"password": password, "code": code})),
     )
     .await
+}
+
+#[tokio::test]
+async fn turning_totp_on_and_off_mails_the_owner() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (user, authenticator, _) = totp_user(app).await;
+    let on = &smtp
+        .wait_for_subject("Two-step sign-in was turned on", 1, LONG)
+        .await[0];
+    assert!(on.contains(&user.user.email), "{on}");
+
+    // A refused attempt changes nothing and mails nothing.
+    let refused = disable(app, &user, "not-the-password", &authenticator.code(1)).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let off = disable(app, &user, &user.password, &authenticator.code(1)).await;
+    assert_eq!(off.status(), StatusCode::OK);
+    smtp.wait_for_subject("Two-step sign-in was turned off", 1, LONG)
+        .await;
+    assert_eq!(change_notices(app, &user).await, [true, false]);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Email 2FA end to end: the login challenge, the code the worker mails to
-//! a real SMTP server, and `verify-2fa`.
+//! a real SMTP server, and `verify-2fa`; the notice mailed when 2FA is
+//! turned on or off.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use crate::{
 };
 
 const LONG: Duration = Duration::from_secs(30);
+/// The subject of a sign-in code's mail (turning 2FA on mails a notice too).
+const CODE: &str = "Your sign-in code";
 
 /// A verified user with 2FA on.
 async fn two_factor_user(app: &TestApp) -> TestUser {
@@ -57,6 +60,49 @@ async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response
     .await
 }
 
+/// The `two_factor_changed` notices recorded for `user`, oldest first:
+/// whether each says the factor was turned on.
+pub async fn change_notices(app: &TestApp, user: &TestUser) -> Vec<bool> {
+    sqlx::query_scalar(
+        "SELECT (data->>'enabled')::boolean FROM email_deliveries \
+         WHERE template = 'two_factor_changed' AND to_address = $1 ORDER BY id",
+    )
+    .bind(&user.user.email)
+    .fetch_all(app.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn turning_email_2fa_on_and_off_mails_the_owner_once_per_change() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let user = two_factor_user(app).await;
+    // On again: no change, no mail.
+    let again = app
+        .send(Method::POST, "/api/v1/auth/enable-2fa", &user.token, None)
+        .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let off = app
+        .send(
+            Method::POST,
+            "/api/v1/auth/disable-2fa",
+            &user.token,
+            Some(&json!({"password": user.password})),
+        )
+        .await;
+    assert_eq!(off.status(), StatusCode::OK);
+
+    for subject in [
+        "Two-step sign-in was turned on",
+        "Two-step sign-in was turned off",
+    ] {
+        let message = &smtp.wait_for_subject(subject, 1, LONG).await[0];
+        assert!(message.contains(&user.user.email), "{message}");
+    }
+    assert_eq!(change_notices(app, &user).await, [true, false]);
+}
+
 #[tokio::test]
 async fn a_2fa_login_takes_the_mailed_code_once() {
     let smtp = SmtpServer::start().await;
@@ -64,12 +110,7 @@ async fn a_2fa_login_takes_the_mailed_code_once() {
     let user = two_factor_user(app).await;
     let challenge = login_challenge(app, &user).await;
 
-    let messages = smtp.wait_for(1, LONG).await;
-    assert!(
-        messages[0].contains("Subject: Your sign-in code"),
-        "{}",
-        messages[0]
-    );
+    let messages = smtp.wait_for_subject(CODE, 1, LONG).await;
     let code = code_in(&messages[0]);
     assert!(code.chars().all(|c| c.is_ascii_digit()), "{code}");
     let stored: Option<Vec<u8>> =
@@ -111,7 +152,7 @@ async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one(
     let user = two_factor_user(app).await;
 
     let challenge = login_challenge(app, &user).await;
-    let code = code_in(&smtp.wait_for(1, LONG).await[0]);
+    let code = code_in(&smtp.wait_for_subject(CODE, 1, LONG).await[0]);
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for left in (1..5).rev() {
         let response = verify(app, &challenge, wrong).await;
@@ -139,9 +180,9 @@ async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one(
     .await;
 
     let first = login_challenge(app, &user).await;
-    let first_code = code_in(&smtp.wait_for(2, LONG).await[1]);
+    let first_code = code_in(&smtp.wait_for_subject(CODE, 2, LONG).await[1]);
     let second = login_challenge(app, &user).await;
-    let second_code = code_in(&smtp.wait_for(3, LONG).await[2]);
+    let second_code = code_in(&smtp.wait_for_subject(CODE, 3, LONG).await[2]);
     assert_problem(
         verify(app, &first, &first_code).await,
         StatusCode::UNAUTHORIZED,
@@ -160,7 +201,7 @@ async fn an_expired_code_is_refused() {
     let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
     let challenge = login_challenge(app, &user).await;
-    let code = code_in(&smtp.wait_for(1, LONG).await[0]);
+    let code = code_in(&smtp.wait_for_subject(CODE, 1, LONG).await[0]);
     sqlx::query("UPDATE two_factor_challenges SET expires_at = now() - interval '1 second'")
         .execute(app.pool())
         .await
@@ -230,11 +271,7 @@ async fn enabling_needs_a_verified_address_and_disabling_the_password() {
         .send(Method::POST, "/api/v1/auth/test-2fa", &user.token, None)
         .await;
     assert_eq!(test.status(), StatusCode::ACCEPTED);
-    let messages = smtp.wait_for(2, LONG).await;
-    let mail = messages
-        .iter()
-        .find(|m| m.contains("Subject: Your sign-in code"))
-        .unwrap();
+    let mail = &smtp.wait_for_subject(CODE, 1, LONG).await[0];
     assert_eq!(code_in(mail).len(), 6);
 }
 
@@ -250,7 +287,10 @@ async fn a_password_reset_does_not_bypass_2fa() {
         )
         .await;
     assert_eq!(requested.status(), StatusCode::ACCEPTED);
-    let mail = smtp.wait_for(1, LONG).await.remove(0);
+    let mail = smtp
+        .wait_for_subject("Reset your password", 1, LONG)
+        .await
+        .remove(0);
     let unfolded = mail
         .replace("=\r\n", "")
         .replace("=\n", "")

@@ -20,10 +20,13 @@ pub enum EmailTemplate {
     AccountDeleted,
     /// To an account's owner: someone tried to register with its address.
     RegistrationAttempt,
+    /// To an account's owner: a second factor (email codes or TOTP) was
+    /// turned on or off; data `{username, method, enabled}`.
+    TwoFactorChanged,
 }
 
 impl EmailTemplate {
-    pub const ALL: [EmailTemplate; 7] = [
+    pub const ALL: [EmailTemplate; 8] = [
         Self::Verification,
         Self::PasswordReset,
         Self::TwoFactorCode,
@@ -31,6 +34,7 @@ impl EmailTemplate {
         Self::PasswordChanged,
         Self::AccountDeleted,
         Self::RegistrationAttempt,
+        Self::TwoFactorChanged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +46,7 @@ impl EmailTemplate {
             Self::PasswordChanged => "password_changed",
             Self::AccountDeleted => "account_deleted",
             Self::RegistrationAttempt => "registration_attempt",
+            Self::TwoFactorChanged => "two_factor_changed",
         }
     }
 
@@ -84,6 +89,7 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
         "password_changed",
         "account_deleted",
         "registration_attempt",
+        "two_factor_changed",
     );
     for (name, source) in sources {
         env.add_template(name, source)
@@ -170,5 +176,26 @@ mod tests {
         );
         let code = render(EmailTemplate::TwoFactorCode, &data, "x").unwrap();
         assert!(code.text.contains("123456") && code.html.contains("123456"));
+        for (enabled, subject, says) in [
+            (
+                true,
+                "Two-step sign-in was turned on",
+                "now also asks for an authenticator app",
+            ),
+            (
+                false,
+                "Two-step sign-in was turned off",
+                "no longer asks for an authenticator app",
+            ),
+        ] {
+            let data =
+                json!({"username": "ann", "method": "an authenticator app", "enabled": enabled});
+            let changed = render(EmailTemplate::TwoFactorChanged, &data, "x").unwrap();
+            assert_eq!(changed.subject, subject);
+            assert!(
+                changed.text.contains(says) && changed.html.contains(says),
+                "{changed:?}"
+            );
+        }
     }
 }
