@@ -15,7 +15,10 @@ use reqwest::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app, spawn_app_with};
+use crate::{
+    helpers::{TestApp, TestUser, assert_problem, spawn_app, spawn_app_with},
+    uploads::{assert_gone, delete_file, upload, uploaded},
+};
 
 const AVATAR: &str = "/api/v1/users/me/avatar";
 
@@ -419,25 +422,9 @@ async fn another_users_avatar_file_is_404_under_files() {
         app.create_user(Role::User).await,
     );
     let (_, id) = avatar_path(&set_avatar(&app, &alice, &png(1, 1, 0)).await);
-    for path in [
-        format!("/api/v1/files/{id}"),
-        format!("/api/v1/files/{id}/content"),
-    ] {
-        assert_problem(
-            app.get_as(&path, &bob.token).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
-    }
-    let response = app
-        .send(
-            Method::DELETE,
-            &format!("/api/v1/files/{id}"),
-            &bob.token,
-            None,
-        )
-        .await;
+    let id = id.to_string();
+    assert_gone(&app, &bob, &id).await;
+    let response = delete_file(&app, &bob, &id).await;
     assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(rows(&app).await, 1, "alice's avatar is untouched");
 }
@@ -446,14 +433,12 @@ async fn another_users_avatar_file_is_404_under_files() {
 async fn a_regular_upload_is_not_served_as_an_avatar() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
-    let response = app
-        .client
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&user.token)
-        .multipart(image("file", "pic.png", &png(1, 1, 0), "image/png"))
-        .send()
-        .await
-        .unwrap();
+    let response = upload(
+        &app,
+        &user,
+        image("file", "pic.png", &png(1, 1, 0), "image/png"),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let id = response.json::<Value>().await.unwrap()["items"][0]["id"]
         .as_str()
@@ -616,14 +601,7 @@ async fn deleting_the_avatars_file_under_files_removes_the_avatar() {
     // never left naming a file that is gone.
     for (user, deleter) in [(&alice, &alice), (&bob, &admin)] {
         let (path, id) = avatar_path(&set_avatar(&app, user, &png(1, 1, 0)).await);
-        let response = app
-            .send(
-                Method::DELETE,
-                &format!("/api/v1/files/{id}"),
-                &deleter.token,
-                None,
-            )
-            .await;
+        let response = delete_file(&app, deleter, &id.to_string()).await;
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert_eq!(avatar_url_of(&app, user).await, Value::Null);
         assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
@@ -637,15 +615,7 @@ async fn avatars_count_against_the_storage_quota() {
     let quota = 1000 + first.len();
     let app = spawn_app_with(&["--user-storage-quota-bytes", &quota.to_string()]).await;
     let user = app.create_user(Role::User).await;
-    let response = app
-        .client
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&user.token)
-        .multipart(Form::new().part("file", Part::bytes(vec![7u8; 1000]).file_name("filler.bin")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    uploaded(&app, &user, "filler.bin", &[7u8; 1000]).await;
     // Exactly full, then replaced by one as large: the old image's bytes
     // are freed for the new one.
     set_avatar(&app, &user, &first).await;

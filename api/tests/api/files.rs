@@ -22,43 +22,13 @@ use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::helpers::{API_BIN, TEST_SECRET, TestApp, TestUser, assert_problem, spawn_app_with};
+use crate::{
+    helpers::{API_BIN, TEST_SECRET, assert_problem, spawn_app_with},
+    uploads::{assert_gone, delete_file, hex, part, upload, uploaded},
+};
 
 const PNG_HEAD: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn part(name: &str, bytes: &[u8], claimed_type: &str) -> Part {
-    Part::bytes(bytes.to_vec())
-        .file_name(name.to_owned())
-        .mime_str(claimed_type)
-        .unwrap()
-}
-
-async fn upload(app: &TestApp, user: &TestUser, form: Form) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&user.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Uploads `bytes` as `name`: the stored file's JSON.
-async fn uploaded(app: &TestApp, user: &TestUser, name: &str, bytes: &[u8]) -> Value {
-    let response = upload(
-        app,
-        user,
-        Form::new().part("file", part(name, bytes, "application/octet-stream")),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json::<Value>().await.unwrap()["items"][0].clone()
-}
 
 /// Every regular file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -189,28 +159,9 @@ async fn upload_list_describe_download_and_delete() {
     // Delete: the row and the object go.
     let dir = app.config.files_dir.clone();
     assert_eq!(files_under(&dir).len(), 2);
-    let deleted = app
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/files/{id}"),
-            &user.token,
-            None,
-        )
-        .await;
+    let deleted = delete_file(&app, &user, id).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    assert_problem(
-        app.get_as(&format!("/api/v1/files/{id}"), &user.token)
-            .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    assert_problem(
-        app.get_as(&content, &user.token).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    assert_gone(&app, &user, id).await;
     let left = files_under(&dir);
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].ends_with(pixel["id"].as_str().unwrap()));
@@ -265,25 +216,8 @@ async fn other_users_files_answer_404_and_admins_see_everyones() {
     let file = uploaded(&app, &alice, "alice.txt", b"alice's").await;
     uploaded(&app, &bob, "bob.txt", b"bob's").await;
     let id = file["id"].as_str().unwrap();
-    for path in [
-        format!("/api/v1/files/{id}"),
-        format!("/api/v1/files/{id}/content"),
-    ] {
-        assert_problem(
-            app.get_as(&path, &bob.token).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
-    }
-    let delete = app
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/files/{id}"),
-            &bob.token,
-            None,
-        )
-        .await;
+    assert_gone(&app, &bob, id).await;
+    let delete = delete_file(&app, &bob, id).await;
     assert_problem(delete, StatusCode::NOT_FOUND, "not_found").await;
     let bobs: Value = app
         .get_as("/api/v1/files", &bob.token)

@@ -29,6 +29,7 @@ mod tasks;
 mod tls;
 mod totp;
 mod two_factor;
+mod uploads;
 mod users;
 mod verification;
 mod ws;

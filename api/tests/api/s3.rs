@@ -13,14 +13,18 @@ use reqwest::{
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with};
+use crate::{
+    helpers::{TestApp, assert_problem, spawn_app_with},
+    uploads::{assert_gone, delete_file, hex, part, upload},
+};
+
+/// A file part whose claimed type says nothing.
+fn octets(name: &str, bytes: &[u8]) -> Part {
+    part(name, bytes, "application/octet-stream")
+}
 
 /// Larger than the store's 8 MiB part, so the upload is a multipart one.
 const LARGE: usize = 10 * 1024 * 1024 + 12_345;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0; n];
@@ -28,35 +32,11 @@ fn random_bytes(n: usize) -> Vec<u8> {
     bytes
 }
 
-fn part(name: &str, bytes: &[u8]) -> Part {
-    Part::bytes(bytes.to_vec()).file_name(name.to_owned())
-}
-
 /// An app (with its own database) whose files are in `moto`'s bucket.
 async fn spawn_on(moto: &MotoServer) -> TestApp {
     let flags = moto.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     spawn_app_with(&flags).await
-}
-
-async fn upload(app: &TestApp, user: &TestUser, form: Form) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&user.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn delete(app: &TestApp, user: &TestUser, id: &str) -> reqwest::Response {
-    app.send(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/files/{id}"),
-        &user.token,
-        None,
-    )
-    .await
 }
 
 /// Nothing was written to the local directory: the bytes went to S3.
@@ -78,8 +58,8 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
         &app,
         &user,
         Form::new()
-            .part("file", part("small.txt", &small))
-            .part("file", part("large.bin", &large)),
+            .part("file", octets("small.txt", &small))
+            .part("file", octets("large.bin", &large)),
     )
     .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -153,22 +133,10 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
 
     // Delete: the row, then the object.
     assert_eq!(
-        delete(&app, &user, ids[1]).await.status(),
+        delete_file(&app, &user, ids[1]).await.status(),
         StatusCode::NO_CONTENT
     );
-    assert_problem(
-        app.get_as(&format!("/api/v1/files/{}", ids[1]), &user.token)
-            .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    assert_problem(
-        app.get_as(&content, &user.token).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    assert_gone(&app, &user, ids[1]).await;
     assert_eq!(
         moto.keys("files/").await,
         [format!("files/{}", ids[0])],
@@ -187,7 +155,7 @@ async fn two_replicas_share_one_bucket() {
     let response = upload(
         &first,
         &user,
-        Form::new().part("file", part("shared.bin", &bytes)),
+        Form::new().part("file", octets("shared.bin", &bytes)),
     )
     .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -200,7 +168,7 @@ async fn two_replicas_share_one_bucket() {
     assert_eq!(downloaded.status(), StatusCode::OK);
     assert_eq!(downloaded.bytes().await.unwrap(), bytes);
     assert_eq!(
-        delete(&second, &user, id).await.status(),
+        delete_file(&second, &user, id).await.status(),
         StatusCode::NO_CONTENT
     );
     assert!(moto.keys("files/").await.is_empty());
@@ -215,7 +183,7 @@ async fn the_store_down_answers_503_not_500() {
     let response = upload(
         &app,
         &user,
-        Form::new().part("file", part("kept.txt", b"kept while the store was up")),
+        Form::new().part("file", octets("kept.txt", b"kept while the store was up")),
     )
     .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -229,7 +197,7 @@ async fn the_store_down_answers_503_not_500() {
         ("small.txt", b"written while the store is down".to_vec()),
         ("large.bin", random_bytes(LARGE)),
     ] {
-        let response = upload(&app, &user, Form::new().part("file", part(name, &bytes))).await;
+        let response = upload(&app, &user, Form::new().part("file", octets(name, &bytes))).await;
         assert_problem(
             response,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -271,7 +239,7 @@ async fn moto_checks_signatures_so_a_wrong_secret_is_refused() {
     let response = upload(
         &app,
         &user,
-        Form::new().part("file", part("refused.txt", b"signed with the wrong key")),
+        Form::new().part("file", octets("refused.txt", b"signed with the wrong key")),
     )
     .await;
     assert_problem(
