@@ -98,18 +98,16 @@ pub async fn confirm(
     user: Uuid,
     recovery_hashes: &[[u8; 32]],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE totp_secrets SET confirmed_at = now() WHERE user_id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE users SET totp_enabled = true WHERE id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM totp_recovery_codes WHERE user_id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
+    each_for(
+        tx,
+        user,
+        &[
+            "UPDATE totp_secrets SET confirmed_at = now() WHERE user_id = $1",
+            "UPDATE users SET totp_enabled = true WHERE id = $1",
+            "DELETE FROM totp_recovery_codes WHERE user_id = $1",
+        ],
+    )
+    .await?;
     let hashes: Vec<Vec<u8>> = recovery_hashes.iter().map(|h| h.to_vec()).collect();
     sqlx::query(
         "INSERT INTO totp_recovery_codes (user_id, code_hash) SELECT $1, unnest($2::bytea[])",
@@ -161,18 +159,27 @@ pub async fn recovery_codes_left(db: impl PgExecutor<'_>, user: Uuid) -> Result<
 /// # Errors
 /// The database fails.
 pub async fn remove(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM totp_secrets WHERE user_id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM totp_recovery_codes WHERE user_id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE users SET totp_enabled = false WHERE id = $1")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
+    each_for(
+        tx,
+        user,
+        &[
+            "DELETE FROM totp_secrets WHERE user_id = $1",
+            "DELETE FROM totp_recovery_codes WHERE user_id = $1",
+            "UPDATE users SET totp_enabled = false WHERE id = $1",
+        ],
+    )
+    .await
+}
+
+/// Runs `statements` in order in `tx`, each with `user` as `$1`.
+async fn each_for(
+    tx: &mut PgConnection,
+    user: Uuid,
+    statements: &[&'static str],
+) -> Result<(), sqlx::Error> {
+    for statement in statements {
+        sqlx::query(*statement).bind(user).execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
