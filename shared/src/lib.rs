@@ -37,6 +37,7 @@ pub mod jobs;
 pub mod kinds;
 pub mod mail;
 pub mod ops_server;
+pub mod outbound;
 pub mod process;
 pub mod queue_metrics;
 pub mod redis_client;

@@ -1,13 +1,12 @@
 //! The HTTP client `object_store` speaks to S3 through: hyper over rustls
-//! with ring, the client the rest of Keel uses, instead of object_store's
+//! with ring (`outbound`, as every client of Keel's), instead of object_store's
 //! default reqwest with aws-lc (a C build these machines avoid). It keeps
 //! what object_store's own client would: `allow_http`, timeouts, and error
 //! kinds precise enough for its retry rules.
 
-use std::{error::Error as _, sync::Arc, time::Duration};
+use std::{error::Error as _, time::Duration};
 
 use http_body_util::BodyExt as _;
-use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -19,6 +18,8 @@ use object_store::{
         HttpRequestBody, HttpResponse, HttpResponseBody, HttpService,
     },
 };
+
+use crate::outbound;
 
 type Inner = Client<hyper_rustls::HttpsConnector<HttpConnector>, HttpRequestBody>;
 
@@ -41,26 +42,7 @@ impl Connector {
 
 impl StoreConnector for Connector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.enforce_http(false);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = HttpsConnectorBuilder::new();
-        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-            Ok(builder) => builder,
-            // A machine without CA certificates can still reach a plain
-            // http:// endpoint (MinIO beside the app); https fails at the
-            // handshake, saying why.
-            Err(e) => {
-                tracing::warn!(error = %e, "no CA certificates: https:// S3 endpoints cannot be verified");
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| generic(e.into()))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                HttpsConnectorBuilder::new().with_tls_config(tls)
-            }
-        };
+        let builder = outbound::tls("https:// S3 endpoints");
         // object_store's own client refuses http:// unless allowed
         // (`Storage::from_config` allows it for an http:// endpoint only).
         let allow_http = options
@@ -72,16 +54,9 @@ impl StoreConnector for Connector {
             builder.https_only()
         }
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(outbound::tcp(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(HttpClient::new(Service(client)))
-    }
-}
-
-fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "S3",
-        source,
     }
 }
 

@@ -3,15 +3,16 @@
 //! roots), as `openidconnect`'s `AsyncHttpClient`. Every call is bounded in
 //! time and in the size of what it reads back.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use keel_shared::outbound;
 use openidconnect::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 /// How long one call may take, from connecting to the last byte of the body.
@@ -42,28 +43,12 @@ impl std::fmt::Debug for OAuthHttp {
 
 impl OAuthHttp {
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        http.enforce_http(false);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(builder) => builder,
-            Err(e) => {
-                // Without CA roots only http:// providers work; say so rather than refuse to start.
-                tracing::warn!(error = %e, "no CA certificates found; https OAuth providers will be unreachable");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
         // No redirects are followed (hyper follows none): every endpoint is
         // where discovery or the preset says.
-        let https = builder.https_or_http().enable_http1().wrap_connector(http);
+        let https = outbound::tls("https OAuth providers")
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(outbound::tcp(Duration::from_secs(5)));
         Self {
             client: Client::builder(TokioExecutor::new()).build(https),
         }
