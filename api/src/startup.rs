@@ -89,6 +89,9 @@ impl Application {
             config: Arc::new(config),
             lifecycle: Lifecycle::default(),
         });
+        if signing_key.previous.is_some() {
+            spawn_reseal(&state);
+        }
         Ok(Self {
             listener,
             tls,
@@ -184,4 +187,23 @@ impl Application {
         }
         result
     }
+}
+
+/// Moves the TOTP secrets `SECRET_KEY_PREVIOUS` sealed to `SECRET_KEY`, in
+/// the background: the API serves meanwhile, opening them with either key.
+fn spawn_reseal(state: &AppState) {
+    let (db, tokens) = (state.db.clone(), state.tokens.clone());
+    tokio::spawn(async move {
+        match crate::auth::totp::reseal_all(&db, &tokens.totp).await {
+            Ok(resealed) => {
+                tracing::info!(
+                    resealed,
+                    "TOTP secrets sealed under the previous SECRET_KEY now use the current one"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reseal TOTP secrets under the current SECRET_KEY; the next start will");
+            }
+        }
+    });
 }

@@ -44,6 +44,13 @@ pub struct Config {
     #[arg(long, env = "SECRET_KEY", value_parser = secret, hide_env_values = true)]
     pub secret_key: Option<SecretString>,
 
+    /// The key `SECRET_KEY` replaced, while rotating it: access tokens it
+    /// signed still verify, and the API re-seals TOTP secrets sealed under
+    /// it with the new key when it starts. Drop it once those tokens have
+    /// expired (`ACCESS_TOKEN_EXPIRE_MINUTES`).
+    #[arg(long, env = "SECRET_KEY_PREVIOUS", value_parser = secret, hide_env_values = true)]
+    pub secret_key_previous: Option<SecretString>,
+
     /// Address the API listens on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -539,9 +546,21 @@ impl Config {
     /// # Errors
     /// `SECRET_KEY` missing or shorter than 32 bytes in production.
     pub fn signing_key(&self) -> Result<SigningKey, ConfigError> {
+        let previous = match (&self.secret_key_previous, self.environment) {
+            (Some(key), Environment::Production)
+                if key.expose_secret().len() < MIN_SECRET_BYTES =>
+            {
+                return Err(ConfigError::new(
+                    "SECRET_KEY_PREVIOUS",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes in production"),
+                ));
+            }
+            (previous, _) => previous.clone(),
+        };
         match (&self.secret_key, self.environment) {
             (Some(key), _) if key.expose_secret().len() >= MIN_SECRET_BYTES => Ok(SigningKey {
                 key: key.clone(),
+                previous,
                 ephemeral: false,
             }),
             (Some(_), Environment::Production) => Err(ConfigError::new(
@@ -556,6 +575,9 @@ impl Config {
             )),
             (_, Environment::Development) => Ok(SigningKey {
                 key: generate_secret().into(),
+                // Nothing was signed with a key made up for this process
+                // by the one it replaced.
+                previous: None,
                 ephemeral: true,
             }),
         }
@@ -573,6 +595,8 @@ pub const MIN_SECRET_BYTES: usize = 32;
 #[derive(Clone, Debug)]
 pub struct SigningKey {
     pub key: SecretString,
+    /// `SECRET_KEY_PREVIOUS`: verifies and opens, never signs or seals.
+    pub previous: Option<SecretString>,
     pub ephemeral: bool,
 }
 

@@ -56,6 +56,8 @@ pub enum TokenError {
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// `SECRET_KEY_PREVIOUS`, while a rotation lasts.
+    previous: Option<DecodingKey>,
     algorithm: Algorithm,
     validation: Validation,
     access_ttl: Duration,
@@ -91,11 +93,15 @@ impl TokenKeys {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            previous: key
+                .previous
+                .as_ref()
+                .map(|k| DecodingKey::from_secret(k.expose_secret().as_bytes())),
             algorithm,
             validation,
             access_ttl: Duration::from_secs(u64::from(config.access_token_expire_minutes) * 60),
             refresh_ttl: Duration::from_secs(u64::from(config.refresh_token_expire_days) * 86_400),
-            totp: super::totp::Sealer::new(&key.key),
+            totp: super::totp::Sealer::new(&key.key, key.previous.as_ref()),
         }
     }
 
@@ -136,11 +142,19 @@ impl TokenKeys {
     /// # Errors
     /// Expired, or invalid in any other way.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })?;
+        let decode = |key| jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation);
+        let data = match (decode(&self.decoding), &self.previous) {
+            // Signed before `SECRET_KEY` was rotated: the previous key
+            // checks it, and everything else is checked as usual.
+            (Err(e), Some(previous)) if *e.kind() == ErrorKind::InvalidSignature => {
+                decode(previous)
+            }
+            (result, _) => result,
+        }
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })?;
         if data.claims.typ != ACCESS_TYPE {
             return Err(TokenError::Invalid);
         }

@@ -1,12 +1,14 @@
 //! TOTP (RFC 6238) for authenticator apps: new secrets, their otpauth URI
 //! and QR code, checking a code within ±1 step, recovery codes, and sealing
-//! the secret for the database under a key derived from `SECRET_KEY`.
+//! the secret for the database under a key derived from `SECRET_KEY` (and,
+//! while it is rotated, opening and resealing what the previous key sealed).
 
 use aes_gcm::{
     Aes256Gcm, Nonce,
     aead::{Aead as _, KeyInit as _, Payload},
 };
 use hkdf::Hkdf;
+use keel_shared::db::totp as store;
 use secrecy::ExposeSecret as _;
 use sha2::Sha256;
 use totp_rs::{Builder, Secret, Totp};
@@ -31,6 +33,8 @@ const NONCE_BYTES: usize = 12;
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// Under `SECRET_KEY_PREVIOUS`, while a rotation lasts: opens, never seals.
+    previous: Option<Aes256Gcm>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -46,14 +50,13 @@ impl std::fmt::Debug for Sealer {
 pub struct Unopenable;
 
 impl Sealer {
-    pub fn new(signing_key: &secrecy::SecretString) -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, signing_key.expose_secret().as_bytes())
-            .expand(SEAL_INFO, key.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
+    pub fn new(
+        signing_key: &secrecy::SecretString,
+        previous: Option<&secrecy::SecretString>,
+    ) -> Self {
         Self {
-            cipher: Aes256Gcm::new_from_slice(key.as_ref())
-                .expect("a 32-byte key is an AES-256 key"),
+            cipher: cipher(signing_key),
+            previous: previous.map(cipher),
         }
     }
 
@@ -80,19 +83,75 @@ impl Sealer {
     /// # Errors
     /// [`Unopenable`]: a different key, a different user, or altered bytes.
     pub fn open(&self, user: Uuid, sealed: &[u8]) -> Result<Secret, Unopenable> {
-        let (nonce, ciphertext) = sealed.split_at_checked(NONCE_BYTES).ok_or(Unopenable)?;
-        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Unopenable)?;
-        let plain = self
-            .cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: user.as_bytes(),
-                },
-            )
-            .map_err(|_| Unopenable)?;
-        Ok(Secret::from(plain))
+        open_with(&self.cipher, user, sealed).or_else(|e| match &self.previous {
+            Some(previous) => open_with(previous, user, sealed),
+            None => Err(e),
+        })
+    }
+
+    /// `sealed` sealed again under the current key, if only the previous
+    /// one opens it; `None` when it needs nothing (or opens under neither).
+    pub fn reseal(&self, user: Uuid, sealed: &[u8]) -> Option<Vec<u8>> {
+        if open_with(&self.cipher, user, sealed).is_ok() {
+            return None;
+        }
+        let secret = open_with(self.previous.as_ref()?, user, sealed).ok()?;
+        Some(self.seal(user, &secret))
+    }
+}
+
+/// The AES-256-GCM cipher of `signing_key`, under a key HKDF derives from it.
+fn cipher(signing_key: &secrecy::SecretString) -> Aes256Gcm {
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(None, signing_key.expose_secret().as_bytes())
+        .expand(SEAL_INFO, key.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Aes256Gcm::new_from_slice(key.as_ref()).expect("a 32-byte key is an AES-256 key")
+}
+
+/// The secret of `user` that `sealed` holds, if `cipher` sealed it.
+fn open_with(cipher: &Aes256Gcm, user: Uuid, sealed: &[u8]) -> Result<Secret, Unopenable> {
+    let (nonce, ciphertext) = sealed.split_at_checked(NONCE_BYTES).ok_or(Unopenable)?;
+    let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Unopenable)?;
+    let plain = cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: user.as_bytes(),
+            },
+        )
+        .map_err(|_| Unopenable)?;
+    Ok(Secret::from(plain))
+}
+
+/// Secrets read per query by [`reseal_all`].
+const RESEAL_PAGE: i64 = 500;
+
+/// Seals again under the current key every TOTP secret that only
+/// `SECRET_KEY_PREVIOUS` opens, a page at a time, so that after one start
+/// with both keys the previous one is needed only for access tokens still
+/// in flight; returns how many. The API runs it beside the server when a
+/// previous key is set: with the database down it fails, and the next
+/// start does the rest (the previous key opens them meanwhile).
+///
+/// # Errors
+/// The database fails.
+pub async fn reseal_all(db: &sqlx::PgPool, sealer: &Sealer) -> Result<u64, sqlx::Error> {
+    let (mut after, mut resealed) = (None, 0);
+    loop {
+        let page = store::sealed_page(db, after, RESEAL_PAGE).await?;
+        let Some(&(last, _)) = page.last() else {
+            return Ok(resealed);
+        };
+        after = Some(last);
+        for (user, sealed) in &page {
+            if let Some(new) = sealer.reseal(*user, sealed)
+                && store::replace_sealed(db, *user, sealed, &new).await?
+            {
+                resealed += 1;
+            }
+        }
     }
 }
 
@@ -191,7 +250,40 @@ mod tests {
     use super::*;
 
     fn sealer(key: &str) -> Sealer {
-        Sealer::new(&secrecy::SecretString::from(key.to_owned()))
+        Sealer::new(&secrecy::SecretString::from(key.to_owned()), None)
+    }
+
+    #[test]
+    fn after_a_rotation_old_secrets_open_and_are_resealed_under_the_new_key() {
+        let (old_key, new_key) = (
+            "key one, long enough to be a key",
+            "key two, long enough to be a key",
+        );
+        let user = Uuid::now_v7();
+        let secret = new_secret();
+        let sealed = sealer(old_key).seal(user, &secret);
+        let rotating = Sealer::new(
+            &secrecy::SecretString::from(new_key.to_owned()),
+            Some(&secrecy::SecretString::from(old_key.to_owned())),
+        );
+        assert_eq!(
+            rotating.open(user, &sealed).unwrap().as_bytes(),
+            secret.as_bytes()
+        );
+        let resealed = rotating
+            .reseal(user, &sealed)
+            .expect("only the old key opens it");
+        // The new key alone opens it now, and it needs no second resealing.
+        assert_eq!(
+            sealer(new_key).open(user, &resealed).unwrap().as_bytes(),
+            secret.as_bytes()
+        );
+        assert!(sealer(old_key).open(user, &resealed).is_err());
+        assert_eq!(rotating.reseal(user, &resealed), None);
+        // What neither key sealed stays as it is.
+        let foreign = sealer("key three, long enough to be one").seal(user, &secret);
+        assert_eq!(rotating.reseal(user, &foreign), None);
+        assert!(rotating.open(user, &foreign).is_err());
     }
 
     #[test]

@@ -97,6 +97,27 @@ fn production_refuses_a_missing_or_short_secret_key() {
 }
 
 #[test]
+fn production_refuses_a_short_previous_secret_key() {
+    let env = [
+        ("ENVIRONMENT", "production"),
+        ("APP_BASE_URL", "https://keel.example"),
+        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+        ("SECRET_KEY_PREVIOUS", "a key of 20 bytes!!!"),
+    ];
+    let output = run(&env, &[]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SECRET_KEY_PREVIOUS") && err.contains("32"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("too short to have"),
+        "the key is never printed: {err}"
+    );
+}
+
+#[test]
 fn production_accepts_a_32_byte_secret_key_and_goes_on_to_connect() {
     let database_url = testing::unreachable_database_url();
     let env = [

@@ -149,7 +149,15 @@ impl TestApp {
     /// A second API process on the same database and Redis prefix, as a
     /// load balancer would put beside this one.
     pub async fn spawn_replica(&self) -> TestApp {
-        start(self.config.clone(), None).await
+        self.spawn_replica_with(|_| {}).await
+    }
+
+    /// A replica whose configuration `change` alters first (a rotated
+    /// `SECRET_KEY`, say).
+    pub async fn spawn_replica_with(&self, change: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        change(&mut config);
+        start(config, None).await
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {

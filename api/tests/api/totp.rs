@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TestApp, TestUser, assert_problem, spawn_app_with},
+    helpers::{TEST_SECRET, TestApp, TestUser, assert_problem, spawn_app_with},
     pipeline::{Stack, mail_stack},
     two_factor::change_notices,
 };
@@ -371,6 +371,51 @@ async fn disable(app: &TestApp, user: &TestUser, password: &str, code: &str) -> 
         Some(&json!({"password": password, "code": code})),
     )
     .await
+}
+
+#[tokio::test]
+async fn a_rotated_secret_key_keeps_totp_and_sessions_while_the_old_one_is_previous() {
+    const NEW_KEY: &str = "the-next-secret-key-also-at-least-32-bytes";
+    record_secret(NEW_KEY);
+    let app = app().await;
+    let (user, authenticator, _) = totp_user(&app).await;
+    let sealed = || {
+        sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT secret_sealed FROM totp_secrets WHERE user_id = $1",
+        )
+        .bind(user.user.id)
+        .fetch_one(app.pool())
+    };
+    let before = sealed().await.unwrap();
+
+    let rotating = app
+        .spawn_replica_with(|c| {
+            c.secret_key = Some(NEW_KEY.to_owned().into());
+            c.secret_key_previous = Some(TEST_SECRET.to_owned().into());
+        })
+        .await;
+    // The session signed with the old key goes on.
+    assert_eq!(rotating.me(&user.token).await.status(), StatusCode::OK);
+    // Starting with both keys reseals the secret under the new one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sealed().await.unwrap() == before {
+        assert!(tokio::time::Instant::now() < deadline, "never resealed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Once the previous key is dropped, tokens it signed end, and the new
+    // key alone opens the secret: the authenticator app still signs in.
+    let rotated = app
+        .spawn_replica_with(|c| {
+            c.secret_key = Some(NEW_KEY.to_owned().into());
+            c.secret_key_previous = None;
+        })
+        .await;
+    assert_eq!(
+        rotated.me(&user.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(signs_in_with(&rotated, &user, &authenticator.code(1)).await);
 }
 
 #[tokio::test]

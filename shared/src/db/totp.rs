@@ -171,6 +171,48 @@ pub async fn remove(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error
     .await
 }
 
+/// Up to `limit` sealed secrets (pending or confirmed) of users after
+/// `after`, by user id: a page of a walk over them all.
+///
+/// # Errors
+/// The database fails.
+pub async fn sealed_page(
+    db: impl PgExecutor<'_>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, secret_sealed FROM totp_secrets \
+         WHERE $1::uuid IS NULL OR user_id > $1 ORDER BY user_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Replaces `user`'s sealed secret with `new` if it is still `old` (a new
+/// setup in between wins); whether it did.
+///
+/// # Errors
+/// The database fails.
+pub async fn replace_sealed(
+    db: impl PgExecutor<'_>,
+    user: Uuid,
+    old: &[u8],
+    new: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let replaced = sqlx::query(
+        "UPDATE totp_secrets SET secret_sealed = $3 WHERE user_id = $1 AND secret_sealed = $2",
+    )
+    .bind(user)
+    .bind(old)
+    .bind(new)
+    .execute(db)
+    .await?;
+    Ok(replaced.rows_affected() == 1)
+}
+
 /// Runs `statements` in order in `tx`, each with `user` as `$1`.
 async fn each_for(
     tx: &mut PgConnection,
