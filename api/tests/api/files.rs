@@ -168,6 +168,47 @@ async fn upload_list_describe_download_and_delete() {
 }
 
 #[tokio::test]
+async fn ranges_across_the_stores_read_chunks_come_back_exact() {
+    let app = spawn_app_with(&[]).await;
+    let user = app.create_user(Role::User).await;
+    // Past two of the 256 KiB chunks the local store reads at a time.
+    let bytes: Vec<u8> = (0..600 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let id = uploaded(&app, &user, "chunks.bin", &bytes).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let content = format!("/api/v1/files/{id}/content");
+    for (start, end) in [
+        (0, 262_143),
+        (262_000, 524_400),
+        (524_288, bytes.len() - 1),
+        (5, 5),
+    ] {
+        let ranged = app
+            .client
+            .get(app.url(&content))
+            .bearer_auth(&user.token)
+            .header(header::RANGE, format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            ranged.bytes().await.unwrap(),
+            &bytes[start..=end],
+            "{start}-{end}"
+        );
+    }
+    let whole = app
+        .get_as(&content, &user.token)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(whole, bytes.as_slice());
+}
+
+#[tokio::test]
 async fn a_name_like_a_path_is_cut_to_its_last_part_and_stored_under_the_files_dir() {
     let app = spawn_app_with(&[]).await;
     let user = app.create_user(Role::User).await;
