@@ -18,12 +18,15 @@
 //! - [`http`]: the hot endpoints, closed and open loop, beside a bare
 //!   handler and pgbench.
 //! - [`ceilings`]: pgbench and redis-benchmark for the same work.
+//! - [`files`]: a 100 MB file uploaded and downloaded, beside a plain
+//!   file write and read, with the API's memory.
 //! - [`fleet`]: the processes and users a bench starts and makes.
 
 pub mod auth;
 pub mod burn_down;
 pub mod ceilings;
 pub mod e2e;
+pub mod files;
 pub mod fleet;
 pub mod http;
 pub mod load;
@@ -68,6 +71,8 @@ enum Command {
     Ticks(ticks::Args),
     /// This machine's own limits for the pipeline's work: pgbench with the task SQL, redis-benchmark.
     Ceilings(ceilings::Args),
+    /// One large file uploaded and downloaded: MB/s beside a plain file write and read, and the API's RSS.
+    Files(files::Args),
 }
 
 /// Runs the chosen benchmark; 1 and a message on failure.
@@ -88,6 +93,7 @@ pub fn main() -> ExitCode {
             Command::Soak(args) => soak::run(args).await,
             Command::Http(args) => http::run(args).await,
             Command::Ws(args) => ws::run(args).await,
+            Command::Files(args) => files::run(args).await,
         }
     });
     match result {
