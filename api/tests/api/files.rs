@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     helpers::{API_BIN, TEST_SECRET, assert_problem, spawn_app_with},
-    uploads::{assert_gone, delete_file, hex, part, upload, uploaded},
+    uploads::{assert_gone, delete_file, get_range, hex, part, upload, uploaded},
 };
 
 const PNG_HEAD: &[u8] =
@@ -111,29 +111,23 @@ async fn upload_list_describe_download_and_delete() {
     assert_eq!(whole.bytes().await.unwrap(), text.as_bytes());
 
     // By range: a span, an open end, a suffix; past the end is 416.
-    let ranged = |range: &'static str| {
-        app.client
-            .get(app.url(&content))
-            .bearer_auth(&user.token)
-            .header(header::RANGE, range)
-            .send()
-    };
-    let span = ranged("bytes=6-10").await.unwrap();
+    let ranged = |range: &'static str| get_range(&app, &user, &content, range);
+    let span = ranged("bytes=6-10").await;
     assert_eq!(span.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         span.headers()[header::CONTENT_RANGE],
         format!("bytes 6-10/{}", text.len()).as_str()
     );
     assert_eq!(span.bytes().await.unwrap(), &text.as_bytes()[6..=10]);
-    let open = ranged("bytes=1800-").await.unwrap();
+    let open = ranged("bytes=1800-").await;
     assert_eq!(open.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(open.bytes().await.unwrap(), &text.as_bytes()[1800..]);
-    let suffix = ranged("bytes=-12").await.unwrap();
+    let suffix = ranged("bytes=-12").await;
     assert_eq!(
         suffix.bytes().await.unwrap(),
         &text.as_bytes()[text.len() - 12..]
     );
-    let past = ranged("bytes=999999-").await.unwrap();
+    let past = ranged("bytes=999999-").await;
     assert_eq!(
         past.headers()[header::CONTENT_RANGE],
         format!("bytes */{}", text.len()).as_str()
@@ -184,14 +178,7 @@ async fn ranges_across_the_stores_read_chunks_come_back_exact() {
         (524_288, bytes.len() - 1),
         (5, 5),
     ] {
-        let ranged = app
-            .client
-            .get(app.url(&content))
-            .bearer_auth(&user.token)
-            .header(header::RANGE, format!("bytes={start}-{end}"))
-            .send()
-            .await
-            .unwrap();
+        let ranged = get_range(&app, &user, &content, &format!("bytes={start}-{end}")).await;
         assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(
             ranged.bytes().await.unwrap(),

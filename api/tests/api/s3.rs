@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     helpers::{TestApp, assert_problem, spawn_app_with},
-    uploads::{assert_gone, delete_file, hex, part, upload},
+    uploads::{assert_gone, delete_file, get_range, hex, part, upload},
 };
 
 /// A file part whose claimed type says nothing.
@@ -109,14 +109,7 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
 
     // A range across the boundary of the first two parts (8 MiB).
     let (start, end) = (8 * 1024 * 1024 - 100, 8 * 1024 * 1024 + 99);
-    let ranged = app
-        .client
-        .get(app.url(&content))
-        .bearer_auth(&user.token)
-        .header(header::RANGE, format!("bytes={start}-{end}"))
-        .send()
-        .await
-        .unwrap();
+    let ranged = get_range(&app, &user, &content, &format!("bytes={start}-{end}")).await;
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         ranged.headers()[header::CONTENT_RANGE],

@@ -42,6 +42,17 @@ pub async fn uploaded(app: &TestApp, user: &TestUser, name: &str, bytes: &[u8]) 
     response.json::<Value>().await.unwrap()["items"][0].clone()
 }
 
+/// `GET path` as `user` with `Range: {range}` (e.g. `bytes=0-99`).
+pub async fn get_range(app: &TestApp, user: &TestUser, path: &str, range: &str) -> Response {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(&user.token)
+        .header(reqwest::header::RANGE, range)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `DELETE /api/v1/files/{id}`, as `user`.
 pub async fn delete_file(app: &TestApp, user: &TestUser, id: &str) -> Response {
     app.send(
