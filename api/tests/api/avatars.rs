@@ -5,8 +5,6 @@
 //! storage quota; avatars kept apart from the files API both ways, and
 //! deleting one there removing it as the avatar.
 
-use std::path::Path;
-
 use keel_shared::domain::Role;
 use reqwest::{
     Method, StatusCode, header,
@@ -17,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{TestApp, TestUser, assert_problem, spawn_app, spawn_app_with},
-    uploads::{assert_gone, delete_file, upload, uploaded},
+    uploads::{assert_gone, delete_file, files_under, upload, uploaded},
 };
 
 const AVATAR: &str = "/api/v1/users/me/avatar";
@@ -179,19 +177,7 @@ async fn rows(app: &TestApp) -> i64 {
 
 /// Objects in the app's local store.
 fn objects(app: &TestApp) -> usize {
-    fn count(dir: &Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| {
-                let path = e.path();
-                if path.is_dir() { count(&path) } else { 1 }
-            })
-            .sum()
-    }
-    count(&app.config.files_dir)
+    files_under(&app.config.files_dir).len()
 }
 
 // ---- Tests ----

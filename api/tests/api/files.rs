@@ -24,28 +24,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     helpers::{API_BIN, TEST_SECRET, assert_problem, spawn_app_with},
-    uploads::{assert_gone, delete_file, get_range, hex, part, upload, uploaded},
+    uploads::{assert_gone, delete_file, files_under, get_range, hex, part, upload, uploaded},
 };
 
 const PNG_HEAD: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_under(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
-}
 
 #[tokio::test]
 async fn upload_list_describe_download_and_delete() {

@@ -1,6 +1,8 @@
 //! What the file tests share: building multipart forms, uploading and
 //! deleting through `/api/v1/files`, and checking a file is gone.
 
+use std::path::{Path, PathBuf};
+
 use reqwest::{
     Method, Response, StatusCode,
     multipart::{Form, Part},
@@ -77,4 +79,21 @@ pub async fn assert_gone(app: &TestApp, user: &TestUser, id: &str) {
         )
         .await;
     }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
