@@ -100,7 +100,7 @@ pub enum Maintenance {
     /// Delete finished tasks and email deliveries older than `TASK_RETENTION_DAYS`.
     PurgeFinished,
     /// Delete stored objects under `files/` that no file row points at and
-    /// that are older than any upload still in flight (an hour).
+    /// that are older than any upload still in flight (two hours).
     SweepOrphans,
 }
 

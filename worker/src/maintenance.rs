@@ -28,9 +28,11 @@ const SLICE: i64 = 5000;
 /// scheduler replicas, short enough to stay small with per-second schedules.
 const RUNS_KEPT: Duration = Duration::from_secs(24 * 3600);
 /// How old an object without a row must be before it is swept. An upload
-/// writes its object before its row, so a younger one may be an upload
-/// still streaming in; none takes an hour.
-pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// writes its objects before their rows, and the first file of a request
+/// waits for the last one: a request may take up to an hour
+/// (`REQUEST_TIMEOUT_SECONDS` is at most 3600), so twice that leaves a
+/// margin no upload still in flight reaches.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(2 * 3600);
 /// Keys one query checks for rows.
 const KEYS_PER_QUERY: usize = 500;
 /// Objects one sweep deletes at most; a larger backlog waits for the next

@@ -296,7 +296,7 @@ async fn the_sweep_deletes_only_old_orphans_on_s3() {
 }
 
 #[tokio::test]
-async fn the_hourly_sweep_through_a_worker_keeps_objects_younger_than_an_hour() {
+async fn the_hourly_sweep_through_a_worker_keeps_objects_younger_than_the_orphan_age() {
     let p = Pipeline::new().await;
     let dir = testing::test_files_dir();
     let _worker = p.worker(&[("WORKER_QUEUES", "maintenance"), ("FILES_DIR", &dir)]);
