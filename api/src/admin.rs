@@ -103,7 +103,8 @@ pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminErro
     let db = db::connect(config).await?;
     let redis = RedisClient::lazy(config)?;
     let jobs = keel_shared::job_queue::JobQueue::new(redis.clone());
-    let users_cache = UserCache::new(redis);
+    // This process only publishes changes; it never checks a token.
+    let users_cache = UserCache::new(redis, std::time::Duration::ZERO);
     match command {
         AdminCommand::CreateSuperuser {
             username,

@@ -56,20 +56,18 @@ pub fn main() -> ExitCode {
     if let Command::GenSecret { write_env, force } = command {
         return process::exit_code("keel-api", gen_secret(write_env, force));
     }
-    if let Err(e) = config.validate() {
-        config::exit_usage(&e.to_string());
+    let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
+    // Only serving signs tokens; its key's faults are listed with the rest.
+    let signing_key = match command {
+        Command::Serve => config.signing_key().map_err(|e| errors.push(e)).ok(),
+        _ => None,
+    };
+    if !errors.is_empty() {
+        config::exit_config(&errors);
     }
     if let Command::Admin { command } = command {
         return run_admin(command, config);
     }
-    let signing_key = match command {
-        Command::Serve => Some(
-            config
-                .signing_key()
-                .unwrap_or_else(|e| config::exit_usage(&e.to_string())),
-        ),
-        _ => None,
-    };
     process::run_main("keel-api", &config.clone(), async move {
         match signing_key {
             Some(key) => serve(config, key).await,

@@ -122,6 +122,14 @@ pub enum ApiError {
     /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
     #[error("rate limited")]
     RateLimited(crate::auth::rate_limit::Decision),
+    /// Refused for a while, whoever asks (a paused second step): 429 with
+    /// `Retry-After`.
+    #[error("{code}: {detail}")]
+    Paused {
+        code: &'static str,
+        detail: String,
+        retry_after_secs: u64,
+    },
     /// Keel itself is saturated (the password hasher's queue is full): 503
     /// `server_busy` with `Retry-After: 1`, logged at debug (a flood would
     /// otherwise flood the log too).
@@ -259,6 +267,19 @@ impl IntoResponse for ApiError {
                     Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
                         .into_response();
                 decision.apply(response.headers_mut());
+                response
+            }
+            Self::Paused {
+                code,
+                detail,
+                retry_after_secs,
+            } => {
+                let mut response =
+                    Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail).into_response();
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
                 response
             }
             Self::Busy(detail) => {

@@ -1,7 +1,7 @@
 //! Extractors that turn axum's rejections into `ApiError`s: `AppJson` (a
 //! `Json` whose malformed, mistyped or oversized bodies answer
 //! problem+json), `JsonBytes` (the same checks, with the exact body kept),
-//! `AppQuery`, `AppPath` and `JsonOrForm`.
+//! `AppMultipart`, `AppQuery`, `AppPath` and `JsonOrForm`.
 
 use axum::{
     body::Bytes,
@@ -86,6 +86,41 @@ impl JsonBytes {
     }
 }
 
+/// A `multipart/form-data` body, read part by part. As an extractor: 415
+/// `unsupported_media_type` for any other content type, 400
+/// `malformed_multipart` for a multipart type without a usable boundary.
+#[derive(Debug)]
+pub struct AppMultipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for AppMultipart {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let essence = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        if essence.as_deref() != Some("multipart/form-data") {
+            return Err(ApiError::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with Content-Type: multipart/form-data",
+            ));
+        }
+        axum::extract::Multipart::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "malformed_multipart",
+                    "the multipart body cannot be read: its Content-Type has no usable boundary",
+                )
+            })
+    }
+}
+
 /// `application/json` or any `application/*+json`, as axum's `Json` accepts.
 fn has_json_content_type(headers: &HeaderMap) -> bool {
     let Some(value) = headers
@@ -126,13 +161,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(_) => {
             ApiError::bad_request("malformed_json", serde_text(rejection))
         }
-        JsonRejection::JsonDataError(_) => {
-            let message = serde_text(rejection);
-            ApiError::validation(vec![FieldError {
-                field: field_of(&message),
-                message,
-            }])
-        }
+        JsonRejection::JsonDataError(_) => invalid_field(&serde_text(rejection)),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             payload_too_large()
         }
@@ -150,13 +179,66 @@ fn serde_text(rejection: &JsonRejection) -> String {
     }
 }
 
-/// A 422 from a query or form rejection's text ("Failed to …: <serde message>").
+/// A 422 from a serde message, or a query or form rejection's text
+/// ("Failed to …: <serde message>"): the field it names, and what was
+/// wrong in the client's terms.
 fn invalid_field(text: &str) -> ApiError {
-    let message = text.split_once(": ").map_or(text, |(_, m)| m).to_owned();
+    let message = match text.split_once(": ") {
+        Some((preamble, rest)) if preamble.starts_with("Failed to") => rest,
+        _ => text,
+    };
+    let field = field_of(message);
     ApiError::validation(vec![FieldError {
-        field: field_of(&message),
-        message,
+        message: client_terms(message, &field),
+        field,
     }])
+}
+
+/// A serde message said the way a client reads it: without the field's
+/// path (the error names the field already), without a position in the
+/// body, and without the names of parser internals (chrono's "input
+/// contains invalid characters", a Rust type's name).
+pub(crate) fn client_terms(message: &str, field: &str) -> String {
+    let message = message
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message);
+    let message = match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => &message[..at],
+        _ => message,
+    };
+    const TIMESTAMP: &str = "must be an RFC 3339 timestamp such as 2026-01-15T09:30:00Z";
+    // chrono's parse errors (`chrono::format::ParseErrorKind`).
+    let chrono = [
+        "input contains invalid characters",
+        "premature end of input",
+        "trailing input",
+        "input is out of range",
+        "input is not enough for unique date and time",
+        "no possible date and time matching input",
+        "bad or unsupported format string",
+    ];
+    if chrono.contains(&message) {
+        return TIMESTAMP.to_owned();
+    }
+    if message.starts_with("UUID parsing failed") {
+        return "must be a UUID".to_owned();
+    }
+    if message.contains("internally tagged enum") {
+        return "must be a JSON object with a `type` field".to_owned();
+    }
+    if let Some((got, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|m| m.split_once(", expected "))
+    {
+        let expected = if expected.starts_with("struct ") || expected.starts_with("a map") {
+            "a JSON object"
+        } else {
+            expected
+        };
+        return format!("must be {expected}, not {got}");
+    }
+    message.to_owned()
 }
 
 /// The field a serde message names (`missing field `name``, or a path like
@@ -176,7 +258,36 @@ fn field_of(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::field_of;
+    use super::{client_terms, field_of};
+
+    #[test]
+    fn messages_say_once_what_was_wrong_in_the_clients_terms() {
+        let said = |m: &str| client_terms(m, &field_of(m));
+        assert_eq!(
+            said("scheduled_at: input contains invalid characters at line 1 column 69"),
+            "must be an RFC 3339 timestamp such as 2026-01-15T09:30:00Z"
+        );
+        assert_eq!(
+            said("tasks[0].scheduled_at: premature end of input at line 1 column 40"),
+            "must be an RFC 3339 timestamp such as 2026-01-15T09:30:00Z"
+        );
+        assert_eq!(
+            said("invalid type: null, expected internally tagged enum ClientMessage"),
+            "must be a JSON object with a `type` field"
+        );
+        assert_eq!(
+            said("name: invalid type: integer `1`, expected a string at line 1 column 9"),
+            "must be a string, not integer `1`"
+        );
+        assert_eq!(
+            said("invalid type: sequence, expected struct NewTaskRequest at line 1 column 0"),
+            "must be a JSON object, not sequence"
+        );
+        assert_eq!(
+            said("missing field `name` at line 1 column 2"),
+            "missing field `name`"
+        );
+    }
 
     #[test]
     fn field_names_come_from_serde_messages() {

@@ -406,8 +406,8 @@ pub struct PersonName;
 impl PartialSchema for PersonName {
     fn schema() -> RefOr<Schema> {
         string_schema(
-            "At most 100 characters, no control characters; stored trimmed.",
-            domain::PROFILE_TEXT_PATTERN,
+            "At most 100 characters on one line, no control characters; stored trimmed.",
+            domain::PROFILE_LINE_PATTERN,
             100,
             "Alice",
         )

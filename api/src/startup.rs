@@ -7,8 +7,15 @@ use std::{future::IntoFuture as _, net::SocketAddr, pin::Pin, sync::Arc, time::D
 use anyhow::Context as _;
 use axum::{ServiceExt, extract::Request};
 use keel_shared::{
-    Config, RedisClient, config::SigningKey, db, job_queue::JobQueue, kinds::KindSettings,
-    queue_metrics::QueueGauges, storage::Storage, telemetry,
+    Config, RedisClient,
+    config::SigningKey,
+    db,
+    job_queue::JobQueue,
+    kinds::KindSettings,
+    ops_server::{OpsProbe, OpsServer},
+    queue_metrics::QueueGauges,
+    storage::Storage,
+    telemetry,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -27,10 +34,17 @@ use crate::{
     ws::hub::Hub,
 };
 
+/// Where the API serves `/metrics` (with `/health` and `/live`) unless
+/// `METRICS_PORT` says otherwise: beside the worker's 9101 and the
+/// scheduler's 9102, and never on the public port, where anyone could read it.
+pub const DEFAULT_METRICS_PORT: u16 = 9100;
+
 /// The API, bound and ready to serve.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics`, `/health`, `/live` for scrapers and probes.
+    ops: OpsServer,
     /// Set when the API terminates TLS itself.
     tls: Option<Arc<ServerConfig>>,
     state: AppState,
@@ -67,6 +81,20 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let ops_addr = SocketAddr::new(
+            config.host,
+            config.metrics_port.unwrap_or(DEFAULT_METRICS_PORT),
+        );
+        let probe = OpsProbe {
+            db: db.clone(),
+            redis: redis.clone(),
+            environment: config.environment,
+            queue_gauges: None,
+        };
+        let mut ops = OpsServer::bind(ops_addr, probe)
+            .await
+            .with_context(|| format!("cannot listen on {ops_addr} for /metrics (METRICS_PORT)"))?;
+        ops.export_queue_gauges();
         telemetry::spawn_metrics_upkeep();
         let storage = Storage::from_config(&config).context("file storage")?;
         tracing::info!(location = storage.location(), "files are stored");
@@ -79,7 +107,10 @@ impl Application {
                 config.rate_limit_enabled,
                 config.rate_limit_per_minute,
             ),
-            users: UserCache::new(redis.clone()),
+            users: UserCache::new(
+                redis.clone(),
+                Duration::from_secs(u64::from(config.access_token_expire_minutes) * 60),
+            ),
             hub: Hub::new(redis.clone()),
             gauges: QueueGauges::new(db.clone(), redis.clone()),
             jobs: JobQueue::new(redis.clone()),
@@ -94,10 +125,18 @@ impl Application {
         }
         Ok(Self {
             listener,
+            ops,
             tls,
             state,
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.ops
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -129,10 +168,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
             listener,
+            ops,
             tls,
             state,
             shutdown,
         } = self;
+        tracing::info!(address = %ops.local_addr()?, "serving /metrics, /health and /live");
+        tokio::spawn(ops.serve(shutdown.clone()));
         let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
         let grace = state.config.shutdown_grace();
         let lifecycle = state.lifecycle.clone();

@@ -19,7 +19,7 @@ pub struct Cli {
 pub fn main() -> ExitCode {
     let Cli { config } = config::parse_cli();
     if let Err(e) = config.validate() {
-        config::exit_usage(&e.to_string());
+        config::exit_config(&e.0);
     }
     process::run_main("keel-scheduler", &config, async {
         let scheduler = Scheduler::build(&config).await?;

@@ -20,7 +20,7 @@ pub struct Config {
     pub environment: Environment,
 
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://localhost/keel", value_parser = secret, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://localhost/keel", value_parser = SecretUrlParser::Postgres, hide_env_values = true)]
     pub database_url: SecretString,
 
     /// Maximum connections in each process's Postgres pool.
@@ -32,7 +32,7 @@ pub struct Config {
     pub database_timeout_seconds: u64,
 
     /// Redis connection URL (queues, rate limits, cache, pub/sub).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = secret, hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = SecretUrlParser::Redis, hide_env_values = true)]
     pub redis_url: SecretString,
 
     /// Prefix of every Redis key and queue name, so several deployments (or tests) share one Redis.
@@ -304,9 +304,46 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Port of the worker's and scheduler's `/health` and `/metrics` (9101 worker, 9102 scheduler).
+    /// Port of `/health` and `/metrics` (9100 API, 9101 worker, 9102 scheduler), on `HOST`.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
+
+    /// Insecure settings production may keep anyway (comma list of their variables:
+    /// `RATE_LIMIT_ENABLED`, `TRUSTED_PROXIES`, `SMTP_TLS`); each start warns of each.
+    #[arg(
+        long,
+        env = "ALLOW_INSECURE_SETTINGS",
+        value_delimiter = ',',
+        value_enum,
+        ignore_case = true
+    )]
+    pub allow_insecure_settings: Vec<InsecureSetting>,
+}
+
+/// A setting production refuses unless `ALLOW_INSECURE_SETTINGS` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InsecureSetting {
+    /// `RATE_LIMIT_ENABLED=false`: no limit on guessing passwords and codes.
+    #[value(name = "RATE_LIMIT_ENABLED")]
+    RateLimitEnabled,
+    /// `TRUSTED_PROXIES` with `0.0.0.0/0` or `::/0`: every client picks its
+    /// own address (and rate-limit bucket) with `X-Forwarded-For`.
+    #[value(name = "TRUSTED_PROXIES")]
+    TrustedProxies,
+    /// `SMTP_TLS=none` to a host that is not loopback: passwords and reset
+    /// links cross the network in clear text.
+    #[value(name = "SMTP_TLS")]
+    SmtpTls,
+}
+
+impl InsecureSetting {
+    pub fn variable(self) -> &'static str {
+        match self {
+            Self::RateLimitEnabled => "RATE_LIMIT_ENABLED",
+            Self::TrustedProxies => "TRUSTED_PROXIES",
+            Self::SmtpTls => "SMTP_TLS",
+        }
+    }
 }
 
 /// Where Keel runs; production turns insecure conveniences into errors.
@@ -434,18 +471,20 @@ impl Config {
             })
     }
 
-    /// Checks that hold for every binary: settings that parse alone but not together.
+    /// Checks that hold for every binary: settings that parse alone but not
+    /// together, and (in production) insecure ones.
     ///
     /// # Errors
-    /// The first variable found wrong.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Every variable found wrong, at once: an operator fixes them in one go.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             let missing = if self.tls_cert_file.is_none() {
                 "TLS_CERT_FILE"
             } else {
                 "TLS_KEY_FILE"
             };
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 missing,
                 "TLS_CERT_FILE and TLS_KEY_FILE must be set together",
             ));
@@ -455,45 +494,115 @@ impl Config {
             ("TLS_KEY_FILE", &self.tls_key_file),
         ] {
             if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     var,
                     format!("no readable file at {}", path.display()),
                 ));
             }
         }
         if self.is_production() {
-            if self.allowed_origins.any {
-                return Err(ConfigError::new(
-                    "ALLOWED_ORIGINS",
-                    "`*` is refused in production; list the origins",
-                ));
-            }
-            if self.enable_test_kinds {
-                return Err(ConfigError::new(
-                    "ENABLE_TEST_KINDS",
-                    "test-only task kinds are refused in production",
-                ));
-            }
-            if !self.app_base_url.starts_with("https://") {
-                return Err(ConfigError::new(
-                    "APP_BASE_URL",
-                    "must be https:// in production",
-                ));
-            }
+            errors.extend(self.production_refusals());
         }
-        self.validate_oauth()?;
+        self.validate_oauth(&mut errors);
         if self.smtp_host.is_some() && self.emails_from_email.is_none() {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "EMAILS_FROM_EMAIL",
                 "required when SMTP_HOST is set",
             ));
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// What production refuses: conveniences of development, and the
+    /// insecure settings `ALLOW_INSECURE_SETTINGS` does not name.
+    fn production_refusals(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.allowed_origins.any {
+            errors.push(ConfigError::new(
+                "ALLOWED_ORIGINS",
+                "`*` is refused in production; list the origins",
+            ));
+        }
+        if self.enable_test_kinds {
+            errors.push(ConfigError::new(
+                "ENABLE_TEST_KINDS",
+                "test-only task kinds are refused in production",
+            ));
+        }
+        if !self.app_base_url.starts_with("https://") {
+            errors.push(ConfigError::new(
+                "APP_BASE_URL",
+                "must be https:// in production",
+            ));
+        }
+        for setting in self.insecure_settings() {
+            if !self.allow_insecure_settings.contains(&setting) {
+                let why = match setting {
+                    InsecureSetting::RateLimitEnabled => {
+                        "false is refused in production: nothing would limit password and code guessing"
+                    }
+                    InsecureSetting::TrustedProxies => {
+                        "0.0.0.0/0 or ::/0 is refused in production: every client could pick its own address with X-Forwarded-For"
+                    }
+                    InsecureSetting::SmtpTls => {
+                        "none is refused in production for an SMTP_HOST that is not loopback: mail would cross the network in clear text"
+                    }
+                };
+                errors.push(ConfigError::new(
+                    setting.variable(),
+                    format!(
+                        "{why} (ALLOW_INSECURE_SETTINGS={} keeps it)",
+                        setting.variable()
+                    ),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// The insecure settings this configuration holds, allowed or not.
+    pub fn insecure_settings(&self) -> Vec<InsecureSetting> {
+        let mut found = Vec::new();
+        if !self.rate_limit_enabled {
+            found.push(InsecureSetting::RateLimitEnabled);
+        }
+        if self.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            found.push(InsecureSetting::TrustedProxies);
+        }
+        let loopback = |host: &str| {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        if self.smtp_tls == SmtpTls::None && self.smtp_host.as_deref().is_some_and(|h| !loopback(h))
+        {
+            found.push(InsecureSetting::SmtpTls);
+        }
+        found
+    }
+
+    /// The insecure settings production keeps because `ALLOW_INSECURE_SETTINGS`
+    /// names them: warned of at every start.
+    pub fn insecure_overrides(&self) -> Vec<InsecureSetting> {
+        if !self.is_production() {
+            return Vec::new();
+        }
+        self.insecure_settings()
+            .into_iter()
+            .filter(|s| self.allow_insecure_settings.contains(s))
+            .collect()
     }
 
     /// A preset's client id and secret come together; in production every
     /// URL of the flow is https.
-    fn validate_oauth(&self) -> Result<(), ConfigError> {
+    fn validate_oauth(&self, errors: &mut Vec<ConfigError>) {
         let presets = [
             (
                 "OAUTH_GOOGLE_CLIENT_ID",
@@ -511,7 +620,7 @@ impl Config {
         for (id, secret, has_id, has_secret) in presets {
             if has_id != has_secret {
                 let missing = if has_id { secret } else { id };
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     missing,
                     format!("{id} and {secret} must be set together"),
                 ));
@@ -520,7 +629,7 @@ impl Config {
         let any_provider = presets.iter().any(|p| p.2) || !self.oauth_oidc_providers.0.is_empty();
         if self.is_production() && any_provider {
             if !self.oauth_redirect_uri("x").starts_with("https://") {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "OAUTH_REDIRECT_URI",
                     "must be https:// in production",
                 ));
@@ -531,13 +640,12 @@ impl Config {
                 .iter()
                 .find(|p| !p.issuer.starts_with("https://"))
             {
-                return Err(ConfigError::new(
+                errors.push(ConfigError::new(
                     "OAUTH_OIDC_PROVIDERS",
                     format!("{}: the issuer must be https:// in production", p.name),
                 ));
             }
         }
-        Ok(())
     }
 
     /// The signing key the API must use: the configured one, or in development
@@ -624,6 +732,28 @@ impl ConfigError {
     }
 }
 
+/// Every wrong variable a check found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The variables named, in order.
+    pub fn variables(&self) -> Vec<&'static str> {
+        self.0.iter().map(|e| e.variable).collect()
+    }
+}
+
+/// Prints each error on its own line (`binary: configuration error: VAR: …`)
+/// and exits 2.
+pub fn exit_config(errors: &[ConfigError]) -> ! {
+    let (last, rest) = errors.split_last().expect("at least one error");
+    for e in rest {
+        eprintln!("{}: configuration error: {e}", binary_name());
+    }
+    exit_usage(&last.to_string())
+}
+
 /// Exit code for a configuration or usage error, as clap uses.
 pub const USAGE_EXIT_CODE: u8 = 2;
 
@@ -670,16 +800,20 @@ pub fn parse_cli<P: clap::Parser>() -> P {
 
 /// Prints `binary: configuration error: …` and exits 2.
 pub fn exit_usage(message: &str) -> ! {
-    let bin = std::env::args().next().and_then(|a| {
-        std::path::Path::new(&a)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-    });
-    eprintln!(
-        "{}: configuration error: {message}",
-        bin.as_deref().unwrap_or("keel")
-    );
+    eprintln!("{}: configuration error: {message}", binary_name());
     std::process::exit(USAGE_EXIT_CODE.into())
+}
+
+/// The running binary's file name, for messages.
+fn binary_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "keel".to_owned())
 }
 
 /// Turns clap's multi-line error into one line that names the environment
@@ -788,6 +922,92 @@ fn redirect_uri_template(s: &str) -> Result<String, String> {
         return Err("may not have a #fragment".into());
     }
     Ok(s.to_owned())
+}
+
+/// Reads `DATABASE_URL` and `REDIS_URL` with the client libraries' own
+/// parsers, so a URL they cannot use stops the process at start. The errors
+/// name the variable and never quote the value, which holds a password.
+#[derive(Clone, Copy, Debug)]
+enum SecretUrlParser {
+    Postgres,
+    Redis,
+}
+
+impl clap::builder::TypedValueParser for SecretUrlParser {
+    type Value = SecretString;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let (variable, flag, expected) = match self {
+            Self::Postgres => (
+                "DATABASE_URL",
+                "--database-url",
+                "postgres://user:password@host:5432/database",
+            ),
+            Self::Redis => (
+                "REDIS_URL",
+                "--redis-url",
+                "redis://[:password@]host:6379[/db]",
+            ),
+        };
+        let fail = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{variable} ({flag}): {why}; expected {expected}\n"),
+            )
+        };
+        let value = value.to_str().ok_or_else(|| fail("is not UTF-8".into()))?;
+        match self {
+            Self::Postgres => {
+                // sqlx's own reading: what it refuses here it would refuse at connect.
+                let scheme_ok = ["postgres://", "postgresql://"].iter().any(|p| {
+                    value
+                        .get(..p.len())
+                        .is_some_and(|s| s.eq_ignore_ascii_case(p))
+                });
+                if !scheme_ok {
+                    return Err(fail("is not a postgres:// URL".into()));
+                }
+                sqlx::postgres::PgConnectOptions::from_str(value).map_err(|e| {
+                    fail(format!(
+                        "cannot be read ({})",
+                        url_reason(&e.to_string(), value)
+                    ))
+                })?;
+            }
+            Self::Redis => {
+                redis::IntoConnectionInfo::into_connection_info(value).map_err(|e| {
+                    fail(format!(
+                        "cannot be read ({})",
+                        url_reason(&e.to_string(), value)
+                    ))
+                })?;
+            }
+        }
+        Ok(SecretString::from(value.to_owned()))
+    }
+}
+
+/// A URL parser's reason, without the value (it holds a password): cut
+/// before anything quoted, the value itself blotted out.
+fn url_reason(message: &str, value: &str) -> String {
+    let reason = message
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .replace(value, "the URL")
+        .trim()
+        .trim_end_matches([':', '-', ' '])
+        .to_owned();
+    if reason.is_empty() {
+        "not a valid URL".to_owned()
+    } else {
+        reason
+    }
 }
 
 /// Reads `OAUTH_OIDC_PROVIDERS`. Its errors name fields, never values (the
@@ -1074,8 +1294,8 @@ mod tests {
     fn oauth_client_ids_and_secrets_come_in_pairs_and_production_wants_https() {
         let lonely = Config::from_flags(["--oauth-github-client-id", "Iv1.abc"]).unwrap();
         assert_eq!(
-            lonely.validate().unwrap_err().variable,
-            "OAUTH_GITHUB_CLIENT_SECRET"
+            lonely.validate().unwrap_err().variables(),
+            ["OAUTH_GITHUB_CLIENT_SECRET"]
         );
         let production = Config::from_flags([
             "--environment",
@@ -1091,8 +1311,100 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            production.validate().unwrap_err().variable,
-            "OAUTH_REDIRECT_URI"
+            production.validate().unwrap_err().variables(),
+            ["OAUTH_REDIRECT_URI"]
+        );
+    }
+
+    #[test]
+    fn production_refuses_every_insecure_setting_at_once_unless_allowed() {
+        let base = [
+            "--environment",
+            "production",
+            "--app-base-url",
+            "https://keel.example.com",
+        ];
+        let insecure = [
+            "--rate-limit-enabled",
+            "false",
+            "--trusted-proxies",
+            "10.0.0.0/8,::/0",
+            "--smtp-host",
+            "smtp.example.com",
+            "--smtp-tls",
+            "none",
+            "--emails-from-email",
+            "keel@example.com",
+        ];
+        let config = Config::from_flags(base.iter().chain(&insecure)).unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().variables(),
+            ["RATE_LIMIT_ENABLED", "TRUSTED_PROXIES", "SMTP_TLS"],
+            "all three, in one go"
+        );
+        assert!(config.insecure_overrides().is_empty());
+        let allowed = Config::from_flags(base.iter().chain(&insecure).chain(&[
+            "--allow-insecure-settings",
+            "rate_limit_enabled,TRUSTED_PROXIES,SMTP_TLS",
+        ]))
+        .unwrap();
+        allowed.validate().unwrap();
+        assert_eq!(allowed.insecure_overrides().len(), 3, "each is warned of");
+
+        let loopback_smtp = Config::from_flags(base.iter().chain(&[
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-tls",
+            "none",
+            "--emails-from-email",
+            "keel@example.com",
+        ]))
+        .unwrap();
+        loopback_smtp
+            .validate()
+            .expect("plain SMTP to loopback stays on the machine");
+        let development = Config::from_flags(insecure).unwrap();
+        development.validate().expect("development allows them");
+        assert!(development.insecure_overrides().is_empty());
+    }
+
+    #[test]
+    fn database_and_redis_urls_are_read_at_start_and_never_quoted() {
+        for (flag, value) in [
+            ("--database-url", "not a url"),
+            ("--database-url", "mysql://root:hush-1@db/keel"),
+            ("--database-url", "postgres://root:hush-1@db:99999/keel"),
+            ("--redis-url", "not a url"),
+            ("--redis-url", "http://:hush-1@cache:6379"),
+        ] {
+            let e = Config::from_flags([flag, value])
+                .expect_err(value)
+                .to_string();
+            let variable = if flag == "--database-url" {
+                "DATABASE_URL"
+            } else {
+                "REDIS_URL"
+            };
+            assert!(e.contains(variable), "{value}: {e}");
+            assert!(
+                !e.contains("hush-1") && !e.contains("not a url"),
+                "{value}: {e}"
+            );
+        }
+        Config::from_flags([
+            "--database-url",
+            "postgresql://u:p@127.0.0.1:5432/keel?sslmode=disable",
+            "--redis-url",
+            "redis://:p@cache.example:6380/2",
+        ])
+        .unwrap();
+        // This build's Redis client has no TLS: said at start, not at connect.
+        let tls = Config::from_flags(["--redis-url", "rediss://:hush-1@cache.example:6380"])
+            .expect_err("rediss")
+            .to_string();
+        assert!(
+            tls.contains("REDIS_URL") && tls.contains("TLS") && !tls.contains("hush-1"),
+            "{tls}"
         );
     }
 

@@ -60,6 +60,12 @@ where
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| {
             telemetry::init(service, config);
+            for setting in config.insecure_overrides() {
+                tracing::warn!(
+                    variable = setting.variable(),
+                    "an insecure setting is kept in production because ALLOW_INSECURE_SETTINGS names it"
+                );
+            }
             runtime.block_on(body)
         });
     exit_code(service, result)

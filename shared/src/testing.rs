@@ -97,6 +97,10 @@ pub fn config(database_url: &str, redis_prefix: &str, extra: &[&str]) -> Config 
         "--database-timeout-seconds",
         "2",
     ];
+    // A free port for `/metrics`, unless the test names one.
+    if !extra.contains(&"--metrics-port") {
+        args.extend_from_slice(&["--metrics-port", "0"]);
+    }
     // Each test's files in a directory of its own (under target/, swept
     // with it), so an orphan sweep in one test never sees another's objects.
     let files_dir = test_files_dir();
@@ -131,7 +135,9 @@ pub fn command(binary: &str) -> std::process::Command {
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        // A free port for `/metrics`: tests run side by side.
+        .env("METRICS_PORT", "0");
     command.current_dir(std::env::temp_dir());
     command
 }

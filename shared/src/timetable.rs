@@ -227,20 +227,18 @@ fn parse_cron(expression: &str) -> Result<cron::Schedule, TimetableError> {
         field: "day_of_week",
         message,
     })?;
-    // Each field alone, so the error names the one that is wrong.
+    // Each field alone, so the error names the one that is wrong. The
+    // crate's own reasons are not passed on: they are off by one ("must be
+    // less than 23" for hours), empty ("is not valid: ^") or name the wrong
+    // thing (`W` called a month name); the message says what is accepted.
     for (i, field) in FIELDS.iter().enumerate() {
         let mut probe = ["*"; 6];
         probe[i] = &fields[i];
-        if let Err(e) = cron::Schedule::from_str(&probe.join(" ")) {
+        if cron::Schedule::from_str(&probe.join(" ")).is_err() || has_unsupported_syntax(&fields[i])
+        {
             return Err(TimetableError::Cron {
                 field,
-                // The crate's message ends with its reason, after a picture
-                // of the probe expression that would only confuse.
-                message: format!(
-                    "`{}` is not valid: {}",
-                    fields[i],
-                    e.to_string().lines().last().unwrap_or_default().trim()
-                ),
+                message: field_refusal(i, &original_field(expression, i, &fields[i])),
             });
         }
     }
@@ -248,6 +246,48 @@ fn parse_cron(expression: &str) -> Result<cron::Schedule, TimetableError> {
         field: "cron",
         message: e.to_string(),
     })
+}
+
+/// What field `i` (of [`FIELDS`]) accepts, as said to whoever wrote `value`.
+fn field_refusal(i: usize, value: &str) -> String {
+    let values = match i {
+        0 => "a second is 0–59",
+        1 => "a minute is 0–59",
+        2 => "an hour is 0–23",
+        3 => "a day of the month is 1–31",
+        4 => "a month is 1–12 or JAN–DEC",
+        _ => "a weekday is 0–7 (Sunday is 0 or 7) or SUN–SAT",
+    };
+    // `L` and `W` also occur in names (JUL, WED), which have no digits.
+    let upper = value.to_ascii_uppercase();
+    let quartz = has_unsupported_syntax(value)
+        || upper == "L"
+        || upper.bytes().any(|b| b.is_ascii_digit()) && upper.contains(['L', 'W']);
+    let special = if quartz {
+        "; `#`, `L`, `W` and `?` are not supported"
+    } else {
+        ""
+    };
+    format!(
+        "`{value}` is not valid: {values}, written as one value, a range `a-b`, a list `a,b`, \
+         `*`, or a step `*/n` or `a-b/n`{special}"
+    )
+}
+
+/// Quartz-style marks the `cron` crate reads in ways crontab users would
+/// not expect, or not at all: refused with the field's own message.
+fn has_unsupported_syntax(value: &str) -> bool {
+    value.contains(['#', '?'])
+}
+
+/// Field `i` of the expression as the client wrote it (before weekdays
+/// were renumbered), for messages.
+fn original_field(expression: &str, i: usize, converted: &str) -> String {
+    let written: Vec<&str> = expression.split_whitespace().collect();
+    let offset = usize::from(written.len() == 5);
+    i.checked_sub(offset)
+        .and_then(|j| written.get(j))
+        .map_or_else(|| converted.to_owned(), |s| (*s).to_owned())
 }
 
 /// Crontab weekdays (0–7, Sunday 0 and 7) in `cron`'s numbering (1–7, Sunday 1).
@@ -258,7 +298,7 @@ fn crontab_weekdays(field: &str) -> Result<String, String> {
         }
         match s.parse::<u8>() {
             Ok(n @ 0..=7) => Ok(Some(n)),
-            _ => Err(format!("`{s}` is not a weekday (0–7, Sunday is 0 or 7)")),
+            _ => Err(field_refusal(5, field)),
         }
     };
     let shift = |n: u8| (n % 7) + 1;
@@ -386,13 +426,41 @@ mod tests {
         assert_eq!(field("0 0 * * 8"), "day_of_week");
         assert_eq!(field("0 0 * * mon-"), "day_of_week");
         assert_eq!(field("61 * * * * *"), "second");
-        match Timetable::parse("0 25 * * *", "UTC") {
-            Err(TimetableError::Cron { message, .. }) => {
-                assert!(message.starts_with("`25` is not valid: "), "{message}");
-                assert!(!message.contains('\n'), "{message}");
-            }
-            other => panic!("{other:?}"),
+        let message = |expr: &str| match Timetable::parse(expr, "UTC") {
+            Err(TimetableError::Cron { message, .. }) => message,
+            other => panic!("{expr}: {other:?}"),
+        };
+        for (expr, says) in [
+            ("0 25 * * *", "`25` is not valid: an hour is 0–23"),
+            ("60 * * * *", "`60` is not valid: a minute is 0–59"),
+            (
+                "0 0 * 13 *",
+                "`13` is not valid: a month is 1–12 or JAN–DEC",
+            ),
+            (
+                "0 0 32 * *",
+                "`32` is not valid: a day of the month is 1–31",
+            ),
+            ("0 0 * * 8", "a weekday is 0–7 (Sunday is 0 or 7)"),
+            ("0 0 * * 5#3", "`5#3` is not valid: a weekday is 0–7"),
+            (
+                "0 0 1W * *",
+                "`1W` is not valid: a day of the month is 1–31",
+            ),
+        ] {
+            let message = message(expr);
+            assert!(
+                message.starts_with(says) || message.contains(says),
+                "{expr}: {message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+            assert!(
+                !message.contains("less than") && !message.contains("month name"),
+                "{expr}: no crate internals: {message}"
+            );
         }
+        assert!(message("0 0 * * 5#3").contains("`#`, `L`, `W` and `?` are not supported"));
+        assert!(message("0 0 1W * *").contains("are not supported"));
         assert!(matches!(
             Timetable::parse("* * * * *", "Mars/Olympus"),
             Err(TimetableError::Timezone(_))

@@ -13,7 +13,8 @@ use ipnet::IpNet;
 
 use crate::{listener::PeerAddr, state::AppState};
 
-/// The client's address, as far as this server can tell.
+/// The client, as far as this server can tell, as the per-IP limits count
+/// it: an IPv4 address, or the /64 network of an IPv6 one ([`bucket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -25,11 +26,25 @@ impl FromRequestParts<AppState> for ClientIp {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let config = std::sync::Arc::<keel_shared::Config>::from_ref(state);
-        Ok(Self(of(
+        Ok(Self(bucket(of(
             &parts.extensions,
             &parts.headers,
             &config.trusted_proxies,
-        )))
+        ))))
+    }
+}
+
+/// The address limits count `ip` under: an IPv6 client by its /64. One
+/// host is usually handed a whole /64 and picks addresses in it at will
+/// (privacy extensions), so counting each address alone would multiply
+/// every per-IP limit by 2^64.
+pub fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -74,6 +89,24 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_ipv4_alone() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(bucket(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            bucket(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            bucket(ip("2001:db8:1:2::1")),
+            "one /64, one bucket"
+        );
+        assert_ne!(bucket(ip("2001:db8:1:2::1")), bucket(ip("2001:db8:1:3::1")));
+        assert_eq!(bucket(ip("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(
+            bucket(ip("::ffff:203.0.113.7")),
+            ip("203.0.113.7"),
+            "IPv4-mapped is IPv4"
+        );
+    }
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -11,17 +11,17 @@ use keel_shared::{
 };
 use uuid::Uuid;
 
-use super::tokens::{TokenError, hash_secret};
+use super::tokens::{AccessClaims, TokenError, hash_secret};
 use crate::{error::ApiError, state::AppState};
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
-    AccessToken,
+    /// `session`: the sign-in the token belongs to, if it came from one;
+    /// `expires`: its `exp` (Unix seconds).
+    AccessToken { session: Option<Uuid>, expires: i64 },
     /// An API key acts as its owner, but cannot mint keys or change passwords.
-    ApiKey {
-        key_id: Uuid,
-    },
+    ApiKey { key_id: Uuid },
 }
 
 /// The caller: an active user, and how they signed in.
@@ -62,13 +62,46 @@ impl Principal {
     /// The caller used an API key.
     pub fn require_session(&self) -> Result<(), ApiError> {
         match self.method {
-            AuthMethod::AccessToken => Ok(()),
+            AuthMethod::AccessToken { .. } => Ok(()),
             AuthMethod::ApiKey { .. } => Err(ApiError::client(
                 axum::http::StatusCode::FORBIDDEN,
                 "api_key_not_allowed",
                 "an API key cannot do this; sign in with a password",
             )),
         }
+    }
+}
+
+/// The user an access token stands for, and its claims: the signature and
+/// times checked, then the user — active, at the token's version (a
+/// password, role or active change ends it), its sign-in not signed out.
+///
+/// # Errors
+/// 401 `token_expired` or `invalid_token`; 503 with the database down.
+pub(crate) async fn bearer(
+    state: &AppState,
+    token: &str,
+) -> Result<(User, AccessClaims), ApiError> {
+    let claims = state.tokens.verify_access(token).map_err(|e| match e {
+        TokenError::Expired => {
+            ApiError::unauthorized("token_expired", "the access token has expired")
+        }
+        TokenError::Invalid => {
+            ApiError::unauthorized("invalid_token", "the access token is invalid")
+        }
+    })?;
+    match state.users.get(&state.db, claims.sub).await? {
+        Some(cached)
+            if cached.user.is_active
+                && cached.user.token_version == claims.ver
+                && !cached.session_ended(claims.sid) =>
+        {
+            Ok((cached.user, claims))
+        }
+        _ => Err(ApiError::unauthorized(
+            "invalid_token",
+            "the access token is no longer valid",
+        )),
     }
 }
 
@@ -139,26 +172,14 @@ pub(crate) async fn authenticate(
 ) -> Result<Principal, ApiError> {
     match credential {
         Credential::Bearer(token) => {
-            let claims = state.tokens.verify_access(token).map_err(|e| match e {
-                TokenError::Expired => {
-                    ApiError::unauthorized("token_expired", "the access token has expired")
-                }
-                TokenError::Invalid => {
-                    ApiError::unauthorized("invalid_token", "the access token is invalid")
-                }
-            })?;
-            let user = state.users.get(&state.db, claims.sub).await?;
-            match user {
-                // A bumped version (password, role change, deactivation) ends the token.
-                Some(user) if user.is_active && user.token_version == claims.ver => Ok(Principal {
-                    user,
-                    method: AuthMethod::AccessToken,
-                }),
-                _ => Err(ApiError::unauthorized(
-                    "invalid_token",
-                    "the access token is no longer valid",
-                )),
-            }
+            let (user, claims) = bearer(state, token).await?;
+            Ok(Principal {
+                user,
+                method: AuthMethod::AccessToken {
+                    session: claims.sid,
+                    expires: claims.exp,
+                },
+            })
         }
         Credential::ApiKey(key) => {
             let invalid =
@@ -167,7 +188,10 @@ pub(crate) async fn authenticate(
                 .await?
                 .ok_or_else(invalid)?;
             let user = state.users.get(&state.db, api_key.user_id).await?;
-            let user = user.filter(|u| u.is_active).ok_or_else(invalid)?;
+            let user = user
+                .map(|cached| cached.user)
+                .filter(|u| u.is_active)
+                .ok_or_else(invalid)?;
             api_keys::touch(&state.db, api_key.id).await?;
             Ok(Principal {
                 user,

@@ -266,8 +266,6 @@ fn bucket_of(state: &AppState, req: &Request) -> String {
     {
         return format!("user:{}", claims.sub);
     }
-    format!(
-        "ip:{}",
-        client_ip::of(req.extensions(), headers, &state.config.trusted_proxies)
-    )
+    let ip = client_ip::of(req.extensions(), headers, &state.config.trusted_proxies);
+    format!("ip:{}", client_ip::bucket(ip))
 }

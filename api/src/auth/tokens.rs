@@ -40,6 +40,10 @@ pub struct AccessClaims {
     pub typ: String,
     /// The user's `token_version` at issue; a bump ends the token.
     pub ver: i32,
+    /// The sign-in (refresh family) the token belongs to: signing that one
+    /// session out (`logout`) ends the token with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
 }
 
 /// Why a token was refused; every kind answers the same 401.
@@ -115,11 +119,24 @@ impl TokenKeys {
         Utc::now() + self.refresh_ttl
     }
 
-    /// A signed access token for `user`.
+    /// A signed access token for `user`, outside any sign-in (it ends only
+    /// with its expiry or the user's token version).
     ///
     /// # Panics
     /// Never with an HMAC key.
     pub fn issue_access(&self, user: &User) -> String {
+        self.issue(user, None)
+    }
+
+    /// A signed access token of the sign-in `session` (a refresh family).
+    ///
+    /// # Panics
+    /// Never with an HMAC key.
+    pub fn issue_session_access(&self, user: &User, session: Uuid) -> String {
+        self.issue(user, Some(session))
+    }
+
+    fn issue(&self, user: &User, sid: Option<Uuid>) -> String {
         let now = Utc::now().timestamp();
         let claims = AccessClaims {
             sub: user.id,
@@ -131,6 +148,7 @@ impl TokenKeys {
             aud: AUDIENCE.into(),
             typ: ACCESS_TYPE.into(),
             ver: user.token_version,
+            sid,
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding)
             .expect("HMAC signing cannot fail")

@@ -222,18 +222,27 @@ pub fn is_totp_code(code: &str) -> bool {
     digits.clone().count() == 6 && digits.into_iter().all(|c| c.is_ascii_digit())
 }
 
-/// Fresh recovery codes: ten of 10 lower-case base32 characters (50 bits)
-/// each, shown as `xxxxx-xxxxx`.
+/// Characters of a recovery code: lower-case base32, 5 bits each.
+const RECOVERY_CODE_CHARS: usize = 24;
+
+/// Fresh recovery codes: ten of 24 lower-case base32 characters (120 bits)
+/// each, shown as `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx`. At 120 bits a stolen
+/// table of their SHA-256 hashes gives nothing to guess, as for API keys;
+/// a slow hash would only be needed for short codes.
 pub fn new_recovery_codes() -> Vec<String> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
     (0..RECOVERY_CODES)
         .map(|_| {
-            let bytes: [u8; 10] = rand::random();
-            let chars: String = bytes
+            let bytes: [u8; RECOVERY_CODE_CHARS] = rand::random();
+            let chars: Vec<char> = bytes
                 .iter()
                 .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
                 .collect();
-            format!("{}-{}", &chars[..5], &chars[5..])
+            chars
+                .chunks(4)
+                .map(|group| group.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-")
         })
         .collect()
 }
@@ -340,6 +349,16 @@ mod tests {
             codes.iter().collect::<std::collections::HashSet<_>>().len(),
             RECOVERY_CODES
         );
-        assert!(codes.iter().all(|c| c.len() == 11 && !is_totp_code(c)));
+        assert!(codes.iter().all(|c| c.len() == 29 && !is_totp_code(c)));
+        for code in &codes {
+            let symbols: Vec<char> = code.chars().filter(|c| *c != '-').collect();
+            assert_eq!(symbols.len() * 5, 120, "at least 112 bits: {code}");
+            assert!(
+                symbols
+                    .iter()
+                    .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(c))
+            );
+            assert_eq!(code.split('-').count(), 6, "six groups of four: {code}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Users by id, for the hot path of every authenticated request (is the
-//! user active? which role? which token version?), in two layers:
+//! user active? which role? which token version? which sign-ins have been
+//! signed out?), in two layers:
 //!
 //! - in this process, for as long as this process hears every change: each
 //!   change is published on Redis, and every replica drops its copy when the
@@ -23,8 +24,12 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use keel_shared::{RedisClient, db::users::User};
+use keel_shared::{
+    RedisClient,
+    db::{refresh_tokens, users::User},
+};
 use redis::AsyncCommands as _;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,16 +44,35 @@ const LOCAL_TTL: Duration = Duration::from_secs(60);
 /// Local entries kept at most; past this the map is emptied (cheap, bounded).
 const LOCAL_CAPACITY: usize = 50_000;
 
+/// What a request's credentials are checked against: the user (without
+/// the password hash) and the sign-ins of theirs that ended recently
+/// enough that an access token of one may not have expired yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedUser {
+    pub user: User,
+    /// Refresh families revoked within the last access-token lifetime.
+    pub ended_sessions: Vec<Uuid>,
+}
+
+impl CachedUser {
+    /// Whether the sign-in `session` was signed out.
+    pub fn session_ended(&self, session: Option<Uuid>) -> bool {
+        session.is_some_and(|s| self.ended_sessions.contains(&s))
+    }
+}
+
 /// The two-layer cache; clones share it.
 #[derive(Debug, Clone)]
 pub struct UserCache {
     local: Arc<Local>,
     redis: RedisClient,
+    /// How far back an ended sign-in can still have a live access token.
+    session_horizon: chrono::Duration,
 }
 
 #[derive(Debug, Default)]
 struct Local {
-    users: RwLock<HashMap<Uuid, (User, Instant)>>,
+    users: RwLock<HashMap<Uuid, (CachedUser, Instant)>>,
     /// Only while subscribed is the local layer trustworthy.
     live: AtomicBool,
     /// Bumped by every invalidation heard; a fill that started under an older
@@ -57,7 +81,7 @@ struct Local {
 }
 
 impl Local {
-    fn get(&self, id: Uuid) -> Option<User> {
+    fn get(&self, id: Uuid) -> Option<CachedUser> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
@@ -68,7 +92,7 @@ impl Local {
             .map(|(user, _)| user.clone())
     }
 
-    fn fill(&self, user: &User, generation: u64) {
+    fn fill(&self, user: &CachedUser, generation: u64) {
         if !self.live.load(Ordering::Acquire)
             || self.generation.load(Ordering::Acquire) != generation
         {
@@ -78,7 +102,7 @@ impl Local {
             if users.len() >= LOCAL_CAPACITY {
                 users.clear();
             }
-            users.insert(user.id, (user.clone(), Instant::now()));
+            users.insert(user.user.id, (user.clone(), Instant::now()));
         }
     }
 
@@ -110,10 +134,13 @@ impl UserCache {
     /// A cache whose local layer switches on once `listen` has subscribed
     /// (a process that never listens, like the admin command line, only
     /// publishes its changes).
-    pub fn new(redis: RedisClient) -> Self {
+    pub fn new(redis: RedisClient, access_ttl: std::time::Duration) -> Self {
+        // The tokens' own leeway (5 s) on top: a token is accepted that long past `exp`.
+        let horizon = access_ttl + Duration::from_secs(10);
         Self {
             local: Arc::new(Local::default()),
             redis,
+            session_horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -166,7 +193,7 @@ impl UserCache {
     ///
     /// # Errors
     /// Postgres fails (a Redis failure falls back to Postgres).
-    pub async fn get(&self, db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    pub async fn get(&self, db: &PgPool, id: Uuid) -> Result<Option<CachedUser>, sqlx::Error> {
         let redis = &self.redis;
         if let Some(user) = self.local.get(id) {
             return Ok(Some(user));
@@ -177,7 +204,7 @@ impl UserCache {
         match conn.get::<_, Option<String>>(key(redis, id)).await {
             Ok(Some(json)) if json == TOMBSTONE => tombstoned = true,
             Ok(Some(json)) => {
-                if let Ok(user) = serde_json::from_str::<User>(&json) {
+                if let Ok(user) = serde_json::from_str::<CachedUser>(&json) {
                     self.local.fill(&user, generation);
                     return Ok(Some(user));
                 }
@@ -185,7 +212,15 @@ impl UserCache {
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "user cache unavailable; reading Postgres"),
         }
-        let user = keel_shared::db::users::find_by_id(db, id).await?;
+        let Some(user) = keel_shared::db::users::find_by_id(db, id).await? else {
+            return Ok(None);
+        };
+        let since = chrono::Utc::now() - self.session_horizon;
+        let ended_sessions = refresh_tokens::ended_since(db, id, since).await?;
+        let user = Some(CachedUser {
+            user,
+            ended_sessions,
+        });
         if let Some(user) = user.as_ref().filter(|_| !tombstoned) {
             self.local.fill(user, generation);
             let json = serde_json::to_string(user).expect("a user serialises");

@@ -14,7 +14,10 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use keel_shared::{db::users::User, domain::Role};
+use keel_shared::{
+    db::{refresh_tokens, users::User},
+    domain::Role,
+};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
@@ -22,12 +25,16 @@ use uuid::Uuid;
 use super::{PageError, views};
 use crate::{
     auth::{
-        Principal,
+        AuthMethod, Principal,
         client_ip::ClientIp,
         principal::{Credential, authenticate, credential},
+        revocation,
     },
     error::ApiError,
-    routes::{auth::SignIn, two_factor},
+    routes::{
+        auth::{SignIn, issue},
+        two_factor,
+    },
     state::AppState,
 };
 
@@ -206,8 +213,8 @@ fn removal() -> Cookie<'static> {
     cookie
 }
 
-fn session_cookie(state: &AppState, user: &User) -> Cookie<'static> {
-    Cookie::build((COOKIE, state.tokens.issue_access(user)))
+fn session_cookie(access_token: String) -> Cookie<'static> {
+    Cookie::build((COOKIE, access_token))
         .path(PATH)
         .http_only(true)
         // Browsers keep Secure cookies for http://localhost too, so this holds in development.
@@ -253,7 +260,7 @@ pub async fn login(
     match signed_in {
         Ok(SignIn::Tokens(tokens)) => {
             let principal = authenticate(&state, Credential::Bearer(&tokens.access_token)).await?;
-            start_session(&state, &principal.user, &next)
+            start_session(&principal.user, tokens.access_token, &next)
         }
         Ok(SignIn::Challenge(challenge)) => Ok(views::render(
             "login.html",
@@ -285,17 +292,25 @@ pub async fn second_factor(
     check_origin(&headers)?;
     let next = safe_next(form.next.as_deref()).to_owned();
     match two_factor::pass_challenge(&state, ip, form.challenge_id, form.code.trim()).await {
-        Ok(user) => start_session(&state, &user, &next),
+        Ok(user) if user.role < Role::Admin => {
+            Err(ApiError::forbidden("the dashboard is for admins").into())
+        }
+        Ok(user) => {
+            let tokens = issue(&state, &user).await?;
+            start_session(&user, tokens.access_token, &next)
+        }
         Err(e) => Ok(refused(e, &next, Some(form.challenge_id))),
     }
 }
 
-fn start_session(state: &AppState, user: &User, next: &str) -> Result<Response, PageError> {
+/// The cookie holds the access token of a sign-in of its own, so the
+/// dashboard's sign-out ends it (and nothing else) everywhere.
+fn start_session(user: &User, access_token: String, next: &str) -> Result<Response, PageError> {
     if user.role < Role::Admin {
         return Err(ApiError::forbidden("the dashboard is for admins").into());
     }
     tracing::info!(user_id = %user.id, "dashboard session started");
-    let jar = CookieJar::new().add(session_cookie(state, user));
+    let jar = CookieJar::new().add(session_cookie(access_token));
     Ok((jar, Redirect::to(next)).into_response())
 }
 
@@ -321,13 +336,28 @@ pub struct LogoutForm {
     csrf: String,
 }
 
+/// Signs the dashboard's session out: the cookie is dropped, and its
+/// sign-in ended, so a copy of the cookie's token no longer works as a
+/// bearer token either.
 pub async fn logout(
+    State(state): State<AppState>,
     admin: Admin,
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Result<Response, PageError> {
     check_origin(&headers)?;
     admin.check_csrf(&form.csrf)?;
+    if let AuthMethod::AccessToken {
+        session: Some(session),
+        ..
+    } = admin.principal.method
+    {
+        let user_id = admin.principal.id();
+        refresh_tokens::revoke_session(&state.db, user_id, session)
+            .await
+            .map_err(ApiError::from)?;
+        revocation::announce(&state, user_id).await;
+    }
     let jar = CookieJar::new().add(removal());
     Ok((jar, Redirect::to(&format!("{PATH}/login"))).into_response())
 }

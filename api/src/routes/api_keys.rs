@@ -3,9 +3,14 @@
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Utc};
-use keel_shared::db::{
-    api_keys::{self, ApiKey},
-    refresh_tokens,
+use keel_shared::{
+    db::{
+        api_keys::{self, ApiKey},
+        email_deliveries::{self, Delivery},
+        refresh_tokens,
+    },
+    emails,
+    mail::EmailTemplate,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,7 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Principal, tokens},
+    auth::{Principal, revocation, tokens},
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
@@ -112,16 +117,22 @@ async fn list_keys(
     Ok(AppJson(Page::new(items, total, page)))
 }
 
-/// Creates a key that acts as the caller.
+/// Creates a key that acts as the caller; the caller's email address must
+/// be verified. The owner is mailed that a key was added. A password reset
+/// or change deletes every key.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = NewApiKey,
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 201, description = "The key, with its secret `key`: the only time it is shown", body = ApiKeyWithSecret),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`too_many_api_keys`: 25 at most", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:too_many_api_keys", "title": "Conflict", "status": 409,
-                "detail": "at most 25 keys per user", "code": "too_many_api_keys"})),
+        (status = 409, description = "`too_many_api_keys` (25 at most), or `email_not_verified`", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("too_many_api_keys" = (value = json!({"type": "urn:keel:problem:too_many_api_keys", "title": "Conflict", "status": 409,
+                    "detail": "at most 25 keys per user", "code": "too_many_api_keys"}))),
+                ("email_not_verified" = (value = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
+                    "detail": "verify your email address before creating API keys", "code": "email_not_verified"}))),
+            )),
     ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -129,6 +140,7 @@ async fn create_key(
     AppJson(request): AppJson<NewApiKey>,
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require_session()?;
+    require_verified_email(&principal)?;
     let name = request.name.trim();
     let mut errors = Vec::new();
     if name.is_empty() || name.chars().count() > 100 {
@@ -169,14 +181,50 @@ async fn create_key(
         request.expires_at,
     )
     .await?;
+    let notice = record_notice(&mut tx, &principal.user, &key).await?;
     tx.commit().await?;
+    emails::push(&state.db, &state.jobs, &notice).await;
+    tracing::info!(user_id = %principal.id(), key_id = %key.id, "API key created");
     Ok((
         StatusCode::CREATED,
         AppJson(ApiKeyWithSecret::new(key, secret)),
     ))
 }
 
-/// Gives the key a new secret; the old one stops working at once.
+/// 409 `email_not_verified`: a credential that outlives a password reset
+/// is only minted for an address its holder has proven, so whoever
+/// registers someone else's address cannot keep a way in.
+fn require_verified_email(principal: &Principal) -> Result<(), ApiError> {
+    if principal.user.email_verified {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "email_not_verified",
+            "verify your email address before creating API keys",
+        ))
+    }
+}
+
+/// Records, in the transaction that adds `key`, the mail telling the owner
+/// a new way to act as them exists; pushed once it commits.
+async fn record_notice(
+    tx: &mut sqlx::PgConnection,
+    user: &keel_shared::db::users::User,
+    key: &ApiKey,
+) -> Result<Delivery, sqlx::Error> {
+    let data =
+        serde_json::json!({"username": user.username, "name": key.name, "prefix": key.prefix});
+    email_deliveries::insert(
+        &mut *tx,
+        &user.email,
+        EmailTemplate::ApiKeyCreated.name(),
+        &data,
+    )
+    .await
+}
+
+/// Gives the key a new secret; the old one stops working at once, with
+/// the WebSockets it opened. The owner is mailed, as for a new key.
 #[utoipa::path(post, path = "/api/v1/api-keys/{id}/regenerate", tag = "api-keys", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The key's id")),
     responses(
@@ -185,6 +233,9 @@ async fn create_key(
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
         (status = 404, response = NotFound),
+        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
+                "detail": "verify your email address before creating API keys", "code": "email_not_verified"})),
     ))]
 async fn regenerate_key(
     State(state): State<AppState>,
@@ -192,10 +243,17 @@ async fn regenerate_key(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<ApiKeyWithSecret>, ApiError> {
     principal.require_session()?;
+    require_verified_email(&principal)?;
     let (secret, prefix, hash) = tokens::new_api_key();
-    let key = api_keys::replace_secret(&state.db, id, principal.id(), &prefix, &hash)
+    let mut tx = state.db.begin().await?;
+    let key = api_keys::replace_secret(&mut *tx, id, principal.id(), &prefix, &hash)
         .await?
         .ok_or_else(|| ApiError::not_found("no such API key"))?;
+    let notice = record_notice(&mut tx, &principal.user, &key).await?;
+    tx.commit().await?;
+    // Sockets opened with the old secret close.
+    revocation::announce(&state, principal.id()).await;
+    emails::push(&state.db, &state.jobs, &notice).await;
     Ok(AppJson(ApiKeyWithSecret::new(key, secret)))
 }
 
@@ -214,6 +272,8 @@ async fn delete_key(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     if api_keys::delete(&state.db, id, principal.id()).await? {
+        // Sockets the key opened close.
+        revocation::announce(&state, principal.id()).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such API key"))

@@ -26,7 +26,8 @@ use crate::{
         rate_limit::{
             LOGIN_PER_ACCOUNT, LOGIN_PER_IP, Quota, REFRESH_PER_IP, REGISTER_PER_IP, hashed,
         },
-        tokens::{self, TokenError},
+        revocation::{self, Scope},
+        tokens,
     },
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, JsonOrForm},
@@ -63,10 +64,11 @@ pub struct Tokens {
     pub expires_in: i64,
 }
 
-/// The pair a client receives: a fresh access token beside `refresh_token`.
-fn pair(state: &AppState, user: &User, refresh_token: String) -> Tokens {
+/// The pair a client receives: a fresh access token of the sign-in
+/// `session` beside `refresh_token`.
+fn pair(state: &AppState, user: &User, session: Uuid, refresh_token: String) -> Tokens {
     Tokens {
-        access_token: state.tokens.issue_access(user),
+        access_token: state.tokens.issue_session_access(user, session),
         refresh_token,
         token_type: "bearer".into(),
         expires_in: state.tokens.access_ttl_secs(),
@@ -76,15 +78,16 @@ fn pair(state: &AppState, user: &User, refresh_token: String) -> Tokens {
 /// A sign-in: the first pair of a new refresh family.
 pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
     let (refresh_token, hash) = tokens::new_refresh_token();
+    let session = Uuid::now_v7();
     refresh_tokens::insert(
         &state.db,
         user.id,
-        Uuid::now_v7(),
+        session,
         &hash,
         state.tokens.refresh_expiry(),
     )
     .await?;
-    Ok(pair(state, user, refresh_token))
+    Ok(pair(state, user, session, refresh_token))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -156,8 +159,8 @@ async fn register(
         phone_number: Some(request.phone_number),
         avatar_url: Some(request.avatar_url),
         bio: Some(request.bio),
-        timezone: request.timezone,
-        language: request.language,
+        timezone: request.timezone.map(Some),
+        language: request.language.map(Some),
     }
     .parse(&mut errors);
     let (Some(username), Some(email), Some(password), true) =
@@ -548,21 +551,25 @@ async fn rotate(state: &AppState, ip: std::net::IpAddr, token: &str) -> Result<T
     )
     .await?;
     match rotation {
-        Rotation::Rotated { user_id, .. } => {
+        Rotation::Rotated { user_id, family_id } => {
             let user = users::find_by_id(&state.db, user_id)
                 .await?
                 .ok_or_else(invalid)?;
-            Ok(pair(state, &user, next))
+            Ok(pair(state, &user, family_id, next))
         }
         Rotation::Reused { user_id } => {
             tracing::warn!(%user_id, "a spent refresh token was presented; its family is revoked");
+            // Its access tokens end too, on every replica.
+            revocation::announce(state, user_id).await;
             Err(invalid())
         }
         Rotation::Invalid => Err(invalid()),
     }
 }
 
-/// Revokes the refresh token's family (this sign-in on every device it was refreshed on).
+/// Signs out the refresh token's sign-in: its family (every device it was
+/// refreshed on) and every access token issued to it, which stop working
+/// at once on every replica.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses(
         JsonBodyErrors, ResourceErrors,
@@ -572,8 +579,12 @@ async fn logout(
     State(state): State<AppState>,
     AppJson(request): AppJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    refresh_tokens::revoke_family_of(&state.db, &tokens::hash_secret(&request.refresh_token))
-        .await?;
+    let ended =
+        refresh_tokens::revoke_family_of(&state.db, &tokens::hash_secret(&request.refresh_token))
+            .await?;
+    if let Some((user_id, _)) = ended {
+        revocation::announce(&state, user_id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -617,20 +628,7 @@ async fn verify_token(
     State(state): State<AppState>,
     AppJson(request): AppJson<VerifyRequest>,
 ) -> Result<AppJson<VerifyResponse>, ApiError> {
-    let claims = state
-        .tokens
-        .verify_access(&request.token)
-        .map_err(|e| match e {
-            TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
-            TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
-        })?;
-    let user = state.users.get(&state.db, claims.sub).await?;
-    if !user.is_some_and(|u| u.is_active && u.token_version == claims.ver) {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the token is no longer valid",
-        ));
-    }
+    let (_, claims) = crate::auth::principal::bearer(&state, &request.token).await?;
     Ok(AppJson(VerifyResponse {
         valid: true,
         exp: claims.exp,
@@ -721,17 +719,17 @@ async fn change_password(
     let hash = state.hasher.hash(&new_password).await?;
     let mut tx = state.db.begin().await?;
     users::set_password(&mut *tx, user.id, &hash).await?;
-    refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;
-    tx.commit().await?;
-    state.users.invalidate(user.id).await;
-    keel_shared::emails::enqueue(
-        &state.db,
-        &state.jobs,
+    let ended = revocation::end_all(&mut tx, user.id, Scope::Sessions).await?;
+    let notice = keel_shared::db::email_deliveries::insert(
+        &mut *tx,
         &user.email,
-        keel_shared::mail::EmailTemplate::PasswordChanged,
-        &serde_json::json!({"username": user.username}),
+        keel_shared::mail::EmailTemplate::PasswordChanged.name(),
+        &serde_json::json!({"username": user.username, "api_keys_deleted": ended.api_keys}),
     )
     .await?;
+    tx.commit().await?;
+    revocation::announce(&state, user.id).await;
+    keel_shared::emails::push(&state.db, &state.jobs, &notice).await;
     Ok(AppJson(Detail {
         detail: "password changed; sign in again".into(),
     }))

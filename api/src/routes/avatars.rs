@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::{
     auth::Principal,
     error::{ApiError, FieldError, Problem},
-    extract::{AppJson, AppPath},
+    extract::{AppJson, AppMultipart, AppPath},
     openapi::{NotFound, ResourceErrors, Unauthorized},
     routes::{
         files::{self as file_routes, upload},
@@ -98,9 +98,13 @@ pub struct AvatarForm {
         (status = 413, description = "`file_too_large` (over `MAX_AVATAR_BYTES`), `quota_exceeded` (over what is left of `USER_STORAGE_QUOTA_BYTES`, the replaced avatar's bytes freed), or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
                 "detail": "an avatar may be at most 2097152 bytes", "code": "file_too_large"})),
-        (status = 415, description = "`unsupported_image`: the bytes are not a PNG, JPEG or WebP image, whatever the name or the part's type say", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:unsupported_image", "title": "Unsupported Media Type", "status": 415,
-                "detail": "an avatar is a PNG, JPEG or WebP image; this is text/plain", "code": "unsupported_image"})),
+        (status = 415, description = "`unsupported_image`: the bytes are not a PNG, JPEG or WebP image, whatever the name or the part's type say; or `unsupported_media_type`: the body is not `multipart/form-data`", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("unsupported_image" = (value = json!({"type": "urn:keel:problem:unsupported_image", "title": "Unsupported Media Type", "status": 415,
+                    "detail": "an avatar is a PNG, JPEG or WebP image; this is text/plain", "code": "unsupported_image"}))),
+                ("unsupported_media_type" = (value = json!({"type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type", "status": 415,
+                    "detail": "expected a body with Content-Type: multipart/form-data", "code": "unsupported_media_type"}))),
+            )),
         (status = 422, description = "`image_too_large` (over 4096 pixels a side), `invalid_image` (its header cannot be read, or it has no pixels), or `validation_failed` (no image part, a second one, or another field)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:image_too_large", "title": "Unprocessable Entity", "status": 422,
                 "detail": "the image is 5000 × 5000 pixels; at most 4096 on each side", "code": "image_too_large"})),
@@ -108,7 +112,7 @@ pub struct AvatarForm {
 async fn put_avatar(
     State(state): State<AppState>,
     principal: Principal,
-    mut multipart: Multipart,
+    AppMultipart(mut multipart): AppMultipart,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     let owner = principal.id();
     let limit = state.config.max_avatar_bytes;
@@ -187,7 +191,7 @@ async fn get_avatar(
     // A file whose owner has since set a URL of their own (PATCH /users/me)
     // is no longer their avatar: it stays private.
     let owner = state.users.get(&state.db, file.owner_id).await?;
-    if owner.and_then(|u| avatar_id(u.avatar_url.as_deref())) != Some(file.id) {
+    if owner.and_then(|u| avatar_id(u.user.avatar_url.as_deref())) != Some(file.id) {
         return Err(gone());
     }
     let mut response = file_routes::serve(&state, &file, &headers, false).await?;

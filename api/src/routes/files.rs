@@ -3,11 +3,12 @@
 //! range, with an `ETag`), and deletion of the row and then its object.
 //! Another user's file answers 404, as if it did not exist.
 
+pub mod range;
 pub mod upload;
 
 use axum::{
     body::Body,
-    extract::{DefaultBodyLimit, Multipart, State},
+    extract::{DefaultBodyLimit, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -19,10 +20,11 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use self::range::Ranged;
 use crate::{
     auth::Principal,
     error::{ApiError, Problem},
-    extract::{AppJson, AppPath, AppQuery},
+    extract::{AppJson, AppMultipart, AppPath, AppQuery},
     openapi::{NotFound, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
     routes::avatars,
@@ -102,7 +104,7 @@ pub struct Uploaded {
 /// A multipart upload (`multipart/form-data`). Any other part is refused.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"file": ["(the bytes of report.pdf)"], "description": "Q3 figures", "tags": "finance,q3"}))]
+#[schema(example = json!({"file": ["(the bytes of report.pdf)"], "description": "Q3 figures", "tags": ["finance,q3"]}))]
 #[allow(dead_code)] // Documents the form; the handler reads it part by part.
 pub struct UploadForm {
     /// One or more files (repeat the part), each with a file name; at most
@@ -112,9 +114,11 @@ pub struct UploadForm {
     /// Applies to every file of the upload; at most 1,000 characters.
     #[schema(max_length = 1000)]
     description: Option<String>,
-    /// Comma-separated (or repeated) tags: at most 20, each 1 to 50 characters.
-    #[schema(example = "finance,q3")]
-    tags: Option<String>,
+    /// Tags: repeat the part, or put several in one part separated by
+    /// commas (`finance,q3`); at most 20 in all, each 1 to 50 printable
+    /// characters. Empty items are skipped.
+    #[schema(example = json!(["finance,q3"]))]
+    tags: Option<Vec<String>>,
 }
 
 /// Uploads one or more files, streamed to storage (never held whole in
@@ -133,12 +137,15 @@ pub struct UploadForm {
         (status = 413, description = "`file_too_large` (over `MAX_UPLOAD_BYTES`), `quota_exceeded`, or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
                 "detail": "a file may be at most 104857600 bytes", "code": "file_too_large"})),
+        (status = 415, description = "`unsupported_media_type`: the body is not `multipart/form-data`", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type", "status": 415,
+                "detail": "expected a body with Content-Type: multipart/form-data", "code": "unsupported_media_type"})),
         (status = 422, response = ValidationFailed),
     ))]
 async fn upload_files(
     State(state): State<AppState>,
     principal: Principal,
-    mut multipart: Multipart,
+    AppMultipart(mut multipart): AppMultipart,
 ) -> Result<impl IntoResponse, ApiError> {
     let owner = principal.id();
     let used = u64::try_from(files::used_bytes(&state.db, owner).await?).unwrap_or(0);
@@ -386,8 +393,8 @@ pub async fn serve(
 }
 
 /// The one range asked for, if any and if it applies (`If-Range` matching
-/// the `ETag`); several ranges are answered with the whole file, as RFC
-/// 9110 allows. `Err` when the range lies past the end (416).
+/// the `ETag`): see [`range::requested`]. `Err` when nothing asked for lies
+/// in the file (416).
 fn requested_range(
     headers: &HeaderMap,
     etag: &str,
@@ -403,17 +410,10 @@ fn requested_range(
     {
         return Ok(None);
     }
-    // A header that does not parse is ignored (RFC 9110 §14.2).
-    let Ok(parsed) = http_range_header::parse_range_header(value) else {
-        return Ok(None);
-    };
-    match parsed.validate(size) {
-        Ok(ranges) if ranges.len() == 1 => {
-            let r = &ranges[0];
-            Ok(Some(*r.start()..*r.end() + 1))
-        }
-        Ok(_) => Ok(None),
-        Err(_) => Err(()),
+    match range::requested(value, size) {
+        Ranged::Whole => Ok(None),
+        Ranged::Part(range) => Ok(Some(range)),
+        Ranged::Unsatisfiable => Err(()),
     }
 }
 

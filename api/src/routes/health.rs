@@ -1,16 +1,15 @@
-//! Health, liveness, readiness and metrics: `/health`, `/live`, `/ready`,
-//! `/metrics`, and the per-component `/api/v1/health`, `/db`, `/cache`.
+//! Health, liveness and readiness: `/health`, `/live`, `/ready`, and the
+//! per-component `/api/v1/health`, `/db`, `/cache`. `/metrics` is not on the
+//! public port: the API serves it on `METRICS_PORT` (see `startup`).
 
 use axum::{
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use keel_shared::{
     RedisClient, db,
     health::{self, ComponentStatus, HealthReport},
-    queue_metrics::QueueGauges,
-    telemetry,
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -31,7 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ready))
         .routes(routes!(database))
         .routes(routes!(cache))
-        .routes(routes!(metrics))
 }
 
 /// Component statuses, version and time; 503 only when the database is down.
@@ -209,19 +207,4 @@ async fn cache(State(redis): State<RedisClient>) -> Result<AppJson<ComponentHeal
             "Redis does not answer",
         ))
     }
-}
-
-/// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
-async fn metrics(State(gauges): State<QueueGauges>) -> Response {
-    // The queue and worker gauges are read from Postgres and Redis now, so
-    // they are as fresh as the scrape (scrapes within a second share one).
-    gauges.refresh().await;
-    let mut response = telemetry::metrics().render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }

@@ -25,10 +25,12 @@ use base64::Engine as _;
 use keel_shared::{
     Config,
     db::{
-        oauth, refresh_tokens,
+        email_deliveries, oauth,
         users::{self, User},
     },
     domain::{EmailAddress, Username},
+    emails,
+    mail::EmailTemplate,
 };
 use openidconnect::{Nonce, PkceCodeVerifier};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,7 @@ use self::{
 };
 use super::auth::{SignIn, issue};
 use crate::{
+    auth::revocation::{self, Scope},
     error::{ApiError, Problem},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{NotFound, ResourceErrors},
@@ -532,9 +535,26 @@ async fn try_account_for(
         }
         let mut tx = db.begin().await?;
         let claimed = oauth::claim_unverified_account(&mut *tx, user.id).await?;
-        if claimed {
-            refresh_tokens::revoke_all_for_user(&mut *tx, user.id).await?;
-        }
+        // Whoever registered the address without proving it keeps nothing:
+        // sessions, API keys, sockets, and the second factors they set.
+        let notice = if claimed {
+            let ended = revocation::end_all(&mut tx, user.id, Scope::Claim).await?;
+            let data = serde_json::json!({
+                "username": user.username, "provider": provider.display_name,
+                "api_keys_deleted": ended.api_keys, "second_factors_removed": ended.second_factors,
+            });
+            Some(
+                email_deliveries::insert(
+                    &mut *tx,
+                    &user.email,
+                    EmailTemplate::AccountClaimed.name(),
+                    &data,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         oauth::link(
             &mut *tx,
             &provider.name,
@@ -544,10 +564,11 @@ async fn try_account_for(
         )
         .await?;
         tx.commit().await?;
-        if claimed {
-            state.users.invalidate(user.id).await;
+        if let Some(notice) = notice {
+            revocation::announce(state, user.id).await;
+            emails::push(&state.db, &state.jobs, &notice).await;
             tracing::warn!(user_id = %user.id, provider = %provider.name,
-                "an account with an unverified address went to the address's proven owner: password removed, sessions ended");
+                "an account with an unverified address went to the address's proven owner: password, sessions, API keys and second factors removed");
         }
         tracing::info!(user_id = %user.id, provider = %provider.name, "OAuth identity linked by verified email");
         return Ok(users::find_by_id(db, user.id).await?.unwrap_or(user));

@@ -2,8 +2,9 @@
 //! address, at once (the lookup and the mail happen after the answer, so
 //! known and unknown addresses take the same time); a known, active
 //! account gets a single-use token valid 30 minutes. `confirm` sets the new
-//! password (the registration policy), signs out every session and mails a
-//! "password changed" notice.
+//! password (the registration policy), ends every credential of the account
+//! (sessions, access tokens, API keys, sockets) and mails a "password
+//! changed" notice.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use keel_shared::{
     db::{
         email_deliveries,
         email_tokens::{self, Purpose},
-        refresh_tokens, users,
+        users,
     },
     domain::{Invalid, Password},
     emails,
@@ -26,7 +27,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{auth::Detail, verification::Accepted};
 use crate::{
-    auth::{client_ip::ClientIp, rate_limit::Quota, tokens},
+    auth::{
+        client_ip::ClientIp,
+        rate_limit::Quota,
+        revocation::{self, Scope},
+        tokens,
+    },
     error::{ApiError, FieldError, Problem},
     extract::AppJson,
     openapi::{JsonBodyErrors, ResourceErrors},
@@ -184,18 +190,20 @@ async fn confirm_reset(
     let user = users::set_password(&mut *tx, user_id, &hash)
         .await?
         .ok_or_else(|| ApiError::bad_request("invalid_token", "the account is gone"))?;
-    refresh_tokens::revoke_all_for_user(&mut *tx, user_id).await?;
-    tx.commit().await?;
-    state.users.invalidate(user_id).await;
-    tracing::info!(%user_id, "password reset");
-    emails::enqueue(
-        &state.db,
-        &state.jobs,
+    // Whoever held the account before the reset keeps nothing: no session,
+    // no access token, no API key, no open socket.
+    let ended = revocation::end_all(&mut tx, user_id, Scope::Sessions).await?;
+    let notice = email_deliveries::insert(
+        &mut *tx,
         &user.email,
-        EmailTemplate::PasswordChanged,
-        &json!({"username": user.username}),
+        EmailTemplate::PasswordChanged.name(),
+        &json!({"username": user.username, "api_keys_deleted": ended.api_keys}),
     )
     .await?;
+    tx.commit().await?;
+    revocation::announce(&state, user_id).await;
+    emails::push(&state.db, &state.jobs, &notice).await;
+    tracing::info!(%user_id, api_keys_deleted = ended.api_keys, "password reset");
     Ok(AppJson(Detail {
         detail: "password changed; sign in again".into(),
     }))

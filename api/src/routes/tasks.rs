@@ -266,7 +266,7 @@ async fn create_task(
         Some(new) if errors.is_empty() => new,
         _ => return Err(ApiError::validation(errors)),
     };
-    let idempotency = key.map(|key| (key, request_hash(&method, &uri, &body)));
+    let idempotency = bound_key(key, &method, &uri, &body)?;
     create(&state, &principal, idempotency, vec![new], Shape::One).await
 }
 
@@ -324,7 +324,7 @@ async fn create_batch(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let idempotency = key.map(|key| (key, request_hash(&method, &uri, &body)));
+    let idempotency = bound_key(key, &method, &uri, &body)?;
     create(&state, &principal, idempotency, new, Shape::Batch).await
 }
 
@@ -381,23 +381,31 @@ async fn insert(
     shape: Shape,
 ) -> Result<Created, ApiError> {
     let cap = state.config.max_unfinished_tasks_per_user;
-    let over_cap = || {
-        ApiError::client(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_unfinished_tasks",
-            format!("at most {cap} unfinished tasks per user; wait for some to finish"),
-        )
-    };
+    let over_cap = || too_many_unfinished(cap);
     let actor = principal.id().to_string();
-    let Some((key, hash)) = &idempotency else {
+    let capped = cap > 0;
+    if idempotency.is_none() && !capped {
         // One statement, committed on its own: no transaction round trips.
-        let created = tasks::insert_many(&state.db, principal.id(), &actor, &new, Some(cap))
+        let created = tasks::insert_many(&state.db, principal.id(), &actor, &new, None)
             .await?
             .ok_or_else(over_cap)?;
         enqueue(state, &created).await;
         return Ok(Created::Fresh(created));
-    };
+    }
     let mut tx = state.db.begin().await?;
+    if capped {
+        // Concurrent creates of one owner count one after another, so
+        // together they cannot pass the cap.
+        tasks::lock_owner(&mut tx, principal.id()).await?;
+    }
+    let Some((key, hash)) = &idempotency else {
+        let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new, Some(cap))
+            .await?
+            .ok_or_else(over_cap)?;
+        tx.commit().await?;
+        enqueue(state, &created).await;
+        return Ok(Created::Fresh(created));
+    };
     match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
         Claim::Fresh => {}
         Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
@@ -430,6 +438,15 @@ async fn insert(
     tx.commit().await?;
     enqueue(state, &created).await;
     Ok(Created::Fresh(created))
+}
+
+/// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
+fn too_many_unfinished(cap: u32) -> ApiError {
+    ApiError::client(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+        format!("at most {cap} unfinished tasks per user; wait for some to finish"),
+    )
 }
 
 /// Pushes `created` (already committed) and publishes their state. A failed
@@ -492,8 +509,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Visible ASCII only (0x21–0x7E): `to_str` alone lets a tab or a space through.
+    let key = value.as_bytes();
     match value.to_str() {
-        Ok(key) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => Ok(Some(key.to_owned())),
+        Ok(text)
+            if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len())
+                && key.iter().all(u8::is_ascii_graphic) =>
+        {
+            Ok(Some(text.to_owned()))
+        }
         _ => Err(ApiError::validation(vec![field(
             "Idempotency-Key",
             format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
@@ -501,16 +525,64 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The idempotency key with the hash of the request it is bound to.
+fn bound_key(
+    key: Option<String>,
+    method: &Method,
+    uri: &Uri,
+    body: &JsonBytes,
+) -> Result<Option<(String, Vec<u8>)>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let value: Value = body.parse()?;
+    Ok(Some((key, request_hash(method, uri, &value))))
+}
+
 /// What a key is bound to: the method, the path (a trailing slash is the
-/// same route) and the exact body bytes.
-fn request_hash(method: &Method, uri: &Uri, body: &JsonBytes) -> Vec<u8> {
+/// same route) and the body as a JSON value — the same object with its
+/// keys in another order, or other white space, is the same request.
+fn request_hash(method: &Method, uri: &Uri, body: &Value) -> Vec<u8> {
     let mut hash = Sha256::new();
     hash.update(method.as_str().as_bytes());
     hash.update(b" ");
     hash.update(uri.path().trim_end_matches('/').as_bytes());
     hash.update(b"\n");
-    hash.update(&body.0);
+    write_canonical(&mut hash, body);
     hash.finalize().to_vec()
+}
+
+/// `value` as JSON with every object's keys sorted, into `hash`. Sorted
+/// here, not by `serde_json`'s map: a dependency turning on its
+/// `preserve_order` feature would silently keep the client's order.
+fn write_canonical(hash: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by_key(|(k, _)| k.as_str());
+            hash.update(b"{");
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    hash.update(b",");
+                }
+                hash.update(Value::from(key.as_str()).to_string().as_bytes());
+                hash.update(b":");
+                write_canonical(hash, value);
+            }
+            hash.update(b"}");
+        }
+        Value::Array(items) => {
+            hash.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    hash.update(b",");
+                }
+                write_canonical(hash, item);
+            }
+            hash.update(b"]");
+        }
+        scalar => hash.update(scalar.to_string().as_bytes()),
+    }
 }
 
 /// `request` as a task to insert, or its reasons in `errors` (each field
@@ -762,7 +834,8 @@ pub(crate) async fn cancel(
 }
 
 /// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
-/// now.
+/// now. It is unfinished again, so it counts against its owner's
+/// `MAX_UNFINISHED_TASKS_PER_USER` like a new task.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
@@ -773,6 +846,14 @@ pub(crate) async fn cancel(
         (status = 409, description = "`task_not_retryable`: neither failed nor cancelled", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:task_not_retryable", "title": "Conflict", "status": 409,
                 "detail": "the task is completed; only failed or cancelled tasks can be retried", "code": "task_not_retryable"})),
+        (status = 429, description = "`too_many_unfinished_tasks`: the owner is at the cap; or `rate_limited`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
+            examples(
+                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
+                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
+                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
+            )),
     ))]
 async fn retry_task(
     State(state): State<AppState>,
@@ -792,7 +873,22 @@ pub(crate) async fn retry(
     id: Uuid,
 ) -> Result<Task, ApiError> {
     visible_task(state, principal, id).await?;
-    let Some(task) = tasks::retry(&state.db, id, &principal.id().to_string()).await? else {
+    // A retried task is unfinished again: it counts against its owner's
+    // cap like a new one, under the same lock.
+    let cap = state.config.max_unfinished_tasks_per_user;
+    let mut tx = state.db.begin().await?;
+    if cap > 0 {
+        let owner = tasks::owner_of(&mut *tx, id)
+            .await?
+            .ok_or_else(no_such_task)?;
+        tasks::lock_owner(&mut tx, owner).await?;
+        if tasks::unfinished_up_to(&mut *tx, owner, i64::from(cap)).await? >= i64::from(cap) {
+            return Err(too_many_unfinished(cap));
+        }
+    }
+    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string()).await?;
+    tx.commit().await?;
+    let Some(task) = retried else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
         return Err(ApiError::conflict(
             "task_not_retryable",
@@ -943,18 +1039,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_binds_method_path_and_exact_body() {
-        let body = |s: &'static str| JsonBytes(s.as_bytes().to_vec().into());
+    fn a_key_binds_method_path_and_body() {
+        let body = |s: &str| serde_json::from_str::<Value>(s).unwrap();
         let uri: Uri = "/api/v1/tasks".parse().unwrap();
         let batch: Uri = "/api/v1/tasks/batch".parse().unwrap();
         let a = request_hash(&Method::POST, &uri, &body(r#"{"name":"a"}"#));
         assert_eq!(
             a,
-            request_hash(&Method::POST, &uri, &body(r#"{"name":"a"}"#))
-        );
-        assert_ne!(
-            a,
-            request_hash(&Method::POST, &uri, &body(r#"{"name": "a"}"#))
+            request_hash(&Method::POST, &uri, &body(r#"{"name": "a"}"#)),
+            "white space is not part of the request"
         );
         assert_ne!(
             a,
@@ -979,5 +1072,35 @@ mod tests {
         let long = "k".repeat(256);
         headers.insert("idempotency-key", HeaderValue::from_str(&long).unwrap());
         assert!(idempotency_key(&headers).is_err());
+        for bad in ["a\tb", "a b", " k"] {
+            headers.insert("idempotency-key", HeaderValue::from_str(bad).unwrap());
+            assert!(
+                idempotency_key(&headers).is_err(),
+                "{bad:?} is not visible ASCII"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_is_the_same_request_whatever_its_key_order_and_spacing() {
+        let (method, uri) = (Method::POST, Uri::from_static("/api/v1/tasks"));
+        let hash = |text: &str| request_hash(&method, &uri, &serde_json::from_str(text).unwrap());
+        let a = hash(r#"{"name":"a","kind":"sleep","payload":{"ms":1,"x":[1,{"b":2,"a":1}]}}"#);
+        let b = hash(
+            r#"{ "payload": {"x": [1, {"a": 1, "b": 2}], "ms": 1}, "kind": "sleep", "name": "a" }"#,
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, hash(r#"{"name":"a","kind":"sleep","payload":{"ms":2}}"#));
+        assert_ne!(
+            hash(r#"{"a":[1,2]}"#),
+            hash(r#"{"a":[2,1]}"#),
+            "arrays keep their order"
+        );
+        let other_path = request_hash(
+            &method,
+            &Uri::from_static("/api/v1/tasks/batch"),
+            &serde_json::from_str(r#"{"name":"a"}"#).unwrap(),
+        );
+        assert_ne!(other_path, hash(r#"{"name":"a"}"#));
     }
 }

@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use keel_shared::{
-    db::{totp as store, users},
+    db::{second_factor, totp as store, users},
     emails,
 };
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     auth::check_password,
-    two_factor::{AUTHENTICATOR_APP, record_notice},
+    two_factor::{self, AUTHENTICATOR_APP, record_notice},
     users::UserResponse,
 };
 use crate::{
@@ -59,9 +59,13 @@ pub struct TotpSetup {
         (status = 200, description = "The pending secret, its URI and QR code", body = TotpSetup),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`totp_already_enabled`: disable it first to change the secret", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:totp_already_enabled", "title": "Conflict", "status": 409,
-                "detail": "TOTP is already on; disable it first to set up a new secret", "code": "totp_already_enabled"})),
+        (status = 409, description = "`totp_already_enabled` (disable it first to change the secret), or `email_not_verified`", body = Problem, content_type = "application/problem+json",
+            examples(
+                ("totp_already_enabled" = (value = json!({"type": "urn:keel:problem:totp_already_enabled", "title": "Conflict", "status": 409,
+                    "detail": "TOTP is already on; disable it first to set up a new secret", "code": "totp_already_enabled"}))),
+                ("email_not_verified" = (value = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
+                    "detail": "verify your email address before setting up an authenticator app", "code": "email_not_verified"}))),
+            )),
     ))]
 async fn setup(
     State(state): State<AppState>,
@@ -69,6 +73,14 @@ async fn setup(
 ) -> Result<AppJson<TotpSetup>, ApiError> {
     principal.require_session()?;
     let user = &principal.user;
+    // A second factor set by someone who never proved the address would
+    // stand between its owner and the account after a reset.
+    if !user.email_verified {
+        return Err(ApiError::conflict(
+            "email_not_verified",
+            "verify your email address before setting up an authenticator app",
+        ));
+    }
     let secret = totp::new_secret();
     let sealed = state.tokens.totp.seal(user.id, &secret);
     if !store::set_pending(&state.db, user.id, &sealed).await? {
@@ -102,8 +114,10 @@ pub struct ConfirmTotp {
 /// The recovery codes: each signs in once instead of a TOTP code.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"recovery_codes": [
-    "k7d2m-q4xnp", "3hv6a-wz2ro", "pe5tj-ub7yc", "n2gq4-xk6me", "r6wzt-a3dhu",
-    "y4cfb-7mq2s", "d5jnx-tg3ke", "wq7ru-2bp6f", "h3mza-v5ktn", "s2xe6-lc4gy"]}))]
+    "k7d2-mq4x-np3h-v6aw-z2ro-pe5t", "jub7-ycn2-gq4x-k6me-r6wz-ta3d", "huy4-cfb7-mq2s-d5jn-xtg3-kewq",
+    "7ru2-bp6f-h3mz-av5k-tns2-xe6l", "c4gy-k7d2-mq4x-np3h-v6aw-z2ro", "pe5t-jub7-ycn2-gq4x-k6me-r6wz",
+    "ta3d-huy4-cfb7-mq2s-d5jn-xtg3", "kewq-7ru2-bp6f-h3mz-av5k-tns2", "xe6l-c4gy-k7d2-mq4x-np3h-v6aw",
+    "z2ro-pe5t-jub7-ycn2-gq4x-k6me"]}))]
 pub struct RecoveryCodes {
     /// Shown this once; only their hashes are kept.
     pub recovery_codes: Vec<String>,
@@ -202,15 +216,25 @@ async fn disable(
     limit_guesses(&state, user).await?;
     check_password(&state, &principal, &request.password, "password").await?;
     let mut tx = state.db.begin().await?;
-    if !check(&state, &mut tx, user, &request.code).await? {
-        let enabled = store::lock(&mut tx, user)
-            .await?
-            .is_some_and(|s| s.confirmed);
-        return Err(if enabled {
-            wrong_code()
-        } else {
-            ApiError::conflict("totp_not_enabled", "TOTP is not on")
-        });
+    if !store::lock(&mut tx, user)
+        .await?
+        .is_some_and(|s| s.confirmed)
+    {
+        return Err(ApiError::conflict("totp_not_enabled", "TOTP is not on"));
+    }
+    // Codes typed here count with the sign-in ones: a stolen session and
+    // password must not buy guesses the sign-in would refuse.
+    if let Some(until) = second_factor::locked_until(&mut tx, user).await? {
+        return Err(two_factor::locked(until));
+    }
+    let right = check(&state, &mut tx, user, &request.code).await?;
+    let lock_notice = two_factor::count_code(&mut tx, user, right).await?;
+    if !right {
+        tx.commit().await?;
+        if let Some(notice) = lock_notice {
+            emails::push(&state.db, &state.jobs, &notice).await;
+        }
+        return Err(wrong_code());
     }
     store::remove(&mut tx, user).await?;
     let notice = record_notice(&mut tx, &principal.user, AUTHENTICATOR_APP, false).await?;

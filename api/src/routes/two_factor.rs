@@ -10,6 +10,7 @@ use chrono::Utc;
 use keel_shared::{
     db::{
         email_deliveries::{self, Delivery},
+        second_factor::{self, Failure},
         two_factor::{self, Method, Purpose, Verdict},
         users::{self, User},
     },
@@ -139,6 +140,10 @@ pub struct VerifyTwoFactor {
                 ("challenge_closed" = (value = json!({"type": "urn:keel:problem:challenge_closed", "title": "Unauthorized", "status": 401,
                     "detail": "this challenge is used, expired or out of tries; sign in again", "code": "challenge_closed"}))),
             )),
+        (status = 429, description = "`second_factor_locked`: ten wrong codes for the account within an hour, through any challenges, pause its second step for an hour (its owner is mailed); or `rate_limited`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds until a retry may succeed")),
+            example = json!({"type": "urn:keel:problem:second_factor_locked", "title": "Too Many Requests", "status": 429,
+                "detail": "too many wrong codes for this account; the second step is paused until 14:05 UTC", "code": "second_factor_locked"})),
     ))]
 async fn verify_2fa(
     State(state): State<AppState>,
@@ -166,17 +171,27 @@ pub(crate) async fn pass_challenge(
         .enforce(&format!("verify-2fa:ip:{ip}"), LOGIN_PER_IP)
         .await?;
     let mut tx = state.db.begin().await?;
+    let mut notice = None;
     let verdict = match two_factor::lock(&mut tx, challenge_id).await? {
         None => Verdict::Dead,
         Some(challenge) => {
+            // Paused after too many wrong codes: refused unchecked, and
+            // uncounted, whichever challenge the guess comes through.
+            if let Some(until) = second_factor::locked_until(&mut tx, challenge.user).await? {
+                return Err(locked(until));
+            }
             let right = match challenge.method {
                 Method::Email => challenge.emailed_code_matches(code),
                 Method::Totp => super::totp::check(state, &mut tx, challenge.user, code).await?,
             };
+            notice = count_code(&mut tx, challenge.user, right).await?;
             two_factor::settle(&mut tx, &challenge, right).await?
         }
     };
     tx.commit().await?;
+    if let Some(notice) = notice {
+        emails::push(&state.db, &state.jobs, &notice).await;
+    }
     let user = match verdict {
         Verdict::Passed { user } => user,
         Verdict::Wrong { left } if left > 0 => {
@@ -199,6 +214,56 @@ pub(crate) async fn pass_challenge(
     users::record_login(&state.db, user.id).await?;
     tracing::info!(user_id = %user.id, "signed in with a second factor");
     Ok(user)
+}
+
+/// Counts a second-factor code against its account: a right one clears
+/// the count, a wrong one adds to it, and the one that reaches the limit
+/// pauses the second step and records (in `tx`) the mail that tells the
+/// owner, which the caller pushes after the commit.
+///
+/// # Errors
+/// The database fails.
+pub(crate) async fn count_code(
+    tx: &mut PgConnection,
+    user: Uuid,
+    right: bool,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    if right {
+        second_factor::clear(&mut *tx, user).await?;
+        return Ok(None);
+    }
+    let Failure::Locked { until } = second_factor::record_failure(&mut *tx, user).await? else {
+        return Ok(None);
+    };
+    let Some(owner) = users::find_by_id(&mut *tx, user).await? else {
+        return Ok(None);
+    };
+    tracing::warn!(user_id = %user, %until, "too many wrong second-factor codes; the second step is paused");
+    let data = serde_json::json!({
+        "username": owner.username,
+        "failures": second_factor::MAX_FAILURES,
+        "until": until.format("%Y-%m-%d %H:%M").to_string(),
+    });
+    email_deliveries::insert(
+        &mut *tx,
+        &owner.email,
+        EmailTemplate::SecondFactorLocked.name(),
+        &data,
+    )
+    .await
+    .map(Some)
+}
+
+/// 429 `second_factor_locked`, with `Retry-After` until the pause ends.
+pub(crate) fn locked(until: chrono::DateTime<Utc>) -> ApiError {
+    ApiError::Paused {
+        code: "second_factor_locked",
+        detail: format!(
+            "too many wrong codes for this account; the second step is paused until {} UTC",
+            until.format("%H:%M")
+        ),
+        retry_after_secs: u64::try_from((until - Utc::now()).num_seconds()).unwrap_or(0),
+    }
 }
 
 /// Turns email 2FA on; the address must be verified first.

@@ -12,7 +12,8 @@ use keel_shared::{
         users::{self, ProfileChanges, User, UserFilter},
     },
     domain::{
-        Invalid, Language, ProfileText, Role, Timezone, parse_avatar_url, parse_phone_number,
+        DEFAULT_LANGUAGE, DEFAULT_TIMEZONE, Invalid, Language, ProfileText, Role, Timezone,
+        parse_avatar_url, parse_phone_number,
     },
     emails,
     job_queue::JobQueue,
@@ -141,10 +142,14 @@ pub struct ProfilePatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Bio>)]
     pub bio: Option<Option<String>>,
+    /// `null` sets it back to `UTC`.
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<crate::openapi::Timezone>)]
-    pub timezone: Option<String>,
+    pub timezone: Option<Option<String>>,
+    /// `null` sets it back to `en`.
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<LanguageTag>)]
-    pub language: Option<String>,
+    pub language: Option<Option<String>>,
 }
 
 /// A user's profile fields to change, as [`ProfilePatch`], and (admins,
@@ -171,11 +176,15 @@ pub struct UserPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Bio>)]
     pub bio: Option<Option<String>>,
+    /// `null` sets it back to `UTC`.
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<crate::openapi::Timezone>)]
-    pub timezone: Option<String>,
+    pub timezone: Option<Option<String>>,
+    /// `null` sets it back to `en`.
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<LanguageTag>)]
-    pub language: Option<String>,
-    /// Admins only.
+    pub language: Option<Option<String>>,
+    /// Admins only, on someone else's account: `false` on your own is 403.
     pub is_active: Option<bool>,
 }
 
@@ -194,8 +203,10 @@ pub struct ProfileInput {
     pub phone_number: Option<Option<String>>,
     pub avatar_url: Option<Option<String>>,
     pub bio: Option<Option<String>>,
-    pub timezone: Option<String>,
-    pub language: Option<String>,
+    /// `Some(None)` resets it to [`DEFAULT_TIMEZONE`].
+    pub timezone: Option<Option<String>>,
+    /// `Some(None)` resets it to [`DEFAULT_LANGUAGE`].
+    pub language: Option<Option<String>>,
 }
 
 impl ProfileInput {
@@ -213,27 +224,34 @@ impl ProfileInput {
         };
         let text =
             |max: usize| move |s: &str| ProfileText::parse(s, max).map(ProfileText::into_inner);
+        let line = |max: usize| {
+            move |s: &str| ProfileText::parse_line(s, max).map(ProfileText::into_inner)
+        };
         let mut optional =
             |field: &str,
              value: Option<Option<String>>,
              parse: &dyn Fn(&str) -> Result<String, Invalid>| {
                 value.map(|v| v.and_then(|s| check(field, parse(&s))))
             };
-        let first_name = optional("first_name", self.first_name, &text(100));
-        let last_name = optional("last_name", self.last_name, &text(100));
+        let first_name = optional("first_name", self.first_name, &line(100));
+        let last_name = optional("last_name", self.last_name, &line(100));
         let phone_number = optional("phone_number", self.phone_number, &parse_phone_number);
         let avatar_url = optional("avatar_url", self.avatar_url, &parse_avatar_url);
         let bio = optional("bio", self.bio, &text(1000));
+        // `null` is the default, never "no change": a client that clears a
+        // field is told what it now is.
         let timezone = self.timezone.and_then(|tz| {
+            let tz = tz.as_deref().unwrap_or(DEFAULT_TIMEZONE);
             check(
                 "timezone",
-                Timezone::parse(&tz).map(|t| t.as_str().to_owned()),
+                Timezone::parse(tz).map(|t| t.as_str().to_owned()),
             )
         });
         let language = self.language.and_then(|l| {
+            let l = l.as_deref().unwrap_or(DEFAULT_LANGUAGE);
             check(
                 "language",
-                Language::parse(&l).map(|l| l.as_str().to_owned()),
+                Language::parse(l).map(|l| l.as_str().to_owned()),
             )
         });
         ProfileChanges {
@@ -480,6 +498,13 @@ async fn patch_user(
     let (input, is_active) = patch.split();
     if is_active.is_some() && !principal.is_admin() {
         return Err(ApiError::forbidden("only admins may set is_active"));
+    }
+    // An admin who deactivated themselves would be locked out at once, with
+    // no session left to undo it: `is_active` is set on someone else.
+    if is_active == Some(false) && target.id == principal.id() {
+        return Err(ApiError::forbidden(
+            "you cannot deactivate your own account; another admin can",
+        ));
     }
     ensure_outranks(&principal, &target)?;
     let mut errors = Vec::new();

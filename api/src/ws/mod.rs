@@ -24,10 +24,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{
     protocol::Member,
-    socket::{POLICY, Session, Socket},
+    socket::{POLICY, Session, Socket, SocketCredential},
 };
 use crate::{
-    auth::principal::{AuthMethod, Credential, authenticate, credential},
+    auth::{
+        principal::{AuthMethod, Credential, authenticate, credential},
+        tokens::hash_secret,
+    },
     error::Problem,
     state::AppState,
 };
@@ -235,23 +238,39 @@ async fn open_session(
     let Some(credential) = credential else {
         return Err("sign in: pass ?token=<access token> or an X-API-Key header");
     };
-    let bearer = match &credential {
-        Credential::Bearer(token) => state.tokens.verify_access(token).ok(),
-        Credential::ApiKey(_) => None,
+    let key_hash = match &credential {
+        Credential::ApiKey(key) => Some(hash_secret(key)),
+        Credential::Bearer(_) => None,
     };
     let principal = authenticate(state, credential)
         .await
         .map_err(|_| "invalid or expired credentials")?;
-    let expires = bearer.as_ref().map(|claims| {
-        let left = claims.exp - chrono::Utc::now().timestamp();
+    // A token's socket ends with the token; a key's with the key's expiry.
+    let (expires_at, credential) = match principal.method {
+        AuthMethod::AccessToken { session, expires } => (
+            chrono::DateTime::from_timestamp(expires, 0),
+            SocketCredential::Token {
+                version: principal.user.token_version,
+                session,
+            },
+        ),
+        AuthMethod::ApiKey { .. } => {
+            let key_hash = key_hash.ok_or("invalid or expired credentials")?;
+            let key = keel_shared::db::api_keys::find_live_by_hash(&state.db, &key_hash)
+                .await
+                .ok()
+                .flatten()
+                .ok_or("invalid or expired credentials")?;
+            (key.expires_at, SocketCredential::ApiKey { key_hash })
+        }
+    };
+    let expires = expires_at.map(|at| {
+        let left = (at - chrono::Utc::now()).num_seconds();
         Instant::now() + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0))
     });
     Ok(Session {
-        is_admin: principal.is_admin(),
-        token_version: match principal.method {
-            AuthMethod::AccessToken => bearer.map(|c| c.ver),
-            AuthMethod::ApiKey { .. } => None,
-        },
+        role: principal.role(),
+        credential,
         expires,
         member: Member {
             id: principal.user.id,

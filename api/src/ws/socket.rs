@@ -6,7 +6,13 @@ use std::{collections::BTreeSet, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chrono::Utc;
-use keel_shared::db::tasks::{self, TaskFilter, TaskState, TaskStatus};
+use keel_shared::{
+    db::{
+        api_keys, refresh_tokens,
+        tasks::{self, TaskFilter, TaskState, TaskStatus},
+    },
+    domain::Role,
+};
 use tokio::{sync::mpsc, time::Instant};
 use uuid::Uuid;
 
@@ -30,11 +36,27 @@ const SNAPSHOT: i64 = 100;
 #[derive(Debug, Clone)]
 pub struct Session {
     pub member: Member,
-    pub is_admin: bool,
-    /// The access token's version (`None` for an API key).
-    pub token_version: Option<i32>,
-    /// When the access token expires (`None` for an API key).
+    /// The role at sign-in: a change of it closes the socket (what it may
+    /// follow was decided by it).
+    pub role: Role,
+    pub credential: SocketCredential,
+    /// When the credential expires, if it does.
     pub expires: Option<Instant>,
+}
+
+impl Session {
+    fn is_admin(&self) -> bool {
+        self.role >= Role::Admin
+    }
+}
+
+/// What opened the socket, rechecked whenever its user changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketCredential {
+    /// An access token of `version`, from the sign-in `session` if any.
+    Token { version: i32, session: Option<Uuid> },
+    /// An API key, by the hash of its secret: regenerating the key ends it.
+    ApiKey { key_hash: [u8; 32] },
 }
 
 /// Why the loop ended.
@@ -217,17 +239,17 @@ impl Socket {
             return;
         }
         // Objects only: serde would also read `["ping"]` as a tagged message.
-        let parsed = serde_json::from_str::<serde_json::Value>(text).and_then(|v| {
-            if v.is_object() {
-                serde_json::from_value::<ClientMessage>(v)
-            } else {
-                serde_json::from_str::<ClientMessage>("null")
-            }
-        });
+        let parsed = match serde_json::from_str::<serde_json::Value>(text) {
+            Err(_) => Err("not JSON; send a JSON object such as {\"type\":\"ping\"}".to_owned()),
+            Ok(v) if !v.is_object() => Err(
+                "send a JSON object with a `type` field, such as {\"type\":\"ping\"}".to_owned(),
+            ),
+            Ok(v) => serde_json::from_value::<ClientMessage>(v)
+                .map_err(|e| crate::extract::client_terms(&e.to_string(), "")),
+        };
         let message = match parsed {
             Ok(m) => m,
-            Err(e) => {
-                let message = e.to_string();
+            Err(message) => {
                 self.send(protocol::error(ErrorCode::InvalidMessage, &message))
                     .await;
                 return;
@@ -266,7 +288,7 @@ impl Socket {
                 }
             }
             ClientMessage::SubscribeTasks { all } => {
-                if all && !self.session.is_admin {
+                if all && !self.session.is_admin() {
                     self.send(protocol::error(
                         ErrorCode::Forbidden,
                         "only admins may follow every user's tasks",
@@ -347,23 +369,39 @@ impl Socket {
         }
     }
 
-    /// Whether the user may still hold this socket: active, and (for a
-    /// token) not signed out everywhere since. Read from Postgres, not the
-    /// user cache: this runs because the user changed, and this process's
-    /// cached copy may not have heard yet (rechecks are rare).
+    /// Whether the user may still hold this socket: active, in the role it
+    /// opened with, and its credential still good — a token's version and
+    /// sign-in, a key not deleted, regenerated or expired. Read from
+    /// Postgres, not the user cache: this runs because the user changed,
+    /// and this process's cached copy may not have heard yet (rechecks are rare).
     async fn session_valid(&mut self) -> bool {
-        match keel_shared::db::users::find_by_id(&self.state.db, self.session.member.id).await {
-            Ok(Some(user)) => {
-                user.is_active
-                    && self
-                        .session
-                        .token_version
-                        .is_none_or(|v| v == user.token_version)
-            }
-            Ok(None) => false,
+        let db = &self.state.db;
+        let user = match keel_shared::db::users::find_by_id(db, self.session.member.id).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return false,
             // Postgres is down: keep the socket; the next change rechecks.
-            Err(_) => true,
+            Err(_) => return true,
+        };
+        if !user.is_active || user.role != self.session.role {
+            return false;
         }
+        let credential = match self.session.credential {
+            SocketCredential::Token { version, session } => {
+                if version != user.token_version {
+                    return false;
+                }
+                match session {
+                    Some(session) => refresh_tokens::session_ended(db, session)
+                        .await
+                        .map(|ended| !ended),
+                    None => Ok(true),
+                }
+            }
+            SocketCredential::ApiKey { key_hash } => api_keys::find_live_by_hash(db, &key_hash)
+                .await
+                .map(|key| key.is_some()),
+        };
+        credential.unwrap_or(true)
     }
 }
 

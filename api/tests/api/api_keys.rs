@@ -125,7 +125,7 @@ async fn a_key_cannot_exceed_its_owner_mint_keys_or_change_the_password() {
         .execute(app.pool())
         .await
         .unwrap();
-    keel_api::auth::user_cache::UserCache::new(app.redis())
+    keel_api::auth::user_cache::UserCache::new(app.redis(), std::time::Duration::ZERO)
         .invalidate(admin.user.id)
         .await;
     assert_eq!(

@@ -488,6 +488,7 @@ fn claims_for(id: uuid::Uuid, typ: &str, offset_secs: i64) -> AccessClaims {
         aud: AUDIENCE.into(),
         typ: typ.into(),
         ver: 0,
+        sid: None,
     }
 }
 

@@ -37,6 +37,10 @@ fn a_bad_value_stops_with_exit_2_and_one_line_naming_the_variable() {
         ),
         ("TRUSTED_PROXIES", "10.0.0.0/99", "not a CIDR"),
         ("APP_BASE_URL", "not a url", "not a URL"),
+        ("DATABASE_URL", "not a url", "not a URL"),
+        ("DATABASE_URL", "mysql://u:p@db/keel", "not PostgreSQL"),
+        ("REDIS_URL", "not a url", "not a URL"),
+        ("S3_ENDPOINT", "minio:9000", "no scheme"),
         ("SMTP_TLS", "sometimes", "not a TLS mode"),
         ("ALGORITHM", "none", "`none` is never an algorithm"),
         ("RUST_LOG", "info,keel=loud", "not a log filter"),
@@ -138,6 +142,84 @@ fn production_accepts_a_32_byte_secret_key_and_goes_on_to_connect() {
         !err.contains("0123456789abcdef"),
         "the secret is never printed: {err}"
     );
+}
+
+#[test]
+fn a_malformed_database_url_names_the_variable_and_exits_2_whatever_the_command() {
+    for args in [&[][..], &["migrate"], &["admin", "list-users"]] {
+        let output = run(&[("DATABASE_URL", "not a url")], args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("DATABASE_URL"), "{args:?}: {err}");
+        assert!(
+            !err.contains("not a url"),
+            "the value is never quoted: {err}"
+        );
+    }
+}
+
+#[test]
+fn production_lists_every_refused_setting_at_once() {
+    let env = [
+        ("ENVIRONMENT", "production"),
+        ("APP_BASE_URL", "http://keel.example"),
+        ("ALLOWED_ORIGINS", "*"),
+        ("RATE_LIMIT_ENABLED", "false"),
+        ("TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("SMTP_HOST", "smtp.example.com"),
+        ("SMTP_TLS", "none"),
+        ("EMAILS_FROM_EMAIL", "keel@example.com"),
+    ];
+    let output = run(&env, &[]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    for variable in [
+        "APP_BASE_URL",
+        "ALLOWED_ORIGINS",
+        "RATE_LIMIT_ENABLED",
+        "TRUSTED_PROXIES",
+        "SMTP_TLS",
+        "SECRET_KEY",
+    ] {
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.contains(&format!("error: {variable}:")))
+                .count(),
+            1,
+            "{variable} on a line of its own: {err}"
+        );
+    }
+
+    // Named in ALLOW_INSECURE_SETTINGS, the three are kept, with a warning
+    // at the start; the process goes on (to a database that is not there).
+    let database_url = testing::unreachable_database_url();
+    let allowed = [
+        ("ENVIRONMENT", "production"),
+        ("APP_BASE_URL", "https://keel.example"),
+        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+        ("DATABASE_URL", database_url.as_str()),
+        ("RATE_LIMIT_ENABLED", "false"),
+        ("TRUSTED_PROXIES", "::/0"),
+        ("SMTP_HOST", "smtp.example.com"),
+        ("SMTP_TLS", "none"),
+        ("EMAILS_FROM_EMAIL", "keel@example.com"),
+        (
+            "ALLOW_INSECURE_SETTINGS",
+            "RATE_LIMIT_ENABLED,TRUSTED_PROXIES,SMTP_TLS",
+        ),
+    ];
+    let output = run(&allowed, &[]);
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert_eq!(output.status.code(), Some(1), "past configuration: {err}");
+    for variable in ["RATE_LIMIT_ENABLED", "TRUSTED_PROXIES", "SMTP_TLS"] {
+        assert!(
+            out.lines()
+                .chain(err.lines())
+                .any(|l| l.contains("ALLOW_INSECURE_SETTINGS") && l.contains(variable)),
+            "a warning for {variable}: {out}{err}"
+        );
+    }
 }
 
 #[test]

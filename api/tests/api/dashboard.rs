@@ -205,6 +205,55 @@ async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors
 }
 
 #[tokio::test]
+async fn signing_out_ends_the_cookies_token_and_a_bad_credential_beside_a_good_cookie_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let cookie = sign_in(&app, &admin).await;
+    let token = cookie.trim_start_matches("keel_dashboard=").to_owned();
+    keel_shared::testing::record_secret(&token);
+
+    // A credential that is presented and invalid is refused, whatever else comes.
+    for (name, value) in [
+        ("authorization", "Bearer not-a-token"),
+        ("authorization", "Basic YWRtaW46YWRtaW4="),
+        ("x-api-key", "keel_00000000_not-a-key"),
+    ] {
+        let response = browser()
+            .get(app.url("/dashboard"))
+            .header(header::COOKIE, &cookie)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{name}: {value}"
+        );
+    }
+
+    let (status, overview) = page(&app, &cookie, "/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    // The cookie's token works as a bearer token while the session lasts…
+    assert_eq!(app.me(&token).await.status(), StatusCode::OK);
+    let out = post_form(
+        &app,
+        &cookie,
+        "/dashboard/logout",
+        &csrf_of(&overview),
+        None,
+    )
+    .await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    // …and not after signing out, as a copy of the cookie or as a bearer.
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = page(&app, &cookie, "/dashboard").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "back to sign-in");
+    // The admin's other sessions go on.
+    assert_eq!(app.me(&admin.token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn users_who_are_not_admins_are_refused_and_a_session_ends_with_its_token() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;

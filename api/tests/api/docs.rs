@@ -285,7 +285,6 @@ async fn openapi_documents_every_route_of_the_contract() {
         ("get", "/api/v1/health", Public, false),
         ("get", "/api/v1/health/db", Public, false),
         ("get", "/api/v1/health/cache", Public, false),
-        ("get", "/metrics", Public, false),
         // Docs.
         ("get", "/docs/", Public, false),
         ("get", "/redoc", Public, false),

@@ -145,6 +145,13 @@ async fn upload_list_describe_download_and_delete() {
 }
 
 #[tokio::test]
+async fn ranges_follow_rfc_9110_on_the_local_store() {
+    let app = spawn_app_with(&[]).await;
+    let user = app.create_user(Role::User).await;
+    crate::uploads::assert_ranges_follow_rfc_9110(&app, &user).await;
+}
+
+#[tokio::test]
 async fn ranges_across_the_stores_read_chunks_come_back_exact() {
     let app = spawn_app_with(&[]).await;
     let user = app.create_user(Role::User).await;
@@ -406,11 +413,42 @@ async fn malformed_forms_are_4xx_problems() {
             Some(&serde_json::json!({"file": "x"})),
         )
         .await;
-    assert!(json.status().is_client_error(), "{}", json.status());
-    assert_eq!(
-        json.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
+    assert_problem(
+        json,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/files"),
+        (reqwest::Method::PUT, "/api/v1/users/me/avatar"),
+    ] {
+        let no_boundary = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&user.token)
+            .header(header::CONTENT_TYPE, "multipart/form-data")
+            .body("--X\r\n")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(no_boundary, StatusCode::BAD_REQUEST, "malformed_multipart").await;
+        let text = app
+            .client
+            .request(method, app.url(path))
+            .bearer_auth(&user.token)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(
+            text,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
     let cut = app
         .client
         .post(app.url("/api/v1/files"))

@@ -39,6 +39,8 @@ pub const TEST_SECRET: &str = "test-secret-key-of-at-least-32-bytes-long";
 #[derive(Debug)]
 pub struct TestApp {
     pub address: String,
+    /// Where the app serves `/metrics` (`METRICS_PORT`, a free port here).
+    pub metrics_address: String,
     pub client: reqwest::Client,
     pub db: Option<testing::TestDatabase>,
     pub config: Config,
@@ -85,10 +87,12 @@ async fn start(mut config: Config, db: Option<testing::TestDatabase>) -> TestApp
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = format!("http://{}", app.metrics_addr());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        metrics_address,
         client: reqwest::Client::new(),
         db,
         config,
@@ -130,9 +134,13 @@ impl TestApp {
         self.get("/api/v1/health/cache").await
     }
 
+    /// `/metrics` from the app's metrics port.
     pub async fn metrics(&self) -> String {
-        self.get("/metrics")
+        self.client
+            .get(format!("{}/metrics", self.metrics_address))
+            .send()
             .await
+            .expect("request sent")
             .text()
             .await
             .expect("metrics text")

@@ -52,6 +52,18 @@ struct RawAnswer {
     body: Value,
 }
 
+/// A raw request: its method and path, content type, and a body of `head`
+/// followed by `filler_bytes` spaces.
+struct RawRequest<'a> {
+    method: &'a str,
+    path: &'a str,
+    content_type: &'a str,
+    head: &'a [u8],
+    filler_bytes: usize,
+    /// Chunked, else after a `Content-Length` of the whole body.
+    chunked: bool,
+}
+
 /// Writes a request head, then up to `body_bytes` of body (chunked when
 /// `chunked`, else after a `Content-Length` of that size), while reading
 /// the answer; stops writing once the server has answered or hung up.
@@ -62,6 +74,23 @@ async fn raw_post(
     body_bytes: usize,
     chunked: bool,
 ) -> RawAnswer {
+    let request = RawRequest {
+        method: "POST",
+        path,
+        content_type: "application/json",
+        head: b"",
+        filler_bytes: body_bytes,
+        chunked,
+    };
+    raw_request(address, token, &request).await
+}
+
+/// Sends `request` as its bytes go, while reading the answer; stops
+/// writing once the server has answered or hung up.
+async fn raw_request(address: &str, token: &str, request: &RawRequest<'_>) -> RawAnswer {
+    let path = request.path;
+    let chunked = request.chunked;
+    let body_bytes = request.head.len() + request.filler_bytes;
     let stream = TcpStream::connect(address).await.expect("connects");
     let (mut read, mut write) = stream.into_split();
     let length = if chunked {
@@ -70,22 +99,30 @@ async fn raw_post(
         format!("Content-Length: {body_bytes}")
     };
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\n{length}\r\nConnection: close\r\n\r\n"
+        "{} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: {}\r\n{length}\r\nConnection: close\r\n\r\n",
+        request.method, request.content_type
     );
     write.write_all(head.as_bytes()).await.expect("head sent");
+    let body_head = request.head.to_vec();
     let writer = tokio::spawn(async move {
-        let chunk = vec![b' '; 64 * 1024];
+        let filler = vec![b' '; 64 * 1024];
+        let mut pieces =
+            std::iter::once(body_head.as_slice()).chain(std::iter::repeat(filler.as_slice()));
         let mut sent = 0;
         while sent < body_bytes {
-            let n = chunk.len().min(body_bytes - sent);
+            let piece = pieces.next().expect("endless");
+            let n = piece.len().min(body_bytes - sent);
+            if n == 0 {
+                continue;
+            }
             let framed = if chunked {
                 let mut framed = format!("{n:x}\r\n").into_bytes();
-                framed.extend_from_slice(&chunk[..n]);
+                framed.extend_from_slice(&piece[..n]);
                 framed.extend_from_slice(b"\r\n");
                 framed
             } else {
-                chunk[..n].to_vec()
+                piece[..n].to_vec()
             };
             if write.write_all(&framed).await.is_err() {
                 return;
@@ -591,4 +628,75 @@ async fn abuse_gets_4xx_answers_and_closes_and_the_api_process_memory_stays_boun
         "no panic: {}",
         api.process.stderr()
     );
+}
+
+/// Refused (413 or 422) with the form part named, as problem+json.
+fn assert_part_refused(answer: &RawAnswer, field: &str, what: &str) {
+    assert!(
+        matches!(answer.status, 413 | 422),
+        "{what}: refused as too large or invalid: {answer:?}"
+    );
+    assert_eq!(
+        answer.content_type, "application/problem+json",
+        "{what}: {answer:?}"
+    );
+    let named = answer.body["errors"][0]["field"] == field || answer.status == 413;
+    assert!(named, "{what}: names {field}: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_300_mb_text_part_of_an_upload_is_refused_without_the_api_holding_it() {
+    const PART_BYTES: usize = 300 * 1024 * 1024;
+    /// What a refused part may add to the process's memory: the part's own
+    /// small limit and a read buffer, nowhere near the part.
+    const MAX_GROWTH_MIB: f64 = 8.0;
+    let app = spawn_app().await;
+    let api = ApiProcess::spawn(
+        &app,
+        &[("RATE_LIMIT_ENABLED", "false"), ("RUST_LOG", "warn")],
+    )
+    .await;
+    let pid = api.process.pid();
+    let user = app.create_user(Role::User).await;
+    warm_up(&app, &api, &user).await;
+    let address = api.base.trim_start_matches("http://").to_owned();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = {
+        let peak = std::sync::Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                let kib = (rss_mib(pid) * 1024.0) as u64;
+                peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    };
+    for (method, path, field) in [
+        ("POST", "/api/v1/files", "description"),
+        ("POST", "/api/v1/files", "tags"),
+        ("PUT", "/api/v1/users/me/avatar", "description"),
+    ] {
+        let baseline = rss_mib(pid);
+        peak.store(0, std::sync::atomic::Ordering::Relaxed);
+        let head = format!("--X\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n");
+        let request = RawRequest {
+            method,
+            path,
+            content_type: "multipart/form-data; boundary=X",
+            head: head.as_bytes(),
+            filler_bytes: PART_BYTES,
+            chunked: true,
+        };
+        let answer = raw_request(&address, &user.token, &request).await;
+        let what = format!("{method} {path} with a 300 MB {field}");
+        assert_part_refused(&answer, field, &what);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+        println!("{what}: RSS {baseline:.1} MiB before, peak {peak_mib:.1} MiB");
+        assert!(
+            peak_mib - baseline < MAX_GROWTH_MIB,
+            "{what}: resident memory went from {baseline:.1} to {peak_mib:.1} MiB"
+        );
+    }
+    watcher.abort();
 }

@@ -1,4 +1,4 @@
-//! `/metrics` of the API after a known workload: HTTP by route template and
+//! `/metrics` of the API (on its metrics port, never the public one) after a known workload: HTTP by route template and
 //! status, tasks created and retried by kind, the queue and worker gauges
 //! sampled at scrape time, and open WebSockets — each at its exact value.
 //! (Exact, because nextest runs each test in a process of its own and the
@@ -117,9 +117,11 @@ async fn metrics_show_requests_tasks_queues_workers_and_sockets_at_their_exact_v
     let (_second, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
 
     // A socket counts once its session starts, a moment after the upgrade.
-    let m = Scrape::fetch_until(&app.url("/metrics"), Duration::from_secs(10), |m| {
-        m.value("keel_ws_connections", &[]) == Some(2.0)
-    })
+    let m = Scrape::fetch_until(
+        &format!("{}/metrics", app.metrics_address),
+        Duration::from_secs(10),
+        |m| m.value("keel_ws_connections", &[]) == Some(2.0),
+    )
     .await;
     let text = m.text();
 
@@ -223,5 +225,39 @@ async fn metrics_show_requests_tasks_queues_workers_and_sockets_at_their_exact_v
         m.undescribed(),
         Vec::<&str>::new(),
         "every series has help text: {text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_not_on_the_public_port_but_on_the_metrics_port() {
+    let app = spawn_app_with(&[]).await;
+    let public = app.get("/metrics").await;
+    assert_eq!(
+        public.status(),
+        StatusCode::NOT_FOUND,
+        "nothing at /metrics on the API's port"
+    );
+    let scrape = app
+        .client
+        .get(format!("{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), StatusCode::OK);
+    let text = scrape.text().await.unwrap();
+    assert!(
+        text.contains("keel_queue_"),
+        "the queue gauges are there: {text}"
+    );
+    let health = app
+        .client
+        .get(format!("{}/health", app.metrics_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "probes have /health there too"
     );
 }

@@ -396,15 +396,80 @@ async fn a_verified_address_links_to_the_existing_account() {
 }
 
 #[tokio::test]
-async fn linking_an_account_whose_address_was_never_verified_ends_its_password_and_sessions() {
+async fn linking_an_account_whose_address_was_never_verified_ends_everything_its_holder_set() {
     let provider = TestProvider::start().await;
     let app = app_with(&provider).await;
     // Someone registered the address without ever proving it is theirs.
     let password = register(&app, "squatter", "owner@example.com").await;
     let squatter: Value = app.login("squatter", &password).await.json().await.unwrap();
     testing::record_secret(squatter["refresh_token"].as_str().unwrap_or_default());
+    let squatter_id: uuid::Uuid = me(&app, &squatter).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // An API key and second factors the squatter set (as the API allowed
+    // before keys and factors needed a proven address), put in directly.
+    let (key, prefix, hash) = keel_api::auth::tokens::new_api_key();
+    testing::record_secret(&key);
+    keel_shared::db::api_keys::insert(app.pool(), squatter_id, "kept", &prefix, &hash, None)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO totp_secrets (user_id, secret_sealed, confirmed_at) VALUES ($1, '\\x00', now())",
+    )
+    .bind(squatter_id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO totp_recovery_codes (user_id, code_hash) VALUES ($1, '\\x01')")
+        .bind(squatter_id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET totp_enabled = true, two_fa_enabled = true WHERE id = $1")
+        .bind(squatter_id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let by_key = |key: String| {
+        app.client
+            .get(app.url("/api/v1/users/me"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(by_key(key.clone()).await.unwrap().status(), StatusCode::OK);
 
+    // The owner is signed straight in: no second step of the squatter's.
     let owner = me(&app, &signed_in(&app, "owner@example.com").await).await;
+    assert_eq!(owner["two_fa_enabled"], false);
+    assert_eq!(owner["totp_enabled"], false);
+    assert_eq!(
+        by_key(key).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM api_keys WHERE user_id = $1), \
+                (SELECT count(*) FROM totp_secrets WHERE user_id = $1), \
+                (SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1)",
+    )
+    .bind(squatter_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        (0, 0, 0),
+        "no key, TOTP secret or recovery code is left"
+    );
+    let notice: Value = sqlx::query_scalar(
+        "SELECT data FROM email_deliveries WHERE template = 'account_claimed' AND to_address = 'owner@example.com'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(notice["api_keys_deleted"], 1, "{notice}");
+    assert_eq!(notice["second_factors_removed"], true, "{notice}");
     assert_eq!(
         owner["username"], "squatter",
         "the account with the address"

@@ -124,6 +124,39 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
 }
 
 #[tokio::test]
+async fn ipv6_clients_share_a_budget_per_64() {
+    let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
+    let register_from = |ip: String| {
+        app.client
+            .post(app.url("/api/v1/auth/register"))
+            .header("x-forwarded-for", ip)
+            .json(&registration())
+            .send()
+    };
+    // Twelve addresses of one /64, as a host with privacy extensions picks them.
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let ip = format!("2001:db8:7:1:{i:x}:{:x}::{:x}", i * 7 + 1, i + 3);
+        statuses.push(register_from(ip).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        10,
+        "one /64 is one client: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+    // The next /64 is another client.
+    let status = register_from("2001:db8:7:2::1".to_owned())
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn with_rate_limits_off_nothing_is_counted() {
     let app = spawn_app_with(&[
         "--rate-limit-enabled",

@@ -47,6 +47,14 @@ fn assert_local_dir_unused(app: &TestApp) {
 }
 
 #[tokio::test]
+async fn ranges_follow_rfc_9110_on_s3() {
+    let moto = MotoServer::start().await;
+    let app = spawn_on(&moto).await;
+    let user = app.create_user(Role::User).await;
+    crate::uploads::assert_ranges_follow_rfc_9110(&app, &user).await;
+}
+
+#[tokio::test]
 async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
     let moto = MotoServer::start().await;
     let app = spawn_on(&moto).await;

@@ -602,6 +602,35 @@ async fn kinds_lists_every_registered_kind_with_its_schema() {
 }
 
 #[tokio::test]
+async fn an_http_request_may_not_set_host_or_framing_headers() {
+    let app = spawn_app_with(&["--task-http-allowed-hosts", "hooks.example.com"]).await;
+    let user = app.create_user(Role::User).await;
+    for name in ["Host", "content-length", "Transfer-Encoding", "Connection"] {
+        let body = json!({"name": "hook", "kind": "http_request", "payload": {
+            "method": "POST", "url": "https://hooks.example.com/x", "headers": {name: "internal.example"}
+        }});
+        let problem = assert_problem(
+            app.create_task(&user.token, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(
+            fields(&problem),
+            [format!("payload.headers.{name}")],
+            "{name}"
+        );
+    }
+    let allowed = json!({"name": "hook", "kind": "http_request", "payload": {
+        "method": "POST", "url": "https://hooks.example.com/x", "headers": {"X-Signature": "s"}
+    }});
+    assert_eq!(
+        app.create_task(&user.token, &allowed).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
 async fn a_batch_creates_every_task_in_order_and_pushes_them() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
@@ -789,6 +818,68 @@ async fn the_same_idempotency_key_with_another_body_is_422() {
 }
 
 #[tokio::test]
+async fn the_same_json_with_its_keys_reordered_replays_and_keys_are_visible_ascii() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let first = create_with_key(
+        &app,
+        &user,
+        "key-3",
+        r#"{"name": "n", "kind": "sleep", "payload": {"ms": 1}, "max_attempts": 2}"#,
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let reordered = create_with_key(
+        &app,
+        &user,
+        "key-3",
+        r#"{"max_attempts":2,"payload":{"ms":1},"kind":"sleep","name":"n"}"#,
+    )
+    .await;
+    assert_eq!(
+        reordered.status(),
+        StatusCode::CREATED,
+        "the same JSON value is the same request"
+    );
+    assert_eq!(reordered.headers()["idempotent-replayed"], "true");
+    assert_eq!(reordered.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(count_tasks(&app).await, 1);
+
+    for key in ["with\ttab", "with space"] {
+        let problem = assert_problem(
+            create_with_key(&app, &user, key, r#"{"name": "x"}"#).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(fields(&problem), ["Idempotency-Key"], "{key:?}");
+    }
+    assert_eq!(count_tasks(&app).await, 1);
+}
+
+#[tokio::test]
+async fn a_scheduled_at_that_is_not_a_timestamp_is_named_once_in_plain_words() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let problem = assert_problem(
+        app.create_task(
+            &user.token,
+            &json!({"name": "x", "scheduled_at": "tomorrow at nine"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(fields(&problem), ["scheduled_at"]);
+    assert_eq!(
+        problem.detail,
+        "scheduled_at: must be an RFC 3339 timestamp such as 2026-01-15T09:30:00Z"
+    );
+}
+
+#[tokio::test]
 async fn a_batch_replays_under_its_idempotency_key() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
@@ -838,6 +929,75 @@ async fn twenty_concurrent_requests_with_one_key_create_one_task() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the one task");
     assert_eq!(count_tasks(&app).await, 1);
+}
+
+#[tokio::test]
+async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() {
+    const CAP: usize = 10;
+    let cap = CAP.to_string();
+    let app = spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--max-unfinished-tasks-per-user",
+        &cap,
+    ])
+    .await;
+    let user = app.create_user(Role::User).await;
+    // Forty creates at once, single and batched: exactly the cap gets in.
+    let creates = (0..40).map(|i| {
+        let (app, token) = (&app, user.token.clone());
+        async move {
+            if i % 2 == 0 {
+                app.create_task(&token, &json!({"name": format!("t{i}")}))
+                    .await
+                    .status()
+            } else {
+                app.send(
+                    Method::POST,
+                    "/api/v1/tasks/batch",
+                    &token,
+                    Some(&json!({"tasks": [{"name": format!("b{i}")}]})),
+                )
+                .await
+                .status()
+            }
+        }
+    });
+    let statuses = futures_util::future::join_all(creates).await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, CAP, "{statuses:?}");
+    assert_eq!(count_tasks(&app).await, CAP as i64);
+
+    // One finishes as failed: a new task takes its place, and then the
+    // failed one cannot come back past the cap by a retry.
+    let failed: String = sqlx::query_scalar("SELECT id::text FROM tasks LIMIT 1")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    set_status(&app, &failed, "failed").await;
+    app.created_task(&user.token, &json!({"name": "in its place"}))
+        .await;
+    assert_problem(
+        post(
+            &app,
+            &format!("/api/v1/tasks/{failed}/retry"),
+            &user,
+            &json!({}),
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    let status: String = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1::uuid")
+        .bind(&failed)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "failed", "a refused retry changes nothing");
 }
 
 #[tokio::test]

@@ -342,6 +342,66 @@ async fn five_wrong_codes_close_a_totp_challenge() {
     .await;
 }
 
+/// A six-digit code the authenticator would not give now (nor a step either side).
+fn wrong_code(authenticator: &Authenticator) -> String {
+    let near: Vec<String> = (-1..=1).map(|o| authenticator.code(o)).collect();
+    (0..)
+        .map(|n: u32| format!("{:06}", (n * 7919) % 1_000_000))
+        .find(|c| !near.contains(c))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn wrong_codes_count_per_account_across_challenges_and_ten_pause_the_second_step() {
+    // Rate limits off: the pause is the account's, kept in PostgreSQL.
+    let app = app().await;
+    let (user, authenticator, recovery) = totp_user(&app).await;
+    let wrong = wrong_code(&authenticator);
+    // Nine wrong, then a right one: the count starts again.
+    for _ in 0..9 {
+        assert!(!signs_in_with(&app, &user, &wrong).await);
+    }
+    assert!(signs_in_with(&app, &user, &recovery[0]).await);
+    // Ten wrong, through new challenges each time (a fresh password each).
+    for _ in 0..10 {
+        let id = challenge(&app, &user).await;
+        let response = verify(&app, &id, &wrong).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for code in [authenticator.code(0), recovery[1].clone()] {
+        let id = challenge(&app, &user).await;
+        assert_problem(
+            verify(&app, &id, &code).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "second_factor_locked",
+        )
+        .await;
+    }
+    // Disabling TOTP with a code is paused too.
+    assert_problem(
+        disable(&app, &user, &user.password, &authenticator.code(0)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "second_factor_locked",
+    )
+    .await;
+    let notices: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM email_deliveries WHERE template = 'second_factor_locked' AND to_address = $1",
+    )
+    .bind(&user.user.email)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(notices, 1, "the owner is mailed once");
+    let unused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .bind(user.user.id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(unused, 9, "a refused code is not spent");
+}
+
 #[tokio::test]
 async fn each_recovery_code_signs_in_once() {
     let app = app().await;
@@ -351,7 +411,7 @@ async fn each_recovery_code_signs_in_once() {
     // Copied loosely (upper case, a space for the dash): still the code.
     let loose = codes[1].to_uppercase().replace('-', " ");
     assert!(signs_in_with(&app, &user, &loose).await);
-    assert!(!signs_in_with(&app, &user, "aaaaa-bbbbb").await);
+    assert!(!signs_in_with(&app, &user, "aaaa-bbbb-cccc-dddd-eeee-ffff").await);
 
     let used: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1 AND used_at IS NOT NULL",

@@ -316,3 +316,63 @@ async fn a_password_reset_does_not_bypass_2fa() {
         .unwrap();
     assert_eq!(answer["two_factor_required"], true, "{answer}");
 }
+
+/// A six-digit code other than `code`.
+fn other_than(code: &str) -> String {
+    let n: u32 = code.parse().unwrap();
+    format!("{:06}", (n + 500_000) % 1_000_000)
+}
+
+#[tokio::test]
+async fn ten_wrong_mailed_codes_across_challenges_pause_the_second_step_and_mail_the_owner() {
+    let smtp = SmtpServer::start().await;
+    // Rate limits off: the pause is the account's, kept in PostgreSQL.
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let user = two_factor_user(app).await;
+    for round in 1..=2 {
+        let challenge = login_challenge(app, &user).await;
+        let messages = smtp.wait_for_subject(CODE, round, LONG).await;
+        let wrong = other_than(&code_in(&messages[round - 1]));
+        for _ in 0..5 {
+            let response = verify(app, &challenge, &wrong).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "round {round}");
+        }
+    }
+    let challenge = login_challenge(app, &user).await;
+    let messages = smtp.wait_for_subject(CODE, 3, LONG).await;
+    let right = code_in(&messages[2]);
+    let refused = verify(app, &challenge, &right).await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&retry_after), "{retry_after}");
+    assert_problem(
+        refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "second_factor_locked",
+    )
+    .await;
+    let notice = smtp
+        .wait_for_subject(
+            "Two-step sign-in is paused after too many wrong codes",
+            1,
+            LONG,
+        )
+        .await;
+    assert!(notice[0].contains(&user.user.email), "{}", notice[0]);
+
+    // An hour later (moved here by hand), the right code signs in.
+    sqlx::query(
+        "UPDATE users SET second_factor_locked_until = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(user.user.id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        verify(app, &challenge, &right).await.status(),
+        StatusCode::OK
+    );
+}

@@ -97,3 +97,102 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// RFC 9110 §14 range requests against files of 0, 20 and 10,000 bytes on
+/// `app`'s store: each case's status, `Content-Range` and bytes.
+pub async fn assert_ranges_follow_rfc_9110(app: &TestApp, user: &TestUser) {
+    let twenty: Vec<u8> = (0..20u8).collect();
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut ids = std::collections::HashMap::new();
+    for (name, bytes) in [("empty", &[][..]), ("twenty", &twenty), ("big", &big)] {
+        let id = uploaded(app, user, name, bytes).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ids.insert(name, (id, bytes.to_vec()));
+    }
+    // (file, Range, status, Content-Range, the bytes as start..end)
+    type Case = (
+        &'static str,
+        &'static str,
+        u16,
+        &'static str,
+        Option<(usize, usize)>,
+    );
+    let cases: &[Case] = &[
+        ("empty", "bytes=0-", 416, "bytes */0", None),
+        ("empty", "bytes=0-0", 416, "bytes */0", None),
+        ("empty", "bytes=0-10", 416, "bytes */0", None),
+        ("empty", "bytes=-5", 416, "bytes */0", None),
+        ("twenty", "bytes=-100", 206, "bytes 0-19/20", Some((0, 20))),
+        ("twenty", "bytes=-0", 416, "bytes */20", None),
+        ("twenty", "bytes=00-04", 206, "bytes 0-4/20", Some((0, 5))),
+        (
+            "twenty",
+            "bytes=5-99999999999999999999999",
+            206,
+            "bytes 5-19/20",
+            Some((5, 20)),
+        ),
+        ("twenty", "bytes=20-", 416, "bytes */20", None),
+        ("twenty", "bytes=5-1", 200, "", Some((0, 20))),
+        ("twenty", "bytes=0-1,5-6", 200, "", Some((0, 20))),
+        ("twenty", "items=0-1", 200, "", Some((0, 20))),
+        (
+            "big",
+            "bytes=0-499",
+            206,
+            "bytes 0-499/10000",
+            Some((0, 500)),
+        ),
+        (
+            "big",
+            "bytes=-500",
+            206,
+            "bytes 9500-9999/10000",
+            Some((9500, 10_000)),
+        ),
+        (
+            "big",
+            "bytes=9500-",
+            206,
+            "bytes 9500-9999/10000",
+            Some((9500, 10_000)),
+        ),
+        (
+            "big",
+            "bytes=9999-9999",
+            206,
+            "bytes 9999-9999/10000",
+            Some((9999, 10_000)),
+        ),
+    ];
+    for (file, range, status, content_range, slice) in cases {
+        let (id, bytes) = &ids[file];
+        let path = format!("/api/v1/files/{id}/content");
+        let response = get_range(app, user, &path, range).await;
+        let what = format!("{range} on the {file} file");
+        assert_eq!(response.status().as_u16(), *status, "{what}");
+        let got_range = response
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert_eq!(&got_range, content_range, "{what}");
+        if *status == 416 {
+            assert_problem(
+                response,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+            )
+            .await;
+            continue;
+        }
+        let (start, end) = slice.unwrap();
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            &bytes[start..end],
+            "{what}"
+        );
+    }
+}

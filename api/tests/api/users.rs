@@ -41,6 +41,73 @@ async fn a_user_edits_their_profile_and_clears_fields_with_null() {
     assert_eq!(cleared["first_name"], "Ada", "absent fields stay");
     let fetched: Value = app.me(&alice.token).await.json().await.unwrap();
     assert_eq!(fetched, cleared, "the cached user was refreshed");
+
+    // A time zone or language cleared with null is back at its default,
+    // through either route: never a 200 that changed nothing.
+    for path in [
+        "/api/v1/users/me".to_owned(),
+        format!("/api/v1/users/{}", alice.user.id),
+    ] {
+        let set = app
+            .send(Method::PATCH, &path, &alice.token, Some(&patch))
+            .await;
+        assert_eq!(set.status(), StatusCode::OK);
+        let reset: Value = app
+            .send(
+                Method::PATCH,
+                &path,
+                &alice.token,
+                Some(&json!({"timezone": null, "language": null})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (reset["timezone"].as_str(), reset["language"].as_str()),
+            (Some("UTC"), Some("en")),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn names_are_one_line_and_avatar_urls_name_a_host_as_the_schema_says() {
+    let app = spawn_app().await;
+    let alice = app.create_user(Role::User).await;
+    let refused = [
+        ("first_name", json!("Ann\nSmith")),
+        ("last_name", json!("Smith\r\nJones")),
+        ("avatar_url", json!("https://127.0.0.1/x.png")),
+        ("avatar_url", json!("https://[::1]/x.png")),
+        ("avatar_url", json!("https://a_b.com/x.png")),
+    ];
+    for (field, value) in refused {
+        let response = app
+            .send(
+                Method::PATCH,
+                "/api/v1/users/me",
+                &alice.token,
+                Some(&json!({field: value})),
+            )
+            .await;
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem.errors.unwrap()[0].field, field, "{value}");
+    }
+    let accepted = app
+        .send(
+            Method::PATCH,
+            "/api/v1/users/me",
+            &alice.token,
+            Some(&json!({"bio": "two\nlines", "avatar_url": "https://cdn.example.com/a.png"})),
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK, "a bio keeps its lines");
 }
 
 #[tokio::test]
@@ -204,6 +271,42 @@ async fn admins_list_filter_and_page_users() {
 }
 
 #[tokio::test]
+async fn an_admin_cannot_deactivate_their_own_account() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    for path in [
+        format!("/api/v1/users/{}", admin.user.id),
+        format!("/api/v1/users/update/{}", admin.user.id),
+    ] {
+        let method = if path.contains("update") {
+            Method::PUT
+        } else {
+            Method::PATCH
+        };
+        let response = app
+            .send(
+                method,
+                &path,
+                &admin.token,
+                Some(&json!({"is_active": false})),
+            )
+            .await;
+        assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    assert_eq!(
+        app.me(&admin.token).await.status(),
+        StatusCode::OK,
+        "still signed in"
+    );
+    let active: bool = sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1")
+        .bind(admin.user.id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert!(active);
+}
+
+#[tokio::test]
 async fn deactivating_a_user_stops_their_tokens_at_once() {
     let app = spawn_app().await;
     let admin = app.create_user(Role::Admin).await;
@@ -334,7 +437,9 @@ async fn the_last_superadmin_cannot_be_demoted_deactivated_or_deleted() {
             Some(&json!({"is_active": false})),
         )
         .await;
-    assert_problem(deactivate, StatusCode::CONFLICT, "last_superadmin").await;
+    // Nobody deactivates their own account (and no one else may deactivate
+    // a superadmin): the last one stays active.
+    assert_problem(deactivate, StatusCode::FORBIDDEN, "forbidden").await;
     let delete = app
         .send(
             Method::DELETE,

@@ -504,16 +504,44 @@ async fn invalid_messages_are_answered_with_an_error_and_the_socket_stays_open()
     let user = app.create_user(Role::User).await;
     let mut socket = connect(&ws_url(&app.address, "/ws", &user.token)).await;
 
-    for (text, why) in [
-        ("{not json".to_owned(), "not JSON"),
-        (json!({"type": "dance"}).to_string(), "an unknown type"),
-        (json!({"type": "join_room"}).to_string(), "a missing field"),
-        (json!(["ping"]).to_string(), "not an object"),
+    // Each message says what was wrong in the client's terms: no Rust type
+    // names, no positions in the text.
+    for (text, why, says) in [
+        ("{not json".to_owned(), "not JSON", "not JSON"),
+        (
+            json!({"type": "dance"}).to_string(),
+            "an unknown type",
+            "unknown variant `dance`",
+        ),
+        (
+            json!({"type": "join_room"}).to_string(),
+            "a missing field",
+            "missing field `room`",
+        ),
+        (
+            json!(["ping"]).to_string(),
+            "not an object",
+            "a JSON object with a `type` field",
+        ),
+        (
+            json!([1, 2]).to_string(),
+            "an array",
+            "a JSON object with a `type` field",
+        ),
+        (
+            "null".to_owned(),
+            "null",
+            "a JSON object with a `type` field",
+        ),
     ] {
         send_text(&mut socket, text).await;
         let error = wait_for_type(&mut socket, "error").await;
         assert_eq!(error["code"], "invalid_message", "{why}: {error}");
-        assert!(error["message"].is_string(), "{why}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{why}: {error}");
+        for internal in ["ClientMessage", "enum", "line 1", "column"] {
+            assert!(!message.contains(internal), "{why}: {internal} in {error}");
+        }
     }
     round_trip(&mut socket).await;
 }

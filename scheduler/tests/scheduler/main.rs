@@ -79,13 +79,20 @@ async fn an_unreachable_redis_stops_the_scheduler_with_exit_1() {
 
 #[test]
 fn a_bad_value_stops_the_scheduler_with_exit_2_naming_it() {
-    let output = testing::command(SCHEDULER_BIN)
-        .env("SHUTDOWN_GRACE_SECONDS", "0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{err}");
-    assert!(err.contains("SHUTDOWN_GRACE_SECONDS"), "{err}");
+    for (variable, value) in [
+        ("SHUTDOWN_GRACE_SECONDS", "0"),
+        ("DATABASE_URL", "not a url"),
+        ("REDIS_URL", "redis://"),
+    ] {
+        let output = testing::command(SCHEDULER_BIN)
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
+        assert!(err.contains(variable), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
 }
 
 #[tokio::test]

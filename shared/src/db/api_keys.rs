@@ -126,6 +126,21 @@ pub async fn delete(db: impl PgExecutor<'_>, id: Uuid, user_id: Uuid) -> Result<
     Ok(done.rows_affected() == 1)
 }
 
+/// Deletes every key of `user_id` (a password reset ends them all); how many.
+///
+/// # Errors
+/// The database fails.
+pub async fn delete_all_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM api_keys WHERE user_id = $1")
+        .bind(user_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// Records a use, at most once a minute per key so a busy key costs no write per request.
 ///
 /// # Errors

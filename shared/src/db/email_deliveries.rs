@@ -26,6 +26,12 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
+/// Fields of a delivery's data that carry a usable secret (the link of a
+/// verification or reset mail, and its token). Removed from the row once
+/// the mail is sent or has failed for good, so the retained history holds
+/// no way into an account.
+pub const SECRET_FIELDS: [&str; 2] = ["link", "token"];
+
 macro_rules! delivery_columns {
     () => {
         "id, to_address, template, data, status, attempts, max_attempts, last_error, \
@@ -132,6 +138,7 @@ pub async fn finish(
     };
     let done = sqlx::query(
         "UPDATE email_deliveries SET status = $3, \
+             data = CASE WHEN $3 = 'queued' THEN data ELSE data - $6::text[] END, \
              last_error = coalesce($4, last_error), \
              sent_at = CASE WHEN $3 = 'sent' THEN now() END, \
              next_attempt_at = now() + $5 * interval '1 millisecond', \
@@ -144,6 +151,7 @@ pub async fn finish(
     .bind(status)
     .bind(error)
     .bind(delay)
+    .bind(SECRET_FIELDS.as_slice())
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -169,11 +177,13 @@ pub async fn mark_not_enqueued(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), 
 pub async fn fail_exhausted(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE email_deliveries SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+             data = data - $2::text[], \
              last_error = coalesce(last_error, 'the worker stopped during the last attempt') \
          WHERE id = $1 AND status = 'sending' AND lease_expires_at < now() \
            AND attempts >= max_attempts",
     )
     .bind(id)
+    .bind(SECRET_FIELDS.as_slice())
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod oauth;
 pub mod refresh_tokens;
 pub mod schedules;
+pub mod second_factor;
 pub mod task_stats;
 pub mod tasks;
 pub mod totp;

@@ -106,11 +106,15 @@ pub async fn rotate(
 }
 
 /// Revokes the family of the token with `token_hash` (logout), under the
-/// same user-row lock as [`rotate`].
+/// same user-row lock as [`rotate`]; the user and family it ended, if the
+/// token was known.
 ///
 /// # Errors
 /// The database fails.
-pub async fn revoke_family_of(db: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
+pub async fn revoke_family_of(
+    db: &PgPool,
+    token_hash: &[u8],
+) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let found: Option<(Uuid, Uuid)> =
         sqlx::query_as("SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1")
@@ -121,7 +125,65 @@ pub async fn revoke_family_of(db: &PgPool, token_hash: &[u8]) -> Result<(), sqlx
         lock_user(&mut *tx, user_id).await?;
         revoke_family(&mut *tx, family_id).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Revokes `family_id` of `user_id` (the dashboard's sign-out), under the
+/// user-row lock; whether it was live.
+///
+/// # Errors
+/// The database fails.
+pub async fn revoke_session(
+    db: &PgPool,
+    user_id: Uuid,
+    family_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    lock_user(&mut *tx, user_id).await?;
+    let done = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() \
+         WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The families of `user_id` revoked after `since`: the sign-ins whose
+/// access tokens may still be unexpired although the sign-in has ended.
+///
+/// # Errors
+/// The database fails.
+pub async fn ended_since(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT family_id FROM refresh_tokens WHERE user_id = $1 AND revoked_at > $2",
+    )
+    .bind(user_id)
+    .bind(since)
+    .fetch_all(db)
+    .await
+}
+
+/// Whether the sign-in `family_id` has ended (revoked, or never existed).
+///
+/// # Errors
+/// The database fails.
+pub async fn session_ended(db: impl PgExecutor<'_>, family_id: Uuid) -> Result<bool, sqlx::Error> {
+    let live: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(family_id)
+    .fetch_one(db)
+    .await?;
+    Ok(!live)
 }
 
 /// Takes the user-row lock that orders revocations against [`rotate`].

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
+use sqlx::{FromRow, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 /// Where a task is in its life.
@@ -233,9 +233,9 @@ pub struct NewTask {
 /// marked enqueued: the caller pushes them next and clears the mark with
 /// [`mark_not_enqueued`] if the push fails. Returned in the order given.
 ///
-/// The cap is checked in the same statement but not under a lock, so
-/// concurrent creates may overshoot it by their own number: it bounds a
-/// client's backlog, it is not an accounting limit.
+/// The cap holds only if the caller took [`lock_owner`] for `owner` in the
+/// same transaction first: the count then sees every create that committed
+/// before, and none can commit beside it.
 ///
 /// # Errors
 /// The database fails.
@@ -301,6 +301,54 @@ pub async fn insert_many(
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     rows.sort_by_key(|t| position.get(&t.id).copied().unwrap_or(usize::MAX));
     Ok(Some(rows))
+}
+
+/// Takes, until `tx` ends, the lock that orders one owner's cap checks:
+/// creates and retries of the same owner check and commit one at a time
+/// (other owners are not held up). An advisory lock, not the user's row,
+/// so sign-ins and profile changes never wait on task creates.
+///
+/// # Errors
+/// The database fails.
+pub async fn lock_owner(tx: &mut PgConnection, owner: Uuid) -> Result<(), sqlx::Error> {
+    // The two-key form: a namespace of Keel's own (b"task" as an integer),
+    // then the owner.
+    sqlx::query("SELECT pg_advisory_xact_lock(1952543595, hashtext($1::text))")
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
+/// Unfinished (pending, running, retrying) tasks of `owner`, counted up
+/// to `limit` at most.
+///
+/// # Errors
+/// The database fails.
+pub async fn unfinished_up_to(
+    db: impl PgExecutor<'_>,
+    owner: Uuid,
+    limit: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM tasks \
+             WHERE owner_id = $1 AND status IN ('pending', 'running', 'retrying') LIMIT $2) open",
+    )
+    .bind(owner)
+    .bind(limit)
+    .fetch_one(db)
+    .await
+}
+
+/// The owner of task `id`.
+///
+/// # Errors
+/// The database fails.
+pub async fn owner_of(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT owner_id FROM tasks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 /// Clears the enqueued mark of `ids` after a failed push, so the reconciler

@@ -153,22 +153,28 @@ pub async fn recovery_codes_left(db: impl PgExecutor<'_>, user: Uuid) -> Result<
     .await
 }
 
-/// Turns TOTP off: the secret and the recovery codes deleted, the user
-/// unflagged.
+/// Turns TOTP off: the secret (confirmed or pending) and the recovery codes
+/// deleted, the user unflagged. Whether there was a secret.
 ///
 /// # Errors
 /// The database fails.
-pub async fn remove(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+pub async fn remove(tx: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    let had = sqlx::query("DELETE FROM totp_secrets WHERE user_id = $1")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
     each_for(
         tx,
         user,
         &[
-            "DELETE FROM totp_secrets WHERE user_id = $1",
             "DELETE FROM totp_recovery_codes WHERE user_id = $1",
             "UPDATE users SET totp_enabled = false WHERE id = $1",
         ],
     )
-    .await
+    .await?;
+    Ok(had)
 }
 
 /// Up to `limit` sealed secrets (pending or confirmed) of users after

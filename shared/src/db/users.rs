@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{EmailAddress, Role, Username};
+use crate::domain::{DEFAULT_LANGUAGE, DEFAULT_TIMEZONE, EmailAddress, Role, Username};
 
 /// The columns every query returns, as a literal for `concat!` (sqlx takes
 /// only literal SQL, so nothing dynamic can slip into a statement).
@@ -110,8 +110,8 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser) -> Result<User, sqlx
     .bind(flat(&p.phone_number))
     .bind(flat(&p.avatar_url))
     .bind(flat(&p.bio))
-    .bind(p.timezone.as_deref().unwrap_or("UTC"))
-    .bind(p.language.as_deref().unwrap_or("en"))
+    .bind(p.timezone.as_deref().unwrap_or(DEFAULT_TIMEZONE))
+    .bind(p.language.as_deref().unwrap_or(DEFAULT_LANGUAGE))
     .fetch_one(db)
     .await
 }
@@ -135,8 +135,14 @@ pub fn as_inserted(new: &NewUser, id: Uuid, now: DateTime<Utc>) -> User {
         phone_verified: false,
         avatar_url: flat(&p.avatar_url),
         bio: flat(&p.bio),
-        timezone: p.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
-        language: p.language.clone().unwrap_or_else(|| "en".to_owned()),
+        timezone: p
+            .timezone
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TIMEZONE.to_owned()),
+        language: p
+            .language
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LANGUAGE.to_owned()),
         role: new.role,
         is_active: true,
         two_fa_enabled: false,
@@ -333,6 +339,31 @@ pub async fn set_two_fa(
     .bind(enabled)
     .fetch_optional(db)
     .await
+}
+
+/// Turns email 2FA off; whether it was on.
+///
+/// # Errors
+/// The database fails.
+pub async fn disable_email_two_fa(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE users SET two_fa_enabled = false WHERE id = $1 AND two_fa_enabled")
+            .bind(id)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends every access token of `id`: they carry the version they were issued under.
+///
+/// # Errors
+/// The database fails.
+pub async fn bump_token_version(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET token_version = token_version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await
+        .map(drop)
 }
 
 /// # Errors

@@ -10,8 +10,9 @@ mod username;
 pub use email::EmailAddress;
 pub use password::Password;
 pub use profile::{
-    AVATAR_URL_PATTERN, LANGUAGE_PATTERN, Language, PHONE_NUMBER_PATTERN, PROFILE_TEXT_PATTERN,
-    ProfileText, Timezone, parse_avatar_url, parse_phone_number,
+    AVATAR_URL_PATTERN, DEFAULT_LANGUAGE, DEFAULT_TIMEZONE, LANGUAGE_PATTERN, Language,
+    PHONE_NUMBER_PATTERN, PROFILE_LINE_PATTERN, PROFILE_TEXT_PATTERN, ProfileText, Timezone,
+    parse_avatar_url, parse_phone_number,
 };
 pub use role::Role;
 pub use username::Username;

@@ -27,6 +27,14 @@ pub const AVATAR_URL_PATTERN: &str = concat!(
     r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
 );
 
+/// [`ProfileText::parse_line`] as a pattern (its length is a `maxLength`):
+/// no control character at all, once the ends are trimmed.
+pub const PROFILE_LINE_PATTERN: &str = concat!(
+    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+    r"[^\x00-\x1f\x7f-\x9f]*",
+    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+);
+
 /// [`ProfileText::parse`] as a pattern (its length is a `maxLength`): no
 /// control character but a line feed, once the ends are trimmed.
 pub const PROFILE_TEXT_PATTERN: &str = concat!(
@@ -34,6 +42,11 @@ pub const PROFILE_TEXT_PATTERN: &str = concat!(
     r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*",
     r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
 );
+
+/// The time zone of an account that sets none (or clears its own).
+pub const DEFAULT_TIMEZONE: &str = "UTC";
+/// The language of an account that sets none (or clears its own).
+pub const DEFAULT_LANGUAGE: &str = "en";
 
 /// An IANA time zone name, e.g. `Europe/Paris`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,12 +110,31 @@ impl ProfileText {
     /// # Errors
     /// Longer than `max` characters, or holding control characters.
     pub fn parse(s: &str, max: usize) -> Result<Self, Invalid> {
+        Self::checked(s, max, true)
+    }
+
+    /// As [`ProfileText::parse`], on one line: a line feed is refused too
+    /// (names).
+    ///
+    /// # Errors
+    /// Longer than `max` characters, or holding control characters.
+    pub fn parse_line(s: &str, max: usize) -> Result<Self, Invalid> {
+        Self::checked(s, max, false)
+    }
+
+    fn checked(s: &str, max: usize, line_feeds: bool) -> Result<Self, Invalid> {
         if s.chars().count() > max {
             return Err(Invalid::new(format!("must be at most {max} characters")));
         }
         let s = s.trim();
-        if s.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(Invalid::new("must not contain control characters"));
+        if s.chars()
+            .any(|c| c.is_control() && !(line_feeds && c == '\n'))
+        {
+            return Err(Invalid::new(if line_feeds {
+                "must not contain control characters other than line feeds"
+            } else {
+                "must be one line, without control characters"
+            }));
         }
         Ok(Self(s.to_owned()))
     }
@@ -131,18 +163,48 @@ pub fn parse_phone_number(s: &str) -> Result<String, Invalid> {
     }
 }
 
-/// An `http(s)` URL of at most 2048 characters (as sent), trimmed.
+/// An `http(s)` URL of at most 2048 characters (as sent), trimmed, on a
+/// named host: exactly [`AVATAR_URL_PATTERN`]. Addresses (`127.0.0.1`,
+/// `[::1]`) and names no DNS would serve (`a_b.com`) are refused, as the
+/// pattern the API's document publishes says.
 ///
 /// # Errors
 /// Anything else (`javascript:` and `data:` URLs included).
 pub fn parse_avatar_url(s: &str) -> Result<String, Invalid> {
-    let short = s.chars().count() <= 2048;
+    let refused = || {
+        Invalid::new(
+            "must be an http(s) URL on a named host (not an IP address), \
+             at most 2048 characters",
+        )
+    };
+    if s.chars().count() > 2048 {
+        return Err(refused());
+    }
     let s = s.trim();
-    match url::Url::parse(s) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && short => {
-            Ok(s.to_owned())
-        }
-        _ => Err(Invalid::new("must be an http(s) URL")),
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(refused)?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok =
+        |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let named = labels.iter().all(label_ok)
+        && labels
+            .last()
+            .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()));
+    let port_ok =
+        port.is_none_or(|p| (1..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    let tail_ok = tail.bytes().all(|b| (b'!'..=b'~').contains(&b));
+    if named && port_ok && tail_ok && url::Url::parse(s).is_ok() {
+        Ok(s.to_owned())
+    } else {
+        Err(refused())
     }
 }
 
@@ -167,8 +229,48 @@ mod tests {
         assert!(Language::parse("english language").is_err() && Language::parse("e").is_err());
         assert!(parse_phone_number("+33 1 23 45 67 89").is_ok());
         assert!(parse_phone_number("call me").is_err() && parse_phone_number("12+34").is_err());
-        assert!(parse_avatar_url("https://cdn.example/a.png").is_ok());
-        assert!(parse_avatar_url("javascript:alert(1)").is_err());
         assert!(ProfileText::parse(&"x".repeat(101), 100).is_err());
+        assert!(
+            ProfileText::parse("two\nlines", 100).is_ok(),
+            "a bio has lines"
+        );
+        assert!(
+            ProfileText::parse_line("two\nlines", 100).is_err(),
+            "a name is one line"
+        );
+        assert!(
+            ProfileText::parse_line(" Ann \n", 100).is_ok(),
+            "ends are trimmed"
+        );
+    }
+
+    /// Each case against the code and the published pattern's own rules:
+    /// they agree (the pattern is checked by the schemathesis run too).
+    #[test]
+    fn avatar_urls_are_on_named_hosts_as_the_pattern_says() {
+        for ok in [
+            "https://cdn.example/a.png",
+            "http://cdn.example.com:8080/a.png?size=64#top",
+            "  https://a-b.example/x  ",
+            "https://localhost/x",
+        ] {
+            assert!(parse_avatar_url(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "javascript:alert(1)",
+            "https://127.0.0.1/x",
+            "https://[::1]/x",
+            "https://a_b.com/x",
+            "https://example.123/x",
+            "https://cdn.example:65535/x",
+            "https://cdn.example/a b.png",
+            "https://cdn.example/é.png",
+            "ftp://cdn.example/a.png",
+            "https:///x",
+            "https://.example/x",
+        ] {
+            assert!(parse_avatar_url(refused).is_err(), "{refused}");
+        }
+        assert!(parse_avatar_url(&format!("https://cdn.example/{}", "a".repeat(2048))).is_err());
     }
 }

@@ -51,9 +51,9 @@ impl Kind for HttpRequest {
                 "method": {"type": "string", "enum": METHODS},
                 "url": {"type": "string", "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
                         "description": "http(s) URL on a host in TASK_HTTP_ALLOWED_HOSTS"},
-                // What `HeaderName` and `HeaderValue` take.
+                // What `HeaderName` and `HeaderValue` take, less the reserved names.
                 "headers": {"type": "object", "maxProperties": MAX_HEADERS,
-                            "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+                            "propertyNames": {"pattern": header_name_pattern()},
                             "additionalProperties": {"type": "string",
                                                      "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"}},
                 "body": {"description": "A string is sent as is; anything else as JSON."},
@@ -88,6 +88,8 @@ impl Kind for HttpRequest {
                     format!("headers.{name}"),
                     "is not a valid HTTP header",
                 ));
+            } else if let Some(reason) = reserved_header(name) {
+                errors.push(PayloadError::new(format!("headers.{name}"), reason));
             }
         }
         errors
@@ -176,6 +178,59 @@ fn allowed_url(url: &str, settings: &KindSettings) -> Result<url::Url, String> {
     }
 }
 
+/// Headers a payload may not set: see [`reserved_header`].
+const RESERVED_HEADERS: [&str; 11] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "http2-settings",
+];
+
+/// A header name token (RFC 9110) that is none of [`RESERVED_HEADERS`], in
+/// any case, as an ECMA-262 pattern for the payload's schema.
+fn header_name_pattern() -> String {
+    let reserved: Vec<String> = RESERVED_HEADERS
+        .iter()
+        .map(|name| {
+            name.chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        format!("[{}{}]", c.to_ascii_uppercase(), c)
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    format!(
+        "^(?!(?:{})$)[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+        reserved.join("|")
+    )
+}
+
+/// Why a header is the worker's to set, not the payload's: `Host` would
+/// reach any virtual host behind an allowed address; the framing and
+/// hop-by-hop headers (RFC 9110 §7.6.1) would let a payload smuggle a
+/// second request or break the connection's framing.
+fn reserved_header(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    if name == "host" {
+        Some("may not be set: the request goes to the URL's host")
+    } else if RESERVED_HEADERS.contains(&name.as_str()) {
+        Some("may not be set: framing and connection headers are the worker's")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +254,46 @@ mod tests {
         assert!(allowed_url("ftp://hooks.example.com/", &s).is_err());
         assert!(allowed_url("not a url", &s).is_err());
         assert!(allowed_url("http://127.0.0.1:8080/", &settings(&[])).is_err());
+    }
+
+    #[test]
+    fn host_and_framing_headers_are_refused_by_name_in_any_case() {
+        let s = settings(&["hooks.example.com"]);
+        let refused = |name: &str| {
+            let payload = HttpRequestPayload {
+                method: "POST".into(),
+                url: "https://hooks.example.com/x".into(),
+                headers: [(name.to_owned(), "v".to_owned())].into(),
+                body: None,
+            };
+            HttpRequest::check(&payload, &s)
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        for name in [
+            "Host",
+            "HOST",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Upgrade",
+        ] {
+            assert_eq!(refused(name), [format!("headers.{name}")], "{name}");
+        }
+        for name in [
+            "X-Signature",
+            "Authorization",
+            "Content-Type",
+            "Hostname",
+            "X-Host",
+        ] {
+            assert!(refused(name).is_empty(), "{name} is allowed");
+        }
+        let pattern = header_name_pattern();
+        assert!(pattern.starts_with("^(?!(?:[Hh][Oo][Ss][Tt]|"), "{pattern}");
+        assert!(pattern.contains("[Tt][Ee]|"), "{pattern}");
     }
 }

@@ -23,10 +23,20 @@ pub enum EmailTemplate {
     /// To an account's owner: a second factor (email codes or TOTP) was
     /// turned on or off; data `{username, method, enabled}`.
     TwoFactorChanged,
+    /// To an account's owner: an API key was created or given a new
+    /// secret; data `{username, name, prefix}`.
+    ApiKeyCreated,
+    /// To the proven owner of an address, who signed in through a provider
+    /// and so claimed the account registered with it unproven: what was
+    /// removed; data `{username, provider, api_keys_deleted, second_factors_removed}`.
+    AccountClaimed,
+    /// To an account's owner: too many wrong second-factor codes, so the
+    /// second step is paused; data `{username, failures, until}`.
+    SecondFactorLocked,
 }
 
 impl EmailTemplate {
-    pub const ALL: [EmailTemplate; 8] = [
+    pub const ALL: [EmailTemplate; 11] = [
         Self::Verification,
         Self::PasswordReset,
         Self::TwoFactorCode,
@@ -35,6 +45,9 @@ impl EmailTemplate {
         Self::AccountDeleted,
         Self::RegistrationAttempt,
         Self::TwoFactorChanged,
+        Self::ApiKeyCreated,
+        Self::AccountClaimed,
+        Self::SecondFactorLocked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +60,9 @@ impl EmailTemplate {
             Self::AccountDeleted => "account_deleted",
             Self::RegistrationAttempt => "registration_attempt",
             Self::TwoFactorChanged => "two_factor_changed",
+            Self::ApiKeyCreated => "api_key_created",
+            Self::AccountClaimed => "account_claimed",
+            Self::SecondFactorLocked => "second_factor_locked",
         }
     }
 
@@ -90,6 +106,9 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
         "account_deleted",
         "registration_attempt",
         "two_factor_changed",
+        "api_key_created",
+        "account_claimed",
+        "second_factor_locked",
     );
     for (name, source) in sources {
         env.add_template(name, source)

@@ -155,6 +155,8 @@ fn bad_worker_settings_stop_with_exit_2_naming_the_variable() {
         ("WORKER_CONCURRENCY", "0"),
         ("WORKER_QUEUES", "email,bogus"),
         ("METRICS_PORT", "x"),
+        ("DATABASE_URL", "not a url"),
+        ("REDIS_URL", "not a url"),
     ] {
         let output = testing::command(WORKER_BIN)
             .env(variable, value)
@@ -163,6 +165,7 @@ fn bad_worker_settings_stop_with_exit_2_naming_the_variable() {
         let err = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
         assert!(err.contains(variable), "{variable} is named: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
 }
 

@@ -107,7 +107,7 @@ async fn read_parts(
                 received.files.push(file);
             }
             "description" => {
-                let text = text_field(field).await?;
+                let text = text_field(field, MAX_DESCRIPTION_CHARS * 4).await?;
                 if text.chars().count() > MAX_DESCRIPTION_CHARS {
                     return Err(field_error(
                         "description",
@@ -118,7 +118,10 @@ async fn read_parts(
             }
             "tags" => {
                 // Repeated `tags` parts, or one with commas: both read as a list.
-                for tag in text_field(field).await?.split(',') {
+                for tag in text_field(field, MAX_TAGS * (MAX_TAG_CHARS * 4 + 1))
+                    .await?
+                    .split(',')
+                {
                     let tag = tag.trim();
                     if tag.is_empty() {
                         continue;
@@ -210,13 +213,22 @@ async fn store(
     })
 }
 
-async fn text_field(field: Field<'_>) -> Result<String, ApiError> {
+/// A text part, read chunk by chunk and refused (422) as soon as it passes
+/// `max_bytes`: no more than that (and one chunk) is ever held, however
+/// large the part the client sends.
+async fn text_field(mut field: Field<'_>, max_bytes: usize) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_owned();
-    let text = field.text().await.map_err(malformed)?;
-    if text.len() > 64 * 1024 {
-        return Err(field_error(&name, "is too long"));
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+        if bytes.len() + chunk.len() > max_bytes {
+            return Err(field_error(
+                &name,
+                &format!("is too long: at most {max_bytes} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|_| field_error(&name, "must be UTF-8 text"))
 }
 
 /// The type of a file from its first bytes: a known signature, else UTF-8

@@ -1,0 +1,369 @@
+//! Credentials end together: a password reset or change leaves no API key,
+//! session, access token or open WebSocket of whoever held the account
+//! before; signing one session out ends its access tokens too; keys and
+//! second factors need a proven address; and the owner hears of each key.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use keel_shared::{domain::Role, testing::SmtpServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode,
+};
+
+use crate::{
+    helpers::{TestApp, TestUser, assert_problem, spawn_app},
+    pipeline::{Stack, mail_stack},
+    ws::{self, Socket, WAIT},
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A socket opened with `X-API-Key: key` instead of a token.
+async fn key_socket(app: &TestApp, key: &str) -> Socket {
+    let url = app.address.replacen("http://", "ws://", 1) + "/ws";
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("upgraded in time")
+        .expect("upgraded");
+    socket
+}
+
+/// The close code the server ends `socket` with, within [`WAIT`].
+async fn closed_with(socket: &mut Socket, what: &str) -> CloseCode {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the socket stays open"));
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code,
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                panic!("{what}: closed without a code")
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Signs `user` in with the password: a fresh pair of a new sign-in.
+async fn login(app: &TestApp, user: &TestUser) -> Value {
+    let response = app.login(&user.user.username, &user.password).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let tokens: Value = response.json().await.unwrap();
+    for token in ["access_token", "refresh_token"] {
+        keel_shared::testing::record_secret(tokens[token].as_str().unwrap_or_default());
+    }
+    tokens
+}
+
+fn access(tokens: &Value) -> &str {
+    tokens["access_token"].as_str().unwrap()
+}
+
+async fn with_key(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The reset link of the newest reset mail.
+fn reset_token(smtp: &SmtpServer) -> String {
+    let messages = smtp.messages();
+    let mail = messages
+        .iter()
+        .rev()
+        .find(|m| m.contains("Subject: Reset your password"))
+        .expect("a reset mail");
+    let unfolded = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    let start = unfolded.find("reset-password?token=").unwrap() + "reset-password?token=".len();
+    let token: String = unfolded[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    keel_shared::testing::record_secret(&token);
+    token
+}
+
+#[tokio::test]
+async fn a_password_reset_ends_every_key_session_token_and_socket_of_the_account() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let user = app.create_user(Role::User).await;
+    let session = login(app, &user).await;
+    let key = app.create_api_key(&user, "kept by whoever held it").await;
+    let key = key["key"].as_str().unwrap();
+    let added = smtp
+        .wait_for_subject("A new API key was added to your account", 1, LONG)
+        .await;
+    assert!(added[0].contains("kept by whoever held it"), "{}", added[0]);
+    assert_eq!(
+        with_key(app, key, "/api/v1/users/me").await.status(),
+        StatusCode::OK
+    );
+    let mut token_socket = ws::connect(&format!(
+        "{}/ws?token={}",
+        app.address.replacen("http://", "ws://", 1),
+        access(&session)
+    ))
+    .await;
+    ws::round_trip(&mut token_socket).await;
+    let mut key_socket = key_socket(app, key).await;
+    ws::round_trip(&mut key_socket).await;
+
+    let requested = app
+        .post_json(
+            "/api/v1/auth/password-reset/request",
+            &json!({"email": user.user.email}),
+        )
+        .await;
+    assert_eq!(requested.status(), StatusCode::ACCEPTED);
+    smtp.wait_for_subject("Reset your password", 1, LONG).await;
+    let confirmed = app
+        .post_json(
+            "/api/v1/auth/password-reset/confirm",
+            &json!({"token": reset_token(&smtp), "new_password": "a brand new passphrase 42"}),
+        )
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+
+    assert_problem(
+        with_key(app, key, "/api/v1/users/me").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+    )
+    .await;
+    assert_eq!(
+        app.me(access(&session)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(session["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        closed_with(&mut token_socket, "the token's socket").await,
+        CloseCode::Policy
+    );
+    assert_eq!(
+        closed_with(&mut key_socket, "the key's socket").await,
+        CloseCode::Policy
+    );
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
+        .bind(user.user.id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "the key is deleted, not just refused");
+
+    let changed = smtp
+        .wait_for_subject("Your password was changed", 1, LONG)
+        .await;
+    assert!(
+        changed[0].contains("1 API key was deleted"),
+        "{}",
+        changed[0]
+    );
+
+    // The reset mail is sent: its row keeps no usable link for the
+    // retention period.
+    let data: Value = sqlx::query_scalar(
+        "SELECT data FROM email_deliveries WHERE template = 'password_reset' AND status = 'sent'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(
+        data.get("link").is_none() && data.get("token").is_none(),
+        "{data}"
+    );
+    assert_eq!(data["username"], user.user.username.as_str());
+}
+
+#[tokio::test]
+async fn a_change_of_password_deletes_every_api_key_too() {
+    let app = spawn_app().await;
+    let user = app.create_user(Role::User).await;
+    let key = app.create_api_key(&user, "ci").await;
+    let key = key["key"].as_str().unwrap();
+    let changed = app
+        .send(
+            Method::POST,
+            "/api/v1/auth/change-password",
+            &user.token,
+            Some(&json!({"current_password": user.password, "new_password": "another long passphrase"})),
+        )
+        .await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_problem(
+        with_key(&app, key, "/api/v1/users/me").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn keys_and_second_factors_need_a_verified_address() {
+    let app = spawn_app().await;
+    let user = app.create_user(Role::User).await;
+    sqlx::query("UPDATE users SET email_verified = false WHERE id = $1")
+        .bind(user.user.id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    for (path, body) in [
+        ("/api/v1/api-keys", Some(json!({"name": "squatter's key"}))),
+        ("/api/v1/auth/totp/setup", None),
+        ("/api/v1/auth/enable-2fa", None),
+    ] {
+        let response = app
+            .send(Method::POST, path, &user.token, body.as_ref())
+            .await;
+        let problem = assert_problem(response, StatusCode::CONFLICT, "email_not_verified").await;
+        assert!(
+            problem.detail.contains("verify your email"),
+            "{path}: {problem:?}"
+        );
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0);
+}
+
+#[tokio::test]
+async fn logout_ends_the_sessions_access_tokens_and_sockets_but_no_other_session() {
+    let app = spawn_app().await;
+    let user = app.create_user(Role::User).await;
+    let ended = login(&app, &user).await;
+    let other = login(&app, &user).await;
+    assert_eq!(app.me(access(&ended)).await.status(), StatusCode::OK);
+    let mut socket = ws::connect(&format!(
+        "{}/ws?token={}",
+        app.address.replacen("http://", "ws://", 1),
+        access(&ended)
+    ))
+    .await;
+    ws::round_trip(&mut socket).await;
+    // A replica beside this one hears of it too.
+    let replica = app.spawn_replica().await;
+    assert_eq!(replica.me(access(&ended)).await.status(), StatusCode::OK);
+
+    let out = app
+        .post_json(
+            "/api/v1/auth/logout",
+            &json!({"refresh_token": ended["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    for (which, app) in [("this replica", &app), ("the other replica", &replica)] {
+        assert_problem(
+            app.me(access(&ended)).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+        assert_eq!(
+            app.me(access(&other)).await.status(),
+            StatusCode::OK,
+            "{which}: another sign-in goes on"
+        );
+    }
+    assert_eq!(
+        closed_with(&mut socket, "the signed-out socket").await,
+        CloseCode::Policy
+    );
+    let verify = app
+        .post_json(
+            "/api/v1/auth/token/verify",
+            &json!({"token": access(&ended)}),
+        )
+        .await;
+    assert_eq!(verify.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_key_socket_closes_when_its_key_is_deleted_or_regenerated() {
+    let app = spawn_app().await;
+    let user = app.create_user(Role::User).await;
+    for action in ["delete", "regenerate"] {
+        let key = app.create_api_key(&user, action).await;
+        let id = key["id"].as_str().unwrap();
+        let mut socket = key_socket(&app, key["key"].as_str().unwrap()).await;
+        ws::round_trip(&mut socket).await;
+        let response = match action {
+            "delete" => {
+                app.send(
+                    Method::DELETE,
+                    &format!("/api/v1/api-keys/{id}"),
+                    &user.token,
+                    None,
+                )
+                .await
+            }
+            _ => {
+                app.send(
+                    Method::POST,
+                    &format!("/api/v1/api-keys/{id}/regenerate"),
+                    &user.token,
+                    None,
+                )
+                .await
+            }
+        };
+        assert!(
+            response.status().is_success(),
+            "{action}: {}",
+            response.status()
+        );
+        assert_eq!(
+            closed_with(&mut socket, action).await,
+            CloseCode::Policy,
+            "{action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_demoted_admins_key_socket_stops_following_every_task() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let superadmin = app.create_user(Role::Superadmin).await;
+    let key = app.create_api_key(&admin, "ops").await;
+    let mut socket = key_socket(&app, key["key"].as_str().unwrap()).await;
+    ws::send(
+        &mut socket,
+        &json!({"type": "subscribe_tasks", "all": true}),
+    )
+    .await;
+    ws::round_trip(&mut socket).await;
+    let demoted = app
+        .send(
+            Method::PUT,
+            &format!("/api/v1/users/{}/role", admin.user.id),
+            &superadmin.token,
+            Some(&json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(demoted.status(), StatusCode::OK);
+    assert_eq!(
+        closed_with(&mut socket, "the demoted admin's socket").await,
+        CloseCode::Policy
+    );
+}
