@@ -54,7 +54,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-start api 36 "$bin/keel-api"
+start api 36 env METRICS_PORT="${API_METRICS_PORT:-9100}" "$bin/keel-api"
 start worker 35 env METRICS_PORT="${WORKER_METRICS_PORT:-9101}" "$bin/keel-worker"
 start scheduler 33 env METRICS_PORT="${SCHEDULER_METRICS_PORT:-9102}" "$bin/keel-scheduler"
 
@@ -72,7 +72,7 @@ cat >&2 <<MSG
     health     $base/health
     docs       $base/docs  (Redoc: $base/redoc, OpenAPI: $base/openapi.json)
     dashboard  $base/dashboard  (admins: sign in with the superadmin below)
-    metrics    $base/metrics · worker :${WORKER_METRICS_PORT:-9101}/metrics · scheduler :${SCHEDULER_METRICS_PORT:-9102}/metrics
+    metrics    API :${API_METRICS_PORT:-9100}/metrics · worker :${WORKER_METRICS_PORT:-9101}/metrics · scheduler :${SCHEDULER_METRICS_PORT:-9102}/metrics
     email      ${SMTP_HOST:+SMTP $SMTP_HOST}${SMTP_HOST:-file outbox $KEEL_DATA/outbox/ (SMTP_HOST unset)}
     $superadmin_note
   Ctrl-C stops all three.
