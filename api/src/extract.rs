@@ -13,6 +13,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{ApiError, FieldError};
 
+mod framing;
+
 /// JSON in and out. As an extractor: 415 without a JSON content type, 400
 /// for malformed JSON, 413 over the body limit, 422 (naming the field) for
 /// well-formed JSON of the wrong shape, an array included.
@@ -109,15 +111,25 @@ impl<S: Send + Sync> FromRequest<S> for AppMultipart {
                 "expected a body with Content-Type: multipart/form-data",
             ));
         }
+        let no_boundary = || {
+            ApiError::bad_request(
+                "malformed_multipart",
+                "the multipart body cannot be read: its Content-Type has no usable boundary",
+            )
+        };
+        let boundary = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(framing::boundary_of)
+            .ok_or_else(no_boundary)?;
+        // The framing is bounded before multer buffers it (see `framing`).
+        let req =
+            req.map(|body| axum::body::Body::new(framing::FramingGuard::new(body, &boundary)));
         axum::extract::Multipart::from_request(req, state)
             .await
             .map(Self)
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "malformed_multipart",
-                    "the multipart body cannot be read: its Content-Type has no usable boundary",
-                )
-            })
+            .map_err(|_| no_boundary())
     }
 }
 
@@ -203,6 +215,9 @@ pub(crate) fn client_terms(message: &str, field: &str) -> String {
         .strip_prefix(field)
         .and_then(|m| m.strip_prefix(": "))
         .unwrap_or(message);
+    if message.starts_with("duplicate field") {
+        return "is given more than once".to_owned();
+    }
     let message = match message.rfind(" at line ") {
         Some(at) if message[at..].contains(" column ") => &message[..at],
         _ => message,
@@ -220,6 +235,16 @@ pub(crate) fn client_terms(message: &str, field: &str) -> String {
     ];
     if chrono.contains(&message) {
         return TIMESTAMP.to_owned();
+    }
+    // The standard library's number and boolean parse errors (query strings).
+    match message {
+        "invalid digit found in string" | "cannot parse integer from empty string" => {
+            return "must be a whole number".to_owned();
+        }
+        "number too large to fit in target type" => return "is too large".to_owned(),
+        "number too small to fit in target type" => return "is too small".to_owned(),
+        "provided string was not `true` or `false`" => return "must be true or false".to_owned(),
+        _ => {}
     }
     if message.starts_with("UUID parsing failed") {
         return "must be a UUID".to_owned();
@@ -241,12 +266,15 @@ pub(crate) fn client_terms(message: &str, field: &str) -> String {
     message.to_owned()
 }
 
-/// The field a serde message names (`missing field `name``, or a path like
-/// `tasks[0].name: invalid type…`), or `body` when it names none.
+/// The field a serde message names (`missing field `name``, `duplicate
+/// field `page``, or a path like `tasks[0].name: invalid type…`), or
+/// `body` when it names none.
 fn field_of(message: &str) -> String {
     if let Some(rest) = message.split_once('`').map(|(_, r)| r)
         && let Some((field, _)) = rest.split_once('`')
-        && (message.starts_with("missing field") || message.starts_with("unknown field"))
+        && ["missing field", "unknown field", "duplicate field"]
+            .iter()
+            .any(|m| message.starts_with(m))
     {
         return field.to_owned();
     }
@@ -287,6 +315,20 @@ mod tests {
             said("missing field `name` at line 1 column 2"),
             "missing field `name`"
         );
+        assert_eq!(
+            said("page: invalid digit found in string"),
+            "must be a whole number"
+        );
+        assert_eq!(
+            said("size: number too large to fit in target type"),
+            "is too large"
+        );
+        assert_eq!(
+            said("is_active: provided string was not `true` or `false`"),
+            "must be true or false"
+        );
+        assert_eq!(field_of("duplicate field `page`"), "page");
+        assert_eq!(said("duplicate field `page`"), "is given more than once");
     }
 
     #[test]

@@ -314,10 +314,27 @@ pub struct Config {
         long,
         env = "ALLOW_INSECURE_SETTINGS",
         value_delimiter = ',',
-        value_enum,
-        ignore_case = true
+        value_parser = insecure_setting
     )]
     pub allow_insecure_settings: Vec<InsecureSetting>,
+}
+
+/// Whether `nets` together cover every IPv4 or every IPv6 address
+/// (`0.0.0.0/0`, or `0.0.0.0/1,128.0.0.0/1`, and so on).
+fn trusts_everyone(nets: &[IpNet]) -> bool {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for net in nets {
+        match net {
+            IpNet::V4(n) => v4.push(*n),
+            IpNet::V6(n) => v6.push(*n),
+        }
+    }
+    ipnet::Ipv4Net::aggregate(&v4)
+        .iter()
+        .any(|n| n.prefix_len() == 0)
+        || ipnet::Ipv6Net::aggregate(&v6)
+            .iter()
+            .any(|n| n.prefix_len() == 0)
 }
 
 /// A setting production refuses unless `ALLOW_INSECURE_SETTINGS` names it.
@@ -334,6 +351,18 @@ pub enum InsecureSetting {
     /// links cross the network in clear text.
     #[value(name = "SMTP_TLS")]
     SmtpTls,
+}
+
+/// One name of `ALLOW_INSECURE_SETTINGS`, in any case, spaces around it ignored.
+fn insecure_setting(s: &str) -> Result<InsecureSetting, String> {
+    let name = s.trim();
+    InsecureSetting::value_variants()
+        .iter()
+        .copied()
+        .find(|v| v.variable().eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            "expected RATE_LIMIT_ENABLED, TRUSTED_PROXIES or SMTP_TLS (comma-separated)".to_owned()
+        })
 }
 
 impl InsecureSetting {
@@ -570,7 +599,7 @@ impl Config {
         if !self.rate_limit_enabled {
             found.push(InsecureSetting::RateLimitEnabled);
         }
-        if self.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+        if trusts_everyone(&self.trusted_proxies) {
             found.push(InsecureSetting::TrustedProxies);
         }
         let loopback = |host: &str| {
@@ -995,14 +1024,19 @@ impl clap::builder::TypedValueParser for SecretUrlParser {
 /// A URL parser's reason, without the value (it holds a password): cut
 /// before anything quoted, the value itself blotted out.
 fn url_reason(message: &str, value: &str) -> String {
-    let reason = message
+    let mut reason = message
         .split('"')
         .next()
         .unwrap_or_default()
-        .replace(value, "the URL")
-        .trim()
-        .trim_end_matches([':', '-', ' '])
-        .to_owned();
+        .replace(value, "the URL");
+    if let Ok(url) = url::Url::parse(value) {
+        for secret in [url.password().unwrap_or_default(), url.username()] {
+            if secret.len() >= 2 {
+                reason = reason.replace(secret, "…");
+            }
+        }
+    }
+    let reason = reason.trim().trim_end_matches([':', '-', ' ']).to_owned();
     if reason.is_empty() {
         "not a valid URL".to_owned()
     } else {
@@ -1345,7 +1379,7 @@ mod tests {
         assert!(config.insecure_overrides().is_empty());
         let allowed = Config::from_flags(base.iter().chain(&insecure).chain(&[
             "--allow-insecure-settings",
-            "rate_limit_enabled,TRUSTED_PROXIES,SMTP_TLS",
+            "rate_limit_enabled, TRUSTED_PROXIES ,SMTP_TLS",
         ]))
         .unwrap();
         allowed.validate().unwrap();
@@ -1363,6 +1397,28 @@ mod tests {
         loopback_smtp
             .validate()
             .expect("plain SMTP to loopback stays on the machine");
+        // Halves that cover everything together are everything.
+        let halves = Config::from_flags(
+            base.iter()
+                .chain(&["--trusted-proxies", "0.0.0.0/1,128.0.0.0/1"]),
+        )
+        .unwrap();
+        assert_eq!(
+            halves.insecure_settings(),
+            [InsecureSetting::TrustedProxies]
+        );
+        let v6_halves =
+            Config::from_flags(base.iter().chain(&["--trusted-proxies", "::/1,8000::/1"])).unwrap();
+        assert_eq!(
+            v6_halves.insecure_settings(),
+            [InsecureSetting::TrustedProxies]
+        );
+        let private = Config::from_flags(
+            base.iter()
+                .chain(&["--trusted-proxies", "10.0.0.0/8,172.16.0.0/12,fc00::/7"]),
+        )
+        .unwrap();
+        assert!(private.insecure_settings().is_empty());
         let development = Config::from_flags(insecure).unwrap();
         development.validate().expect("development allows them");
         assert!(development.insecure_overrides().is_empty());

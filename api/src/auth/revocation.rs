@@ -4,16 +4,23 @@
 //!
 //! In the caller's transaction: the token version bumped (access tokens,
 //! dashboard cookies, token WebSockets), every refresh family revoked, every
-//! API key deleted; for a claim, also the second factors whoever held the
-//! account before the address was proven had set. After the commit,
+//! API key deleted, open 2FA challenges and reset links voided; for a claim,
+//! also the second factors whoever held the account before the address was
+//! proven had set. What adds a credential checks, under the same row lock,
+//! that the caller's own still stands ([`ensure_current`]), so a request
+//! racing the change cannot mint one past it. After the commit,
 //! [`announce`] drops the cached user on every replica, which makes each
 //! replica recheck (and close) the user's open WebSockets of every kind.
 
-use keel_shared::db::{api_keys, refresh_tokens, totp, users};
+use keel_shared::db::{api_keys, email_tokens, refresh_tokens, totp, two_factor, users};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::{
+    auth::{AuthMethod, Principal},
+    error::ApiError,
+    state::AppState,
+};
 
 /// What [`end_all`] removed, for the owner's notice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +55,10 @@ pub async fn end_all(
     users::bump_token_version(&mut *tx, user_id).await?;
     refresh_tokens::revoke_all_for_user(&mut *tx, user_id).await?;
     let api_keys = api_keys::delete_all_for_user(&mut *tx, user_id).await?;
+    // Half-finished sign-ins and older reset links end too: a challenge
+    // opened with the old password, a link mailed before the change.
+    two_factor::void_open(&mut *tx, user_id).await?;
+    email_tokens::revoke_all(&mut *tx, user_id, email_tokens::Purpose::ResetPassword).await?;
     let second_factors = match scope {
         Scope::Sessions => false,
         Scope::Claim => {
@@ -67,4 +78,33 @@ pub async fn end_all(
 /// the user's sockets, closing those whose credential no longer holds.
 pub async fn announce(state: &AppState, user_id: Uuid) {
     state.users.invalidate(user_id).await;
+}
+
+/// In `tx`, which holds the user's row lock: 401 unless `principal`'s
+/// credential still stands. A request authenticated just before a reset
+/// committed must not add a key (or a second factor) after it.
+///
+/// # Errors
+/// The credential ended (401), or the database fails.
+pub async fn ensure_current(tx: &mut PgConnection, principal: &Principal) -> Result<(), ApiError> {
+    let ended = || ApiError::unauthorized("invalid_token", "the access token is no longer valid");
+    let user = users::find_by_id(&mut *tx, principal.id())
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(ended)?;
+    match principal.method {
+        AuthMethod::AccessToken { session, .. } => {
+            if user.token_version != principal.user.token_version {
+                return Err(ended());
+            }
+            if let Some(session) = session
+                && refresh_tokens::session_ended(&mut *tx, session).await?
+            {
+                return Err(ended());
+            }
+            Ok(())
+        }
+        // Keys act for their owner but never add credentials (`require_session`).
+        AuthMethod::ApiKey { .. } => Err(ended()),
+    }
 }

@@ -197,7 +197,15 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), PageError> {
 /// Only paths inside the dashboard are followed after sign-in (no open redirect).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with(PATH) && !n.starts_with("//") && !n.contains('\\') => n,
+        // Visible ASCII only: the path goes into a `Location` header.
+        Some(n)
+            if n.starts_with(PATH)
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n
+        }
         _ => PATH,
     }
 }
@@ -316,10 +324,20 @@ fn start_session(user: &User, access_token: String, next: &str) -> Result<Respon
 
 /// The sign-in page again, with the reason and the status the API would give.
 fn refused(e: ApiError, next: &str, challenge_id: Option<Uuid>) -> Response {
+    let paused = matches!(
+        e,
+        ApiError::Paused {
+            code: "second_factor_locked",
+            ..
+        }
+    );
     let (parts, _) = PageError::from(e).into_response().into_parts();
     let message = match parts.status {
         StatusCode::UNAUTHORIZED if challenge_id.is_some() => "That code is wrong or expired.",
         StatusCode::UNAUTHORIZED => "Wrong username, email or password.",
+        StatusCode::TOO_MANY_REQUESTS if paused => {
+            "Too many wrong codes: the second step is paused for an hour, and the account's owner was mailed."
+        }
         StatusCode::TOO_MANY_REQUESTS => "Too many attempts; wait a minute and try again.",
         _ => "Sign-in is unavailable right now; try again shortly.",
     };
@@ -376,6 +394,13 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/dashboard")), PATH);
         assert_eq!(safe_next(Some("/api/v1/users")), PATH);
         assert_eq!(safe_next(None), PATH);
+        assert_eq!(
+            safe_next(Some("/dashboard\r\nX: y")),
+            PATH,
+            "no header injection"
+        );
+        assert_eq!(safe_next(Some("/dashboard\u{7f}")), PATH);
+        assert_eq!(safe_next(Some("/dashboard/tasks?q=a b")), PATH);
     }
 
     #[test]

@@ -161,6 +161,7 @@ async fn create_key(
     // Counted under the user's row lock, so concurrent requests cannot all pass at the limit.
     let mut tx = state.db.begin().await?;
     refresh_tokens::lock_user(&mut *tx, principal.id()).await?;
+    revocation::ensure_current(&mut tx, &principal).await?;
     if api_keys::list_for_user(&mut *tx, principal.id())
         .await?
         .len()
@@ -246,6 +247,8 @@ async fn regenerate_key(
     require_verified_email(&principal)?;
     let (secret, prefix, hash) = tokens::new_api_key();
     let mut tx = state.db.begin().await?;
+    refresh_tokens::lock_user(&mut *tx, principal.id()).await?;
+    revocation::ensure_current(&mut tx, &principal).await?;
     let key = api_keys::replace_secret(&mut *tx, id, principal.id(), &prefix, &hash)
         .await?
         .ok_or_else(|| ApiError::not_found("no such API key"))?;

@@ -76,17 +76,28 @@ fn pair(state: &AppState, user: &User, session: Uuid, refresh_token: String) -> 
 }
 
 /// A sign-in: the first pair of a new refresh family.
+///
+/// `user` is the row the password or code was checked against: if the
+/// account's credentials ended since (a reset racing this sign-in), no
+/// session is made (401).
 pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
     let (refresh_token, hash) = tokens::new_refresh_token();
     let session = Uuid::now_v7();
-    refresh_tokens::insert(
+    let stored = refresh_tokens::insert_for_version(
         &state.db,
         user.id,
         session,
         &hash,
         state.tokens.refresh_expiry(),
+        user.token_version,
     )
     .await?;
+    if !stored {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "the account's credentials changed during sign-in; sign in again",
+        ));
+    }
     Ok(pair(state, user, session, refresh_token))
 }
 
@@ -333,6 +344,14 @@ pub enum SignIn {
         (status = 401, description = "`invalid_credentials`, alike for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
                 "detail": "wrong username, email or password", "code": "invalid_credentials"})),
+        (status = 429, description = "`rate_limited`; or `second_factor_locked`: the account's second step is paused after ten wrong codes within an hour, so no challenge is opened", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds until a retry may succeed")),
+            examples(
+                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
+                ("second_factor_locked" = (value = json!({"type": "urn:keel:problem:second_factor_locked", "title": "Too Many Requests", "status": 429,
+                    "detail": "too many wrong codes for this account; the second step is paused until 14:05 UTC", "code": "second_factor_locked"}))),
+            )),
     ))]
 async fn login(
     State(state): State<AppState>,

@@ -509,6 +509,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Two keys would leave it unclear which one the request is bound to.
+    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+        return Err(ApiError::validation(vec![field(
+            "Idempotency-Key",
+            "send it once".to_owned(),
+        )]));
+    }
     // Visible ASCII only (0x21–0x7E): `to_str` alone lets a tab or a space through.
     let key = value.as_bytes();
     match value.to_str() {
@@ -1079,6 +1086,9 @@ mod tests {
                 "{bad:?} is not visible ASCII"
             );
         }
+        headers.insert("idempotency-key", HeaderValue::from_static("k-1"));
+        headers.append("idempotency-key", HeaderValue::from_static("k-2"));
+        assert!(idempotency_key(&headers).is_err(), "two keys");
     }
 
     #[test]

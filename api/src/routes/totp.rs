@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use keel_shared::{
-    db::{second_factor, totp as store, users},
+    db::{refresh_tokens, second_factor, totp as store, users},
     emails,
 };
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use super::{
     users::UserResponse,
 };
 use crate::{
-    auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, totp},
+    auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, revocation, totp},
     error::{ApiError, FieldError, Problem},
     extract::AppJson,
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
@@ -150,6 +150,10 @@ async fn confirm(
     let user = principal.id();
     limit_guesses(&state, user).await?;
     let mut tx = state.db.begin().await?;
+    // A factor set beside a reset or claim that just ended this session
+    // would outlive it: checked under the user's row lock.
+    refresh_tokens::lock_user(&mut *tx, user).await?;
+    revocation::ensure_current(&mut tx, &principal).await?;
     let stored = store::lock(&mut tx, user).await?.ok_or_else(|| {
         ApiError::conflict(
             "totp_not_set_up",

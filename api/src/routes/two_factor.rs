@@ -69,6 +69,12 @@ pub struct TwoFactorChallenge {
 /// # Errors
 /// The database fails.
 pub async fn challenge(state: &AppState, user: &User) -> Result<TwoFactorChallenge, ApiError> {
+    // Paused: no challenge, and no code mailed for a step that would be refused.
+    let mut conn = state.db.acquire().await?;
+    if let Some(until) = second_factor::locked_until(&mut conn, user.id).await? {
+        return Err(locked(until));
+    }
+    drop(conn);
     let minutes = i64::from(state.config.two_fa_code_expire_minutes);
     let method = if user.totp_enabled {
         Method::Totp
@@ -188,12 +194,18 @@ pub(crate) async fn pass_challenge(
             two_factor::settle(&mut tx, &challenge, right).await?
         }
     };
+    // The user as the code was checked, in the challenge's transaction: the
+    // session is issued at this token version or not at all (`issue`).
+    let signing_in = match verdict {
+        Verdict::Passed { user } => users::find_by_id(&mut *tx, user).await?,
+        _ => None,
+    };
     tx.commit().await?;
     if let Some(notice) = notice {
         emails::push(&state.db, &state.jobs, &notice).await;
     }
-    let user = match verdict {
-        Verdict::Passed { user } => user,
+    match verdict {
+        Verdict::Passed { .. } => {}
         Verdict::Wrong { left } if left > 0 => {
             return Err(ApiError::unauthorized(
                 "invalid_code",
@@ -207,8 +219,7 @@ pub(crate) async fn pass_challenge(
             ));
         }
     };
-    let user = users::find_by_id(&state.db, user)
-        .await?
+    let user = signing_in
         .filter(|u| u.is_active)
         .ok_or_else(|| ApiError::unauthorized("challenge_closed", "the account is not active"))?;
     users::record_login(&state.db, user.id).await?;
@@ -288,7 +299,7 @@ async fn enable_2fa(
             "verify your email address before turning on 2FA",
         ));
     }
-    set(&state, &principal.user, true).await
+    set(&state, &principal, true).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -317,16 +328,22 @@ async fn disable_2fa(
     AppJson(request): AppJson<DisableTwoFactor>,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     principal.require_session()?;
-    let user = check_password(&state, &principal, &request.password, "password").await?;
-    set(&state, &user, false).await
+    check_password(&state, &principal, &request.password, "password").await?;
+    set(&state, &principal, false).await
 }
 
 async fn set(
     state: &AppState,
-    user: &User,
+    principal: &Principal,
     enabled: bool,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     let mut tx = state.db.begin().await?;
+    // Under the row lock, the caller's session must still stand: a factor
+    // turned on beside a reset that ended it would outlive it.
+    let user = &users::lock(&mut *tx, principal.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    crate::auth::revocation::ensure_current(&mut tx, principal).await?;
     let changed = users::set_two_fa(&mut *tx, user.id, enabled)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;

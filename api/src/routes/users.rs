@@ -231,7 +231,11 @@ impl ProfileInput {
             |field: &str,
              value: Option<Option<String>>,
              parse: &dyn Fn(&str) -> Result<String, Invalid>| {
-                value.map(|v| v.and_then(|s| check(field, parse(&s))))
+                // Only white space is no value: stored as null, not "".
+                value.map(|v| {
+                    v.and_then(|s| check(field, parse(&s)))
+                        .filter(|s| !s.is_empty())
+                })
             };
         let first_name = optional("first_name", self.first_name, &line(100));
         let last_name = optional("last_name", self.last_name, &line(100));
@@ -710,6 +714,12 @@ pub async fn delete_account(
         ensure_outranks(actor, &target)?;
     }
     ensure_not_last_superadmin(&mut tx, &target).await?;
+    // As with deactivation: an admin's own account is closed by another admin.
+    if actor.is_some_and(|a| a.id() == id) {
+        return Err(ApiError::forbidden(
+            "you cannot delete your own account; another admin can",
+        ));
+    }
     users::delete(&mut *tx, id).await?;
     let notice = email_deliveries::insert(
         &mut *tx,

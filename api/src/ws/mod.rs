@@ -231,9 +231,15 @@ async fn open_session(
 ) -> Result<Session, &'static str> {
     let (mut parts, ()) = axum::http::Request::new(()).into_parts();
     parts.headers = headers;
-    let credential = match token {
-        Some(token) => Some(Credential::Bearer(token)),
-        None => credential(&parts).map_err(|_| "malformed credentials")?,
+    let in_headers = credential(&parts).map_err(|_| "malformed credentials")?;
+    let credential = match (token, in_headers) {
+        // Two credentials, one perhaps invalid: which one to believe is
+        // not ours to guess (over HTTP, the header alone decides).
+        (Some(_), Some(_)) => {
+            return Err("send one credential: ?token= or a header, not both");
+        }
+        (Some(token), None) => Some(Credential::Bearer(token)),
+        (None, in_headers) => in_headers,
     };
     let Some(credential) = credential else {
         return Err("sign in: pass ?token=<access token> or an X-API-Key header");

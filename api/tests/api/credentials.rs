@@ -367,3 +367,114 @@ async fn a_demoted_admins_key_socket_stops_following_every_task() {
         CloseCode::Policy
     );
 }
+
+#[tokio::test]
+async fn keys_created_while_the_password_changes_do_not_outlive_it() {
+    let app = spawn_app().await;
+    for round in 0..3 {
+        let user = app.create_user(Role::User).await;
+        let creates = (0..12).map(|i| {
+            let (app, token) = (&app, user.token.clone());
+            async move {
+                app.send(
+                    Method::POST,
+                    "/api/v1/api-keys",
+                    &token,
+                    Some(&json!({"name": format!("racer {i}")})),
+                )
+                .await
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|key| key["key"].as_str().map(str::to_owned))
+            }
+        });
+        let body =
+            json!({"current_password": user.password, "new_password": "another long passphrase"});
+        let change = app.send(
+            Method::POST,
+            "/api/v1/auth/change-password",
+            &user.token,
+            Some(&body),
+        );
+        let (keys, changed) = tokio::join!(futures_util::future::join_all(creates), change);
+        assert_eq!(changed.status(), StatusCode::OK, "round {round}");
+        for key in keys.into_iter().flatten() {
+            keel_shared::testing::record_secret(&key);
+            assert_eq!(
+                with_key(&app, &key, "/api/v1/users/me").await.status(),
+                StatusCode::UNAUTHORIZED,
+                "round {round}: a key minted beside the change survived it"
+            );
+        }
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
+            .bind(user.user.id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_challenge_or_reset_link_from_before_a_change_of_password_no_longer_works() {
+    let smtp = SmtpServer::start().await;
+    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let user = app.create_user(Role::User).await;
+    let requested = app
+        .post_json(
+            "/api/v1/auth/password-reset/request",
+            &json!({"email": user.user.email}),
+        )
+        .await;
+    assert_eq!(requested.status(), StatusCode::ACCEPTED);
+    smtp.wait_for_subject("Reset your password", 1, LONG).await;
+    let link = reset_token(&smtp);
+    sqlx::query("UPDATE users SET two_fa_enabled = true WHERE id = $1")
+        .bind(user.user.id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let challenge: Value = app
+        .login(&user.user.username, &user.password)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(challenge["two_factor_required"], true, "{challenge}");
+    let code_mail = smtp.wait_for_subject("Your sign-in code", 1, LONG).await;
+    let start = code_mail[0].find("code is ").unwrap() + "code is ".len();
+    let code = code_mail[0][start..start + 6].to_owned();
+    keel_shared::testing::record_secret(&code);
+
+    let changed = app
+        .send(
+            Method::POST,
+            "/api/v1/auth/change-password",
+            &user.token,
+            Some(&json!({"current_password": user.password, "new_password": "another long passphrase"})),
+        )
+        .await;
+    assert_eq!(changed.status(), StatusCode::OK);
+
+    assert_problem(
+        app.post_json(
+            "/api/v1/auth/verify-2fa",
+            &json!({"challenge_id": challenge["challenge_id"], "code": code}),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "challenge_closed",
+    )
+    .await;
+    assert_problem(
+        app.post_json(
+            "/api/v1/auth/password-reset/confirm",
+            &json!({"token": link, "new_password": "the squatter's passphrase"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_token",
+    )
+    .await;
+}

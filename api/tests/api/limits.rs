@@ -698,5 +698,40 @@ async fn a_300_mb_text_part_of_an_upload_is_refused_without_the_api_holding_it()
             "{what}: resident memory went from {baseline:.1} to {peak_mib:.1} MiB"
         );
     }
+    // The framing around the parts: a part's name, another header of it,
+    // and text before the first boundary, each 300 MB. The parser would
+    // hold each whole while it looks for its end; it is cut off first.
+    for (what, head) in [
+        ("a name", "--X\r\nContent-Disposition: form-data; name=\""),
+        (
+            "a header",
+            "--X\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Junk: ",
+        ),
+        ("a preamble", ""),
+    ] {
+        let baseline = rss_mib(pid);
+        peak.store(0, std::sync::atomic::Ordering::Relaxed);
+        let request = RawRequest {
+            method: "POST",
+            path: "/api/v1/files",
+            content_type: "multipart/form-data; boundary=X",
+            head: head.as_bytes(),
+            filler_bytes: PART_BYTES,
+            chunked: true,
+        };
+        let answer = raw_request(&address, &user.token, &request).await;
+        assert_eq!(answer.status, 400, "{what} of 300 MB: {answer:?}");
+        assert_eq!(
+            answer.body["code"], "malformed_multipart",
+            "{what}: {answer:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+        println!("{what} of 300 MB: RSS {baseline:.1} MiB before, peak {peak_mib:.1} MiB");
+        assert!(
+            peak_mib - baseline < MAX_GROWTH_MIB,
+            "{what}: resident memory went from {baseline:.1} to {peak_mib:.1} MiB"
+        );
+    }
     watcher.abort();
 }

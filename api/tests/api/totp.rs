@@ -362,21 +362,31 @@ async fn wrong_codes_count_per_account_across_challenges_and_ten_pause_the_secon
         assert!(!signs_in_with(&app, &user, &wrong).await);
     }
     assert!(signs_in_with(&app, &user, &recovery[0]).await);
-    // Ten wrong, through new challenges each time (a fresh password each).
-    for _ in 0..10 {
-        let id = challenge(&app, &user).await;
-        let response = verify(&app, &id, &wrong).await;
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Ten wrong across three challenges (a fresh password each): 5, 4, 1.
+    let mut last = String::new();
+    for wrong_here in [5, 4, 1] {
+        last = challenge(&app, &user).await;
+        for _ in 0..wrong_here {
+            let response = verify(&app, &last, &wrong).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
     }
+    // The last challenge is still open, but the account's second step is paused.
     for code in [authenticator.code(0), recovery[1].clone()] {
-        let id = challenge(&app, &user).await;
         assert_problem(
-            verify(&app, &id, &code).await,
+            verify(&app, &last, &code).await,
             StatusCode::TOO_MANY_REQUESTS,
             "second_factor_locked",
         )
         .await;
     }
+    // No new challenge is opened meanwhile, even with the right password.
+    assert_problem(
+        app.login(&user.user.username, &user.password).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "second_factor_locked",
+    )
+    .await;
     // Disabling TOTP with a code is paused too.
     assert_problem(
         disable(&app, &user, &user.password, &authenticator.code(0)).await,

@@ -329,18 +329,19 @@ async fn ten_wrong_mailed_codes_across_challenges_pause_the_second_step_and_mail
     // Rate limits off: the pause is the account's, kept in PostgreSQL.
     let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
     let user = two_factor_user(app).await;
-    for round in 1..=2 {
-        let challenge = login_challenge(app, &user).await;
+    // Ten wrong codes across three challenges (5, 4, 1): each new challenge
+    // voids the one before, so only the last stays open.
+    let (mut challenge, mut right) = (String::new(), String::new());
+    for (round, wrong_here) in [(1, 5), (2, 4), (3, 1)] {
+        challenge = login_challenge(app, &user).await;
         let messages = smtp.wait_for_subject(CODE, round, LONG).await;
-        let wrong = other_than(&code_in(&messages[round - 1]));
-        for _ in 0..5 {
+        right = code_in(&messages[round - 1]);
+        let wrong = other_than(&right);
+        for _ in 0..wrong_here {
             let response = verify(app, &challenge, &wrong).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "round {round}");
         }
     }
-    let challenge = login_challenge(app, &user).await;
-    let messages = smtp.wait_for_subject(CODE, 3, LONG).await;
-    let right = code_in(&messages[2]);
     let refused = verify(app, &challenge, &right).await;
     let retry_after: u64 = refused.headers()["retry-after"]
         .to_str()
@@ -362,6 +363,14 @@ async fn ten_wrong_mailed_codes_across_challenges_pause_the_second_step_and_mail
         )
         .await;
     assert!(notice[0].contains(&user.user.email), "{}", notice[0]);
+    // Meanwhile a right password opens no challenge and mails no code.
+    assert_problem(
+        app.login(&user.user.username, &user.password).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "second_factor_locked",
+    )
+    .await;
+    assert_eq!(smtp.wait_for_subject(CODE, 3, LONG).await.len(), 3);
 
     // An hour later (moved here by hand), the right code signs in.
     sqlx::query(

@@ -41,6 +41,39 @@ pub async fn insert(
     .map(drop)
 }
 
+/// Stores the first token of a new sign-in (family `family_id`) for
+/// `user_id`, only if the user is still active at `token_version`: the
+/// version the password or code was checked against. A reset or change
+/// that committed since (it bumps the version under the row lock) leaves
+/// nothing to sign in to; one that comes after revokes this family with
+/// the rest. `false` when refused.
+///
+/// # Errors
+/// The database fails.
+pub async fn insert_for_version(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    family_id: Uuid,
+    token_hash: &[u8],
+    expires_at: DateTime<Utc>,
+    token_version: i32,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at) \
+         SELECT $1, id, $3, $4, $5 FROM users \
+         WHERE id = $2 AND token_version = $6 AND is_active FOR SHARE",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(family_id)
+    .bind(token_hash)
+    .bind(expires_at)
+    .bind(token_version)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Spends the token with `token_hash` and, if it was live and its user is
 /// active, stores `next_hash` in the same family — one transaction, under a
 /// shared lock on the user's row. Everything that revokes a user's tokens

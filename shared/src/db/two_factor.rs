@@ -54,6 +54,22 @@ pub fn code_hash(id: Uuid, code: &str) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// Voids every open login challenge of `user`: one opened with a password
+/// that has since been reset or changed must not still sign in.
+///
+/// # Errors
+/// The database fails.
+pub async fn void_open(db: impl PgExecutor<'_>, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE two_factor_challenges SET invalidated_at = now() \
+         WHERE user_id = $1 AND used_at IS NULL AND invalidated_at IS NULL",
+    )
+    .bind(user)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
 /// Opens a challenge for `user`, valid until `expires_at`. A login
 /// challenge voids the user's open login challenges: only the newest works.
 ///

@@ -182,6 +182,22 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User
     .await
 }
 
+/// The user `id`, its row locked until the transaction ends (changes that
+/// must not interleave with a credential change take it).
+///
+/// # Errors
+/// The database fails.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
 /// By username (without regard to case) or email.
 ///
 /// # Errors

@@ -18,20 +18,21 @@ pub const PHONE_NUMBER_PATTERN: &str = concat!(
     r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
 );
 
-/// [`parse_avatar_url`] as a pattern, a little stricter than it: an http(s)
-/// URL whose host is a name (its last label starts with a letter) and whose
-/// port has at most 4 digits.
+/// [`parse_avatar_url`] as a pattern: an http(s) URL whose host is a name
+/// (labels of letters, digits and inner hyphens; the last starts with a
+/// letter) and whose port has at most 4 digits.
 pub const AVATAR_URL_PATTERN: &str = concat!(
     r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
+    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
     r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
 );
 
 /// [`ProfileText::parse_line`] as a pattern (its length is a `maxLength`):
-/// no control character at all, once the ends are trimmed.
+/// no control character at all, no line or paragraph separator and no
+/// bidirectional control, once the ends are trimmed.
 pub const PROFILE_LINE_PATTERN: &str = concat!(
     r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"[^\x00-\x1f\x7f-\x9f]*",
+    r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*",
     r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
 );
 
@@ -127,8 +128,14 @@ impl ProfileText {
             return Err(Invalid::new(format!("must be at most {max} characters")));
         }
         let s = s.trim();
+        // On one line, also no Unicode line or paragraph separator, nor the
+        // bidirectional controls that make a name read as another.
+        let breaks_line = |c: char| {
+            !line_feeds
+                && matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        };
         if s.chars()
-            .any(|c| c.is_control() && !(line_feeds && c == '\n'))
+            .any(|c| (c.is_control() && !(line_feeds && c == '\n')) || breaks_line(c))
         {
             return Err(Invalid::new(if line_feeds {
                 "must not contain control characters other than line feeds"
@@ -192,8 +199,13 @@ pub fn parse_avatar_url(s: &str) -> Result<String, Invalid> {
         None => (authority, None),
     };
     let labels: Vec<&str> = host.split('.').collect();
-    let label_ok =
-        |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    // A DNS label: letters, digits and inner hyphens.
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
     let named = labels.iter().all(label_ok)
         && labels
             .last()
@@ -242,6 +254,14 @@ mod tests {
             ProfileText::parse_line(" Ann \n", 100).is_ok(),
             "ends are trimmed"
         );
+        for sneaky in [
+            "Ann\u{2028}Smith",
+            "Ann\u{2029}x",
+            "\u{202e}nnA",
+            "Ann\u{2066}x",
+        ] {
+            assert!(ProfileText::parse_line(sneaky, 100).is_err(), "{sneaky:?}");
+        }
     }
 
     /// Each case against the code and the published pattern's own rules:
@@ -268,6 +288,8 @@ mod tests {
             "ftp://cdn.example/a.png",
             "https:///x",
             "https://.example/x",
+            "http://-bad-.com/",
+            "http://bad-.example/",
         ] {
             assert!(parse_avatar_url(refused).is_err(), "{refused}");
         }

@@ -179,8 +179,10 @@ fn allowed_url(url: &str, settings: &KindSettings) -> Result<url::Url, String> {
 }
 
 /// Headers a payload may not set: see [`reserved_header`].
-const RESERVED_HEADERS: [&str; 11] = [
+const RESERVED_HEADERS: [&str; 13] = [
     "host",
+    "proxy-authorization",
+    "proxy-authenticate",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -280,6 +282,7 @@ mod tests {
             "keep-alive",
             "TE",
             "Upgrade",
+            "Proxy-Authorization",
         ] {
             assert_eq!(refused(name), [format!("headers.{name}")], "{name}");
         }
