@@ -76,7 +76,7 @@ async fn with_key(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// The reset link of the newest reset mail.
+/// The token of the newest reset mail's link.
 fn reset_token(smtp: &SmtpServer) -> String {
     let messages = smtp.messages();
     let mail = messages
@@ -84,17 +84,7 @@ fn reset_token(smtp: &SmtpServer) -> String {
         .rev()
         .find(|m| m.contains("Subject: Reset your password"))
         .expect("a reset mail");
-    let unfolded = mail
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
-    let start = unfolded.find("reset-password?token=").unwrap() + "reset-password?token=".len();
-    let token: String = unfolded[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
-    keel_shared::testing::record_secret(&token);
-    token
+    crate::password_reset::token_in(mail)
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use crate::{
 const LONG: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse battery staple";
 
-fn token_in(message: &str) -> String {
+pub(crate) fn token_in(message: &str) -> String {
     let unfolded = message
         .replace("=\r\n", "")
         .replace("=\n", "")
