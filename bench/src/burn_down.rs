@@ -49,7 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "burn-down: {} noop tasks queued first, then {} worker(s) at concurrency {}\n",
-        args.tasks, args.workers, args.stack.concurrency
+        args.tasks, args.workers, args.stack.concurrency_label()
     );
     println!("| measure | value |");
     println!("| --- | ---: |");

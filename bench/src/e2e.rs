@@ -76,9 +76,10 @@ pub struct Args {
 /// Where the benches that start workers find the stack.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StackArgs {
-    /// `WORKER_CONCURRENCY` of the workers the bench starts.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
+    /// `WORKER_CONCURRENCY` of the workers the bench starts; unset, the
+    /// worker's own default, as a user who sets nothing runs it.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// The worker binary the bench starts.
     #[arg(long, default_value = "target/release/keel-worker")]
     pub worker_bin: String,
@@ -90,6 +91,23 @@ pub struct StackArgs {
     pub database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+}
+
+impl StackArgs {
+    /// The worker's `WORKER_CONCURRENCY`, if the bench sets one.
+    pub fn concurrency_env(&self) -> Vec<(&'static str, String)> {
+        self.concurrency
+            .map(|c| vec![("WORKER_CONCURRENCY", c.to_string())])
+            .unwrap_or_default()
+    }
+
+    /// The concurrency the workers run at, for the printed figures.
+    pub fn concurrency_label(&self) -> String {
+        self.concurrency.map_or_else(
+            || format!("the default ({})", keel_shared::config::default_worker_concurrency()),
+            |c| c.to_string(),
+        )
+    }
 }
 
 /// The bench's database, Redis prefix and the clients on them.
@@ -133,7 +151,7 @@ impl Setup {
     /// Connects to `database_url` and `redis_url` on a fresh prefix.
     pub(crate) async fn connect_url(database_url: &str, redis_url: &str) -> anyhow::Result<Self> {
         let stack = StackArgs {
-            concurrency: 1,
+            concurrency: Some(1),
             worker_bin: String::new(),
             database_url: database_url.to_owned(),
             redis_url: redis_url.to_owned(),
@@ -144,17 +162,16 @@ impl Setup {
     /// Starts `count` workers on the `tasks` queue and waits until they heartbeat.
     pub(crate) async fn workers(&self, count: usize, stack: &StackArgs) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet::default();
-        let concurrency = stack.concurrency.to_string();
+        let concurrency = stack.concurrency_env();
         for _ in 0..count {
+            let mut env = vec![("WORKER_QUEUES", "tasks")];
+            env.extend(concurrency.iter().map(|(k, v)| (*k, v.as_str())));
             fleet.start(
                 &stack.worker_bin,
                 &stack.database_url,
                 &stack.redis_url,
                 &self.prefix,
-                &[
-                    ("WORKER_QUEUES", "tasks"),
-                    ("WORKER_CONCURRENCY", &concurrency),
-                ],
+                &env,
             )?;
         }
         wait_for_workers(&self.redis, count).await?;
@@ -200,8 +217,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let late_p99 = lateness.value_at_quantile(0.99) as f64 / 1000.0;
     let late_max = lateness.max() as f64 / 1000.0;
     println!(
-        "e2e: {} noop tasks per run, batch {}, {} creators\n",
-        args.tasks, args.batch, args.connections
+        "e2e: {} noop tasks per run, batch {}, {} creators, worker concurrency {}\n",
+        args.tasks,
+        args.batch,
+        args.connections,
+        args.stack.concurrency_label()
     );
     println!(
         "| workers | enqueue (row + push) | end to end (first create → last completed row) | vs the first |"

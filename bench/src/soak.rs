@@ -97,7 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let (db, redis) = (&args.stack.database_url, &args.stack.redis_url);
-    let concurrency = args.stack.concurrency.to_string();
+    let concurrency = args.stack.concurrency_env();
     let mut fleet = Fleet::default();
     let api = fleet.start(
         &args.api_bin,
@@ -115,7 +115,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         db,
         redis,
         &setup.prefix,
-        &[("WORKER_CONCURRENCY", &concurrency)],
+        &concurrency
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
     )?;
     let scheduler = fleet.start(&args.scheduler_bin, db, redis, &setup.prefix, &[])?;
     let client = reqwest::Client::builder()

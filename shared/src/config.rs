@@ -494,10 +494,7 @@ impl Config {
 
     pub fn worker_concurrency(&self) -> usize {
         self.worker_concurrency
-            .map(NonZeroUsize::get)
-            .unwrap_or_else(|| {
-                2 * std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
-            })
+            .map_or_else(default_worker_concurrency, NonZeroUsize::get)
     }
 
     /// Checks that hold for every binary: settings that parse alone but not
@@ -719,6 +716,11 @@ impl Config {
             }),
         }
     }
+}
+
+/// `WORKER_CONCURRENCY` when unset: twice the cores.
+pub fn default_worker_concurrency() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
 /// Info for Keel, and sqlx's notices (such as "relation already exists,
