@@ -15,6 +15,7 @@ use keel_shared::{
     ops_server::{OpsProbe, OpsServer},
     queue_metrics::QueueGauges,
     storage::Storage,
+    task_intake::TaskIntake,
     telemetry,
 };
 use sqlx::PgPool;
@@ -114,6 +115,7 @@ impl Application {
             hub: Hub::new(redis.clone()),
             gauges: QueueGauges::new(db.clone(), redis.clone()),
             jobs: JobQueue::new(redis.clone()),
+            intake: TaskIntake::start(db.clone(), JobQueue::new(redis.clone())),
             kinds: Arc::new(KindSettings::from_config(&config)),
             db,
             redis,

@@ -64,6 +64,8 @@ pub struct Parts {
     pub gauges: QueueGauges,
     /// Where file bytes are: a local directory or an S3-compatible store.
     pub storage: Storage,
+    /// Task creates, written in groups (group commit).
+    pub intake: keel_shared::task_intake::TaskIntake,
 }
 
 /// `State<Part>` for each part, cloned out of the shared state.

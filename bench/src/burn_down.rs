@@ -49,7 +49,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "burn-down: {} noop tasks queued first, then {} worker(s) at concurrency {}\n",
-        args.tasks, args.workers, args.stack.concurrency_label()
+        args.tasks,
+        args.workers,
+        args.stack.concurrency_label()
     );
     println!("| measure | value |");
     println!("| --- | ---: |");

@@ -31,6 +31,7 @@ use keel_shared::{
     },
     dispatch,
     job_queue::JobQueue,
+    task_intake::{Create, Created, TaskIntake},
     workers,
 };
 use serde_json::json;
@@ -104,7 +105,12 @@ impl StackArgs {
     /// The concurrency the workers run at, for the printed figures.
     pub fn concurrency_label(&self) -> String {
         self.concurrency.map_or_else(
-            || format!("the default ({})", keel_shared::config::default_worker_concurrency()),
+            || {
+                format!(
+                    "the default ({})",
+                    keel_shared::config::default_worker_concurrency()
+                )
+            },
             |c| c.to_string(),
         )
     }
@@ -180,10 +186,10 @@ impl Setup {
 }
 
 /// One throughput run's figures.
-struct Throughput {
-    workers: usize,
-    enqueue_tps: f64,
-    e2e_tps: f64,
+pub(crate) struct Throughput {
+    pub workers: usize,
+    pub enqueue_tps: f64,
+    pub e2e_tps: f64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -202,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             None => Fleet::default(),
         };
         let alive = wait_for_workers(&setup.redis, size.unwrap_or(1)).await?;
-        runs.push(throughput(&setup, &args, alive).await?);
+        runs.push(throughput(&setup, args.tasks, args.batch, args.connections, alive).await?);
         if latencies.is_none() {
             latencies = Some(idle_latencies(&setup, &args).await?);
         }
@@ -270,29 +276,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--tasks` creates while `workers` workers complete them.
-async fn throughput(setup: &Setup, args: &Args, workers: usize) -> anyhow::Result<Throughput> {
+/// `tasks` creates (`batch` per create, from `connections` creators) while
+/// `workers` workers complete them.
+pub(crate) async fn throughput(
+    setup: &Setup,
+    tasks: usize,
+    batch: usize,
+    connections: usize,
+    workers: usize,
+) -> anyhow::Result<Throughput> {
     let owner = bench_user(&setup.pool).await?;
     let start_db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&setup.pool)
         .await?;
     let started = Instant::now();
-    enqueue(
-        &setup.pool,
-        &setup.jobs,
-        owner,
-        args.tasks,
-        args.batch,
-        args.connections,
-    )
-    .await?;
+    enqueue(&setup.pool, &setup.jobs, owner, tasks, batch, connections).await?;
     let enqueue_secs = started.elapsed().as_secs_f64();
-    let last_finish = wait_completed(&setup.pool, owner, args.tasks).await?;
+    let last_finish = wait_completed(&setup.pool, owner, tasks).await?;
     let e2e_secs = (last_finish - start_db).num_microseconds().unwrap_or(1) as f64 / 1e6;
     Ok(Throughput {
         workers,
-        enqueue_tps: args.tasks as f64 / enqueue_secs,
-        e2e_tps: args.tasks as f64 / e2e_secs,
+        enqueue_tps: tasks as f64 / enqueue_secs,
+        e2e_tps: tasks as f64 / e2e_secs,
     })
 }
 
@@ -316,7 +321,10 @@ async fn idle_latencies(
     Ok((latency, lateness, early))
 }
 
-/// Creates `n` noop tasks, `batch` per create, from `connections` creators.
+/// Creates `n` noop tasks, `batch` per create, from `connections` creators,
+/// through the API's own create path ([`TaskIntake`]: group commit, one
+/// push per group) and the default per-user cap of unfinished tasks while
+/// `n` fits under it.
 pub(crate) async fn enqueue(
     pool: &PgPool,
     jobs: &JobQueue,
@@ -327,10 +335,12 @@ pub(crate) async fn enqueue(
 ) -> anyhow::Result<()> {
     let batch = batch.max(1);
     let creates = n.div_ceil(batch);
+    let intake = TaskIntake::start(pool.clone(), jobs.clone());
+    let cap = default_cap().filter(|cap| n <= *cap as usize);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut creators = Vec::new();
     for _ in 0..connections.max(1) {
-        let (pool, jobs, next) = (pool.clone(), jobs.clone(), next.clone());
+        let (intake, next) = (intake.clone(), next.clone());
         creators.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -338,11 +348,16 @@ pub(crate) async fn enqueue(
                     return Ok::<_, anyhow::Error>(());
                 }
                 let size = batch.min(n - i * batch);
-                let specs: Vec<NewTask> = (0..size).map(|_| noop()).collect();
-                let rows = tasks::insert_many(&pool, owner, "bench", &specs, None)
-                    .await?
-                    .context("no cap is set")?;
-                dispatch::push_tasks(&pool, &jobs, &rows).await?;
+                let create = Create {
+                    owner,
+                    actor: "bench".into(),
+                    tasks: (0..size).map(|_| noop()).collect(),
+                    cap,
+                };
+                match intake.create(create).await? {
+                    Created::Tasks(_) => {}
+                    Created::OverCap => bail!("the bench user is over the cap"),
+                }
             }
         }));
     }
@@ -378,7 +393,7 @@ pub(crate) async fn wait_completed(
 
 /// `n` single creates at `rate`/s; the histogram holds each task's
 /// `started_at - created_at` in microseconds.
-async fn trickle(
+pub(crate) async fn trickle(
     pool: &PgPool,
     jobs: &JobQueue,
     owner: Uuid,
@@ -386,12 +401,16 @@ async fn trickle(
     rate: u32,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    let intake = TaskIntake::start(pool.clone(), jobs.clone());
     for _ in 0..n {
         tick.tick().await;
-        let rows = tasks::insert_many(pool, owner, "bench", &[noop()], None)
-            .await?
-            .context("no cap is set")?;
-        dispatch::push_tasks(pool, jobs, &rows).await?;
+        let create = Create {
+            owner,
+            actor: "bench".into(),
+            tasks: vec![noop()],
+            cap: default_cap(),
+        };
+        intake.create(create).await?;
     }
     wait_completed(pool, owner, n).await?;
     let delays: Vec<i64> = sqlx::query_scalar(
@@ -459,6 +478,14 @@ pub(crate) async fn scheduled(
         histogram.record(u64::try_from(us.max(0)).unwrap_or(0))?;
     }
     Ok((histogram, early))
+}
+
+/// `MAX_UNFINISHED_TASKS_PER_USER` as a deployment that sets nothing has it.
+fn default_cap() -> Option<u32> {
+    Config::from_flags(Vec::<String>::new())
+        .ok()
+        .map(|c| c.max_unfinished_tasks_per_user)
+        .filter(|c| *c > 0)
 }
 
 pub(crate) fn noop() -> NewTask {

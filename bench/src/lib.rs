@@ -18,6 +18,7 @@
 //! - [`http`]: the hot endpoints, closed and open loop, beside a bare
 //!   handler and pgbench.
 //! - [`ceilings`]: pgbench and redis-benchmark for the same work.
+//! - [`compare_celery`]: Keel at its defaults beside Celery 5, same machine.
 //! - [`files`]: a 100 MB file uploaded and downloaded, beside a plain
 //!   file write and read, with the API's memory.
 //! - [`fleet`]: the processes and users a bench starts and makes.
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod burn_down;
 pub mod ceilings;
+pub mod compare_celery;
 pub mod e2e;
 pub mod files;
 pub mod fleet;
@@ -73,6 +75,8 @@ enum Command {
     Ceilings(ceilings::Args),
     /// One large file uploaded and downloaded: MB/s beside a plain file write and read, and the API's RSS.
     Files(files::Args),
+    /// Keel at its defaults beside Celery 5 + Redis (from PyPI), same machine, same work: medians and the ratio.
+    CompareCelery(compare_celery::Args),
 }
 
 /// Runs the chosen benchmark; 1 and a message on failure.
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Http(args) => http::run(args).await,
             Command::Ws(args) => ws::run(args).await,
             Command::Files(args) => files::run(args).await,
+            Command::CompareCelery(args) => compare_celery::run(args).await,
         }
     });
     match result {

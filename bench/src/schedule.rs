@@ -35,7 +35,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (p50, p99, max) = (ms(0.5), ms(0.99), lateness.max() as f64 / 1000.0);
     println!(
         "schedule: {} tasks due at one instant, {} worker(s) at concurrency {}\n",
-        args.tasks, args.workers, args.stack.concurrency_label()
+        args.tasks,
+        args.workers,
+        args.stack.concurrency_label()
     );
     println!("| measure | value |");
     println!("| --- | ---: |");

@@ -10,6 +10,7 @@
 //! - [`redis_client`]: the shared Redis connection and key prefix.
 //! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
 //! - [`dispatch`]: pushing committed task rows to the queue.
+//! - [`task_intake`]: group commit of task creates.
 //! - [`emails`]: queueing an email (row, then job).
 //! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
@@ -44,6 +45,7 @@ pub mod redis_client;
 pub mod shutdown;
 pub mod storage;
 pub mod task_events;
+pub mod task_intake;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

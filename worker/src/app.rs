@@ -24,6 +24,11 @@ use crate::{
     wake::WakeSignal,
 };
 
+/// Mails one worker sends at once, whatever `WORKER_CONCURRENCY` says:
+/// its SMTP connections are pooled (ten), and a mail server is not to be
+/// opened a hundred connections to.
+const MAX_EMAIL_SENDS: usize = 16;
+
 /// `METRICS_PORT` of a worker when unset.
 pub const DEFAULT_METRICS_PORT: u16 = 9101;
 
@@ -157,7 +162,7 @@ impl Worker {
                         redis: redis.clone(),
                         lease: runner.lease(),
                         base_name: card.id.clone(),
-                        concurrency: card.concurrency,
+                        concurrency: card.concurrency.min(MAX_EMAIL_SENDS),
                     };
                     let wake = WakeSignal::listen(
                         redis.clone(),

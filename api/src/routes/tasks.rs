@@ -16,7 +16,9 @@ use keel_shared::{
         idempotency::{self, Claim},
         tasks::{self, NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
     },
-    dispatch, kinds, task_events, whole_number,
+    dispatch, kinds, task_events,
+    task_intake::{Create, Created as Intake},
+    whole_number,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -383,29 +385,29 @@ async fn insert(
     let cap = state.config.max_unfinished_tasks_per_user;
     let over_cap = || too_many_unfinished(cap);
     let actor = principal.id().to_string();
-    let capped = cap > 0;
-    if idempotency.is_none() && !capped {
-        // One statement, committed on its own: no transaction round trips.
-        let created = tasks::insert_many(&state.db, principal.id(), &actor, &new, None)
-            .await?
-            .ok_or_else(over_cap)?;
-        enqueue(state, &created).await;
-        return Ok(Created::Fresh(created));
-    }
+    let Some((key, hash)) = &idempotency else {
+        // Written with whatever creates arrive beside it: one transaction,
+        // one INSERT, one push for the group (see `task_intake`).
+        let create = Create {
+            owner: principal.id(),
+            actor,
+            tasks: new,
+            cap: Some(cap),
+        };
+        return match state.intake.create(create).await? {
+            Intake::Tasks(created) => {
+                publish(state, created.iter().map(TaskState::from).collect()).await;
+                Ok(Created::Fresh(created))
+            }
+            Intake::OverCap => Err(over_cap()),
+        };
+    };
     let mut tx = state.db.begin().await?;
-    if capped {
+    if cap > 0 {
         // Concurrent creates of one owner count one after another, so
         // together they cannot pass the cap.
         tasks::lock_owner(&mut tx, principal.id()).await?;
     }
-    let Some((key, hash)) = &idempotency else {
-        let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new, Some(cap))
-            .await?
-            .ok_or_else(over_cap)?;
-        tx.commit().await?;
-        enqueue(state, &created).await;
-        return Ok(Created::Fresh(created));
-    };
     match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
         Claim::Fresh => {}
         Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),

@@ -1001,6 +1001,51 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
 }
 
 #[tokio::test]
+async fn creates_arriving_together_commit_together_and_a_refused_one_fails_alone() {
+    let app = spawn().await;
+    let users = [
+        app.create_user(Role::User).await,
+        app.create_user(Role::User).await,
+    ];
+    // Thirty creates of two owners at once, one of them with text
+    // PostgreSQL cannot store (a NUL in its name): it alone is refused.
+    let creates = (0..30).map(|i| {
+        let (app, token) = (&app, users[i % 2].token.clone());
+        async move {
+            let name = if i == 17 {
+                "bad\u{0}name".to_owned()
+            } else {
+                format!("t{i}")
+            };
+            let response = app.create_task(&token, &json!({"name": name})).await;
+            (i, response.status())
+        }
+    });
+    for (i, status) in futures_util::future::join_all(creates).await {
+        let expected = if i == 17 {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::CREATED
+        };
+        assert_eq!(status, expected, "create {i}");
+    }
+    assert_eq!(count_tasks(&app).await, 29);
+    // Every one answered was committed, pushed, and written with its history.
+    assert_eq!(app.scheduled_task_jobs().await, 29);
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM task_events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(history, 29);
+    let owners: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT owner_id, count(*) FROM tasks GROUP BY owner_id ORDER BY 2")
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(owners.iter().map(|o| o.1).collect::<Vec<_>>(), [14, 15]);
+}
+
+#[tokio::test]
 async fn the_unfinished_task_cap_answers_429_and_counts_only_unfinished_tasks() {
     let app = spawn_app_with(&[
         "--rate-limit-enabled",

@@ -303,6 +303,73 @@ pub async fn insert_many(
     Ok(Some(rows))
 }
 
+/// One task of a group insert: its owner, who asked for it, what it is.
+#[derive(Debug, Clone)]
+pub struct GroupRow<'a> {
+    pub owner: Uuid,
+    pub actor: &'a str,
+    pub task: &'a NewTask,
+}
+
+/// Inserts the tasks of many creates (of any owners) in one statement, in
+/// the caller's transaction, marked enqueued; the rows in the order given.
+/// No cap is checked here: the caller checked each owner's under
+/// [`lock_owner`] in the same transaction.
+///
+/// # Errors
+/// The database fails.
+pub async fn insert_group(
+    tx: &mut PgConnection,
+    rows: &[GroupRow<'_>],
+) -> Result<Vec<Task>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
+    let owners: Vec<Uuid> = rows.iter().map(|r| r.owner).collect();
+    let actors: Vec<&str> = rows.iter().map(|r| r.actor).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.task.name.as_str()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.task.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.task.payload).collect();
+    let max_attempts: Vec<i32> = rows.iter().map(|r| r.task.max_attempts).collect();
+    let timeouts: Vec<i32> = rows.iter().map(|r| r.task.timeout_seconds).collect();
+    let priorities: Vec<i16> = rows.iter().map(|r| r.task.priority).collect();
+    let scheduled: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.task.scheduled_at).collect();
+    let schedules: Vec<Option<Uuid>> = rows.iter().map(|r| r.task.schedule_id).collect();
+    let mut created: Vec<Task> = sqlx::query_as(concat!(
+        "INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
+                            priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
+                            enqueued_at)
+         SELECT t.id, t.owner_id, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
+                t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
+                t.schedule_id, t.actor, now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                     $7::int[], $8::int[], $9::smallint[], $10::timestamptz[], $11::uuid[])
+              AS t(id, owner_id, actor, name, kind, payload, max_attempts, timeout_seconds,
+                   priority, scheduled_at, schedule_id)
+         RETURNING ",
+        task_columns!()
+    ))
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&actors)
+    .bind(&names)
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&max_attempts)
+    .bind(&timeouts)
+    .bind(&priorities)
+    .bind(&scheduled)
+    .bind(&schedules)
+    .fetch_all(&mut *tx)
+    .await?;
+    // RETURNING keeps no promised order; put the rows back in the caller's.
+    let position: std::collections::HashMap<Uuid, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    created.sort_by_key(|t| position.get(&t.id).copied().unwrap_or(usize::MAX));
+    Ok(created)
+}
+
 /// Takes, until `tx` ends, the lock that orders one owner's cap checks:
 /// creates and retries of the same owner check and commit one at a time
 /// (other owners are not held up). An advisory lock, not the user's row,
