@@ -476,9 +476,7 @@ impl Ticker {
         let Some(owner) = claimed.owner_id else {
             anyhow::bail!("user schedule {} has no owner", schedule.id);
         };
-        let created = tasks::insert_many(&mut *tx, owner, "scheduler", &[spec], None)
-            .await?
-            .unwrap_or_default();
+        let created = tasks::insert_many(&mut *tx, owner, "scheduler", &[spec]).await?;
         let task_id = created.first().map(|t| t.id);
         schedules::record_fire(&mut *tx, schedule.id, fire_at, task_id, "pending", next).await?;
         tx.commit().await?;

@@ -1,9 +1,10 @@
 //! `TaskIntake`: group commit for task creates. Creates that arrive while
 //! earlier ones are being written go to PostgreSQL together — one
-//! transaction, one multi-row INSERT (their history rows written by the
-//! table's trigger in the same statement) — and to Redis in one pipelined
-//! push. Each caller is answered only once its rows are committed, and
-//! pushed or left to the reconciler, exactly as a create on its own.
+//! multi-row INSERT, committed on its own (their history rows and the
+//! owners' cap bounds written by the table's triggers in the same
+//! statement) — and to Redis in one pipelined push. Each caller is
+//! answered only once its rows are committed, and pushed or left to the
+//! reconciler, exactly as a create on its own.
 //!
 //! A commit waits on the WAL flush; one create per commit bounds creates at
 //! the flushes a disk does, however many clients wait. A group pays one
@@ -11,12 +12,15 @@
 //! finds a writer free is written at once, alone; groups form from what
 //! queues while [`MAX_WRITERS`] groups are being written.
 //!
-//! Per-owner caps hold across the group: each capped owner's lock is taken
-//! (in id order, so groups never deadlock) and their unfinished tasks
-//! counted once, and that owner's creates are admitted in arrival order
-//! while they fit. A group whose transaction fails is written again one
-//! create at a time, so one bad create (text PostgreSQL cannot store)
-//! fails alone.
+//! Per-owner caps hold across the group. The statement locks each capped
+//! owner's bound of unfinished tasks (in id order, so groups never
+//! deadlock) and inserts the group only if every owner has room for all it
+//! asks there; if one has not, the group is written again in a
+//! transaction that finds each owner's room ([`tasks::room_under_cap`],
+//! counting where the bound leaves none) and admits that owner's creates
+//! in arrival order while they fit. A group whose write fails is written
+//! again one create at a time, so one bad create (text PostgreSQL cannot
+//! store) fails alone.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -25,15 +29,17 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
-    db::tasks::{self, GroupRow, NewTask, Task},
+    db::tasks::{self, GroupRow, NewTask, Task, Wanted},
     dispatch,
     job_queue::JobQueue,
 };
 
-/// Groups in their transaction at once. One: the next group forms while a
-/// group commits (and the one before is pushed); more writers measured
-/// slower (`keel-bench e2e`: 1 writer 4,143 tasks/s, 2 3,928, 4 2,659 on
-/// 2 cores), as they split the queue into smaller groups and more flushes.
+/// Groups being written at once. One: the next group forms while a group
+/// commits (and the one before is pushed); more writers measured slower
+/// (`keel-bench e2e` on 2 cores: 1 writer 4,143 tasks/s, 2 3,928, 4 2,659;
+/// again with the one-statement write, 1 writer 6,200–7,300, 2 5,500–6,100),
+/// as they split the queue into smaller groups, and one owner's groups
+/// wait on its bound's lock anyway.
 pub const MAX_WRITERS: usize = 1;
 /// Tasks in one group at most (a batch create brings up to 1,000 alone).
 pub const MAX_GROUP_TASKS: usize = 2_000;
@@ -170,20 +176,37 @@ async fn write_group(
     }
 }
 
-/// One transaction: the capped owners' locks and counts, then one insert
-/// of every create that fits.
+/// Writes a group: in the common case one statement, committed alone —
+/// every capped owner's bound leaves room for all it asks, so every create
+/// is admitted; otherwise one transaction that finds each capped owner's
+/// room (counting where the bound leaves none) and admits creates while
+/// they fit.
 async fn write(db: &PgPool, creates: &[&Create]) -> Result<Vec<Created>, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    // Room left per capped owner, owners in id order (the lock order).
-    let mut room: BTreeMap<Uuid, i64> = BTreeMap::new();
+    // What each capped owner asks in this group, owners in id order.
+    let mut asked: BTreeMap<Uuid, Wanted> = BTreeMap::new();
     for create in creates {
         if let Some(cap) = create.cap.filter(|c| *c > 0) {
-            room.entry(create.owner).or_insert(i64::from(cap));
+            let n = i64::try_from(create.tasks.len()).unwrap_or(i64::MAX);
+            let entry = asked.entry(create.owner).or_insert(Wanted {
+                owner: create.owner,
+                wanted: 0,
+                cap: i64::from(cap),
+            });
+            entry.wanted = entry.wanted.saturating_add(n);
         }
     }
-    for (owner, left) in &mut room {
-        tasks::lock_owner(&mut tx, *owner).await?;
-        *left -= tasks::unfinished_up_to(&mut *tx, *owner, *left).await?;
+    let within: Vec<Wanted> = asked.values().copied().collect();
+    let all = vec![true; creates.len()];
+    let rows = admitted_rows(creates, &all);
+    let inserted = tasks::insert_group(db, &rows, &within).await?;
+    if inserted.len() == rows.len() {
+        return Ok(answers(creates, all, inserted));
+    }
+    let mut tx = db.begin().await?;
+    let mut room: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for wanted in &within {
+        let left = tasks::room_under_cap(&mut tx, wanted.owner, wanted.cap, wanted.wanted).await?;
+        room.insert(wanted.owner, left);
     }
     let mut admitted = Vec::with_capacity(creates.len());
     for create in creates {
@@ -200,9 +223,17 @@ async fn write(db: &PgPool, creates: &[&Create]) -> Result<Vec<Created>, sqlx::E
         };
         admitted.push(fits);
     }
-    let rows: Vec<GroupRow<'_>> = creates
+    let rows = admitted_rows(creates, &admitted);
+    let inserted = tasks::insert_group(&mut *tx, &rows, &[]).await?;
+    tx.commit().await?;
+    Ok(answers(creates, admitted, inserted))
+}
+
+/// The rows of the admitted creates, in order.
+fn admitted_rows<'a>(creates: &[&'a Create], admitted: &[bool]) -> Vec<GroupRow<'a>> {
+    creates
         .iter()
-        .zip(&admitted)
+        .zip(admitted)
         .filter(|(_, fits)| **fits)
         .flat_map(|(create, _)| {
             create.tasks.iter().map(|task| GroupRow {
@@ -211,10 +242,14 @@ async fn write(db: &PgPool, creates: &[&Create]) -> Result<Vec<Created>, sqlx::E
                 task,
             })
         })
-        .collect();
-    let mut inserted = tasks::insert_group(&mut tx, &rows).await?.into_iter();
-    tx.commit().await?;
-    Ok(creates
+        .collect()
+}
+
+/// Each create's answer: its rows, taken in order from `inserted`, or
+/// over the cap.
+fn answers(creates: &[&Create], admitted: Vec<bool>, inserted: Vec<Task>) -> Vec<Created> {
+    let mut inserted = inserted.into_iter();
+    creates
         .iter()
         .zip(admitted)
         .map(|(create, fits)| {
@@ -224,5 +259,5 @@ async fn write(db: &PgPool, creates: &[&Create]) -> Result<Vec<Created>, sqlx::E
                 Created::OverCap
             }
         })
-        .collect())
+        .collect()
 }

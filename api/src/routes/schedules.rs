@@ -495,10 +495,11 @@ async fn run_now(
         ..schedule.task(Utc::now(), timeout)
     };
     let actor = principal.id().to_string();
-    let task = tasks::insert_many(&mut *tx, owner, &actor, &[new], None)
+    let task = tasks::insert_many(&mut *tx, owner, &actor, &[new])
         .await?
-        .and_then(|created| created.into_iter().next())
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an uncapped insert created no task")))?;
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an insert created no task")))?;
     schedules::record_run_now(&mut *tx, id, task.id, task.status.as_str()).await?;
     tx.commit().await?;
     tracing::info!(task_id = %task.id, "schedule run now");

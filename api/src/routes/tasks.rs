@@ -403,11 +403,15 @@ async fn insert(
         };
     };
     let mut tx = state.db.begin().await?;
-    if cap > 0 {
-        // Concurrent creates of one owner count one after another, so
-        // together they cannot pass the cap.
-        tasks::lock_owner(&mut tx, principal.id()).await?;
-    }
+    let wanted = i64::try_from(new.len()).unwrap_or(i64::MAX);
+    // Concurrent creates of one owner check one after another, so together
+    // they cannot pass the cap. Checked after the key: a replay is answered
+    // whatever the owner has now.
+    let room = if cap > 0 {
+        tasks::room_under_cap(&mut tx, principal.id(), i64::from(cap), wanted).await?
+    } else {
+        i64::MAX
+    };
     match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
         Claim::Fresh => {}
         Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
@@ -419,9 +423,10 @@ async fn insert(
             ));
         }
     }
-    let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new, Some(cap))
-        .await?
-        .ok_or_else(over_cap)?;
+    if room < wanted {
+        return Err(over_cap());
+    }
+    let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new).await?;
     let body = match shape {
         Shape::One => serde_json::to_value(&created[0]),
         Shape::Batch => serde_json::to_value(TaskBatch {
@@ -890,8 +895,7 @@ pub(crate) async fn retry(
         let owner = tasks::owner_of(&mut *tx, id)
             .await?
             .ok_or_else(no_such_task)?;
-        tasks::lock_owner(&mut tx, owner).await?;
-        if tasks::unfinished_up_to(&mut *tx, owner, i64::from(cap)).await? >= i64::from(cap) {
+        if tasks::room_under_cap(&mut tx, owner, i64::from(cap), 1).await? < 1 {
             return Err(too_many_unfinished(cap));
         }
     }

@@ -1000,6 +1000,91 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
     assert_eq!(status, "failed", "a refused retry changes nothing");
 }
 
+/// The cap's bound of unfinished tasks must rise with every way a task
+/// becomes unfinished, not only the creates that check it: a schedule's run
+/// (uncapped) and a retry both count against the next create, and a finish
+/// frees a place although nothing lowers the bound but a count.
+#[tokio::test]
+async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_place() {
+    let app = spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--max-unfinished-tasks-per-user",
+        "3",
+    ])
+    .await;
+    // Schedules are an admin's; admins are capped like everyone.
+    let user = app.create_user(Role::Admin).await;
+    let schedule = post(
+        &app,
+        "/api/v1/schedules",
+        &user,
+        &json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"}),
+    )
+    .await;
+    assert_eq!(schedule.status(), StatusCode::CREATED);
+    let schedule: Value = schedule.json().await.unwrap();
+    let run = format!(
+        "/api/v1/schedules/{}/run-now",
+        schedule["id"].as_str().unwrap()
+    );
+    // Two tasks by the schedule (no cap on its runs), one create: full.
+    for _ in 0..2 {
+        let response = post(&app, &run, &user, &json!({})).await;
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let mine = app
+        .created_task(&user.token, &json!({"name": "third"}))
+        .await;
+    assert_problem(
+        app.create_task(&user.token, &json!({"name": "fourth"}))
+            .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    // A failure frees a place, which a retry takes back: still full.
+    let id = mine["id"].as_str().unwrap();
+    set_status(&app, id, "failed").await;
+    let retried = post(
+        &app,
+        &format!("/api/v1/tasks/{id}/retry"),
+        &user,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_problem(
+        app.create_task(&user.token, &json!({"name": "fourth"}))
+            .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    // Two finish: two creates fit, a third does not.
+    sqlx::query("UPDATE tasks SET status = 'completed' WHERE schedule_id IS NOT NULL")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    for name in ["fourth", "fifth"] {
+        app.created_task(&user.token, &json!({"name": name})).await;
+    }
+    assert_problem(
+        app.create_task(&user.token, &json!({"name": "sixth"}))
+            .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running', 'retrying')",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(unfinished, 3);
+}
+
 #[tokio::test]
 async fn creates_arriving_together_commit_together_and_a_refused_one_fails_alone() {
     let app = spawn().await;

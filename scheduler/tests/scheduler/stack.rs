@@ -195,9 +195,8 @@ impl Setup {
         // The insert binds arrays; a few thousand rows per statement.
         for chunk in specs.chunks(2000) {
             all.extend(
-                tasks::insert_many(&self.pool, self.owner, "test", chunk, None)
+                tasks::insert_many(&self.pool, self.owner, "test", chunk)
                     .await
-                    .unwrap()
                     .unwrap(),
             );
         }
@@ -281,9 +280,8 @@ impl Setup {
                 schedule_id: None,
             })
             .collect();
-        tasks::insert_many(&self.pool, self.owner, "test", &specs, None)
+        tasks::insert_many(&self.pool, self.owner, "test", &specs)
             .await
-            .unwrap()
             .unwrap()
     }
 

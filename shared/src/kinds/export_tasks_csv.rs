@@ -232,7 +232,7 @@ impl Selection {
 
     /// Up to `size` rows older than `before` (from the newest when `None`),
     /// newest first: a range scan of `tasks_owner_id_idx` (or
-    /// `tasks_owner_status_idx`) however deep into the export.
+    /// `tasks_status_owner_idx`) however deep into the export.
     async fn page(
         &self,
         db: &PgPool,

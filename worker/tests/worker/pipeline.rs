@@ -62,9 +62,8 @@ impl Pipeline {
 
     /// Creates tasks as the API does: rows committed, then one push.
     pub async fn create_many(&self, specs: Vec<NewTask>) -> Vec<Task> {
-        let created = tasks::insert_many(&self.pool, self.owner, "test", &specs, None)
+        let created = tasks::insert_many(&self.pool, self.owner, "test", &specs)
             .await
-            .unwrap()
             .unwrap();
         let jobs = created
             .iter()

@@ -539,9 +539,8 @@ async fn ten_thousand_jobs_pushed_at_once_to_a_running_worker_all_run() {
     for _ in 0..5 {
         let specs: Vec<_> = (0..2000).map(|_| new_task("noop", noop())).collect();
         rows.extend(
-            tasks::insert_many(&p.pool, p.owner, "test", &specs, None)
+            tasks::insert_many(&p.pool, p.owner, "test", &specs)
                 .await
-                .unwrap()
                 .unwrap(),
         );
     }
