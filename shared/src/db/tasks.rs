@@ -227,47 +227,11 @@ pub async fn insert_many(
     actor: &str,
     tasks: &[NewTask],
 ) -> Result<Vec<Task>, sqlx::Error> {
-    let ids: Vec<Uuid> = tasks.iter().map(|_| Uuid::now_v7()).collect();
-    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
-    let kinds: Vec<&str> = tasks.iter().map(|t| t.kind.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = tasks.iter().map(|t| &t.payload).collect();
-    let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts).collect();
-    let timeouts: Vec<i32> = tasks.iter().map(|t| t.timeout_seconds).collect();
-    let priorities: Vec<i16> = tasks.iter().map(|t| t.priority).collect();
-    let scheduled: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.scheduled_at).collect();
-    let schedules: Vec<Option<Uuid>> = tasks.iter().map(|t| t.schedule_id).collect();
-    let mut rows: Vec<Task> = sqlx::query_as(concat!(
-        "INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
-                            priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
-                            enqueued_at)
-         SELECT t.id, $1, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
-                t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
-                t.schedule_id, $11, now()
-         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::int[], $7::int[],
-                     $8::smallint[], $9::timestamptz[], $10::uuid[])
-              AS t(id, name, kind, payload, max_attempts, timeout_seconds, priority,
-                   scheduled_at, schedule_id)
-         RETURNING ",
-        task_columns!()
-    ))
-    .bind(owner)
-    .bind(&ids)
-    .bind(&names)
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&max_attempts)
-    .bind(&timeouts)
-    .bind(&priorities)
-    .bind(&scheduled)
-    .bind(&schedules)
-    .bind(actor)
-    .fetch_all(db)
-    .await?;
-    // RETURNING keeps no promised order; put the rows back in the caller's.
-    let position: std::collections::HashMap<Uuid, usize> =
-        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    rows.sort_by_key(|t| position.get(&t.id).copied().unwrap_or(usize::MAX));
-    Ok(rows)
+    let rows: Vec<GroupRow<'_>> = tasks
+        .iter()
+        .map(|task| GroupRow { owner, actor, task })
+        .collect();
+    insert_group(db, &rows, &[]).await
 }
 
 /// One task of a group insert: its owner, who asked for it, what it is.
