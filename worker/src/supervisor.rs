@@ -50,11 +50,16 @@ where
     tokio::spawn(promote(setup.jobs.clone(), queue, stop.clone()));
     let mut generation = 0u32;
     let mut backoff = Backoff::default();
+    // Workers stopped by a pause whose jobs are still running.
+    let mut draining = tokio::task::JoinSet::new();
     loop {
         if *paused.borrow() {
             tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
             tokio::select! {
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => {
+                    while draining.join_next().await.is_some() {}
+                    return Ok(());
+                }
                 () = pause::until(&mut paused, false) => {}
             }
             tracing::info!(%queue, "queue resumed");
@@ -83,15 +88,30 @@ where
         let (signal, mut pause_flag) = (stop.clone(), paused.clone());
         tracing::debug!(worker = %name, "queue worker starting");
         let started = std::time::Instant::now();
-        let result = worker
-            .run_until(async move {
-                tokio::select! {
-                    () = signal.cancelled() => {}
-                    () = pause::until(&mut pause_flag, true) => {}
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
+        let mut run = tokio::spawn(worker.run_until(async move {
+            tokio::select! {
+                () = signal.cancelled() => {}
+                () = pause::until(&mut pause_flag, true) => {}
+            }
+            Ok::<(), std::io::Error>(())
+        }));
+        // A pause stops the fetching at once; the jobs in flight finish in
+        // the background, so a resume starts the next worker without waiting
+        // for the longest of them.
+        let result = tokio::select! {
+            result = &mut run => result,
+            () = pause::until(&mut paused, true), if !stop.is_cancelled() => {
+                draining.spawn(async move {
+                    let _ = run.await;
+                });
+                generation += 1;
+                continue;
+            }
+        };
+        let result = match result {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the queue worker's task ended: {e}")),
+        };
         if *paused.borrow() && !stop.is_cancelled() {
             generation += 1;
             continue;
@@ -100,6 +120,8 @@ where
             if let Err(e) = result {
                 tracing::warn!(error = %e, worker = %name, "queue worker stopped with an error");
             }
+            // A shutdown waits for every worker still finishing its jobs.
+            while draining.join_next().await.is_some() {}
             return Ok(());
         }
         match result {
@@ -109,7 +131,10 @@ where
         generation += 1;
         let wait = backoff.after(started.elapsed());
         tokio::select! {
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => {
+                while draining.join_next().await.is_some() {}
+                return Ok(());
+            }
             () = tokio::time::sleep(wait) => {}
         }
         // apalis's fetch promotes every due job in one Lua call, which fails

@@ -583,6 +583,40 @@ async fn a_paused_queue_takes_no_jobs_until_resumed() {
     assert_eq!(done.status, TaskStatus::Completed);
 }
 
+/// A pause lets the jobs in flight finish, but a resume must not wait for
+/// them: a long task running through a pause and a resume does not hold
+/// back the tasks created after.
+#[tokio::test]
+async fn a_resumed_queue_runs_new_tasks_while_a_long_one_from_before_the_pause_runs_on() {
+    let p = Pipeline::new().await;
+    let _worker = p.worker(&[]);
+    let long = p.create("sleep", json!({"ms": 15_000})).await;
+    p.wait_for(long.id, LONG, |t| t.status == TaskStatus::Running)
+        .await;
+
+    p.jobs.set_paused(Queue::Tasks, true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = p.create("noop", noop()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(p.get(held.id).await.status, TaskStatus::Pending, "paused");
+
+    p.jobs.set_paused(Queue::Tasks, false).await.unwrap();
+    let done = p.finished(held.id, Duration::from_secs(5)).await;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(
+        p.get(long.id).await.status,
+        TaskStatus::Running,
+        "the new task ran while the long one was still running"
+    );
+    let long = p.finished(long.id, LONG).await;
+    assert_eq!(
+        long.status,
+        TaskStatus::Completed,
+        "the paused worker finished its job"
+    );
+    assert_eq!(long.attempts, 1);
+}
+
 #[tokio::test]
 async fn a_backlog_of_twelve_thousand_jobs_queued_before_any_worker_is_drained() {
     // apalis promotes every due job in one Lua `unpack`, which fails past
