@@ -448,7 +448,7 @@ async fn insert(
 }
 
 /// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
-fn too_many_unfinished(cap: u32) -> ApiError {
+pub(super) fn too_many_unfinished(cap: u32) -> ApiError {
     ApiError::client(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_unfinished_tasks",

@@ -1001,9 +1001,9 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
 }
 
 /// The cap's bound of unfinished tasks must rise with every way a task
-/// becomes unfinished, not only the creates that check it: a schedule's run
-/// (uncapped) and a retry both count against the next create, and a finish
-/// frees a place although nothing lowers the bound but a count.
+/// becomes unfinished: a schedule's run and a retry both count against the
+/// next create, both are refused at the cap, and a finish frees a place
+/// although nothing lowers the bound but a count.
 #[tokio::test]
 async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_place() {
     let app = spawn_app_with(&[
@@ -1028,7 +1028,7 @@ async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_plac
         "/api/v1/schedules/{}/run-now",
         schedule["id"].as_str().unwrap()
     );
-    // Two tasks by the schedule (no cap on its runs), one create: full.
+    // Two tasks by the schedule, one create: full, for creates and runs.
     for _ in 0..2 {
         let response = post(&app, &run, &user, &json!({})).await;
         assert!(response.status().is_success(), "{}", response.status());
@@ -1039,6 +1039,12 @@ async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_plac
     assert_problem(
         app.create_task(&user.token, &json!({"name": "fourth"}))
             .await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+    )
+    .await;
+    assert_problem(
+        post(&app, &run, &user, &json!({})).await,
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_unfinished_tasks",
     )
