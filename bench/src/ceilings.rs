@@ -5,26 +5,23 @@
 //! - pgbench running the pipeline's SQL on the real `tasks` table (with its
 //!   indexes and history trigger): the create INSERT, the claim UPDATE and
 //!   the finish UPDATE, each its own transaction — one script run is one
-//!   task, unbatched. Also the INSERT alone.
+//!   task, unbatched. Also the INSERT alone. Each pgbench client inserts
+//!   for an owner of its own ([`PgbenchOwners`]), as many users would: one
+//!   owner's inserts wait on each other (the row of its bound of unfinished
+//!   tasks), which would measure that lock, not what PostgreSQL can write.
 //! - redis-benchmark LPUSH, unpipelined and with `-P 16`.
 //! - argon2id's single-core hash time with Keel's parameters.
 
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use keel_shared::{
-    Config,
-    db::{
-        self,
-        users::{self, NewUser, ProfileChanges},
-    },
-    domain::{EmailAddress, Role, Username},
-};
+use keel_shared::{Config, db};
 use serde_json::json;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 const TASK_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
-  VALUES (gen_random_uuid(), :owner, 'ceiling', 'noop', '{}', 60, 'bench', now()) RETURNING id \gset
+  VALUES (gen_random_uuid(), (:owners || lpad(:client_id::text, 12, '0'))::uuid, 'ceiling', 'noop', '{}', 60, 'bench', now()) RETURNING id \gset
 UPDATE tasks SET status = 'running', lease_owner = 'w', lease_expires_at = now() + interval '30 seconds',
   attempts = attempts + 1, started_at = now(), worker_id = 'w', changed_by = 'w'
   WHERE id = :id AND status IN ('pending', 'retrying');
@@ -34,7 +31,7 @@ UPDATE tasks SET status = 'completed', result = 'null', progress = 100, finished
 ";
 
 pub(crate) const INSERT_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
-  VALUES (gen_random_uuid(), :owner, 'ceiling', 'noop', '{}', 60, 'bench', now());
+  VALUES (gen_random_uuid(), (:owners || lpad(:client_id::text, 12, '0'))::uuid, 'ceiling', 'noop', '{}', 60, 'bench', now());
 ";
 
 #[derive(Debug, clap::Args)]
@@ -66,41 +63,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     db::create_database_if_missing(&config).await?;
     let pool = db::connect(&config).await?;
     db::migrate(&pool).await?;
-    let name = format!("ceiling_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let owner = users::insert(
-        &pool,
-        &NewUser {
-            username: Username::parse(&name)?,
-            email: EmailAddress::parse(&format!("{name}@bench.invalid"))?,
-            password_hash: "!".into(),
-            role: Role::User,
-            email_verified: true,
-            profile: ProfileChanges::default(),
-        },
-    )
-    .await?
-    .id;
-
+    let owners = PgbenchOwners::insert(&pool, args.clients).await?;
     let task_tps = pgbench(
         &args.database_url,
         args.clients,
         args.duration,
         TASK_SQL,
-        owner,
+        &owners,
     )?;
     let insert_tps = pgbench(
         &args.database_url,
         args.clients,
         args.duration,
         INSERT_SQL,
-        owner,
+        &owners,
     )?;
     let hash_ms = tokio::task::spawn_blocking(crate::auth::argon2_single_core_ms).await?;
     // The rows were only for measuring.
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(owner)
-        .execute(&pool)
-        .await?;
+    owners.delete(&pool).await?;
 
     let url = url::Url::parse(&args.redis_url).context("REDIS_URL")?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
@@ -135,14 +115,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `script` with pgbench, `clients` at once for `seconds`, `:owner`
-/// bound to `owner`; returns its tps.
+/// One user per pgbench client, with ids pgbench can make from its
+/// `:client_id`: the run's `prefix` (a UUID's first 24 characters) and the
+/// client's number in 12 digits.
+pub(crate) struct PgbenchOwners {
+    prefix: String,
+}
+
+impl PgbenchOwners {
+    /// Inserts `clients` users (no password; they only own rows).
+    pub(crate) async fn insert(pool: &PgPool, clients: usize) -> anyhow::Result<Self> {
+        let prefix = Uuid::new_v4().to_string()[..24].to_owned();
+        sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, email_verified) \
+             SELECT ($1 || lpad(n::text, 12, '0'))::uuid, $2 || n, $2 || n || '@bench.invalid', '!', true \
+             FROM generate_series(0, $3 - 1) AS n",
+        )
+        .bind(&prefix)
+        .bind(format!("pgbench_{}_", &prefix[..8]))
+        .bind(i64::try_from(clients).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?;
+        Ok(Self { prefix })
+    }
+
+    /// Deletes the users and, by cascade, the rows they own.
+    pub(crate) async fn delete(&self, pool: &PgPool) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM users WHERE id::text LIKE $1 || '%'")
+            .bind(&self.prefix)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Runs `script` with pgbench, `clients` at once for `seconds`, `:owners`
+/// bound to the prefix of `owners`' ids; returns its tps.
 pub(crate) fn pgbench(
     database_url: &str,
     clients: usize,
     seconds: u64,
     script: &str,
-    owner: Uuid,
+    owners: &PgbenchOwners,
 ) -> anyhow::Result<f64> {
     let path = std::env::temp_dir().join(format!("keel-ceiling-{}.sql", Uuid::new_v4()));
     std::fs::write(&path, script)?;
@@ -160,7 +174,7 @@ pub(crate) fn pgbench(
         .args(["-T", &seconds.to_string()])
         .arg("-f")
         .arg(&path)
-        .args(["-D", &format!("owner={owner}")])
+        .args(["-D", &format!("owners={}", owners.prefix)])
         .arg(database_url)
         .output()
         .context("running pgbench (apt-get install postgresql-client)")?;

@@ -19,9 +19,8 @@ use serde_json::{Value, json};
 
 use crate::{
     auth::{serve_bare, sign_up},
-    ceilings::pgbench,
+    ceilings::{PgbenchOwners, pgbench},
     e2e::Setup,
-    fleet::bench_user,
     load::{self, Report},
 };
 
@@ -161,14 +160,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // pgbench's single-row INSERT into the real tasks table, same concurrency.
     let setup = Setup::connect_url(&args.database_url, &args.redis_url).await?;
-    let owner = bench_user(&setup.pool).await?;
+    let owners = PgbenchOwners::insert(&setup.pool, args.connections).await?;
     let insert_tps = pgbench(
         &args.database_url,
         args.connections,
         args.duration,
         crate::ceilings::INSERT_SQL,
-        owner,
+        &owners,
     )?;
+    owners.delete(&setup.pool).await?;
 
     println!(
         "keel-bench http: closed loop at {} connections, open loop at {}/s, {} s each\n",

@@ -84,16 +84,62 @@ impl Sample {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let setup = Setup::connect(&args.stack, None).await?;
     // Without autovacuum every task's two old row versions stay: the soak
-    // would measure the server's settings, not Keel.
-    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
-        .fetch_one(&setup.pool)
-        .await?;
-    if autovacuum != "on" {
-        bail!(
-            "autovacuum is {autovacuum} on this PostgreSQL server, so dead rows would pile up \
-             whatever Keel does; turn it on first: ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();"
-        );
+    // would measure the server's settings, not Keel. A server that runs
+    // without it (as this repository's CI machine does) has it on for the
+    // run, and back as it was after.
+    let autovacuum = Autovacuum::on(&setup.pool).await?;
+    let soaked = soak(&args, &setup).await;
+    autovacuum.restore(&setup.pool).await?;
+    soaked
+}
+
+/// The server's autovacuum setting while a soak runs.
+struct Autovacuum {
+    was_on: bool,
+}
+
+impl Autovacuum {
+    /// Turns autovacuum on (`ALTER SYSTEM`, then a reload) if it is off.
+    async fn on(pool: &sqlx::PgPool) -> anyhow::Result<Self> {
+        let was_on = show_autovacuum(pool).await? == "on";
+        if !was_on {
+            eprintln!("soak: autovacuum is off on this server; on for the run, off again after");
+            Self::set(pool, "ALTER SYSTEM SET autovacuum = on").await?;
+            if show_autovacuum(pool).await? != "on" {
+                bail!("autovacuum stayed off after ALTER SYSTEM; turn it on by hand for a soak");
+            }
+        }
+        Ok(Self { was_on })
     }
+
+    /// Puts the setting back as it was: the server's own files decide again.
+    async fn restore(self, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        if !self.was_on {
+            Self::set(pool, "ALTER SYSTEM RESET autovacuum").await?;
+        }
+        Ok(())
+    }
+
+    async fn set(pool: &sqlx::PgPool, statement: &'static str) -> anyhow::Result<()> {
+        sqlx::query(statement)
+            .execute(pool)
+            .await
+            .context("changing autovacuum needs a superuser")?;
+        sqlx::query("SELECT pg_reload_conf()").execute(pool).await?;
+        // The reload reaches other sessions at their next command; give the
+        // launcher a moment to read it before the load starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+}
+
+async fn show_autovacuum(pool: &sqlx::PgPool) -> anyhow::Result<String> {
+    Ok(sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(pool)
+        .await?)
+}
+
+async fn soak(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let (db, redis) = (&args.stack.database_url, &args.stack.redis_url);
@@ -188,7 +234,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the sampler still runs"))?
         .into_inner();
     samples.push(last);
-    print(&args, &report, &samples)
+    print(args, &report, &samples)
 }
 
 fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Result<()> {
@@ -199,6 +245,12 @@ fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Resu
     let last = samples.last().context("no samples")?;
     let growth = |from: f64, to: f64| 100.0 * (to - from) / from.max(1.0);
     let rss_growth = growth(warm.rss_kib() as f64, last.rss_kib() as f64);
+    let [api_growth, worker_growth, scheduler_growth] = [
+        (warm.api_kib, last.api_kib),
+        (warm.worker_kib, last.worker_kib),
+        (warm.scheduler_kib, last.scheduler_kib),
+    ]
+    .map(|(from, to)| growth(from as f64, to as f64));
     let redis_growth = growth(warm.redis_used_bytes as f64, last.redis_used_bytes as f64);
     let row_growth = growth(warm.bytes_per_row(), last.bytes_per_row());
     let dead_share = 100.0 * last.dead_rows as f64 / (last.live_rows.max(1) as f64);
@@ -242,12 +294,17 @@ fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Resu
         last.seconds as f64 / 60.0,
         last.autovacuums
     );
+    println!(
+        "RSS growth by process: api {api_growth:+.1} %, worker {worker_growth:+.1} %, scheduler {scheduler_growth:+.1} %"
+    );
     if args.json {
         println!(
             "{}",
             json!({"rate": args.rate, "minutes": args.minutes, "creates": report.requests,
                    "errors": report.errors, "create_p99_ms": report.p99_ms(),
-                   "rss_growth_pct": rss_growth, "redis_growth_pct": redis_growth,
+                   "rss_growth_pct": rss_growth, "api_rss_growth_pct": api_growth,
+                   "worker_rss_growth_pct": worker_growth, "scheduler_rss_growth_pct": scheduler_growth,
+                   "redis_growth_pct": redis_growth,
                    "bytes_per_row_growth_pct": row_growth, "dead_rows_pct": dead_share,
                    "autovacuums": last.autovacuums, "samples": samples})
         );
