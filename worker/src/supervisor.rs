@@ -53,13 +53,12 @@ where
     // Workers stopped by a pause whose jobs are still running.
     let mut draining = tokio::task::JoinSet::new();
     loop {
+        // Let go of the workers that have finished draining.
+        while draining.try_join_next().is_some() {}
         if *paused.borrow() {
             tracing::info!(%queue, "queue paused; taking no jobs until it is resumed");
             tokio::select! {
-                () = stop.cancelled() => {
-                    while draining.join_next().await.is_some() {}
-                    return Ok(());
-                }
+                () = stop.cancelled() => break,
                 () = pause::until(&mut paused, false) => {}
             }
             tracing::info!(%queue, "queue resumed");
@@ -120,9 +119,7 @@ where
             if let Err(e) = result {
                 tracing::warn!(error = %e, worker = %name, "queue worker stopped with an error");
             }
-            // A shutdown waits for every worker still finishing its jobs.
-            while draining.join_next().await.is_some() {}
-            return Ok(());
+            break;
         }
         match result {
             Ok(()) => tracing::warn!(worker = %name, "queue worker ended; restarting"),
@@ -131,10 +128,7 @@ where
         generation += 1;
         let wait = backoff.after(started.elapsed());
         tokio::select! {
-            () = stop.cancelled() => {
-                while draining.join_next().await.is_some() {}
-                return Ok(());
-            }
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
         }
         // apalis's fetch promotes every due job in one Lua call, which fails
@@ -143,6 +137,9 @@ where
         // worker's first fetch, so the restart cannot fail the same way.
         promote_all_due(&setup.jobs, queue).await;
     }
+    // A shutdown waits for every worker still finishing its jobs.
+    while draining.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// The wait before restarting a failed queue worker: doubling from half a

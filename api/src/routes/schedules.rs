@@ -490,10 +490,8 @@ async fn run_now(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("user schedule {id} has no owner")))?;
     // A run asked for over HTTP is a create like any other: the owner's
     // cap refuses it (a cron fire is not refused, but counts).
-    let cap = state.config.max_unfinished_tasks_per_user;
-    if cap > 0 && tasks::room_under_cap(&mut tx, owner, i64::from(cap), 1).await? < 1 {
-        return Err(super::tasks::too_many_unfinished(cap));
-    }
+    super::tasks::require_room_for_one(&mut tx, owner, state.config.max_unfinished_tasks_per_user)
+        .await?;
     let timeout = i32::try_from(state.config.task_default_timeout_seconds).unwrap_or(i32::MAX);
     let new = tasks::NewTask {
         // Now by the database clock, as any task created without a time.

@@ -447,8 +447,21 @@ async fn insert(
     Ok(Created::Fresh(created))
 }
 
+/// 429 `too_many_unfinished_tasks` unless `owner` has room for one more
+/// unfinished task under `cap` (0: no cap): a retry or a schedule's run-now.
+pub(super) async fn require_room_for_one(
+    tx: &mut sqlx::PgConnection,
+    owner: Uuid,
+    cap: u32,
+) -> Result<(), ApiError> {
+    if cap > 0 && tasks::room_under_cap(tx, owner, i64::from(cap), 1).await? < 1 {
+        return Err(too_many_unfinished(cap));
+    }
+    Ok(())
+}
+
 /// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
-pub(super) fn too_many_unfinished(cap: u32) -> ApiError {
+fn too_many_unfinished(cap: u32) -> ApiError {
     ApiError::client(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_unfinished_tasks",
@@ -895,9 +908,7 @@ pub(crate) async fn retry(
         let owner = tasks::owner_of(&mut *tx, id)
             .await?
             .ok_or_else(no_such_task)?;
-        if tasks::room_under_cap(&mut tx, owner, i64::from(cap), 1).await? < 1 {
-            return Err(too_many_unfinished(cap));
-        }
+        require_room_for_one(&mut tx, owner, cap).await?;
     }
     let retried = tasks::retry(&mut *tx, id, &principal.id().to_string()).await?;
     tx.commit().await?;
