@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::{
-    ConnectOptions as _, PgPool,
+    ConnectOptions as _, Connection as _, PgPool,
     migrate::{MigrateDatabase as _, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -53,14 +53,34 @@ pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
 /// A pool that connects on first use, so a process can start (and answer
 /// 503) while Postgres is down; acquiring waits at most `DATABASE_TIMEOUT_SECONDS`.
 ///
+/// A connection idle for longer than [`PING_AFTER_IDLE`] is pinged before
+/// it is handed out (one that fails is dropped, and another taken), so the
+/// first statement after a PostgreSQL restart finds a live connection. One
+/// back from a statement a moment ago is not: sqlx's default pings on every
+/// acquire, a round trip (and a wake-up of the server process) added to
+/// every statement: without it `keel-bench e2e` went from 5,500–6,500 to
+/// 7,000–7,400 tasks/s on 2 cores.
+///
 /// # Errors
 /// `DATABASE_URL` is not a valid Postgres URL.
 pub fn lazy_pool(config: &Config) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(connect_options(config)?))
 }
+
+/// How long a pooled connection may sit unused before it is checked.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// A pool proven to reach the database, for start-up, where an unreachable
 /// Postgres must stop the process with a clear message.
