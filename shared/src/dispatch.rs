@@ -17,17 +17,25 @@ use crate::{
     jobs::RunTask,
 };
 
-/// Pushes jobs for `rows` (already committed).
+/// Pushes jobs for `rows` (already committed), counting them created.
 ///
 /// # Errors
 /// The push failed; the rows are marked not enqueued (best effort) and
 /// stay safe in Postgres.
 pub async fn push_tasks(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(), PushError> {
+    // Before the first await: a caller dropped mid-push has still created them.
+    count_created(rows);
+    push_counted(db, jobs, rows).await
+}
+
+/// [`push_tasks`] for rows already passed to [`count_created`].
+///
+/// # Errors
+/// As [`push_tasks`].
+pub async fn push_counted(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(), PushError> {
     if rows.is_empty() {
         return Ok(());
     }
-    // Before the first await: a caller dropped mid-push has still created them.
-    count_created(rows);
     let batch = rows
         .iter()
         .map(|t| {
@@ -57,7 +65,7 @@ pub async fn push_tasks(db: &PgPool, jobs: &JobQueue, rows: &[Task]) -> Result<(
 /// creates it, so `enqueued_at == created_at` holds until the row is marked
 /// again — by a user's retry or a reconciler's re-push, each in a later
 /// transaction — and those are not creations.
-fn count_created(rows: &[Task]) {
+pub fn count_created(rows: &[Task]) {
     for row in rows.iter().filter(|t| t.enqueued_at == Some(t.created_at)) {
         metrics::counter!("keel_tasks_created_total", "kind" => row.kind.clone()).increment(1);
     }

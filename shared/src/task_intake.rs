@@ -3,14 +3,17 @@
 //! multi-row INSERT, committed on its own (their history rows and the
 //! owners' cap bounds written by the table's triggers in the same
 //! statement) — and to Redis in one pipelined push. Each caller is
-//! answered only once its rows are committed, and pushed or left to the
-//! reconciler, exactly as a create on its own.
+//! answered once its rows are committed; the push follows the answer, and
+//! a row it never reaches (the process died, Redis refused) is pushed by
+//! the reconciler, exactly as a create on its own.
 //!
 //! A commit waits on the WAL flush; one create per commit bounds creates at
 //! the flushes a disk does, however many clients wait. A group pays one
-//! flush for all of them. Nothing waits to fill a group: a create that
-//! finds a writer free is written at once, alone; groups form from what
-//! queues while [`MAX_WRITERS`] groups are being written.
+//! flush for all of them. Nothing waits on a clock to fill a group: a
+//! create that finds a writer free is written at once, alone; groups form
+//! from what queues while [`MAX_WRITERS`] groups are being written, and a
+//! group much smaller than the last first lets the callers just answered
+//! send their next creates (a yield, not a delay).
 //!
 //! Per-owner caps hold across the group. The statement locks each capped
 //! owner's bound of unfinished tasks (in id order, so groups never
@@ -112,6 +115,7 @@ impl TaskIntake {
 
 async fn write_loop(db: PgPool, jobs: JobQueue, mut receiver: mpsc::UnboundedReceiver<Request>) {
     let writers = Arc::new(Semaphore::new(MAX_WRITERS));
+    let mut last = 0;
     loop {
         // A writer first, then the group: what queued meanwhile joins it.
         let Ok(permit) = writers.clone().acquire_owned().await else {
@@ -120,24 +124,53 @@ async fn write_loop(db: PgPool, jobs: JobQueue, mut receiver: mpsc::UnboundedRec
         let Some(first) = receiver.recv().await else {
             return;
         };
-        let mut size = first.create.tasks.len();
         let mut group = vec![first];
-        while size < MAX_GROUP_TASKS {
-            match receiver.try_recv() {
-                Ok(request) => {
-                    size += request.create.tasks.len();
-                    group.push(request);
+        take_queued(&mut receiver, &mut group);
+        // The last group's callers were answered just before the writer
+        // came free, and their next creates are on their way. Written
+        // without them, the few already here would cost a commit of their
+        // own that the many then wait behind (on 2 cores one create took
+        // 1.7 ms against 3.0 ms for 31, and groups alternated 31, 1, 31, 1).
+        // So let the answered callers run, and take what they send.
+        if group.len() < last / 2 {
+            loop {
+                tokio::task::yield_now().await;
+                if !take_queued(&mut receiver, &mut group) {
+                    break;
                 }
-                Err(_) => break,
             }
         }
+        last = group.len();
         let (db, jobs) = (db.clone(), jobs.clone());
         tokio::spawn(write_group(db, jobs, group, permit));
     }
 }
 
+/// Moves what is queued into `group`, up to [`MAX_GROUP_TASKS`]; whether
+/// it took any.
+fn take_queued(receiver: &mut mpsc::UnboundedReceiver<Request>, group: &mut Vec<Request>) -> bool {
+    let mut size: usize = group.iter().map(|r| r.create.tasks.len()).sum();
+    let before = group.len();
+    while size < MAX_GROUP_TASKS {
+        match receiver.try_recv() {
+            Ok(request) => {
+                size += request.create.tasks.len();
+                group.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+    group.len() > before
+}
+
 /// Writes `group` in one transaction (or, if that fails, each alone),
-/// frees the writer for the next group, pushes, and answers every request.
+/// answers every request, frees the writer for the next group, and pushes.
+///
+/// The answer does not wait for the push: a committed row is the promise
+/// (its job in Redis is not), and a row whose push never happens (this
+/// process died, or Redis refused) is found and pushed by the reconciler,
+/// exactly as a job Redis lost. Waiting would hold every caller of the
+/// group, and the next group they form, for a Redis round trip.
 async fn write_group(
     db: PgPool,
     jobs: JobQueue,
@@ -158,7 +191,6 @@ async fn write_group(
             alone
         }
     };
-    drop(writer);
     // One push for every row the group created.
     let rows: Vec<Task> = outcomes
         .iter()
@@ -168,12 +200,15 @@ async fn write_group(
         })
         .flatten()
         .collect();
-    // A refused push has marked the rows for the reconciler: still created.
-    let _ = dispatch::push_tasks(db, &jobs, &rows).await;
+    // Counted before anyone hears of them.
+    dispatch::count_created(&rows);
     for (request, outcome) in group.into_iter().zip(outcomes) {
         // The caller may have gone; its rows stand.
         let _ = request.reply.send(outcome);
     }
+    drop(writer);
+    // A refused push has marked the rows for the reconciler.
+    let _ = dispatch::push_counted(db, &jobs, &rows).await;
 }
 
 /// Writes a group: in the common case one statement, committed alone —

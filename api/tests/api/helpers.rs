@@ -315,6 +315,32 @@ impl TestApp {
             .expect("ZCARD of the scheduled set")
     }
 
+    /// [`Self::scheduled_task_jobs`] once it reaches `n`, or after 5 s: a
+    /// create is answered at its commit, and its push follows.
+    pub async fn scheduled_task_jobs_reaching(&self, n: i64) -> i64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let jobs = self.scheduled_task_jobs().await;
+            if jobs >= n || std::time::Instant::now() > deadline {
+                return jobs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// [`Self::pushes_of`] once it reaches `n`, or after 5 s (the push
+    /// follows the answer).
+    pub async fn pushes_of_reaching(&self, task_id: &str, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let pushes = self.pushes_of(task_id).await;
+            if pushes >= n || std::time::Instant::now() > deadline {
+                return pushes;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// How many times the job of `task_id` was pushed (each push is a new job).
     pub async fn pushes_of(&self, task_id: &str) -> usize {
         self.queued_task_jobs()

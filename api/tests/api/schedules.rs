@@ -689,7 +689,11 @@ async fn run_now_creates_the_schedules_task_and_records_the_run() {
         "due now: {}",
         task["scheduled_at"]
     );
-    assert_eq!(app.pushes_of(task_id).await, 1, "the job was pushed");
+    assert_eq!(
+        app.pushes_of_reaching(task_id, 1).await,
+        1,
+        "the job was pushed"
+    );
 
     let read = app.get_as(&location, &owner.token).await;
     assert_eq!(read.status(), StatusCode::OK);

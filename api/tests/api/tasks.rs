@@ -65,8 +65,12 @@ async fn create_with_defaults_answers_201_pending_and_pushes_the_job_to_redis() 
     assert_eq!(task["owner_id"], user.user.id.to_string());
     assert!(task.get("lease_owner").is_none() && task.get("enqueued_at").is_none());
 
-    assert_eq!(app.scheduled_task_jobs().await, 1);
-    assert_eq!(app.pushes_of(id).await, 1, "the job names the task");
+    assert_eq!(app.scheduled_task_jobs_reaching(1).await, 1);
+    assert_eq!(
+        app.pushes_of_reaching(id, 1).await,
+        1,
+        "the job names the task"
+    );
     let enqueued: Option<chrono::DateTime<Utc>> =
         sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
             .bind(id)
@@ -551,7 +555,7 @@ async fn retry_of_a_cancelled_task_makes_it_pending_and_pushes_it_again() {
             .status(),
         StatusCode::OK
     );
-    assert_eq!(app.pushes_of(id).await, 1);
+    assert_eq!(app.pushes_of_reaching(id, 1).await, 1);
 
     let response = app.send(Method::POST, &retry, &user.token, None).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -559,7 +563,11 @@ async fn retry_of_a_cancelled_task_makes_it_pending_and_pushes_it_again() {
     assert_eq!(retried["status"], "pending");
     assert_eq!(retried["attempts"], 0);
     assert!(retried["finished_at"].is_null());
-    assert_eq!(app.pushes_of(id).await, 2, "a new job for the new run");
+    assert_eq!(
+        app.pushes_of_reaching(id, 2).await,
+        2,
+        "a new job for the new run"
+    );
 
     set_status(&app, id, "failed").await;
     let response = app.send(Method::POST, &retry, &user.token, None).await;
@@ -650,9 +658,13 @@ async fn a_batch_creates_every_task_in_order_and_pushes_them() {
     let items = body["items"].as_array().unwrap();
     let names: Vec<&str> = items.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a", "b", "c"]);
-    assert_eq!(app.scheduled_task_jobs().await, 3);
+    assert_eq!(app.scheduled_task_jobs_reaching(3).await, 3);
     for item in items {
-        assert_eq!(app.pushes_of(item["id"].as_str().unwrap()).await, 1);
+        assert_eq!(
+            app.pushes_of_reaching(item["id"].as_str().unwrap(), 1)
+                .await,
+            1
+        );
     }
 }
 
@@ -730,7 +742,11 @@ async fn a_batch_holds_1_to_1000_tasks() {
     .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(count_tasks(&app).await, 1000);
-    assert_eq!(app.scheduled_task_jobs().await, 1000, "one push for all");
+    assert_eq!(
+        app.scheduled_task_jobs_reaching(1000).await,
+        1000,
+        "one push for all"
+    );
 }
 
 async fn create_with_key(
@@ -766,7 +782,7 @@ async fn the_same_idempotency_key_and_body_replay_the_first_task() {
     let second: Value = second.json().await.unwrap();
     assert_eq!(second["id"], first["id"]);
     assert_eq!(count_tasks(&app).await, 1);
-    assert_eq!(app.scheduled_task_jobs().await, 1, "pushed once");
+    assert_eq!(app.scheduled_task_jobs_reaching(1).await, 1, "pushed once");
 
     // Keys are per user: another user's same key is theirs.
     let other = app.create_user(Role::User).await;
@@ -1122,7 +1138,7 @@ async fn creates_arriving_together_commit_together_and_a_refused_one_fails_alone
     }
     assert_eq!(count_tasks(&app).await, 29);
     // Every one answered was committed, pushed, and written with its history.
-    assert_eq!(app.scheduled_task_jobs().await, 29);
+    assert_eq!(app.scheduled_task_jobs_reaching(29).await, 29);
     let history: i64 = sqlx::query_scalar("SELECT count(*) FROM task_events")
         .fetch_one(app.pool())
         .await
@@ -1199,13 +1215,24 @@ async fn with_redis_down_a_task_is_still_created_and_left_for_the_reconciler() {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let task: Value = response.json().await.unwrap();
-    let enqueued: Option<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
-            .bind(task["id"].as_str().unwrap())
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    assert_eq!(enqueued, None, "marked as never handed to Redis");
+    // The answer follows the commit, and the refused push follows the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let enqueued: Option<chrono::DateTime<Utc>> =
+            sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
+                .bind(task["id"].as_str().unwrap())
+                .fetch_one(app.pool())
+                .await
+                .unwrap();
+        if enqueued.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "marked as never handed to Redis within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -1222,7 +1249,7 @@ async fn the_celery_aliases_create_an_echo_task_and_report_its_status() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
     let id = created["task_id"].as_str().expect("a task id").to_owned();
-    assert_eq!(app.pushes_of(&id).await, 1);
+    assert_eq!(app.pushes_of_reaching(&id, 1).await, 1);
 
     let task: Value = app
         .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
