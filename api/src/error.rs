@@ -201,8 +201,12 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     /// No connection (pool timeout, refused, reset) is the database being
-    /// down, a 503; text Postgres cannot store (a NUL byte) is the client's
-    /// 422; anything else is a bug.
+    /// down, a 503, and so is the server saying so: shutting down or
+    /// starting (class 57P), out of connections or resources (53), the
+    /// connection lost (08) — a pooled connection is not pinged before
+    /// each use, so the first statement after a shutdown reads its notice.
+    /// Text Postgres cannot store (a NUL byte) is the client's 422; anything
+    /// else is a bug.
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut
@@ -210,6 +214,16 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => {
                 Self::Unavailable(anyhow::Error::new(e).context("PostgreSQL is unreachable"))
+            }
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("57P") || c.starts_with("53") || c.starts_with("08")
+                }) =>
+            {
+                Self::Unavailable(
+                    anyhow::Error::new(sqlx::Error::Database(db))
+                        .context("PostgreSQL is unavailable"),
+                )
             }
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>

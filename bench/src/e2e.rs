@@ -230,7 +230,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.stack.concurrency_label()
     );
     println!(
-        "| workers | enqueue (row + push) | end to end (first create → last completed row) | vs the first |"
+        "| workers | enqueue (creates answered) | end to end (first create → last completed row) | vs the first |"
     );
     println!("| ---: | ---: | ---: | ---: |");
     let base = runs[0].e2e_tps;
