@@ -209,10 +209,11 @@ impl From<sqlx::Error> for ApiError {
     /// else is a bug.
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                Self::Unavailable(anyhow::Error::new(e).context("PostgreSQL is unreachable"))
+            }
+            sqlx::Error::Io(_) => {
+                keel_shared::db::connection_lost();
                 Self::Unavailable(anyhow::Error::new(e).context("PostgreSQL is unreachable"))
             }
             sqlx::Error::Database(db)
@@ -220,6 +221,10 @@ impl From<sqlx::Error> for ApiError {
                     c.starts_with("57P") || c.starts_with("53") || c.starts_with("08")
                 }) =>
             {
+                // Out of connections (53) is a busy server, not a dead connection.
+                if !db.code().is_some_and(|c| c.starts_with("53")) {
+                    keel_shared::db::connection_lost();
+                }
                 Self::Unavailable(
                     anyhow::Error::new(sqlx::Error::Database(db))
                         .context("PostgreSQL is unavailable"),

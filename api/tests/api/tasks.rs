@@ -1340,3 +1340,45 @@ async fn openapi_documents_the_task_and_admin_routes() {
         "{tags:?}"
     );
 }
+
+#[tokio::test]
+async fn after_its_connections_are_killed_one_create_fails_with_503_and_the_rest_succeed() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    // Open several pooled connections: concurrent creates.
+    let bodies: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("warm {i}")}))
+        .collect();
+    let warm = bodies.iter().map(|body| app.create_task(&user.token, body));
+    for response in futures_util::future::join_all(warm).await {
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(killed >= 2, "the API held {killed} connections");
+
+    // PostgreSQL itself is up: only the first statement on a dead
+    // connection may fail (and says 503); the others are pinged first.
+    let mut failed = 0;
+    for i in 0..20 {
+        let response = app
+            .create_task(&user.token, &json!({"name": format!("after {i}")}))
+            .await;
+        if response.status() != StatusCode::CREATED {
+            assert_problem(
+                response,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+            )
+            .await;
+            failed += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(failed <= 1, "{failed} of 20 creates failed after one kill");
+}

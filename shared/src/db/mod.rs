@@ -18,7 +18,13 @@ pub mod totp;
 pub mod two_factor;
 pub mod users;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
@@ -59,7 +65,10 @@ pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
 /// back from a statement a moment ago is not: sqlx's default pings on every
 /// acquire, a round trip (and a wake-up of the server process) added to
 /// every statement: without it `keel-bench e2e` went from 5,500–6,500 to
-/// 7,000–7,400 tasks/s on 2 cores.
+/// 7,000–7,400 tasks/s on 2 cores. Once a statement has found its
+/// connection dead ([`connection_lost`]: a restart, a failover, an admin's
+/// `pg_terminate_backend`), every connection that was idle at that moment
+/// is pinged too, so one request fails, not one per pooled connection.
 ///
 /// # Errors
 /// `DATABASE_URL` is not a valid Postgres URL.
@@ -70,7 +79,7 @@ pub fn lazy_pool(config: &Config) -> anyhow::Result<PgPool> {
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for > PING_AFTER_IDLE {
+                if meta.idle_for > PING_AFTER_IDLE || idle_since_a_loss(meta.idle_for) {
                     conn.ping().await?;
                 }
                 Ok(true)
@@ -81,6 +90,29 @@ pub fn lazy_pool(config: &Config) -> anyhow::Result<PgPool> {
 
 /// How long a pooled connection may sit unused before it is checked.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// When this process last found a connection dead, in milliseconds after
+/// [`EPOCH`] (0: never).
+static LAST_LOSS_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Notes that a statement found its connection gone (the server closed it,
+/// or said it is shutting down): connections idle since before now are
+/// pinged before their next use.
+pub fn connection_lost() {
+    let now = u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
+    LAST_LOSS_MS.store(now.max(1), Ordering::Relaxed);
+}
+
+/// Whether a connection idle for `idle_for` was already idle when the last
+/// dead connection was found.
+fn idle_since_a_loss(idle_for: Duration) -> bool {
+    let loss = LAST_LOSS_MS.load(Ordering::Relaxed);
+    loss != 0 && {
+        let since = EPOCH.elapsed().saturating_sub(Duration::from_millis(loss));
+        idle_for >= since
+    }
+}
 
 /// A pool proven to reach the database, for start-up, where an unreachable
 /// Postgres must stop the process with a clear message.
