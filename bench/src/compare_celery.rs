@@ -135,6 +135,7 @@ async fn keel_run(args: &Args) -> anyhow::Result<Figures> {
         Err(_) => None,
     };
     fleet.stop();
+    setup.forget_prefix().await?;
     let run = run?;
     let latency = latency.context("a latency run")?;
     Ok(Figures {

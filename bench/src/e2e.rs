@@ -165,6 +165,35 @@ impl Setup {
         Self::connect(&stack, None).await
     }
 
+    /// Deletes every Redis key under this setup's prefix: a run on a fresh
+    /// prefix has no scheduler to trim its finished jobs, and without this
+    /// each run would leave its jobs' records in Redis for good.
+    pub(crate) async fn forget_prefix(&self) -> anyhow::Result<()> {
+        let mut conn = self.redis.conn();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .exec_async(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     /// Starts `count` workers on the `tasks` queue and waits until they heartbeat.
     pub(crate) async fn workers(&self, count: usize, stack: &StackArgs) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet::default();
@@ -213,6 +242,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             latencies = Some(idle_latencies(&setup, &args).await?);
         }
         fleet.stop();
+    }
+    if args.redis_prefix.is_none() {
+        setup.forget_prefix().await?;
     }
     let (latency, lateness, early) = latencies.context("at least one run")?;
 
@@ -285,8 +317,11 @@ pub(crate) async fn throughput(
     connections: usize,
     workers: usize,
 ) -> anyhow::Result<Throughput> {
-    // From the state autovacuum keeps a server near, not from the dead rows
-    // of the runs before: this machine's CI PostgreSQL runs without it.
+    // From a fresh install's tables, not from the rows of every earlier run
+    // (their users are the bench's, so only the bench's rows go), and in the
+    // state autovacuum keeps a server near: this machine's CI PostgreSQL runs
+    // without it.
+    forget_earlier_runs(&setup.pool).await?;
     sqlx::query("VACUUM (ANALYZE) tasks, task_events")
         .execute(&setup.pool)
         .await?;
@@ -304,6 +339,16 @@ pub(crate) async fn throughput(
         enqueue_tps: tasks as f64 / enqueue_secs,
         e2e_tps: tasks as f64 / e2e_secs,
     })
+}
+
+/// Deletes the users of earlier bench runs and, by cascade, their tasks.
+pub(crate) async fn forget_earlier_runs(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "DELETE FROM users WHERE username LIKE 'bench\\_%' AND email LIKE '%@bench.invalid'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The idle-queue latencies: trickled creates, then tasks scheduled ahead.

@@ -28,7 +28,8 @@ impl Backbone {
     /// # Errors
     /// A dependency cannot be reached or the port cannot be bound.
     pub async fn connect(config: &Config, default_port: u16) -> anyhow::Result<Self> {
-        let db = db::connect(config).await?;
+        // Their statements work on batches of tasks by id (see `db::Plans`).
+        let db = db::connect_with(config, db::Plans::PerCall).await?;
         if !db::migrations_current(&db).await.unwrap_or(false) {
             tracing::warn!("the database has pending migrations; run `keel-api migrate`");
         }
