@@ -1,4 +1,4 @@
-//! `keel-api`: Keel's HTTP (and, later, WebSocket) API on axum. `main.rs`
+//! `keel-api`: Keel's HTTP and WebSocket API on axum. `main.rs`
 //! only calls [`cli::main`]; everything lives here so tests can start the
 //! real application on a free port.
 //!
@@ -11,6 +11,8 @@
 //! - [`state`]: `AppState` and the draining flag.
 //! - [`listener`]: plain TCP or in-process TLS, and the peer address.
 //! - [`routes`]: one module per resource, merged into the router.
+//! - [`ws`]: the WebSocket endpoints — rooms, presence, chat, live task updates.
+//! - [`dashboard`]: the ops dashboard at `/dashboard`, rendered on the server.
 //! - [`middleware`]: request id, tracing, problem rendering, limits, headers, metrics.
 //! - [`error`]: `ApiError` and the RFC 9457 `Problem` body.
 //! - [`extract`]: extractors whose rejections are problems too.

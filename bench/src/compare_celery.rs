@@ -135,7 +135,12 @@ async fn keel_run(args: &Args) -> anyhow::Result<Figures> {
         Err(_) => None,
     };
     fleet.stop();
-    setup.forget_prefix().await?;
+    if let Err(e) = setup.forget_prefix().await {
+        eprintln!(
+            "keel-bench: the run's Redis keys were left under {}: {e:#}",
+            setup.prefix
+        );
+    }
     let run = run?;
     let latency = latency.context("a latency run")?;
     Ok(Figures {

@@ -341,10 +341,13 @@ pub(crate) async fn throughput(
     })
 }
 
-/// Deletes the users of earlier bench runs and, by cascade, their tasks.
+/// Deletes the users earlier `e2e` and `compare-celery` runs made (by
+/// [`bench_user`]: a `bench_` name, an `@bench.invalid` address and no
+/// password) and, by cascade, their tasks.
 pub(crate) async fn forget_earlier_runs(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query(
-        "DELETE FROM users WHERE username LIKE 'bench\\_%' AND email LIKE '%@bench.invalid'",
+        "DELETE FROM users WHERE starts_with(username, 'bench_') \
+             AND email LIKE '%@bench.invalid' AND password_hash = '!'",
     )
     .execute(pool)
     .await?;

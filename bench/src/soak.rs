@@ -62,6 +62,9 @@ struct Sample {
     api_kib: u64,
     worker_kib: u64,
     scheduler_kib: u64,
+    /// The load's TCP connections to the API open at the sample: a stall
+    /// under open-loop load opens more, and each holds buffers in the API.
+    api_connections: usize,
     redis_used_bytes: u64,
     /// Jobs Redis holds that are due or running: the stack keeping up or not.
     redis_backlog: u64,
@@ -183,13 +186,21 @@ async fn soak(args: &Args, setup: &Setup) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let sample = read(&pool, &jobs, &mut redis, started, [api, worker, scheduler]);
+                let sample = read(
+                    &pool,
+                    &jobs,
+                    &mut redis,
+                    started,
+                    [api, worker, scheduler],
+                    port,
+                );
                 match sample.await {
                     Ok(s) => {
                         eprintln!(
-                            "soak: {:>4} s  rss {:.1} MiB  redis {:.1} MiB  backlog {}  rows {} live / {} dead",
+                            "soak: {:>4} s  rss {:.1} MiB  api connections {}  redis {:.1} MiB  backlog {}  rows {} live / {} dead",
                             s.seconds,
                             s.rss_kib() as f64 / 1024.0,
+                            s.api_connections,
                             s.redis_used_bytes as f64 / 1_048_576.0,
                             s.redis_backlog,
                             s.live_rows,
@@ -227,6 +238,7 @@ async fn soak(args: &Args, setup: &Setup) -> anyhow::Result<()> {
         &mut setup.redis.conn(),
         started,
         [api, worker, scheduler],
+        port,
     )
     .await?;
     fleet.stop();
@@ -260,14 +272,15 @@ fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Resu
         args.rate, args.minutes, args.sample_secs
     );
     println!(
-        "| min | api MiB | worker MiB | scheduler MiB | Redis used MiB | Redis backlog | live rows | dead rows | autovacuums | table bytes/row |"
+        "| min | api MiB | api connections | worker MiB | scheduler MiB | Redis used MiB | Redis backlog | live rows | dead rows | autovacuums | table bytes/row |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in samples {
         println!(
-            "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} |",
+            "| {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} |",
             s.seconds as f64 / 60.0,
             s.api_kib as f64 / 1024.0,
+            s.api_connections,
             s.worker_kib as f64 / 1024.0,
             s.scheduler_kib as f64 / 1024.0,
             s.redis_used_bytes as f64 / 1_048_576.0,
@@ -319,6 +332,7 @@ async fn read(
     redis: &mut impl redis::aio::ConnectionLike,
     started: Instant,
     pids: [u32; 3],
+    api_port: u16,
 ) -> anyhow::Result<Sample> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
     let redis_used_bytes = info
@@ -340,6 +354,7 @@ async fn read(
         api_kib,
         worker_kib,
         scheduler_kib,
+        api_connections: established_to(api_port),
         redis_used_bytes,
         redis_backlog,
         live_rows,
@@ -347,6 +362,28 @@ async fn read(
         autovacuums,
         table_bytes,
     })
+}
+
+/// Established TCP connections whose local port is `port`, from
+/// `/proc/net/tcp{,6}` (0 where that is not readable).
+fn established_to(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let mut fields = line.split_whitespace().skip(1);
+                    let local_address = fields.next().unwrap_or_default();
+                    let state = fields.nth(1).unwrap_or_default();
+                    local_address.ends_with(&local) && state == "01"
+                })
+                .count()
+        })
+        .sum()
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -25,6 +25,7 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`shutdown`]: stop signals.
 //! - [`storage`]: file bytes, in a local directory or an S3-compatible store.
+//! - [`outbound`]: the base of every outgoing HTTP client (bounded connect, rustls).
 //! - `testing` (feature `testing`): per-test databases and Redis prefixes.
 
 pub mod config;

@@ -84,13 +84,23 @@ pub enum Plans {
     /// and run thousands of times a second.
     Cached,
     /// A plan for each execution's arguments (`plan_cache_mode =
-    /// force_custom_plan`), for the background processes, whose statements
-    /// claim, finish and sweep batches of tasks by id. A generic plan made
-    /// while `tasks` was small (a fresh install, or a table just emptied)
-    /// is a sequential scan, and it stays one as the table grows until the
-    /// next ANALYZE: measured on a freshly emptied table, the worker's
-    /// claims took 8–10 ms each and `keel-bench e2e` fell from 8,500 to
-    /// 4,600–5,200 tasks/s. Planning a batch costs far less than that.
+    /// force_custom_plan`), at `random_page_cost` 1.1 (the rows a batch
+    /// touches are cached: an index probe is not a disk seek), for the
+    /// background processes, whose statements claim, finish and sweep
+    /// batches of tasks by id.
+    ///
+    /// A generic plan made while `tasks` was small (a fresh install under
+    /// load, or a table just emptied) is a sequential scan, and it stays
+    /// one as the table grows until the next ANALYZE (autovacuum's comes
+    /// within a minute or so; this machine's CI server runs without it).
+    /// On a freshly emptied table the worker's claims took 8–10 ms each and
+    /// `keel-bench e2e` fell from 8,500 to 4,600–5,200 tasks/s. Planned per
+    /// call at the default `random_page_cost` (4, a disk seek), a batch of a
+    /// hundred finishes on a table of some thousands of rows still
+    /// hash-joined a sequential scan; at 1.1 it probes the key. Planning a
+    /// batch costs far less than either. Behind PgBouncer in transaction
+    /// mode these session settings may land on a server connection another
+    /// client uses next; they change plans there, never results.
     PerCall,
 }
 
@@ -99,17 +109,17 @@ pub enum Plans {
 /// # Errors
 /// `DATABASE_URL` is not a valid Postgres URL.
 pub fn lazy_pool_with(config: &Config, plans: Plans) -> anyhow::Result<PgPool> {
-    let mut options = connect_options(config)?;
-    if plans == Plans::PerCall {
-        // A startup parameter: no statement, no round trip.
-        options = options.options([
-            ("plan_cache_mode", "force_custom_plan"),
-            ("random_page_cost", "1.1"),
-        ]);
-    }
     Ok(PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if plans == Plans::PerCall {
+                    per_call_plans(conn).await?;
+                }
+                Ok(())
+            })
+        })
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
@@ -119,7 +129,26 @@ pub fn lazy_pool_with(config: &Config, plans: Plans) -> anyhow::Result<PgPool> {
                 Ok(true)
             })
         })
-        .connect_lazy_with(options))
+        .connect_lazy_with(connect_options(config)?))
+}
+
+/// Sets [`Plans::PerCall`]'s settings on a new connection, each only where
+/// the server still has its built-in default: what an operator chose (in
+/// `postgresql.conf`, `ALTER ROLE … SET`, or `options=` in `DATABASE_URL`)
+/// stands, and a server without a setting skips it. A statement after
+/// connecting, not startup options: PgBouncer refuses startup options for
+/// settings it does not track (or, told to ignore them, drops them).
+async fn per_call_plans(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config(name, value, false) \
+         FROM (VALUES ('plan_cache_mode', 'force_custom_plan'), ('random_page_cost', '1.1')) \
+              AS wanted(name, value) \
+         JOIN pg_settings USING (name) \
+         WHERE source = 'default'",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// How long a pooled connection may sit unused before it is checked.

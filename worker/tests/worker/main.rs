@@ -11,6 +11,7 @@ use std::time::Duration;
 use keel_shared::{
     Config, RedisClient,
     jobs::Queue,
+    process::Backbone,
     testing::{self, ChildGuard, TestDatabase},
     workers,
 };
@@ -111,6 +112,41 @@ async fn two_workers_get_distinct_names() {
 
     let cards = wait_for_cards(&redis, 2).await;
     assert_ne!(cards[0].id, cards[1].id);
+}
+
+#[tokio::test]
+async fn background_connections_plan_each_statement_for_its_arguments() {
+    let db = TestDatabase::create().await.unwrap();
+    let config = testing::config(&db.url, &testing::unique_redis_prefix(), &[]);
+    // What `keel-worker` and `keel-scheduler` stand on.
+    let backbone = Backbone::connect(&config, testing::free_port())
+        .await
+        .unwrap();
+    let settings = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT current_setting('plan_cache_mode'), current_setting('random_page_cost')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        settings(backbone.db.clone()).await,
+        ("force_custom_plan".to_owned(), "1.1".to_owned())
+    );
+    // The API's pool keeps the server's own planning.
+    let api = keel_shared::db::connect(&config).await.unwrap();
+    assert_eq!(settings(api).await.0, "auto");
+    // A setting the operator chose stands.
+    let url = format!("{}?options=-c%20random_page_cost%3D2", db.url);
+    let chosen = testing::config(&url, &config.redis_prefix, &[]);
+    let pool = keel_shared::db::connect_with(&chosen, keel_shared::db::Plans::PerCall)
+        .await
+        .unwrap();
+    assert_eq!(
+        settings(pool).await,
+        ("force_custom_plan".to_owned(), "2".to_owned())
+    );
 }
 
 async fn wait_for_cards(redis: &RedisClient, n: usize) -> Vec<workers::WorkerCard> {
