@@ -468,6 +468,10 @@ pub(crate) async fn trickle(
     n: usize,
     rate: u32,
 ) -> anyhow::Result<Histogram<u64>> {
+    if n == 0 {
+        // `--trickle 0`: no latency run (there is no completed row to wait for).
+        return Ok(Histogram::<u64>::new(3)?);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     let intake = TaskIntake::start(pool.clone(), jobs.clone());
     for _ in 0..n {
