@@ -9,7 +9,8 @@
 //! - [`auth`]: passwords, tokens, API keys, the `Principal` extractor, rate limits.
 //! - [`startup`]: `Application` — build, port, run until stopped.
 //! - [`state`]: `AppState` and the draining flag.
-//! - [`listener`]: plain TCP or in-process TLS, and the peer address.
+//! - [`server`]: the accept loop, the connection cap, keep-alive, the drain.
+//! - [`listener`]: the in-process TLS settings, and the peer address.
 //! - [`routes`]: one module per resource, merged into the router.
 //! - [`ws`]: the WebSocket endpoints — rooms, presence, chat, live task updates.
 //! - [`dashboard`]: the ops dashboard at `/dashboard`, rendered on the server.
@@ -30,6 +31,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod pagination;
 pub mod routes;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod ws;

@@ -2,10 +2,9 @@
 //! reports its port (`port`), and serves until stopped, draining gracefully
 //! (`run_until_stopped`).
 
-use std::{future::IntoFuture as _, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{ServiceExt, extract::Request};
 use keel_shared::{
     Config, RedisClient,
     config::SigningKey,
@@ -28,9 +27,9 @@ use crate::{
     auth::{
         password::PasswordHasher, rate_limit::RateLimiter, tokens::TokenKeys, user_cache::UserCache,
     },
-    listener::{self, PeerAddr, TlsListener},
+    listener,
     middleware::trailing_slash,
-    routes,
+    routes, server,
     state::{AppState, Lifecycle, Parts},
     ws::hub::Hub,
 };
@@ -180,6 +179,10 @@ impl Application {
         let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
         let grace = state.config.shutdown_grace();
         let lifecycle = state.lifecycle.clone();
+        let limits = server::Limits {
+            max_connections: state.config.http_max_connections as usize,
+            keep_alive: Duration::from_secs(state.config.http_keep_alive_seconds),
+        };
         state.users.listen(shutdown.clone());
         state.hub.listen(shutdown.clone());
         let hub = state.hub.clone();
@@ -195,23 +198,7 @@ impl Application {
                 tracing::info!("no longer accepting connections; finishing in-flight requests");
             }
         };
-        let make_service =
-            ServiceExt::<Request>::into_make_service_with_connect_info::<PeerAddr>(app);
-        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-            None => Box::pin(
-                axum::serve(listener, make_service)
-                    .with_graceful_shutdown(stop_accepting)
-                    .into_future(),
-            ),
-            Some(config) => {
-                let listener = TlsListener::new(listener, config)?;
-                Box::pin(
-                    axum::serve(listener, make_service)
-                        .with_graceful_shutdown(stop_accepting)
-                        .into_future(),
-                )
-            }
-        };
+        let server = server::serve(listener, tls, app, limits, stop_accepting);
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(drain + grace).await;

@@ -300,6 +300,16 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_seconds: u64,
 
+    /// Connections the API keeps open at once, WebSockets included; one past
+    /// it is answered 503 `too_many_connections` and closed.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
+    /// Seconds an idle keep-alive connection stays open, and the longest a
+    /// client may take to send a request's head.
+    #[arg(long, env = "HTTP_KEEP_ALIVE_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_keep_alive_seconds: u64,
+
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

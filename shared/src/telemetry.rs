@@ -78,6 +78,14 @@ fn describe() {
         "keel_ws_connections",
         "WebSockets open on this API process."
     );
+    describe_gauge!(
+        "keel_http_connections",
+        "Client connections open on this API process, WebSockets included (at most HTTP_MAX_CONNECTIONS)."
+    );
+    describe_counter!(
+        "keel_http_connections_refused_total",
+        "Connections answered 503 and closed because HTTP_MAX_CONNECTIONS were open."
+    );
     // Tasks: created where rows are committed (API, scheduler), the rest by workers.
     describe_counter!(
         "keel_tasks_created_total",

@@ -5,6 +5,7 @@ mod api_keys;
 mod auth;
 mod avatars;
 mod config;
+mod connections;
 mod credentials;
 mod dashboard;
 mod docs;

@@ -1,0 +1,286 @@
+//! The API's HTTP server: the accept loop over the listener, a cap on how
+//! many connections are open at once (a connection past it is answered 503
+//! and closed), HTTP/1.1 on each with an idle timeout, TLS handshakes when
+//! the API terminates TLS, and the drain when it stops.
+//!
+//! axum's own `serve` has neither a cap nor an idle timeout: every connection
+//! a client opens stays open and holds its buffers for as long as the client
+//! likes. An open-loop client facing a stall opened 7,000 of them and the
+//! API's memory followed (bench/README, "soak"). hyper has the knobs; this
+//! module sets them.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request},
+    response::Response,
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
+use tower::{Service, ServiceExt as _};
+
+use crate::{error::Problem, listener::PeerAddr};
+
+/// A client slower than this to finish its TLS handshake is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's read buffer grows to this at most (hyper's default is
+/// about 400 KiB). It bounds a request's head too: 64 KiB of headers.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+
+/// Refusals in progress at once; past this a connection is closed unanswered.
+const MAX_REFUSING: usize = 256;
+
+/// How long a refusal waits for the client to finish sending before it closes,
+/// so the kernel does not reset the connection over unread bytes (which can
+/// destroy the answer before the client reads it).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// What a client may hold open.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once, WebSockets included (`HTTP_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// An idle keep-alive connection, or one slower than this to send a
+    /// request's head, is closed (`HTTP_KEEP_ALIVE_SECONDS`).
+    pub keep_alive: Duration,
+}
+
+/// Serves `app` on `listener` until `stop_accepting` completes; then closes
+/// the listener, lets each connection finish its request in flight (idle ones
+/// close at once), and returns when all have.
+///
+/// # Errors
+/// None yet: accept errors (out of file descriptors) are logged and retried.
+pub async fn serve<S>(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    app: S,
+    limits: Limits,
+    stop_accepting: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let tls = tls.map(TlsAcceptor::from);
+    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.keep_alive)
+        .max_buf_size(MAX_BUF_BYTES);
+    let http = Arc::new(http);
+    let graceful = GracefulShutdown::new();
+    let mut stop_accepting = std::pin::pin!(stop_accepting);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop_accepting => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            refuse(stream, peer, tls.clone(), limits.max_connections, &refusing);
+            continue;
+        };
+        let stream = Counted::new(stream, permit);
+        let watcher = graceful.watcher();
+        let (http, tls, app) = (Arc::clone(&http), tls.clone(), app.clone());
+        tokio::spawn(async move {
+            let service =
+                TowerToHyperService::new(app.map_request(move |req: Request<Incoming>| {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                    req
+                }));
+            let served = match tls {
+                None => {
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn =
+                                http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
+                // Idle timeouts, resets and malformed requests: the client's business.
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    // New connections now get the kernel's refusal; open ones finish.
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Answers a connection past the cap with a 503 problem and closes it, in the
+/// background and within `MAX_REFUSING`; over that, closes it unanswered.
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    max_connections: usize,
+    refusing: &Arc<Semaphore>,
+) {
+    metrics::counter!("keel_http_connections_refused_total").increment(1);
+    tracing::warn!(%peer, max_connections, "connection refused: HTTP_MAX_CONNECTIONS are open");
+    let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let answer = refusal(max_connections);
+        match tls {
+            None => answer_and_close(stream, &answer).await,
+            Some(acceptor) => {
+                if let Ok(Ok(stream)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                {
+                    answer_and_close(stream, &answer).await;
+                }
+            }
+        }
+    });
+}
+
+/// Writes `answer`, ends the sending side, and reads what the client sent
+/// until it closes too, briefly and bounded.
+async fn answer_and_close(mut stream: impl AsyncRead + AsyncWrite + Unpin, answer: &str) {
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The whole HTTP/1.1 response a refused connection gets.
+fn refusal(max_connections: usize) -> String {
+    let body = Problem::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        format!("the server has {max_connections} connections open, its limit; try again shortly"),
+    )
+    .to_body();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        crate::error::PROBLEM_JSON,
+        body.len()
+    )
+}
+
+/// A connection holding its place under the cap until it is dropped, which
+/// for a WebSocket is when the socket closes (hyper hands the same stream
+/// over on upgrade).
+struct Counted<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("keel_http_connections").increment(1.0);
+        Self {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        metrics::gauge!("keel_http_connections").decrement(1.0);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
