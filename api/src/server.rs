@@ -25,17 +25,19 @@ use axum::{
     response::Response,
 };
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
 };
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
+use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt as _};
 
 use crate::{error::Problem, listener::PeerAddr};
@@ -60,9 +62,32 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 pub struct Limits {
     /// Connections open at once, WebSockets included (`HTTP_MAX_CONNECTIONS`).
     pub max_connections: usize,
-    /// An idle keep-alive connection, or one slower than this to send a
-    /// request's head, is closed (`HTTP_KEEP_ALIVE_SECONDS`).
+    /// A connection that sends nothing for this long (before its first
+    /// request or between two), is slower than this to send a request's
+    /// head, or leaves an answer unread this long, is closed
+    /// (`HTTP_KEEP_ALIVE_SECONDS`).
     pub keep_alive: Duration,
+}
+
+/// File descriptors the API needs besides its clients' connections: pools,
+/// listeners, files being streamed.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the soft open-files limit (`ulimit -n`, often 1024) up to the hard
+/// one, as far as `max_connections` needs; below that, a connection past the
+/// limit fails to be accepted instead of getting its 503, so say so.
+pub fn raise_open_files_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + OTHER_FILES;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit >= wanted => {}
+        Ok(limit) => tracing::warn!(
+            limit,
+            wanted,
+            "the open-files limit is below HTTP_MAX_CONNECTIONS + {OTHER_FILES}; raise `ulimit -n` \
+             or lower HTTP_MAX_CONNECTIONS"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-files limit"),
+    }
 }
 
 /// Serves `app` on `listener` until `stop_accepting` completes; then closes
@@ -85,15 +110,18 @@ where
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let tls = tls.map(TlsAcceptor::from);
-    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http.http1()
-        .timer(TokioTimer::new())
+    // HTTP/1.1 alone, with hyper's own builder: hyper-util's `auto` builder
+    // first waits, untimed, for bytes to tell HTTP/1 from HTTP/2, and serves
+    // HTTP/2 on upgradeable connections whatever it is told.
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.keep_alive)
         .max_buf_size(MAX_BUF_BYTES);
     let http = Arc::new(http);
-    let graceful = GracefulShutdown::new();
+    let draining = CancellationToken::new();
     let mut stop_accepting = std::pin::pin!(stop_accepting);
+    let mut refusals = RefusalLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut stop_accepting => break,
@@ -108,12 +136,17 @@ where
             },
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            refuse(stream, peer, tls.clone(), limits.max_connections, &refusing);
+            refusals.note(peer, limits.max_connections);
+            refuse(stream, tls.clone(), limits.max_connections, &refusing);
             continue;
         };
-        let stream = Counted::new(stream, permit);
-        let watcher = graceful.watcher();
-        let (http, tls, app) = (Arc::clone(&http), tls.clone(), app.clone());
+        let stream = Counted::new(stream, permit, limits.keep_alive);
+        let (http, tls, app, draining) = (
+            Arc::clone(&http),
+            tls.clone(),
+            app.clone(),
+            draining.clone(),
+        );
         tokio::spawn(async move {
             let service =
                 TowerToHyperService::new(app.map_request(move |req: Request<Incoming>| {
@@ -122,17 +155,10 @@ where
                     req
                 }));
             let served = match tls {
-                None => {
-                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
+                None => serve_one(&http, stream, service, &draining).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let conn =
-                                http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            watcher.watch(conn).await
-                        }
+                        Ok(Ok(stream)) => serve_one(&http, stream, service, &draining).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -150,23 +176,79 @@ where
             }
         });
     }
-    // New connections now get the kernel's refusal; open ones finish.
+    // New connections now get the kernel's refusal; open ones finish their
+    // request in flight and close. Each holds a place until it has closed
+    // (a WebSocket until the socket does), so all places back means all done.
     drop(listener);
-    graceful.shutdown().await;
+    draining.cancel();
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = open.acquire_many(all).await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, upgrades, or — once
+/// `draining` — finishes the request in flight.
+async fn serve_one<I, S>(
+    http: &http1::Builder,
+    io: I,
+    service: S,
+    draining: &CancellationToken,
+) -> hyper::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        () = draining.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Logs refusals at most once a second, with how many there were, so a
+/// client hammering a full server cannot flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, max_connections: usize) {
+        metrics::counter!("keel_http_connections_refused_total").increment(1);
+        self.unlogged += 1;
+        if self
+            .since
+            .is_some_and(|since| since.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            max_connections,
+            refused = self.unlogged,
+            "connections refused: HTTP_MAX_CONNECTIONS are open"
+        );
+        self.since = Some(std::time::Instant::now());
+        self.unlogged = 0;
+    }
 }
 
 /// Answers a connection past the cap with a 503 problem and closes it, in the
 /// background and within `MAX_REFUSING`; over that, closes it unanswered.
 fn refuse(
     stream: TcpStream,
-    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
     refusing: &Arc<Semaphore>,
 ) {
-    metrics::counter!("keel_http_connections_refused_total").increment(1);
-    tracing::warn!(%peer, max_connections, "connection refused: HTTP_MAX_CONNECTIONS are open");
     let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
         return;
     };
@@ -207,15 +289,18 @@ async fn answer_and_close(mut stream: impl AsyncRead + AsyncWrite + Unpin, answe
 
 /// The whole HTTP/1.1 response a refused connection gets.
 fn refusal(max_connections: usize) -> String {
-    let body = Problem::new(
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut problem = Problem::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
         format!("the server has {max_connections} connections open, its limit; try again shortly"),
-    )
-    .to_body();
+    );
+    problem.request_id = Some(request_id.clone());
+    let body = problem.to_body();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
-         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+         retry-after: 1\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\n\
+         x-content-type-options: nosniff\r\nconnection: close\r\n\r\n{body}",
         crate::error::PROBLEM_JSON,
         body.len()
     )
@@ -223,18 +308,43 @@ fn refusal(max_connections: usize) -> String {
 
 /// A connection holding its place under the cap until it is dropped, which
 /// for a WebSocket is when the socket closes (hyper hands the same stream
-/// over on upgrade).
+/// over on upgrade). It also fails a write that has made no progress for
+/// `stall` (a client that stopped reading), which neither hyper nor the
+/// WebSocket's own timers would notice while they wait on that write.
 struct Counted<T> {
     io: T,
+    stall: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl<T> Counted<T> {
-    fn new(io: T, permit: OwnedSemaphorePermit) -> Self {
+    fn new(io: T, permit: OwnedSemaphorePermit, stall: Duration) -> Self {
         metrics::gauge!("keel_http_connections").increment(1.0);
         Self {
             io,
+            stall,
+            stalled: None,
             _permit: permit,
+        }
+    }
+
+    /// Passes on a write's outcome; a write pending for `stall` fails.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let stall = self.stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client has not read its answer for HTTP_KEEP_ALIVE_SECONDS",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -261,7 +371,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -269,7 +380,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -277,10 +389,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, poll)
     }
 }

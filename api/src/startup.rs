@@ -183,6 +183,7 @@ impl Application {
             max_connections: state.config.http_max_connections as usize,
             keep_alive: Duration::from_secs(state.config.http_keep_alive_seconds),
         };
+        server::raise_open_files_limit(limits.max_connections);
         state.users.listen(shutdown.clone());
         state.hub.listen(shutdown.clone());
         let hub = state.hub.clone();

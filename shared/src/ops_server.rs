@@ -73,7 +73,9 @@ impl OpsServer {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
                         tracing::warn!(error = %e, "ops server accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 },

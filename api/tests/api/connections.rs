@@ -1,6 +1,7 @@
 //! What a client may hold open: `HTTP_MAX_CONNECTIONS` (one past it is
 //! answered 503 and closed; WebSockets count) and `HTTP_KEEP_ALIVE_SECONDS`
-//! (idle and slow-head connections are closed).
+//! (silent, idle, slow-head and not-reading connections are closed), over
+//! HTTP/1.1 alone.
 
 use std::time::Duration;
 
@@ -141,6 +142,20 @@ async fn idle_and_slow_head_connections_are_closed_after_http_keep_alive_seconds
     let app = spawn_app_with(&["--http-keep-alive-seconds", "1"]).await;
     let address = app.address.trim_start_matches("http://").to_owned();
 
+    // Opened and never used: closed too, not held until the client gives up.
+    let mut silent = TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        read_to_close(&mut silent).await,
+        "",
+        "closed without a word"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before HTTP_KEEP_ALIVE_SECONDS: {:?}",
+        started.elapsed()
+    );
+
     // Kept alive after an answer, then idle: closed with nothing more sent.
     let mut idle = TcpStream::connect(&address).await.unwrap();
     assert_eq!(get_health(&mut idle).await, "HTTP/1.1 200 OK");
@@ -170,4 +185,66 @@ async fn idle_and_slow_head_connections_are_closed_after_http_keep_alive_seconds
         assert_eq!(get_health(&mut busy).await, "HTTP/1.1 200 OK");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_loses_its_place_after_http_keep_alive_seconds() {
+    let app = spawn_app_with(&[
+        "--http-max-connections",
+        "1",
+        "--http-keep-alive-seconds",
+        "1",
+    ])
+    .await;
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+
+    // A small receive window and sixty pipelined requests for the API
+    // document, never read: the server's writes stall once the buffers fill.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut reader = socket.connect(address).await.unwrap();
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: keel\r\n\r\n";
+    reader.write_all(&request.repeat(60)).await.unwrap();
+
+    // The only place is freed well before sixty answers could be written.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut next = TcpStream::connect(address).await.unwrap();
+        next.write_all(b"GET /health HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut next).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
+            "the stalled reader's place is freed: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(reader);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_not_served() {
+    let app = spawn_app_with(&[]).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+
+    // HTTP/2 would answer the preface with a SETTINGS frame and then take
+    // none of the HTTP/1.1 limits; the API answers as HTTP/1.1 and closes.
+    let mut h2 = TcpStream::connect(&address).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(PATIENCE, h2.read_to_end(&mut bytes))
+        .await
+        .expect("closed in time")
+        .ok();
+    let answer = String::from_utf8_lossy(&bytes);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+        "an HTTP/1.1 refusal or a close, not HTTP/2: {answer:?}"
+    );
 }
