@@ -2,6 +2,16 @@
 //! `migrations/`, and the checks health and readiness ask for. One module
 //! per table holds that table's SQL as free functions taking any executor
 //! (a pool or a transaction).
+//!
+//! Statements are runtime-checked (`sqlx::query_as` over a literal, built
+//! with `concat!` and literal column macros), not `query!`: the checked
+//! macros need a database or the `.sqlx/` offline data at every build, and
+//! regenerating that data on each schema change is a step a contributor on a
+//! machine without PostgreSQL cannot take. What they would catch — a table,
+//! column or type that does not exist — `shared/tests/statements.rs` catches
+//! instead: it reads every statement out of the sources and has PostgreSQL
+//! prepare it against the migrated schema. Only literals go in, so nothing a
+//! client sends can become SQL.
 
 pub mod api_keys;
 pub mod email_deliveries;
