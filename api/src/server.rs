@@ -12,7 +12,6 @@
 use std::{
     convert::Infallible,
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -40,14 +39,27 @@ use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt as _};
 
+use keel_shared::telemetry::Throttled;
+
 use crate::{error::Problem, listener::PeerAddr};
 
-/// A client slower than this to finish its TLS handshake is dropped.
+/// A client slower than this (or than `HTTP_KEEP_ALIVE_SECONDS`, if shorter)
+/// to finish its TLS handshake is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's read buffer grows to this at most (hyper's default is
-/// about 400 KiB). It bounds a request's head too: 64 KiB of headers.
+/// about 400 KiB). It bounds a request's head too, to about this: hyper
+/// checks after each read, so a head may run one read over.
 const MAX_BUF_BYTES: usize = 64 * 1024;
+
+/// Unsent bytes the kernel holds for a connection before a write waits
+/// (`TCP_NOTSENT_LOWAT`). Without it the send buffer autotunes to megabytes
+/// and reports room again only after a third of it drained, so a client that
+/// reads slowly but steadily would look stalled for minutes; with it, a
+/// client reading 1 KiB/s makes the write progress within a minute. It also
+/// bounds what a slow reader holds in kernel memory; bytes in flight are
+/// not counted, so fast clients are not slowed.
+const NOTSENT_LOWAT_BYTES: u32 = 128 * 1024;
 
 /// Refusals in progress at once; past this a connection is closed unanswered.
 const MAX_REFUSING: usize = 256;
@@ -121,25 +133,49 @@ where
     let http = Arc::new(http);
     let draining = CancellationToken::new();
     let mut stop_accepting = std::pin::pin!(stop_accepting);
-    let mut refusals = RefusalLog::default();
+    let handshake_timeout = HANDSHAKE_TIMEOUT.min(limits.keep_alive);
+    let (mut refusals, mut accept_failures) = (Throttled::default(), Throttled::default());
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut stop_accepting => break,
+            _ = flush.tick() => {
+                if let Some(refused) = refusals.due() {
+                    log_refusals(refused, limits.max_connections);
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
+                    if let Some(times) = accept_failures.hit() {
+                        tracing::warn!(error = %e, times, "accept failed");
+                    }
                     // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            refusals.note(peer, limits.max_connections);
-            refuse(stream, tls.clone(), limits.max_connections, &refusing);
+            metrics::counter!("keel_http_connections_refused_total").increment(1);
+            if let Some(refused) = refusals.hit() {
+                log_refusals(refused, limits.max_connections);
+            }
+            refuse(
+                stream,
+                tls.clone(),
+                handshake_timeout,
+                limits.max_connections,
+                &refusing,
+            );
             continue;
         };
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES) {
+            tracing::debug!(%peer, error = %e, "TCP_NOTSENT_LOWAT not set");
+        }
         let stream = Counted::new(stream, permit, limits.keep_alive);
         let (http, tls, app, draining) = (
             Arc::clone(&http),
@@ -157,7 +193,7 @@ where
             let served = match tls {
                 None => serve_one(&http, stream, service, &draining).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => serve_one(&http, stream, service, &draining).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -212,33 +248,12 @@ where
     conn.await
 }
 
-/// Logs refusals at most once a second, with how many there were, so a
-/// client hammering a full server cannot flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    since: Option<std::time::Instant>,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    fn note(&mut self, peer: SocketAddr, max_connections: usize) {
-        metrics::counter!("keel_http_connections_refused_total").increment(1);
-        self.unlogged += 1;
-        if self
-            .since
-            .is_some_and(|since| since.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        tracing::warn!(
-            %peer,
-            max_connections,
-            refused = self.unlogged,
-            "connections refused: HTTP_MAX_CONNECTIONS are open"
-        );
-        self.since = Some(std::time::Instant::now());
-        self.unlogged = 0;
-    }
+fn log_refusals(refused: u64, max_connections: usize) {
+    tracing::warn!(
+        refused,
+        max_connections,
+        "connections refused: HTTP_MAX_CONNECTIONS are open"
+    );
 }
 
 /// Answers a connection past the cap with a 503 problem and closes it, in the
@@ -246,6 +261,7 @@ impl RefusalLog {
 fn refuse(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
     max_connections: usize,
     refusing: &Arc<Semaphore>,
 ) {
@@ -259,7 +275,7 @@ fn refuse(
             None => answer_and_close(stream, &answer).await,
             Some(acceptor) => {
                 if let Ok(Ok(stream)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                 {
                     answer_and_close(stream, &answer).await;
                 }

@@ -67,14 +67,17 @@ impl OpsServer {
 
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) {
+        let mut accept_failures = crate::telemetry::Throttled::default();
         loop {
             let stream = tokio::select! {
                 () = shutdown.cancelled() => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
+                        if let Some(times) = accept_failures.hit() {
+                            tracing::warn!(error = %e, times, "ops server accept failed");
+                        }
                         // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!(error = %e, "ops server accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }

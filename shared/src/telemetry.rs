@@ -174,3 +174,53 @@ pub fn spawn_metrics_upkeep() {
         });
     });
 }
+
+/// A warning a client or the system can repeat many times a second (a
+/// refused connection, a failed accept): logged at most once a second, with
+/// how many times it happened since, so the log cannot be flooded.
+#[derive(Debug, Default)]
+pub struct Throttled {
+    last: Option<std::time::Instant>,
+    pending: u64,
+}
+
+impl Throttled {
+    /// Counts one occurrence; `Some(n)` when a line is due now, for `n`.
+    pub fn hit(&mut self) -> Option<u64> {
+        self.pending += 1;
+        self.due()
+    }
+
+    /// `Some(n)` when occurrences wait to be logged and the last line is a
+    /// second old: call it from a timer so a burst's tail is not held back.
+    pub fn due(&mut self) -> Option<u64> {
+        let quiet = self
+            .last
+            .is_none_or(|last| last.elapsed() >= Duration::from_secs(1));
+        if self.pending == 0 || !quiet {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttled;
+
+    #[test]
+    fn a_burst_logs_its_first_at_once_and_the_rest_in_one_line_a_second_later() {
+        let mut warning = Throttled::default();
+        assert_eq!(warning.hit(), Some(1));
+        for _ in 0..299 {
+            assert_eq!(warning.hit(), None);
+        }
+        assert_eq!(warning.due(), None, "not within the second");
+        warning.last = warning
+            .last
+            .map(|last| last - std::time::Duration::from_secs(1));
+        assert_eq!(warning.due(), Some(299));
+        assert_eq!(warning.due(), None, "nothing left");
+    }
+}

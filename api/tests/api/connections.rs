@@ -1,7 +1,7 @@
 //! What a client may hold open: `HTTP_MAX_CONNECTIONS` (one past it is
 //! answered 503 and closed; WebSockets count) and `HTTP_KEEP_ALIVE_SECONDS`
-//! (silent, idle, slow-head and not-reading connections are closed), over
-//! HTTP/1.1 alone.
+//! (silent, idle, slow-head and not-reading connections are closed; slow
+//! but steady readers are not), over HTTP/1.1 alone.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{helpers::spawn_app_with, ws::connect};
+use crate::{helpers::spawn_app_with, uploads::uploaded, ws::connect};
 
 /// Longer than any wait these tests expect to end.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -247,4 +247,49 @@ async fn http2_prior_knowledge_is_not_served() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
         "an HTTP/1.1 refusal or a close, not HTTP/2: {answer:?}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_but_steadily_keeps_its_download() {
+    let app = spawn_app_with(&["--http-keep-alive-seconds", "1"]).await;
+    let user = app.create_user(Role::User).await;
+    let size = 4 * 1024 * 1024;
+    let bytes = vec![b'k'; size];
+    let file = uploaded(&app, &user, "big.bin", &bytes).await;
+    let id = file["id"].as_str().unwrap().to_owned();
+
+    // 32 KiB every 50 ms: seven seconds for the whole file, each write of
+    // the server's waiting far longer than HTTP_KEEP_ALIVE_SECONDS for a
+    // send buffer the kernel would otherwise let grow to megabytes.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "GET /api/v1/files/{id}/content HTTP/1.1\r\nHost: keel\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        user.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("data keeps coming")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let split = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&received[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    let body = &received[split + 4..];
+    assert_eq!(body.len(), size, "the whole file, not cut short");
+    assert!(body.iter().all(|&b| b == b'k'));
 }
