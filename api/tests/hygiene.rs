@@ -32,7 +32,7 @@ fn stands_alone(text: &[u8], start: usize, end: usize) -> bool {
 
 #[test]
 fn the_suite_logged_no_secret_its_tests_used() {
-    let dir = keel_shared::testing::log_dir().expect(
+    let dir = keel_testing::log_dir().expect(
         "KEEL_TEST_LOG_DIR is unset: this test checks the logs of a whole run, \
          and deploy/local/test.sh runs it last",
     );

@@ -26,7 +26,6 @@
 //! - [`shutdown`]: stop signals.
 //! - [`storage`]: file bytes, in a local directory or an S3-compatible store.
 //! - [`outbound`]: the base of every outgoing HTTP client (bounded connect, rustls).
-//! - `testing` (feature `testing`): per-test databases and Redis prefixes.
 
 pub mod config;
 pub mod db;
@@ -48,8 +47,6 @@ pub mod storage;
 pub mod task_events;
 pub mod task_intake;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod timetable;
 pub mod whole_number;
 pub mod workers;

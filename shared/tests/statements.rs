@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use keel_shared::testing::TestDatabase;
+use keel_testing::TestDatabase;
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use sqlx::{Executor as _, SqlSafeStr as _};
 use syn::{Expr, ExprCall, ExprLit, ExprMacro, Lit, visit::Visit};
@@ -308,10 +308,6 @@ async fn every_statement_in_the_sources_prepares_against_the_migrated_schema() {
             .expect("under the root")
             .to_string_lossy()
             .into_owned();
-        // The test support's own SQL is exercised by every test that uses it.
-        if relative == "shared/src/testing.rs" {
-            continue;
-        }
         let scan = scan(path);
         for written in &scan.unread {
             let call = (relative.as_str(), written.as_str());

@@ -2,7 +2,8 @@
 
 use std::{io::Write as _, process::Stdio};
 
-use keel_shared::{domain::Role, testing};
+use keel_shared::domain::Role;
+use keel_testing as testing;
 use serde_json::Value;
 
 use crate::helpers::{API_BIN, TestApp, spawn_app};

@@ -258,7 +258,7 @@ async fn login_tokens(app: &crate::helpers::TestApp, user: &crate::helpers::Test
         .await
         .unwrap();
     for name in ["access_token", "refresh_token"] {
-        keel_shared::testing::record_secret(tokens[name].as_str().unwrap_or_default());
+        keel_testing::record_secret(tokens[name].as_str().unwrap_or_default());
     }
     tokens
 }

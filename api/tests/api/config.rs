@@ -2,7 +2,7 @@
 
 use std::process::Output;
 
-use keel_shared::testing::{self, TestDatabase};
+use keel_testing::{self as testing, TestDatabase};
 
 use crate::helpers::API_BIN;
 

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use keel_shared::{domain::Role, testing::SmtpServer};
+use keel_shared::domain::Role;
+use keel_testing::SmtpServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -58,7 +59,7 @@ async fn login(app: &TestApp, user: &TestUser) -> Value {
     assert_eq!(response.status(), StatusCode::OK);
     let tokens: Value = response.json().await.unwrap();
     for token in ["access_token", "refresh_token"] {
-        keel_shared::testing::record_secret(tokens[token].as_str().unwrap_or_default());
+        keel_testing::record_secret(tokens[token].as_str().unwrap_or_default());
     }
     tokens
 }
@@ -442,7 +443,7 @@ async fn a_challenge_or_reset_link_from_before_a_change_of_password_no_longer_wo
     let code_mail = smtp.wait_for_subject("Your sign-in code", 1, LONG).await;
     let start = code_mail[0].find("code is ").unwrap() + "code is ".len();
     let code = code_mail[0][start..start + 6].to_owned();
-    keel_shared::testing::record_secret(&code);
+    keel_testing::record_secret(&code);
 
     let changed = app
         .send(

@@ -210,7 +210,7 @@ async fn signing_out_ends_the_cookies_token_and_a_bad_credential_beside_a_good_c
     let admin = app.create_user(Role::Admin).await;
     let cookie = sign_in(&app, &admin).await;
     let token = cookie.trim_start_matches("keel_dashboard=").to_owned();
-    keel_shared::testing::record_secret(&token);
+    keel_testing::record_secret(&token);
 
     // A credential that is presented and invalid is refused, whatever else comes.
     for (name, value) in [

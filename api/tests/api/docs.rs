@@ -81,7 +81,7 @@ async fn docs_aliases_lead_to_the_docs() {
 }
 
 /// The Python tools' directory, shared with the storage tests' moto server.
-pub use keel_shared::testing::tools_bin;
+pub use keel_testing::tools_bin;
 
 /// Runs the tool `program` (from [`tools_bin`]) with `args` and then the
 /// document, written to a file; `Err` is the tool's output.

@@ -17,8 +17,8 @@ use keel_api::auth::password::PasswordHasher;
 use keel_shared::{
     db::users::{self, NewUser, ProfileChanges, User},
     domain::{EmailAddress, Password, Role, Username},
-    testing::SmtpServer,
 };
+use keel_testing::SmtpServer;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;

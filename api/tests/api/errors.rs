@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{Router, routing::post};
 use keel_api::{error::ApiError, extract::AppJson, middleware};
-use keel_shared::testing;
+use keel_testing as testing;
 use reqwest::StatusCode;
 use serde::Deserialize;
 

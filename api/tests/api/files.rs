@@ -9,10 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel_shared::{
-    domain::Role,
-    testing::{self, ChildGuard},
-};
+use keel_shared::domain::Role;
+use keel_testing::{self as testing, ChildGuard};
 use reqwest::{
     StatusCode,
     header::{self, HeaderValue},

@@ -21,8 +21,8 @@ use keel_shared::{
     domain::{EmailAddress, Password, Role, Username},
     job_queue::JobQueue,
     jobs::Queue,
-    testing,
 };
+use keel_testing as testing;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::{

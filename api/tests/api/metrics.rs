@@ -10,9 +10,9 @@ use chrono::Utc;
 use keel_shared::{
     domain::Role,
     jobs::Queue,
-    testing::Scrape,
     workers::{self, WorkerCard},
 };
+use keel_testing::Scrape;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

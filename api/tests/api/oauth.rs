@@ -11,10 +11,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use keel_shared::{
-    db::oauth,
-    testing::{self, ChildGuard},
-};
+use keel_shared::db::oauth;
+use keel_testing::{self as testing, ChildGuard};
 use reqwest::{StatusCode, Url, header};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};

@@ -30,7 +30,7 @@ async fn stack() -> Stack {
 
 /// The API (with `extra` flags) and a worker that mail through `smtp`,
 /// links built on `http://keel.test`.
-pub async fn mail_stack(smtp: &keel_shared::testing::SmtpServer, extra: &[&str]) -> Stack {
+pub async fn mail_stack(smtp: &keel_testing::SmtpServer, extra: &[&str]) -> Stack {
     let port = smtp.port.to_string();
     let mut flags = vec![
         "--smtp-host",

@@ -3,7 +3,8 @@
 //! metadata, downloads whole and by range, deletion of row and object, two
 //! API replicas sharing one bucket, and the store down answering 503.
 
-use keel_shared::{domain::Role, testing::MotoServer};
+use keel_shared::domain::Role;
+use keel_testing::MotoServer;
 use rand::RngCore as _;
 use reqwest::{
     StatusCode,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_shared::testing::{self, ChildGuard, TestDatabase};
+use keel_testing::{self as testing, ChildGuard, TestDatabase};
 use reqwest::StatusCode;
 
 use crate::helpers::{API_BIN, SlowProxy, assert_problem, postgres_addr, spawn_app_with};

@@ -86,10 +86,10 @@ async fn with_a_certificate_the_api_serves_https() {
 #[tokio::test]
 async fn an_unusable_certificate_stops_the_build_naming_the_variable() {
     let paths = tempfile_paths::write("not a certificate", "not a key");
-    let db = keel_shared::testing::TestDatabase::create().await.unwrap();
-    let config = keel_shared::testing::config(
+    let db = keel_testing::TestDatabase::create().await.unwrap();
+    let config = keel_testing::config(
         &db.url,
-        &keel_shared::testing::unique_redis_prefix(),
+        &keel_testing::unique_redis_prefix(),
         &["--tls-cert-file", &paths.cert, "--tls-key-file", &paths.key],
     );
     let key = config.signing_key().unwrap();

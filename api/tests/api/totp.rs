@@ -8,10 +8,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use keel_shared::{
-    domain::Role,
-    testing::{SmtpServer, record_secret},
-};
+use keel_shared::domain::Role;
+use keel_testing::{SmtpServer, record_secret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use keel_shared::{domain::Role, testing::SmtpServer};
+use keel_shared::domain::Role;
+use keel_testing::SmtpServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -48,7 +49,7 @@ async fn login_challenge(app: &TestApp, user: &TestUser) -> String {
 fn code_in(message: &str) -> String {
     let start = message.find("code is ").expect("a code") + "code is ".len();
     let code = message[start..start + 6].to_owned();
-    keel_shared::testing::record_secret(&code);
+    keel_testing::record_secret(&code);
     code
 }
 

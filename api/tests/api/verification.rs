@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use keel_shared::testing::SmtpServer;
+use keel_testing::SmtpServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,7 +28,7 @@ fn link_in(message: &str) -> String {
         .next()
         .unwrap()
         .to_owned();
-    keel_shared::testing::record_secret(found.rsplit('=').next().unwrap_or_default());
+    keel_testing::record_secret(found.rsplit('=').next().unwrap_or_default());
     found
 }
 

@@ -6,10 +6,8 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use keel_shared::{
-    domain::Role,
-    testing::{self, ChildGuard},
-};
+use keel_shared::domain::Role;
+use keel_testing::{self as testing, ChildGuard};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::{net::TcpStream, time::Instant};

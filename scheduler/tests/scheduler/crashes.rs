@@ -8,8 +8,8 @@ use std::{collections::HashMap, time::Duration};
 use keel_shared::{
     db::tasks::{Task, TaskStatus},
     dispatch,
-    testing::{ChildGuard, RedisServer},
 };
+use keel_testing::{ChildGuard, RedisServer};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -8,8 +8,8 @@ use keel_shared::{
     db::tasks::{self, TaskStatus},
     dispatch,
     jobs::Queue,
-    testing::RedisServer,
 };
+use keel_testing::RedisServer;
 use serde_json::json;
 
 use crate::stack::{LONG, RECONCILE, Setup};
@@ -63,7 +63,7 @@ async fn after_flushdb_every_due_and_future_task_is_queued_again_and_runs_once()
         assert_eq!(s.runs_of(task.id).await, 1, "each once");
         assert!(task.started_at.unwrap() >= task.scheduled_at, "never early");
     }
-    keel_shared::testing::assert_task_invariants(&s.pool, RECONCILE).await;
+    keel_testing::assert_task_invariants(&s.pool, RECONCILE).await;
 }
 
 #[tokio::test]
@@ -94,7 +94,7 @@ async fn tasks_created_while_redis_is_down_run_after_it_restarts() {
         assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
         assert_eq!(task.attempts, 1);
     }
-    keel_shared::testing::assert_task_invariants(&s.pool, RECONCILE).await;
+    keel_testing::assert_task_invariants(&s.pool, RECONCILE).await;
 }
 
 /// Pushes 10,000 `noop` tasks, waits until they completed and the trim
@@ -208,5 +208,5 @@ async fn a_worker_stopped_past_its_lease_changes_nothing_when_it_wakes() {
     let after = tasks::get(&s.pool, id).await.unwrap().unwrap();
     assert_eq!(after, done, "the late writes changed nothing");
     assert_eq!(tasks::history(&s.pool, id).await.unwrap(), history);
-    keel_shared::testing::assert_task_invariants(&s.pool, RECONCILE).await;
+    keel_testing::assert_task_invariants(&s.pool, RECONCILE).await;
 }

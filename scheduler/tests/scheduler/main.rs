@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use keel_shared::testing::{self, ChildGuard, TestDatabase};
+use keel_testing::{self as testing, ChildGuard, TestDatabase};
 
 mod crashes;
 mod faults;

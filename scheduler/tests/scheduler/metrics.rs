@@ -5,13 +5,11 @@
 use std::time::Duration;
 
 use chrono::{Datelike as _, Timelike as _};
-use keel_shared::{
-    db::{
-        schedules::{self, ScheduleSpec},
-        tasks,
-    },
-    testing::{self, Scrape},
+use keel_shared::db::{
+    schedules::{self, ScheduleSpec},
+    tasks,
 };
+use keel_testing::{self as testing, Scrape};
 use serde_json::json;
 
 use crate::stack::Setup;

@@ -7,8 +7,8 @@ use std::{collections::HashSet, time::Duration};
 use keel_shared::{
     db::tasks::{self, TaskStatus},
     jobs::Queue,
-    testing::{self, PostgresServer, RedisServer},
 };
+use keel_testing::{self as testing, PostgresServer, RedisServer};
 use serde_json::Value;
 use uuid::Uuid;
 

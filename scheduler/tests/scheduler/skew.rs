@@ -37,7 +37,7 @@ async fn a_scheduler_3s_ahead_beside_a_normal_one_fires_no_tick_twice() {
     let mut ahead = skewed("+3s");
     // Its name, in its start line, tells its ticks from the other's.
     ahead.push(("RUST_LOG", "info".to_owned()));
-    let mut skewed_scheduler = s.scheduler_with(keel_shared::testing::free_port(), &pairs(&ahead));
+    let mut skewed_scheduler = s.scheduler_with(keel_testing::free_port(), &pairs(&ahead));
     let _normal = s.scheduler();
     s.first_pass().await;
     let _worker = s.worker().await;

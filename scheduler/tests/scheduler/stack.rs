@@ -13,8 +13,8 @@ use keel_shared::{
         tasks::{self, NewTask, Task, TaskStatus},
     },
     job_queue::JobQueue,
-    testing::{self, ChildGuard, PostgresServer, RedisServer, TestDatabase},
 };
+use keel_testing::{self as testing, ChildGuard, PostgresServer, RedisServer, TestDatabase};
 use keel_worker::app::Worker;
 use serde_json::json;
 use sqlx::PgPool;

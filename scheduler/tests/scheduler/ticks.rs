@@ -5,13 +5,11 @@
 use std::time::Duration;
 
 use chrono::Timelike as _;
-use keel_shared::{
-    db::{
-        schedules::{self, ScheduleSpec},
-        tasks::{self, TaskStatus},
-    },
-    testing,
+use keel_shared::db::{
+    schedules::{self, ScheduleSpec},
+    tasks::{self, TaskStatus},
 };
+use keel_testing as testing;
 use uuid::Uuid;
 
 use crate::stack::{Run, Setup};

@@ -4,13 +4,8 @@
 
 use std::time::Duration;
 
-use keel_shared::{
-    db::email_deliveries,
-    emails,
-    jobs::EmailJob,
-    mail::EmailTemplate,
-    testing::{self, SmtpServer},
-};
+use keel_shared::{db::email_deliveries, emails, jobs::EmailJob, mail::EmailTemplate};
+use keel_testing::{self as testing, SmtpServer};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -8,13 +8,8 @@ mod tasks;
 
 use std::time::Duration;
 
-use keel_shared::{
-    Config, RedisClient,
-    jobs::Queue,
-    process::Backbone,
-    testing::{self, ChildGuard, TestDatabase},
-    workers,
-};
+use keel_shared::{Config, RedisClient, jobs::Queue, process::Backbone, workers};
+use keel_testing::{self as testing, ChildGuard, TestDatabase};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_keel-worker");
 

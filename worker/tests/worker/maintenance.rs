@@ -15,8 +15,8 @@ use keel_shared::{
     },
     jobs::{Maintenance, MaintenanceJob},
     storage::Storage,
-    testing::{self, MotoServer, TestDatabase},
 };
+use keel_testing::{self as testing, MotoServer, TestDatabase};
 use keel_worker::maintenance::{MaintenanceRunner, ORPHAN_AGE};
 use serde_json::json;
 use uuid::Uuid;

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use keel_shared::{
-    db::tasks::{NewTask, TaskStatus},
-    testing::{self, ChildGuard, Scrape},
-};
+use keel_shared::db::tasks::{NewTask, TaskStatus};
+use keel_testing::{self as testing, ChildGuard, Scrape};
 use serde_json::json;
 
 use crate::pipeline::{Pipeline, WORKER_BIN, new_task, noop};

@@ -10,8 +10,8 @@ use keel_shared::{
     db::tasks::{self, NewTask, Task, TaskEvent, TaskStatus},
     job_queue::JobQueue,
     jobs::RunTask,
-    testing::{self, ChildGuard, TestDatabase},
 };
+use keel_testing::{self as testing, ChildGuard, TestDatabase};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;

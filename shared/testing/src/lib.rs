@@ -1,4 +1,5 @@
-//! Test support (feature `testing`): each test gets its own freshly
+//! Test support for every crate's tests (`keel-testing`, a dev-dependency
+//! only, so none of it is in the shipped binaries): each test gets its own freshly
 //! migrated database on the local PostgreSQL and its own Redis key prefix,
 //! so tests run in parallel against the real services.
 
@@ -7,7 +8,7 @@ use std::net::TcpListener;
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use crate::{Config, db};
+use keel_shared::{Config, db};
 
 /// The server tests create their databases on: `KEEL_TEST_DATABASE_URL`,
 /// else `DATABASE_URL`, else the local default. Its database part is ignored.
@@ -440,7 +441,7 @@ impl Drop for SmtpServer {
 /// # Panics
 /// When the insert fails.
 pub async fn insert_user(pool: &sqlx::PgPool, stem: &str) -> uuid::Uuid {
-    use crate::{
+    use keel_shared::{
         db::users::{self, NewUser, ProfileChanges},
         domain::{EmailAddress, Role, Username},
     };
