@@ -115,7 +115,7 @@ pub fn config(database_url: &str, redis_prefix: &str, extra: &[&str]) -> Config 
 /// A fresh directory for one test's files: `target/test-files/<uuid>`.
 pub fn test_files_dir() -> String {
     let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_owned());
     format!("{target}/test-files/{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -1247,7 +1247,7 @@ fn xml_text(xml: &str, tag: &str) -> String {
 /// own virtualenv.
 pub fn tools_bin() -> std::path::PathBuf {
     std::env::var_os("KEEL_TOOLS_BIN").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.data/venv/bin"),
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.data/venv/bin"),
         std::path::PathBuf::from,
     )
 }
