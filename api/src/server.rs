@@ -193,17 +193,10 @@ where
             let served = match tls {
                 None => serve_one(&http, stream, service, &draining).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_one(&http, stream, service, &draining).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    let Some(stream) = handshake(&acceptor, stream, handshake_timeout).await else {
+                        return;
+                    };
+                    serve_one(&http, stream, service, &draining).await
                 }
             };
             if let Err(e) = served {
@@ -274,14 +267,32 @@ fn refuse(
         match tls {
             None => answer_and_close(stream, &answer).await,
             Some(acceptor) => {
-                if let Ok(Ok(stream)) =
-                    tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                {
+                if let Some(stream) = handshake(&acceptor, stream, handshake_timeout).await {
                     answer_and_close(stream, &answer).await;
                 }
             }
         }
     });
+}
+
+/// The TLS side of `stream`, or `None` (logged) when the client fails its
+/// handshake or is slower than `timeout` to finish it.
+async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &TlsAcceptor,
+    stream: IO,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<IO>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Writes `answer`, ends the sending side, and reads what the client sent

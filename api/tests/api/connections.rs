@@ -65,6 +65,27 @@ async fn get_health(stream: &mut TcpStream) -> String {
     }
 }
 
+/// Asks `GET /health` on new connections until one is served: each earlier
+/// one must be the cap's 503, and a place must come free within `PATIENCE`.
+async fn wait_for_a_place(address: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut next = TcpStream::connect(address).await.unwrap();
+        next.write_all(b"GET /health HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut next).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
+            "{what}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_connection_past_http_max_connections_gets_a_503_problem_and_a_freed_place_is_reused() {
     let app = spawn_app_with(&["--http-max-connections", "3"]).await;
@@ -104,22 +125,7 @@ async fn a_connection_past_http_max_connections_gets_a_503_problem_and_a_freed_p
 
     // Closing the WebSocket frees its place for a new connection.
     drop(socket);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut next = TcpStream::connect(&address).await.unwrap();
-        next.write_all(b"GET /health HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_to_close(&mut next).await;
-        if answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            answer.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
-            "the WebSocket's place is freed once it closes: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_a_place(&address, "the WebSocket's place is freed once it closes").await;
 
     let scrape = app
         .client
@@ -207,22 +213,7 @@ async fn a_client_that_stops_reading_its_answers_loses_its_place_after_http_keep
     reader.write_all(&request.repeat(60)).await.unwrap();
 
     // The only place is freed well before sixty answers could be written.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut next = TcpStream::connect(address).await.unwrap();
-        next.write_all(b"GET /health HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_to_close(&mut next).await;
-        if answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            answer.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
-            "the stalled reader's place is freed: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_a_place(&address.to_string(), "the stalled reader's place is freed").await;
     drop(reader);
 }
 
