@@ -19,12 +19,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
+    accounts::{change_role, delete_account, taken},
     auth::{password::PasswordHasher, user_cache::UserCache},
     error::ApiError,
-    routes::{
-        auth::taken,
-        users::{UserResponse, change_role, delete_account},
-    },
+    responses::UserResponse,
 };
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +100,7 @@ impl From<sqlx::Error> for AdminError {
 pub async fn run(command: AdminCommand, config: &Config) -> Result<(), AdminError> {
     let db = db::connect(config).await?;
     let redis = RedisClient::lazy(config)?;
-    let jobs = keel_shared::job_queue::JobQueue::new(redis.clone());
+    let jobs = keel_shared::queue::JobQueue::new(redis.clone());
     // This process only publishes changes; it never checks a token.
     let users_cache = UserCache::new(redis, std::time::Duration::ZERO);
     match command {

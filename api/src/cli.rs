@@ -101,7 +101,7 @@ async fn serve(config: Config, signing_key: SigningKey) -> anyhow::Result<()> {
              tokens will not survive a restart. `keel-api gen-secret --write-env` makes a lasting one"
         );
     }
-    let development = config.environment == Environment::Development;
+    let development = config.process.environment == Environment::Development;
     if development
         && db::create_database_if_missing(&config)
             .await

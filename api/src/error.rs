@@ -121,7 +121,7 @@ pub enum ApiError {
     Unauthorized { code: &'static str, detail: String },
     /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
     #[error("rate limited")]
-    RateLimited(crate::auth::rate_limit::Decision),
+    RateLimited(crate::auth::rate_limit::decision::Decision),
     /// Refused for a while, whoever asks (a paused second step): 429 with
     /// `Retry-After`.
     #[error("{code}: {detail}")]

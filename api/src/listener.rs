@@ -1,9 +1,8 @@
 //! What the API listens with: with `TLS_CERT_FILE` and `TLS_KEY_FILE`, the
 //! rustls settings to terminate TLS in process (the server in [`crate::server`]
-//! handshakes). Also `PeerAddr`, the client's socket address, which the server
-//! puts on each request as `ConnectInfo<PeerAddr>`.
+//! handshakes).
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio_rustls::rustls::{
@@ -11,10 +10,6 @@ use tokio_rustls::rustls::{
     crypto::ring,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
 };
-
-/// The remote address of a connection, for `ConnectInfo<PeerAddr>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// rustls settings from PEM files: the certificate chain and its private key.
 ///

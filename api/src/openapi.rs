@@ -30,10 +30,7 @@ use utoipa::{
     },
 };
 
-use crate::{
-    error::{FieldError, Problem},
-    routes::docs,
-};
+use crate::error::{FieldError, Problem};
 
 /// The conventions every operation follows, as the document's description.
 const DESCRIPTION: &str = "\
@@ -60,13 +57,6 @@ operation to use instead.";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Keel API", description = DESCRIPTION, license(name = "MIT")),
-    paths(
-        docs::openapi_json,
-        docs::swagger_ui,
-        docs::redoc,
-        docs::docs_alias,
-        docs::redoc_alias
-    ),
     components(
         schemas(Problem, FieldError),
         responses(

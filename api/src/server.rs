@@ -1,7 +1,8 @@
 //! The API's HTTP server: the accept loop over the listener, a cap on how
 //! many connections are open at once (a connection past it is answered 503
 //! and closed), HTTP/1.1 on each with an idle timeout, TLS handshakes when
-//! the API terminates TLS, and the drain when it stops.
+//! the API terminates TLS, and the drain when it stops. Each request carries
+//! its connection's [`PeerAddr`].
 //!
 //! axum's own `serve` has neither a cap nor an idle timeout: every connection
 //! a client opens stays open and holds its buffers for as long as the client
@@ -12,6 +13,7 @@
 use std::{
     convert::Infallible,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -41,7 +43,12 @@ use tower::{Service, ServiceExt as _};
 
 use keel_shared::telemetry::Throttled;
 
-use crate::{error::Problem, listener::PeerAddr};
+use crate::error::{PROBLEM_JSON, Problem};
+
+/// The remote address of a connection, which the accept loop puts on each of
+/// its requests as `ConnectInfo<PeerAddr>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// A client slower than this (or than `HTTP_KEEP_ALIVE_SECONDS`, if shorter)
 /// to finish its TLS handshake is dropped.
@@ -328,7 +335,7 @@ fn refusal(max_connections: usize) -> String {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
          retry-after: 1\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\n\
          x-content-type-options: nosniff\r\nconnection: close\r\n\r\n{body}",
-        crate::error::PROBLEM_JSON,
+        PROBLEM_JSON,
         body.len()
     )
 }

@@ -9,9 +9,9 @@ use keel_shared::{
     Config, RedisClient,
     config::SigningKey,
     db,
-    job_queue::JobQueue,
     kinds::KindSettings,
     ops_server::{OpsProbe, OpsServer},
+    queue::JobQueue,
     queue_metrics::QueueGauges,
     storage::Storage,
     task_intake::TaskIntake,
@@ -73,8 +73,8 @@ impl Application {
         db: PgPool,
         redis: RedisClient,
     ) -> anyhow::Result<Self> {
-        let addr = SocketAddr::new(config.host, config.port);
-        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        let addr = SocketAddr::new(config.http.host, config.http.port);
+        let tls = match (&config.http.tls_cert_file, &config.http.tls_key_file) {
             (Some(cert), Some(key)) => Some(listener::tls_config(cert, key)?),
             _ => None,
         };
@@ -82,13 +82,13 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let ops_addr = SocketAddr::new(
-            config.host,
-            config.metrics_port.unwrap_or(DEFAULT_METRICS_PORT),
+            config.http.host,
+            config.process.metrics_port.unwrap_or(DEFAULT_METRICS_PORT),
         );
         let probe = OpsProbe {
             db: db.clone(),
             redis: redis.clone(),
-            environment: config.environment,
+            environment: config.process.environment,
             queue_gauges: None,
         };
         let mut ops = OpsServer::bind(ops_addr, probe)
@@ -104,12 +104,12 @@ impl Application {
             hasher: PasswordHasher::new(),
             limiter: RateLimiter::new(
                 redis.clone(),
-                config.rate_limit_enabled,
-                config.rate_limit_per_minute,
+                config.auth.rate_limit_enabled,
+                config.auth.rate_limit_per_minute,
             ),
             users: UserCache::new(
                 redis.clone(),
-                Duration::from_secs(u64::from(config.access_token_expire_minutes) * 60),
+                Duration::from_secs(u64::from(config.auth.access_token_expire_minutes) * 60),
             ),
             hub: Hub::new(redis.clone()),
             gauges: QueueGauges::new(db.clone(), redis.clone()),
@@ -176,12 +176,12 @@ impl Application {
         } = self;
         tracing::info!(address = %ops.local_addr()?, "serving /metrics, /health and /live");
         tokio::spawn(ops.serve(shutdown.clone()));
-        let drain = Duration::from_secs(state.config.shutdown_drain_seconds);
+        let drain = Duration::from_secs(state.config.process.shutdown_drain_seconds);
         let grace = state.config.shutdown_grace();
         let lifecycle = state.lifecycle.clone();
         let limits = server::Limits {
-            max_connections: state.config.http_max_connections as usize,
-            keep_alive: Duration::from_secs(state.config.http_keep_alive_seconds),
+            max_connections: state.config.http.max_connections as usize,
+            keep_alive: Duration::from_secs(state.config.http.keep_alive_seconds),
         };
         server::raise_open_files_limit(limits.max_connections);
         state.users.listen(shutdown.clone());

@@ -16,7 +16,7 @@ use std::{
 
 use axum::extract::FromRef;
 use keel_shared::{
-    Config, RedisClient, job_queue::JobQueue, kinds::KindSettings, queue_metrics::QueueGauges,
+    Config, RedisClient, kinds::KindSettings, queue::JobQueue, queue_metrics::QueueGauges,
     storage::Storage,
 };
 use sqlx::PgPool;

@@ -29,8 +29,7 @@ use keel_shared::{
         self,
         tasks::{self, NewTask},
     },
-    dispatch,
-    job_queue::JobQueue,
+    queue::{JobQueue, dispatch},
     task_intake::{Create, Created, TaskIntake},
     workers,
 };
@@ -554,7 +553,7 @@ pub(crate) async fn scheduled(
 fn default_cap() -> Option<u32> {
     Config::from_flags(Vec::<String>::new())
         .ok()
-        .map(|c| c.max_unfinished_tasks_per_user)
+        .map(|c| c.tasks.max_unfinished_per_user)
         .filter(|c| *c > 0)
 }
 

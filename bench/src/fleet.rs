@@ -82,6 +82,18 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
+/// Of `pid`'s resident memory, the part in transparent huge pages
+/// (`AnonHugePages`), in KiB: 0 when Keel turned THP off, as it does.
+pub fn huge_pages_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no AnonHugePages")
+}
+
 /// A fresh user to own what a run creates.
 pub async fn bench_user(pool: &PgPool) -> anyhow::Result<Uuid> {
     let name = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..12]);

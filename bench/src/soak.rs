@@ -19,14 +19,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use keel_shared::jobs::Queue;
+use keel_shared::queue::Queue;
 use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::{
     auth::sign_up,
     e2e::Setup,
-    fleet::{Fleet, rss_kib},
+    fleet::{Fleet, huge_pages_kib, rss_kib},
     load,
 };
 
@@ -62,6 +62,8 @@ struct Sample {
     api_kib: u64,
     worker_kib: u64,
     scheduler_kib: u64,
+    /// Of the three, the part in transparent huge pages.
+    huge_pages_kib: u64,
     /// The load's TCP connections to the API open at the sample: a stall
     /// under open-loop load opens more, and each holds buffers in the API.
     api_connections: usize,
@@ -197,9 +199,11 @@ async fn soak(args: &Args, setup: &Setup) -> anyhow::Result<()> {
                 match sample.await {
                     Ok(s) => {
                         eprintln!(
-                            "soak: {:>4} s  rss {:.1} MiB  api connections {}  redis {:.1} MiB  backlog {}  rows {} live / {} dead",
+                            "soak: {:>4} s  rss {:.1} MiB (api {:.1}, huge pages {:.1})  api connections {}  redis {:.1} MiB  backlog {}  rows {} live / {} dead",
                             s.seconds,
                             s.rss_kib() as f64 / 1024.0,
+                            s.api_kib as f64 / 1024.0,
+                            s.huge_pages_kib as f64 / 1024.0,
                             s.api_connections,
                             s.redis_used_bytes as f64 / 1_048_576.0,
                             s.redis_backlog,
@@ -272,17 +276,20 @@ fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Resu
         args.rate, args.minutes, args.sample_secs
     );
     println!(
-        "| min | api MiB | api connections | worker MiB | scheduler MiB | Redis used MiB | Redis backlog | live rows | dead rows | autovacuums | table bytes/row |"
+        "| min | api MiB | api connections | worker MiB | scheduler MiB | in huge pages MiB | Redis used MiB | Redis backlog | live rows | dead rows | autovacuums | table bytes/row |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for s in samples {
         println!(
-            "| {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} |",
+            "| {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} |",
             s.seconds as f64 / 60.0,
             s.api_kib as f64 / 1024.0,
             s.api_connections,
             s.worker_kib as f64 / 1024.0,
             s.scheduler_kib as f64 / 1024.0,
+            s.huge_pages_kib as f64 / 1024.0,
             s.redis_used_bytes as f64 / 1_048_576.0,
             s.redis_backlog,
             s.live_rows,
@@ -328,7 +335,7 @@ fn print(args: &Args, report: &load::Report, samples: &[Sample]) -> anyhow::Resu
 /// Takes one sample of the processes `pids` (api, worker, scheduler).
 async fn read(
     pool: &sqlx::PgPool,
-    jobs: &keel_shared::job_queue::JobQueue,
+    jobs: &keel_shared::queue::JobQueue,
     redis: &mut impl redis::aio::ConnectionLike,
     started: Instant,
     pids: [u32; 3],
@@ -349,11 +356,16 @@ async fn read(
     .await?;
     // A process that is gone reads 0.
     let [api_kib, worker_kib, scheduler_kib] = pids.map(|pid| rss_kib(pid).unwrap_or(0));
+    let huge_pages_kib = pids
+        .map(|pid| huge_pages_kib(pid).unwrap_or(0))
+        .iter()
+        .sum();
     Ok(Sample {
         seconds: started.elapsed().as_secs(),
         api_kib,
         worker_kib,
         scheduler_kib,
+        huge_pages_kib,
         api_connections: established_to(api_port),
         redis_used_bytes,
         redis_backlog,

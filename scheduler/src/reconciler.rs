@@ -22,9 +22,7 @@ use chrono::{DateTime, Utc};
 use keel_shared::{
     RedisClient,
     db::{email_deliveries, tasks, two_factor},
-    dispatch,
-    job_queue::JobQueue,
-    jobs::EmailJob,
+    queue::{EmailJob, JobQueue, dispatch},
 };
 use sqlx::PgPool;
 
@@ -54,10 +52,10 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &keel_shared::Config) -> Self {
         Self {
-            lease_grace: LEASE_GRACE.min(Duration::from_secs(config.reconcile_seconds) / 2),
+            lease_grace: LEASE_GRACE.min(Duration::from_secs(config.tasks.reconcile_seconds) / 2),
             retry: (
-                Duration::from_millis(config.task_retry_base_ms),
-                Duration::from_secs(config.task_retry_max_seconds),
+                Duration::from_millis(config.tasks.retry_base_ms),
+                Duration::from_secs(config.tasks.retry_max_seconds),
             ),
         }
     }
@@ -130,7 +128,7 @@ async fn repair(
         tracing::warn!("Redis lost its data; queueing every waiting job again");
     } else {
         let overdue = tasks::count_overdue(db, OVERDUE_AFTER).await?;
-        let due = jobs.due_depth(keel_shared::jobs::Queue::Tasks).await?;
+        let due = jobs.due_depth(keel_shared::queue::Queue::Tasks).await?;
         if u64::try_from(overdue).unwrap_or(0) > due {
             tracing::warn!(
                 overdue,

@@ -32,12 +32,10 @@ use futures_util::StreamExt as _;
 use keel_shared::{
     Config, RedisClient,
     db::{
-        schedules::{self, Schedule, SystemSchedule},
+        schedules::{self, Schedule, SystemKind, SystemSchedule},
         tasks::{self, TaskState},
     },
-    dispatch,
-    job_queue::JobQueue,
-    jobs::{Maintenance, MaintenanceJob},
+    queue::{JobQueue, Maintenance, MaintenanceJob, dispatch},
     task_events,
     timetable::Timetable,
 };
@@ -56,17 +54,10 @@ const HOUSEKEEPING_DELAY: Duration = Duration::from_millis(100);
 /// Fires of one instant (many schedules on `0 * * * *`) run this many at a time.
 const PARALLEL_FIRES: usize = 8;
 
-/// What a system schedule does (its `kind`).
-const RECONCILE: &str = "reconcile";
-const PURGE_EXPIRED: &str = "purge_expired";
-const PURGE_FINISHED: &str = "purge_finished";
-const SWEEP_ORPHANS: &str = "sweep_orphans";
-const TRIM_REDIS: &str = "trim_redis";
-
 /// The built-in schedules. The reconcile period is `RECONCILE_SECONDS` (at
 /// most 60), as a seconds step of the minute.
 pub fn system_schedules(config: &Config) -> Vec<SystemSchedule> {
-    let reconcile = match config.reconcile_seconds {
+    let reconcile = match config.tasks.reconcile_seconds {
         60 => "0 * * * * *".to_owned(),
         n => format!("*/{n} * * * * *"),
     };
@@ -74,28 +65,28 @@ pub fn system_schedules(config: &Config) -> Vec<SystemSchedule> {
         SystemSchedule {
             name: "system.reconcile",
             cron: reconcile,
-            kind: RECONCILE,
+            kind: SystemKind::Reconcile,
         },
         SystemSchedule {
             name: "system.purge_expired",
             cron: "0 0 * * * *".into(),
-            kind: PURGE_EXPIRED,
+            kind: SystemKind::PurgeExpired,
         },
         SystemSchedule {
             name: "system.purge_finished",
             cron: "0 30 3 * * *".into(),
-            kind: PURGE_FINISHED,
+            kind: SystemKind::PurgeFinished,
         },
         // A quarter past, out of the way of the purge on the hour.
         SystemSchedule {
             name: "system.sweep_orphans",
             cron: "0 15 * * * *".into(),
-            kind: SWEEP_ORPHANS,
+            kind: SystemKind::SweepOrphans,
         },
         SystemSchedule {
             name: "system.trim_redis",
             cron: "*/10 * * * * *".into(),
-            kind: TRIM_REDIS,
+            kind: SystemKind::TrimRedis,
         },
     ]
 }
@@ -196,7 +187,7 @@ impl Ticker {
             db,
             redis,
             replica,
-            timeout_seconds: i32::try_from(config.task_default_timeout_seconds).unwrap_or(300),
+            timeout_seconds: i32::try_from(config.tasks.default_timeout_seconds).unwrap_or(300),
             reconcile: reconciler::Settings::from_config(config),
             clock_offset: Arc::default(),
             reconciling: Arc::default(),
@@ -412,9 +403,10 @@ impl Ticker {
         // Reconcile and trim run here, in the scheduler: they repair the
         // transport itself, so they must not depend on it. Purges are the
         // worker's, on the `maintenance` queue.
-        let here = match schedule.kind.as_str() {
-            RECONCILE => Some(&self.reconciling),
-            TRIM_REDIS => Some(&self.trimming),
+        let kind = SystemKind::parse(&schedule.kind);
+        let here = match kind {
+            Some(SystemKind::Reconcile) => Some(&self.reconciling),
+            Some(SystemKind::TrimRedis) => Some(&self.trimming),
             _ => None,
         };
         if here.is_some_and(|busy| busy.load(Ordering::Acquire)) {
@@ -427,17 +419,17 @@ impl Ticker {
             return Ok(Outcome::Lost);
         }
         self.observe_lateness(fire_at);
-        let work = match schedule.kind.as_str() {
-            RECONCILE | TRIM_REDIS => {
+        let work = match kind {
+            Some(kind @ (SystemKind::Reconcile | SystemKind::TrimRedis)) => {
                 schedules::record_fire(&self.db, schedule.id, fire_at, None, "running", next)
                     .await?;
-                self.spawn_here(schedule);
+                self.spawn_here(schedule, kind);
                 return Ok(Outcome::Fired);
             }
-            PURGE_EXPIRED => Maintenance::PurgeExpired,
-            PURGE_FINISHED => Maintenance::PurgeFinished,
-            SWEEP_ORPHANS => Maintenance::SweepOrphans,
-            other => anyhow::bail!("unknown system schedule kind {other:?}"),
+            Some(SystemKind::PurgeExpired) => Maintenance::PurgeExpired,
+            Some(SystemKind::PurgeFinished) => Maintenance::PurgeFinished,
+            Some(SystemKind::SweepOrphans) => Maintenance::SweepOrphans,
+            None => anyhow::bail!("unknown system schedule kind {:?}", schedule.kind),
         };
         let job = MaintenanceJob {
             work,
@@ -496,9 +488,9 @@ impl Ticker {
     /// Runs a reconcile pass or a Redis trim beside the loop, so a long
     /// one (after a Redis wipe) delays no tick; its outcome becomes the
     /// schedule's `last_status`.
-    fn spawn_here(&self, schedule: &Schedule) {
-        let (kind, id) = (schedule.kind.clone(), schedule.id);
-        let busy = if kind == RECONCILE {
+    fn spawn_here(&self, schedule: &Schedule, kind: SystemKind) {
+        let id = schedule.id;
+        let busy = if kind == SystemKind::Reconcile {
             self.reconciling.clone()
         } else {
             self.trimming.clone()
@@ -509,7 +501,7 @@ impl Ticker {
             // Let the user ticks of the same second commit first: they are
             // the ones whose lateness users see.
             tokio::time::sleep(HOUSEKEEPING_DELAY).await;
-            let status = if kind == RECONCILE {
+            let status = if kind == SystemKind::Reconcile {
                 match reconciler::pass(&this.db, &this.redis, &this.jobs, this.reconcile).await {
                     Ok(Some(repairs)) => {
                         if repairs != reconciler::Repairs::default() {

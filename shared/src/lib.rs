@@ -4,14 +4,14 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one typed configuration, from flags, environment and `.env`.
+//! - [`config`]: the one typed configuration, in sections, from flags, environment and `.env`.
 //! - [`db`]: the Postgres pool, embedded migrations, and each table's SQL.
 //! - [`domain`]: values parsed at the edge (username, email, password, role, …).
 //! - [`redis_client`]: the shared Redis connection and key prefix.
-//! - [`jobs`]: queue names and job payloads; [`job_queue`] pushes them.
-//! - [`dispatch`]: pushing committed task rows to the queue.
+//! - [`queue`]: the producer side of the queues — queue names and job
+//!   payloads, the push with its wake-up, and the two flows that push after
+//!   a commit (task rows, emails).
 //! - [`task_intake`]: group commit of task creates.
-//! - [`emails`]: queueing an email (row, then job).
 //! - [`mail`]: email templates and the SMTP / outbox transport.
 //! - [`kinds`]: the task kinds, their payload checks and handlers.
 //! - [`timetable`]: cron expressions in a timezone, DST included.
@@ -29,17 +29,14 @@
 
 pub mod config;
 pub mod db;
-pub mod dispatch;
 pub mod domain;
-pub mod emails;
 pub mod health;
-pub mod job_queue;
-pub mod jobs;
 pub mod kinds;
 pub mod mail;
 pub mod ops_server;
 pub mod outbound;
 pub mod process;
+pub mod queue;
 pub mod queue_metrics;
 pub mod redis_client;
 pub mod shutdown;

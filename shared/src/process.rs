@@ -34,11 +34,14 @@ impl Backbone {
             tracing::warn!("the database has pending migrations; run `keel-api migrate`");
         }
         let redis = RedisClient::connect(config).await?;
-        let addr = SocketAddr::new(config.host, config.metrics_port.unwrap_or(default_port));
+        let addr = SocketAddr::new(
+            config.http.host,
+            config.process.metrics_port.unwrap_or(default_port),
+        );
         let probe = OpsProbe {
             db: db.clone(),
             redis: redis.clone(),
-            environment: config.environment,
+            environment: config.process.environment,
             queue_gauges: None,
         };
         let ops = OpsServer::bind(addr, probe).await.map_err(|e| {

@@ -34,7 +34,12 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio::{sync::Mutex, time::Instant};
 
-use crate::{db::tasks, job_queue::JobQueue, jobs::Queue, redis_client::RedisClient, workers};
+use crate::{
+    db::tasks,
+    queue::{JobQueue, Queue},
+    redis_client::RedisClient,
+    workers,
+};
 
 /// Scrapes closer together than this share one sample.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);

@@ -36,7 +36,7 @@ impl RedisClient {
     /// # Errors
     /// `REDIS_URL` is not a valid Redis URL.
     pub fn lazy(config: &Config) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis_url.expose_secret())
+        let client = redis::Client::open(config.redis.url.expose_secret())
             .context("REDIS_URL is not a valid redis:// URL")?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -48,7 +48,7 @@ impl RedisClient {
         Ok(Self {
             client: Arc::new(client),
             conn,
-            prefix: config.redis_prefix.as_str().into(),
+            prefix: config.redis.prefix.as_str().into(),
         })
     }
 
@@ -99,7 +99,7 @@ impl RedisClient {
 
 /// Host and port of `REDIS_URL`, never its password.
 fn redis_target(config: &Config) -> String {
-    url::Url::parse(config.redis_url.expose_secret())
+    url::Url::parse(config.redis.url.expose_secret())
         .map(|u| {
             format!(
                 "{}:{}",

@@ -33,8 +33,7 @@ use uuid::Uuid;
 
 use crate::{
     db::tasks::{self, GroupRow, NewTask, Task, Wanted},
-    dispatch,
-    job_queue::JobQueue,
+    queue::{JobQueue, dispatch},
 };
 
 /// Groups being written at once. One: the next group forms while a group

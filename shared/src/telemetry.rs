@@ -13,7 +13,8 @@ use crate::config::{Config, LogFormat};
 /// when tests start several apps in one process) leaves the first in place.
 pub fn init(service: &'static str, config: &Config) {
     // Validated when the configuration was parsed.
-    let filter = EnvFilter::try_new(&config.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(&config.process.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.log_format() {
         LogFormat::Json => registry

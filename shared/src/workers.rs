@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{jobs::Queue, redis_client::RedisClient};
+use crate::{queue::Queue, redis_client::RedisClient};
 
 /// How often a worker refreshes its card.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

@@ -7,9 +7,8 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use keel_shared::{
     Config, RedisClient,
-    job_queue::JobQueue,
-    jobs::Queue,
     process::{self, Backbone},
+    queue::{JobQueue, Queue},
     storage::Storage,
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
 };
@@ -56,12 +55,13 @@ impl Worker {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let card = WorkerCard {
             id: config
-                .worker_name
+                .worker
+                .name
                 .clone()
                 .unwrap_or_else(|| process::unique_name(&hostname)),
             hostname,
             pid: std::process::id(),
-            queues: config.worker_queues.clone(),
+            queues: config.worker.queues.clone(),
             concurrency: config.worker_concurrency(),
             version: env!("CARGO_PKG_VERSION").into(),
             in_flight: 0,
@@ -211,7 +211,7 @@ impl Worker {
             }
         }
 
-        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let grace = Duration::from_secs(config.process.shutdown_grace_seconds);
         tracing::info!(worker = %card.id, grace_seconds = grace.as_secs(), "draining");
         let timer = {
             let grace_over = grace_over.clone();

@@ -15,9 +15,8 @@ use keel_shared::{
         email_deliveries::{self, SendOutcome},
         two_factor,
     },
-    job_queue::JobQueue,
-    jobs::EmailJob,
     mail::{EmailTemplate, Mailer, SendError, templates},
+    queue::{EmailJob, JobQueue},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -53,11 +52,11 @@ impl EmailRunner {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             mailer: Mailer::from_config(config)?,
-            app_base_url: config.app_base_url.clone(),
+            app_base_url: config.http.app_base_url.clone(),
             worker: worker.to_owned(),
             retry: RetryPolicy {
-                base: Duration::from_millis(config.task_retry_base_ms),
-                max: Duration::from_secs(config.task_retry_max_seconds),
+                base: Duration::from_millis(config.tasks.retry_base_ms),
+                max: Duration::from_secs(config.tasks.retry_max_seconds),
             },
             db,
             jobs,

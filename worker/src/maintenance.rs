@@ -17,7 +17,7 @@ use keel_shared::{
         tasks::{self, TaskStatus},
         two_factor,
     },
-    jobs::{Maintenance, MaintenanceJob},
+    queue::{Maintenance, MaintenanceJob},
     storage::Storage,
 };
 use sqlx::PgPool;
@@ -51,7 +51,7 @@ impl MaintenanceRunner {
         Self {
             db,
             storage,
-            retention: chrono::Duration::days(i64::from(config.task_retention_days)),
+            retention: chrono::Duration::days(i64::from(config.tasks.retention_days)),
         }
     }
 

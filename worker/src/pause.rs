@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel_shared::{job_queue::JobQueue, jobs::Queue};
+use keel_shared::queue::{JobQueue, Queue};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,10 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use apalis::prelude::{BackendExt as _, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt as _};
-use keel_shared::{RedisClient, job_queue::JobQueue, jobs::Job};
+use keel_shared::{
+    RedisClient,
+    queue::{Job, JobQueue},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{pause, wake::WakeSignal};
@@ -187,7 +190,7 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Keeps `queue`'s due jobs moving from the scheduled set to the ready list
 /// in chunks, until `stop`, so no backlog grows past what apalis's fetch
 /// can promote.
-async fn promote(jobs: JobQueue, queue: keel_shared::jobs::Queue, stop: CancellationToken) {
+async fn promote(jobs: JobQueue, queue: keel_shared::queue::Queue, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PROMOTE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -201,7 +204,7 @@ async fn promote(jobs: JobQueue, queue: keel_shared::jobs::Queue, stop: Cancella
 
 /// Moves every due job of `queue` to the ready list, a chunk per round
 /// trip, so a backlog of any size drains.
-async fn promote_all_due(jobs: &JobQueue, queue: keel_shared::jobs::Queue) {
+async fn promote_all_due(jobs: &JobQueue, queue: keel_shared::queue::Queue) {
     loop {
         match jobs.promote_due(queue, PROMOTE_CHUNK).await {
             Ok(moved) if moved == PROMOTE_CHUNK => {}

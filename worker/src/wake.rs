@@ -1,7 +1,7 @@
 //! Wake-ups for idle apalis workers. apalis-redis fetches only when polled,
 //! and nothing polls an idle worker when a job is pushed; a tight poll would
 //! burn Redis time. So producers publish on the queue's wake channel
-//! ([`keel_shared::job_queue::JobQueue::wake_channel`]) and this stream
+//! ([`keel_shared::queue::JobQueue::wake_channel`]) and this stream
 //! turns each message into a fetch, with a slow interval as the safety net
 //! (for scheduled jobs coming due, and for a lost pub/sub connection).
 

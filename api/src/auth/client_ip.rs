@@ -11,25 +11,28 @@ use axum::{
 };
 use ipnet::IpNet;
 
-use crate::{listener::PeerAddr, state::AppState};
+use crate::server::PeerAddr;
 
 /// The client, as far as this server can tell, as the per-IP limits count
 /// it: an IPv4 address, or the /64 network of an IPv6 one ([`bucket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-impl FromRequestParts<AppState> for ClientIp {
+// Over any state that holds the configuration, not `AppState`: the state
+// holds the rate limiter, which reads the client's address from here.
+impl<S> FromRequestParts<S> for ClientIp
+where
+    std::sync::Arc<keel_shared::Config>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let config = std::sync::Arc::<keel_shared::Config>::from_ref(state);
         Ok(Self(bucket(of(
             &parts.extensions,
             &parts.headers,
-            &config.trusted_proxies,
+            &config.http.trusted_proxies,
         ))))
     }
 }

@@ -2,25 +2,22 @@
 //! GCRA (a leaky bucket with one key per client, no background refill) in a
 //! Lua script, plus a failed-login counter per account.
 //!
-//! The general limit is a middleware on the API routes: `RATE_LIMIT_PER_MINUTE`
-//! per user when the request carries a valid token or key, per IP otherwise,
-//! with `RateLimit-*` headers on every response. Sign-in endpoints call
+//! The general limit is a middleware on the API routes
+//! (`middleware::rate_limit`): `RATE_LIMIT_PER_MINUTE` per user when
+//! the request carries a valid token or key, per IP otherwise, with
+//! `RateLimit-*` headers on every response. Sign-in endpoints call
 //! [`RateLimiter::check`] with their own, stricter quotas and fail closed
 //! (503) when Redis is down; the general limit fails open.
 
+pub mod decision;
+
 use std::{sync::Arc, time::Duration};
 
-use axum::{
-    extract::{Request, State},
-    http::{HeaderMap, HeaderValue},
-    middleware::Next,
-    response::{IntoResponse as _, Response},
-};
 use keel_shared::RedisClient;
 use redis::{AsyncCommands as _, Script};
 
-use super::client_ip;
-use crate::{error::ApiError, state::AppState};
+pub use self::decision::Decision;
+use crate::error::ApiError;
 
 /// `limit` requests per `period`, with bursts up to `limit`.
 #[derive(Debug, Clone, Copy)]
@@ -57,33 +54,6 @@ pub fn hashed(value: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub limit: u32,
-    pub remaining: u32,
-    /// Seconds until the bucket is full again.
-    pub reset_secs: u64,
-    /// Seconds to wait before a retry can succeed (0 when allowed).
-    pub retry_after_secs: u64,
-}
-
-impl Decision {
-    /// `RateLimit-Limit`, `-Remaining`, `-Reset` (and `Retry-After` when refused).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
-        if !self.allowed {
-            headers.insert(
-                "retry-after",
-                HeaderValue::from(self.retry_after_secs.max(1)),
-            );
-        }
-    }
 }
 
 /// Counts an attempt unless the account is locked. Returns 0 when counted,
@@ -224,48 +194,4 @@ impl RateLimiter {
     pub async fn clear_attempts(&self, account: &str) {
         let _: redis::RedisResult<()> = self.redis.conn().del(self.attempts_key(account)).await;
     }
-}
-
-/// The general limit, keyed by the caller: a user (by a token that verifies
-/// — no database needed), else the client IP. API keys count against the IP:
-/// telling a real key from a random one takes a database lookup, and a
-/// bucket per unverified key would let a client mint endless budgets.
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.limiter.enabled {
-        return next.run(req).await;
-    }
-    let bucket = bucket_of(&state, &req);
-    match state.limiter.check(&bucket, state.limiter.general).await {
-        Ok(decision) if decision.allowed => {
-            let mut response = next.run(req).await;
-            // A sign-in endpoint's own (stricter) verdict stands.
-            if !response.headers().contains_key("ratelimit-limit") {
-                decision.apply(response.headers_mut());
-            }
-            response
-        }
-        Ok(decision) => ApiError::RateLimited(decision).into_response(),
-        Err(e) => {
-            // Fail open: a Redis outage must not take the whole API down.
-            tracing::warn!(error = %e, "rate limiter unavailable; request allowed");
-            next.run(req).await
-        }
-    }
-}
-
-fn bucket_of(state: &AppState, req: &Request) -> String {
-    let headers = req.headers();
-    if let Some(bearer) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        && let Ok(claims) = state.tokens.verify_access(bearer.trim())
-    {
-        return format!("user:{}", claims.sub);
-    }
-    let ip = client_ip::of(req.extensions(), headers, &state.config.trusted_proxies);
-    format!("ip:{}", client_ip::bucket(ip))
 }

@@ -81,7 +81,7 @@ impl std::fmt::Debug for TokenKeys {
 impl TokenKeys {
     pub fn new(config: &Config, key: &SigningKey) -> Self {
         let secret = key.key.expose_secret().as_bytes();
-        let algorithm = match config.algorithm {
+        let algorithm = match config.auth.algorithm {
             JwtAlgorithm::Hs256 => Algorithm::HS256,
             JwtAlgorithm::Hs384 => Algorithm::HS384,
             JwtAlgorithm::Hs512 => Algorithm::HS512,
@@ -103,8 +103,12 @@ impl TokenKeys {
                 .map(|k| DecodingKey::from_secret(k.expose_secret().as_bytes())),
             algorithm,
             validation,
-            access_ttl: Duration::from_secs(u64::from(config.access_token_expire_minutes) * 60),
-            refresh_ttl: Duration::from_secs(u64::from(config.refresh_token_expire_days) * 86_400),
+            access_ttl: Duration::from_secs(
+                u64::from(config.auth.access_token_expire_minutes) * 60,
+            ),
+            refresh_ttl: Duration::from_secs(
+                u64::from(config.auth.refresh_token_expire_days) * 86_400,
+            ),
             totp: super::totp::Sealer::new(&key.key, key.previous.as_ref()),
         }
     }

@@ -11,12 +11,7 @@ use super::{
     PageError,
     session::{Admin, check_origin},
 };
-use crate::{
-    error::ApiError,
-    extract::AppPath,
-    routes::{schedules, tasks},
-    state::AppState,
-};
+use crate::{error::ApiError, extract::AppPath, schedules, state::AppState, tasks};
 
 #[derive(Debug, Deserialize)]
 pub struct ActionForm {

@@ -22,7 +22,7 @@ use super::{PageError, chart, session::Admin, views};
 use crate::{
     error::{ApiError, FieldError},
     extract::AppPath,
-    routes::admin::queue_stats,
+    queues::queue_stats,
     state::AppState,
 };
 

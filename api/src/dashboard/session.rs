@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::{PageError, views};
 use crate::{
+    accounts::sessions::{self, issue},
     auth::{
         AuthMethod, Principal,
         client_ip::ClientIp,
@@ -31,10 +32,8 @@ use crate::{
         revocation,
     },
     error::ApiError,
-    routes::{
-        auth::{SignIn, issue},
-        two_factor,
-    },
+    responses::SignIn,
+    second_factor,
     state::AppState,
 };
 
@@ -263,8 +262,7 @@ pub async fn login(
 ) -> Result<Response, PageError> {
     check_origin(&headers)?;
     let next = safe_next(form.next.as_deref()).to_owned();
-    let signed_in =
-        crate::routes::auth::sign_in(&state, ip, &form.username_or_email, &form.password).await;
+    let signed_in = sessions::sign_in(&state, ip, &form.username_or_email, &form.password).await;
     match signed_in {
         Ok(SignIn::Tokens(tokens)) => {
             let principal = authenticate(&state, Credential::Bearer(&tokens.access_token)).await?;
@@ -299,7 +297,7 @@ pub async fn second_factor(
 ) -> Result<Response, PageError> {
     check_origin(&headers)?;
     let next = safe_next(form.next.as_deref()).to_owned();
-    match two_factor::pass_challenge(&state, ip, form.challenge_id, form.code.trim()).await {
+    match second_factor::pass_challenge(&state, ip, form.challenge_id, form.code.trim()).await {
         Ok(user) if user.role < Role::Admin => {
             Err(ApiError::forbidden("the dashboard is for admins").into())
         }

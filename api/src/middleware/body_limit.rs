@@ -27,12 +27,16 @@ pub struct BodyLimits {
 impl BodyLimits {
     pub fn new(config: &Config) -> Self {
         Self {
-            default: config.max_body_bytes as u64,
+            default: config.http.max_body_bytes as u64,
             files: config
+                .storage
                 .max_upload_bytes
-                .saturating_mul(u64::from(config.max_files_per_upload))
+                .saturating_mul(u64::from(config.storage.max_files_per_upload))
                 .saturating_add(FORM_OVERHEAD),
-            avatar: config.max_avatar_bytes.saturating_add(FORM_OVERHEAD),
+            avatar: config
+                .storage
+                .max_avatar_bytes
+                .saturating_add(FORM_OVERHEAD),
         }
     }
 

@@ -1,10 +1,12 @@
 //! The HTTP stack every route runs inside, outermost first: request id,
 //! tracing span, problem rendering, panic catching, timeout, body limit,
-//! CORS, security headers, metrics.
+//! CORS, security headers, metrics. The general rate limit ([`rate_limit`])
+//! is the routes' own layer, on the resources only.
 
 mod body_limit;
 mod metrics;
 mod problem;
+pub mod rate_limit;
 mod request_id;
 mod security_headers;
 pub mod trailing_slash;
@@ -31,7 +33,7 @@ pub use security_headers::API_CSP;
 
 /// Wraps `router` in Keel's stack.
 pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &Config) -> Router<S> {
-    let timeout = Duration::from_secs(config.request_timeout_seconds);
+    let timeout = Duration::from_secs(config.http.request_timeout_seconds);
     router
         // Innermost: sees the matched route.
         .layer(from_fn(metrics::track))
@@ -55,7 +57,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &Confi
                     body_limit::BodyLimits::new(config),
                     body_limit::limit,
                 ))
-                .layer(DefaultBodyLimit::max(config.max_body_bytes))
+                .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
                 .option_layer(security_headers::cors(config)),
         )
 }

@@ -53,7 +53,7 @@ pub async fn set(State(hsts): State<bool>, req: Request, next: Next) -> Response
 /// CORS for the configured origins; none configured, no CORS headers at all,
 /// so browsers keep other origins out.
 pub fn cors(config: &Config) -> Option<CorsLayer> {
-    let origins = &config.allowed_origins;
+    let origins = &config.http.allowed_origins;
     let allow_origin = if origins.any {
         AllowOrigin::from(Any)
     } else if origins.list.is_empty() {

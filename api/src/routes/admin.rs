@@ -2,7 +2,7 @@
 //! counts (Postgres, the truth, beside what Redis holds) and user and task
 //! statistics.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -12,8 +12,7 @@ use keel_shared::{
         users::{self, UserStats},
     },
     domain::Role,
-    job_queue::QueueDepths,
-    jobs::Queue,
+    queue::Queue,
     workers::{self, WorkerCard},
 };
 use serde::{Deserialize, Serialize};
@@ -30,11 +29,10 @@ use crate::{
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath},
     openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized},
+    queues::queue_stats,
+    responses::QueueStats,
     state::AppState,
 };
-
-/// How long the queues view waits on Redis before showing Postgres alone.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -66,30 +64,6 @@ async fn list_workers(
     Ok(AppJson(workers::list_alive(&state.redis).await?))
 }
 
-/// One queue's counts. The task counts come from Postgres; other queues
-/// report zeros there until their jobs have tables of their own.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({
-    "name": "tasks", "pending": 12, "scheduled": 3, "running": 2, "done": 1337, "failed": 4,
-    "paused": false, "redis": {"scheduled": 3, "active": 12, "in_flight": 2, "done": 1000, "dead": 0}
-}))]
-pub struct QueueStats {
-    pub name: Queue,
-    /// Waiting and due.
-    pub pending: i64,
-    /// Waiting for a later time (`scheduled_at`, or a retry's backoff).
-    pub scheduled: i64,
-    pub running: i64,
-    /// Completed.
-    pub done: i64,
-    pub failed: i64,
-    /// Whether ops paused the queue (workers take none of its jobs);
-    /// `null` when Redis is unreachable.
-    pub paused: Option<bool>,
-    /// What Redis holds for the queue; `null` when Redis is unreachable.
-    pub redis: Option<QueueDepths>,
-}
-
 /// Per queue: pending, scheduled, running, done and failed, and what Redis holds.
 #[utoipa::path(get, path = "/api/v1/admin/queues", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
@@ -104,68 +78,6 @@ async fn list_queues(
 ) -> Result<AppJson<Vec<QueueStats>>, ApiError> {
     principal.require(Role::Admin)?;
     queue_stats(&state).await.map(AppJson)
-}
-
-/// Every queue's counts: Postgres's for tasks, and what Redis holds when it
-/// answers within a second.
-///
-/// # Errors
-/// PostgreSQL is unreachable.
-pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, ApiError> {
-    let backlog = tasks::backlog(&state.db).await?;
-    let by_status = tasks::count_by_status(&state.db).await?;
-    let count = |status| {
-        by_status
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n)
-    };
-    let from_redis = async {
-        Ok::<_, redis::RedisError>((state.jobs.depths().await?, state.jobs.paused().await?))
-    };
-    let redis = match tokio::time::timeout(REDIS_TIMEOUT, from_redis).await {
-        Ok(Ok(counts)) => Some(counts),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "queue counts without Redis");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("queue counts without Redis: it timed out");
-            None
-        }
-    };
-    let queues = Queue::ALL
-        .into_iter()
-        .enumerate()
-        .map(|(i, queue)| {
-            let paused = redis.as_ref().and_then(|(_, p)| p.get(i).copied());
-            let redis = redis.as_ref().and_then(|(r, _)| r.get(i).map(|(_, d)| *d));
-            if queue == Queue::Tasks {
-                QueueStats {
-                    name: queue,
-                    pending: backlog.due,
-                    scheduled: backlog.scheduled,
-                    running: count(TaskStatus::Running),
-                    done: count(TaskStatus::Completed),
-                    failed: count(TaskStatus::Failed),
-                    paused,
-                    redis,
-                }
-            } else {
-                QueueStats {
-                    name: queue,
-                    pending: 0,
-                    scheduled: 0,
-                    running: 0,
-                    done: 0,
-                    failed: 0,
-                    paused,
-                    redis,
-                }
-            }
-        })
-        .collect();
-    Ok(queues)
 }
 
 /// A queue's pause state.

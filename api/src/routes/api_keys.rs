@@ -9,8 +9,8 @@ use keel_shared::{
         email_deliveries::{self, Delivery},
         refresh_tokens,
     },
-    emails,
     mail::EmailTemplate,
+    queue::emails,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -5,8 +5,8 @@
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use keel_shared::{
     db::{
-        refresh_tokens::{self, Rotation},
-        users::{self, NewUser, User},
+        refresh_tokens,
+        users::{self, NewUser},
     },
     domain::{EmailAddress, Invalid, Password, Role, Username},
 };
@@ -15,23 +15,19 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{
-    two_factor::TwoFactorChallenge,
-    users::{ProfileInput, UserResponse},
-};
 use crate::{
+    accounts::{self, ProfileInput, sessions},
     auth::{
         Principal,
         client_ip::ClientIp,
-        rate_limit::{
-            LOGIN_PER_ACCOUNT, LOGIN_PER_IP, Quota, REFRESH_PER_IP, REGISTER_PER_IP, hashed,
-        },
+        rate_limit::{Quota, REGISTER_PER_IP, hashed},
         revocation::{self, Scope},
         tokens,
     },
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, JsonOrForm},
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    responses::{Detail, SignIn, Tokens, UserResponse},
     state::AppState,
 };
 
@@ -47,58 +43,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(me))
         .routes(routes!(change_password))
-}
-
-/// An access and refresh token pair.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({
-    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzNmYwZS01YzRkLTdhMWItOWUyZi0zYTRiNWM2ZDdlOGYifQ.c2lnbmF0dXJl",
-    "refresh_token": "r7Vq2xN4b9TzK1mPwE3sYhL8uJ5cA0dG6fQ2iR4oX7k", "token_type": "bearer", "expires_in": 1800
-}))]
-pub struct Tokens {
-    pub access_token: String,
-    pub refresh_token: String,
-    #[schema(example = "bearer")]
-    pub token_type: String,
-    /// Seconds the access token lives.
-    pub expires_in: i64,
-}
-
-/// The pair a client receives: a fresh access token of the sign-in
-/// `session` beside `refresh_token`.
-fn pair(state: &AppState, user: &User, session: Uuid, refresh_token: String) -> Tokens {
-    Tokens {
-        access_token: state.tokens.issue_session_access(user, session),
-        refresh_token,
-        token_type: "bearer".into(),
-        expires_in: state.tokens.access_ttl_secs(),
-    }
-}
-
-/// A sign-in: the first pair of a new refresh family.
-///
-/// `user` is the row the password or code was checked against: if the
-/// account's credentials ended since (a reset racing this sign-in), no
-/// session is made (401).
-pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiError> {
-    let (refresh_token, hash) = tokens::new_refresh_token();
-    let session = Uuid::now_v7();
-    let stored = refresh_tokens::insert_for_version(
-        &state.db,
-        user.id,
-        session,
-        &hash,
-        state.tokens.refresh_expiry(),
-        user.token_version,
-    )
-    .await?;
-    if !stored {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "the account's credentials changed during sign-in; sign in again",
-        ));
-    }
-    Ok(pair(state, user, session, refresh_token))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -196,24 +140,24 @@ async fn register(
             // taken-email path below queues its notice alike, so the two
             // take the same time. The account exists either way; without
             // the mail the user asks for another.
-            if let Err(e) = super::verification::send_link(&state, &user).await {
+            if let Err(e) = accounts::verification::send_link(&state, &user).await {
                 tracing::warn!(error = %e, user_id = %user.id, "could not queue the verification email");
             }
             user
         }
-        Err(e) if constraint_of(&e) == Some("users_email_key") => {
+        Err(e) if accounts::constraint_of(&e) == Some("users_email_key") => {
             // A username is a public handle, so a taken one may say so (and
             // does first, as when both are taken); an address is not: a taken
             // one answers as a fresh account would, creates nothing, and its
             // owner hears of the attempt by mail.
             if users::username_taken(&state.db, &new.username).await? {
-                return Err(username_taken());
+                return Err(accounts::username_taken());
             }
             tracing::info!("registration with a taken email; answered as if new");
             tell_owner_of_attempt(&state, &new.email).await;
             users::as_inserted(&new, Uuid::now_v7(), chrono::Utc::now())
         }
-        Err(e) => return Err(taken(e)),
+        Err(e) => return Err(accounts::taken(e)),
     };
     Ok((StatusCode::CREATED, AppJson(UserResponse::from(user))))
 }
@@ -248,7 +192,7 @@ async fn tell_owner_of_attempt(state: &AppState, email: &EmailAddress) {
             return;
         }
     };
-    if let Err(e) = keel_shared::emails::enqueue(
+    if let Err(e) = keel_shared::queue::emails::enqueue(
         &state.db,
         &state.jobs,
         &owner.email,
@@ -273,31 +217,6 @@ fn collect<T>(errors: &mut Vec<FieldError>, field: &str, result: Result<T, Inval
         .ok()
 }
 
-/// The constraint a database error violated, if any.
-fn constraint_of(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
-    }
-}
-
-fn username_taken() -> ApiError {
-    ApiError::conflict("username_taken", "that username is taken")
-}
-
-/// A unique violation on username or email is the client's 409 (where
-/// telling that an address has an account is fine: `keel-api admin` commands;
-/// registration answers a taken email as a fresh account).
-pub fn taken(e: sqlx::Error) -> ApiError {
-    match constraint_of(&e) {
-        Some("users_username_key") => username_taken(),
-        Some("users_email_key") => {
-            ApiError::conflict("email_taken", "an account with that email exists")
-        }
-        _ => e.into(),
-    }
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"username_or_email": "alice", "password": "correct horse battery staple"}))]
 pub struct LoginRequest {
@@ -305,16 +224,6 @@ pub struct LoginRequest {
     #[schema(example = "alice")]
     pub username_or_email: String,
     pub password: String,
-}
-
-/// What a correct password gets: tokens, or, with 2FA on, a challenge
-/// for a code from the authenticator app (`totp`) or one on its way by
-/// email (`email`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum SignIn {
-    Tokens(Tokens),
-    Challenge(TwoFactorChallenge),
 }
 
 /// Signs in with a username or email and a password. With 2FA on, the
@@ -358,83 +267,9 @@ async fn login(
     ClientIp(ip): ClientIp,
     AppJson(request): AppJson<LoginRequest>,
 ) -> Result<AppJson<SignIn>, ApiError> {
-    sign_in(&state, ip, &request.username_or_email, &request.password)
+    sessions::sign_in(&state, ip, &request.username_or_email, &request.password)
         .await
         .map(AppJson)
-}
-
-/// The password check behind `login` and the token endpoint: rate limits
-/// per IP and per account, lockout after repeated failures, and one answer
-/// for every kind of failure, in the same time.
-pub(crate) async fn sign_in(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    account: &str,
-    password: &str,
-) -> Result<SignIn, ApiError> {
-    state
-        .limiter
-        .enforce(&format!("login:ip:{ip}"), LOGIN_PER_IP)
-        .await?;
-    let user = if account.len() > 254 {
-        None
-    } else {
-        users::find_by_login(&state.db, account).await?
-    };
-    // Attempts count against the account, whichever name (username or email)
-    // the guesses use; for an unknown name, against a hash of the name typed.
-    let account_key = user.as_ref().map_or_else(
-        || hex(&tokens::hash_secret(&account.trim().to_lowercase())[..16]),
-        |u| u.id.to_string(),
-    );
-    state
-        .limiter
-        .enforce(&format!("login:account:{account_key}"), LOGIN_PER_ACCOUNT)
-        .await?;
-    busy_unless_room(state)?;
-    state.limiter.reserve_attempt(&account_key).await?;
-    let matches = state
-        .hasher
-        .verify(
-            password,
-            user.as_ref().and_then(|u| u.password_hash.as_deref()),
-        )
-        .await?;
-    let Some(user) = user.filter(|u| matches && u.is_active) else {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "wrong username, email or password",
-        ));
-    };
-    state.limiter.clear_attempts(&account_key).await;
-    if user.two_fa_enabled || user.totp_enabled {
-        return super::two_factor::challenge(state, &user)
-            .await
-            .map(SignIn::Challenge);
-    }
-    users::record_login(&state.db, user.id).await?;
-    // No cache invalidation: only last_login_at changed, and cached copies
-    // may show an older one for a while rather than cost a reload per login.
-    tracing::info!(user_id = %user.id, "signed in");
-    issue(state, &user).await.map(SignIn::Tokens)
-}
-
-/// 503 `server_busy` before an attempt is counted, when the hasher has no
-/// room: a refusal while busy must not count against the account. (A check
-/// that finds room here may still be refused a moment later; that rare
-/// attempt is counted.)
-fn busy_unless_room(state: &AppState) -> Result<(), ApiError> {
-    if state.hasher.has_room() {
-        Ok(())
-    } else {
-        Err(ApiError::busy(
-            "too many sign-ins are being checked right now; retry in a second",
-        ))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An OAuth2 token request, as form fields or JSON.
@@ -483,7 +318,7 @@ async fn token(
         "password" => {
             let username = request.username.ok_or_else(|| missing("username"))?;
             let password = request.password.ok_or_else(|| missing("password"))?;
-            match sign_in(&state, ip, &username, &password).await? {
+            match sessions::sign_in(&state, ip, &username, &password).await? {
                 SignIn::Tokens(tokens) => Ok(AppJson(tokens)),
                 // An OAuth2 client cannot answer a challenge: send it to the two-step flow.
                 SignIn::Challenge(_) => Err(ApiError::client(
@@ -497,7 +332,7 @@ async fn token(
             let token = request
                 .refresh_token
                 .ok_or_else(|| missing("refresh_token"))?;
-            rotate(&state, ip, &token).await.map(AppJson)
+            sessions::rotate(&state, ip, &token).await.map(AppJson)
         }
         _ => Err(ApiError::validation(vec![FieldError {
             field: "grant_type".into(),
@@ -527,7 +362,7 @@ async fn refresh(
     ClientIp(ip): ClientIp,
     AppJson(request): AppJson<RefreshRequest>,
 ) -> Result<AppJson<Tokens>, ApiError> {
-    rotate(&state, ip, &request.refresh_token)
+    sessions::rotate(&state, ip, &request.refresh_token)
         .await
         .map(AppJson)
 }
@@ -548,42 +383,6 @@ async fn alias_refresh(
     request: AppJson<RefreshRequest>,
 ) -> Result<AppJson<Tokens>, ApiError> {
     refresh(state, ip, request).await
-}
-
-async fn rotate(state: &AppState, ip: std::net::IpAddr, token: &str) -> Result<Tokens, ApiError> {
-    state
-        .limiter
-        .enforce(&format!("refresh:ip:{ip}"), REFRESH_PER_IP)
-        .await?;
-    let invalid = || {
-        ApiError::unauthorized(
-            "invalid_refresh_token",
-            "the refresh token is invalid, expired or revoked",
-        )
-    };
-    let (next, next_hash) = tokens::new_refresh_token();
-    let rotation = refresh_tokens::rotate(
-        &state.db,
-        &tokens::hash_secret(token),
-        &next_hash,
-        state.tokens.refresh_expiry(),
-    )
-    .await?;
-    match rotation {
-        Rotation::Rotated { user_id, family_id } => {
-            let user = users::find_by_id(&state.db, user_id)
-                .await?
-                .ok_or_else(invalid)?;
-            Ok(pair(state, &user, family_id, next))
-        }
-        Rotation::Reused { user_id } => {
-            tracing::warn!(%user_id, "a spent refresh token was presented; its family is revoked");
-            // Its access tokens end too, on every replica.
-            revocation::announce(state, user_id).await;
-            Err(invalid())
-        }
-        Rotation::Invalid => Err(invalid()),
-    }
 }
 
 /// Signs out the refresh token's sign-in: its family (every device it was
@@ -663,45 +462,6 @@ pub struct ChangePasswordRequest {
     pub new_password: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"detail": "password changed; sign in again"}))]
-pub struct Detail {
-    pub detail: String,
-}
-
-/// Checks the caller's password before a sensitive change, reading the hash
-/// fresh (the cached user has none). Guesses count against the account's
-/// password attempts: a stolen access token must not buy unlimited guesses.
-/// A wrong password is a 422 on `field`.
-///
-/// # Errors
-/// Too many attempts, a wrong password, or a dependency down.
-pub(crate) async fn check_password(
-    state: &AppState,
-    principal: &Principal,
-    password: &str,
-    field: &str,
-) -> Result<User, ApiError> {
-    let attempts_key = format!("change-password:{}", principal.id());
-    busy_unless_room(state)?;
-    state.limiter.reserve_attempt(&attempts_key).await?;
-    let user = users::find_by_id(&state.db, principal.id())
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if !state
-        .hasher
-        .verify(password, user.password_hash.as_deref())
-        .await?
-    {
-        return Err(ApiError::validation(vec![FieldError {
-            field: field.into(),
-            message: "is incorrect".into(),
-        }]));
-    }
-    state.limiter.clear_attempts(&attempts_key).await;
-    Ok(user)
-}
-
 /// Changes the password and ends every session, this one included. Wrong
 /// passwords count against the account, as sign-in attempts do (429).
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
@@ -722,7 +482,7 @@ async fn change_password(
     AppJson(request): AppJson<ChangePasswordRequest>,
 ) -> Result<AppJson<Detail>, ApiError> {
     principal.require_session()?;
-    let user = check_password(
+    let user = sessions::check_password(
         &state,
         &principal,
         &request.current_password,
@@ -748,7 +508,7 @@ async fn change_password(
     .await?;
     tx.commit().await?;
     revocation::announce(&state, user.id).await;
-    keel_shared::emails::push(&state.db, &state.jobs, &notice).await;
+    keel_shared::queue::emails::push(&state.db, &state.jobs, &notice).await;
     Ok(AppJson(Detail {
         detail: "password changed; sign in again".into(),
     }))

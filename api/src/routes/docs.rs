@@ -10,6 +10,8 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
     routing::get,
 };
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::state::AppState;
@@ -48,8 +50,18 @@ pub fn router(openapi: serde_json::Value) -> Router<AppState> {
         .layer(from_fn(docs_csp))
 }
 
+/// The docs' own paths, for the document: they are served by [`router`],
+/// which needs the finished document and so comes after it.
+pub fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(DocsPaths::openapi())
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(paths(openapi_json, swagger_ui, redoc, docs_alias, redoc_alias))]
+struct DocsPaths;
+
 // `SwaggerUi` serves `/openapi.json` and `/docs/` itself; these two bodiless
-// functions only carry their descriptions into the document (`ApiDoc`).
+// functions only carry their descriptions into the document (`DocsPaths`).
 
 /// This document: OpenAPI 3.1, as JSON.
 #[utoipa::path(get, path = "/openapi.json", tag = "docs",

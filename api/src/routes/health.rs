@@ -49,7 +49,8 @@ pub fn router() -> OpenApiRouter<AppState> {
                 "info": {"version": "0.1.0", "environment": "production"}})),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
-    let report = HealthReport::check(&state.db, &state.redis, state.config.environment).await;
+    let report =
+        HealthReport::check(&state.db, &state.redis, state.config.process.environment).await;
     let status = StatusCode::from_u16(report.http_status()).unwrap_or(StatusCode::OK);
     (status, AppJson(report)).into_response()
 }

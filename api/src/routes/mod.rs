@@ -24,7 +24,7 @@ use axum::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{auth::rate_limit, error::ApiError, middleware, openapi::ApiDoc, state::AppState};
+use crate::{error::ApiError, middleware, openapi::ApiDoc, state::AppState};
 
 /// The whole HTTP surface, with state attached.
 pub fn router(state: AppState) -> Router {
@@ -43,8 +43,12 @@ pub fn router(state: AppState) -> Router {
         .merge(avatars::router())
         .merge(schedules::router())
         .merge(admin::router())
-        .layer(from_fn_with_state(state.clone(), rate_limit::middleware));
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit::limit,
+        ));
     let (api, openapi) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .merge(docs::documented())
         .merge(health::router())
         .merge(crate::ws::router())
         .merge(crate::dashboard::documented())

@@ -8,9 +8,6 @@
 //! verified is linked; else a new account is made. An address the provider
 //! has not verified never signs in to, links to or creates an account.
 
-mod http;
-mod provider;
-
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -29,8 +26,8 @@ use keel_shared::{
         users::{self, User},
     },
     domain::{EmailAddress, Username},
-    emails,
     mail::EmailTemplate,
+    queue::emails,
 };
 use openidconnect::{Nonce, PkceCodeVerifier};
 use serde::{Deserialize, Serialize};
@@ -38,16 +35,18 @@ use sha2::{Digest as _, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use self::{
-    http::OAuthHttp,
-    provider::{Identity, Kind, Provider, Providers},
-};
-use super::auth::{SignIn, issue};
 use crate::{
+    accounts::sessions::issue,
     auth::revocation::{self, Scope},
     error::{ApiError, Problem},
     extract::{AppJson, AppPath, AppQuery},
+    oauth::{
+        http::OAuthHttp,
+        provider::{self, Identity, Kind, Provider, Providers},
+    },
     openapi::{NotFound, ResourceErrors},
+    responses::SignIn,
+    second_factor,
     state::AppState,
 };
 
@@ -434,7 +433,7 @@ async fn finish(
     }
     // The provider is one factor; an account with 2FA on still asks for its second.
     if user.two_fa_enabled || user.totp_enabled {
-        return super::two_factor::challenge(state, &user)
+        return second_factor::challenge(state, &user)
             .await
             .map(SignIn::Challenge);
     }

@@ -17,15 +17,14 @@ use keel_shared::{
         users,
     },
     domain::{Invalid, Password},
-    emails,
     mail::EmailTemplate,
+    queue::emails,
 };
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{auth::Detail, verification::Accepted};
 use crate::{
     auth::{
         client_ip::ClientIp,
@@ -36,6 +35,7 @@ use crate::{
     error::{ApiError, FieldError, Problem},
     extract::AppJson,
     openapi::{JsonBodyErrors, ResourceErrors},
+    responses::{Accepted, Detail},
     state::AppState,
 };
 
@@ -119,7 +119,7 @@ async fn mail_link(state: &AppState, address: &str) -> Result<(), ApiError> {
     let (token, hash) = tokens::new_refresh_token();
     let link = format!(
         "{}/reset-password?token={token}",
-        state.config.app_base_url.trim_end_matches('/')
+        state.config.http.app_base_url.trim_end_matches('/')
     );
     let mut tx = state.db.begin().await?;
     email_tokens::revoke_all(&mut *tx, user.id, Purpose::ResetPassword).await?;

@@ -13,14 +13,14 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use keel_shared::{
     db::{
-        schedules::{self, Schedule, ScheduleSpec},
-        tasks::{self, Task},
+        self,
+        schedules::Schedule,
+        tasks::{NewTask, Task},
     },
     domain::Role,
-    timetable::{self, Timetable, TimetableError},
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,17 +30,14 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, Problem},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
     openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
+    schedules::{self, Draft, editable, name_taken, no_such_schedule},
     state::AppState,
+    tasks,
 };
-
-/// Longest schedule name, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
-/// Names the built-in schedules take; users may not.
-pub const SYSTEM_PREFIX: &str = "system.";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -99,16 +96,28 @@ pub struct SchedulePatch {
     pub enabled: Option<bool>,
 }
 
-/// A schedule's fields before validation: a create's, or a patch merged over
-/// the stored row. `None` means missing.
-#[derive(Debug)]
-struct Draft {
-    name: Option<String>,
-    cron: Option<String>,
-    timezone: String,
-    kind: Option<String>,
-    payload: Value,
-    enabled: bool,
+impl SchedulePatch {
+    /// The fields this patch sets, over `draft`.
+    fn apply(self, draft: &mut Draft) {
+        if let Some(name) = self.name {
+            draft.name = Some(name);
+        }
+        if let Some(cron) = self.cron {
+            draft.cron = Some(cron);
+        }
+        if let Some(timezone) = self.timezone {
+            draft.timezone = timezone;
+        }
+        if let Some(kind) = self.kind {
+            draft.kind = Some(kind);
+        }
+        if let Some(payload) = self.payload {
+            draft.payload = payload;
+        }
+        if let Some(enabled) = self.enabled {
+            draft.enabled = enabled;
+        }
+    }
 }
 
 impl From<NewScheduleRequest> for Draft {
@@ -124,142 +133,6 @@ impl From<NewScheduleRequest> for Draft {
             enabled: request.enabled.unwrap_or(true),
         }
     }
-}
-
-impl Draft {
-    /// `patch` over `current`.
-    fn merge(current: &Schedule, patch: SchedulePatch) -> Self {
-        Self {
-            name: Some(patch.name.unwrap_or_else(|| current.name.clone())),
-            cron: Some(patch.cron.unwrap_or_else(|| current.cron.clone())),
-            timezone: patch.timezone.unwrap_or_else(|| current.timezone.clone()),
-            kind: Some(patch.kind.unwrap_or_else(|| current.kind.clone())),
-            payload: patch.payload.unwrap_or_else(|| current.payload.clone()),
-            enabled: patch.enabled.unwrap_or(current.enabled),
-        }
-    }
-}
-
-/// `draft` as a schedule to store, its next fire counted from `now`; or a
-/// 422 with every invalid field.
-fn validate(draft: Draft, state: &AppState, now: DateTime<Utc>) -> Result<ScheduleSpec, ApiError> {
-    let mut errors = Vec::new();
-    let mut invalid = |name: &str, message: String| errors.push(field(name, message));
-
-    let name = draft.name.as_deref().map(str::trim).unwrap_or_default();
-    if draft.name.is_none() {
-        invalid("name", "is required".to_owned());
-    } else if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        invalid("name", format!("must be 1 to {MAX_NAME_CHARS} characters"));
-    } else if name
-        .get(..SYSTEM_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(SYSTEM_PREFIX))
-    {
-        invalid(
-            "name",
-            format!("names starting with `{SYSTEM_PREFIX}` are kept for built-in schedules"),
-        );
-    }
-
-    let timezone = draft.timezone.trim();
-    let timezone_ok = match timetable::parse_timezone(timezone) {
-        Ok(_) => true,
-        Err(e) => {
-            invalid("timezone", e.to_string());
-            false
-        }
-    };
-    let cron = draft.cron.as_deref().map(str::trim).unwrap_or_default();
-    let mut next_run_at = None;
-    if draft.cron.is_none() {
-        invalid("cron", "is required".to_owned());
-    } else {
-        // With a bad timezone the expression is still checked, on UTC.
-        match Timetable::parse(cron, if timezone_ok { timezone } else { "UTC" }) {
-            Ok(table) => match table.next_after(now) {
-                Some(next) => next_run_at = Some(next),
-                None => invalid("cron", "never fires (no such date)".to_owned()),
-            },
-            Err(TimetableError::Cron { field, message }) => {
-                let name = if field == "cron" {
-                    "cron".to_owned()
-                } else {
-                    format!("cron.{field}")
-                };
-                invalid(&name, message);
-            }
-            Err(TimetableError::Timezone(_)) => {} // reported above
-        }
-    }
-
-    let kind = draft.kind.as_deref().unwrap_or_default();
-    let payload = match draft.payload {
-        Value::Null => Value::Object(serde_json::Map::new()),
-        payload => payload,
-    };
-    if draft.kind.is_none() {
-        invalid("kind", "is required".to_owned());
-    } else {
-        super::tasks::check_kind(state, kind, &payload, &mut invalid);
-    }
-
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    Ok(ScheduleSpec {
-        name: name.to_owned(),
-        cron: cron.to_owned(),
-        timezone: timezone.to_owned(),
-        kind: kind.to_owned(),
-        payload,
-        enabled: draft.enabled,
-        next_run_at: next_run_at.filter(|_| draft.enabled),
-    })
-}
-
-fn field(name: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: name.to_owned(),
-        message: message.into(),
-    }
-}
-
-fn no_such_schedule() -> ApiError {
-    ApiError::client(
-        StatusCode::NOT_FOUND,
-        "schedule_not_found",
-        "no such schedule",
-    )
-}
-
-fn read_only() -> ApiError {
-    ApiError::client(
-        StatusCode::FORBIDDEN,
-        "schedule_read_only",
-        "built-in schedules cannot be changed, deleted or run by hand",
-    )
-}
-
-/// A taken name is the client's conflict; anything else as usual.
-fn name_taken(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::Database(db) if db.constraint() == Some("schedules_name_key") => {
-            ApiError::conflict("schedule_name_taken", "a schedule has this name already")
-        }
-        e => e.into(),
-    }
-}
-
-/// The schedule `id`, if it exists and is not built in.
-async fn editable(db: &mut sqlx::PgConnection, id: Uuid) -> Result<Schedule, ApiError> {
-    // Locked: concurrent edits (and ticks) queue up instead of undoing each other.
-    let schedule = schedules::get_locked(db, id)
-        .await?
-        .ok_or_else(no_such_schedule)?;
-    if schedule.system {
-        return Err(read_only());
-    }
-    Ok(schedule)
 }
 
 fn with_location(mut response: Response, path: String) -> Response {
@@ -310,7 +183,7 @@ async fn list_schedules(
 ) -> Result<AppJson<Page<Schedule>>, ApiError> {
     principal.require(Role::Admin)?;
     let page = PageRequest::parse(query)?;
-    let (items, total) = schedules::list(&state.db, page.limit(), page.offset()).await?;
+    let (items, total) = db::schedules::list(&state.db, page.limit(), page.offset()).await?;
     Ok(AppJson(Page::new(items, total, page)))
 }
 
@@ -340,8 +213,8 @@ async fn create_schedule(
 ) -> Result<Response, ApiError> {
     principal.require(Role::Admin)?;
     let request: NewScheduleRequest = body.parse()?;
-    let spec = validate(request.into(), &state, Utc::now())?;
-    let schedule = schedules::insert(&state.db, principal.id(), &spec)
+    let spec = schedules::validate(request.into(), &state, Utc::now())?;
+    let schedule = db::schedules::insert(&state.db, principal.id(), &spec)
         .await
         .map_err(name_taken)?;
     tracing::info!(schedule_id = %schedule.id, name = %schedule.name, "schedule created");
@@ -369,7 +242,7 @@ async fn get_schedule(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<Schedule>, ApiError> {
     principal.require(Role::Admin)?;
-    schedules::get(&state.db, id)
+    db::schedules::get(&state.db, id)
         .await?
         .map(AppJson)
         .ok_or_else(no_such_schedule)
@@ -400,39 +273,9 @@ async fn update_schedule(
 ) -> Result<AppJson<Schedule>, ApiError> {
     principal.require(Role::Admin)?;
     let patch: SchedulePatch = body.parse()?;
-    update(&state, id, patch).await.map(AppJson)
-}
-
-/// Turns the user schedule `id` on or off (the dashboard's switch).
-///
-/// # Errors
-/// As `PATCH /schedules/{id}` with only `enabled`.
-pub(crate) async fn set_enabled(
-    state: &AppState,
-    id: Uuid,
-    enabled: bool,
-) -> Result<Schedule, ApiError> {
-    let patch = SchedulePatch {
-        enabled: Some(enabled),
-        ..SchedulePatch::default()
-    };
-    update(state, id, patch).await
-}
-
-async fn update(state: &AppState, id: Uuid, patch: SchedulePatch) -> Result<Schedule, ApiError> {
-    let mut tx = state.db.begin().await?;
-    let current = editable(&mut tx, id).await?;
-    let spec = validate(Draft::merge(&current, patch), state, Utc::now())?;
-    let rescheduled = spec.cron != current.cron
-        || spec.timezone != current.timezone
-        || (spec.enabled && !current.enabled);
-    let schedule = schedules::update(&mut *tx, id, &spec, rescheduled)
+    schedules::update(&state, id, |draft| patch.apply(draft))
         .await
-        .map_err(name_taken)?
-        .ok_or_else(no_such_schedule)?;
-    tx.commit().await?;
-    tracing::info!(rescheduled, "schedule updated");
-    Ok(schedule)
+        .map(AppJson)
 }
 
 /// Deletes a schedule. The tasks it created stay.
@@ -454,7 +297,7 @@ async fn delete_schedule(
     principal.require(Role::Admin)?;
     let mut tx = state.db.begin().await?;
     editable(&mut tx, id).await?;
-    if schedules::delete(&mut *tx, id).await? {
+    if db::schedules::delete(&mut *tx, id).await? {
         tx.commit().await?;
         tracing::info!("schedule deleted");
         Ok(StatusCode::NO_CONTENT)
@@ -490,24 +333,23 @@ async fn run_now(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("user schedule {id} has no owner")))?;
     // A run asked for over HTTP is a create like any other: the owner's
     // cap refuses it (a cron fire is not refused, but counts).
-    super::tasks::require_room_for_one(&mut tx, owner, state.config.max_unfinished_tasks_per_user)
-        .await?;
-    let timeout = i32::try_from(state.config.task_default_timeout_seconds).unwrap_or(i32::MAX);
-    let new = tasks::NewTask {
+    tasks::require_room_for_one(&mut tx, owner, state.config.tasks.max_unfinished_per_user).await?;
+    let timeout = i32::try_from(state.config.tasks.default_timeout_seconds).unwrap_or(i32::MAX);
+    let new = NewTask {
         // Now by the database clock, as any task created without a time.
         scheduled_at: None,
         ..schedule.task(Utc::now(), timeout)
     };
     let actor = principal.id().to_string();
-    let task = tasks::insert_many(&mut *tx, owner, &actor, &[new])
+    let task = db::tasks::insert_many(&mut *tx, owner, &actor, &[new])
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an insert created no task")))?;
-    schedules::record_run_now(&mut *tx, id, task.id, task.status.as_str()).await?;
+    db::schedules::record_run_now(&mut *tx, id, task.id, task.status.as_str()).await?;
     tx.commit().await?;
     tracing::info!(task_id = %task.id, "schedule run now");
-    super::tasks::enqueue(&state, std::slice::from_ref(&task)).await;
+    tasks::enqueue(&state, std::slice::from_ref(&task)).await;
     let path = format!("/api/v1/tasks/{}", task.id);
     Ok(with_location(
         (StatusCode::CREATED, AppJson(task)).into_response(),

@@ -3,8 +3,6 @@
 //! cancel and retry, the kind registry, and the Celery-era aliases. A user
 //! asking for another user's task gets 404, as if it did not exist.
 
-use std::time::Duration;
-
 use axum::{
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
@@ -13,12 +11,10 @@ use axum::{
 use chrono::{DateTime, Utc};
 use keel_shared::{
     db::{
-        idempotency::{self, Claim},
-        tasks::{self, NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
+        self,
+        tasks::{NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
     },
-    dispatch, kinds, task_events,
-    task_intake::{Create, Created as Intake},
-    whole_number,
+    kinds, whole_number,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +32,7 @@ use crate::{
     },
     pagination::{Page, PageQuery, PageRequest},
     state::AppState,
+    tasks::{self, Created, Shape},
 };
 
 /// Most tasks one batch may create.
@@ -46,9 +43,6 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Set on a response replayed for a reused `Idempotency-Key`.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-/// How long a live-update publish may hold a response: it is best effort.
-const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
-
 #[allow(deprecated)] // the aliases are deprecated for clients, not for us
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -216,7 +210,7 @@ async fn list_tasks(
         status,
         kind: query.kind,
     };
-    let (items, total) = tasks::list(&state.db, &filter, page.limit(), page.offset()).await?;
+    let (items, total) = db::tasks::list(&state.db, &filter, page.limit(), page.offset()).await?;
     Ok(AppJson(Page::new(items, total, page)))
 }
 
@@ -330,21 +324,6 @@ async fn create_batch(
     create(&state, &principal, idempotency, new, Shape::Batch).await
 }
 
-/// Whether a create answers one task or `{items}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    One,
-    Batch,
-}
-
-/// What inserting did: created the tasks, or found the first response to a
-/// reused idempotency key.
-#[derive(Debug)]
-enum Created {
-    Fresh(Vec<Task>),
-    Replay(Response),
-}
-
 /// Creates `new` and answers 201 with the task (`Shape::One`) or `{items}`.
 async fn create(
     state: &AppState,
@@ -353,8 +332,8 @@ async fn create(
     new: Vec<NewTask>,
     shape: Shape,
 ) -> Result<Response, ApiError> {
-    match insert(state, principal, idempotency, new, shape).await? {
-        Created::Replay(response) => Ok(response),
+    match tasks::create(state, principal, idempotency, new, shape).await? {
+        Created::Replay { status, body } => Ok(replay(status, body)),
         Created::Fresh(created) => {
             let response = match shape {
                 Shape::One => {
@@ -368,136 +347,6 @@ async fn create(
             };
             Ok(response)
         }
-    }
-}
-
-/// Inserts `new` for the caller (claiming the idempotency key and recording
-/// the response in the same transaction), then pushes the jobs. The rows
-/// commit before the push: with Redis down the tasks are still accepted,
-/// marked not enqueued for the reconciler.
-async fn insert(
-    state: &AppState,
-    principal: &Principal,
-    idempotency: Option<(String, Vec<u8>)>,
-    new: Vec<NewTask>,
-    shape: Shape,
-) -> Result<Created, ApiError> {
-    let cap = state.config.max_unfinished_tasks_per_user;
-    let over_cap = || too_many_unfinished(cap);
-    let actor = principal.id().to_string();
-    let Some((key, hash)) = &idempotency else {
-        // Written with whatever creates arrive beside it: one transaction,
-        // one INSERT, one push for the group (see `task_intake`).
-        let create = Create {
-            owner: principal.id(),
-            actor,
-            tasks: new,
-            cap: Some(cap),
-        };
-        return match state.intake.create(create).await? {
-            Intake::Tasks(created) => {
-                publish(state, created.iter().map(TaskState::from).collect()).await;
-                Ok(Created::Fresh(created))
-            }
-            Intake::OverCap => Err(over_cap()),
-        };
-    };
-    let mut tx = state.db.begin().await?;
-    let wanted = i64::try_from(new.len()).unwrap_or(i64::MAX);
-    // Concurrent creates of one owner check one after another, so together
-    // they cannot pass the cap. Checked after the key: a replay is answered
-    // whatever the owner has now.
-    let room = if cap > 0 {
-        tasks::room_under_cap(&mut tx, principal.id(), i64::from(cap), wanted).await?
-    } else {
-        i64::MAX
-    };
-    match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
-        Claim::Fresh => {}
-        Claim::Replay { status, body } => return Ok(Created::Replay(replay(status, body))),
-        Claim::Mismatch => {
-            return Err(ApiError::client(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
-                "this Idempotency-Key was used with another request",
-            ));
-        }
-    }
-    if room < wanted {
-        return Err(over_cap());
-    }
-    let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new).await?;
-    let body = match shape {
-        Shape::One => serde_json::to_value(&created[0]),
-        Shape::Batch => serde_json::to_value(TaskBatch {
-            items: created.clone(),
-        }),
-    }
-    .map_err(|e| ApiError::Internal(e.into()))?;
-    idempotency::record(
-        &mut tx,
-        principal.id(),
-        key,
-        StatusCode::CREATED.as_u16(),
-        &body,
-    )
-    .await?;
-    tx.commit().await?;
-    enqueue(state, &created).await;
-    Ok(Created::Fresh(created))
-}
-
-/// 429 `too_many_unfinished_tasks` unless `owner` has room for one more
-/// unfinished task under `cap` (0: no cap): a retry or a schedule's run-now.
-pub(super) async fn require_room_for_one(
-    tx: &mut sqlx::PgConnection,
-    owner: Uuid,
-    cap: u32,
-) -> Result<(), ApiError> {
-    if cap > 0 && tasks::room_under_cap(tx, owner, i64::from(cap), 1).await? < 1 {
-        return Err(too_many_unfinished(cap));
-    }
-    Ok(())
-}
-
-/// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
-fn too_many_unfinished(cap: u32) -> ApiError {
-    ApiError::client(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-        format!("at most {cap} unfinished tasks per user; wait for some to finish"),
-    )
-}
-
-/// Pushes `created` (already committed) and publishes their state. A failed
-/// push is not the client's problem: the rows are marked not enqueued and
-/// the reconciler pushes them once Redis is back. The push runs detached
-/// and is awaited: a client that hangs up after the commit (dropping this
-/// request) must not cancel it.
-pub(crate) async fn enqueue(state: &AppState, created: &[Task]) {
-    let (state, created) = (state.clone(), created.to_vec());
-    let push = tokio::spawn(async move {
-        if dispatch::push_tasks(&state.db, &state.jobs, &created)
-            .await
-            .is_err()
-        {
-            // Redis is sick: a live update would only wait on it too.
-            return;
-        }
-        publish(&state, created.iter().map(TaskState::from).collect()).await;
-    });
-    if let Err(e) = push.await {
-        tracing::warn!(error = %e, "the push of new tasks failed; the reconciler will queue them");
-    }
-}
-
-/// Publishes live updates, without letting a slow Redis hold the response.
-pub(crate) async fn publish(state: &AppState, states: Vec<TaskState>) {
-    if tokio::time::timeout(PUBLISH_TIMEOUT, task_events::publish(&state.redis, &states))
-        .await
-        .is_err()
-    {
-        tracing::debug!(count = states.len(), "publishing task updates timed out");
     }
 }
 
@@ -637,7 +486,7 @@ fn validate(
     );
     let timeout_seconds = in_range(
         request.timeout_seconds,
-        i64::from(state.config.task_default_timeout_seconds),
+        i64::from(state.config.tasks.default_timeout_seconds),
         1,
         86_400,
         "timeout_seconds",
@@ -649,7 +498,7 @@ fn validate(
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
         Some(payload) => payload,
     };
-    check_kind(state, kind_name, &payload, &mut invalid);
+    tasks::check_kind(state, kind_name, &payload, &mut invalid);
     if errors.len() > before {
         return None;
     }
@@ -664,41 +513,6 @@ fn validate(
         scheduled_at: request.scheduled_at.filter(|at| *at > Utc::now()),
         schedule_id: None,
     })
-}
-
-/// Reports through `invalid` an unknown (or disabled) `kind`, or what is
-/// wrong with `payload` for it, field by field (`payload.url`): the checks
-/// a task create and a schedule share.
-pub(crate) fn check_kind(
-    state: &AppState,
-    kind: &str,
-    payload: &Value,
-    invalid: &mut impl FnMut(&str, String),
-) {
-    match kinds::find_enabled(kind, &state.kinds) {
-        None => invalid(
-            "kind",
-            format!(
-                "unknown kind; one of {}",
-                kinds::enabled(&state.kinds)
-                    .map(|k| k.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        Some(spec) => {
-            if let Err(problems) = spec.check(payload, &state.kinds) {
-                for problem in problems {
-                    let path = if problem.field.is_empty() {
-                        "payload".to_owned()
-                    } else {
-                        format!("payload.{}", problem.field)
-                    };
-                    invalid(&path, problem.message);
-                }
-            }
-        }
-    }
 }
 
 /// `value` (or `default`) when within `min..=max`; else a reason for `name`.
@@ -759,22 +573,6 @@ async fn list_kinds(
     )
 }
 
-/// The task `id`, if the caller may see it: their own, or any for an admin.
-pub(crate) async fn visible_task(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-) -> Result<Task, ApiError> {
-    tasks::get(&state.db, id)
-        .await?
-        .filter(|t| t.owner_id == principal.id() || principal.is_admin())
-        .ok_or_else(no_such_task)
-}
-
-fn no_such_task() -> ApiError {
-    ApiError::not_found("no such task")
-}
-
 /// One task, with its status history.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
@@ -789,8 +587,8 @@ async fn get_task(
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<TaskDetail>, ApiError> {
-    let task = visible_task(&state, &principal, id).await?;
-    let history = tasks::history(&state.db, id).await?;
+    let task = tasks::visible_task(&state, &principal, id).await?;
+    let history = db::tasks::history(&state.db, id).await?;
     Ok(AppJson(TaskDetail { task, history }))
 }
 
@@ -808,11 +606,11 @@ async fn get_status(
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<TaskState>, ApiError> {
-    tasks::get_state(&state.db, id)
+    db::tasks::get_state(&state.db, id)
         .await?
         .filter(|t| t.owner_id == principal.id() || principal.is_admin())
         .map(AppJson)
-        .ok_or_else(no_such_task)
+        .ok_or_else(tasks::no_such_task)
 }
 
 /// Cancels a `pending` or `retrying` task. A worker that later pops its job
@@ -833,31 +631,7 @@ async fn cancel_task(
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<Task>, ApiError> {
-    cancel(&state, &principal, id).await.map(AppJson)
-}
-
-/// Cancels the task `id` if `principal` may see it and it has not started.
-///
-/// # Errors
-/// 404 for a task the caller may not see, 409 once it runs or finished.
-pub(crate) async fn cancel(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-) -> Result<Task, ApiError> {
-    visible_task(state, principal, id).await?;
-    let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
-        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
-        return Err(ApiError::conflict(
-            "task_not_cancellable",
-            format!(
-                "the task is {}; only pending or retrying tasks can be cancelled",
-                now.status
-            ),
-        ));
-    };
-    publish(state, vec![TaskState::from(&task)]).await;
-    Ok(task)
+    tasks::cancel(&state, &principal, id).await.map(AppJson)
 }
 
 /// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
@@ -887,64 +661,7 @@ async fn retry_task(
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<AppJson<Task>, ApiError> {
-    retry(&state, &principal, id).await.map(AppJson)
-}
-
-/// Runs the `failed` or `cancelled` task `id` again, if `principal` may see it.
-///
-/// # Errors
-/// 404 for a task the caller may not see, 409 for one in another state.
-pub(crate) async fn retry(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-) -> Result<Task, ApiError> {
-    visible_task(state, principal, id).await?;
-    // A retried task is unfinished again: it counts against its owner's
-    // cap like a new one, under the same lock.
-    let cap = state.config.max_unfinished_tasks_per_user;
-    let mut tx = state.db.begin().await?;
-    if cap > 0 {
-        let owner = tasks::owner_of(&mut *tx, id)
-            .await?
-            .ok_or_else(no_such_task)?;
-        require_room_for_one(&mut tx, owner, cap).await?;
-    }
-    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string()).await?;
-    tx.commit().await?;
-    let Some(task) = retried else {
-        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
-        return Err(ApiError::conflict(
-            "task_not_retryable",
-            format!(
-                "the task is {}; only failed or cancelled tasks can be retried",
-                now.status
-            ),
-        ));
-    };
-    enqueue(state, std::slice::from_ref(&task)).await;
-    Ok(task)
-}
-
-/// Makes the waiting task `id` (scheduled for later, or backing off before a
-/// retry) due now, if `principal` may see it.
-///
-/// # Errors
-/// 404 for a task the caller may not see, 409 for one that is not waiting.
-pub(crate) async fn run_now(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-) -> Result<Task, ApiError> {
-    visible_task(state, principal, id).await?;
-    let Some(task) = tasks::run_now(&state.db, id, &principal.id().to_string()).await? else {
-        return Err(ApiError::conflict(
-            "task_not_waiting",
-            "only a pending or retrying task that waits for a later time can run now",
-        ));
-    };
-    enqueue(state, std::slice::from_ref(&task)).await;
-    Ok(task)
+    tasks::retry(&state, &principal, id).await.map(AppJson)
 }
 
 /// The Celery-era test task.
@@ -1015,7 +732,8 @@ async fn celery_test_task(
         Some(new) if errors.is_empty() => new,
         _ => return Err(ApiError::validation(errors)),
     };
-    let Created::Fresh(created) = insert(&state, &principal, None, vec![new], Shape::One).await?
+    let Created::Fresh(created) =
+        tasks::create(&state, &principal, None, vec![new], Shape::One).await?
     else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "a create without an idempotency key replayed"
@@ -1045,7 +763,7 @@ async fn celery_task_status(
     principal: Principal,
     AppPath(task_id): AppPath<Uuid>,
 ) -> Result<AppJson<CeleryTaskStatus>, ApiError> {
-    let task = visible_task(&state, &principal, task_id).await?;
+    let task = tasks::visible_task(&state, &principal, task_id).await?;
     let result = match task.status {
         TaskStatus::Completed => task.result,
         TaskStatus::Failed => task.error.map(Value::String),

@@ -1,29 +1,29 @@
 //! TOTP for authenticator apps: `totp/setup` (a pending secret, its URI and
 //! QR code), `totp/confirm` (a first code turns it on and hands out the
-//! recovery codes, once), `totp/disable` (the password and a code), and the
-//! code check `verify-2fa` uses for `method: totp` challenges.
+//! recovery codes, once) and `totp/disable` (the password and a code). Codes
+//! are checked by [`crate::second_factor::totp`], as `verify-2fa` checks them.
 
 use axum::extract::State;
 use keel_shared::{
     db::{refresh_tokens, second_factor, totp as store, users},
-    emails,
+    queue::emails,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{
-    auth::check_password,
-    two_factor::{self, AUTHENTICATOR_APP, record_notice},
-    users::UserResponse,
-};
 use crate::{
+    accounts::sessions::check_password,
     auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, revocation, totp},
     error::{ApiError, FieldError, Problem},
     extract::AppJson,
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    responses::UserResponse,
+    second_factor::{
+        AUTHENTICATOR_APP, count_code, locked, record_notice,
+        totp::{check, check_code},
+    },
     state::AppState,
 };
 
@@ -229,10 +229,10 @@ async fn disable(
     // Codes typed here count with the sign-in ones: a stolen session and
     // password must not buy guesses the sign-in would refuse.
     if let Some(until) = second_factor::locked_until(&mut tx, user).await? {
-        return Err(two_factor::locked(until));
+        return Err(locked(until));
     }
     let right = check(&state, &mut tx, user, &request.code).await?;
-    let lock_notice = two_factor::count_code(&mut tx, user, right).await?;
+    let lock_notice = count_code(&mut tx, user, right).await?;
     if !right {
         tx.commit().await?;
         if let Some(notice) = lock_notice {
@@ -268,50 +268,4 @@ fn wrong_code() -> ApiError {
         field: "code".into(),
         message: "is incorrect".into(),
     }])
-}
-
-/// Whether `code` answers for `user`'s confirmed TOTP: a code of a time
-/// step later than any used before (the step is then used up), or an
-/// unused recovery code (then spent). Runs in the caller's transaction,
-/// which commits the spending with the rest.
-///
-/// # Errors
-/// The database fails, or the secret does not open (`SECRET_KEY` changed).
-pub(crate) async fn check(
-    state: &AppState,
-    tx: &mut PgConnection,
-    user: Uuid,
-    code: &str,
-) -> Result<bool, ApiError> {
-    let Some(stored) = store::lock(tx, user).await?.filter(|s| s.confirmed) else {
-        return Ok(false);
-    };
-    if totp::is_totp_code(code) {
-        check_code(state, tx, user, &stored, code).await
-    } else {
-        Ok(store::use_recovery_code(tx, user, code).await?)
-    }
-}
-
-async fn check_code(
-    state: &AppState,
-    tx: &mut PgConnection,
-    user: Uuid,
-    stored: &store::StoredSecret,
-    code: &str,
-) -> Result<bool, ApiError> {
-    let secret = state
-        .tokens
-        .totp
-        .open(user, &stored.secret_sealed)
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
-    let Some(step) = totp::matching_step(&secret, code, totp::now_unix()) else {
-        return Ok(false);
-    };
-    // A step at or before the last one used is a replay (or an older code
-    // after a newer one): refused, as RFC 6238 §5.2 asks.
-    if stored.last_step.is_some_and(|last| step <= last) {
-        return Ok(false);
-    }
-    Ok(store::accept_step(tx, user, step).await?)
 }

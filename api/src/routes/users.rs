@@ -4,29 +4,26 @@
 //! 404, as if it did not exist.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use chrono::{DateTime, Utc};
 use keel_shared::{
-    db::email_deliveries,
     db::{
         refresh_tokens,
-        users::{self, ProfileChanges, User, UserFilter},
+        users::{self, User, UserFilter},
     },
-    domain::{
-        DEFAULT_LANGUAGE, DEFAULT_TIMEZONE, Invalid, Language, ProfileText, Role, Timezone,
-        parse_avatar_url, parse_phone_number,
-    },
-    emails,
-    job_queue::JobQueue,
-    mail::EmailTemplate,
+    domain::Role,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToResponse, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Principal, user_cache::UserCache},
+    accounts::{
+        ProfileInput, change_role, delete_account, ensure_not_last_superadmin, ensure_outranks,
+        no_such_user,
+    },
+    auth::Principal,
+    avatars,
     error::{ApiError, FieldError, Problem},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
@@ -34,7 +31,7 @@ use crate::{
         ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
-    routes::avatars,
+    responses::UserResponse,
     state::AppState,
 };
 
@@ -50,74 +47,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(alias_update_user))
         .routes(routes!(alias_set_role))
         .routes(routes!(alias_delete_user))
-}
-
-/// A user as the API shows it: never a password hash.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = UserResponse::example)]
-pub struct UserResponse {
-    pub id: Uuid,
-    pub username: String,
-    pub email: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub phone_number: Option<String>,
-    pub phone_verified: bool,
-    pub avatar_url: Option<String>,
-    pub bio: Option<String>,
-    pub timezone: String,
-    pub language: String,
-    pub role: Role,
-    pub is_active: bool,
-    /// Email codes as a second factor.
-    pub two_fa_enabled: bool,
-    /// An authenticator app (TOTP) as a second factor; asked for instead of
-    /// email codes when both are on.
-    pub totp_enabled: bool,
-    pub email_verified: bool,
-    pub last_login_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl UserResponse {
-    /// The user the API's documentation shows.
-    fn example() -> serde_json::Value {
-        serde_json::json!({
-            "id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f", "username": "alice", "email": "alice@example.com",
-            "first_name": "Alice", "last_name": "Liddell", "phone_number": null, "phone_verified": false,
-            "avatar_url": null, "bio": null, "timezone": "Europe/Berlin", "language": "en", "role": "user",
-            "is_active": true, "two_fa_enabled": false, "totp_enabled": false, "email_verified": true,
-            "last_login_at": "2026-01-15T09:30:00Z", "created_at": "2026-01-10T08:00:00Z",
-            "updated_at": "2026-01-15T09:30:00Z"
-        })
-    }
-}
-
-impl From<User> for UserResponse {
-    fn from(u: User) -> Self {
-        Self {
-            id: u.id,
-            username: u.username,
-            email: u.email,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            phone_number: u.phone_number,
-            phone_verified: u.phone_verified,
-            avatar_url: u.avatar_url,
-            bio: u.bio,
-            timezone: u.timezone,
-            language: u.language,
-            role: u.role,
-            is_active: u.is_active,
-            two_fa_enabled: u.two_fa_enabled,
-            totp_enabled: u.totp_enabled,
-            email_verified: u.email_verified,
-            last_login_at: u.last_login_at,
-            created_at: u.created_at,
-            updated_at: u.updated_at,
-        }
-    }
 }
 
 /// Your own profile fields to change; absent fields stay, `null` clears.
@@ -195,82 +124,6 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Profile fields of a request, as domain values.
-#[derive(Debug, Default)]
-pub struct ProfileInput {
-    pub first_name: Option<Option<String>>,
-    pub last_name: Option<Option<String>>,
-    pub phone_number: Option<Option<String>>,
-    pub avatar_url: Option<Option<String>>,
-    pub bio: Option<Option<String>>,
-    /// `Some(None)` resets it to [`DEFAULT_TIMEZONE`].
-    pub timezone: Option<Option<String>>,
-    /// `Some(None)` resets it to [`DEFAULT_LANGUAGE`].
-    pub language: Option<Option<String>>,
-}
-
-impl ProfileInput {
-    /// Parses every field, collecting each one's reason.
-    pub fn parse(self, errors: &mut Vec<FieldError>) -> ProfileChanges {
-        let mut check = |field: &str, result: Result<String, Invalid>| match result {
-            Ok(value) => Some(value),
-            Err(Invalid(message)) => {
-                errors.push(FieldError {
-                    field: field.into(),
-                    message,
-                });
-                None
-            }
-        };
-        let text =
-            |max: usize| move |s: &str| ProfileText::parse(s, max).map(ProfileText::into_inner);
-        let line = |max: usize| {
-            move |s: &str| ProfileText::parse_line(s, max).map(ProfileText::into_inner)
-        };
-        let mut optional =
-            |field: &str,
-             value: Option<Option<String>>,
-             parse: &dyn Fn(&str) -> Result<String, Invalid>| {
-                // Only white space is no value: stored as null, not "".
-                value.map(|v| {
-                    v.and_then(|s| check(field, parse(&s)))
-                        .filter(|s| !s.is_empty())
-                })
-            };
-        let first_name = optional("first_name", self.first_name, &line(100));
-        let last_name = optional("last_name", self.last_name, &line(100));
-        let phone_number = optional("phone_number", self.phone_number, &parse_phone_number);
-        let avatar_url = optional("avatar_url", self.avatar_url, &parse_avatar_url);
-        let bio = optional("bio", self.bio, &text(1000));
-        // `null` is the default, never "no change": a client that clears a
-        // field is told what it now is.
-        let timezone = self.timezone.and_then(|tz| {
-            let tz = tz.as_deref().unwrap_or(DEFAULT_TIMEZONE);
-            check(
-                "timezone",
-                Timezone::parse(tz).map(|t| t.as_str().to_owned()),
-            )
-        });
-        let language = self.language.and_then(|l| {
-            let l = l.as_deref().unwrap_or(DEFAULT_LANGUAGE);
-            check(
-                "language",
-                Language::parse(l).map(|l| l.as_str().to_owned()),
-            )
-        });
-        ProfileChanges {
-            first_name,
-            last_name,
-            phone_number,
-            avatar_url,
-            bio,
-            timezone,
-            language,
-            is_active: None,
-        }
-    }
-}
-
 impl From<ProfilePatch> for ProfileInput {
     fn from(patch: ProfilePatch) -> Self {
         Self {
@@ -332,15 +185,11 @@ async fn patch_me(
     let mut tx = state.db.begin().await?;
     let (user, released) = avatars::update_profile(&mut tx, principal.id(), &changes)
         .await?
-        .ok_or_else(gone)?;
+        .ok_or_else(no_such_user)?;
     tx.commit().await?;
     state.users.invalidate(user.id).await;
     avatars::delete_released(&state.storage, released).await;
     Ok(AppJson(user.into()))
-}
-
-fn gone() -> ApiError {
-    ApiError::not_found("no such user")
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -438,9 +287,11 @@ async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Resu
         return Ok(principal.user.clone());
     }
     if !principal.is_admin() {
-        return Err(gone());
+        return Err(no_such_user());
     }
-    users::find_by_id(&state.db, id).await?.ok_or_else(gone)
+    users::find_by_id(&state.db, id)
+        .await?
+        .ok_or_else(no_such_user)
 }
 
 /// One user: yourself, or anyone for an admin.
@@ -523,7 +374,7 @@ async fn patch_user(
     }
     let (user, released) = avatars::update_profile(&mut tx, id, &changes)
         .await?
-        .ok_or_else(gone)?;
+        .ok_or_else(no_such_user)?;
     if is_active == Some(false) {
         refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
     }
@@ -552,36 +403,6 @@ async fn alias_update_user(
     patch: AppJson<UserPatch>,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     patch_user(state, principal, id, patch).await
-}
-
-/// An admin manages users below or at their own role, never above it.
-fn ensure_outranks(principal: &Principal, target: &User) -> Result<(), ApiError> {
-    if principal.id() != target.id && target.role > principal.role() {
-        return Err(ApiError::forbidden(
-            "you cannot manage a user of a higher role",
-        ));
-    }
-    Ok(())
-}
-
-/// 409 if `target` is the only active superadmin; the superadmin rows stay
-/// locked until the transaction ends, so two concurrent demotions cannot
-/// both pass.
-async fn ensure_not_last_superadmin(
-    tx: &mut sqlx::PgConnection,
-    target: &User,
-) -> Result<(), ApiError> {
-    if target.role != Role::Superadmin || !target.is_active {
-        return Ok(());
-    }
-    let superadmins = users::lock_active_superadmins(&mut *tx).await?;
-    if superadmins.len() <= 1 {
-        return Err(ApiError::conflict(
-            "last_superadmin",
-            "the last active superadmin cannot be demoted, deactivated or deleted",
-        ));
-    }
-    Ok(())
 }
 
 /// 409 `last_superadmin`: the only active superadmin cannot be demoted,
@@ -628,30 +449,6 @@ async fn set_role(
         .map(|u| AppJson(u.into()))
 }
 
-/// Sets `id`'s role, ends their sessions, and keeps one active superadmin.
-///
-/// # Errors
-/// Not found, or the last superadmin would be demoted.
-pub async fn change_role(
-    db: &PgPool,
-    users_cache: &UserCache,
-    id: Uuid,
-    role: Role,
-) -> Result<User, ApiError> {
-    let mut tx = db.begin().await?;
-    let target = users::find_by_id(&mut *tx, id).await?.ok_or_else(gone)?;
-    if role != Role::Superadmin {
-        ensure_not_last_superadmin(&mut tx, &target).await?;
-    }
-    let user = users::set_role(&mut *tx, id, role)
-        .await?
-        .ok_or_else(gone)?;
-    refresh_tokens::revoke_all_for_user(&mut *tx, id).await?;
-    tx.commit().await?;
-    users_cache.invalidate(id).await;
-    Ok(user)
-}
-
 /// Alias of `PUT /users/{id}/role`.
 #[utoipa::path(put, path = "/api/v1/users/update/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")), request_body = RoleChange,
@@ -692,46 +489,6 @@ async fn delete_user(
     principal.require(Role::Admin)?;
     delete_account(&state.db, &state.jobs, &state.users, Some(&principal), id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Deletes `id` as `actor` would (`None`: the operator's command line),
-/// and mails the account's address that it is gone. The mail is recorded in
-/// the deleting transaction (a delivery outlives its user), so it goes out
-/// if and only if the delete happened.
-///
-/// # Errors
-/// Not found, outranked, or the last superadmin.
-pub async fn delete_account(
-    db: &PgPool,
-    jobs: &JobQueue,
-    users_cache: &UserCache,
-    actor: Option<&Principal>,
-    id: Uuid,
-) -> Result<(), ApiError> {
-    let mut tx = db.begin().await?;
-    let target = users::find_by_id(&mut *tx, id).await?.ok_or_else(gone)?;
-    if let Some(actor) = actor {
-        ensure_outranks(actor, &target)?;
-    }
-    ensure_not_last_superadmin(&mut tx, &target).await?;
-    // As with deactivation: an admin's own account is closed by another admin.
-    if actor.is_some_and(|a| a.id() == id) {
-        return Err(ApiError::forbidden(
-            "you cannot delete your own account; another admin can",
-        ));
-    }
-    users::delete(&mut *tx, id).await?;
-    let notice = email_deliveries::insert(
-        &mut *tx,
-        &target.email,
-        EmailTemplate::AccountDeleted.name(),
-        &serde_json::json!({"username": target.username}),
-    )
-    .await?;
-    tx.commit().await?;
-    users_cache.invalidate(id).await;
-    emails::push(db, jobs, &notice).await;
-    Ok(())
 }
 
 /// Alias of `DELETE /users/{id}`.

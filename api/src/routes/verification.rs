@@ -14,23 +14,21 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use chrono::Utc;
 use keel_shared::{
     db::{
-        email_deliveries,
         email_tokens::{self, Purpose},
-        users::{self, User},
+        users,
     },
-    emails,
     mail::EmailTemplate,
+    queue::emails,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::users::UserResponse;
 use crate::{
+    accounts::verification::send_link,
     auth::{
         Principal,
         client_ip::ClientIp,
@@ -40,11 +38,10 @@ use crate::{
     error::{ApiError, Problem},
     extract::{AppJson, AppQuery},
     openapi::{JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
+    responses::{Accepted, UserResponse},
     state::AppState,
 };
 
-/// How long a verification link works.
-const TOKEN_TTL_HOURS: i64 = 24;
 /// Verification mails one account may ask for.
 const RESEND_PER_ACCOUNT: Quota = Quota {
     limit: 3,
@@ -72,46 +69,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[schema(example = json!({"token": "Zk3v9QmT2xL7pR1wN8cY4hB6jF0dG5sA3eU2iO7nK9q"}))]
 pub struct VerifyEmail {
     pub token: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"message": "a verification link is on its way"}))]
-pub struct Accepted {
-    #[schema(example = "a verification link is on its way")]
-    pub message: String,
-}
-
-/// Mails `user` a fresh verification link; older links stop working.
-///
-/// # Errors
-/// The database fails (a Redis failure leaves the mail to the reconciler).
-pub async fn send_link(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let (token, hash) = tokens::new_refresh_token();
-    let link = format!(
-        "{}/api/v1/auth/verify-email?token={token}",
-        state.config.app_base_url.trim_end_matches('/')
-    );
-    let mut tx = state.db.begin().await?;
-    email_tokens::revoke_all(&mut *tx, user.id, Purpose::VerifyEmail).await?;
-    email_tokens::insert(
-        &mut *tx,
-        user.id,
-        Purpose::VerifyEmail,
-        &hash,
-        Utc::now() + chrono::Duration::hours(TOKEN_TTL_HOURS),
-    )
-    .await?;
-    let data = json!({"username": user.username, "link": link});
-    let delivery = email_deliveries::insert(
-        &mut *tx,
-        &user.email,
-        EmailTemplate::Verification.name(),
-        &data,
-    )
-    .await?;
-    tx.commit().await?;
-    emails::push(&state.db, &state.jobs, &delivery).await;
-    Ok(())
 }
 
 /// Verifies the address a token was mailed to.

@@ -188,7 +188,7 @@ async fn accept(
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let session = open_session(&state, query.token.as_deref(), headers).await;
-    let max = state.config.ws_max_message_bytes as usize;
+    let max = state.config.websocket.max_message_bytes as usize;
     let hard = (max * HARD_LIMIT_FACTOR).max(1 << 20);
     upgrade
         .read_buffer_size(BUFFER_BYTES)
@@ -204,7 +204,7 @@ async fn accept(
                 }
             };
             let hub = state.hub.clone();
-            let max_sockets = state.config.ws_max_sockets_per_user as usize;
+            let max_sockets = state.config.websocket.max_sockets_per_user as usize;
             let Some((id, inbox)) = hub.add(session.member.id, max_sockets) else {
                 let _ = ws.send(close(POLICY, "too many open sockets")).await;
                 return;
@@ -290,7 +290,7 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };
-    let origins = &state.config.allowed_origins;
+    let origins = &state.config.http.allowed_origins;
     if origins.any || origins.list.iter().any(|o| o == origin) {
         return true;
     }

@@ -125,9 +125,9 @@ impl Socket {
 
     async fn serve(&mut self) -> End {
         let config = self.state.config.clone();
-        let ping_every = Duration::from_secs(config.ws_ping_seconds);
-        let idle = Duration::from_secs(config.ws_idle_seconds);
-        let max = config.ws_max_message_bytes as usize;
+        let ping_every = Duration::from_secs(config.websocket.ping_seconds);
+        let idle = Duration::from_secs(config.websocket.idle_seconds);
+        let max = config.websocket.max_message_bytes as usize;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut unanswered = 0u32;
         let mut idle_at = Instant::now() + idle;
@@ -208,7 +208,7 @@ impl Socket {
     /// Counts a message against the rate limit: `Some` closes the socket
     /// (twice the budget in one second); a refused message gets an error.
     fn admit(&mut self) -> Option<End> {
-        let budget = self.state.config.ws_messages_per_second;
+        let budget = self.state.config.websocket.messages_per_second;
         let now = Instant::now();
         if now.duration_since(self.window.0) >= Duration::from_secs(1) {
             self.window = (now, 0);
@@ -232,7 +232,7 @@ impl Socket {
         if self.limited {
             let message = format!(
                 "at most {} messages a second; this one was dropped",
-                self.state.config.ws_messages_per_second
+                self.state.config.websocket.messages_per_second
             );
             self.send(protocol::error(ErrorCode::RateLimited, &message))
                 .await;
@@ -312,10 +312,10 @@ impl Socket {
             return;
         }
         if !self.rooms.contains(room) {
-            if self.rooms.len() >= self.state.config.ws_max_rooms as usize {
+            if self.rooms.len() >= self.state.config.websocket.max_rooms as usize {
                 let message = format!(
                     "a socket may be in at most {} rooms",
-                    self.state.config.ws_max_rooms
+                    self.state.config.websocket.max_rooms
                 );
                 self.send(protocol::error(ErrorCode::TooManyRooms, &message))
                     .await;

@@ -13,7 +13,7 @@ fn admin(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::process::Out
     command
         .env("DATABASE_URL", &app.db.as_ref().unwrap().url)
         .env("REDIS_URL", testing::redis_url())
-        .env("REDIS_PREFIX", &app.config.redis_prefix)
+        .env("REDIS_PREFIX", &app.config.redis.prefix)
         .arg("admin")
         .args(args)
         .stdin(Stdio::piped())

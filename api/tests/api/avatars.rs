@@ -177,7 +177,7 @@ async fn rows(app: &TestApp) -> i64 {
 
 /// Objects in the app's local store.
 fn objects(app: &TestApp) -> usize {
-    files_under(&app.config.files_dir).len()
+    files_under(&app.config.storage.files_dir).len()
 }
 
 // ---- Tests ----
@@ -200,7 +200,7 @@ async fn a_png_avatar_is_served_to_anyone_with_its_exact_bytes() {
     let (path, id) = avatar_path(&me);
     assert_eq!(
         me["avatar_url"],
-        format!("{}/api/v1/avatars/{id}", app.config.app_base_url),
+        format!("{}/api/v1/avatars/{id}", app.config.http.app_base_url),
         "under APP_BASE_URL"
     );
     assert_eq!(

@@ -652,7 +652,7 @@ async fn in_chromium_an_admin_retries_a_failed_task_sees_a_live_worker_and_disab
 
 #[tokio::test]
 async fn the_workers_page_marks_a_worker_stale_after_missed_heartbeats() {
-    use keel_shared::{jobs::Queue, workers::WorkerCard};
+    use keel_shared::{queue::Queue, workers::WorkerCard};
     use redis::AsyncCommands as _;
 
     let app = spawn_app().await;

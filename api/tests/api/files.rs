@@ -132,7 +132,7 @@ async fn upload_list_describe_download_and_delete() {
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
 
     // Delete: the row and the object go.
-    let dir = app.config.files_dir.clone();
+    let dir = app.config.storage.files_dir.clone();
     assert_eq!(files_under(&dir).len(), 2);
     let deleted = delete_file(&app, &user, id).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
@@ -187,7 +187,7 @@ async fn ranges_across_the_stores_read_chunks_come_back_exact() {
 async fn a_name_like_a_path_is_cut_to_its_last_part_and_stored_under_the_files_dir() {
     let app = spawn_app_with(&[]).await;
     let user = app.create_user(Role::User).await;
-    let dir = app.config.files_dir.clone();
+    let dir = app.config.storage.files_dir.clone();
     for raw in ["../../etc/passwd", "..\\..\\etc\\passwd", "/etc/passwd"] {
         let file = uploaded(&app, &user, raw, b"root:x:0:0:root:/root:/bin/bash\n").await;
         assert_eq!(file["name"], "passwd", "{raw}");
@@ -285,7 +285,7 @@ async fn an_oversized_file_is_413_and_leaves_nothing_behind() {
         .unwrap();
     assert_eq!(rows, 0);
     assert_eq!(
-        files_under(&app.config.files_dir),
+        files_under(&app.config.storage.files_dir),
         Vec::<PathBuf>::new(),
         "no object left"
     );
@@ -311,7 +311,7 @@ async fn the_quota_counts_every_file_of_the_user() {
     // Another user has a quota of their own.
     let other = app.create_user(Role::User).await;
     uploaded(&app, &other, "two.bin", &[2u8; 1000]).await;
-    assert_eq!(files_under(&app.config.files_dir).len(), 2);
+    assert_eq!(files_under(&app.config.storage.files_dir).len(), 2);
 }
 
 #[tokio::test]
@@ -352,7 +352,7 @@ async fn two_uploads_that_each_fit_the_quota_but_not_together_keep_only_one() {
         .unwrap();
     assert_eq!(used, 1000, "within the quota");
     assert_eq!(
-        files_under(&app.config.files_dir).len(),
+        files_under(&app.config.storage.files_dir).len(),
         1,
         "the refused object is gone"
     );
@@ -462,7 +462,7 @@ async fn malformed_forms_are_4xx_problems() {
         .await
         .unwrap();
     assert_eq!(rows, 0);
-    assert!(files_under(&app.config.files_dir).is_empty());
+    assert!(files_under(&app.config.storage.files_dir).is_empty());
 }
 
 /// Resident memory of process `pid`, in bytes.
@@ -511,7 +511,7 @@ async fn a_100_mb_file_streams_through_a_keel_api_process_whose_memory_stays_fla
     let api = ChildGuard::spawn({
         let mut command = testing::command(API_BIN);
         command.envs([
-            ("DATABASE_URL", app.config.database_url.expose_secret()),
+            ("DATABASE_URL", app.config.database.url.expose_secret()),
             ("REDIS_URL", testing::redis_url().as_str()),
             ("REDIS_PREFIX", testing::unique_redis_prefix().as_str()),
             ("SECRET_KEY", TEST_SECRET),

@@ -1,6 +1,6 @@
 use chrono::Utc;
 use keel_shared::{
-    jobs::Queue,
+    queue::Queue,
     workers::{self, WorkerCard},
 };
 use reqwest::StatusCode;

@@ -19,8 +19,7 @@ use keel_shared::{
     Config, RedisClient,
     db::users::{self, NewUser, ProfileChanges, User},
     domain::{EmailAddress, Password, Role, Username},
-    job_queue::JobQueue,
-    jobs::Queue,
+    queue::{JobQueue, Queue},
 };
 use keel_testing as testing;
 use reqwest::{Response, StatusCode};
@@ -80,6 +79,7 @@ async fn start(mut config: Config, db: Option<testing::TestDatabase>) -> TestApp
     testing::log_in_process();
     testing::record_secret(TEST_SECRET);
     config
+        .auth
         .secret_key
         .get_or_insert_with(|| TEST_SECRET.to_owned().into());
     let key = config.signing_key().expect("development always has a key");

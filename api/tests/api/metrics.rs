@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use keel_shared::{
     domain::Role,
-    jobs::Queue,
+    queue::Queue,
     workers::{self, WorkerCard},
 };
 use keel_testing::Scrape;

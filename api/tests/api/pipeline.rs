@@ -52,8 +52,8 @@ pub async fn mail_stack(smtp: &keel_testing::SmtpServer, extra: &[&str]) -> Stac
 pub async fn stack_with(flags: &[&str]) -> Stack {
     let app = spawn_app_with(flags).await;
     let mut config = app.config.clone();
-    config.metrics_port = Some(0);
-    config.task_retry_base_ms = 100;
+    config.process.metrics_port = Some(0);
+    config.tasks.retry_base_ms = 100;
     let worker = Worker::build(&config).await.expect("the worker starts");
     let stop = worker.shutdown_token();
     tokio::spawn(worker.run_until_stopped());

@@ -42,7 +42,7 @@ async fn spawn_on(moto: &MotoServer) -> TestApp {
 
 /// Nothing was written to the local directory: the bytes went to S3.
 fn assert_local_dir_unused(app: &TestApp) {
-    let dir = &app.config.files_dir;
+    let dir = &app.config.storage.files_dir;
     let entries = std::fs::read_dir(dir).map_or(0, Iterator::count);
     assert_eq!(entries, 0, "{} is unused with S3", dir.display());
 }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, LocalResult, NaiveTime, TimeZone as _, Timelike as _, Utc};
 use keel_shared::{
-    db::schedules::{self, SystemSchedule},
+    db::schedules::{self, SystemKind, SystemSchedule},
     domain::Role,
     timetable::Timetable,
 };
@@ -84,7 +84,7 @@ pub async fn add_system_schedule(app: &TestApp) -> Value {
         &[SystemSchedule {
             name: "system.purge_expired",
             cron: "0 * * * *".to_owned(),
-            kind: "purge_expired",
+            kind: SystemKind::PurgeExpired,
         }],
     )
     .await

@@ -390,7 +390,7 @@ async fn an_export_past_the_storage_quota_fails_for_good_and_leaves_nothing() {
     assert!(!failure.retryable, "{failure:?}");
     assert!(failure.message.contains("storage quota"), "{failure:?}");
     assert_eq!(outputs_of(app, id).await, 0);
-    let leftovers: Vec<_> = walk(&app.config.files_dir);
+    let leftovers: Vec<_> = walk(&app.config.storage.files_dir);
     assert!(leftovers.is_empty(), "no object left behind: {leftovers:?}");
 
     // Small enough, it fits.

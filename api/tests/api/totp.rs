@@ -458,8 +458,8 @@ async fn a_rotated_secret_key_keeps_totp_and_sessions_while_the_old_one_is_previ
 
     let rotating = app
         .spawn_replica_with(|c| {
-            c.secret_key = Some(NEW_KEY.to_owned().into());
-            c.secret_key_previous = Some(TEST_SECRET.to_owned().into());
+            c.auth.secret_key = Some(NEW_KEY.to_owned().into());
+            c.auth.secret_key_previous = Some(TEST_SECRET.to_owned().into());
         })
         .await;
     // The session signed with the old key goes on.
@@ -475,8 +475,8 @@ async fn a_rotated_secret_key_keeps_totp_and_sessions_while_the_old_one_is_previ
     // key alone opens the secret: the authenticator app still signs in.
     let rotated = app
         .spawn_replica_with(|c| {
-            c.secret_key = Some(NEW_KEY.to_owned().into());
-            c.secret_key_previous = None;
+            c.auth.secret_key = Some(NEW_KEY.to_owned().into());
+            c.auth.secret_key_previous = None;
         })
         .await;
     assert_eq!(

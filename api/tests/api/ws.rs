@@ -44,7 +44,7 @@ impl ApiProcess {
         command.envs([
             ("DATABASE_URL", app.db.as_ref().unwrap().url.as_str()),
             ("REDIS_URL", &testing::redis_url()),
-            ("REDIS_PREFIX", &app.config.redis_prefix),
+            ("REDIS_PREFIX", &app.config.redis.prefix),
             ("SECRET_KEY", TEST_SECRET),
             ("HOST", "127.0.0.1"),
             ("PORT", &port),

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use keel_shared::{
     db::tasks::{Task, TaskStatus},
-    dispatch,
+    queue::dispatch,
 };
 use keel_testing::{ChildGuard, RedisServer};
 use serde_json::json;

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use keel_shared::{
     db::tasks::{self, TaskStatus},
-    dispatch,
-    jobs::Queue,
+    queue::{Queue, dispatch},
 };
 use keel_testing::RedisServer;
 use serde_json::json;

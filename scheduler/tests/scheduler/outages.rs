@@ -6,7 +6,7 @@ use std::{collections::HashSet, time::Duration};
 
 use keel_shared::{
     db::tasks::{self, TaskStatus},
-    jobs::Queue,
+    queue::Queue,
 };
 use keel_testing::{self as testing, PostgresServer, RedisServer};
 use serde_json::Value;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_shared::{
     db::tasks::{self, TaskStatus},
-    dispatch,
+    queue::dispatch,
 };
 use uuid::Uuid;
 
@@ -139,7 +139,7 @@ async fn finished_jobs_are_trimmed_from_redis() {
         .await
         .unwrap();
     s.all_finished().await;
-    let config = s.jobs.apalis_config(keel_shared::jobs::Queue::Tasks);
+    let config = s.jobs.apalis_config(keel_shared::queue::Queue::Tasks);
     let mut conn = s.redis.conn();
     let (done, data): (u64, u64) = redis::pipe()
         .scard(config.done_jobs_set())

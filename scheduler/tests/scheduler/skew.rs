@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keel_shared::{db::tasks::TaskStatus, dispatch};
+use keel_shared::{db::tasks::TaskStatus, queue::dispatch};
 use serde_json::json;
 
 use crate::stack::Setup;

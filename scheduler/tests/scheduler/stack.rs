@@ -12,7 +12,7 @@ use keel_shared::{
         schedules::{self, Schedule, ScheduleSpec},
         tasks::{self, NewTask, Task, TaskStatus},
     },
-    job_queue::JobQueue,
+    queue::JobQueue,
 };
 use keel_testing::{self as testing, ChildGuard, PostgresServer, RedisServer, TestDatabase};
 use keel_worker::app::Worker;

@@ -4,20 +4,19 @@
 //! (one struct each, flattened); [`parsers`] reads their values and
 //! [`command_line`] turns a bad one into one line and exit code 2.
 
-use std::{net::IpAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::IpAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Args, Parser, ValueEnum, builder::BoolishValueParser};
+use clap::{ArgAction, Args, ValueEnum, builder::BoolishValueParser};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::jobs::Queue;
+use crate::queue::Queue;
 
 mod command_line;
 mod parsers;
 
 pub use command_line::{USAGE_EXIT_CODE, exit_config, exit_usage, parse_cli};
 use parsers::*;
-
 
 /// Keel's configuration, in sections. Each field is a flag and an
 /// environment variable; `--help` of every binary lists them by section,
@@ -93,15 +92,15 @@ pub struct ProcessConfig {
 #[command(next_help_heading = "Database")]
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "postgres://localhost/keel", value_parser = SecretUrlParser::Postgres, hide_env_values = true)]
+    #[arg(id = "database_url", long = "database-url", env = "DATABASE_URL", default_value = "postgres://localhost/keel", value_parser = SecretUrlParser::Postgres, hide_env_values = true)]
     pub url: SecretString,
 
     /// Maximum connections in each process's Postgres pool.
-    #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(id = "database_max_connections", long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_connections: u32,
 
     /// Seconds to wait for a Postgres connection before answering 503.
-    #[arg(long = "database-timeout-seconds", env = "DATABASE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    #[arg(id = "database_timeout_seconds", long = "database-timeout-seconds", env = "DATABASE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub timeout_seconds: u64,
 }
 
@@ -110,11 +109,11 @@ pub struct DatabaseConfig {
 #[command(next_help_heading = "Redis")]
 pub struct RedisConfig {
     /// Redis connection URL (queues, rate limits, cache, pub/sub).
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = SecretUrlParser::Redis, hide_env_values = true)]
+    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = SecretUrlParser::Redis, hide_env_values = true)]
     pub url: SecretString,
 
     /// Prefix of every Redis key and queue name, so several deployments (or tests) share one Redis.
-    #[arg(long = "redis-prefix", env = "REDIS_PREFIX", default_value = "keel", value_parser = redis_prefix)]
+    #[arg(id = "redis_prefix", long = "redis-prefix", env = "REDIS_PREFIX", default_value = "keel", value_parser = redis_prefix)]
     pub prefix: String,
 }
 
@@ -156,12 +155,12 @@ pub struct HttpConfig {
 
     /// Connections the API keeps open at once, WebSockets included; one past
     /// it is answered 503 `too_many_connections` and closed.
-    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "http_max_connections", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
     /// Seconds an idle keep-alive connection stays open, and the longest a
     /// client may take to send a request's head.
-    #[arg(long = "http-keep-alive-seconds", env = "HTTP_KEEP_ALIVE_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(id = "http_keep_alive_seconds", long = "http-keep-alive-seconds", env = "HTTP_KEEP_ALIVE_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub keep_alive_seconds: u64,
 
     /// Largest request body accepted, in bytes (413 beyond).
@@ -215,28 +214,28 @@ pub struct AuthConfig {
 #[command(next_help_heading = "WebSocket")]
 pub struct WebSocketConfig {
     /// A WebSocket message larger than this closes its socket (1009).
-    #[arg(long = "ws-max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    #[arg(id = "ws_max_message_bytes", long = "ws-max-message-bytes", env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     pub max_message_bytes: u32,
 
     /// Messages per second a WebSocket client may send; beyond, they are refused, and
     /// at twice that the socket is closed (1008).
-    #[arg(long = "ws-messages-per-second", env = "WS_MESSAGES_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(id = "ws_messages_per_second", long = "ws-messages-per-second", env = "WS_MESSAGES_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub messages_per_second: u32,
 
     /// Open WebSockets one user may hold on one API process.
-    #[arg(long = "ws-max-sockets-per-user", env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(id = "ws_max_sockets_per_user", long = "ws-max-sockets-per-user", env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_sockets_per_user: u32,
 
     /// Rooms one WebSocket may be in.
-    #[arg(long = "ws-max-rooms", env = "WS_MAX_ROOMS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(id = "ws_max_rooms", long = "ws-max-rooms", env = "WS_MAX_ROOMS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_rooms: u32,
 
     /// Seconds between the server's pings; a socket that misses two pongs is dropped.
-    #[arg(long = "ws-ping-seconds", env = "WS_PING_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(id = "ws_ping_seconds", long = "ws-ping-seconds", env = "WS_PING_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_seconds: u64,
 
     /// A WebSocket whose client sends nothing this long is closed (1000).
-    #[arg(long = "ws-idle-seconds", env = "WS_IDLE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(id = "ws_idle_seconds", long = "ws-idle-seconds", env = "WS_IDLE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_seconds: u64,
 }
 
@@ -245,31 +244,45 @@ pub struct WebSocketConfig {
 #[command(next_help_heading = "SMTP")]
 pub struct SmtpConfig {
     /// SMTP server; unset, email goes to the file outbox `.data/outbox/`.
-    #[arg(long = "smtp-host", env = "SMTP_HOST")]
+    #[arg(id = "smtp_host", long = "smtp-host", env = "SMTP_HOST")]
     pub host: Option<String>,
 
     /// SMTP port.
-    #[arg(long = "smtp-port", env = "SMTP_PORT", default_value_t = 587)]
+    #[arg(
+        id = "smtp_port",
+        long = "smtp-port",
+        env = "SMTP_PORT",
+        default_value_t = 587
+    )]
     pub port: u16,
 
     /// SMTP user name.
-    #[arg(long = "smtp-user", env = "SMTP_USER")]
+    #[arg(id = "smtp_user", long = "smtp-user", env = "SMTP_USER")]
     pub user: Option<String>,
 
     /// SMTP password.
-    #[arg(long = "smtp-password", env = "SMTP_PASSWORD", value_parser = secret, hide_env_values = true)]
+    #[arg(id = "smtp_password", long = "smtp-password", env = "SMTP_PASSWORD", value_parser = secret, hide_env_values = true)]
     pub password: Option<SecretString>,
 
     /// SMTP transport security: `none`, `starttls` or `tls` (`true`/`false` read as starttls/none).
-    #[arg(long = "smtp-tls", env = "SMTP_TLS", default_value = "starttls", value_parser = SmtpTls::parse)]
+    #[arg(id = "smtp_tls", long = "smtp-tls", env = "SMTP_TLS", default_value = "starttls", value_parser = SmtpTls::parse)]
     pub tls: SmtpTls,
 
     /// Sender address of Keel's emails.
-    #[arg(long = "emails-from-email", env = "EMAILS_FROM_EMAIL")]
+    #[arg(
+        id = "emails_from_email",
+        long = "emails-from-email",
+        env = "EMAILS_FROM_EMAIL"
+    )]
     pub from_email: Option<String>,
 
     /// Where emails go as `.eml` files when no `SMTP_HOST` is set.
-    #[arg(long = "email-outbox-dir", env = "EMAIL_OUTBOX_DIR", default_value = ".data/outbox")]
+    #[arg(
+        id = "email_outbox_dir",
+        long = "email-outbox-dir",
+        env = "EMAIL_OUTBOX_DIR",
+        default_value = ".data/outbox"
+    )]
     pub outbox_dir: PathBuf,
 }
 
@@ -281,29 +294,37 @@ pub struct OAuthConfig {
     /// The public URL providers send the browser back to, `{provider}` standing
     /// for the provider's name; register it with each provider. Unset:
     /// `APP_BASE_URL` + `/api/v1/auth/oauth/{provider}/callback`.
-    #[arg(long = "oauth-redirect-uri", env = "OAUTH_REDIRECT_URI", value_parser = redirect_uri_template)]
+    #[arg(id = "oauth_redirect_uri", long = "oauth-redirect-uri", env = "OAUTH_REDIRECT_URI", value_parser = redirect_uri_template)]
     pub redirect_uri: Option<String>,
 
     /// Client id of Keel's Google OAuth client (sign-in with Google, OpenID Connect).
-    #[arg(long = "oauth-google-client-id", env = "OAUTH_GOOGLE_CLIENT_ID")]
+    #[arg(
+        id = "oauth_google_client_id",
+        long = "oauth-google-client-id",
+        env = "OAUTH_GOOGLE_CLIENT_ID"
+    )]
     pub google_client_id: Option<String>,
 
     /// Secret of Keel's Google OAuth client.
-    #[arg(long = "oauth-google-client-secret", env = "OAUTH_GOOGLE_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
+    #[arg(id = "oauth_google_client_secret", long = "oauth-google-client-secret", env = "OAUTH_GOOGLE_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
     pub google_client_secret: Option<SecretString>,
 
     /// Client id of Keel's GitHub OAuth app (sign-in with GitHub, plain OAuth 2.0).
-    #[arg(long = "oauth-github-client-id", env = "OAUTH_GITHUB_CLIENT_ID")]
+    #[arg(
+        id = "oauth_github_client_id",
+        long = "oauth-github-client-id",
+        env = "OAUTH_GITHUB_CLIENT_ID"
+    )]
     pub github_client_id: Option<String>,
 
     /// Secret of Keel's GitHub OAuth app.
-    #[arg(long = "oauth-github-client-secret", env = "OAUTH_GITHUB_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
+    #[arg(id = "oauth_github_client_secret", long = "oauth-github-client-secret", env = "OAUTH_GITHUB_CLIENT_SECRET", value_parser = secret, hide_env_values = true)]
     pub github_client_secret: Option<SecretString>,
 
     /// Other OpenID Connect providers, found by discovery from their issuer: a JSON
     /// list of `{"name", "issuer", "client_id", "client_secret", "scopes"?, "display_name"?}`
     /// (`scopes`: a list or a space-separated string; `openid email profile` when absent).
-    #[arg(long = "oauth-oidc-providers", env = "OAUTH_OIDC_PROVIDERS", value_parser = OidcProvidersParser, default_value = "", hide_env_values = true, hide_default_value = true)]
+    #[arg(id = "oauth_oidc_providers", long = "oauth-oidc-providers", env = "OAUTH_OIDC_PROVIDERS", value_parser = OidcProvidersParser, default_value = "", hide_env_values = true, hide_default_value = true)]
     pub oidc_providers: OidcProviders,
 }
 
@@ -358,15 +379,19 @@ pub struct StorageConfig {
 #[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
     /// Queues this worker takes jobs from (comma list).
-    #[arg(long = "queues", env = "WORKER_QUEUES", value_delimiter = ',', value_enum, default_values_t = Queue::ALL)]
+    #[arg(id = "worker_queues", long = "queues", env = "WORKER_QUEUES", value_delimiter = ',', value_enum, default_values_t = Queue::ALL)]
     pub queues: Vec<Queue>,
 
     /// Jobs a worker runs at once (128 by default: tasks mostly wait on I/O).
-    #[arg(long = "concurrency", env = "WORKER_CONCURRENCY")]
+    #[arg(
+        id = "worker_concurrency",
+        long = "concurrency",
+        env = "WORKER_CONCURRENCY"
+    )]
     pub concurrency: Option<NonZeroUsize>,
 
     /// Name of this worker process; defaults to host, pid and a random suffix (names must be unique).
-    #[arg(long = "name", env = "WORKER_NAME")]
+    #[arg(id = "worker_name", long = "name", env = "WORKER_NAME")]
     pub name: Option<String>,
 }
 
@@ -376,29 +401,39 @@ pub struct WorkerConfig {
 pub struct TasksConfig {
     /// Seconds a worker's claim on a running task lasts; renewed every third of it while
     /// the task runs, so a dead worker's tasks are taken over this long after it died.
-    #[arg(long = "task-lease-seconds", env = "TASK_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    #[arg(id = "task_lease_seconds", long = "task-lease-seconds", env = "TASK_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_seconds: u64,
 
     /// First retry delay of a failed task in milliseconds; doubled per attempt (with
     /// jitter: each delay is 50–100 % of that), at most `TASK_RETRY_MAX_SECONDS`.
-    #[arg(long = "task-retry-base-ms", env = "TASK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(id = "task_retry_base_ms", long = "task-retry-base-ms", env = "TASK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub retry_base_ms: u64,
 
     /// Longest retry delay of a failed task, in seconds.
-    #[arg(long = "task-retry-max-seconds", env = "TASK_RETRY_MAX_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    #[arg(id = "task_retry_max_seconds", long = "task-retry-max-seconds", env = "TASK_RETRY_MAX_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub retry_max_seconds: u64,
 
     /// Timeout of a task that sets none (`timeout_seconds`).
-    #[arg(long = "task-default-timeout-seconds", env = "TASK_DEFAULT_TIMEOUT_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    #[arg(id = "task_default_timeout_seconds", long = "task-default-timeout-seconds", env = "TASK_DEFAULT_TIMEOUT_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86400))]
     pub default_timeout_seconds: u32,
 
     /// Unfinished (pending, running, retrying) tasks one user may have; 429 beyond. 0 = no cap.
-    #[arg(long = "max-unfinished-tasks-per-user", env = "MAX_UNFINISHED_TASKS_PER_USER", default_value_t = 10_000)]
+    #[arg(
+        id = "max_unfinished_tasks_per_user",
+        long = "max-unfinished-tasks-per-user",
+        env = "MAX_UNFINISHED_TASKS_PER_USER",
+        default_value_t = 10_000
+    )]
     pub max_unfinished_per_user: u32,
 
     /// Hosts the `http_request` task kind may call (comma list; `host` or `host:port`).
     /// Empty: the kind refuses every URL.
-    #[arg(long = "task-http-allowed-hosts", env = "TASK_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        id = "task_http_allowed_hosts",
+        long = "task-http-allowed-hosts",
+        env = "TASK_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub http_allowed_hosts: Vec<String>,
 
     /// Offers the test-only task kinds (`abort`, which kills its worker) for fault tests.
@@ -407,7 +442,7 @@ pub struct TasksConfig {
     pub enable_test_kinds: bool,
 
     /// Days finished tasks and email deliveries are kept; the daily purge deletes older ones.
-    #[arg(long = "task-retention-days", env = "TASK_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    #[arg(id = "task_retention_days", long = "task-retention-days", env = "TASK_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub retention_days: u32,
 
     /// Seconds between the scheduler's reconcile passes (re-queueing what Redis lost,
@@ -449,7 +484,6 @@ pub enum InsecureSetting {
     #[value(name = "SMTP_TLS")]
     SmtpTls,
 }
-
 
 impl InsecureSetting {
     pub fn variable(self) -> &'static str {
@@ -554,10 +588,12 @@ impl Config {
     }
 
     pub fn log_format(&self) -> LogFormat {
-        self.process.log_format.unwrap_or(match self.process.environment {
-            Environment::Development => LogFormat::Pretty,
-            Environment::Production => LogFormat::Json,
-        })
+        self.process
+            .log_format
+            .unwrap_or(match self.process.environment {
+                Environment::Development => LogFormat::Pretty,
+                Environment::Production => LogFormat::Json,
+            })
     }
 
     /// The redirect URI registered with `provider`: `OAUTH_REDIRECT_URI`
@@ -580,7 +616,8 @@ impl Config {
     }
 
     pub fn worker_concurrency(&self) -> usize {
-        self.worker.concurrency
+        self.worker
+            .concurrency
             .map_or_else(default_worker_concurrency, NonZeroUsize::get)
     }
 
@@ -871,7 +908,6 @@ impl ConfigErrors {
         self.0.iter().map(|e| e.variable).collect()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -56,7 +56,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// `DATABASE_URL` is not a valid Postgres URL.
 pub fn connect_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = config
-        .database_url
+        .database
+        .url
         .expose_secret()
         .parse()
         .context("DATABASE_URL is not a valid postgres:// URL")?;
@@ -120,7 +121,7 @@ pub enum Plans {
 /// `DATABASE_URL` is not a valid Postgres URL.
 pub fn lazy_pool_with(config: &Config, plans: Plans) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
+        .max_connections(config.database.max_connections)
         .acquire_timeout(config.database_timeout())
         .after_connect(move |conn, _| {
             Box::pin(async move {
@@ -217,7 +218,7 @@ pub async fn connect_with(config: &Config, plans: Plans) -> anyhow::Result<PgPoo
 /// # Errors
 /// The server cannot be reached or refuses.
 pub async fn create_database_if_missing(config: &Config) -> anyhow::Result<bool> {
-    let url = config.database_url.expose_secret();
+    let url = config.database.url.expose_secret();
     let exists = sqlx::Postgres::database_exists(url)
         .await
         .context("checking whether the database exists")?;

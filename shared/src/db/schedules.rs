@@ -355,12 +355,53 @@ pub async fn set_last_status(
     Ok(())
 }
 
+/// What a built-in schedule does: its row's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemKind {
+    /// Repairs the transport: jobs Redis lost, rows left unpushed.
+    Reconcile,
+    /// Deletes expired refresh tokens, challenges and links.
+    PurgeExpired,
+    /// Deletes finished tasks past `TASK_RETENTION_DAYS`.
+    PurgeFinished,
+    /// Deletes stored files no row points at.
+    SweepOrphans,
+    /// Trims finished jobs from Redis.
+    TrimRedis,
+}
+
+impl SystemKind {
+    pub const ALL: [Self; 5] = [
+        Self::Reconcile,
+        Self::PurgeExpired,
+        Self::PurgeFinished,
+        Self::SweepOrphans,
+        Self::TrimRedis,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reconcile => "reconcile",
+            Self::PurgeExpired => "purge_expired",
+            Self::PurgeFinished => "purge_finished",
+            Self::SweepOrphans => "sweep_orphans",
+            Self::TrimRedis => "trim_redis",
+        }
+    }
+
+    /// The kind a system row names; `None` for one this build does not know
+    /// (written by a newer replica during a rolling upgrade).
+    pub fn parse(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
 /// A built-in schedule as code defines it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemSchedule {
     pub name: &'static str,
     pub cron: String,
-    pub kind: &'static str,
+    pub kind: SystemKind,
 }
 
 /// Creates the built-in schedules, or brings their cron up to date; every
@@ -375,7 +416,7 @@ pub async fn ensure_system(
 ) -> Result<(), sqlx::Error> {
     let names: Vec<&str> = system.iter().map(|s| s.name).collect();
     let crons: Vec<&str> = system.iter().map(|s| s.cron.as_str()).collect();
-    let kinds: Vec<&str> = system.iter().map(|s| s.kind).collect();
+    let kinds: Vec<&str> = system.iter().map(|s| s.kind.as_str()).collect();
     let ids: Vec<Uuid> = system.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query(
         "INSERT INTO schedules (id, name, cron, timezone, kind, system) \

@@ -220,12 +220,13 @@ impl KindSettings {
     pub fn from_config(config: &Config) -> Self {
         Self {
             http_allowed_hosts: config
-                .task_http_allowed_hosts
+                .tasks
+                .http_allowed_hosts
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
-            test_kinds: config.enable_test_kinds,
+            test_kinds: config.tasks.enable_test_kinds,
         }
     }
 
@@ -256,7 +257,7 @@ impl TaskServices {
             http: http_client(),
             db,
             storage,
-            storage_quota_bytes: config.user_storage_quota_bytes,
+            storage_quota_bytes: config.storage.user_storage_quota_bytes,
         }
     }
 }

@@ -60,32 +60,33 @@ impl Mailer {
     /// `EMAILS_FROM_EMAIL` is not an address, or the SMTP settings do not fit.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let from_address = config
-            .emails_from_email
+            .smtp
+            .from_email
             .clone()
             .unwrap_or_else(|| "keel@localhost".to_owned());
         let from: Mailbox = format!("Keel <{from_address}>")
             .parse()
             .map_err(|e| anyhow::anyhow!("EMAILS_FROM_EMAIL is not an address: {e}"))?;
-        let Some(host) = config.smtp_host.as_deref() else {
-            std::fs::create_dir_all(&config.email_outbox_dir).map_err(|e| {
+        let Some(host) = config.smtp.host.as_deref() else {
+            std::fs::create_dir_all(&config.smtp.outbox_dir).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot create the email outbox {}: {e}",
-                    config.email_outbox_dir.display()
+                    config.smtp.outbox_dir.display()
                 )
             })?;
             return Ok(Self::Outbox {
-                transport: AsyncFileTransport::new(&config.email_outbox_dir),
+                transport: AsyncFileTransport::new(&config.smtp.outbox_dir),
                 from,
-                dir: config.email_outbox_dir.clone(),
+                dir: config.smtp.outbox_dir.clone(),
             });
         };
-        let builder = match config.smtp_tls {
+        let builder = match config.smtp.tls {
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)?,
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)?,
         };
-        let mut builder = builder.port(config.smtp_port).timeout(Some(SMTP_TIMEOUT));
-        if let (Some(user), Some(password)) = (&config.smtp_user, &config.smtp_password) {
+        let mut builder = builder.port(config.smtp.port).timeout(Some(SMTP_TIMEOUT));
+        if let (Some(user), Some(password)) = (&config.smtp.user, &config.smtp.password) {
             builder = builder.credentials(Credentials::new(
                 user.clone(),
                 password.expose_secret().to_owned(),

@@ -13,8 +13,7 @@ use sqlx::PgPool;
 
 use crate::{
     db::tasks::{self, Task},
-    job_queue::{JobQueue, PushError},
-    jobs::RunTask,
+    queue::{JobQueue, PushError, RunTask},
 };
 
 /// Pushes jobs for `rows` (already committed), counting them created.

@@ -7,9 +7,8 @@ use sqlx::PgPool;
 
 use crate::{
     db::email_deliveries::{self, Delivery},
-    job_queue::JobQueue,
-    jobs::EmailJob,
     mail::EmailTemplate,
+    queue::{EmailJob, JobQueue},
 };
 
 /// Pushes the job of a delivery recorded in a transaction that has committed.

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    jobs::{Job, Queue},
+    queue::{Job, Queue},
     redis_client::RedisClient,
 };
 

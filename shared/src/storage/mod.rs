@@ -62,25 +62,28 @@ impl Storage {
     /// # Errors
     /// The directory cannot be created, or the S3 settings are unusable.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let Some(bucket) = &config.s3_bucket else {
-            return Self::local(&config.files_dir);
+        let Some(bucket) = &config.storage.s3_bucket else {
+            return Self::local(&config.storage.files_dir);
         };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
-            .with_region(&config.s3_region)
+            .with_region(&config.storage.s3_region)
             .with_http_connector(s3_http::Connector::new())
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: S3_RETRIES,
                 retry_timeout: S3_RETRY_TIMEOUT,
             });
-        if let Some(endpoint) = &config.s3_endpoint {
+        if let Some(endpoint) = &config.storage.s3_endpoint {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
-        match (&config.s3_access_key_id, &config.s3_secret_access_key) {
+        match (
+            &config.storage.s3_access_key_id,
+            &config.storage.s3_secret_access_key,
+        ) {
             (Some(id), Some(secret)) => {
                 builder = builder
                     .with_access_key_id(id.expose_secret())
@@ -89,7 +92,7 @@ impl Storage {
             (None, None) => {}
             _ => anyhow::bail!("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set together"),
         }
-        let location = match &config.s3_endpoint {
+        let location = match &config.storage.s3_endpoint {
             Some(endpoint) => format!("s3://{bucket} at {endpoint}"),
             None => format!("s3://{bucket}"),
         };

@@ -15,9 +15,8 @@ use chrono::{DateTime, Utc};
 use keel_shared::{
     Config, RedisClient,
     db::tasks::{self, Finish, Outcome, Task, Unclaimed},
-    job_queue::JobQueue,
-    jobs::RunTask,
     kinds::{self, TaskContext, TaskFailure, TaskServices},
+    queue::{JobQueue, RunTask},
     storage::Storage,
     task_events,
 };
@@ -94,7 +93,7 @@ impl TaskRunner {
         grace_over: CancellationToken,
         finished: CancellationToken,
     ) -> Self {
-        let lease = Duration::from_secs(config.task_lease_seconds);
+        let lease = Duration::from_secs(config.tasks.lease_seconds);
         Self {
             jobs: JobQueue::new(redis.clone()),
             claims: Claims::start(db.clone(), redis.clone(), worker.to_owned(), lease),
@@ -103,8 +102,8 @@ impl TaskRunner {
             attempts: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(config.worker_concurrency())),
             retry: RetryPolicy {
-                base: Duration::from_millis(config.task_retry_base_ms),
-                max: Duration::from_secs(config.task_retry_max_seconds),
+                base: Duration::from_millis(config.tasks.retry_base_ms),
+                max: Duration::from_secs(config.tasks.retry_max_seconds),
             },
             services: TaskServices::new(config, db.clone(), storage),
             db,

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use keel_shared::{db::email_deliveries, emails, jobs::EmailJob, mail::EmailTemplate};
+use keel_shared::{
+    db::email_deliveries,
+    mail::EmailTemplate,
+    queue::{EmailJob, emails},
+};
 use keel_testing::{self as testing, SmtpServer};
 use serde_json::json;
 use uuid::Uuid;

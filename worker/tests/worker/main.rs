@@ -8,7 +8,7 @@ mod tasks;
 
 use std::time::Duration;
 
-use keel_shared::{Config, RedisClient, jobs::Queue, process::Backbone, workers};
+use keel_shared::{Config, RedisClient, process::Backbone, queue::Queue, workers};
 use keel_testing::{self as testing, ChildGuard, TestDatabase};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_keel-worker");
@@ -101,7 +101,7 @@ async fn two_workers_get_distinct_names() {
     let _second = ChildGuard::spawn(testing::service_command(
         WORKER_BIN,
         &first._db.url,
-        &first.config.redis_prefix,
+        &first.config.redis.prefix,
         testing::free_port(),
     ));
 
@@ -134,7 +134,7 @@ async fn background_connections_plan_each_statement_for_its_arguments() {
     assert_eq!(settings(api).await.0, "auto");
     // A setting the operator chose stands.
     let url = format!("{}?options=-c%20random_page_cost%3D2", db.url);
-    let chosen = testing::config(&url, &config.redis_prefix, &[]);
+    let chosen = testing::config(&url, &config.redis.prefix, &[]);
     let pool = keel_shared::db::connect_with(&chosen, keel_shared::db::Plans::PerCall)
         .await
         .unwrap();

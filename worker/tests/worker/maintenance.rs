@@ -10,10 +10,10 @@ use futures_util::TryStreamExt as _;
 use keel_shared::{
     db::{
         files::{self, NewFile, Purpose},
-        schedules::{self, SystemSchedule},
+        schedules::{self, SystemKind, SystemSchedule},
         tasks::TaskStatus,
     },
-    jobs::{Maintenance, MaintenanceJob},
+    queue::{Maintenance, MaintenanceJob},
     storage::Storage,
 };
 use keel_testing::{self as testing, MotoServer, TestDatabase};
@@ -30,7 +30,7 @@ async fn run(p: &Pipeline, name: &'static str, work: Maintenance) {
         &[SystemSchedule {
             name,
             cron: "0 0 * * * *".into(),
-            kind: "test",
+            kind: SystemKind::PurgeExpired,
         }],
     )
     .await
@@ -155,7 +155,7 @@ async fn the_daily_purge_deletes_finished_work_past_retention_only() {
         &[SystemSchedule {
             name: "system.test_last_task",
             cron: "0 0 * * * *".into(),
-            kind: "test",
+            kind: SystemKind::PurgeExpired,
         }],
     )
     .await

@@ -8,8 +8,7 @@ use chrono::{DateTime, Utc};
 use keel_shared::{
     RedisClient,
     db::tasks::{self, NewTask, Task, TaskEvent, TaskStatus},
-    job_queue::JobQueue,
-    jobs::RunTask,
+    queue::{JobQueue, RunTask},
 };
 use keel_testing::{self as testing, ChildGuard, TestDatabase};
 use serde_json::{Value, json};

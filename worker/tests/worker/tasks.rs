@@ -7,7 +7,7 @@ use chrono::Utc;
 use futures_util::StreamExt as _;
 use keel_shared::{
     db::tasks::{self, TaskStatus},
-    jobs::{Queue, RunTask},
+    queue::{Queue, RunTask},
     task_events, workers,
 };
 use serde_json::{Value, json};

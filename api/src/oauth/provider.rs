@@ -85,8 +85,8 @@ impl Providers {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let mut list = Vec::new();
         if let (Some(id), Some(secret)) = (
-            &config.oauth_google_client_id,
-            &config.oauth_google_client_secret,
+            &config.oauth.google_client_id,
+            &config.oauth.google_client_secret,
         ) {
             let endpoints = Endpoints {
                 authorize: AuthUrl::new(GOOGLE_AUTHORIZE.into())?,
@@ -107,8 +107,8 @@ impl Providers {
             )?);
         }
         if let (Some(id), Some(secret)) = (
-            &config.oauth_github_client_id,
-            &config.oauth_github_client_secret,
+            &config.oauth.github_client_id,
+            &config.oauth.github_client_secret,
         ) {
             list.push(Provider::new(
                 config,
@@ -118,7 +118,7 @@ impl Providers {
                 Protocol::GitHub,
             )?);
         }
-        for p in &config.oauth_oidc_providers.0 {
+        for p in &config.oauth.oidc_providers.0 {
             let scopes: Vec<&str> = p.scopes.iter().map(String::as_str).collect();
             list.push(Provider::new(
                 config,
@@ -668,7 +668,7 @@ fn id_token_invalid(provider: &str, cause: impl std::fmt::Display) -> ApiError {
 }
 
 /// A provider's error code, fit to quote: it came through the browser.
-pub(super) fn printable(code: &str) -> String {
+pub fn printable(code: &str) -> String {
     code.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         .take(64)

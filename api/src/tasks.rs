@@ -1,0 +1,312 @@
+//! What a task does at the API: created (one or a batch, under its owner's
+//! cap and an optional idempotency key), cancelled, retried, made due now,
+//! pushed to the queue and published to live updates; who may see one; and
+//! the kind and payload check a task and a schedule share. The task and
+//! schedule routes and the dashboard call these.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use keel_shared::{
+    db::{
+        idempotency::{self, Claim},
+        tasks::{self, NewTask, Task, TaskState},
+    },
+    kinds,
+    queue::dispatch,
+    task_events,
+    task_intake::{Create, Created as Intake},
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{auth::Principal, error::ApiError, state::AppState};
+
+/// How long a live-update publish may hold a response: it is best effort.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether a create answers one task or `{items}`: the answer a reused
+/// idempotency key replays is recorded with the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    One,
+    Batch,
+}
+
+/// What inserting did: created the tasks, or found the first response to a
+/// reused idempotency key.
+#[derive(Debug)]
+pub(crate) enum Created {
+    Fresh(Vec<Task>),
+    /// The status and body first answered, to answer again.
+    Replay {
+        status: u16,
+        body: Value,
+    },
+}
+
+/// Creates `new` for the caller (claiming the idempotency key and recording
+/// the answer, as `shape` says, in the same transaction), then pushes the
+/// jobs. The rows commit before the push: with Redis down the tasks are
+/// still accepted, marked not enqueued for the reconciler.
+///
+/// # Errors
+/// The owner's cap (429), a key used with another request (422), or a
+/// dependency down.
+pub(crate) async fn create(
+    state: &AppState,
+    principal: &Principal,
+    idempotency: Option<(String, Vec<u8>)>,
+    new: Vec<NewTask>,
+    shape: Shape,
+) -> Result<Created, ApiError> {
+    let cap = state.config.tasks.max_unfinished_per_user;
+    let over_cap = || too_many_unfinished(cap);
+    let actor = principal.id().to_string();
+    let Some((key, hash)) = &idempotency else {
+        // Written with whatever creates arrive beside it: one transaction,
+        // one INSERT, one push for the group (see `task_intake`).
+        let create = Create {
+            owner: principal.id(),
+            actor,
+            tasks: new,
+            cap: Some(cap),
+        };
+        return match state.intake.create(create).await? {
+            Intake::Tasks(created) => {
+                publish(state, created.iter().map(TaskState::from).collect()).await;
+                Ok(Created::Fresh(created))
+            }
+            Intake::OverCap => Err(over_cap()),
+        };
+    };
+    let mut tx = state.db.begin().await?;
+    let wanted = i64::try_from(new.len()).unwrap_or(i64::MAX);
+    // Concurrent creates of one owner check one after another, so together
+    // they cannot pass the cap. Checked after the key: a replay is answered
+    // whatever the owner has now.
+    let room = if cap > 0 {
+        tasks::room_under_cap(&mut tx, principal.id(), i64::from(cap), wanted).await?
+    } else {
+        i64::MAX
+    };
+    match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
+        Claim::Fresh => {}
+        Claim::Replay { status, body } => return Ok(Created::Replay { status, body }),
+        Claim::Mismatch => {
+            return Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key was used with another request",
+            ));
+        }
+    }
+    if room < wanted {
+        return Err(over_cap());
+    }
+    let created = tasks::insert_many(&mut *tx, principal.id(), &actor, &new).await?;
+    let body = match shape {
+        Shape::One => serde_json::to_value(&created[0]),
+        // `{items}`, as the batch route's `TaskBatch` answers.
+        Shape::Batch => serde_json::to_value(&created).map(|items| json!({ "items": items })),
+    }
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    idempotency::record(
+        &mut tx,
+        principal.id(),
+        key,
+        StatusCode::CREATED.as_u16(),
+        &body,
+    )
+    .await?;
+    tx.commit().await?;
+    enqueue(state, &created).await;
+    Ok(Created::Fresh(created))
+}
+
+/// 429 `too_many_unfinished_tasks` unless `owner` has room for one more
+/// unfinished task under `cap` (0: no cap): a retry or a schedule's run-now.
+pub(crate) async fn require_room_for_one(
+    tx: &mut sqlx::PgConnection,
+    owner: Uuid,
+    cap: u32,
+) -> Result<(), ApiError> {
+    if cap > 0 && tasks::room_under_cap(tx, owner, i64::from(cap), 1).await? < 1 {
+        return Err(too_many_unfinished(cap));
+    }
+    Ok(())
+}
+
+/// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
+fn too_many_unfinished(cap: u32) -> ApiError {
+    ApiError::client(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_unfinished_tasks",
+        format!("at most {cap} unfinished tasks per user; wait for some to finish"),
+    )
+}
+
+/// Pushes `created` (already committed) and publishes their state. A failed
+/// push is not the client's problem: the rows are marked not enqueued and
+/// the reconciler pushes them once Redis is back. The push runs detached
+/// and is awaited: a client that hangs up after the commit (dropping this
+/// request) must not cancel it.
+pub(crate) async fn enqueue(state: &AppState, created: &[Task]) {
+    let (state, created) = (state.clone(), created.to_vec());
+    let push = tokio::spawn(async move {
+        if dispatch::push_tasks(&state.db, &state.jobs, &created)
+            .await
+            .is_err()
+        {
+            // Redis is sick: a live update would only wait on it too.
+            return;
+        }
+        publish(&state, created.iter().map(TaskState::from).collect()).await;
+    });
+    if let Err(e) = push.await {
+        tracing::warn!(error = %e, "the push of new tasks failed; the reconciler will queue them");
+    }
+}
+
+/// Publishes live updates, without letting a slow Redis hold the response.
+pub(crate) async fn publish(state: &AppState, states: Vec<TaskState>) {
+    if tokio::time::timeout(PUBLISH_TIMEOUT, task_events::publish(&state.redis, &states))
+        .await
+        .is_err()
+    {
+        tracing::debug!(count = states.len(), "publishing task updates timed out");
+    }
+}
+
+/// Cancels the task `id` if `principal` may see it and it has not started.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 once it runs or finished.
+pub(crate) async fn cancel(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
+    let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
+        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
+        return Err(ApiError::conflict(
+            "task_not_cancellable",
+            format!(
+                "the task is {}; only pending or retrying tasks can be cancelled",
+                now.status
+            ),
+        ));
+    };
+    publish(state, vec![TaskState::from(&task)]).await;
+    Ok(task)
+}
+
+/// Runs the `failed` or `cancelled` task `id` again, if `principal` may see it.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 for one in another state.
+pub(crate) async fn retry(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
+    // A retried task is unfinished again: it counts against its owner's
+    // cap like a new one, under the same lock.
+    let cap = state.config.tasks.max_unfinished_per_user;
+    let mut tx = state.db.begin().await?;
+    if cap > 0 {
+        let owner = tasks::owner_of(&mut *tx, id)
+            .await?
+            .ok_or_else(no_such_task)?;
+        require_room_for_one(&mut tx, owner, cap).await?;
+    }
+    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string()).await?;
+    tx.commit().await?;
+    let Some(task) = retried else {
+        let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
+        return Err(ApiError::conflict(
+            "task_not_retryable",
+            format!(
+                "the task is {}; only failed or cancelled tasks can be retried",
+                now.status
+            ),
+        ));
+    };
+    enqueue(state, std::slice::from_ref(&task)).await;
+    Ok(task)
+}
+
+/// Makes the waiting task `id` (scheduled for later, or backing off before a
+/// retry) due now, if `principal` may see it.
+///
+/// # Errors
+/// 404 for a task the caller may not see, 409 for one that is not waiting.
+pub(crate) async fn run_now(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    visible_task(state, principal, id).await?;
+    let Some(task) = tasks::run_now(&state.db, id, &principal.id().to_string()).await? else {
+        return Err(ApiError::conflict(
+            "task_not_waiting",
+            "only a pending or retrying task that waits for a later time can run now",
+        ));
+    };
+    enqueue(state, std::slice::from_ref(&task)).await;
+    Ok(task)
+}
+
+/// The task `id`, if the caller may see it: their own, or any for an admin.
+pub(crate) async fn visible_task(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Task, ApiError> {
+    tasks::get(&state.db, id)
+        .await?
+        .filter(|t| t.owner_id == principal.id() || principal.is_admin())
+        .ok_or_else(no_such_task)
+}
+
+/// 404 for a task that does not exist, or that the caller may not see.
+pub(crate) fn no_such_task() -> ApiError {
+    ApiError::not_found("no such task")
+}
+
+/// Reports through `invalid` an unknown (or disabled) `kind`, or what is
+/// wrong with `payload` for it, field by field (`payload.url`): the checks
+/// a task create and a schedule share.
+pub(crate) fn check_kind(
+    state: &AppState,
+    kind: &str,
+    payload: &Value,
+    invalid: &mut impl FnMut(&str, String),
+) {
+    match kinds::find_enabled(kind, &state.kinds) {
+        None => invalid(
+            "kind",
+            format!(
+                "unknown kind; one of {}",
+                kinds::enabled(&state.kinds)
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(spec) => {
+            if let Err(problems) = spec.check(payload, &state.kinds) {
+                for problem in problems {
+                    let path = if problem.field.is_empty() {
+                        "payload".to_owned()
+                    } else {
+                        format!("payload.{}", problem.field)
+                    };
+                    invalid(&path, problem.message);
+                }
+            }
+        }
+    }
+}
