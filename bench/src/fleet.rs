@@ -73,25 +73,23 @@ impl Drop for Fleet {
 /// # Errors
 /// The process is gone, or its status has no `VmRSS`.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+    proc_kib(pid, "status", "VmRSS")
 }
 
 /// Of `pid`'s resident memory, the part in transparent huge pages
 /// (`AnonHugePages`), in KiB: 0 when Keel turned THP off, as it does.
 pub fn huge_pages_kib(pid: u32) -> anyhow::Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+    proc_kib(pid, "smaps_rollup", "AnonHugePages")
+}
+
+/// The `key:  N kB` line of `/proc/<pid>/<file>`, in KiB.
+fn proc_kib(pid: u32, file: &str, key: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/{file}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no AnonHugePages")
+        .with_context(|| format!("no {key} in {path}"))
 }
 
 /// A fresh user to own what a run creates.
