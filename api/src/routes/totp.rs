@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use keel_shared::{
-    db::{refresh_tokens, second_factor, totp as store, users},
+    db::{refresh_tokens, second_factor, totp as store, two_factor::Method, users},
     queue::emails,
 };
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use crate::{
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
     responses::UserResponse,
     second_factor::{
-        AUTHENTICATOR_APP, count_code, locked, record_notice,
+        count_code, locked, record_notice,
         totp::{check, check_code},
     },
     state::AppState,
@@ -172,7 +172,7 @@ async fn confirm(
         .map(|c| store::recovery_code_hash(user, c))
         .collect();
     store::confirm(&mut tx, user, &hashes).await?;
-    let notice = record_notice(&mut tx, &principal.user, AUTHENTICATOR_APP, true).await?;
+    let notice = record_notice(&mut tx, &principal.user, Method::Totp, true).await?;
     tx.commit().await?;
     state.users.invalidate(user).await;
     emails::push(&state.db, &state.jobs, &notice).await;
@@ -241,7 +241,7 @@ async fn disable(
         return Err(wrong_code());
     }
     store::remove(&mut tx, user).await?;
-    let notice = record_notice(&mut tx, &principal.user, AUTHENTICATOR_APP, false).await?;
+    let notice = record_notice(&mut tx, &principal.user, Method::Totp, false).await?;
     tx.commit().await?;
     state.users.invalidate(user).await;
     emails::push(&state.db, &state.jobs, &notice).await;

@@ -24,7 +24,7 @@ use crate::{
     extract::AppJson,
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
     responses::{Accepted, Tokens, UserResponse},
-    second_factor::{self, EMAIL_CODES, record_notice},
+    second_factor::{self, record_notice},
     state::AppState,
 };
 
@@ -149,7 +149,7 @@ async fn set(
     let notice = if user.two_fa_enabled == enabled {
         None
     } else {
-        Some(record_notice(&mut tx, &changed, EMAIL_CODES, enabled).await?)
+        Some(record_notice(&mut tx, &changed, Method::Email, enabled).await?)
     };
     tx.commit().await?;
     state.users.invalidate(user.id).await;

@@ -206,10 +206,13 @@ pub(crate) fn locked(until: chrono::DateTime<Utc>) -> ApiError {
     }
 }
 
-/// How the notice of a change names email 2FA.
-pub(crate) const EMAIL_CODES: &str = "a code sent by email";
-/// How it names TOTP.
-pub(crate) const AUTHENTICATOR_APP: &str = "a code from an authenticator app";
+/// How the notice of a change names `method`.
+fn named(method: Method) -> &'static str {
+    match method {
+        Method::Email => "a code sent by email",
+        Method::Totp => "a code from an authenticator app",
+    }
+}
 
 /// Records in `tx` the email that tells `user` a second factor (`method`)
 /// was turned on or off, so that someone who took over a session cannot
@@ -223,10 +226,11 @@ pub(crate) const AUTHENTICATOR_APP: &str = "a code from an authenticator app";
 pub(crate) async fn record_notice(
     tx: &mut PgConnection,
     user: &User,
-    method: &str,
+    method: Method,
     enabled: bool,
 ) -> Result<Delivery, sqlx::Error> {
-    let data = serde_json::json!({"username": user.username, "method": method, "enabled": enabled});
+    let data =
+        serde_json::json!({"username": user.username, "method": named(method), "enabled": enabled});
     email_deliveries::insert(
         &mut *tx,
         &user.email,
