@@ -87,7 +87,7 @@ where
 fn without_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        // Not Linux, or a kernel without it: nothing to undo.
+        // A kernel without the flag (before 3.15): run as the host is set.
         eprintln!("could not turn transparent huge pages off: {e}");
     }
 }
