@@ -2,6 +2,13 @@
 //! upload routes, whose bodies are files and get room for them
 //! (`MAX_UPLOAD_BYTES` × `MAX_FILES_PER_UPLOAD`, or `MAX_AVATAR_BYTES`),
 //! the per-file limits and the quota being checked as the bytes stream in.
+//! The bodies of the other routes, read whole, also draw on the process's
+//! [`BodyBudget`]; the uploads stream theirs on and hold little.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     body::Body,
@@ -13,15 +20,19 @@ use axum::{
 use http_body_util::Limited;
 use keel_shared::Config;
 
+use super::body_budget::BodyBudget;
+use crate::error::ApiError;
+
 /// Room for a form's boundaries and text fields around its files.
 const FORM_OVERHEAD: u64 = 1024 * 1024;
 
-/// The limits, by route.
-#[derive(Debug, Clone, Copy)]
+/// The limits, by route, and the budget the whole-read bodies share.
+#[derive(Debug, Clone)]
 pub struct BodyLimits {
     default: u64,
     files: u64,
     avatar: u64,
+    budget: BodyBudget,
 }
 
 impl BodyLimits {
@@ -37,22 +48,28 @@ impl BodyLimits {
                 .storage
                 .max_avatar_bytes
                 .saturating_add(FORM_OVERHEAD),
+            budget: BodyBudget::new(
+                config.http.max_buffered_body_bytes,
+                config.http.max_body_bytes,
+            ),
         }
     }
 
-    fn of(&self, method: &Method, path: &str) -> u64 {
+    /// The route's limit, and whether its body is read whole.
+    fn of(&self, method: &Method, path: &str) -> (u64, bool) {
         match (method, path.trim_end_matches('/')) {
-            (&Method::POST, "/api/v1/files") => self.files,
-            (&Method::PUT, "/api/v1/users/me/avatar") => self.avatar,
-            _ => self.default,
+            (&Method::POST, "/api/v1/files") => (self.files, false),
+            (&Method::PUT, "/api/v1/users/me/avatar") => (self.avatar, false),
+            _ => (self.default, true),
         }
     }
 }
 
-/// Refuses a declared length over the route's limit at once (413), and
-/// cuts off a body that grows past it.
+/// Refuses a declared length over the route's limit at once (413), cuts
+/// off a body that grows past it, and answers 503 `server_busy` (whatever
+/// the handler made of its cut-off body) when the budget ran out.
 pub async fn limit(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
-    let limit = limits.of(request.method(), request.uri().path());
+    let (limit, read_whole) = limits.of(request.method(), request.uri().path());
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -62,6 +79,20 @@ pub async fn limit(State(limits): State<BodyLimits>, request: Request, next: Nex
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    next.run(request.map(|body| Body::new(Limited::new(body, limit))))
-        .await
+    // `Limited` goes outermost: axum's extractors tell its error (413) by
+    // how deep it sits in the body's wrappers.
+    let limited = |body| Body::new(Limited::new(body, limit));
+    if !read_whole {
+        return next.run(request.map(limited)).await;
+    }
+    let refused = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| limited(limits.budget.charge(body, Arc::clone(&refused))));
+    let response = next.run(request).await;
+    if refused.load(Ordering::Relaxed) {
+        return ApiError::busy(
+            "too many request bodies are being received at once; try again shortly",
+        )
+        .into_response();
+    }
+    response
 }

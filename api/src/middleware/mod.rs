@@ -3,6 +3,7 @@
 //! CORS, security headers, metrics. The general rate limit ([`rate_limit`])
 //! is the routes' own layer, on the resources only.
 
+mod body_budget;
 mod body_limit;
 mod metrics;
 mod problem;

@@ -4,8 +4,9 @@
 //! past the maximum (422 naming `size`; no page is ever larger), the
 //! per-user cap on unfinished tasks (429), and the WebSocket caps on
 //! message size (1009) and rate (`rate_limited`, then 1008). The same
-//! abuse runs twice: memory may grow once (allocator arenas, buffers) but
-//! not again, which is what "bounded" means here. The figures are printed.
+//! abuse runs in rounds: memory may grow once (allocator arenas, buffers)
+//! but not again, which is what "bounded" means here. Bodies sent slowly
+//! share one budget of held bytes (503 past it). The figures are printed.
 
 use futures_util::{SinkExt as _, StreamExt as _, stream};
 use keel_shared::domain::Role;
@@ -150,7 +151,12 @@ async fn raw_request(address: &str, token: &str, request: &RawRequest<'_>) -> Ra
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(WAIT, read.read_to_end(&mut answer)).await;
     writer.abort();
-    let text = String::from_utf8_lossy(&answer);
+    parse_answer(path, &answer)
+}
+
+/// A hand-written request's answer, read from its bytes.
+fn parse_answer(path: &str, answer: &[u8]) -> RawAnswer {
+    let text = String::from_utf8_lossy(answer);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("an HTTP answer to {path}, not {text:?}"));
@@ -757,4 +763,177 @@ async fn a_300_mb_text_part_of_an_upload_is_refused_without_the_api_holding_it()
         );
     }
     watcher.abort();
+}
+
+/// What became of a task create whose body was sent in part or whole.
+#[derive(Debug)]
+enum Sent {
+    /// No answer: the server waits for the rest, holding what came.
+    Waiting(TcpStream),
+    /// Answered.
+    Answered(RawAnswer),
+    /// Closed without an answer the client could read: a server that
+    /// closes with part of a body unread resets the connection, and the
+    /// reset may overtake its answer.
+    Reset,
+}
+
+impl Sent {
+    /// A refusal: a 503 `server_busy`, or the reset that may stand in for
+    /// it; true if the 503 was read.
+    fn assert_busy(&self, what: &str) -> bool {
+        match self {
+            Self::Waiting(_) => panic!("{what}: refused, not left waiting"),
+            Self::Answered(answer) => {
+                assert_raw_problem(answer, 503, "server_busy", what);
+                true
+            }
+            Self::Reset => false,
+        }
+    }
+}
+
+/// Opens a connection that sends the head of a task create with a body of
+/// `declared` bytes and `sent` of them, reading all the while; stops
+/// there, and says what became of it.
+async fn send_body(address: &str, token: &str, declared: usize, sent: usize) -> Sent {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST /api/v1/tasks HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    let mut request = head.into_bytes();
+    request.resize(request.len() + sent, b' ');
+    let writer = tokio::spawn(async move {
+        // A refusal may close the socket before the last byte is written.
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let read_result = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        read.read_to_end(&mut answer),
+    )
+    .await;
+    let write = writer.await.expect("the writer ends");
+    match read_result {
+        Err(_) if answer.is_empty() => {
+            Sent::Waiting(read.reunite(write).expect("the halves of one stream"))
+        }
+        _ if answer.is_empty() => Sent::Reset,
+        _ => Sent::Answered(parse_answer("/api/v1/tasks", &answer)),
+    }
+}
+
+#[tokio::test]
+async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holding_more() {
+    /// The budget the process is started with, and what each stalled body
+    /// holds of it (all but the 16 KiB every body gets free).
+    const BUDGET: usize = 8 * 1024 * 1024;
+    const SENT: usize = 900 * 1024;
+    const HELD: usize = SENT - 16 * 1024;
+    /// Connections that try to stall once the budget is spent, and what
+    /// they may add to the process's memory (without the budget: 88 MiB).
+    const LATE: usize = 100;
+    const MAX_GROWTH_MIB: f64 = 32.0;
+    let app = spawn_app().await;
+    let budget = BUDGET.to_string();
+    let api = ApiProcess::spawn(
+        &app,
+        &[
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("HTTP_MAX_BUFFERED_BODY_BYTES", &budget),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let pid = api.process.pid();
+    let user = app.create_user(Role::User).await;
+    warm_up(&app, &api, &user).await;
+    let baseline = settled_rss_mib(pid).await;
+    let address = api.base.trim_start_matches("http://").to_owned();
+    let token = user.token.as_str();
+
+    // One at a time, so each finds the budget as the ones before left it.
+    let mut stalled = Vec::new();
+    let refusal = loop {
+        match send_body(&address, token, BODY_LIMIT, SENT).await {
+            Sent::Waiting(stream) => stalled.push(stream),
+            refused => break refused,
+        }
+        assert!(
+            stalled.len() <= BUDGET / HELD,
+            "the budget holds {} stalled bodies",
+            stalled.len()
+        );
+    };
+    let mut read_503 = usize::from(refusal.assert_busy("a body past the budget"));
+    assert_eq!(
+        stalled.len(),
+        BUDGET / HELD,
+        "as many stalled bodies as the budget holds"
+    );
+
+    // With the budget spent: a body larger than what is left is refused at
+    // once, a small one (within the free bytes) is served as ever.
+    let whole = send_body(&address, token, SENT, SENT).await;
+    read_503 += usize::from(whole.assert_busy("a whole body with the budget spent"));
+    let created = app
+        .client
+        .post(format!("{}/api/v1/tasks", api.base))
+        .bearer_auth(token)
+        .json(&json!({"name": "small", "kind": "sleep", "payload": {"ms": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.status(),
+        StatusCode::CREATED,
+        "a small create still goes through"
+    );
+
+    let late = stream::iter(0..LATE)
+        .map(|_| send_body(&address, token, BODY_LIMIT, SENT))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let peak = rss_mib(pid);
+    for sent in &late {
+        read_503 += usize::from(sent.assert_busy("a late stalled body"));
+    }
+    println!(
+        "{} bodies of {SENT} bytes stalled in a budget of {BUDGET}; {} more refused ({read_503} \
+         read the 503 before the reset); RSS {baseline:.1} MiB warmed up, {peak:.1} with every \
+         connection open",
+        stalled.len(),
+        LATE + 2
+    );
+    assert!(read_503 > 0, "the refusals say 503 `server_busy`");
+    assert!(
+        peak - baseline < MAX_GROWTH_MIB,
+        "slow bodies took resident memory from {baseline:.1} to {peak:.1} MiB"
+    );
+
+    // The stalled bodies give their share back when their connections go.
+    drop(stalled);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match send_body(&address, token, SENT, SENT).await {
+            Sent::Answered(answer) if answer.status != 503 => {
+                assert_raw_problem(
+                    &answer,
+                    400,
+                    "malformed_json",
+                    "a body of spaces, once there is room",
+                );
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "the budget is given back: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

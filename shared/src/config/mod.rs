@@ -166,6 +166,13 @@ pub struct HttpConfig {
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Bytes of request bodies the API holds at once while they arrive,
+    /// over every connection (at least `MAX_BODY_BYTES`); a body read whole
+    /// that finds it spent is answered 503 `server_busy`. The first 16 KiB
+    /// of each body are not counted.
+    #[arg(id = "http_max_buffered_body_bytes", long = "http-max-buffered-body-bytes", env = "HTTP_MAX_BUFFERED_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_body_bytes: usize,
 }
 
 /// Token signing, lifetimes and rate limits.

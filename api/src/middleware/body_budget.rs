@@ -1,0 +1,122 @@
+//! The process's budget of request-body bytes held while they arrive: a
+//! route that reads its body whole (JSON) keeps every byte until the last
+//! one comes, so many slow clients each sending most of `MAX_BODY_BYTES`
+//! could otherwise pin `MAX_BODY_BYTES` × `HTTP_MAX_CONNECTIONS` (a GiB at
+//! the defaults) for as long as `REQUEST_TIMEOUT_SECONDS`. Past the budget
+//! a body is refused with 503 `server_busy` rather than made to wait, as a
+//! wait would let the same slow clients stall every other request.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use axum::body::{Body, Bytes, HttpBody};
+use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The first bytes of every body are not counted: small requests (a task's
+/// create, a login) never meet the budget, however full it is, and what
+/// they hold is bounded by `HTTP_MAX_CONNECTIONS` × this (16 MiB at the
+/// defaults).
+const FREE_BYTES: usize = 16 * 1024;
+
+/// Bytes of request bodies being received, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    /// A budget of `bytes`, at least one whole body of `max_body_bytes` so
+    /// that a body within the limit can always be received on its own.
+    pub fn new(bytes: usize, max_body_bytes: usize) -> Self {
+        let bytes = bytes.max(max_body_bytes).min(Semaphore::MAX_PERMITS);
+        Self(Arc::new(Semaphore::new(bytes)))
+    }
+
+    /// `body`, drawing its bytes past [`FREE_BYTES`] from the budget until
+    /// it is dropped; `refused` is set if the budget ran out (the body then
+    /// ends with an error).
+    pub fn charge(&self, body: Body, refused: Arc<AtomicBool>) -> Body {
+        Body::new(Charged {
+            inner: body,
+            budget: Arc::clone(&self.0),
+            held: None,
+            received: 0,
+            refused,
+        })
+    }
+}
+
+/// The budget ran out while this body was arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("too many request bodies are being received at once")]
+pub struct OverBudget;
+
+/// A body whose bytes are counted against a [`BodyBudget`].
+struct Charged {
+    inner: Body,
+    budget: Arc<Semaphore>,
+    /// What this body holds of the budget, given back when it is dropped,
+    /// by which time the extractor has its bytes (or gave up on them).
+    held: Option<OwnedSemaphorePermit>,
+    received: usize,
+    refused: Arc<AtomicBool>,
+}
+
+impl Charged {
+    /// Takes what a frame of `len` bytes costs; false if the budget has not
+    /// that much left.
+    fn take(&mut self, len: usize) -> bool {
+        let before = self.received.saturating_sub(FREE_BYTES);
+        self.received = self.received.saturating_add(len);
+        let cost = self.received.saturating_sub(FREE_BYTES) - before;
+        if cost == 0 {
+            return true;
+        }
+        let Ok(cost) = u32::try_from(cost) else {
+            return false;
+        };
+        match Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+            Ok(permit) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl HttpBody for Charged {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && !self.take(data.len())
+        {
+            self.refused.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
