@@ -19,9 +19,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    accounts::{change_role, delete_account, taken},
+    accounts::{TAKEN, change_role, delete_account},
     auth::{password::PasswordHasher, user_cache::UserCache},
-    error::ApiError,
+    error::{ApiError, OnConstraint as _},
     responses::UserResponse,
 };
 
@@ -199,7 +199,7 @@ async fn create_superuser(
         email_verified: true,
         profile: ProfileChanges::default(),
     };
-    let user = users::insert(db, &new).await.map_err(taken)?;
+    let user = users::insert(db, &new).await.on_constraint(TAKEN)?;
     println!("created superadmin {} ({})", user.username, user.id);
     Ok(())
 }

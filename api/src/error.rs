@@ -10,8 +10,9 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+use crate::problems::Code;
+
+pub use crate::problems::PROBLEM_JSON;
 
 /// An RFC 9457 problem detail, as every error response carries it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -47,7 +48,22 @@ pub struct FieldError {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self::with_status(code.status(), code.as_str(), detail)
+    }
+
+    /// A bare status's problem (axum's and tower-http's own refusals): its
+    /// generic code, or `error` for a status no code stands for.
+    pub fn of_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        match Code::of_status(status) {
+            Some(code) if code.status() == status => Self::new(code, detail),
+            // A 5xx other than 500, 503 and 504 keeps its own status.
+            Some(code) => Self::with_status(status, code.as_str(), detail),
+            None => Self::with_status(status, "error", detail),
+        }
+    }
+
+    fn with_status(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Self {
             kind: format!("urn:keel:problem:{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -56,29 +72,6 @@ impl Problem {
             code: code.to_owned(),
             request_id: None,
             errors: None,
-        }
-    }
-
-    /// The code for a bare status, when nothing more precise is known
-    /// (axum's and tower-http's own refusals).
-    pub fn code_for(status: StatusCode) -> &'static str {
-        match status {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::NOT_ACCEPTABLE => "not_acceptable",
-            StatusCode::REQUEST_TIMEOUT => "request_timeout",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
-            StatusCode::GATEWAY_TIMEOUT => "timeout",
-            s if s.is_server_error() => "internal_error",
-            _ => "error",
         }
     }
 
@@ -111,14 +104,13 @@ pub enum ApiError {
     /// The client's fault: answered as is, logged at debug.
     #[error("{code}: {detail}")]
     Client {
-        status: StatusCode,
-        code: &'static str,
+        code: Code,
         detail: String,
         errors: Vec<FieldError>,
     },
     /// No or bad credentials: 401 with `WWW-Authenticate: Bearer`.
     #[error("{code}: {detail}")]
-    Unauthorized { code: &'static str, detail: String },
+    Unauthorized { code: Code, detail: String },
     /// Over a rate limit: 429 with `Retry-After` and the `RateLimit-*` headers.
     #[error("rate limited")]
     RateLimited(crate::auth::rate_limit::decision::Decision),
@@ -126,7 +118,7 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("{code}: {detail}")]
     Paused {
-        code: &'static str,
+        code: Code,
         detail: String,
         retry_after_secs: u64,
     },
@@ -144,36 +136,25 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn client(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    /// The client's `code`, saying `detail`; a 401 is `Unauthorized`.
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        if code.status() == StatusCode::UNAUTHORIZED {
+            return Self::Unauthorized { code, detail };
+        }
         Self::Client {
-            status,
             code,
-            detail: detail.into(),
+            detail,
             errors: Vec::new(),
         }
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::BAD_REQUEST, code, detail)
-    }
-
-    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::Unauthorized {
-            code,
-            detail: detail.into(),
-        }
-    }
-
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::FORBIDDEN, "forbidden", detail)
+        Self::new(Code::Forbidden, detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::NOT_FOUND, "not_found", detail)
-    }
-
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::client(StatusCode::CONFLICT, code, detail)
+        Self::new(Code::NotFound, detail)
     }
 
     /// 422 with the reasons per field.
@@ -183,8 +164,7 @@ impl ApiError {
             _ => format!("{} fields are invalid", errors.len()),
         };
         Self::Client {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation_failed",
+            code: Code::ValidationFailed,
             detail,
             errors,
         }
@@ -234,8 +214,7 @@ impl From<sqlx::Error> for ApiError {
                 if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
             {
                 Self::Client {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    code: "validation_failed",
+                    code: Code::ValidationFailed,
                     detail: "text may not contain NUL or unencodable characters".into(),
                     errors: vec![FieldError {
                         field: "body".into(),
@@ -260,18 +239,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::Client {
-                status,
                 code,
                 detail,
                 errors,
             } => {
-                let mut problem = Problem::new(status, code, detail);
+                let mut problem = Problem::new(code, detail);
                 problem.errors = (!errors.is_empty()).then_some(errors);
                 problem.into_response()
             }
             Self::Unauthorized { code, detail } => {
-                let mut response =
-                    Problem::new(StatusCode::UNAUTHORIZED, code, detail).into_response();
+                let mut response = Problem::new(code, detail).into_response();
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -282,9 +259,7 @@ impl IntoResponse for ApiError {
                     "too many requests; retry in {} s",
                     decision.retry_after_secs.max(1)
                 );
-                let mut response =
-                    Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
-                        .into_response();
+                let mut response = Problem::new(Code::RateLimited, detail).into_response();
                 decision.apply(response.headers_mut());
                 response
             }
@@ -293,8 +268,7 @@ impl IntoResponse for ApiError {
                 detail,
                 retry_after_secs,
             } => {
-                let mut response =
-                    Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail).into_response();
+                let mut response = Problem::new(code, detail).into_response();
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
@@ -303,9 +277,7 @@ impl IntoResponse for ApiError {
             }
             Self::Busy(detail) => {
                 tracing::debug!(detail, "refused while busy");
-                let mut response =
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "server_busy", detail)
-                        .into_response();
+                let mut response = Problem::new(Code::ServerBusy, detail).into_response();
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -313,12 +285,8 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
-                let mut response = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "a service Keel depends on is unavailable; try again shortly",
-                )
-                .into_response();
+                let code = Code::ServiceUnavailable;
+                let mut response = Problem::new(code, code.detail()).into_response();
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -327,13 +295,49 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => {
                 // The cause chain is for the log only; the client learns nothing internal.
                 tracing::error!(error = format!("{cause:#}"), "internal error");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "an unexpected error occurred",
-                )
-                .into_response()
+                let code = Code::InternalError;
+                Problem::new(code, code.detail()).into_response()
             }
         }
+    }
+}
+
+impl From<Code> for ApiError {
+    /// The code with its own detail.
+    fn from(code: Code) -> Self {
+        Self::new(code, code.detail())
+    }
+}
+
+/// A database result whose error may be a constraint the client broke (a
+/// taken name): those become the client's problem, the rest stay errors.
+pub trait OnConstraint<T> {
+    /// `code`, with its own detail, for an error that violated the named
+    /// constraint; any other error as [`ApiError::from`] makes it.
+    fn on_constraint(self, violated: &[(&str, Code)]) -> Result<T, ApiError>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, violated: &[(&str, Code)]) -> Result<T, ApiError> {
+        self.map_err(|e| ApiError::on_constraint(e, violated))
+    }
+}
+
+impl ApiError {
+    /// [`OnConstraint::on_constraint`] for an error on its own.
+    pub fn on_constraint(e: sqlx::Error, violated: &[(&str, Code)]) -> Self {
+        let constraint = constraint_of(&e);
+        violated
+            .iter()
+            .find(|(name, _)| Some(*name) == constraint)
+            .map_or_else(|| e.into(), |(_, code)| Self::from(*code))
+    }
+}
+
+/// The constraint a database error violated, if any.
+pub fn constraint_of(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
     }
 }

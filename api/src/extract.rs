@@ -12,6 +12,7 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{ApiError, FieldError};
+use crate::problems::Code;
 
 mod framing;
 
@@ -60,7 +61,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     payload_too_large()
                 } else {
-                    ApiError::client(rejection.status(), "bad_request", rejection.body_text())
+                    ApiError::new(Code::BadRequest, rejection.body_text())
                 }
             })
     }
@@ -105,15 +106,14 @@ impl<S: Send + Sync> FromRequest<S> for AppMultipart {
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
         if essence.as_deref() != Some("multipart/form-data") {
-            return Err(ApiError::client(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
                 "expected a body with Content-Type: multipart/form-data",
             ));
         }
         let no_boundary = || {
-            ApiError::bad_request(
-                "malformed_multipart",
+            ApiError::new(
+                Code::MalformedMultipart,
                 "the multipart body cannot be read: its Content-Type has no usable boundary",
             )
         };
@@ -152,32 +152,28 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
 }
 
 fn unsupported_media_type() -> ApiError {
-    ApiError::client(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+    ApiError::new(
+        Code::UnsupportedMediaType,
         "expected a body with Content-Type: application/json",
     )
 }
 
 fn payload_too_large() -> ApiError {
-    ApiError::client(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "the request body is too large",
-    )
+    ApiError::new(Code::PayloadTooLarge, "the request body is too large")
 }
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::JsonSyntaxError(_) => {
-            ApiError::bad_request("malformed_json", serde_text(rejection))
+            ApiError::new(Code::MalformedJson, serde_text(rejection))
         }
         JsonRejection::JsonDataError(_) => invalid_field(&serde_text(rejection)),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             payload_too_large()
         }
-        other => ApiError::client(other.status(), "bad_request", other.body_text()),
+        // The body could not be read (axum says 400).
+        other => ApiError::new(Code::BadRequest, other.body_text()),
     }
 }
 
@@ -413,13 +409,9 @@ where
         }
         match axum::extract::Form::<T>::from_request(req, state).await {
             Ok(axum::extract::Form(value)) => Ok(Self(value)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::client(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                ))
-            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::new(Code::PayloadTooLarge, "the request body is too large"),
+            ),
             Err(rejection) => Err(invalid_field(&rejection.body_text())),
         }
     }

@@ -52,6 +52,7 @@ pub mod middleware;
 pub mod oauth;
 pub mod openapi;
 pub mod pagination;
+pub mod problems;
 pub mod queues;
 pub mod responses;
 pub mod routes;

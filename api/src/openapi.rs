@@ -22,7 +22,7 @@ use keel_shared::{
 };
 use serde_json::{Value, json};
 use utoipa::{
-    IntoResponses, Modify, OpenApi, PartialSchema, ToResponse, ToSchema,
+    IntoResponses, Modify, OpenApi, PartialSchema, ToSchema,
     openapi::{
         RefOr,
         schema::{ObjectBuilder, Schema, Type},
@@ -30,7 +30,10 @@ use utoipa::{
     },
 };
 
-use crate::error::{FieldError, Problem};
+use crate::{
+    error::{FieldError, Problem},
+    problems::{RETRY_AFTER, problem_response},
+};
 
 /// The conventions every operation follows, as the document's description.
 const DESCRIPTION: &str = "\
@@ -127,151 +130,59 @@ impl Modify for SecuritySchemes {
     }
 }
 
-// The shared error responses. Each wraps `Problem` only to name a component.
+// The shared error responses, built from the codes they answer with.
 
-/// Malformed JSON (`malformed_json`), or a body that could not be read.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
-        "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct BadRequest(pub Problem);
-
-/// No credential, or one that is malformed, invalid, expired or revoked.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("WWW-Authenticate" = String, description = "`Bearer`")),
-    examples(
-        ("not_authenticated" = (summary = "no credential", value = json!({
-            "type": "urn:keel:problem:not_authenticated", "title": "Unauthorized", "status": 401,
-            "detail": "sign in: send a bearer token or an API key", "code": "not_authenticated",
-            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-        }))),
-        ("token_expired" = (summary = "an expired access token", value = json!({
-            "type": "urn:keel:problem:token_expired", "title": "Unauthorized", "status": 401,
-            "detail": "the access token has expired", "code": "token_expired",
-            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-        }))),
-        ("invalid_api_key" = (summary = "an unknown or expired API key", value = json!({
-            "type": "urn:keel:problem:invalid_api_key", "title": "Unauthorized", "status": 401,
-            "detail": "the API key is invalid or expired", "code": "invalid_api_key",
-            "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-        }))),
-    )
-)]
-pub struct Unauthorized(pub Problem);
-
-/// The caller's role is too low (`forbidden`).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
-        "detail": "this needs the admin role", "code": "forbidden",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct Forbidden(pub Problem);
-
-/// Called with an API key (`api_key_not_allowed`): this needs the user's own
-/// session, a bearer token.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:api_key_not_allowed", "title": "Forbidden", "status": 403,
-        "detail": "an API key cannot do this; sign in with a password", "code": "api_key_not_allowed",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct ApiKeyNotAllowed(pub Problem);
-
-/// Nothing there, or nothing the caller may see (`not_found`); an id that is
-/// not a UUID names nothing either.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
-        "detail": "no such task", "code": "not_found",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct NotFound(pub Problem);
-
-/// The body is over `MAX_BODY_BYTES` (`payload_too_large`).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:payload_too_large", "title": "Payload Too Large", "status": 413,
-        "detail": "the request body is too large", "code": "payload_too_large",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct PayloadTooLarge(pub Problem);
-
-/// The body is not `application/json` (`unsupported_media_type`).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type",
-        "status": 415, "detail": "expected a body with Content-Type: application/json",
-        "code": "unsupported_media_type", "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct UnsupportedMediaType(pub Problem);
-
-/// Well-formed but invalid (`validation_failed`): `errors` names each field
-/// and why.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
-        "status": 422, "detail": "name: must be 1 to 200 characters", "code": "validation_failed",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60",
-        "errors": [{"field": "name", "message": "must be 1 to 200 characters"}]
-    })
-)]
-pub struct ValidationFailed(pub Problem);
-
-/// Over a rate limit (`rate_limited`); retry after `Retry-After` seconds.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(
-        ("Retry-After" = u32, description = "Seconds until a retry may succeed"),
-        ("RateLimit-Limit" = u32, description = "Requests allowed in the window"),
-        ("RateLimit-Remaining" = u32, description = "Requests left in the window: 0"),
-        ("RateLimit-Reset" = u32, description = "Seconds until the window resets"),
-    ),
-    example = json!({
-        "type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-        "detail": "too many requests; retry in 12 s", "code": "rate_limited",
-        "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct RateLimited(pub Problem);
-
-/// PostgreSQL or Redis is unavailable (`service_unavailable`); worth a retry.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("Retry-After" = u32, description = "Seconds to wait before retrying: 5")),
-    example = json!({
-        "type": "urn:keel:problem:service_unavailable", "title": "Service Unavailable",
-        "status": 503, "detail": "a service Keel depends on is unavailable; try again shortly",
-        "code": "service_unavailable", "request_id": "0193b4d2-7c1e-7f00-8a4e-2f9d1c3b5a60"
-    })
-)]
-pub struct Unavailable(pub Problem);
+problem_response!(
+    /// Malformed JSON (`malformed_json`), or a body that could not be read.
+    pub BadRequest = [MalformedJson]
+);
+problem_response!(
+    /// No credential, or one that is malformed, invalid, expired or revoked.
+    pub Unauthorized = [NotAuthenticated, TokenExpired, InvalidApiKey]
+);
+problem_response!(
+    /// The caller's role is too low (`forbidden`).
+    pub Forbidden = [Forbidden]
+);
+problem_response!(
+    /// Called with an API key (`api_key_not_allowed`): this needs the user's own
+    /// session, a bearer token.
+    pub ApiKeyNotAllowed = [ApiKeyNotAllowed]
+);
+problem_response!(
+    /// Nothing there, or nothing the caller may see (`not_found`); an id that is
+    /// not a UUID names nothing either.
+    pub NotFound = [NotFound]
+);
+problem_response!(
+    /// The body is over `MAX_BODY_BYTES` (`payload_too_large`).
+    pub PayloadTooLarge = [PayloadTooLarge]
+);
+problem_response!(
+    /// The body is not `application/json` (`unsupported_media_type`).
+    pub UnsupportedMediaType = [UnsupportedMediaType]
+);
+problem_response!(
+    /// Well-formed but invalid (`validation_failed`): `errors` names each field
+    /// and why.
+    pub ValidationFailed = [ValidationFailed]
+);
+problem_response!(
+    /// Over a rate limit (`rate_limited`); retry after `Retry-After` seconds.
+    pub RateLimited = [RateLimited],
+    headers = [
+        RETRY_AFTER,
+        ("RateLimit-Limit", "Requests allowed in the window"),
+        ("RateLimit-Remaining", "Requests left in the window: 0"),
+        ("RateLimit-Reset", "Seconds until the window resets")
+    ]
+);
+problem_response!(
+    /// PostgreSQL or Redis is unavailable (`service_unavailable`), or Keel is
+    /// saturated (`server_busy`); worth a retry.
+    pub Unavailable = [ServiceUnavailable, ServerBusy],
+    headers = [RETRY_AFTER]
+);
 
 /// What an operation with a JSON body can be refused for before its handler
 /// runs: 400, 413, 415 and 422.

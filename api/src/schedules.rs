@@ -3,7 +3,6 @@
 //! switching it on or off. Built-in `system` schedules are never edited from
 //! here. The schedule routes and the dashboard call these.
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use keel_shared::{
     db::schedules::{self, Schedule, ScheduleSpec},
@@ -13,7 +12,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, OnConstraint as _},
+    problems::Code,
     state::AppState,
     tasks,
 };
@@ -139,30 +139,18 @@ fn field(name: &str, message: impl Into<String>) -> FieldError {
 
 /// 404 `schedule_not_found`.
 pub(crate) fn no_such_schedule() -> ApiError {
-    ApiError::client(
-        StatusCode::NOT_FOUND,
-        "schedule_not_found",
-        "no such schedule",
-    )
+    ApiError::new(Code::ScheduleNotFound, "no such schedule")
 }
 
 fn read_only() -> ApiError {
-    ApiError::client(
-        StatusCode::FORBIDDEN,
-        "schedule_read_only",
+    ApiError::new(
+        Code::ScheduleReadOnly,
         "built-in schedules cannot be changed, deleted or run by hand",
     )
 }
 
-/// A taken name is the client's conflict; anything else as usual.
-pub(crate) fn name_taken(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::Database(db) if db.constraint() == Some("schedules_name_key") => {
-            ApiError::conflict("schedule_name_taken", "a schedule has this name already")
-        }
-        e => e.into(),
-    }
-}
+/// A taken name is the client's conflict.
+pub(crate) const NAME_TAKEN: &[(&str, Code)] = &[("schedules_name_key", Code::ScheduleNameTaken)];
 
 /// The schedule `id`, if it exists and is not built in.
 ///
@@ -212,7 +200,7 @@ pub(crate) async fn update(
         || (spec.enabled && !current.enabled);
     let schedule = schedules::update(&mut *tx, id, &spec, rescheduled)
         .await
-        .map_err(name_taken)?
+        .on_constraint(NAME_TAKEN)?
         .ok_or_else(no_such_schedule)?;
     tx.commit().await?;
     tracing::info!(rescheduled, "schedule updated");

@@ -44,6 +44,7 @@ use tower::{Service, ServiceExt as _};
 use keel_shared::telemetry::Throttled;
 
 use crate::error::{PROBLEM_JSON, Problem};
+use crate::problems::Code;
 
 /// The remote address of a connection, which the accept loop puts on each of
 /// its requests as `ConnectInfo<PeerAddr>`.
@@ -325,8 +326,7 @@ async fn answer_and_close(mut stream: impl AsyncRead + AsyncWrite + Unpin, answe
 fn refusal(max_connections: usize) -> String {
     let request_id = uuid::Uuid::now_v7().to_string();
     let mut problem = Problem::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
+        Code::TooManyConnections,
         format!("the server has {max_connections} connections open, its limit; try again shortly"),
     );
     problem.request_id = Some(request_id.clone());

@@ -20,6 +20,7 @@ use keel_shared::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::problems::Code;
 use crate::{auth::Principal, error::ApiError, state::AppState};
 
 /// How long a live-update publish may hold a response: it is best effort.
@@ -94,9 +95,8 @@ pub(crate) async fn create(
         Claim::Fresh => {}
         Claim::Replay { status, body } => return Ok(Created::Replay { status, body }),
         Claim::Mismatch => {
-            return Err(ApiError::client(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
+            return Err(ApiError::new(
+                Code::IdempotencyKeyMismatch,
                 "this Idempotency-Key was used with another request",
             ));
         }
@@ -139,9 +139,8 @@ pub(crate) async fn require_room_for_one(
 
 /// 429 `too_many_unfinished_tasks`: the owner is at `MAX_UNFINISHED_TASKS_PER_USER`.
 fn too_many_unfinished(cap: u32) -> ApiError {
-    ApiError::client(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
+    ApiError::new(
+        Code::TooManyUnfinishedTasks,
         format!("at most {cap} unfinished tasks per user; wait for some to finish"),
     )
 }
@@ -190,8 +189,8 @@ pub(crate) async fn cancel(
     visible_task(state, principal, id).await?;
     let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
-        return Err(ApiError::conflict(
-            "task_not_cancellable",
+        return Err(ApiError::new(
+            Code::TaskNotCancellable,
             format!(
                 "the task is {}; only pending or retrying tasks can be cancelled",
                 now.status
@@ -226,8 +225,8 @@ pub(crate) async fn retry(
     tx.commit().await?;
     let Some(task) = retried else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
-        return Err(ApiError::conflict(
-            "task_not_retryable",
+        return Err(ApiError::new(
+            Code::TaskNotRetryable,
             format!(
                 "the task is {}; only failed or cancelled tasks can be retried",
                 now.status
@@ -250,8 +249,8 @@ pub(crate) async fn run_now(
 ) -> Result<Task, ApiError> {
     visible_task(state, principal, id).await?;
     let Some(task) = tasks::run_now(&state.db, id, &principal.id().to_string()).await? else {
-        return Err(ApiError::conflict(
-            "task_not_waiting",
+        return Err(ApiError::new(
+            Code::TaskNotWaiting,
             "only a pending or retrying task that waits for a later time can run now",
         ));
     };

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Principal, user_cache::UserCache},
     error::{ApiError, FieldError},
+    problems::Code,
 };
 
 /// 404 for a user that does not exist, or that the caller may not see.
@@ -130,8 +131,8 @@ pub(crate) async fn ensure_not_last_superadmin(
     }
     let superadmins = users::lock_active_superadmins(&mut *tx).await?;
     if superadmins.len() <= 1 {
-        return Err(ApiError::conflict(
-            "last_superadmin",
+        return Err(ApiError::new(
+            Code::LastSuperadmin,
             "the last active superadmin cannot be demoted, deactivated or deleted",
         ));
     }
@@ -206,29 +207,16 @@ pub async fn delete_account(
     Ok(())
 }
 
-/// The constraint a database error violated, if any.
-pub(crate) fn constraint_of(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
-    }
-}
-
 /// 409 `username_taken`: a username is a public handle, so a taken one may
 /// say so (an address may not).
 pub(crate) fn username_taken() -> ApiError {
-    ApiError::conflict("username_taken", "that username is taken")
+    ApiError::from(Code::UsernameTaken)
 }
 
-/// A unique violation on username or email is the client's 409 (where
-/// telling that an address has an account is fine: `keel-api admin` commands;
-/// registration answers a taken email as a fresh account).
-pub fn taken(e: sqlx::Error) -> ApiError {
-    match constraint_of(&e) {
-        Some("users_username_key") => username_taken(),
-        Some("users_email_key") => {
-            ApiError::conflict("email_taken", "an account with that email exists")
-        }
-        _ => e.into(),
-    }
-}
+/// The unique constraints of an account that are the client's 409 (where
+/// telling that an address has an account is fine: `keel-api admin`
+/// commands; registration answers a taken email as a fresh account).
+pub const TAKEN: &[(&str, Code)] = &[
+    ("users_username_key", Code::UsernameTaken),
+    ("users_email_key", Code::EmailTaken),
+];

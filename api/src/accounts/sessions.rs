@@ -16,6 +16,7 @@ use crate::{
         revocation, tokens,
     },
     error::{ApiError, FieldError},
+    problems::Code,
     responses::{SignIn, Tokens},
     second_factor,
     state::AppState,
@@ -50,8 +51,8 @@ pub(crate) async fn issue(state: &AppState, user: &User) -> Result<Tokens, ApiEr
     )
     .await?;
     if !stored {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
+        return Err(ApiError::new(
+            Code::InvalidCredentials,
             "the account's credentials changed during sign-in; sign in again",
         ));
     }
@@ -96,8 +97,8 @@ pub(crate) async fn sign_in(
         )
         .await?;
     let Some(user) = user.filter(|u| matches && u.is_active) else {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
+        return Err(ApiError::new(
+            Code::InvalidCredentials,
             "wrong username, email or password",
         ));
     };
@@ -144,8 +145,8 @@ pub(crate) async fn rotate(
         .enforce(&format!("refresh:ip:{ip}"), REFRESH_PER_IP)
         .await?;
     let invalid = || {
-        ApiError::unauthorized(
-            "invalid_refresh_token",
+        ApiError::new(
+            Code::InvalidRefreshToken,
             "the refresh token is invalid, expired or revoked",
         )
     };

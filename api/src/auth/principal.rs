@@ -12,6 +12,7 @@ use keel_shared::{
 use uuid::Uuid;
 
 use super::tokens::{AccessClaims, TokenError, hash_secret};
+use crate::problems::Code;
 use crate::{error::ApiError, state::AppState};
 
 /// How the caller proved who they are.
@@ -63,9 +64,8 @@ impl Principal {
     pub fn require_session(&self) -> Result<(), ApiError> {
         match self.method {
             AuthMethod::AccessToken { .. } => Ok(()),
-            AuthMethod::ApiKey { .. } => Err(ApiError::client(
-                axum::http::StatusCode::FORBIDDEN,
-                "api_key_not_allowed",
+            AuthMethod::ApiKey { .. } => Err(ApiError::new(
+                Code::ApiKeyNotAllowed,
                 "an API key cannot do this; sign in with a password",
             )),
         }
@@ -83,12 +83,8 @@ pub(crate) async fn bearer(
     token: &str,
 ) -> Result<(User, AccessClaims), ApiError> {
     let claims = state.tokens.verify_access(token).map_err(|e| match e {
-        TokenError::Expired => {
-            ApiError::unauthorized("token_expired", "the access token has expired")
-        }
-        TokenError::Invalid => {
-            ApiError::unauthorized("invalid_token", "the access token is invalid")
-        }
+        TokenError::Expired => ApiError::new(Code::TokenExpired, "the access token has expired"),
+        TokenError::Invalid => ApiError::new(Code::InvalidToken, "the access token is invalid"),
     })?;
     match state.users.get(&state.db, claims.sub).await? {
         Some(cached)
@@ -98,8 +94,8 @@ pub(crate) async fn bearer(
         {
             Ok((cached.user, claims))
         }
-        _ => Err(ApiError::unauthorized(
-            "invalid_token",
+        _ => Err(ApiError::new(
+            Code::InvalidToken,
             "the access token is no longer valid",
         )),
     }
@@ -113,13 +109,13 @@ pub(crate) enum Credential<'a> {
 
 pub(crate) fn credential(parts: &Parts) -> Result<Option<Credential<'_>>, ApiError> {
     if let Some(value) = parts.headers.get("authorization") {
-        let value = value.to_str().map_err(|_| {
-            ApiError::unauthorized("invalid_token", "malformed Authorization header")
-        })?;
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::new(Code::InvalidToken, "malformed Authorization header"))?;
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
+            return Err(ApiError::new(
+                Code::InvalidToken,
                 "expected Authorization: Bearer <token>",
             ));
         }
@@ -128,7 +124,7 @@ pub(crate) fn credential(parts: &Parts) -> Result<Option<Credential<'_>>, ApiErr
     if let Some(value) = parts.headers.get("x-api-key") {
         let key = value
             .to_str()
-            .map_err(|_| ApiError::unauthorized("invalid_api_key", "malformed X-API-Key header"))?;
+            .map_err(|_| ApiError::new(Code::InvalidApiKey, "malformed X-API-Key header"))?;
         return Ok(Some(Credential::ApiKey(key.trim())));
     }
     Ok(None)
@@ -143,8 +139,8 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         match credential(parts)? {
             Some(credential) => authenticate(state, credential).await,
-            None => Err(ApiError::unauthorized(
-                "not_authenticated",
+            None => Err(ApiError::new(
+                Code::NotAuthenticated,
                 "sign in: send a bearer token or an API key",
             )),
         }
@@ -183,7 +179,7 @@ pub(crate) async fn authenticate(
         }
         Credential::ApiKey(key) => {
             let invalid =
-                || ApiError::unauthorized("invalid_api_key", "the API key is invalid or expired");
+                || ApiError::new(Code::InvalidApiKey, "the API key is invalid or expired");
             let api_key = api_keys::find_live_by_hash(&state.db, &hash_secret(key))
                 .await?
                 .ok_or_else(invalid)?;

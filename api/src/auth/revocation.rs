@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::{
     auth::{AuthMethod, Principal},
     error::ApiError,
+    problems::Code,
     state::AppState,
 };
 
@@ -87,7 +88,7 @@ pub async fn announce(state: &AppState, user_id: Uuid) {
 /// # Errors
 /// The credential ended (401), or the database fails.
 pub async fn ensure_current(tx: &mut PgConnection, principal: &Principal) -> Result<(), ApiError> {
-    let ended = || ApiError::unauthorized("invalid_token", "the access token is no longer valid");
+    let ended = || ApiError::new(Code::InvalidToken, "the access token is no longer valid");
     let user = users::find_by_id(&mut *tx, principal.id())
         .await?
         .filter(|u| u.is_active)

@@ -32,6 +32,7 @@ use crate::{
         revocation,
     },
     error::ApiError,
+    problems::Code,
     responses::SignIn,
     second_factor,
     state::AppState,
@@ -60,9 +61,8 @@ impl Admin {
         if !self.by_cookie || constant_time_eq(form_token.as_bytes(), self.csrf.as_bytes()) {
             Ok(())
         } else {
-            Err(ApiError::client(
-                StatusCode::FORBIDDEN,
-                "csrf_failed",
+            Err(ApiError::new(
+                Code::CsrfFailed,
                 "this form is stale or came from another site; reload the page and try again",
             )
             .into())
@@ -184,12 +184,7 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), PageError> {
         .map(|(_, rest)| rest.trim_end_matches('/'));
     match (origin_host, host) {
         (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
-        _ => Err(ApiError::client(
-            StatusCode::FORBIDDEN,
-            "cross_origin",
-            "this form was posted from another site",
-        )
-        .into()),
+        _ => Err(ApiError::new(Code::CrossOrigin, "this form was posted from another site").into()),
     }
 }
 
@@ -325,7 +320,7 @@ fn refused(e: ApiError, next: &str, challenge_id: Option<Uuid>) -> Response {
     let paused = matches!(
         e,
         ApiError::Paused {
-            code: "second_factor_locked",
+            code: Code::SecondFactorLocked,
             ..
         }
     );

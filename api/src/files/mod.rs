@@ -19,6 +19,7 @@ use keel_shared::db::{
 use uuid::Uuid;
 
 use self::range::Ranged;
+use crate::problems::Code;
 use crate::{error::ApiError, state::AppState};
 
 /// Records `received` (written to storage, not yet recorded) as `owner`'s,
@@ -80,9 +81,8 @@ pub async fn serve(
     let range = match requested_range(headers, &etag, size) {
         Ok(range) => range,
         Err(()) => {
-            let mut refused = ApiError::client(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+            let mut refused = ApiError::new(
+                Code::RangeNotSatisfiable,
                 format!("the file has {size} bytes"),
             )
             .into_response();

@@ -14,6 +14,7 @@ use keel_shared::{
 use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
+use crate::problems::Code;
 
 /// Longest `description`, and the most and longest `tags`.
 const MAX_DESCRIPTION_CHARS: usize = 1000;
@@ -179,9 +180,8 @@ async fn store(
                 return Err(if quota_left < file_limit {
                     quota_exceeded(quota_left)
                 } else {
-                    ApiError::client(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "file_too_large",
+                    ApiError::new(
+                        Code::FileTooLarge,
                         format!("a file may be at most {file_limit} bytes"),
                     )
                 });
@@ -272,9 +272,8 @@ pub fn sanitize_name(raw: &str) -> String {
 
 /// 413 `quota_exceeded`: the caller's files would pass `USER_STORAGE_QUOTA_BYTES`.
 pub fn quota_exceeded(left: u64) -> ApiError {
-    ApiError::client(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "quota_exceeded",
+    ApiError::new(
+        Code::QuotaExceeded,
         format!("this would take you over your storage quota ({left} bytes left)"),
     )
 }
@@ -298,14 +297,13 @@ fn field_error(field: &str, message: &str) -> ApiError {
 /// A form that cannot be read: too large as a whole (413) or malformed (400).
 pub fn malformed(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+        ApiError::new(
+            Code::PayloadTooLarge,
             "the upload is larger than this server takes",
         )
     } else {
-        ApiError::bad_request(
-            "malformed_multipart",
+        ApiError::new(
+            Code::MalformedMultipart,
             format!("the multipart body cannot be read: {}", e.body_text()),
         )
     }

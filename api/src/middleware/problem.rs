@@ -15,6 +15,7 @@ use axum::{
 
 use super::request_id::REQUEST_ID;
 use crate::error::{PROBLEM_JSON, Problem};
+use crate::problems::Code;
 
 /// Longest plain-text body of a bare refusal kept as the problem's detail.
 const MAX_DETAIL: usize = 1024;
@@ -38,11 +39,7 @@ pub async fn finalize(req: Request, next: Next) -> Response {
         None if is_json(&parts.headers) || is_html(&parts.headers) => {
             return Response::from_parts(parts, body);
         }
-        None => Problem::new(
-            status,
-            Problem::code_for(status),
-            plain_detail(status, &parts.headers, body).await,
-        ),
+        None => Problem::of_status(status, plain_detail(status, &parts.headers, body).await),
     };
     problem.request_id = request_id;
     parts
@@ -100,10 +97,5 @@ pub fn from_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(panic = message, "handler panicked");
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "an unexpected error occurred",
-    )
-    .into_response()
+    Problem::new(Code::InternalError, "an unexpected error occurred").into_response()
 }

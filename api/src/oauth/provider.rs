@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::http::StatusCode;
 use keel_shared::Config;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use openidconnect::{
@@ -33,6 +32,7 @@ use serde::Deserialize;
 
 use super::http::{CallError, OAuthHttp};
 use crate::error::ApiError;
+use crate::problems::Code;
 
 // Google publishes these in its discovery document; they are fixed here so
 // that the authorize URL needs no call out.
@@ -519,8 +519,8 @@ impl Provider {
             return provider_unavailable(&self.display_name);
         }
         tracing::info!(provider = %self.name, error = code, "the provider refused an authorization code");
-        ApiError::bad_request(
-            "oauth_code_rejected",
+        ApiError::new(
+            Code::OauthCodeRejected,
             format!(
                 "{} refused the authorization code ({}); sign in again",
                 self.display_name,
@@ -652,17 +652,16 @@ fn unavailable(provider: &Provider, what: &str, cause: impl std::fmt::Display) -
 }
 
 fn provider_unavailable(provider: &str) -> ApiError {
-    ApiError::client(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "oauth_provider_unavailable",
+    ApiError::new(
+        Code::OauthProviderUnavailable,
         format!("sign-in with {provider} is unavailable right now; try again shortly"),
     )
 }
 
 fn id_token_invalid(provider: &str, cause: impl std::fmt::Display) -> ApiError {
     tracing::warn!(provider, error = %cause, "an ID token failed its checks");
-    ApiError::bad_request(
-        "oauth_id_token_invalid",
+    ApiError::new(
+        Code::OauthIdTokenInvalid,
         "the provider's answer failed its checks; sign in again",
     )
 }

@@ -26,9 +26,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::{AppJson, AppPath},
     openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized},
+    problems::problem_response,
     queues::queue_stats,
     responses::QueueStats,
     state::AppState,
@@ -97,9 +98,7 @@ pub struct QueuePause {
         (status = 200, description = "The queue, paused", body = QueuePause),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 404, description = "No such queue", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
-                "detail": "no queue \"emails\"", "code": "not_found"})),
+        (status = 404, response = inline(NoSuchQueue)),
     ))]
 async fn pause_queue(
     State(state): State<AppState>,
@@ -118,9 +117,7 @@ async fn pause_queue(
             example = json!({"name": "tasks", "paused": false})),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 404, description = "No such queue", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:not_found", "title": "Not Found", "status": 404,
-                "detail": "no queue \"emails\"", "code": "not_found"})),
+        (status = 404, response = inline(NoSuchQueue)),
     ))]
 async fn resume_queue(
     State(state): State<AppState>,
@@ -321,6 +318,11 @@ async fn stats(
         },
     }))
 }
+
+problem_response!(
+    /// No such queue (`not_found`).
+    NoSuchQueue = [NotFound]
+);
 
 #[cfg(test)]
 mod tests {

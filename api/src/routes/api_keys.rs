@@ -19,12 +19,13 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Principal, revocation, tokens},
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
         ApiKeyNotAllowed, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
+    problems::{Code, problem_response},
     state::AppState,
 };
 
@@ -126,13 +127,7 @@ async fn list_keys(
         (status = 201, description = "The key, with its secret `key`: the only time it is shown", body = ApiKeyWithSecret),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`too_many_api_keys` (25 at most), or `email_not_verified`", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("too_many_api_keys" = (value = json!({"type": "urn:keel:problem:too_many_api_keys", "title": "Conflict", "status": 409,
-                    "detail": "at most 25 keys per user", "code": "too_many_api_keys"}))),
-                ("email_not_verified" = (value = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
-                    "detail": "verify your email address before creating API keys", "code": "email_not_verified"}))),
-            )),
+        (status = 409, response = inline(KeyRefused)),
     ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -167,8 +162,8 @@ async fn create_key(
         .len()
         >= MAX_KEYS_PER_USER
     {
-        return Err(ApiError::conflict(
-            "too_many_api_keys",
+        return Err(ApiError::new(
+            Code::TooManyApiKeys,
             format!("at most {MAX_KEYS_PER_USER} keys per user"),
         ));
     }
@@ -199,8 +194,8 @@ fn require_verified_email(principal: &Principal) -> Result<(), ApiError> {
     if principal.user.email_verified {
         Ok(())
     } else {
-        Err(ApiError::conflict(
-            "email_not_verified",
+        Err(ApiError::new(
+            Code::EmailNotVerified,
             "verify your email address before creating API keys",
         ))
     }
@@ -234,9 +229,7 @@ async fn record_notice(
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
         (status = 404, response = NotFound),
-        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
-                "detail": "verify your email address before creating API keys", "code": "email_not_verified"})),
+        (status = 409, response = inline(Unverified)),
     ))]
 async fn regenerate_key(
     State(state): State<AppState>,
@@ -282,3 +275,12 @@ async fn delete_key(
         Err(ApiError::not_found("no such API key"))
     }
 }
+
+problem_response!(
+    /// `too_many_api_keys` (25 at most), or `email_not_verified`.
+    KeyRefused = [TooManyApiKeys, EmailNotVerified]
+);
+problem_response!(
+    /// `email_not_verified`.
+    Unverified = [EmailNotVerified]
+);

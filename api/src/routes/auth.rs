@@ -24,9 +24,10 @@ use crate::{
         revocation::{self, Scope},
         tokens,
     },
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError, constraint_of},
     extract::{AppJson, JsonOrForm},
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    problems::{Code, RETRY_AFTER, problem_response},
     responses::{Detail, SignIn, Tokens, UserResponse},
     state::AppState,
 };
@@ -77,12 +78,8 @@ pub struct RegisterRequest {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 201, description = "The new account, its email not verified yet — or, for a taken email, the same answer with nothing created", body = UserResponse),
-        (status = 403, description = "`role_not_allowed`: a `role` other than `user`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:role_not_allowed", "title": "Forbidden", "status": 403,
-                "detail": "registration creates `user` accounts only", "code": "role_not_allowed"})),
-        (status = 409, description = "`username_taken` (a taken email is not told)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:username_taken", "title": "Conflict", "status": 409,
-                "detail": "that username is taken", "code": "username_taken"})),
+        (status = 403, response = inline(RoleRefused)),
+        (status = 409, response = inline(UsernameTaken)),
     ))]
 async fn register(
     State(state): State<AppState>,
@@ -98,9 +95,8 @@ async fn register(
         .as_deref()
         .is_some_and(|r| r != Role::User.as_str())
     {
-        return Err(ApiError::client(
-            StatusCode::FORBIDDEN,
-            "role_not_allowed",
+        return Err(ApiError::new(
+            Code::RoleNotAllowed,
             "registration creates `user` accounts only",
         ));
     }
@@ -145,7 +141,7 @@ async fn register(
             }
             user
         }
-        Err(e) if accounts::constraint_of(&e) == Some("users_email_key") => {
+        Err(e) if constraint_of(&e) == Some("users_email_key") => {
             // A username is a public handle, so a taken one may say so (and
             // does first, as when both are taken); an address is not: a taken
             // one answers as a fresh account would, creates nothing, and its
@@ -157,7 +153,7 @@ async fn register(
             tell_owner_of_attempt(&state, &new.email).await;
             users::as_inserted(&new, Uuid::now_v7(), chrono::Utc::now())
         }
-        Err(e) => return Err(accounts::taken(e)),
+        Err(e) => return Err(ApiError::on_constraint(e, accounts::TAKEN)),
     };
     Ok((StatusCode::CREATED, AppJson(UserResponse::from(user))))
 }
@@ -250,17 +246,8 @@ pub struct LoginRequest {
                     "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
                     "method": "totp", "expires_in": 600}))),
             )),
-        (status = 401, description = "`invalid_credentials`, alike for a wrong password, an unknown or a disabled user", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
-                "detail": "wrong username, email or password", "code": "invalid_credentials"})),
-        (status = 429, description = "`rate_limited`; or `second_factor_locked`: the account's second step is paused after ten wrong codes within an hour, so no challenge is opened", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds until a retry may succeed")),
-            examples(
-                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
-                ("second_factor_locked" = (value = json!({"type": "urn:keel:problem:second_factor_locked", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many wrong codes for this account; the second step is paused until 14:05 UTC", "code": "second_factor_locked"}))),
-            )),
+        (status = 401, response = inline(InvalidCredentials)),
+        (status = 429, response = inline(LoginThrottled)),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -295,13 +282,8 @@ pub struct TokenRequest {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "A new token pair", body = Tokens),
-        (status = 401, description = "`invalid_credentials` or `invalid_refresh_token`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
-                "detail": "wrong username, email or password", "code": "invalid_credentials"})),
-        (status = 403, description = "`two_factor_required`: the account uses 2FA; sign in with `login` and `verify-2fa`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:two_factor_required", "title": "Forbidden", "status": 403,
-                "detail": "this account signs in with a second factor: POST /api/v1/auth/login, then /api/v1/auth/verify-2fa",
-                "code": "two_factor_required"})),
+        (status = 401, response = inline(BadCredentialsOrToken)),
+        (status = 403, response = inline(TwoFactorNeeded)),
     ))]
 async fn token(
     State(state): State<AppState>,
@@ -321,9 +303,8 @@ async fn token(
             match sessions::sign_in(&state, ip, &username, &password).await? {
                 SignIn::Tokens(tokens) => Ok(AppJson(tokens)),
                 // An OAuth2 client cannot answer a challenge: send it to the two-step flow.
-                SignIn::Challenge(_) => Err(ApiError::client(
-                    StatusCode::FORBIDDEN,
-                    "two_factor_required",
+                SignIn::Challenge(_) => Err(ApiError::new(
+                    Code::TwoFactorRequired,
                     "this account signs in with a second factor: POST /api/v1/auth/login, then /api/v1/auth/verify-2fa",
                 )),
             }
@@ -353,9 +334,7 @@ pub struct RefreshRequest {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
-        (status = 401, description = "`invalid_refresh_token`: unknown, expired, revoked, or spent (which revokes its family)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_refresh_token", "title": "Unauthorized", "status": 401,
-                "detail": "the refresh token is invalid, expired or revoked", "code": "invalid_refresh_token"})),
+        (status = 401, response = inline(InvalidRefreshToken)),
     ))]
 async fn refresh(
     State(state): State<AppState>,
@@ -372,9 +351,7 @@ async fn refresh(
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
-        (status = 401, description = "`invalid_refresh_token`: unknown, expired, revoked, or spent (which revokes its family)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_refresh_token", "title": "Unauthorized", "status": 401,
-                "detail": "the refresh token is invalid, expired or revoked", "code": "invalid_refresh_token"})),
+        (status = 401, response = inline(InvalidRefreshToken)),
     ))]
 #[deprecated = "use POST /api/v1/auth/refresh"]
 async fn alias_refresh(
@@ -438,9 +415,7 @@ pub struct VerifyResponse {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "The access token is valid", body = VerifyResponse),
-        (status = 401, description = "`invalid_token` or `token_expired`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:token_expired", "title": "Unauthorized", "status": 401,
-                "detail": "the token has expired", "code": "token_expired"})),
+        (status = 401, response = inline(BadAccessToken)),
     ))]
 async fn verify_token(
     State(state): State<AppState>,
@@ -471,10 +446,7 @@ pub struct ChangePasswordRequest {
         (status = 200, description = "Changed; every session has ended, this one too", body = Detail),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 422, description = "A wrong `current_password`, or a weak `new_password`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "current_password: is incorrect", "code": "validation_failed",
-                "errors": [{"field": "current_password", "message": "is incorrect"}]})),
+        (status = 422, response = inline(WrongPassword)),
     ))]
 async fn change_password(
     State(state): State<AppState>,
@@ -513,3 +485,46 @@ async fn change_password(
         detail: "password changed; sign in again".into(),
     }))
 }
+
+problem_response!(
+    /// `role_not_allowed`: a `role` other than `user`.
+    RoleRefused = [RoleNotAllowed]
+);
+problem_response!(
+    /// `username_taken` (a taken email is not told).
+    UsernameTaken = [UsernameTaken]
+);
+problem_response!(
+    /// `invalid_credentials`, alike for a wrong password, an unknown or a disabled
+    /// user.
+    InvalidCredentials = [InvalidCredentials]
+);
+problem_response!(
+    /// `rate_limited`; or `second_factor_locked`: the account's second step is
+    /// paused after ten wrong codes within an hour, so no challenge is opened.
+    LoginThrottled = [RateLimited, SecondFactorLocked],
+    headers = [RETRY_AFTER]
+);
+problem_response!(
+    /// `invalid_credentials` or `invalid_refresh_token`.
+    BadCredentialsOrToken = [InvalidCredentials, InvalidRefreshToken]
+);
+problem_response!(
+    /// `two_factor_required`: the account uses 2FA; sign in with `login` and
+    /// `verify-2fa`.
+    TwoFactorNeeded = [TwoFactorRequired]
+);
+problem_response!(
+    /// `invalid_refresh_token`: unknown, expired, revoked, or spent (which revokes
+    /// its family).
+    InvalidRefreshToken = [InvalidRefreshToken]
+);
+problem_response!(
+    /// `invalid_token` or `token_expired`.
+    BadAccessToken = [TokenExpired, InvalidToken]
+);
+
+problem_response!(
+    /// A wrong `current_password`, or a weak `new_password`.
+    WrongPassword = [ValidationFailed]
+);

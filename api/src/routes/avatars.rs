@@ -22,10 +22,11 @@ use uuid::Uuid;
 use crate::{
     auth::Principal,
     avatars::{avatar_id, replace},
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::{AppJson, AppMultipart, AppPath},
     files::{serve, upload},
     openapi::{NotFound, ResourceErrors, Unauthorized},
+    problems::{Code, problem_response},
     responses::UserResponse,
     state::AppState,
 };
@@ -83,23 +84,11 @@ pub struct AvatarForm {
                 "last_login_at": "2026-01-15T09:30:00Z", "created_at": "2026-01-10T08:00:00Z",
                 "updated_at": "2026-01-15T09:31:00Z"
             })),
-        (status = 400, description = "`malformed_multipart`: the body is not a readable multipart form", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:malformed_multipart", "title": "Bad Request", "status": 400,
-                "detail": "the multipart body cannot be read: Error parsing `multipart/form-data` request", "code": "malformed_multipart"})),
+        (status = 400, response = inline(MalformedMultipart)),
         (status = 401, response = Unauthorized),
-        (status = 413, description = "`file_too_large` (over `MAX_AVATAR_BYTES`), `quota_exceeded` (over what is left of `USER_STORAGE_QUOTA_BYTES`, the replaced avatar's bytes freed), or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
-                "detail": "an avatar may be at most 2097152 bytes", "code": "file_too_large"})),
-        (status = 415, description = "`unsupported_image`: the bytes are not a PNG, JPEG or WebP image, whatever the name or the part's type say; or `unsupported_media_type`: the body is not `multipart/form-data`", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("unsupported_image" = (value = json!({"type": "urn:keel:problem:unsupported_image", "title": "Unsupported Media Type", "status": 415,
-                    "detail": "an avatar is a PNG, JPEG or WebP image; this is text/plain", "code": "unsupported_image"}))),
-                ("unsupported_media_type" = (value = json!({"type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type", "status": 415,
-                    "detail": "expected a body with Content-Type: multipart/form-data", "code": "unsupported_media_type"}))),
-            )),
-        (status = 422, description = "`image_too_large` (over 4096 pixels a side), `invalid_image` (its header cannot be read, or it has no pixels), or `validation_failed` (no image part, a second one, or another field)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:image_too_large", "title": "Unprocessable Entity", "status": 422,
-                "detail": "the image is 5000 × 5000 pixels; at most 4096 on each side", "code": "image_too_large"})),
+        (status = 413, response = inline(TooLarge)),
+        (status = 415, response = inline(NotAnImage)),
+        (status = 422, response = inline(BadImage)),
     ))]
 async fn put_avatar(
     State(state): State<AppState>,
@@ -166,9 +155,7 @@ async fn delete_avatar(
             headers(("Content-Range" = String), ("ETag" = String))),
         (status = 304, description = "Not modified: the client's copy is current"),
         (status = 404, response = NotFound),
-        (status = 416, description = "`range_not_satisfiable`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:range_not_satisfiable", "title": "Range Not Satisfiable", "status": 416,
-                "detail": "the file has 1024 bytes", "code": "range_not_satisfiable"})),
+        (status = 416, response = inline(RangeNotSatisfiable)),
     ))]
 async fn get_avatar(
     State(state): State<AppState>,
@@ -264,9 +251,8 @@ async fn store(
             Ok(()) => {}
             Err(WriteError::TooLarge) => {
                 object.abort().await;
-                return Err(ApiError::client(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "file_too_large",
+                return Err(ApiError::new(
+                    Code::FileTooLarge,
                     format!("an avatar may be at most {limit} bytes"),
                 ));
             }
@@ -308,20 +294,13 @@ fn inspect(header: &[u8]) -> Result<&'static str, ApiError> {
         "image/jpeg" => ("image/jpeg", ImageType::Jpeg),
         "image/webp" => ("image/webp", ImageType::Webp),
         other => {
-            return Err(ApiError::client(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_image",
+            return Err(ApiError::new(
+                Code::UnsupportedImage,
                 format!("an avatar is a PNG, JPEG or WebP image; this is {other}"),
             ));
         }
     };
-    let invalid = |why: &str| {
-        ApiError::client(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_image",
-            format!("the image {why}"),
-        )
-    };
+    let invalid = |why: &str| ApiError::new(Code::InvalidImage, format!("the image {why}"));
     if imagesize::image_type(header).ok() != Some(format) {
         return Err(invalid("is not what its first bytes say"));
     }
@@ -335,9 +314,8 @@ fn inspect(header: &[u8]) -> Result<&'static str, ApiError> {
         return Err(invalid("has no pixels"));
     }
     if size.width > MAX_SIDE || size.height > MAX_SIDE {
-        return Err(ApiError::client(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "image_too_large",
+        return Err(ApiError::new(
+            Code::ImageTooLarge,
             format!(
                 "the image is {} × {} pixels; at most {MAX_SIDE} on each side",
                 size.width, size.height
@@ -365,6 +343,33 @@ fn field_error(field: &str, message: &str) -> ApiError {
     }])
 }
 
+problem_response!(
+    /// `malformed_multipart`: the body is not a readable multipart form.
+    MalformedMultipart = [MalformedMultipart]
+);
+problem_response!(
+    /// `file_too_large` (over `MAX_AVATAR_BYTES`), `quota_exceeded` (over what is
+    /// left of `USER_STORAGE_QUOTA_BYTES`, the replaced avatar's bytes freed), or
+    /// `payload_too_large` (the whole request).
+    TooLarge = [FileTooLarge, QuotaExceeded, PayloadTooLarge]
+);
+problem_response!(
+    /// `unsupported_image`: the bytes are not a PNG, JPEG or WebP image, whatever
+    /// the name or the part's type say; or `unsupported_media_type`: the body is
+    /// not `multipart/form-data`.
+    NotAnImage = [UnsupportedImage, UnsupportedMediaType]
+);
+problem_response!(
+    /// `image_too_large` (over 4096 pixels a side), `invalid_image` (its header
+    /// cannot be read, or it has no pixels), or `validation_failed` (no image part,
+    /// a second one, or another field).
+    BadImage = [ImageTooLarge, InvalidImage, ValidationFailed]
+);
+problem_response!(
+    /// `range_not_satisfiable`.
+    RangeNotSatisfiable = [RangeNotSatisfiable]
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +385,7 @@ mod tests {
 
     fn code(result: Result<&str, ApiError>) -> &'static str {
         match result {
-            Err(ApiError::Client { code, .. }) => code,
+            Err(ApiError::Client { code, .. }) => code.as_str(),
             other => panic!("not refused: {other:?}"),
         }
     }

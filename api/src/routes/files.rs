@@ -18,11 +18,12 @@ use uuid::Uuid;
 use crate::{
     auth::Principal,
     avatars,
-    error::{ApiError, Problem},
+    error::ApiError,
     extract::{AppJson, AppMultipart, AppPath, AppQuery},
     files::{record, serve, upload},
     openapi::{NotFound, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
+    problems::problem_response,
     state::AppState,
 };
 
@@ -125,16 +126,10 @@ pub struct UploadForm {
     responses(
         ResourceErrors,
         (status = 201, description = "The stored files", body = Uploaded),
-        (status = 400, description = "`malformed_multipart`: the body is not a readable multipart form", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:malformed_multipart", "title": "Bad Request", "status": 400,
-                "detail": "the multipart body cannot be read: Error parsing `multipart/form-data` request", "code": "malformed_multipart"})),
+        (status = 400, response = inline(MalformedMultipart)),
         (status = 401, response = Unauthorized),
-        (status = 413, description = "`file_too_large` (over `MAX_UPLOAD_BYTES`), `quota_exceeded`, or `payload_too_large` (the whole request)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:file_too_large", "title": "Payload Too Large", "status": 413,
-                "detail": "a file may be at most 104857600 bytes", "code": "file_too_large"})),
-        (status = 415, description = "`unsupported_media_type`: the body is not `multipart/form-data`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:unsupported_media_type", "title": "Unsupported Media Type", "status": 415,
-                "detail": "expected a body with Content-Type: multipart/form-data", "code": "unsupported_media_type"})),
+        (status = 413, response = inline(TooLarge)),
+        (status = 415, response = inline(NotMultipart)),
         (status = 422, response = ValidationFailed),
     ))]
 async fn upload_files(
@@ -281,9 +276,7 @@ async fn delete_file(
         (status = 304, description = "Not modified: the client's copy is current"),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 416, description = "`range_not_satisfiable`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:range_not_satisfiable", "title": "Range Not Satisfiable", "status": 416,
-                "detail": "the file has 1024 bytes", "code": "range_not_satisfiable"})),
+        (status = 416, response = inline(RangeNotSatisfiable)),
     ))]
 async fn download(
     State(state): State<AppState>,
@@ -294,3 +287,21 @@ async fn download(
     let file = visible(&state, &principal, id).await?;
     serve(&state, &file, &headers, true).await
 }
+
+problem_response!(
+    /// `malformed_multipart`: the body is not a readable multipart form.
+    MalformedMultipart = [MalformedMultipart]
+);
+problem_response!(
+    /// `file_too_large` (over `MAX_UPLOAD_BYTES`), `quota_exceeded`, or
+    /// `payload_too_large` (the whole request).
+    TooLarge = [FileTooLarge, QuotaExceeded, PayloadTooLarge]
+);
+problem_response!(
+    /// `unsupported_media_type`: the body is not `multipart/form-data`.
+    NotMultipart = [UnsupportedMediaType]
+);
+problem_response!(
+    /// `range_not_satisfiable`.
+    RangeNotSatisfiable = [RangeNotSatisfiable]
+);

@@ -17,8 +17,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::AppJson,
+    problems::{Code, problem_response},
     state::{AppState, Lifecycle},
 };
 
@@ -105,10 +106,7 @@ struct Ready {
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses(
         (status = 200, description = "Ready for traffic", body = Ready),
-        (status = 503, description = "`not_ready`: `errors` says why (`database`, `redis`, `migrations`, `lifecycle`)", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:not_ready", "title": "Service Unavailable", "status": 503,
-                "detail": "redis: unreachable", "code": "not_ready",
-                "errors": [{"field": "redis", "message": "unreachable"}]})),
+        (status = 503, response = inline(Unready)),
     ))]
 async fn ready(
     State(db): State<PgPool>,
@@ -149,8 +147,7 @@ async fn ready(
         .collect::<Vec<_>>()
         .join("; ");
     Err(ApiError::Client {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "not_ready",
+        code: Code::NotReady,
         detail,
         errors,
     })
@@ -167,9 +164,7 @@ struct ComponentHealth {
     responses(
         (status = 200, description = "PostgreSQL answers", body = ComponentHealth,
             example = json!({"status": "healthy", "component": "database"})),
-        (status = 503, description = "`database_unavailable`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:database_unavailable", "title": "Service Unavailable", "status": 503,
-                "detail": "PostgreSQL does not answer", "code": "database_unavailable"})),
+        (status = 503, response = inline(DatabaseDown)),
     ))]
 async fn database(State(db): State<PgPool>) -> Result<AppJson<ComponentHealth>, ApiError> {
     if health::database_up(&db).await {
@@ -178,9 +173,8 @@ async fn database(State(db): State<PgPool>) -> Result<AppJson<ComponentHealth>, 
             component: "database",
         }))
     } else {
-        Err(ApiError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
+        Err(ApiError::new(
+            Code::DatabaseUnavailable,
             "PostgreSQL does not answer",
         ))
     }
@@ -191,9 +185,7 @@ async fn database(State(db): State<PgPool>) -> Result<AppJson<ComponentHealth>, 
     responses(
         (status = 200, description = "Redis answers", body = ComponentHealth,
             example = json!({"status": "healthy", "component": "cache"})),
-        (status = 503, description = "`cache_unavailable`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:cache_unavailable", "title": "Service Unavailable", "status": 503,
-                "detail": "Redis does not answer", "code": "cache_unavailable"})),
+        (status = 503, response = inline(CacheDown)),
     ))]
 async fn cache(State(redis): State<RedisClient>) -> Result<AppJson<ComponentHealth>, ApiError> {
     if health::redis_up(&redis).await {
@@ -202,10 +194,23 @@ async fn cache(State(redis): State<RedisClient>) -> Result<AppJson<ComponentHeal
             component: "cache",
         }))
     } else {
-        Err(ApiError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cache_unavailable",
+        Err(ApiError::new(
+            Code::CacheUnavailable,
             "Redis does not answer",
         ))
     }
 }
+
+problem_response!(
+    /// `not_ready`: `errors` says why (`database`, `redis`, `migrations`,
+    /// `lifecycle`).
+    Unready = [NotReady]
+);
+problem_response!(
+    /// `database_unavailable`.
+    DatabaseDown = [DatabaseUnavailable]
+);
+problem_response!(
+    /// `cache_unavailable`.
+    CacheDown = [CacheUnavailable]
+);

@@ -38,13 +38,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     accounts::sessions::issue,
     auth::revocation::{self, Scope},
-    error::{ApiError, Problem},
+    error::ApiError,
     extract::{AppJson, AppPath, AppQuery},
     oauth::{
         http::OAuthHttp,
         provider::{self, Identity, Kind, Provider, Providers},
     },
     openapi::{NotFound, ResourceErrors},
+    problems::{Code, problem_response},
     responses::SignIn,
     second_factor,
     state::AppState,
@@ -230,10 +231,7 @@ fn sha256_hex(s: &str) -> String {
                 ("Set-Cookie" = String, description = "`keel_oauth_binding`: HttpOnly, SameSite=Lax, for the callback"),
             )),
         (status = 404, response = NotFound),
-        (status = 503, description = "`oauth_provider_unavailable`: the provider's discovery document cannot be fetched; or `service_unavailable`: Redis is down",
-            body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:oauth_provider_unavailable", "title": "Service Unavailable", "status": 503,
-                "detail": "sign-in with Acme SSO is unavailable right now; try again shortly", "code": "oauth_provider_unavailable"})),
+        (status = 503, response = inline(ProviderDown)),
     ))]
 async fn authorize(
     State(state): State<AppState>,
@@ -322,25 +320,11 @@ struct CallbackQuery {
                     "two_factor_required": true, "challenge_id": "01936f0e-9c3d-7f4e-8a5b-6c7d8e9fa0b1",
                     "method": "email", "expires_in": 600}))),
             )),
-        (status = 400, description = "`invalid_oauth_state` (unknown, expired or used `state`, or not this browser's), \
-            `oauth_denied` (the provider sent `error`), `oauth_code_missing`, `oauth_code_rejected` (the provider refused the code), \
-            `oauth_id_token_invalid`, `oauth_issuer_mismatch`, `oauth_email_missing`",
-            body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_oauth_state", "title": "Bad Request", "status": 400,
-                "detail": "this sign-in is unknown, expired, already finished, or was started in another browser; start again",
-                "code": "invalid_oauth_state"})),
-        (status = 401, description = "`invalid_credentials`: the account is disabled", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_credentials", "title": "Unauthorized", "status": 401,
-                "detail": "this account cannot sign in", "code": "invalid_credentials"})),
+        (status = 400, response = inline(CallbackRefused)),
+        (status = 401, response = inline(AccountDisabled)),
         (status = 404, response = NotFound),
-        (status = 409, description = "`oauth_email_unverified`: the provider has not verified the address", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:oauth_email_unverified", "title": "Conflict", "status": 409,
-                "detail": "Acme SSO has not verified your email address; verify it there, then sign in again",
-                "code": "oauth_email_unverified"})),
-        (status = 503, description = "`oauth_provider_unavailable`: the provider cannot be reached or answers nonsense; or `service_unavailable`: PostgreSQL or Redis is down",
-            body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:oauth_provider_unavailable", "title": "Service Unavailable", "status": 503,
-                "detail": "sign-in with Acme SSO is unavailable right now; try again shortly", "code": "oauth_provider_unavailable"})),
+        (status = 409, response = inline(EmailUnverified)),
+        (status = 503, response = inline(ProviderOrStoreDown)),
     ))]
 async fn callback(
     State(state): State<AppState>,
@@ -362,8 +346,8 @@ async fn callback(
 }
 
 fn invalid_state() -> ApiError {
-    ApiError::bad_request(
-        "invalid_oauth_state",
+    ApiError::new(
+        Code::InvalidOauthState,
         "this sign-in is unknown, expired, already finished, or was started in another browser; start again",
     )
 }
@@ -394,15 +378,15 @@ async fn finish(
     if let (Some(iss), Some(issuer)) = (query.iss.as_deref(), provider.issuer())
         && iss != issuer
     {
-        return Err(ApiError::bad_request(
-            "oauth_issuer_mismatch",
+        return Err(ApiError::new(
+            Code::OauthIssuerMismatch,
             "the answer came from another issuer than the provider's; start again",
         ));
     }
     if let Some(error) = query.error.as_deref() {
         tracing::info!(provider = %provider.name, error = %provider::printable(error), "the provider ended the sign-in with an error");
-        return Err(ApiError::bad_request(
-            "oauth_denied",
+        return Err(ApiError::new(
+            Code::OauthDenied,
             format!(
                 "{} did not sign you in ({})",
                 provider.display_name,
@@ -411,8 +395,8 @@ async fn finish(
         ));
     }
     let code = query.code.ok_or_else(|| {
-        ApiError::bad_request(
-            "oauth_code_missing",
+        ApiError::new(
+            Code::OauthCodeMissing,
             "the provider sent no authorization code",
         )
     })?;
@@ -426,8 +410,8 @@ async fn finish(
         .await?;
     let user = account_for(state, provider, &identity).await?;
     if !user.is_active {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
+        return Err(ApiError::new(
+            Code::InvalidCredentials,
             "this account cannot sign in",
         ));
     }
@@ -508,8 +492,8 @@ async fn try_account_for(
         .as_deref()
         .and_then(|e| EmailAddress::parse(e).ok())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "oauth_email_missing",
+            ApiError::new(
+                Code::OauthEmailMissing,
                 format!(
                     "{} gave no usable email address; allow Keel to read it, then sign in again",
                     provider.display_name
@@ -518,8 +502,8 @@ async fn try_account_for(
         })?;
     if !identity.email_verified {
         tracing::info!(provider = %provider.name, "sign-in refused: the provider has not verified the address");
-        return Err(ApiError::conflict(
-            "oauth_email_unverified",
+        return Err(ApiError::new(
+            Code::OauthEmailUnverified,
             format!(
                 "{} has not verified your email address; verify it there, then sign in again",
                 provider.display_name
@@ -637,6 +621,32 @@ fn username_stem(s: &str) -> String {
         .take(36)
         .collect()
 }
+
+problem_response!(
+    /// `oauth_provider_unavailable`: the provider's discovery document cannot be
+    /// fetched; or `service_unavailable`: Redis is down.
+    ProviderDown = [OauthProviderUnavailable, ServiceUnavailable]
+);
+problem_response!(
+    /// `invalid_oauth_state` (unknown, expired or used `state`, or not this
+    /// browser's), `oauth_denied` (the provider sent `error`),
+    /// `oauth_code_missing`, `oauth_code_rejected` (the provider refused the code),
+    /// `oauth_id_token_invalid`, `oauth_issuer_mismatch`, `oauth_email_missing`.
+    CallbackRefused = [InvalidOauthState, OauthDenied, OauthCodeMissing, OauthCodeRejected, OauthIdTokenInvalid, OauthIssuerMismatch, OauthEmailMissing]
+);
+problem_response!(
+    /// `invalid_credentials`: the account is disabled.
+    AccountDisabled = [InvalidCredentials]
+);
+problem_response!(
+    /// `oauth_email_unverified`: the provider has not verified the address.
+    EmailUnverified = [OauthEmailUnverified]
+);
+problem_response!(
+    /// `oauth_provider_unavailable`: the provider cannot be reached or answers
+    /// nonsense; or `service_unavailable`: PostgreSQL or Redis is down.
+    ProviderOrStoreDown = [OauthProviderUnavailable, ServiceUnavailable]
+);
 
 #[cfg(test)]
 mod tests {

@@ -32,9 +32,10 @@ use crate::{
         revocation::{self, Scope},
         tokens,
     },
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::AppJson,
     openapi::{JsonBodyErrors, ResourceErrors},
+    problems::{Code, problem_response},
     responses::{Accepted, Detail},
     state::AppState,
 };
@@ -150,17 +151,8 @@ async fn mail_link(state: &AppState, address: &str) -> Result<(), ApiError> {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "Changed; every session has ended", body = Detail),
-        (status = 400, description = "`invalid_token`: unknown, used or expired; or `malformed_json`", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("invalid_token" = (value = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
-                    "detail": "this reset link is unknown, used or expired; ask for a new one", "code": "invalid_token"}))),
-                ("malformed_json" = (value = json!({"type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
-                    "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json"}))),
-            )),
-        (status = 422, description = "A weak `new_password`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "new_password: must be at least 8 characters", "code": "validation_failed",
-                "errors": [{"field": "new_password", "message": "must be at least 8 characters"}]})),
+        (status = 400, response = inline(BadLink)),
+        (status = 422, response = inline(WeakPassword)),
     ))]
 async fn confirm_reset(
     State(state): State<AppState>,
@@ -182,14 +174,14 @@ async fn confirm_reset(
     )
     .await?
     .ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_token",
+        ApiError::new(
+            Code::InvalidLink,
             "this reset link is unknown, used or expired; ask for a new one",
         )
     })?;
     let user = users::set_password(&mut *tx, user_id, &hash)
         .await?
-        .ok_or_else(|| ApiError::bad_request("invalid_token", "the account is gone"))?;
+        .ok_or_else(|| ApiError::new(Code::InvalidLink, "the account is gone"))?;
     // Whoever held the account before the reset keeps nothing: no session,
     // no access token, no API key, no open socket.
     let ended = revocation::end_all(&mut tx, user_id, Scope::Sessions).await?;
@@ -212,3 +204,13 @@ async fn confirm_reset(
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+problem_response!(
+    /// `invalid_token`: unknown, used or expired; or `malformed_json`.
+    BadLink = [InvalidLink, MalformedJson]
+);
+
+problem_response!(
+    /// A weak `new_password`.
+    WeakPassword = [ValidationFailed]
+);

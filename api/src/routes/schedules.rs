@@ -24,17 +24,18 @@ use keel_shared::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{ToResponse, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    error::{ApiError, Problem},
+    error::{ApiError, OnConstraint as _},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
     openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
-    schedules::{self, Draft, editable, name_taken, no_such_schedule},
+    problems::problem_response,
+    schedules::{self, Draft, NAME_TAKEN, editable, no_such_schedule},
     state::AppState,
     tasks,
 };
@@ -142,27 +143,15 @@ fn with_location(mut response: Response, path: String) -> Response {
     response
 }
 
-/// 404 `schedule_not_found` (`not_found` for an id that is not a UUID).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({"type": "urn:keel:problem:schedule_not_found", "title": "Not Found", "status": 404,
-        "detail": "no such schedule", "code": "schedule_not_found"})
-)]
-pub struct ScheduleNotFound(pub Problem);
+problem_response!(
+    /// 404 `schedule_not_found` (`not_found` for an id that is not a UUID).
+    pub ScheduleNotFound = [ScheduleNotFound, NotFound]
+);
 
-/// 403: not an admin (`forbidden`), or a built-in schedule (`schedule_read_only`).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    examples(
-        ("schedule_read_only" = (value = json!({"type": "urn:keel:problem:schedule_read_only", "title": "Forbidden", "status": 403,
-            "detail": "built-in schedules cannot be changed, deleted or run by hand", "code": "schedule_read_only"}))),
-        ("forbidden" = (value = json!({"type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
-            "detail": "this needs the admin role", "code": "forbidden"}))),
-    )
-)]
-pub struct ScheduleForbidden(pub Problem);
+problem_response!(
+    /// 403: not an admin (`forbidden`), or a built-in schedule (`schedule_read_only`).
+    pub ScheduleForbidden = [ScheduleReadOnly, Forbidden]
+);
 
 /// Every schedule, built-in ones first, then by name.
 #[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
@@ -197,13 +186,8 @@ async fn list_schedules(
             headers(("Location" = String, description = "The schedule's URL"))),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:schedule_name_taken", "title": "Conflict", "status": 409,
-                "detail": "a schedule has this name already", "code": "schedule_name_taken"})),
-        (status = 422, description = "Invalid fields: `name`, `cron` or `cron.<field>` (`cron.hour`, …), `timezone`, `kind`, `payload.<field>`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "cron.hour: 25 is out of range 0-23", "code": "validation_failed",
-                "errors": [{"field": "cron.hour", "message": "25 is out of range 0-23"}]})),
+        (status = 409, response = inline(NameTaken)),
+        (status = 422, response = ValidationFailed),
     ))]
 #[tracing::instrument(skip_all)]
 async fn create_schedule(
@@ -216,7 +200,7 @@ async fn create_schedule(
     let spec = schedules::validate(request.into(), &state, Utc::now())?;
     let schedule = db::schedules::insert(&state.db, principal.id(), &spec)
         .await
-        .map_err(name_taken)?;
+        .on_constraint(NAME_TAKEN)?;
     tracing::info!(schedule_id = %schedule.id, name = %schedule.name, "schedule created");
     let path = format!("/api/v1/schedules/{}", schedule.id);
     Ok(with_location(
@@ -260,9 +244,7 @@ async fn get_schedule(
         (status = 401, response = Unauthorized),
         (status = 403, response = inline(ScheduleForbidden)),
         (status = 404, response = inline(ScheduleNotFound)),
-        (status = 409, description = "`schedule_name_taken`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:schedule_name_taken", "title": "Conflict", "status": 409,
-                "detail": "a schedule has this name already", "code": "schedule_name_taken"})),
+        (status = 409, response = inline(NameTaken)),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
 async fn update_schedule(
@@ -356,3 +338,8 @@ async fn run_now(
         path,
     ))
 }
+
+problem_response!(
+    /// `schedule_name_taken`.
+    NameTaken = [ScheduleNameTaken]
+);

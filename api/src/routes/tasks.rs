@@ -25,12 +25,13 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
     openapi::{
         Forbidden, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
+    problems::problem_response,
     state::AppState,
     tasks::{self, Created, Shape},
 };
@@ -229,22 +230,8 @@ async fn list_tasks(
             ("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"),
         )),
         (status = 401, response = Unauthorized),
-        (status = 422, description = "An invalid field (`validation_failed`), or an `Idempotency-Key` used with another request (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("validation_failed" = (value = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
-                    "status": 422, "detail": "payload.ms: is required", "code": "validation_failed",
-                    "errors": [{"field": "payload.ms", "message": "is required"}]}))),
-                ("idempotency_key_mismatch" = (value = json!({"type": "urn:keel:problem:idempotency_key_mismatch", "title": "Unprocessable Entity", "status": 422,
-                    "detail": "this Idempotency-Key was used with another request", "code": "idempotency_key_mismatch"}))),
-            )),
-        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
-            examples(
-                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
-                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
-                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
-            )),
+        (status = 422, response = inline(CreateInvalid)),
+        (status = 429, response = inline(OverTaskCap)),
     ))]
 async fn create_task(
     State(state): State<AppState>,
@@ -277,22 +264,8 @@ async fn create_task(
         (status = 201, description = "The tasks, in the order given", body = TaskBatch,
             headers(("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"))),
         (status = 401, response = Unauthorized),
-        (status = 422, description = "An invalid field (`validation_failed`), or an `Idempotency-Key` used with another request (`idempotency_key_mismatch`)", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("validation_failed" = (value = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity",
-                    "status": 422, "detail": "payload.ms: is required", "code": "validation_failed",
-                    "errors": [{"field": "payload.ms", "message": "is required"}]}))),
-                ("idempotency_key_mismatch" = (value = json!({"type": "urn:keel:problem:idempotency_key_mismatch", "title": "Unprocessable Entity", "status": 422,
-                    "detail": "this Idempotency-Key was used with another request", "code": "idempotency_key_mismatch"}))),
-            )),
-        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
-            examples(
-                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
-                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
-                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
-            )),
+        (status = 422, response = inline(CreateInvalid)),
+        (status = 429, response = inline(OverTaskCap)),
     ))]
 async fn create_batch(
     State(state): State<AppState>,
@@ -622,9 +595,7 @@ async fn get_status(
         (status = 200, description = "The task, `cancelled`", body = Task),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 409, description = "`task_not_cancellable`: running or finished", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:task_not_cancellable", "title": "Conflict", "status": 409,
-                "detail": "the task is running; only pending or retrying tasks can be cancelled", "code": "task_not_cancellable"})),
+        (status = 409, response = inline(TaskNotCancellable)),
     ))]
 async fn cancel_task(
     State(state): State<AppState>,
@@ -644,17 +615,8 @@ async fn cancel_task(
         (status = 200, description = "The task, `pending` again with fresh attempts", body = Task),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 409, description = "`task_not_retryable`: neither failed nor cancelled", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:task_not_retryable", "title": "Conflict", "status": 409,
-                "detail": "the task is completed; only failed or cancelled tasks can be retried", "code": "task_not_retryable"})),
-        (status = 429, description = "`too_many_unfinished_tasks`: the owner is at the cap; or `rate_limited`", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
-            examples(
-                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
-                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
-                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
-            )),
+        (status = 409, response = inline(TaskNotRetryable)),
+        (status = 429, response = inline(RetryOverTaskCap)),
     ))]
 async fn retry_task(
     State(state): State<AppState>,
@@ -703,14 +665,7 @@ pub struct CeleryTaskStatus {
         (status = 201, description = "The `echo` task's id", body = CeleryTaskCreated,
             headers(("Location" = String, description = "The task's URL"))),
         (status = 401, response = Unauthorized),
-        (status = 429, description = "`too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "With `rate_limited`: seconds until a retry may succeed")),
-            examples(
-                ("too_many_unfinished_tasks" = (value = json!({"type": "urn:keel:problem:too_many_unfinished_tasks", "title": "Too Many Requests", "status": 429,
-                    "detail": "at most 1000 unfinished tasks per user; wait for some to finish", "code": "too_many_unfinished_tasks"}))),
-                ("rate_limited" = (value = json!({"type": "urn:keel:problem:rate_limited", "title": "Too Many Requests", "status": 429,
-                    "detail": "too many requests; retry in 12 s", "code": "rate_limited"}))),
-            )),
+        (status = 429, response = inline(OverTaskCap)),
     ))]
 #[deprecated = "use POST /api/v1/tasks with kind `echo`"]
 async fn celery_test_task(
@@ -775,6 +730,30 @@ async fn celery_task_status(
         result,
     }))
 }
+
+problem_response!(
+    /// An invalid field (`validation_failed`), or an `Idempotency-Key` used with
+    /// another request (`idempotency_key_mismatch`).
+    CreateInvalid = [ValidationFailed, IdempotencyKeyMismatch]
+);
+problem_response!(
+    /// `too_many_unfinished_tasks` (wait for some to finish), or `rate_limited`.
+    OverTaskCap = [TooManyUnfinishedTasks, RateLimited],
+    headers = [("Retry-After", "With `rate_limited`: seconds until a retry may succeed")]
+);
+problem_response!(
+    /// `task_not_cancellable`: running or finished.
+    TaskNotCancellable = [TaskNotCancellable]
+);
+problem_response!(
+    /// `task_not_retryable`: neither failed nor cancelled.
+    TaskNotRetryable = [TaskNotRetryable]
+);
+problem_response!(
+    /// `too_many_unfinished_tasks`: the owner is at the cap; or `rate_limited`.
+    RetryOverTaskCap = [TooManyUnfinishedTasks, RateLimited],
+    headers = [("Retry-After", "With `rate_limited`: seconds until a retry may succeed")]
+);
 
 #[cfg(test)]
 mod tests {

@@ -16,9 +16,10 @@ use uuid::Uuid;
 use crate::{
     accounts::sessions::check_password,
     auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, revocation, totp},
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::AppJson,
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    problems::{Code, problem_response},
     responses::UserResponse,
     second_factor::{
         count_code, locked, record_notice,
@@ -59,13 +60,7 @@ pub struct TotpSetup {
         (status = 200, description = "The pending secret, its URI and QR code", body = TotpSetup),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`totp_already_enabled` (disable it first to change the secret), or `email_not_verified`", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("totp_already_enabled" = (value = json!({"type": "urn:keel:problem:totp_already_enabled", "title": "Conflict", "status": 409,
-                    "detail": "TOTP is already on; disable it first to set up a new secret", "code": "totp_already_enabled"}))),
-                ("email_not_verified" = (value = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
-                    "detail": "verify your email address before setting up an authenticator app", "code": "email_not_verified"}))),
-            )),
+        (status = 409, response = inline(SetupRefused)),
     ))]
 async fn setup(
     State(state): State<AppState>,
@@ -76,8 +71,8 @@ async fn setup(
     // A second factor set by someone who never proved the address would
     // stand between its owner and the account after a reset.
     if !user.email_verified {
-        return Err(ApiError::conflict(
-            "email_not_verified",
+        return Err(ApiError::new(
+            Code::EmailNotVerified,
             "verify your email address before setting up an authenticator app",
         ));
     }
@@ -96,8 +91,8 @@ async fn setup(
 }
 
 fn already_enabled() -> ApiError {
-    ApiError::conflict(
-        "totp_already_enabled",
+    ApiError::new(
+        Code::TotpAlreadyEnabled,
         "TOTP is already on; disable it first to set up a new secret",
     )
 }
@@ -133,13 +128,8 @@ pub struct RecoveryCodes {
         (status = 200, description = "TOTP is on; the recovery codes", body = RecoveryCodes),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`totp_not_set_up` (call `totp/setup` first) or `totp_already_enabled`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:totp_not_set_up", "title": "Conflict", "status": 409,
-                "detail": "no TOTP setup is pending; POST /api/v1/auth/totp/setup first", "code": "totp_not_set_up"})),
-        (status = 422, description = "A wrong `code`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "code: is incorrect", "code": "validation_failed",
-                "errors": [{"field": "code", "message": "is incorrect"}]})),
+        (status = 409, response = inline(ConfirmRefused)),
+        (status = 422, response = inline(WrongCode)),
     ))]
 async fn confirm(
     State(state): State<AppState>,
@@ -155,8 +145,8 @@ async fn confirm(
     refresh_tokens::lock_user(&mut *tx, user).await?;
     revocation::ensure_current(&mut tx, &principal).await?;
     let stored = store::lock(&mut tx, user).await?.ok_or_else(|| {
-        ApiError::conflict(
-            "totp_not_set_up",
+        ApiError::new(
+            Code::TotpNotSetUp,
             "no TOTP setup is pending; POST /api/v1/auth/totp/setup first",
         )
     })?;
@@ -202,13 +192,8 @@ pub struct DisableTotp {
         (status = 200, description = "The caller, without TOTP", body = UserResponse),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`totp_not_enabled`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:totp_not_enabled", "title": "Conflict", "status": 409,
-                "detail": "TOTP is not on", "code": "totp_not_enabled"})),
-        (status = 422, description = "A wrong `password` or `code`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "code: is incorrect", "code": "validation_failed",
-                "errors": [{"field": "code", "message": "is incorrect"}]})),
+        (status = 409, response = inline(TotpOff)),
+        (status = 422, response = inline(WrongPasswordOrCode)),
     ))]
 async fn disable(
     State(state): State<AppState>,
@@ -224,7 +209,7 @@ async fn disable(
         .await?
         .is_some_and(|s| s.confirmed)
     {
-        return Err(ApiError::conflict("totp_not_enabled", "TOTP is not on"));
+        return Err(ApiError::new(Code::TotpNotEnabled, "TOTP is not on"));
     }
     // Codes typed here count with the sign-in ones: a stolen session and
     // password must not buy guesses the sign-in would refuse.
@@ -269,3 +254,26 @@ fn wrong_code() -> ApiError {
         message: "is incorrect".into(),
     }])
 }
+
+problem_response!(
+    /// `totp_already_enabled` (disable it first to change the secret), or
+    /// `email_not_verified`.
+    SetupRefused = [TotpAlreadyEnabled, EmailNotVerified]
+);
+problem_response!(
+    /// `totp_not_set_up` (call `totp/setup` first) or `totp_already_enabled`.
+    ConfirmRefused = [TotpNotSetUp, TotpAlreadyEnabled]
+);
+problem_response!(
+    /// `totp_not_enabled`.
+    TotpOff = [TotpNotEnabled]
+);
+
+problem_response!(
+    /// A wrong `code`.
+    WrongCode = [ValidationFailed]
+);
+problem_response!(
+    /// A wrong `password` or `code`.
+    WrongPasswordOrCode = [ValidationFailed]
+);

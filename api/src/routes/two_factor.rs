@@ -20,9 +20,10 @@ use uuid::Uuid;
 use crate::{
     accounts::sessions::{check_password, issue},
     auth::{Principal, client_ip::ClientIp},
-    error::{ApiError, Problem},
+    error::ApiError,
     extract::AppJson,
     openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    problems::{Code, RETRY_AFTER, problem_response},
     responses::{Accepted, Tokens, UserResponse},
     second_factor::{self, record_notice},
     state::AppState,
@@ -53,17 +54,8 @@ pub struct VerifyTwoFactor {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "Signed in", body = Tokens),
-        (status = 401, description = "`invalid_code` (tries left), or `challenge_closed` (used, expired or out of tries: sign in again)", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("invalid_code" = (value = json!({"type": "urn:keel:problem:invalid_code", "title": "Unauthorized", "status": 401,
-                    "detail": "wrong code; 4 tries left", "code": "invalid_code"}))),
-                ("challenge_closed" = (value = json!({"type": "urn:keel:problem:challenge_closed", "title": "Unauthorized", "status": 401,
-                    "detail": "this challenge is used, expired or out of tries; sign in again", "code": "challenge_closed"}))),
-            )),
-        (status = 429, description = "`second_factor_locked`: ten wrong codes for the account within an hour, through any challenges, pause its second step for an hour (its owner is mailed); or `rate_limited`", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds until a retry may succeed")),
-            example = json!({"type": "urn:keel:problem:second_factor_locked", "title": "Too Many Requests", "status": 429,
-                "detail": "too many wrong codes for this account; the second step is paused until 14:05 UTC", "code": "second_factor_locked"})),
+        (status = 401, response = inline(CodeRefused)),
+        (status = 429, response = inline(SecondStepPaused)),
     ))]
 async fn verify_2fa(
     State(state): State<AppState>,
@@ -82,9 +74,7 @@ async fn verify_2fa(
         (status = 200, description = "The caller, with `two_fa_enabled`", body = UserResponse),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 409, description = "`email_not_verified`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:email_not_verified", "title": "Conflict", "status": 409,
-                "detail": "verify your email address before turning on 2FA", "code": "email_not_verified"})),
+        (status = 409, response = inline(Unverified)),
     ))]
 async fn enable_2fa(
     State(state): State<AppState>,
@@ -92,8 +82,8 @@ async fn enable_2fa(
 ) -> Result<AppJson<UserResponse>, ApiError> {
     principal.require_session()?;
     if !principal.user.email_verified {
-        return Err(ApiError::conflict(
-            "email_not_verified",
+        return Err(ApiError::new(
+            Code::EmailNotVerified,
             "verify your email address before turning on 2FA",
         ));
     }
@@ -115,10 +105,7 @@ pub struct DisableTwoFactor {
         (status = 200, description = "The caller, without 2FA", body = UserResponse),
         (status = 401, response = Unauthorized),
         (status = 403, response = ApiKeyNotAllowed),
-        (status = 422, description = "A wrong `password`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:validation_failed", "title": "Unprocessable Entity", "status": 422,
-                "detail": "password: is incorrect", "code": "validation_failed",
-                "errors": [{"field": "password", "message": "is incorrect"}]})),
+        (status = 422, response = inline(WrongPassword)),
     ))]
 async fn disable_2fa(
     State(state): State<AppState>,
@@ -190,3 +177,25 @@ async fn test_2fa(
         }),
     ))
 }
+
+problem_response!(
+    /// `invalid_code` (tries left), or `challenge_closed` (used, expired or out of
+    /// tries: sign in again).
+    CodeRefused = [InvalidCode, ChallengeClosed]
+);
+problem_response!(
+    /// `second_factor_locked`: ten wrong codes for the account within an hour,
+    /// through any challenges, pause its second step for an hour (its owner is
+    /// mailed); or `rate_limited`.
+    SecondStepPaused = [SecondFactorLocked, RateLimited],
+    headers = [RETRY_AFTER]
+);
+problem_response!(
+    /// `email_not_verified`.
+    Unverified = [EmailNotVerified]
+);
+
+problem_response!(
+    /// A wrong `password`.
+    WrongPassword = [ValidationFailed]
+);

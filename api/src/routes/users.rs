@@ -13,7 +13,7 @@ use keel_shared::{
 };
 use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
-use utoipa::{IntoParams, ToResponse, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -24,13 +24,14 @@ use crate::{
     },
     auth::Principal,
     avatars,
-    error::{ApiError, FieldError, Problem},
+    error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
         AvatarUrl, Bio, Forbidden, JsonBodyErrors, LanguageTag, NotFound, PersonName, PhoneNumber,
         ResourceErrors, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
+    problems::problem_response,
     responses::UserResponse,
     state::AppState,
 };
@@ -405,15 +406,11 @@ async fn alias_update_user(
     patch_user(state, principal, id, patch).await
 }
 
-/// 409 `last_superadmin`: the only active superadmin cannot be demoted,
-/// deactivated or deleted.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({"type": "urn:keel:problem:last_superadmin", "title": "Conflict", "status": 409,
-        "detail": "the last active superadmin cannot be demoted, deactivated or deleted", "code": "last_superadmin"})
-)]
-pub struct LastSuperadmin(pub Problem);
+problem_response!(
+    /// 409 `last_superadmin`: the only active superadmin cannot be demoted,
+    /// deactivated or deleted.
+    pub LastSuperadmin = [LastSuperadmin]
+);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

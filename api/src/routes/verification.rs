@@ -35,9 +35,10 @@ use crate::{
         rate_limit::{Quota, hashed},
         tokens,
     },
-    error::{ApiError, Problem},
+    error::ApiError,
     extract::{AppJson, AppQuery},
     openapi::{JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
+    problems::{Code, problem_response},
     responses::{Accepted, UserResponse},
     state::AppState,
 };
@@ -76,13 +77,7 @@ pub struct VerifyEmail {
     responses(
         JsonBodyErrors, ResourceErrors,
         (status = 200, description = "Verified; a welcome mail is on its way", body = UserResponse),
-        (status = 400, description = "`invalid_token`: unknown, used or expired; or `malformed_json`", body = Problem, content_type = "application/problem+json",
-            examples(
-                ("invalid_token" = (value = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
-                    "detail": "this verification link is unknown, used or expired; ask for a new one", "code": "invalid_token"}))),
-                ("malformed_json" = (value = json!({"type": "urn:keel:problem:malformed_json", "title": "Bad Request", "status": 400,
-                    "detail": "EOF while parsing an object at line 1 column 15", "code": "malformed_json"}))),
-            )),
+        (status = 400, response = inline(BadLink)),
     ))]
 async fn verify_email_post(
     State(state): State<AppState>,
@@ -96,9 +91,7 @@ async fn verify_email_post(
     responses(
         ResourceErrors,
         (status = 200, description = "Verified; a welcome mail is on its way", body = UserResponse),
-        (status = 400, description = "`invalid_token`: unknown, used or expired", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:invalid_token", "title": "Bad Request", "status": 400,
-                "detail": "this verification link is unknown, used or expired; ask for a new one", "code": "invalid_token"})),
+        (status = 400, response = inline(UnknownLink)),
         (status = 422, response = ValidationFailed),
     ))]
 async fn verify_email_get(
@@ -111,8 +104,8 @@ async fn verify_email_get(
 async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, ApiError> {
     let hash = tokens::hash_secret(token);
     let invalid = || {
-        ApiError::bad_request(
-            "invalid_token",
+        ApiError::new(
+            Code::InvalidLink,
             "this verification link is unknown, used or expired; ask for a new one",
         )
     };
@@ -144,9 +137,7 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
         JsonBodyErrors, ResourceErrors,
         (status = 202, description = "A fresh link is on its way; older ones stop working. Signed out, the same answer whether or not the address has an unverified account", body = Accepted),
         (status = 401, response = Unauthorized),
-        (status = 409, description = "`email_already_verified`", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "urn:keel:problem:email_already_verified", "title": "Conflict", "status": 409,
-                "detail": "this address is verified already", "code": "email_already_verified"})),
+        (status = 409, response = inline(AlreadyVerified)),
     ))]
 async fn resend_verification(
     State(state): State<AppState>,
@@ -157,8 +148,8 @@ async fn resend_verification(
     let Some(principal) = principal else {
         // Neither a credential nor a body: the bearer form without its token.
         if !has_body(&request) {
-            return Err(ApiError::unauthorized(
-                "not_authenticated",
+            return Err(ApiError::new(
+                Code::NotAuthenticated,
                 "sign in: send a bearer token or an API key (or, signed out, a body {\"email\"})",
             ));
         }
@@ -167,8 +158,8 @@ async fn resend_verification(
     };
     let user = &principal.user;
     if user.email_verified {
-        return Err(ApiError::conflict(
-            "email_already_verified",
+        return Err(ApiError::new(
+            Code::EmailAlreadyVerified,
             "this address is verified already",
         ));
     }
@@ -270,3 +261,16 @@ async fn mail_link_to(state: &AppState, address: &str) -> Result<(), ApiError> {
     tracing::info!(user_id = %user.id, "verification link resent by address");
     Ok(())
 }
+
+problem_response!(
+    /// `invalid_token`: unknown, used or expired; or `malformed_json`.
+    BadLink = [InvalidLink, MalformedJson]
+);
+problem_response!(
+    /// `invalid_token`: unknown, used or expired.
+    UnknownLink = [InvalidLink]
+);
+problem_response!(
+    /// `email_already_verified`.
+    AlreadyVerified = [EmailAlreadyVerified]
+);

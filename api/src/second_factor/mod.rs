@@ -21,7 +21,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    auth::rate_limit::LOGIN_PER_IP, error::ApiError, responses::TwoFactorChallenge, state::AppState,
+    auth::rate_limit::LOGIN_PER_IP, error::ApiError, problems::Code, responses::TwoFactorChallenge,
+    state::AppState,
 };
 
 /// Opens a login challenge for `user` (voiding older ones): for TOTP when
@@ -136,21 +137,21 @@ pub(crate) async fn pass_challenge(
     match verdict {
         Verdict::Passed { .. } => {}
         Verdict::Wrong { left } if left > 0 => {
-            return Err(ApiError::unauthorized(
-                "invalid_code",
+            return Err(ApiError::new(
+                Code::InvalidCode,
                 format!("wrong code; {left} tries left"),
             ));
         }
         Verdict::Wrong { .. } | Verdict::Dead => {
-            return Err(ApiError::unauthorized(
-                "challenge_closed",
+            return Err(ApiError::new(
+                Code::ChallengeClosed,
                 "this challenge is used, expired or out of tries; sign in again",
             ));
         }
     };
     let user = signing_in
         .filter(|u| u.is_active)
-        .ok_or_else(|| ApiError::unauthorized("challenge_closed", "the account is not active"))?;
+        .ok_or_else(|| ApiError::new(Code::ChallengeClosed, "the account is not active"))?;
     users::record_login(&state.db, user.id).await?;
     tracing::info!(user_id = %user.id, "signed in with a second factor");
     Ok(user)
@@ -197,7 +198,7 @@ pub(crate) async fn count_code(
 /// 429 `second_factor_locked`, with `Retry-After` until the pause ends.
 pub(crate) fn locked(until: chrono::DateTime<Utc>) -> ApiError {
     ApiError::Paused {
-        code: "second_factor_locked",
+        code: Code::SecondFactorLocked,
         detail: format!(
             "too many wrong codes for this account; the second step is paused until {} UTC",
             until.format("%H:%M")

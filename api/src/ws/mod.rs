@@ -19,7 +19,7 @@ use axum::{
 };
 use serde::Deserialize;
 use tokio::time::Instant;
-use utoipa::{IntoParams, ToResponse};
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{
@@ -31,7 +31,7 @@ use crate::{
         principal::{AuthMethod, Credential, authenticate, credential},
         tokens::hash_secret,
     },
-    error::Problem,
+    problems::problem_response,
     state::AppState,
 };
 
@@ -92,23 +92,15 @@ more than twice `WS_MESSAGES_PER_SECOND` (20) messages in a second (past it once
 message is refused with `rate_limited`), or a client too slow to read; 1009 a message \
 over `WS_MAX_MESSAGE_BYTES` (64 KiB). A socket may be in `WS_MAX_ROOMS` (20) rooms.";
 
-/// 400: not a WebSocket upgrade (a header is missing or wrong).
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({"type": "urn:keel:problem:bad_request", "title": "Bad Request", "status": 400,
-        "detail": "`Sec-WebSocket-Key` header missing", "code": "bad_request"})
-)]
-pub struct NotAnUpgrade(pub Problem);
+problem_response!(
+    /// 400: not a WebSocket upgrade (a header is missing or wrong).
+    pub NotAnUpgrade = [BadRequest]
+);
 
-/// 403: a browser `Origin` other than the API's own or one in `ALLOWED_ORIGINS`.
-#[derive(Debug, ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    example = json!({"type": "urn:keel:problem:forbidden", "title": "Forbidden", "status": 403,
-        "detail": "origin not allowed", "code": "forbidden"})
-)]
-pub struct OriginNotAllowed(pub Problem);
+problem_response!(
+    /// 403: a browser `Origin` other than the API's own or one in `ALLOWED_ORIGINS`.
+    pub OriginNotAllowed = [Forbidden]
+);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
