@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let setup = Setup::connect(&args.stack, None).await?;
+    let setup = Setup::connect(&args.stack.stores, None).await?;
     let owner = bench_user(&setup.pool).await?;
     let started = std::time::Instant::now();
     enqueue(&setup.pool, &setup.jobs, owner, args.tasks, 1000, 4).await?;

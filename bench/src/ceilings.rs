@@ -15,10 +15,12 @@
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use keel_shared::{Config, db};
+use keel_shared::Config;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::stores::{self, Stores};
 
 const TASK_SQL: &str = r"INSERT INTO tasks (id, owner_id, name, kind, payload, timeout_seconds, changed_by, enqueued_at)
   VALUES (gen_random_uuid(), (:owners || lpad(:client_id::text, 12, '0'))::uuid, 'ceiling', 'noop', '{}', 60, 'bench', now()) RETURNING id \gset
@@ -45,34 +47,26 @@ pub struct Args {
     /// Requests per redis-benchmark run.
     #[arg(long, default_value_t = 200_000)]
     redis_requests: u64,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    #[command(flatten)]
+    stores: Stores,
     /// Print one JSON object as the last line too.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::from_flags(["--database-url", &args.database_url])?;
-    db::create_database_if_missing(&config).await?;
-    let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
+    let config = Config::from_flags(["--database-url", &args.stores.database_url])?;
+    let pool = stores::migrated_pool(&config).await?;
     let owners = PgbenchOwners::insert(&pool, args.clients).await?;
     let task_tps = pgbench(
-        &args.database_url,
+        &args.stores.database_url,
         args.clients,
         args.duration,
         TASK_SQL,
         &owners,
     )?;
     let insert_tps = pgbench(
-        &args.database_url,
+        &args.stores.database_url,
         args.clients,
         args.duration,
         INSERT_SQL,
@@ -82,7 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The rows were only for measuring.
     owners.delete(&pool).await?;
 
-    let url = url::Url::parse(&args.redis_url).context("REDIS_URL")?;
+    let url = url::Url::parse(&args.stores.redis_url).context("REDIS_URL")?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
     let port = url.port().unwrap_or(6379);
     let lpush = redis_benchmark(&host, port, args.redis_requests, 1)?;

@@ -124,7 +124,7 @@ fn median(runs: &[Figures]) -> Figures {
 /// One Keel run: a fresh prefix, one worker as `keel-worker` starts
 /// without settings, the throughput run, then the idle trickle.
 async fn keel_run(args: &Args) -> anyhow::Result<Figures> {
-    let setup = Setup::connect(&args.stack, None).await?;
+    let setup = Setup::connect(&args.stack.stores, None).await?;
     let mut fleet = setup.workers(1, &args.stack).await?;
     let run = e2e::throughput(&setup, args.tasks, 1, args.connections, 1).await;
     let latency = match &run {
@@ -153,13 +153,13 @@ async fn keel_run(args: &Args) -> anyhow::Result<Figures> {
 /// One Celery run, by `bench/celery/peer.py`.
 fn celery_run(args: &Args, python: &std::path::Path) -> anyhow::Result<Figures> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("celery/peer.py");
-    let redis_db = format!("{}/15", args.stack.redis_url.trim_end_matches('/'));
+    let redis_db = format!("{}/15", args.stack.stores.redis_url.trim_end_matches('/'));
     let output = Command::new(python)
         .arg(&script)
         .args(["run", "--tasks", &args.tasks.to_string()])
         .args(["--connections", &args.connections.to_string()])
         .args(["--trickle", &args.trickle.to_string()])
-        .env("KEEL_CELERY_DATABASE_URL", &args.stack.database_url)
+        .env("KEEL_CELERY_DATABASE_URL", &args.stack.stores.database_url)
         .env("KEEL_CELERY_BROKER", redis_db)
         .output()
         .context("running the Celery peer")?;

@@ -25,10 +25,7 @@ use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use keel_shared::{
     Config, RedisClient,
-    db::{
-        self,
-        tasks::{self, NewTask},
-    },
+    db::tasks::{self, NewTask},
     queue::{JobQueue, dispatch},
     task_intake::{Create, Created, TaskIntake},
     workers,
@@ -37,7 +34,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fleet::{Fleet, bench_user};
+use crate::{
+    fleet::{Fleet, bench_user},
+    stores::{self, Stores},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -83,14 +83,8 @@ pub struct StackArgs {
     /// The worker binary the bench starts.
     #[arg(long, default_value = "target/release/keel-worker")]
     pub worker_bin: String,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
-    )]
-    pub database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub stores: Stores,
 }
 
 impl StackArgs {
@@ -126,23 +120,19 @@ pub(crate) struct Setup {
 impl Setup {
     /// Connects (creating and migrating the database when missing) on
     /// `prefix`, or a fresh one.
-    pub(crate) async fn connect(stack: &StackArgs, prefix: Option<String>) -> anyhow::Result<Self> {
-        let (database_url, redis_url) = (stack.database_url.as_str(), stack.redis_url.as_str());
-        let prefix = prefix
-            .unwrap_or_else(|| format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]));
+    pub(crate) async fn connect(on: &Stores, prefix: Option<String>) -> anyhow::Result<Self> {
+        let prefix = prefix.unwrap_or_else(stores::fresh_prefix);
         let config = Config::from_flags([
             "--database-url",
-            database_url,
+            &on.database_url,
             "--redis-url",
-            redis_url,
+            &on.redis_url,
             "--redis-prefix",
             &prefix,
             "--database-max-connections",
             "32",
         ])?;
-        db::create_database_if_missing(&config).await?;
-        let pool = db::connect(&config).await?;
-        db::migrate(&pool).await?;
+        let pool = stores::migrated_pool(&config).await?;
         let redis = RedisClient::connect(&config).await?;
         let jobs = JobQueue::new(redis.clone());
         Ok(Self {
@@ -151,17 +141,6 @@ impl Setup {
             jobs,
             prefix,
         })
-    }
-
-    /// Connects to `database_url` and `redis_url` on a fresh prefix.
-    pub(crate) async fn connect_url(database_url: &str, redis_url: &str) -> anyhow::Result<Self> {
-        let stack = StackArgs {
-            concurrency: Some(1),
-            worker_bin: String::new(),
-            database_url: database_url.to_owned(),
-            redis_url: redis_url.to_owned(),
-        };
-        Self::connect(&stack, None).await
     }
 
     /// Deletes every Redis key under this setup's prefix: a run on a fresh
@@ -202,8 +181,8 @@ impl Setup {
             env.extend(concurrency.iter().map(|(k, v)| (*k, v.as_str())));
             fleet.start(
                 &stack.worker_bin,
-                &stack.database_url,
-                &stack.redis_url,
+                &stack.stores.database_url,
+                &stack.stores.redis_url,
                 &self.prefix,
                 &env,
             )?;
@@ -221,7 +200,7 @@ pub(crate) struct Throughput {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let setup = Setup::connect(&args.stack, args.redis_prefix.clone()).await?;
+    let setup = Setup::connect(&args.stack.stores, args.redis_prefix.clone()).await?;
     // No list: a fleet is already running on the prefix.
     let sizes: Vec<Option<usize>> = if args.workers.is_empty() {
         vec![None]
@@ -483,19 +462,41 @@ pub(crate) async fn trickle(
         };
         intake.create(create).await?;
     }
-    wait_completed(pool, owner, n).await?;
-    let delays: Vec<i64> = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM started_at - created_at) * 1000000)::bigint \
-         FROM tasks WHERE owner_id = $1",
-    )
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+    let delays = start_delays_us(pool, owner, n, Since::Created).await?;
     let mut histogram = Histogram::<u64>::new(3)?;
     for us in delays {
         histogram.record(u64::try_from(us.max(0)).unwrap_or(0))?;
     }
     Ok(histogram)
+}
+
+/// What a task's wait to start is counted from.
+#[derive(Debug, Clone, Copy)]
+enum Since {
+    Created,
+    Scheduled,
+}
+
+/// Waits until all `n` tasks of `owner` have completed; then how long each
+/// waited to start after `since`, in µs (below 0: it started early).
+async fn start_delays_us(
+    pool: &PgPool,
+    owner: Uuid,
+    n: usize,
+    since: Since,
+) -> anyhow::Result<Vec<i64>> {
+    wait_completed(pool, owner, n).await?;
+    let sql = match since {
+        Since::Created => {
+            "SELECT (extract(epoch FROM started_at - created_at) * 1000000)::bigint \
+             FROM tasks WHERE owner_id = $1"
+        }
+        Since::Scheduled => {
+            "SELECT (extract(epoch FROM started_at - scheduled_at) * 1000000)::bigint \
+             FROM tasks WHERE owner_id = $1"
+        }
+    };
+    Ok(sqlx::query_scalar(sql).bind(owner).fetch_all(pool).await?)
 }
 
 /// `n` tasks scheduled 2 s ahead (by the database clock) and spread over
@@ -531,14 +532,7 @@ pub(crate) async fn scheduled(
         .collect();
     let rows = tasks::insert_many(pool, owner, "bench", &specs).await?;
     dispatch::push_tasks(pool, jobs, &rows).await?;
-    wait_completed(pool, owner, n).await?;
-    let lateness: Vec<i64> = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM started_at - scheduled_at) * 1000000)::bigint \
-         FROM tasks WHERE owner_id = $1",
-    )
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+    let lateness = start_delays_us(pool, owner, n, Since::Scheduled).await?;
     let mut early = 0;
     for us in lateness {
         if us < 0 {

@@ -22,6 +22,7 @@ use crate::{
     ceilings::{PgbenchOwners, pgbench},
     e2e::Setup,
     load::{self, Report},
+    stores::Stores,
 };
 
 #[derive(Debug, clap::Args)]
@@ -39,14 +40,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// The API's database, for the pgbench INSERT beside it.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    #[command(flatten)]
+    stores: Stores,
     /// Print one JSON object as the last line too.
     #[arg(long)]
     json: bool,
@@ -159,10 +154,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rows.push((*name, closed, open));
     }
     // pgbench's single-row INSERT into the real tasks table, same concurrency.
-    let setup = Setup::connect_url(&args.database_url, &args.redis_url).await?;
+    let setup = Setup::connect(&args.stores, None).await?;
     let owners = PgbenchOwners::insert(&setup.pool, args.connections).await?;
     let insert_tps = pgbench(
-        &args.database_url,
+        &args.stores.database_url,
         args.connections,
         args.duration,
         crate::ceilings::INSERT_SQL,

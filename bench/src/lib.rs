@@ -22,6 +22,8 @@
 //! - [`files`]: a 100 MB file uploaded and downloaded, beside a plain
 //!   file write and read, with the API's memory.
 //! - [`fleet`]: the processes and users a bench starts and makes.
+//! - [`stores`]: where a bench finds PostgreSQL and Redis, and its
+//!   database there.
 
 pub mod auth;
 pub mod burn_down;
@@ -34,6 +36,7 @@ pub mod http;
 pub mod load;
 pub mod schedule;
 pub mod soak;
+pub mod stores;
 pub mod ticks;
 pub mod ws;
 

@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let setup = Setup::connect(&args.stack, None).await?;
+    let setup = Setup::connect(&args.stack.stores, None).await?;
     let mut fleet = setup.workers(args.workers, &args.stack).await?;
     let owner = bench_user(&setup.pool).await?;
     let (lateness, early) = scheduled(&setup.pool, &setup.jobs, owner, args.tasks, 0).await?;

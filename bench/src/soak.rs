@@ -87,7 +87,7 @@ impl Sample {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let setup = Setup::connect(&args.stack, None).await?;
+    let setup = Setup::connect(&args.stack.stores, None).await?;
     // Without autovacuum every task's two old row versions stay: the soak
     // would measure the server's settings, not Keel. A server that runs
     // without it (as this repository's CI machine does) has it on for the
@@ -147,7 +147,10 @@ async fn show_autovacuum(pool: &sqlx::PgPool) -> anyhow::Result<String> {
 async fn soak(args: &Args, setup: &Setup) -> anyhow::Result<()> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
-    let (db, redis) = (&args.stack.database_url, &args.stack.redis_url);
+    let (db, redis) = (
+        &args.stack.stores.database_url,
+        &args.stack.stores.redis_url,
+    );
     let concurrency = args.stack.concurrency_env();
     let mut fleet = Fleet::default();
     let api = fleet.start(

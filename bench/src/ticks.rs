@@ -9,15 +9,13 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use keel_shared::{
     Config,
-    db::{
-        self,
-        schedules::{self, ScheduleSpec},
-    },
+    db::schedules::{self, ScheduleSpec},
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::fleet::{Fleet, bench_user};
+use crate::stores::{self, Stores};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,43 +31,33 @@ pub struct Args {
     /// The scheduler binary.
     #[arg(long, default_value = "target/release/keel-scheduler")]
     scheduler_bin: String,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/keel_bench"
-    )]
-    database_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    #[command(flatten)]
+    stores: Stores,
     /// Print one JSON object as the last line too.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let prefix = format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let Stores {
+        database_url,
+        redis_url,
+    } = &args.stores;
+    let prefix = stores::fresh_prefix();
     let config = Config::from_flags([
         "--database-url",
-        &args.database_url,
+        database_url,
         "--redis-url",
-        &args.redis_url,
+        redis_url,
         "--redis-prefix",
         &prefix,
     ])?;
-    db::create_database_if_missing(&config).await?;
-    let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
+    let pool = stores::migrated_pool(&config).await?;
     let owner = bench_user(&pool).await?;
 
     let mut fleet = Fleet::default();
     for _ in 0..args.replicas {
-        fleet.start(
-            &args.scheduler_bin,
-            &args.database_url,
-            &args.redis_url,
-            &prefix,
-            &[],
-        )?;
+        fleet.start(&args.scheduler_bin, database_url, redis_url, &prefix, &[])?;
     }
     // The replicas load schedules at start and on every change.
     tokio::time::sleep(Duration::from_secs(2)).await;

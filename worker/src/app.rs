@@ -119,6 +119,17 @@ impl Worker {
         let finished = CancellationToken::new();
         let jobs = JobQueue::new(redis.clone());
 
+        // Each queue's wake-ups, heard until the worker has finished.
+        let wake =
+            |queue| WakeSignal::listen(redis.clone(), jobs.wake_channel(queue), finished.clone());
+        // The apalis worker of a queue run by `supervisor`.
+        let supervised = |lease, concurrency| supervisor::QueueSetup {
+            jobs: jobs.clone(),
+            redis: redis.clone(),
+            lease,
+            base_name: card.id.clone(),
+            concurrency,
+        };
         let mut queues = Vec::new();
         let mut runners = Vec::new();
         for queue in &card.queues {
@@ -135,15 +146,10 @@ impl Worker {
                         grace_over.clone(),
                         finished.clone(),
                     ));
-                    let wake = WakeSignal::listen(
-                        redis.clone(),
-                        jobs.wake_channel(Queue::Tasks),
-                        finished.clone(),
-                    );
                     runners.push(runner.clone());
                     queues.push(tokio::spawn(tasks::run_queue(
                         runner,
-                        wake,
+                        wake(Queue::Tasks),
                         card.id.clone(),
                         card.concurrency,
                         shutdown.clone(),
@@ -157,47 +163,18 @@ impl Worker {
                         &card.id,
                         shutdown.clone(),
                     )?);
-                    let setup = supervisor::QueueSetup {
-                        jobs: jobs.clone(),
-                        redis: redis.clone(),
-                        lease: runner.lease(),
-                        base_name: card.id.clone(),
-                        concurrency: card.concurrency.min(MAX_EMAIL_SENDS),
-                    };
-                    let wake = WakeSignal::listen(
-                        redis.clone(),
-                        jobs.wake_channel(Queue::Email),
-                        finished.clone(),
-                    );
-                    queues.push(tokio::spawn(supervisor::run(
-                        setup,
-                        runner,
-                        wake,
-                        shutdown.clone(),
-                    )));
+                    let setup = supervised(runner.lease(), card.concurrency.min(MAX_EMAIL_SENDS));
+                    let run = supervisor::run(setup, runner, wake(Queue::Email), shutdown.clone());
+                    queues.push(tokio::spawn(run));
                 }
                 Queue::Maintenance => {
                     let runner =
                         Arc::new(MaintenanceRunner::new(&config, db.clone(), storage.clone()));
-                    let setup = supervisor::QueueSetup {
-                        jobs: jobs.clone(),
-                        redis: redis.clone(),
-                        lease: runner.lease(),
-                        base_name: card.id.clone(),
-                        // One at a time: purges of the same tables would only contend.
-                        concurrency: 1,
-                    };
-                    let wake = WakeSignal::listen(
-                        redis.clone(),
-                        jobs.wake_channel(Queue::Maintenance),
-                        finished.clone(),
-                    );
-                    queues.push(tokio::spawn(supervisor::run(
-                        setup,
-                        runner,
-                        wake,
-                        shutdown.clone(),
-                    )));
+                    // One at a time: purges of the same tables would only contend.
+                    let setup = supervised(runner.lease(), 1);
+                    let run =
+                        supervisor::run(setup, runner, wake(Queue::Maintenance), shutdown.clone());
+                    queues.push(tokio::spawn(run));
                 }
             }
         }

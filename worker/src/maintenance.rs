@@ -73,11 +73,16 @@ impl MaintenanceRunner {
         match work {
             Maintenance::PurgeExpired => {
                 let runs_before = now - chrono::Duration::from_std(RUNS_KEPT)?;
-                deleted += drain(|| refresh_tokens::purge_expired(db, now, SLICE)).await?;
-                deleted += drain(|| two_factor::purge_expired(db, now, SLICE)).await?;
-                deleted += drain(|| email_tokens::purge_expired(db, now, SLICE)).await?;
+                for expired in [
+                    refresh_tokens::EXPIRED,
+                    two_factor::EXPIRED,
+                    email_tokens::EXPIRED,
+                ] {
+                    deleted += drain(|| expired.delete_some(db, now, SLICE)).await?;
+                }
                 deleted += drain(|| idempotency::purge_expired(db, now, SLICE)).await?;
-                deleted += drain(|| schedules::purge_runs(db, runs_before, SLICE)).await?;
+                deleted +=
+                    drain(|| schedules::OLD_RUNS.delete_some(db, runs_before, SLICE)).await?;
             }
             Maintenance::PurgeFinished => {
                 let before = now - self.retention;
@@ -88,7 +93,8 @@ impl MaintenanceRunner {
                 ] {
                     deleted += drain(|| tasks::purge_finished(db, status, before, SLICE)).await?;
                 }
-                deleted += drain(|| email_deliveries::purge_finished(db, before, SLICE)).await?;
+                deleted +=
+                    drain(|| email_deliveries::FINISHED.delete_some(db, before, SLICE)).await?;
             }
             Maintenance::SweepOrphans => {
                 // The store's clock, not Postgres's, dates objects; the

@@ -98,6 +98,17 @@ fn worker_env(concurrency: &str) -> [(&'static str, String); 4] {
     ]
 }
 
+/// Waits until `percent` % of the `total` tasks are finished, by `deadline`.
+async fn wait_finished_share(s: &Setup, total: i64, percent: i64, deadline: tokio::time::Instant) {
+    while s.finished_count().await * 100 < total * percent {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck before {percent} %"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn spawn_worker(s: &Setup, name: &str) -> ChildGuard {
     let env = worker_env("16");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -107,8 +118,7 @@ fn spawn_worker(s: &Setup, name: &str) -> ChildGuard {
 #[tokio::test]
 async fn three_workers_one_killed_three_times_lose_and_repeat_nothing() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let sink = EffectSink::start().await;
     let (created, probes) = mixed_load(&s, &sink, 10_000, 500).await;
     let total = i64::try_from(created.len()).unwrap();
@@ -117,13 +127,7 @@ async fn three_workers_one_killed_three_times_lose_and_repeat_nothing() {
     let mut victim = spawn_worker(&s, "victim-0");
     let started = tokio::time::Instant::now();
     for (kill, percent) in [15, 40, 65].into_iter().enumerate() {
-        while s.finished_count().await * 100 < total * percent {
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "stuck before {percent} %"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_finished_share(&s, total, percent, started + Duration::from_secs(180)).await;
         victim.signal("KILL");
         let status = victim
             .wait_exit(Duration::from_secs(5))
@@ -149,8 +153,7 @@ async fn three_workers_one_killed_three_times_lose_and_repeat_nothing() {
 async fn redis_shut_down_at_30_percent_and_back_empty_loses_and_repeats_nothing() {
     let mut server = RedisServer::start().await;
     let s = Setup::with_own_redis(&server).await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let sink = EffectSink::start().await;
     let (created, probes) = mixed_load(&s, &sink, 3_000, 300).await;
     let total = i64::try_from(created.len()).unwrap();
@@ -158,13 +161,7 @@ async fn redis_shut_down_at_30_percent_and_back_empty_loses_and_repeats_nothing(
     let mut workers = [spawn_worker(&s, "w1"), spawn_worker(&s, "w2")];
     let pids: Vec<u32> = workers.iter().map(ChildGuard::pid).collect();
     let started = tokio::time::Instant::now();
-    while s.finished_count().await * 100 < total * 30 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "stuck before 30 %"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_finished_share(&s, total, 30, started + Duration::from_secs(120)).await;
     // The connection drops as the server goes: no answer to wait for.
     let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN")
         .arg("NOSAVE")
@@ -194,8 +191,7 @@ async fn redis_shut_down_at_30_percent_and_back_empty_loses_and_repeats_nothing(
 #[tokio::test]
 async fn a_kind_that_aborts_its_worker_fails_after_exactly_max_attempts_and_the_rest_complete() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let poison = s.insert_each(&[("abort", json!({}))], 3).await.remove(0);
     let normal = s.insert(1000, None).await;
     dispatch::push_tasks(&s.pool, &s.jobs, std::slice::from_ref(&poison))

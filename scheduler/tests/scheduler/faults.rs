@@ -27,8 +27,7 @@ async fn jobs_in_redis(s: &Setup, server: &RedisServer) -> u64 {
 async fn after_flushdb_every_due_and_future_task_is_queued_again_and_runs_once() {
     let server = RedisServer::start().await;
     let s = Setup::with_own_redis(&server).await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let mut created = s.insert(200, None).await;
     created.extend(s.insert(200, Some(5000)).await);
     dispatch::push_tasks(&s.pool, &s.jobs, &created)
@@ -69,8 +68,7 @@ async fn after_flushdb_every_due_and_future_task_is_queued_again_and_runs_once()
 async fn tasks_created_while_redis_is_down_run_after_it_restarts() {
     let mut server = RedisServer::start().await;
     let s = Setup::with_own_redis(&server).await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let _worker = s.worker().await;
 
     server.stop();
@@ -108,24 +106,7 @@ async fn ten_thousand_tasks_trimmed(s: &Setup, server: &RedisServer) -> u64 {
     let peak = server.used_memory().await;
     let all = s.all_finished().await;
     assert!(all.iter().all(|t| t.status == TaskStatus::Completed));
-    let config = s.jobs.apalis_config(Queue::Tasks);
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let (done, data): (u64, u64) = redis::pipe()
-            .scard(config.done_jobs_set())
-            .hlen(config.job_data_hash())
-            .query_async(&mut server.conn().await)
-            .await
-            .unwrap();
-        if done == 0 && data == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{done} done and {data} jobs left"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    s.wait_kept_jobs(0, "jobs left after the trim").await;
     peak.max(server.used_memory().await)
 }
 
@@ -133,8 +114,7 @@ async fn ten_thousand_tasks_trimmed(s: &Setup, server: &RedisServer) -> u64 {
 async fn redis_memory_returns_to_its_start_after_10000_tasks_and_the_trim() {
     let server = RedisServer::start().await;
     let s = Setup::with_own_redis(&server).await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let _worker = s.worker().await;
     // A first round grows Redis's own tables (its keyspace never shrinks
     // back to its empty size: a bare redis-server keeps ~100 KB after 10,000
@@ -161,8 +141,7 @@ async fn redis_memory_returns_to_its_start_after_10000_tasks_and_the_trim() {
 #[tokio::test]
 async fn a_worker_stopped_past_its_lease_changes_nothing_when_it_wakes() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let lease = [("TASK_LEASE_SECONDS", "2")];
     let first = s.worker_process("stalled", &lease);
     let created = s.insert_kind(1, "sleep", json!({"ms": 3000}), None).await;

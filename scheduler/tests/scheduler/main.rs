@@ -53,27 +53,31 @@ async fn the_scheduler_serves_its_probes_and_stops_cleanly_on_sigint() {
     assert_eq!(status.code(), Some(0), "{}", scheduler.stderr());
 }
 
-#[tokio::test]
-async fn an_unreachable_postgres_stops_the_scheduler_with_exit_1() {
+/// Runs `keel-scheduler` with `env` until it exits: its exit code and what
+/// it wrote to stderr.
+fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let output = testing::command(SCHEDULER_BIN)
-        .env("DATABASE_URL", testing::unreachable_database_url())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{err}");
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), err)
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_stops_the_scheduler_with_exit_1() {
+    let url = testing::unreachable_database_url();
+    let (code, err) = run_to_exit(&[("DATABASE_URL", &url)]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
 }
 
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_scheduler_with_exit_1() {
     let db = TestDatabase::create().await.unwrap();
-    let output = testing::command(SCHEDULER_BIN)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", testing::unreachable_redis_url())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{err}");
+    let redis = testing::unreachable_redis_url();
+    let (code, err) = run_to_exit(&[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach Redis"), "{err}");
 }
 
@@ -84,12 +88,8 @@ fn a_bad_value_stops_the_scheduler_with_exit_2_naming_it() {
         ("DATABASE_URL", "not a url"),
         ("REDIS_URL", "redis://"),
     ] {
-        let output = testing::command(SCHEDULER_BIN)
-            .env(variable, value)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
+        let (code, err) = run_to_exit(&[(variable, value)]);
+        assert_eq!(code, Some(2), "{variable}={value}: {err}");
         assert!(err.contains(variable), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }

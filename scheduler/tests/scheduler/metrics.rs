@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use chrono::{Datelike as _, Timelike as _};
-use keel_shared::db::{
-    schedules::{self, ScheduleSpec},
-    tasks,
-};
+use keel_shared::db::tasks;
 use keel_testing::{self as testing, Scrape};
-use serde_json::json;
 
 use crate::stack::Setup;
 
@@ -63,21 +59,7 @@ async fn scheduler_metrics_count_ticks_repairs_and_fires_and_sample_the_queues()
         at.day(),
         at.month()
     );
-    let once = schedules::insert(
-        &s.pool,
-        s.owner,
-        &ScheduleSpec {
-            name: "once".into(),
-            cron,
-            timezone: "UTC".into(),
-            kind: "echo".into(),
-            payload: json!({}),
-            enabled: true,
-            next_run_at: None,
-        },
-    )
-    .await
-    .unwrap();
+    let once = s.schedule_of("once", &cron, "echo").await;
 
     let expected: &[Expected] = &[
         (

@@ -23,8 +23,7 @@ async fn with_redis_stopped_200_creates_answer_201_within_2s_and_all_run_after()
     let s = Setup::with_own_redis(&server).await;
     let api = s.api_process(&[]).await;
     let token = api.token().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let _worker = s.worker_process("w", &[("RUST_LOG", "error")]);
     // A first task run end to end: the worker is up before Redis goes.
     assert_eq!(api.create_task(&token).await.unwrap().status(), 201);

@@ -16,8 +16,7 @@ use crate::stack::{LONG, Setup};
 #[tokio::test]
 async fn tasks_whose_push_failed_run_once_the_reconciler_pushes_them() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let _worker = s.worker().await;
     // Committed rows whose push never happened (Redis was down, or the API died).
     let created = s.insert(20, None).await;
@@ -34,8 +33,7 @@ async fn tasks_whose_push_failed_run_once_the_reconciler_pushes_them() {
 #[tokio::test]
 async fn after_redis_loses_everything_every_waiting_task_runs_once() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     // 200 due now and 200 due in 3 s, pushed as the API pushes them, then
     // the prefix's keys wiped (what FLUSHDB does to this deployment).
     let mut created = s.insert(200, None).await;
@@ -111,8 +109,7 @@ async fn a_task_whose_worker_died_goes_back_to_retrying_and_runs() {
 #[tokio::test]
 async fn a_job_lost_after_its_row_was_marked_enqueued_is_found_and_run() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let _worker = s.worker().await;
     // Marked enqueued at insert, but the pushing process died before the push.
     let lost = s.insert(3, None).await;
@@ -139,28 +136,12 @@ async fn finished_jobs_are_trimmed_from_redis() {
         .await
         .unwrap();
     s.all_finished().await;
-    let config = s.jobs.apalis_config(keel_shared::queue::Queue::Tasks);
-    let mut conn = s.redis.conn();
     // The worker acknowledges a job in Redis after its row is finished, so
     // the done set fills a moment after the rows say finished.
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let (done, data): (u64, u64) = redis::pipe()
-            .scard(config.done_jobs_set())
-            .hlen(config.job_data_hash())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if done == 100 && data == 100 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "apalis keeps finished jobs: {done} done, {data} data"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.wait_kept_jobs(100, "apalis keeps finished jobs").await;
 
+    let config = s.jobs.apalis_config(keel_shared::queue::Queue::Tasks);
+    let mut conn = s.redis.conn();
     let _scheduler = s.scheduler();
     let deadline = tokio::time::Instant::now() + LONG;
     loop {

@@ -106,8 +106,7 @@ async fn a_scheduler_3s_ahead_beside_a_normal_one_fires_no_tick_twice() {
 #[tokio::test]
 async fn a_worker_30s_ahead_never_starts_a_task_before_its_time() {
     let s = Setup::new().await;
-    let _scheduler = s.scheduler();
-    s.first_pass().await;
+    let _scheduler = s.scheduler_past_first_pass().await;
     let ahead = skewed("+30s");
     let _worker = s.worker_process("ahead", &pairs(&ahead));
     let mut created = Vec::new();

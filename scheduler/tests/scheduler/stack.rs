@@ -12,7 +12,7 @@ use keel_shared::{
         schedules::{self, Schedule, ScheduleSpec},
         tasks::{self, NewTask, Task, TaskStatus},
     },
-    queue::JobQueue,
+    queue::{JobQueue, Queue},
 };
 use keel_testing::{self as testing, ChildGuard, PostgresServer, RedisServer, TestDatabase};
 use keel_worker::app::Worker;
@@ -100,10 +100,8 @@ impl Setup {
         command
             .env("REDIS_URL", &self.redis_url)
             .env("RECONCILE_SECONDS", "1")
-            .env("RUST_LOG", "warn");
-        for (key, value) in env {
-            command.env(key, value);
-        }
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         ChildGuard::spawn(command)
     }
 
@@ -111,17 +109,17 @@ impl Setup {
         self.scheduler_on(testing::free_port())
     }
 
-    /// A `keel-worker` process called `name` (built beside the scheduler)
-    /// with `env` on top.
+    /// A `keel-scheduler` that has made its first reconcile pass.
+    pub async fn scheduler_past_first_pass(&self) -> ChildGuard {
+        let scheduler = self.scheduler();
+        self.first_pass().await;
+        scheduler
+    }
+
+    /// A `keel-worker` process called `name` with `env` on top.
     pub fn worker_process(&self, name: &str, env: &[(&str, &str)]) -> ChildGuard {
-        let binary = std::path::Path::new(SCHEDULER_BIN).with_file_name("keel-worker");
-        assert!(
-            binary.exists(),
-            "{} is built with the workspace",
-            binary.display()
-        );
         let mut command = testing::service_command(
-            binary.to_str().unwrap(),
+            &sibling_binary("keel-worker"),
             &self.db.url,
             &self.prefix,
             testing::free_port(),
@@ -129,24 +127,16 @@ impl Setup {
         command
             .env("REDIS_URL", &self.redis_url)
             .env("RUST_LOG", "warn")
-            .args(["--name", name]);
-        for (key, value) in env {
-            command.env(key, value);
-        }
+            .args(["--name", name])
+            .envs(env.iter().copied());
         ChildGuard::spawn(command)
     }
 
     /// A `keel-api` process with `env` on top; rate limits off, so bursts
     /// are not throttled.
     pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
-        let binary = std::path::Path::new(SCHEDULER_BIN).with_file_name("keel-api");
-        assert!(
-            binary.exists(),
-            "{} is built with the workspace",
-            binary.display()
-        );
         let port = testing::free_port();
-        let mut command = testing::command(binary.to_str().unwrap());
+        let mut command = testing::command(&sibling_binary("keel-api"));
         command
             .env("DATABASE_URL", &self.db.url)
             .env("REDIS_URL", &self.redis_url)
@@ -155,10 +145,8 @@ impl Setup {
             .env("PORT", port.to_string())
             .env("RATE_LIMIT_ENABLED", "false")
             .env("DATABASE_TIMEOUT_SECONDS", "2")
-            .env("RUST_LOG", "warn");
-        for (key, value) in env {
-            command.env(key, value);
-        }
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         let process = ChildGuard::spawn(command);
         let base = format!("http://127.0.0.1:{port}");
         testing::wait_for_status(&format!("{base}/ready"), 200, LONG).await;
@@ -180,16 +168,7 @@ impl Setup {
     ) -> Vec<Task> {
         let specs: Vec<NewTask> = specs
             .iter()
-            .map(|(kind, payload)| NewTask {
-                name: "t".into(),
-                kind: (*kind).into(),
-                payload: payload.clone(),
-                max_attempts,
-                timeout_seconds: 60,
-                priority: 0,
-                scheduled_at: None,
-                schedule_id: None,
-            })
+            .map(|(kind, payload)| new_task(kind, payload.clone(), max_attempts, None))
             .collect();
         let mut all = Vec::new();
         // The insert binds arrays; a few thousand rows per statement.
@@ -268,17 +247,9 @@ impl Setup {
         in_ms: Option<i64>,
     ) -> Vec<Task> {
         let now = self.db_now().await;
+        let at = in_ms.map(|ms| now + chrono::Duration::milliseconds(ms));
         let specs: Vec<NewTask> = (0..n)
-            .map(|_| NewTask {
-                name: "t".into(),
-                kind: kind.into(),
-                payload: payload.clone(),
-                max_attempts: 3,
-                timeout_seconds: 60,
-                priority: 0,
-                scheduled_at: in_ms.map(|ms| now + chrono::Duration::milliseconds(ms)),
-                schedule_id: None,
-            })
+            .map(|_| new_task(kind, payload.clone(), 3, at))
             .collect();
         tasks::insert_many(&self.pool, self.owner, "test", &specs)
             .await
@@ -292,6 +263,12 @@ impl Setup {
 
     /// An enabled `noop` schedule on `cron` (UTC), owned by the test's user.
     pub async fn schedule(&self, name: &str, cron: &str) -> Schedule {
+        self.schedule_of(name, cron, "noop").await
+    }
+
+    /// An enabled schedule of `kind` (empty payload) on `cron` (UTC), owned
+    /// by the test's user.
+    pub async fn schedule_of(&self, name: &str, cron: &str, kind: &str) -> Schedule {
         schedules::insert(
             &self.pool,
             self.owner,
@@ -299,7 +276,7 @@ impl Setup {
                 name: name.into(),
                 cron: cron.into(),
                 timezone: "UTC".into(),
-                kind: "noop".into(),
+                kind: kind.into(),
                 payload: json!({}),
                 enabled: true,
                 next_run_at: None,
@@ -331,6 +308,31 @@ impl Setup {
         }
     }
 
+    /// Waits until apalis keeps `kept` acknowledged jobs of the `tasks`
+    /// queue, and the data of as many; `what` says what was awaited if it
+    /// never does.
+    pub async fn wait_kept_jobs(&self, kept: u64, what: &str) {
+        let config = self.jobs.apalis_config(Queue::Tasks);
+        let mut conn = self.redis.conn();
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let (done, data): (u64, u64) = redis::pipe()
+                .scard(config.done_jobs_set())
+                .hlen(config.job_data_hash())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if done == kept && data == kept {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {done} done, {data} data"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// How many attempts of task `id` started.
     pub async fn runs_of(&self, id: Uuid) -> usize {
         tasks::history(&self.pool, id)
@@ -352,6 +354,36 @@ impl Setup {
         .await
         .unwrap()
     }
+}
+
+/// A task of `kind` named `t`, due at `scheduled_at` (now when `None`).
+fn new_task(
+    kind: &str,
+    payload: serde_json::Value,
+    max_attempts: i32,
+    scheduled_at: Option<DateTime<Utc>>,
+) -> NewTask {
+    NewTask {
+        name: "t".into(),
+        kind: kind.into(),
+        payload,
+        max_attempts,
+        timeout_seconds: 60,
+        priority: 0,
+        scheduled_at,
+        schedule_id: None,
+    }
+}
+
+/// A binary of the workspace, built beside `keel-scheduler`.
+fn sibling_binary(name: &str) -> String {
+    let binary = std::path::Path::new(SCHEDULER_BIN).with_file_name(name);
+    assert!(
+        binary.exists(),
+        "{} is built with the workspace",
+        binary.display()
+    );
+    binary.to_str().unwrap().to_owned()
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

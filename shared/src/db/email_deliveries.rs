@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
+use super::Purge;
+
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 pub struct Delivery {
     pub id: Uuid,
@@ -215,22 +217,9 @@ pub async fn take_for_push(
     .await
 }
 
-/// Deletes up to `limit` sent or failed deliveries last changed before
-/// `before`; returns how many.
-///
-/// # Errors
-/// The database fails.
-pub async fn purge_finished(
-    db: impl PgExecutor<'_>,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    super::delete_some(
-        db,
-        "email_deliveries",
-        "status IN ('sent', 'failed') AND updated_at < $2",
-        before,
-        limit,
-    )
-    .await
-}
+/// Sent or failed deliveries last changed before the cut-off: the daily
+/// purge's, past the retention.
+pub const FINISHED: Purge = Purge::new(
+    "email_deliveries",
+    "status IN ('sent', 'failed') AND updated_at < $2",
+);

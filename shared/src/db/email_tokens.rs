@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::Purge;
+
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -87,14 +89,5 @@ pub async fn revoke_all(
     .map(drop)
 }
 
-/// Deletes up to `limit` expired email tokens (expired before `now`); returns how many.
-///
-/// # Errors
-/// The database fails.
-pub async fn purge_expired(
-    db: impl PgExecutor<'_>,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    super::delete_some(db, "email_tokens", "expires_at < $2", now, limit).await
-}
+/// Email tokens expired before the cut-off (now): the hourly purge's.
+pub const EXPIRED: Purge = Purge::new("email_tokens", "expires_at < $2");

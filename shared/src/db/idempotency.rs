@@ -6,8 +6,13 @@
 use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
+use super::Purge;
+
 /// How long a key is remembered, in hours.
 pub const KEY_TTL_HOURS: i32 = 24;
+
+/// Keys taken before the cut-off; [`purge_expired`] sets it a TTL back.
+const TAKEN_BEFORE: Purge = Purge::new("idempotency_keys", "created_at < $2");
 
 /// What taking a key found.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,5 +116,5 @@ pub async fn purge_expired(
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
     let before = now - chrono::Duration::hours(i64::from(KEY_TTL_HOURS));
-    super::delete_some(db, "idempotency_keys", "created_at < $2", before, limit).await
+    TAKEN_BEFORE.delete_some(db, before, limit).await
 }

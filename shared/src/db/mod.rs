@@ -276,24 +276,45 @@ fn describe(options: PgConnectOptions) -> String {
     )
 }
 
-/// Deletes up to `limit` rows of `table` where `condition` holds, `$2`
-/// being `before`; returns how many. Purges go in such slices so no
-/// statement holds locks on a large table for long.
-pub(crate) async fn delete_some(
-    db: impl sqlx::PgExecutor<'_>,
+/// What a maintenance purge deletes from one table: the rows where
+/// `condition` holds, `$2` in it being the cut-off. Each table's module
+/// declares its own (`email_tokens::EXPIRED`), so the table keeps its rules
+/// while one statement, here, does the deleting.
+#[derive(Debug, Clone, Copy)]
+pub struct Purge {
     table: &'static str,
     condition: &'static str,
-    before: chrono::DateTime<chrono::Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {condition} LIMIT $1))"
-    );
-    // Safe: `table` and `condition` are literals of this crate, never input.
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(limit)
-        .bind(before)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
+}
+
+impl Purge {
+    /// `table` and `condition` go into SQL as written: literals of this
+    /// crate only, never input.
+    pub(crate) const fn new(table: &'static str, condition: &'static str) -> Self {
+        Self { table, condition }
+    }
+
+    /// Deletes up to `limit` of the rows whose cut-off falls before
+    /// `before`; returns how many. Purges go in such slices so no statement
+    /// holds locks on a large table for long.
+    ///
+    /// # Errors
+    /// The database fails.
+    pub async fn delete_some(
+        self,
+        db: impl sqlx::PgExecutor<'_>,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let Self { table, condition } = self;
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {condition} LIMIT $1))"
+        );
+        // Safe: `table` and `condition` are literals of this crate, never input.
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .bind(before)
+            .execute(db)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::Purge;
+
 /// What presenting a refresh token came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
@@ -262,14 +264,5 @@ pub async fn revoke_all_for_user(
     .map(drop)
 }
 
-/// Deletes up to `limit` expired refresh tokens (expired before `now`); returns how many.
-///
-/// # Errors
-/// The database fails.
-pub async fn purge_expired(
-    db: impl PgExecutor<'_>,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    super::delete_some(db, "refresh_tokens", "expires_at < $2", now, limit).await
-}
+/// Refresh tokens expired before the cut-off (now): the hourly purge's.
+pub const EXPIRED: Purge = Purge::new("refresh_tokens", "expires_at < $2");

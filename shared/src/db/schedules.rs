@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
+use super::Purge;
+
 /// A schedule as the API shows it.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -435,18 +437,9 @@ pub async fn ensure_system(
     Ok(())
 }
 
-/// Deletes up to `limit` fire records older than `before`: the ledger only
-/// has to outlast the replicas' clock skew.
-///
-/// # Errors
-/// The database fails.
-pub async fn purge_runs(
-    db: impl PgExecutor<'_>,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    super::delete_some(db, "schedule_runs", "fired_at < $2", before, limit).await
-}
+/// Fire records older than the cut-off: the ledger only has to outlast the
+/// replicas' clock skew.
+pub const OLD_RUNS: Purge = Purge::new("schedule_runs", "fired_at < $2");
 
 impl Schedule {
     /// The task one fire of this schedule creates, due at `fire_at`.

@@ -8,6 +8,8 @@ use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use super::Purge;
+
 /// Wrong codes that kill a challenge.
 pub const MAX_ATTEMPTS: i32 = 5;
 
@@ -278,17 +280,8 @@ pub async fn codeless(
     .await
 }
 
-/// Deletes up to `limit` expired 2FA challenges (expired before `now`); returns how many.
-///
-/// # Errors
-/// The database fails.
-pub async fn purge_expired(
-    db: impl PgExecutor<'_>,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    super::delete_some(db, "two_factor_challenges", "expires_at < $2", now, limit).await
-}
+/// 2FA challenges expired before the cut-off (now): the hourly purge's.
+pub const EXPIRED: Purge = Purge::new("two_factor_challenges", "expires_at < $2");
 
 #[cfg(test)]
 mod tests {

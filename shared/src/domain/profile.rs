@@ -4,45 +4,44 @@
 use super::Invalid;
 
 // The rules below as ECMA-262 patterns (OpenAPI's `pattern`), so the API's
-// document states what `parse` accepts. The class at either end is what
-// `str::trim` removes first (Unicode `White_Space`).
+// document states what `parse` accepts.
+
+/// A pattern that takes `$part`s in turn between the runs of white space
+/// `str::trim` removes first (Unicode `White_Space`), anchored at both ends:
+/// every rule below is checked on the trimmed value.
+macro_rules! trimmed_pattern {
+    ($($part:literal),+) => {
+        concat!(
+            r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
+            $($part,)+
+            r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        )
+    };
+}
 
 /// [`Language::parse`] as a pattern.
 pub const LANGUAGE_PATTERN: &str = r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$";
 
 /// [`parse_phone_number`] as a pattern: 5 to 15 digits, spaces, `-`, `(`,
 /// `)` and a leading `+`.
-pub const PHONE_NUMBER_PATTERN: &str = concat!(
-    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"\+?[ ()-]*(?:[0-9][ ()-]*){5,15}",
-    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-);
+pub const PHONE_NUMBER_PATTERN: &str = trimmed_pattern!(r"\+?[ ()-]*(?:[0-9][ ()-]*){5,15}");
 
 /// [`parse_avatar_url`] as a pattern: an http(s) URL whose host is a name
 /// (labels of letters, digits and inner hyphens; the last starts with a
 /// letter) and whose port has at most 4 digits.
-pub const AVATAR_URL_PATTERN: &str = concat!(
-    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?::[0-9]{1,4})?(?:[/?#][!-~]*)?",
-    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+pub const AVATAR_URL_PATTERN: &str = trimmed_pattern!(
+    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?::[0-9]{1,4})?(?:[/?#][!-~]*)?"
 );
 
 /// [`ProfileText::parse_line`] as a pattern (its length is a `maxLength`):
 /// no control character at all, no line or paragraph separator and no
 /// bidirectional control, once the ends are trimmed.
-pub const PROFILE_LINE_PATTERN: &str = concat!(
-    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*",
-    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-);
+pub const PROFILE_LINE_PATTERN: &str =
+    trimmed_pattern!(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*");
 
 /// [`ProfileText::parse`] as a pattern (its length is a `maxLength`): no
 /// control character but a line feed, once the ends are trimmed.
-pub const PROFILE_TEXT_PATTERN: &str = concat!(
-    r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*",
-    r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*",
-    r"[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-);
+pub const PROFILE_TEXT_PATTERN: &str = trimmed_pattern!(r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*");
 
 /// The time zone of an account that sets none (or clears its own).
 pub const DEFAULT_TIMEZONE: &str = "UTC";

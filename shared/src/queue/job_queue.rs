@@ -177,15 +177,7 @@ impl JobQueue {
             .zrange(config.workers_set(), 0, -1)
             .query_async(&mut conn)
             .await?;
-        let mut in_flight = 0;
-        if !workers.is_empty() {
-            let mut sizes = redis::pipe();
-            for worker in &workers {
-                sizes.scard(format!("{}:{worker}", config.inflight_jobs_set()));
-            }
-            let counts: Vec<u64> = sizes.query_async(&mut conn).await?;
-            in_flight = counts.iter().sum();
-        }
+        let in_flight = in_flight(&mut conn, &config, &workers).await?;
         Ok(scheduled + active + in_flight)
     }
 
@@ -390,15 +382,7 @@ impl JobQueue {
             let count = |v: &redis::Value| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0);
             let workers: Vec<String> =
                 redis::from_redis_value(chunk[4].clone()).unwrap_or_default();
-            let mut in_flight = 0;
-            if !workers.is_empty() {
-                let mut sizes = redis::pipe();
-                for worker in &workers {
-                    sizes.scard(format!("{}:{worker}", config.inflight_jobs_set()));
-                }
-                let counts: Vec<u64> = sizes.query_async(&mut conn).await?;
-                in_flight = counts.iter().sum();
-            }
+            let in_flight = in_flight(&mut conn, config, &workers).await?;
             depths.push((
                 *queue,
                 QueueDepths {
@@ -412,6 +396,24 @@ impl JobQueue {
         }
         Ok(depths)
     }
+}
+
+/// Jobs of `config`'s queue that `workers` fetched and have not yet
+/// acknowledged: apalis keeps one in-flight set per worker.
+async fn in_flight(
+    conn: &mut redis::aio::ConnectionManager,
+    config: &ApalisConfig,
+    workers: &[String],
+) -> redis::RedisResult<u64> {
+    if workers.is_empty() {
+        return Ok(0);
+    }
+    let mut sizes = redis::pipe();
+    for worker in workers {
+        sizes.scard(format!("{}:{worker}", config.inflight_jobs_set()));
+    }
+    let counts: Vec<u64> = sizes.query_async(conn).await?;
+    Ok(counts.iter().sum())
 }
 
 /// The whole second at which Redis releases a job meant for `run_at`: the

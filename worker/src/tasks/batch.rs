@@ -97,13 +97,7 @@ impl Claims {
     /// # Errors
     /// The database failed.
     pub async fn claim(&self, id: Uuid) -> Result<Claim, BatchError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((id, reply))
-            .map_err(|_| BatchError("the claim loop has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| BatchError("the claim loop has stopped".into()))?
+        ask(&self.tx, id, "the claim loop has stopped").await
     }
 }
 
@@ -180,13 +174,7 @@ impl Finishes {
     /// # Errors
     /// The database failed.
     pub async fn finish(&self, finish: Finish) -> Result<Option<TaskState>, BatchError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((finish, reply))
-            .map_err(|_| BatchError("the finish loop has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| BatchError("the finish loop has stopped".into()))?
+        ask(&self.tx, finish, "the finish loop has stopped").await
     }
 }
 
@@ -198,6 +186,20 @@ fn publish(redis: &RedisClient, states: Vec<TaskState>) {
     }
     let redis = redis.clone();
     tokio::spawn(async move { task_events::publish(&redis, &states).await });
+}
+
+/// Queues `request` for its loop and waits for the answer; `stopped` is the
+/// error when the loop is gone.
+async fn ask<R, T>(
+    loop_tx: &mpsc::UnboundedSender<(R, Reply<T>)>,
+    request: R,
+    stopped: &'static str,
+) -> Result<T, BatchError> {
+    let (reply, answer) = oneshot::channel();
+    loop_tx
+        .send((request, reply))
+        .map_err(|_| BatchError(stopped.into()))?;
+    answer.await.map_err(|_| BatchError(stopped.into()))?
 }
 
 /// Waits for one request, then takes whatever else is already queued.

@@ -5,39 +5,57 @@
 use std::time::Duration;
 
 use keel_shared::{
-    db::email_deliveries,
+    db::email_deliveries::{self, Delivery},
     mail::EmailTemplate,
     queue::{EmailJob, emails},
 };
-use keel_testing::{self as testing, SmtpServer};
-use serde_json::json;
+use keel_testing::{self as testing, ChildGuard, SmtpServer};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::pipeline::Pipeline;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn smtp_env(port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("WORKER_QUEUES", "email".to_owned()),
-        ("SMTP_HOST", "127.0.0.1".to_owned()),
-        ("SMTP_PORT", port.to_string()),
-        ("SMTP_TLS", "none".to_owned()),
-        ("EMAILS_FROM_EMAIL", "keel@example.com".to_owned()),
-    ]
+/// A worker serving only the `email` queue, sending through the SMTP
+/// server on `port` (which need not be up yet).
+fn smtp_worker(p: &Pipeline, port: u16) -> ChildGuard {
+    let port = port.to_string();
+    p.worker(&[
+        ("WORKER_QUEUES", "email"),
+        ("SMTP_HOST", "127.0.0.1"),
+        ("SMTP_PORT", &port),
+        ("SMTP_TLS", "none"),
+        ("EMAILS_FROM_EMAIL", "keel@example.com"),
+    ])
 }
 
-async fn wait_status(p: &Pipeline, id: Uuid, status: &str) -> email_deliveries::Delivery {
+/// Records and queues `template` to `to`, as the API does.
+async fn enqueue(p: &Pipeline, to: &str, template: EmailTemplate, data: Value) -> Delivery {
+    emails::enqueue(&p.pool, &p.jobs, to, template, &data)
+        .await
+        .unwrap()
+}
+
+async fn wait_status(p: &Pipeline, id: Uuid, status: &str) -> Delivery {
+    wait_delivery(p, id, "delivery still", |row| row.status == status).await
+}
+
+/// Waits until delivery `id` is as `done` says; `waiting` goes before the
+/// row in the message if it never is.
+async fn wait_delivery(
+    p: &Pipeline,
+    id: Uuid,
+    waiting: &str,
+    done: impl Fn(&Delivery) -> bool,
+) -> Delivery {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let row = email_deliveries::get(&p.pool, id).await.unwrap().unwrap();
-        if row.status == status {
+        if done(&row) {
             return row;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "delivery still {row:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{waiting} {row:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -46,20 +64,10 @@ async fn wait_status(p: &Pipeline, id: Uuid, status: &str) -> email_deliveries::
 async fn a_queued_email_is_sent_once_with_its_message_id_even_when_its_job_is_duplicated() {
     let smtp = SmtpServer::start().await;
     let p = Pipeline::new().await;
-    let env = smtp_env(smtp.port);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _worker = p.worker(&env);
+    let _worker = smtp_worker(&p, smtp.port);
 
     let data = json!({"username": "ann", "link": "http://localhost:8000/api/v1/auth/verify-email?token=t0k3n"});
-    let delivery = emails::enqueue(
-        &p.pool,
-        &p.jobs,
-        "ann@example.com",
-        EmailTemplate::Verification,
-        &data,
-    )
-    .await
-    .unwrap();
+    let delivery = enqueue(&p, "ann@example.com", EmailTemplate::Verification, data).await;
     // The same job four more times, as a reconciler re-push or a crash would.
     let again = (0..4)
         .map(|_| {
@@ -99,35 +107,15 @@ async fn a_queued_email_is_sent_once_with_its_message_id_even_when_its_job_is_du
 async fn an_smtp_server_that_is_down_at_first_still_gets_the_mail() {
     let port = testing::free_port();
     let p = Pipeline::new().await;
-    let env = smtp_env(port);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _worker = p.worker(&env);
+    let _worker = smtp_worker(&p, port);
 
-    let delivery = emails::enqueue(
-        &p.pool,
-        &p.jobs,
-        "bob@example.com",
-        EmailTemplate::Welcome,
-        &json!({"username": "bob"}),
-    )
-    .await
-    .unwrap();
+    let welcome = json!({"username": "bob"});
+    let delivery = enqueue(&p, "bob@example.com", EmailTemplate::Welcome, welcome).await;
     // Refused while nothing listens: the delivery goes back to `queued` with the error kept.
-    let deadline = tokio::time::Instant::now() + LONG;
-    let failed_once = loop {
-        let row = email_deliveries::get(&p.pool, delivery.id)
-            .await
-            .unwrap()
-            .unwrap();
-        if row.attempts >= 1 && row.status == "queued" && row.last_error.is_some() {
-            break row;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never retried: {row:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed_once = wait_delivery(&p, delivery.id, "never retried:", |row| {
+        row.attempts >= 1 && row.status == "queued" && row.last_error.is_some()
+    })
+    .await;
     assert!(failed_once.next_attempt_at > failed_once.created_at);
 
     let smtp = SmtpServer::start_on(port).await;
@@ -141,18 +129,9 @@ async fn an_smtp_server_that_is_down_at_first_still_gets_the_mail() {
 async fn an_email_fails_for_good_after_its_last_attempt_with_the_error_kept() {
     let port = testing::free_port();
     let p = Pipeline::new().await;
-    let env = smtp_env(port);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _worker = p.worker(&env);
-    let delivery = emails::enqueue(
-        &p.pool,
-        &p.jobs,
-        "carl@example.com",
-        EmailTemplate::Welcome,
-        &json!({"username": "carl"}),
-    )
-    .await
-    .unwrap();
+    let _worker = smtp_worker(&p, port);
+    let welcome = json!({"username": "carl"});
+    let delivery = enqueue(&p, "carl@example.com", EmailTemplate::Welcome, welcome).await;
     sqlx::query("UPDATE email_deliveries SET max_attempts = 2 WHERE id = $1")
         .bind(delivery.id)
         .execute(&p.pool)
@@ -169,15 +148,14 @@ async fn without_smtp_host_mail_goes_to_the_outbox_as_eml_files() {
     let p = Pipeline::new().await;
     let dir = outbox.to_string_lossy().into_owned();
     let _worker = p.worker(&[("WORKER_QUEUES", "email"), ("EMAIL_OUTBOX_DIR", &dir)]);
-    let delivery = emails::enqueue(
-        &p.pool,
-        &p.jobs,
+    let changed = json!({"username": "dora"});
+    let delivery = enqueue(
+        &p,
         "dora@example.com",
         EmailTemplate::PasswordChanged,
-        &json!({"username": "dora"}),
+        changed,
     )
-    .await
-    .unwrap();
+    .await;
     wait_status(&p, delivery.id, "sent").await;
     let files: Vec<_> = std::fs::read_dir(&outbox)
         .unwrap()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use keel_shared::{Config, RedisClient, process::Backbone, queue::Queue, workers};
 use keel_testing::{self as testing, ChildGuard, TestDatabase};
 
-const WORKER_BIN: &str = env!("CARGO_BIN_EXE_keel-worker");
+use crate::pipeline::{WORKER_BIN, assert_stops_cleanly};
 
 struct Started {
     worker: ChildGuard,
@@ -81,12 +81,7 @@ async fn a_worker_registers_serves_its_probes_and_leaves_on_sigterm() {
         200
     );
 
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(15))
-        .await
-        .expect("the worker stops");
-    assert_eq!(status.code(), Some(0), "{}", worker.stderr());
+    assert_stops_cleanly(&mut worker, "TERM", Duration::from_secs(15)).await;
     assert!(
         workers::list_alive(&redis).await.unwrap().is_empty(),
         "a stopped worker leaves the registry"
@@ -155,28 +150,32 @@ async fn wait_for_cards(redis: &RedisClient, n: usize) -> Vec<workers::WorkerCar
     panic!("{n} workers never registered");
 }
 
+/// Runs `keel-worker` with `env` and `args` until it exits: its exit code
+/// and what it wrote to stderr.
+fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let output = testing::command(WORKER_BIN)
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), err)
+}
+
 #[tokio::test]
 async fn an_unreachable_postgres_stops_the_worker_with_exit_1() {
     let url = testing::unreachable_database_url();
-    let output = testing::command(WORKER_BIN)
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&[("DATABASE_URL", &url)], &[]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
 }
 
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_worker_with_exit_1() {
     let db = TestDatabase::create().await.unwrap();
-    let output = testing::command(WORKER_BIN)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", testing::unreachable_redis_url())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{err}");
+    let redis = testing::unreachable_redis_url();
+    let (code, err) = run_to_exit(&[("DATABASE_URL", &db.url), ("REDIS_URL", &redis)], &[]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach Redis"), "{err}");
 }
 
@@ -189,12 +188,8 @@ fn bad_worker_settings_stop_with_exit_2_naming_the_variable() {
         ("DATABASE_URL", "not a url"),
         ("REDIS_URL", "not a url"),
     ] {
-        let output = testing::command(WORKER_BIN)
-            .env(variable, value)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
+        let (code, err) = run_to_exit(&[(variable, value)], &[]);
+        assert_eq!(code, Some(2), "{variable}={value}: {err}");
         assert!(err.contains(variable), "{variable} is named: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
@@ -203,15 +198,13 @@ fn bad_worker_settings_stop_with_exit_2_naming_the_variable() {
 #[test]
 fn flags_override_the_environment() {
     // `--concurrency` beats WORKER_CONCURRENCY: a bad env value is not read at all.
-    let output = testing::command(WORKER_BIN)
-        .env("WORKER_CONCURRENCY", "0")
-        .env("DATABASE_URL", testing::unreachable_database_url())
-        .args(["--concurrency", "8", "--queues", "tasks"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
+    let url = testing::unreachable_database_url();
+    let (code, err) = run_to_exit(
+        &[("WORKER_CONCURRENCY", "0"), ("DATABASE_URL", &url)],
+        &["--concurrency", "8", "--queues", "tasks"],
+    );
     assert_eq!(
-        output.status.code(),
+        code,
         Some(1),
         "configuration passed; the database is down: {err}"
     );

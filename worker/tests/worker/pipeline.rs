@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use keel_shared::{
     RedisClient,
     db::tasks::{self, NewTask, Task, TaskEvent, TaskStatus},
-    queue::{JobQueue, RunTask},
+    queue::{JobQueue, dispatch},
 };
 use keel_testing::{self as testing, ChildGuard, TestDatabase};
 use serde_json::{Value, json};
@@ -64,20 +64,9 @@ impl Pipeline {
         let created = tasks::insert_many(&self.pool, self.owner, "test", &specs)
             .await
             .unwrap();
-        let jobs = created
-            .iter()
-            .map(|t| {
-                let at = Some(t.next_attempt_at);
-                (
-                    RunTask {
-                        task_id: t.id,
-                        run_at: at,
-                    },
-                    at,
-                )
-            })
-            .collect();
-        self.jobs.push_many(jobs).await.unwrap();
+        dispatch::push_tasks(&self.pool, &self.jobs, &created)
+            .await
+            .unwrap();
         created
     }
 
@@ -93,6 +82,34 @@ impl Pipeline {
 
     pub async fn history(&self, id: Uuid) -> Vec<TaskEvent> {
         tasks::history(&self.pool, id).await.unwrap()
+    }
+
+    /// Creates a `noop` task and waits until it is finished: the worker is
+    /// serving the queue.
+    pub async fn finished_noop(&self, timeout: Duration) -> Task {
+        let task = self.create("noop", noop()).await;
+        self.finished(task.id, timeout).await
+    }
+
+    /// Creates `n` `sleep` tasks of `ms` each and waits until every one is running.
+    pub async fn sleeping(&self, n: usize, ms: u64, timeout: Duration) -> Vec<Task> {
+        let created = self
+            .create_many(
+                (0..n)
+                    .map(|_| new_task("sleep", json!({ "ms": ms })))
+                    .collect(),
+            )
+            .await;
+        for task in &created {
+            self.running(task.id, timeout).await;
+        }
+        created
+    }
+
+    /// Waits until `id` is running.
+    pub async fn running(&self, id: Uuid, timeout: Duration) -> Task {
+        self.wait_for(id, timeout, |t| t.status == TaskStatus::Running)
+            .await
     }
 
     /// Waits until `id` is finished (completed, failed or cancelled).
@@ -168,6 +185,13 @@ pub fn new_task(kind: &str, payload: Value) -> NewTask {
         scheduled_at: None,
         schedule_id: None,
     }
+}
+
+/// Sends `signal` to `worker` and asserts it exits with 0 within `within`.
+pub async fn assert_stops_cleanly(worker: &mut ChildGuard, signal: &str, within: Duration) {
+    worker.signal(signal);
+    let status = worker.wait_exit(within).await.expect("the worker stops");
+    assert_eq!(status.code(), Some(0), "{}", worker.stderr());
 }
 
 /// How many times the history shows the task going to `status`.

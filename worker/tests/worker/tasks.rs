@@ -6,13 +6,13 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt as _;
 use keel_shared::{
-    db::tasks::{self, TaskStatus},
-    queue::{Queue, RunTask},
+    db::tasks::{self, Task, TaskStatus},
+    queue::{Queue, RunTask, dispatch},
     task_events, workers,
 };
 use serde_json::{Value, json};
 
-use crate::pipeline::{Pipeline, new_task, noop, transitions_to};
+use crate::pipeline::{Pipeline, assert_stops_cleanly, new_task, noop, transitions_to};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -102,8 +102,7 @@ async fn a_job_pushed_five_times_runs_once() {
     // finished, and drop).
     p.jobs.push_many(duplicates()).await.unwrap();
     let _worker = p.worker(&[("WORKER_CONCURRENCY", "16")]);
-    p.wait_for(task.id, LONG, |t| t.status == TaskStatus::Running)
-        .await;
+    p.running(task.id, LONG).await;
     p.jobs.push_many(duplicates()).await.unwrap();
 
     let done = p.finished(task.id, LONG).await;
@@ -176,17 +175,7 @@ async fn cancel_racing_claims_never_runs_a_cancelled_task() {
 async fn a_killed_worker_s_tasks_complete_elsewhere_with_the_attempt_counted() {
     let p = Pipeline::new().await;
     let first = p.worker(&[("WORKER_CONCURRENCY", "8")]);
-    let created = p
-        .create_many(
-            (0..6)
-                .map(|_| new_task("sleep", json!({"ms": 2500})))
-                .collect(),
-        )
-        .await;
-    for task in &created {
-        p.wait_for(task.id, LONG, |t| t.status == TaskStatus::Running)
-            .await;
-    }
+    let created = p.sleeping(6, 2500, LONG).await;
     first.signal("KILL");
     drop(first);
     let _second = p.worker(&[("WORKER_CONCURRENCY", "8")]);
@@ -203,23 +192,8 @@ async fn a_killed_worker_s_tasks_complete_elsewhere_with_the_attempt_counted() {
 async fn sigterm_lets_running_tasks_finish_then_exits_0() {
     let p = Pipeline::new().await;
     let mut worker = p.worker(&[]);
-    let created = p
-        .create_many(
-            (0..3)
-                .map(|_| new_task("sleep", json!({"ms": 1500})))
-                .collect(),
-        )
-        .await;
-    for task in &created {
-        p.wait_for(task.id, LONG, |t| t.status == TaskStatus::Running)
-            .await;
-    }
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(15))
-        .await
-        .expect("the worker stops");
-    assert_eq!(status.code(), Some(0), "{}", worker.stderr());
+    let created = p.sleeping(3, 1500, LONG).await;
+    assert_stops_cleanly(&mut worker, "TERM", Duration::from_secs(15)).await;
     for task in &created {
         let row = p.get(task.id).await;
         assert_eq!(row.status, TaskStatus::Completed, "drained, not dropped");
@@ -232,14 +206,8 @@ async fn sigterm_past_the_grace_hands_running_tasks_back() {
     let p = Pipeline::new().await;
     let mut worker = p.worker(&[("SHUTDOWN_GRACE_SECONDS", "1")]);
     let task = p.create("sleep", json!({"ms": 4000})).await;
-    p.wait_for(task.id, LONG, |t| t.status == TaskStatus::Running)
-        .await;
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("the worker stops");
-    assert_eq!(status.code(), Some(0), "{}", worker.stderr());
+    p.running(task.id, LONG).await;
+    assert_stops_cleanly(&mut worker, "TERM", Duration::from_secs(10)).await;
 
     let handed_back = p.get(task.id).await;
     assert_eq!(handed_back.status, TaskStatus::Pending);
@@ -475,8 +443,7 @@ async fn the_worker_card_counts_in_flight_processed_and_failed() {
 async fn a_lost_redis_registration_restarts_the_queue_under_a_new_name() {
     let p = Pipeline::new().await;
     let _worker = p.worker(&[]);
-    let first = p.create("noop", noop()).await;
-    p.finished(first.id, LONG).await;
+    p.finished_noop(LONG).await;
 
     // apalis ends a worker whose registration is gone (as after a Redis
     // restart); the supervisor must bring the queue back under a new name.
@@ -509,8 +476,7 @@ async fn a_lost_redis_registration_restarts_the_queue_under_a_new_name() {
 async fn deleting_a_user_deletes_their_tasks_and_history() {
     let p = Pipeline::new().await;
     let _worker = p.worker(&[]);
-    let task = p.create("noop", noop()).await;
-    p.finished(task.id, LONG).await;
+    let task = p.finished_noop(LONG).await;
     assert_eq!(p.history(task.id).await.len(), 3);
 
     assert!(
@@ -533,8 +499,7 @@ async fn ten_thousand_jobs_pushed_at_once_to_a_running_worker_all_run() {
     // supervisor drains the due set and starts a new one.
     let p = Pipeline::new().await;
     let _worker = p.worker(&[("WORKER_CONCURRENCY", "64")]);
-    let first = p.create("noop", noop()).await;
-    p.finished(first.id, LONG).await;
+    p.finished_noop(LONG).await;
     let mut rows = Vec::new();
     for _ in 0..5 {
         let specs: Vec<_> = (0..2000).map(|_| new_task("noop", noop())).collect();
@@ -544,17 +509,7 @@ async fn ten_thousand_jobs_pushed_at_once_to_a_running_worker_all_run() {
                 .unwrap(),
         );
     }
-    let jobs = rows
-        .iter()
-        .map(|t| {
-            let job = RunTask {
-                task_id: t.id,
-                run_at: Some(t.next_attempt_at),
-            };
-            (job, Some(t.next_attempt_at))
-        })
-        .collect();
-    p.jobs.push_many(jobs).await.unwrap();
+    dispatch::push_tasks(&p.pool, &p.jobs, &rows).await.unwrap();
     let done = p.all_finished(Duration::from_secs(120)).await;
     assert_eq!(done.len(), 10_001);
     assert!(
@@ -564,21 +519,26 @@ async fn ten_thousand_jobs_pushed_at_once_to_a_running_worker_all_run() {
     );
 }
 
-#[tokio::test]
-async fn a_paused_queue_takes_no_jobs_until_resumed() {
-    let p = Pipeline::new().await;
-    let _worker = p.worker(&[]);
-    let first = p.create("noop", noop()).await;
-    p.finished(first.id, LONG).await;
-
+/// Pauses the `tasks` queue, creates a `noop` task, checks that it is still
+/// pending `held_for` later, and resumes the queue; returns the task.
+async fn held_by_a_pause(p: &Pipeline, held_for: Duration) -> Task {
     p.jobs.set_paused(Queue::Tasks, true).await.unwrap();
     // The worker sees the flag within a second or so; give it the promised 5 s at most.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = p.create("noop", noop()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(held_for).await;
     assert_eq!(p.get(held.id).await.status, TaskStatus::Pending, "paused");
-
     p.jobs.set_paused(Queue::Tasks, false).await.unwrap();
+    held
+}
+
+#[tokio::test]
+async fn a_paused_queue_takes_no_jobs_until_resumed() {
+    let p = Pipeline::new().await;
+    let _worker = p.worker(&[]);
+    p.finished_noop(LONG).await;
+
+    let held = held_by_a_pause(&p, Duration::from_secs(2)).await;
     let done = p.finished(held.id, LONG).await;
     assert_eq!(done.status, TaskStatus::Completed);
 }
@@ -591,16 +551,9 @@ async fn a_resumed_queue_runs_new_tasks_while_a_long_one_from_before_the_pause_r
     let p = Pipeline::new().await;
     let _worker = p.worker(&[]);
     let long = p.create("sleep", json!({"ms": 15_000})).await;
-    p.wait_for(long.id, LONG, |t| t.status == TaskStatus::Running)
-        .await;
+    p.running(long.id, LONG).await;
 
-    p.jobs.set_paused(Queue::Tasks, true).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = p.create("noop", noop()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(p.get(held.id).await.status, TaskStatus::Pending, "paused");
-
-    p.jobs.set_paused(Queue::Tasks, false).await.unwrap();
+    let held = held_by_a_pause(&p, Duration::from_secs(1)).await;
     let done = p.finished(held.id, Duration::from_secs(5)).await;
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(
