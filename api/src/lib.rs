@@ -40,6 +40,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod aliases;
 pub mod auth;
 pub mod avatars;
 pub mod cli;

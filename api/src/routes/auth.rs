@@ -2,7 +2,11 @@
 //! rotation, logout, me, change-password, and the seed aliases
 //! `/auth/token/refresh` and `/auth/token/verify`.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{Method, StatusCode},
+    response::IntoResponse,
+};
 use keel_shared::{
     db::{
         refresh_tokens,
@@ -17,6 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     accounts::{self, ProfileInput, sessions},
+    aliases::Alias,
     auth::{
         Principal,
         client_ip::ClientIp,
@@ -32,18 +37,25 @@ use crate::{
     state::AppState,
 };
 
-#[allow(deprecated)] // the aliases are deprecated for clients, not for us
+/// The seed's path for a refresh.
+pub const ALIASES: [Alias; 1] = [Alias {
+    method: Method::POST,
+    path: "/api/v1/auth/token/refresh",
+    of: (Method::POST, "/api/v1/auth/refresh"),
+}];
+
 pub fn router() -> OpenApiRouter<AppState> {
+    let [refresh_alias] = ALIASES;
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(token))
         .routes(routes!(refresh))
-        .routes(routes!(alias_refresh))
         .routes(routes!(verify_token))
         .routes(routes!(logout))
         .routes(routes!(me))
         .routes(routes!(change_password))
+        .route(refresh_alias.path, refresh_alias.to(refresh))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -344,22 +356,6 @@ async fn refresh(
     sessions::rotate(&state, ip, &request.refresh_token)
         .await
         .map(AppJson)
-}
-
-/// Alias of `POST /auth/refresh`.
-#[utoipa::path(post, path = "/api/v1/auth/token/refresh", tag = "auth", request_body = RefreshRequest,
-    responses(
-        JsonBodyErrors, ResourceErrors,
-        (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
-        (status = 401, response = inline(InvalidRefreshToken)),
-    ))]
-#[deprecated = "use POST /api/v1/auth/refresh"]
-async fn alias_refresh(
-    state: State<AppState>,
-    ip: ClientIp,
-    request: AppJson<RefreshRequest>,
-) -> Result<AppJson<Tokens>, ApiError> {
-    refresh(state, ip, request).await
 }
 
 /// Signs out the refresh token's sign-in: its family (every device it was

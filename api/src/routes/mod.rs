@@ -54,7 +54,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::documented())
         .merge(resources)
         .split_for_parts();
-    let openapi = crate::openapi::complete(&openapi, &state.kinds);
+    let mut openapi = crate::openapi::complete(&openapi, &state.kinds);
+    crate::aliases::document(&mut openapi, &[&auth::ALIASES, &users::ALIASES]);
     let router = api
         .merge(docs::router(openapi))
         .merge(crate::dashboard::router())

@@ -3,7 +3,11 @@
 //! `/users/delete/{id}`). A non-admin asking for another user's object gets
 //! 404, as if it did not exist.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{Method, StatusCode},
+    response::IntoResponse,
+};
 use keel_shared::{
     db::{
         refresh_tokens,
@@ -22,6 +26,7 @@ use crate::{
         ProfileInput, change_role, delete_account, ensure_not_last_superadmin, ensure_outranks,
         no_such_user,
     },
+    aliases::Alias,
     auth::Principal,
     avatars,
     error::{ApiError, FieldError},
@@ -36,18 +41,42 @@ use crate::{
     state::AppState,
 };
 
-#[allow(deprecated)] // the aliases are deprecated for clients, not for us
+/// The seed's paths for the operations on one user.
+pub const ALIASES: [Alias; 4] = [
+    Alias {
+        method: Method::GET,
+        path: "/api/v1/users/get/{id}",
+        of: (Method::GET, "/api/v1/users/{id}"),
+    },
+    Alias {
+        method: Method::PUT,
+        path: "/api/v1/users/update/{id}",
+        of: (Method::PATCH, "/api/v1/users/{id}"),
+    },
+    Alias {
+        method: Method::PUT,
+        path: "/api/v1/users/update/{id}/role",
+        of: (Method::PUT, "/api/v1/users/{id}/role"),
+    },
+    Alias {
+        method: Method::DELETE,
+        path: "/api/v1/users/delete/{id}",
+        of: (Method::DELETE, "/api/v1/users/{id}"),
+    },
+];
+
 pub fn router() -> OpenApiRouter<AppState> {
+    let [get, update, role, delete] = ALIASES;
     OpenApiRouter::new()
         .routes(routes!(get_me, patch_me))
         .routes(routes!(list_users))
         .routes(routes!(get_user, patch_user, delete_user))
         .routes(routes!(set_role))
         .routes(routes!(users_by_role))
-        .routes(routes!(alias_get_user))
-        .routes(routes!(alias_update_user))
-        .routes(routes!(alias_set_role))
-        .routes(routes!(alias_delete_user))
+        .route(get.path, get.to(get_user))
+        .route(update.path, update.to(patch_user))
+        .route(role.path, role.to(set_role))
+        .route(delete.path, delete.to(delete_user))
 }
 
 /// Your own profile fields to change; absent fields stay, `null` clears.
@@ -314,24 +343,6 @@ async fn get_user(
         .map(|u| AppJson(u.into()))
 }
 
-/// Alias of `GET /users/{id}`.
-#[utoipa::path(get, path = "/api/v1/users/get/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path, description = "The user's id")),
-    responses(
-        ResourceErrors,
-        (status = 200, description = "The user", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-    ))]
-#[deprecated = "use GET /api/v1/users/{id}"]
-async fn alias_get_user(
-    state: State<AppState>,
-    principal: Principal,
-    id: AppPath<Uuid>,
-) -> Result<AppJson<UserResponse>, ApiError> {
-    get_user(state, principal, id).await
-}
-
 /// Changes a user's profile: yourself, or (admin) anyone below your role,
 /// including `is_active`.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
@@ -385,27 +396,6 @@ async fn patch_user(
     Ok(AppJson(user.into()))
 }
 
-/// Alias of `PATCH /users/{id}`.
-#[utoipa::path(put, path = "/api/v1/users/update/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path, description = "The user's id")), request_body = UserPatch,
-    responses(
-        JsonBodyErrors, ResourceErrors,
-        (status = 200, description = "The user, changed", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = inline(LastSuperadmin)),
-    ))]
-#[deprecated = "use PATCH /api/v1/users/{id}"]
-async fn alias_update_user(
-    state: State<AppState>,
-    principal: Principal,
-    id: AppPath<Uuid>,
-    patch: AppJson<UserPatch>,
-) -> Result<AppJson<UserResponse>, ApiError> {
-    patch_user(state, principal, id, patch).await
-}
-
 problem_response!(
     /// 409 `last_superadmin`: the only active superadmin cannot be demoted,
     /// deactivated or deleted.
@@ -446,27 +436,6 @@ async fn set_role(
         .map(|u| AppJson(u.into()))
 }
 
-/// Alias of `PUT /users/{id}/role`.
-#[utoipa::path(put, path = "/api/v1/users/update/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path, description = "The user's id")), request_body = RoleChange,
-    responses(
-        JsonBodyErrors, ResourceErrors,
-        (status = 200, description = "The user in their new role; their sessions have ended", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = inline(LastSuperadmin)),
-    ))]
-#[deprecated = "use PUT /api/v1/users/{id}/role"]
-async fn alias_set_role(
-    state: State<AppState>,
-    principal: Principal,
-    id: AppPath<Uuid>,
-    change: AppJson<RoleChange>,
-) -> Result<AppJson<UserResponse>, ApiError> {
-    set_role(state, principal, id, change).await
-}
-
 /// Deletes a user (admin), never one of a higher role nor the last superadmin.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")),
@@ -486,24 +455,4 @@ async fn delete_user(
     principal.require(Role::Admin)?;
     delete_account(&state.db, &state.jobs, &state.users, Some(&principal), id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Alias of `DELETE /users/{id}`.
-#[utoipa::path(delete, path = "/api/v1/users/delete/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = Uuid, Path, description = "The user's id")),
-    responses(
-        ResourceErrors,
-        (status = 204, description = "Deleted; the address is told by email"),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = inline(LastSuperadmin)),
-    ))]
-#[deprecated = "use DELETE /api/v1/users/{id}"]
-async fn alias_delete_user(
-    state: State<AppState>,
-    principal: Principal,
-    id: AppPath<Uuid>,
-) -> Result<impl IntoResponse, ApiError> {
-    delete_user(state, principal, id).await
 }
