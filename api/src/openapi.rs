@@ -5,8 +5,9 @@
 //! An operation lists its error responses itself. The ones many routes give
 //! alike are components here, so an annotation names them in one line:
 //! [`JsonBodyErrors`] (what `AppJson`, `JsonBytes` and `JsonOrForm` refuse),
-//! [`ResourceErrors`] (the rate limiter, and PostgreSQL or Redis down), and
-//! single responses such as [`Unauthorized`] or [`NotFound`]. List a group
+//! [`ResourceErrors`] (the rate limiter, and PostgreSQL or Redis down) and
+//! the groups that add who may call to it ([`SignedIn`], [`AdminOnly`], …),
+//! and single responses such as [`Unauthorized`] or [`NotFound`]. List a group
 //! first: a route's own entry for the same status, listed after it, replaces
 //! the group's (`change-password` describes its 422 as a wrong password).
 //!
@@ -198,15 +199,52 @@ pub enum JsonBodyErrors {
     ValidationFailed(#[ref_response] ValidationFailed),
 }
 
-/// What every `/api/v1` resource can answer: 429 from the rate limiter, 503
-/// when PostgreSQL or Redis is down.
-#[derive(Debug, IntoResponses)]
-pub enum ResourceErrors {
-    #[response(status = 429)]
-    RateLimited(#[ref_response] RateLimited),
-    #[response(status = 503)]
-    Unavailable(#[ref_response] Unavailable),
+/// Declares a group of error responses a resource answers with: the
+/// listed ones, and 429 from the rate limiter and 503 when PostgreSQL or
+/// Redis is down, which every `/api/v1` resource can answer.
+macro_rules! resource_errors {
+    ($(#[doc = $doc:literal])+ $name:ident $(, $status:tt $response:ident)* $(,)?) => {
+        $(#[doc = $doc])+
+        #[derive(Debug, IntoResponses)]
+        pub enum $name {
+            $(
+                #[response(status = $status)]
+                $response(#[ref_response] $response),
+            )*
+            #[response(status = 429)]
+            RateLimited(#[ref_response] RateLimited),
+            #[response(status = 503)]
+            Unavailable(#[ref_response] Unavailable),
+        }
+    };
 }
+
+resource_errors!(
+    /// What every `/api/v1` resource can answer: 429 and 503.
+    ResourceErrors
+);
+resource_errors!(
+    /// A resource for anyone signed in: 401, 429 and 503.
+    SignedIn, 401 Unauthorized
+);
+resource_errors!(
+    /// One of the caller's objects (another's is 404, as if it did not
+    /// exist): 401, 404, 429 and 503.
+    OwnObject, 401 Unauthorized, 404 NotFound
+);
+resource_errors!(
+    /// A resource for admins: 401, 403 (`forbidden`), 429 and 503.
+    AdminOnly, 401 Unauthorized, 403 Forbidden
+);
+resource_errors!(
+    /// An object only admins reach: 401, 403 (`forbidden`), 404, 429 and 503.
+    AdminObject, 401 Unauthorized, 403 Forbidden, 404 NotFound
+);
+resource_errors!(
+    /// What only the user's own session may do, never an API key: 401, 403
+    /// (`api_key_not_allowed`), 429 and 503.
+    SessionOnly, 401 Unauthorized, 403 ApiKeyNotAllowed
+);
 
 // The string formats of request fields, as `value_type`s: each states the
 // rule of the parser the handler runs, so what the document allows is what

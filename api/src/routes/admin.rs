@@ -28,7 +28,7 @@ use crate::{
     auth::Principal,
     error::{ApiError, FieldError},
     extract::{AppJson, AppPath},
-    openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized},
+    openapi::{AdminOnly, JsonBodyErrors},
     problems::problem_response,
     queues::queue_stats,
     responses::QueueStats,
@@ -48,14 +48,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Live workers: those that heartbeated within the last 15 s.
 #[utoipa::path(get, path = "/api/v1/admin/workers", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "The live workers", body = [WorkerCard],
             example = json!([{"id": "worker-7f3c", "hostname": "keel-worker-0", "pid": 4242,
                 "queues": ["email", "tasks", "maintenance"], "concurrency": 8, "version": "0.1.0",
                 "in_flight": 2, "processed": 1337, "failed": 3, "started_at": "2026-01-15T00:00:00Z",
                 "last_seen": "2026-01-15T09:30:00Z"}])),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
     ))]
 async fn list_workers(
     State(state): State<AppState>,
@@ -68,10 +66,8 @@ async fn list_workers(
 /// Per queue: pending, scheduled, running, done and failed, and what Redis holds.
 #[utoipa::path(get, path = "/api/v1/admin/queues", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "Every queue's counts", body = [QueueStats]),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
     ))]
 async fn list_queues(
     State(state): State<AppState>,
@@ -94,10 +90,8 @@ pub struct QueuePause {
 #[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/pause", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "The queue, paused", body = QueuePause),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = inline(NoSuchQueue)),
     ))]
 async fn pause_queue(
@@ -112,11 +106,9 @@ async fn pause_queue(
 #[utoipa::path(post, path = "/api/v1/admin/queues/{queue}/resume", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     params(("queue" = Queue, Path, description = "`email`, `tasks` or `maintenance`")),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "The queue, running again", body = QueuePause,
             example = json!({"name": "tasks", "paused": false})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = inline(NoSuchQueue)),
     ))]
 async fn resume_queue(
@@ -204,10 +196,8 @@ const PURGE_BATCH: i64 = 5_000;
 #[utoipa::path(post, path = "/api/v1/admin/tasks/purge", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     request_body = PurgeRequest,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, AdminOnly,
         (status = 200, description = "How many tasks were deleted", body = Purged),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
     ))]
 async fn purge_tasks(
     State(state): State<AppState>,
@@ -292,10 +282,8 @@ pub struct Stats {
 /// Counts across the deployment.
 #[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "Users and tasks counted", body = Stats),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
     ))]
 async fn stats(
     State(state): State<AppState>,

@@ -22,7 +22,8 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
-        ApiKeyNotAllowed, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
+        ApiKeyNotAllowed, JsonBodyErrors, NotFound, OwnObject, ResourceErrors, SessionOnly,
+        SignedIn, Unauthorized, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
     problems::{Code, problem_response},
@@ -91,13 +92,12 @@ impl ApiKeyWithSecret {
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
     params(PageQuery),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "A page of the caller's keys", body = Page<ApiKey>,
             example = json!({"items": [{
                 "id": "01936f0e-8b2c-7e3d-8f4a-5b6c7d8e9fa0", "name": "ci deploys", "prefix": "keel_3f9a1c2b",
                 "created_at": "2026-01-12T10:00:00Z", "last_used_at": "2026-01-15T09:30:00Z", "expires_at": null
             }], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
     ))]
 async fn list_keys(
@@ -123,10 +123,8 @@ async fn list_keys(
 /// or change deletes every key.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = NewApiKey,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SessionOnly,
         (status = 201, description = "The key, with its secret `key`: the only time it is shown", body = ApiKeyWithSecret),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 409, response = inline(KeyRefused)),
     ))]
 async fn create_key(
@@ -257,10 +255,8 @@ async fn regenerate_key(
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The key's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 204, description = "Deleted; the key stops working at once"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn delete_key(
     State(state): State<AppState>,

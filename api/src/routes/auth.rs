@@ -31,7 +31,7 @@ use crate::{
     },
     error::{ApiError, FieldError, constraint_of},
     extract::{AppJson, JsonOrForm},
-    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    openapi::{JsonBodyErrors, ResourceErrors, SessionOnly, SignedIn},
     problems::{Code, RETRY_AFTER, problem_response},
     responses::{Detail, SignIn, Tokens, UserResponse},
     state::AppState,
@@ -382,9 +382,8 @@ async fn logout(
 /// The current user (same as `GET /users/me`).
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "The caller", body = UserResponse),
-        (status = 401, response = Unauthorized),
     ))]
 async fn me(principal: Principal) -> AppJson<UserResponse> {
     AppJson(principal.user.into())
@@ -438,10 +437,8 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SessionOnly,
         (status = 200, description = "Changed; every session has ended, this one too", body = Detail),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 422, response = inline(WrongPassword)),
     ))]
 async fn change_password(

@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{AppJson, AppMultipart, AppPath},
     files::{serve, upload},
-    openapi::{NotFound, ResourceErrors, Unauthorized},
+    openapi::{NotFound, ResourceErrors, SignedIn},
     problems::{Code, problem_response},
     responses::UserResponse,
     state::AppState,
@@ -73,7 +73,7 @@ pub struct AvatarForm {
 #[utoipa::path(put, path = "/api/v1/users/me/avatar", tag = "users", security(("bearer" = []), ("api_key" = [])),
     request_body(content = AvatarForm, content_type = "multipart/form-data"),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "The caller, with `avatar_url` at the new image", body = UserResponse,
             example = json!({
                 "id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f", "username": "alice", "email": "alice@example.com",
@@ -85,7 +85,6 @@ pub struct AvatarForm {
                 "updated_at": "2026-01-15T09:31:00Z"
             })),
         (status = 400, response = inline(MalformedMultipart)),
-        (status = 401, response = Unauthorized),
         (status = 413, response = inline(TooLarge)),
         (status = 415, response = inline(NotAnImage)),
         (status = 422, response = inline(BadImage)),
@@ -122,9 +121,8 @@ async fn put_avatar(
 /// if Keel stored it, is deleted. Without an avatar, the same answer.
 #[utoipa::path(delete, path = "/api/v1/users/me/avatar", tag = "users", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "The caller, without an avatar", body = UserResponse),
-        (status = 401, response = Unauthorized),
     ))]
 async fn delete_avatar(
     State(state): State<AppState>,

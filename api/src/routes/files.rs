@@ -21,7 +21,7 @@ use crate::{
     error::ApiError,
     extract::{AppJson, AppMultipart, AppPath, AppQuery},
     files::{record, serve, upload},
-    openapi::{NotFound, ResourceErrors, Unauthorized, ValidationFailed},
+    openapi::{OwnObject, SignedIn, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
     problems::problem_response,
     state::AppState,
@@ -124,10 +124,9 @@ pub struct UploadForm {
 #[utoipa::path(post, path = "/api/v1/files", tag = "files", security(("bearer" = []), ("api_key" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 201, description = "The stored files", body = Uploaded),
         (status = 400, response = inline(MalformedMultipart)),
-        (status = 401, response = Unauthorized),
         (status = 413, response = inline(TooLarge)),
         (status = 415, response = inline(NotMultipart)),
         (status = 422, response = ValidationFailed),
@@ -165,7 +164,7 @@ async fn upload_files(
 #[utoipa::path(get, path = "/api/v1/files", tag = "files", security(("bearer" = []), ("api_key" = [])),
     params(PageQuery),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "A page of files", body = Page<FileResponse>,
             example = json!({"items": [{
         "id": "01936f0f-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "owner_id": "01936f0e-5c4d-7a1b-9e2f-3a4b5c6d7e8f",
@@ -174,7 +173,6 @@ async fn upload_files(
         "description": "Q3 figures", "tags": ["finance", "q3"], "purpose": "upload", "task_id": null,
         "created_at": "2026-01-15T09:30:00Z"
     }], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
     ))]
 async fn list_files(
@@ -201,10 +199,8 @@ async fn visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<Fi
 #[utoipa::path(get, path = "/api/v1/files/{id}", tag = "files", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The file's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The file", body = FileResponse),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn get_file(
     State(state): State<AppState>,
@@ -222,10 +218,8 @@ async fn get_file(
 #[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The file's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 204, description = "Deleted"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn delete_file(
     State(state): State<AppState>,
@@ -268,14 +262,12 @@ async fn delete_file(
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy the client holds"),
     ),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The whole file, as the type detected at upload", content_type = "*/*", body = Vec<u8>,
             headers(("ETag" = String), ("Content-Disposition" = String), ("Accept-Ranges" = String))),
         (status = 206, description = "The requested range", content_type = "*/*", body = Vec<u8>,
             headers(("Content-Range" = String), ("ETag" = String))),
         (status = 304, description = "Not modified: the client's copy is current"),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
         (status = 416, response = inline(RangeNotSatisfiable)),
     ))]
 async fn download(

@@ -32,7 +32,7 @@ use crate::{
     auth::Principal,
     error::{ApiError, OnConstraint as _},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
-    openapi::{Forbidden, JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
+    openapi::{AdminOnly, JsonBodyErrors, SignedIn, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
     problems::problem_response,
     schedules::{self, Draft, NAME_TAKEN, editable, no_such_schedule},
@@ -157,11 +157,9 @@ problem_response!(
 #[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     params(PageQuery),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "A page of schedules, built-in ones first, then by name", body = Page<Schedule>,
             example = json!({"items": [Schedule::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 422, response = ValidationFailed),
     ))]
 #[tracing::instrument(skip_all)]
@@ -181,11 +179,9 @@ async fn list_schedules(
 #[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     request_body = NewScheduleRequest,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, AdminOnly,
         (status = 201, description = "The schedule, with its first `next_run_at`", body = Schedule,
             headers(("Location" = String, description = "The schedule's URL"))),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 409, response = inline(NameTaken)),
         (status = 422, response = ValidationFailed),
     ))]
@@ -213,10 +209,8 @@ async fn create_schedule(
 #[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "The schedule", body = Schedule),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = inline(ScheduleNotFound)),
     ))]
 #[tracing::instrument(skip_all, fields(schedule_id = %id))]
@@ -239,9 +233,8 @@ async fn get_schedule(
     params(("id" = Uuid, Path, description = "The schedule's id")),
     request_body = SchedulePatch,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 200, description = "The schedule, changed", body = Schedule),
-        (status = 401, response = Unauthorized),
         (status = 403, response = inline(ScheduleForbidden)),
         (status = 404, response = inline(ScheduleNotFound)),
         (status = 409, response = inline(NameTaken)),
@@ -264,9 +257,8 @@ async fn update_schedule(
 #[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 204, description = "Deleted; the tasks it created stay"),
-        (status = 401, response = Unauthorized),
         (status = 403, response = inline(ScheduleForbidden)),
         (status = 404, response = inline(ScheduleNotFound)),
     ))]
@@ -294,10 +286,9 @@ async fn delete_schedule(
 #[utoipa::path(post, path = "/api/v1/schedules/{id}/run-now", tag = "schedules", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The schedule's id")),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 201, description = "The task it created, owned by the schedule's owner", body = Task,
             headers(("Location" = String, description = "The task's URL"))),
-        (status = 401, response = Unauthorized),
         (status = 403, response = inline(ScheduleForbidden)),
         (status = 404, response = inline(ScheduleNotFound)),
     ))]

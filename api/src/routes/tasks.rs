@@ -27,9 +27,7 @@ use crate::{
     auth::Principal,
     error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery, JsonBytes},
-    openapi::{
-        Forbidden, JsonBodyErrors, NotFound, ResourceErrors, Unauthorized, ValidationFailed,
-    },
+    openapi::{AdminOnly, JsonBodyErrors, OwnObject, SignedIn, ValidationFailed},
     pagination::{Page, PageQuery, PageRequest},
     problems::problem_response,
     state::AppState,
@@ -171,11 +169,9 @@ struct TaskListQuery {
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(TaskListQuery),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "A page of tasks", body = Page<Task>,
             example = json!({"items": [Task::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 422, response = ValidationFailed),
     ))]
 async fn list_tasks(
@@ -224,12 +220,11 @@ async fn list_tasks(
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskRequest,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 201, description = "The task, `pending`", body = Task, headers(
             ("Location" = String, description = "The task's URL"),
             ("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"),
         )),
-        (status = 401, response = Unauthorized),
         (status = 422, response = inline(CreateInvalid)),
         (status = 429, response = inline(OverTaskCap)),
     ))]
@@ -260,10 +255,9 @@ async fn create_task(
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskBatch,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 201, description = "The tasks, in the order given", body = TaskBatch,
             headers(("Idempotent-Replayed" = String, description = "`true` on the first response to a reused `Idempotency-Key`"))),
-        (status = 401, response = Unauthorized),
         (status = 422, response = inline(CreateInvalid)),
         (status = 429, response = inline(OverTaskCap)),
     ))]
@@ -522,13 +516,12 @@ fn status_names() -> String {
 /// The registered task kinds and their payload schemas.
 #[utoipa::path(get, path = "/api/v1/tasks/kinds", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "The kinds this deployment runs", body = [KindInfo],
             example = json!([{"name": "sleep", "description": "Sleeps for `ms` milliseconds, reporting progress.",
                 "category": "testing", "payload_schema": {"type": "object",
                 "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000}},
                 "required": ["ms"], "additionalProperties": false}}])),
-        (status = 401, response = Unauthorized),
     ))]
 async fn list_kinds(
     State(state): State<AppState>,
@@ -550,10 +543,8 @@ async fn list_kinds(
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The task and its history", body = TaskDetail),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn get_task(
     State(state): State<AppState>,
@@ -569,10 +560,8 @@ async fn get_task(
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/status", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The task's status", body = TaskState),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn get_status(
     State(state): State<AppState>,
@@ -591,10 +580,8 @@ async fn get_status(
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The task, `cancelled`", body = Task),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
         (status = 409, response = inline(TaskNotCancellable)),
     ))]
 async fn cancel_task(
@@ -611,10 +598,8 @@ async fn cancel_task(
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The task, `pending` again with fresh attempts", body = Task),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
         (status = 409, response = inline(TaskNotRetryable)),
         (status = 429, response = inline(RetryOverTaskCap)),
     ))]
@@ -661,10 +646,9 @@ pub struct CeleryTaskStatus {
 #[utoipa::path(post, path = "/api/v1/celery/test-task", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     request_body = CeleryTestTask,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 201, description = "The `echo` task's id", body = CeleryTaskCreated,
             headers(("Location" = String, description = "The task's URL"))),
-        (status = 401, response = Unauthorized),
         (status = 429, response = inline(OverTaskCap)),
     ))]
 #[deprecated = "use POST /api/v1/tasks with kind `echo`"]
@@ -707,10 +691,8 @@ async fn celery_test_task(
 #[utoipa::path(get, path = "/api/v1/celery/task-status/{task_id}", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("task_id" = Uuid, Path, description = "The task's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The task's status and result", body = CeleryTaskStatus),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 #[deprecated = "use GET /api/v1/tasks/{id}"]
 async fn celery_task_status(

@@ -18,7 +18,7 @@ use crate::{
     auth::{Principal, rate_limit::LOGIN_PER_ACCOUNT, revocation, totp},
     error::{ApiError, FieldError},
     extract::AppJson,
-    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    openapi::{JsonBodyErrors, SessionOnly},
     problems::{Code, problem_response},
     responses::UserResponse,
     second_factor::{
@@ -56,10 +56,8 @@ pub struct TotpSetup {
 /// at sign-in until it is confirmed.
 #[utoipa::path(post, path = "/api/v1/auth/totp/setup", tag = "auth", security(("bearer" = [])),
     responses(
-        ResourceErrors,
+        SessionOnly,
         (status = 200, description = "The pending secret, its URI and QR code", body = TotpSetup),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 409, response = inline(SetupRefused)),
     ))]
 async fn setup(
@@ -124,10 +122,8 @@ pub struct RecoveryCodes {
 #[utoipa::path(post, path = "/api/v1/auth/totp/confirm", tag = "auth", security(("bearer" = [])),
     request_body = ConfirmTotp,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SessionOnly,
         (status = 200, description = "TOTP is on; the recovery codes", body = RecoveryCodes),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 409, response = inline(ConfirmRefused)),
         (status = 422, response = inline(WrongCode)),
     ))]
@@ -188,10 +184,8 @@ pub struct DisableTotp {
 #[utoipa::path(post, path = "/api/v1/auth/totp/disable", tag = "auth", security(("bearer" = [])),
     request_body = DisableTotp,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SessionOnly,
         (status = 200, description = "The caller, without TOTP", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 409, response = inline(TotpOff)),
         (status = 422, response = inline(WrongPasswordOrCode)),
     ))]

@@ -22,7 +22,7 @@ use crate::{
     auth::{Principal, client_ip::ClientIp},
     error::ApiError,
     extract::AppJson,
-    openapi::{ApiKeyNotAllowed, JsonBodyErrors, ResourceErrors, Unauthorized},
+    openapi::{JsonBodyErrors, ResourceErrors, SessionOnly},
     problems::{Code, RETRY_AFTER, problem_response},
     responses::{Accepted, Tokens, UserResponse},
     second_factor::{self, record_notice},
@@ -70,10 +70,8 @@ async fn verify_2fa(
 /// Turns email 2FA on; the address must be verified first.
 #[utoipa::path(post, path = "/api/v1/auth/enable-2fa", tag = "auth", security(("bearer" = [])),
     responses(
-        ResourceErrors,
+        SessionOnly,
         (status = 200, description = "The caller, with `two_fa_enabled`", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 409, response = inline(Unverified)),
     ))]
 async fn enable_2fa(
@@ -101,10 +99,8 @@ pub struct DisableTwoFactor {
 #[utoipa::path(post, path = "/api/v1/auth/disable-2fa", tag = "auth", security(("bearer" = [])),
     request_body = DisableTwoFactor,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SessionOnly,
         (status = 200, description = "The caller, without 2FA", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
         (status = 422, response = inline(WrongPassword)),
     ))]
 async fn disable_2fa(
@@ -150,11 +146,9 @@ async fn set(
 /// Mails a test code, to check that codes arrive; it signs nothing in.
 #[utoipa::path(post, path = "/api/v1/auth/test-2fa", tag = "auth", security(("bearer" = [])),
     responses(
-        ResourceErrors,
+        SessionOnly,
         (status = 202, description = "A test code is on its way", body = Accepted,
             example = json!({"message": "a test code is on its way"})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = ApiKeyNotAllowed),
     ))]
 async fn test_2fa(
     State(state): State<AppState>,

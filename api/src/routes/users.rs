@@ -32,8 +32,8 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{AppJson, AppPath, AppQuery},
     openapi::{
-        AvatarUrl, Bio, Forbidden, JsonBodyErrors, LanguageTag, NotFound, PersonName, PhoneNumber,
-        ResourceErrors, Unauthorized, ValidationFailed,
+        AdminObject, AdminOnly, AvatarUrl, Bio, JsonBodyErrors, LanguageTag, OwnObject, PersonName,
+        PhoneNumber, SignedIn, ValidationFailed,
     },
     pagination::{Page, PageQuery, PageRequest},
     problems::problem_response,
@@ -186,9 +186,8 @@ impl UserPatch {
 /// The current user.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
     responses(
-        ResourceErrors,
+        SignedIn,
         (status = 200, description = "The caller", body = UserResponse),
-        (status = 401, response = Unauthorized),
     ))]
 async fn get_me(principal: Principal) -> AppJson<UserResponse> {
     AppJson(principal.user.into())
@@ -198,9 +197,8 @@ async fn get_me(principal: Principal) -> AppJson<UserResponse> {
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = []), ("api_key" = [])),
     request_body = ProfilePatch,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 200, description = "The caller, changed", body = UserResponse),
-        (status = 401, response = Unauthorized),
     ))]
 async fn patch_me(
     State(state): State<AppState>,
@@ -241,11 +239,9 @@ struct UserListQuery {
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(UserListQuery),
     responses(
-        ResourceErrors,
+        AdminOnly,
         (status = 200, description = "A page of users", body = Page<UserResponse>,
             example = json!({"items": [UserResponse::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 422, response = ValidationFailed),
     ))]
 async fn list_users(
@@ -289,12 +285,9 @@ async fn list_page(
 #[utoipa::path(get, path = "/api/v1/users/role/{role}", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("role" = Role, Path, description = "`user`, `admin` or `superadmin`; any other is 404"), PageQuery),
     responses(
-        ResourceErrors,
+        AdminObject,
         (status = 200, description = "A page of the role's users", body = Page<UserResponse>,
             example = json!({"items": [UserResponse::example()], "total": 1, "page": 1, "size": 20, "pages": 1})),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 422, response = ValidationFailed),
     ))]
 async fn users_by_role(
@@ -328,10 +321,8 @@ async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Resu
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")),
     responses(
-        ResourceErrors,
+        OwnObject,
         (status = 200, description = "The user", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
     ))]
 async fn get_user(
     State(state): State<AppState>,
@@ -348,11 +339,8 @@ async fn get_user(
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")), request_body = UserPatch,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, AdminObject,
         (status = 200, description = "The user, changed", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn patch_user(
@@ -413,11 +401,8 @@ pub struct RoleChange {
 #[utoipa::path(put, path = "/api/v1/users/{id}/role", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")), request_body = RoleChange,
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, AdminObject,
         (status = 200, description = "The user in their new role; their sessions have ended", body = UserResponse),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn set_role(
@@ -440,11 +425,8 @@ async fn set_role(
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The user's id")),
     responses(
-        ResourceErrors,
+        AdminObject,
         (status = 204, description = "Deleted; the address is told by email"),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = inline(LastSuperadmin)),
     ))]
 async fn delete_user(

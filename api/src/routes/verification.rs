@@ -37,7 +37,7 @@ use crate::{
     },
     error::ApiError,
     extract::{AppJson, AppQuery},
-    openapi::{JsonBodyErrors, ResourceErrors, Unauthorized, ValidationFailed},
+    openapi::{JsonBodyErrors, ResourceErrors, SignedIn, ValidationFailed},
     problems::{Code, problem_response},
     responses::{Accepted, UserResponse},
     state::AppState,
@@ -134,9 +134,8 @@ async fn verify(state: &AppState, token: &str) -> Result<AppJson<UserResponse>, 
     request_body(content = Option<ResendRequest>, description = "Signed out only: the address to send a fresh link to",
         example = json!({"email": "alice@example.com"})),
     responses(
-        JsonBodyErrors, ResourceErrors,
+        JsonBodyErrors, SignedIn,
         (status = 202, description = "A fresh link is on its way; older ones stop working. Signed out, the same answer whether or not the address has an unverified account", body = Accepted),
-        (status = 401, response = Unauthorized),
         (status = 409, response = inline(AlreadyVerified)),
     ))]
 async fn resend_verification(
