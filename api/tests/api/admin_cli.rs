@@ -1,6 +1,9 @@
 //! `keel-api admin …`, run as an operator would.
 
-use std::{io::Write as _, process::Stdio};
+use std::{
+    io::Write as _,
+    process::{Output, Stdio},
+};
 
 use keel_shared::domain::Role;
 use keel_testing as testing;
@@ -8,7 +11,7 @@ use serde_json::Value;
 
 use crate::helpers::{API_BIN, TestApp, spawn_app};
 
-fn admin(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+fn admin(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Output {
     let mut command = testing::command(API_BIN);
     command
         .env("DATABASE_URL", &app.db.as_ref().unwrap().url)
@@ -36,53 +39,40 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `create-superuser` for `username` at `email`, the password read from stdin.
+fn create_superuser(app: &TestApp, username: &str, email: &str, password: &str) -> Output {
+    let args = [
+        "create-superuser",
+        "--username",
+        username,
+        "--email",
+        email,
+        "--password-stdin",
+    ];
+    admin(app, &args, Some(&format!("{password}\n")))
+}
+
+/// The exit code of `admin …` with `args` and no stdin.
+fn exit_code(app: &TestApp, args: &[&str]) -> Option<i32> {
+    admin(app, args, None).status.code()
+}
+
 #[tokio::test]
 async fn create_superuser_from_a_script_then_sign_in() {
     let app = spawn_app().await;
-    let out = admin(
-        &app,
-        &[
-            "create-superuser",
-            "--username",
-            "root",
-            "--email",
-            "root@example.com",
-            "--password-stdin",
-        ],
-        Some("a root passphrase\n"),
-    );
+    let out = create_superuser(&app, "root", "root@example.com", "a root passphrase");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("created superadmin root"));
 
-    let tokens: Value = app
-        .login("root", "a root passphrase")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let me: Value = app
-        .me(tokens["access_token"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tokens = app.login_json("root", "a root passphrase").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let me = app.get_json("/api/v1/users/me", access).await;
     assert_eq!(
         (me["role"].as_str(), me["email_verified"].as_bool()),
         (Some("superadmin"), Some(true))
     );
 
-    let again = admin(
-        &app,
-        &[
-            "create-superuser",
-            "--username",
-            "ROOT",
-            "--email",
-            "r2@example.com",
-            "--password-stdin",
-        ],
-        Some("a root passphrase\n"),
-    );
+    let again = create_superuser(&app, "ROOT", "r2@example.com", "a root passphrase");
     assert_eq!(
         again.status.code(),
         Some(1),
@@ -94,37 +84,22 @@ async fn create_superuser_from_a_script_then_sign_in() {
 #[tokio::test]
 async fn create_superuser_refuses_bad_input_and_missing_flags_with_exit_2() {
     let app = spawn_app().await;
-    let weak = admin(
-        &app,
-        &[
-            "create-superuser",
-            "--username",
-            "root",
-            "--email",
-            "root@example.com",
-            "--password-stdin",
-        ],
-        Some("password\n"),
-    );
+    let weak = create_superuser(&app, "root", "root@example.com", "password");
     assert_eq!(weak.status.code(), Some(2), "{}", text(&weak.stderr));
     assert!(text(&weak.stderr).contains("password"));
     let no_tty = admin(&app, &["create-superuser"], None);
     assert_eq!(no_tty.status.code(), Some(2), "{}", text(&no_tty.stderr));
-    let no_password_flag = admin(
-        &app,
-        &[
-            "create-superuser",
-            "--username",
-            "root",
-            "--email",
-            "root@example.com",
-        ],
-        None,
-    );
-    assert_eq!(no_password_flag.status.code(), Some(2));
-    let password_in_argv = admin(&app, &["create-superuser", "--password", "x"], None);
+    let no_password_flag = [
+        "create-superuser",
+        "--username",
+        "root",
+        "--email",
+        "root@example.com",
+    ];
+    assert_eq!(exit_code(&app, &no_password_flag), Some(2));
+    let password_in_argv = ["create-superuser", "--password", "x"];
     assert_eq!(
-        password_in_argv.status.code(),
+        exit_code(&app, &password_in_argv),
         Some(2),
         "there is no --password flag"
     );
@@ -156,17 +131,10 @@ async fn list_users_and_stats_as_text_and_json() {
 async fn verify_set_role_and_delete_by_username_or_id() {
     let app = spawn_app().await;
     let alice = app.create_user(Role::User).await;
-    sqlx::query("UPDATE users SET email_verified = false")
-        .execute(app.pool())
-        .await
-        .unwrap();
+    app.execute("UPDATE users SET email_verified = false").await;
 
-    assert_eq!(
-        admin(&app, &["verify-user", &alice.user.username], None)
-            .status
-            .code(),
-        Some(0)
-    );
+    let name = alice.user.username.as_str();
+    assert_eq!(exit_code(&app, &["verify-user", name]), Some(0));
     let out = admin(
         &app,
         &["set-role", &alice.user.id.to_string(), "admin"],
@@ -180,34 +148,19 @@ async fn verify_set_role_and_delete_by_username_or_id() {
             .await
             .unwrap();
     assert_eq!((role.as_str(), verified), ("admin", true));
-    assert_eq!(
-        admin(&app, &["set-role", "alice", "emperor"], None)
-            .status
-            .code(),
-        Some(2),
-        "not a role"
-    );
+    let emperor = exit_code(&app, &["set-role", "alice", "emperor"]);
+    assert_eq!(emperor, Some(2), "not a role");
 
-    let unconfirmed = admin(&app, &["delete-user", &alice.user.username], None);
+    let unconfirmed = admin(&app, &["delete-user", name], None);
     assert_eq!(
         unconfirmed.status.code(),
         Some(2),
         "no terminal, no --yes: {}",
         text(&unconfirmed.stderr)
     );
-    assert_eq!(
-        admin(&app, &["delete-user", &alice.user.username, "--yes"], None)
-            .status
-            .code(),
-        Some(0)
-    );
-    assert_eq!(
-        admin(&app, &["delete-user", &alice.user.username, "--yes"], None)
-            .status
-            .code(),
-        Some(1),
-        "gone"
-    );
+    let delete = ["delete-user", name, "--yes"];
+    assert_eq!(exit_code(&app, &delete), Some(0));
+    assert_eq!(exit_code(&app, &delete), Some(1), "gone");
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@ use keel_shared::{domain::Role, workers};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app_with, spawn_app_without_redis};
+use crate::{
+    helpers::{TestApp, assert_invalid, spawn_app_with, spawn_app_without_redis},
+    refusals::{FORBIDDEN, NOT_AUTHENTICATED, NOT_FOUND, assert_refused},
+};
 
 async fn spawn() -> TestApp {
     spawn_app_with(&["--rate-limit-enabled", "false"]).await
@@ -32,18 +35,16 @@ async fn admin_routes_are_403_for_users_and_401_for_nobody() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
     for path in ROUTES {
-        assert_problem(
-            app.get_as(path, &user.token).await,
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        )
-        .await;
-        assert_problem(
-            app.get(path).await,
+        let by_user = app.get_as(path, &user.token).await;
+        assert_eq!(by_user.status(), StatusCode::FORBIDDEN, "{path} for a user");
+        assert_refused(by_user, FORBIDDEN).await;
+        let anonymous = app.get(path).await;
+        assert_eq!(
+            anonymous.status(),
             StatusCode::UNAUTHORIZED,
-            "not_authenticated",
-        )
-        .await;
+            "{path} for nobody"
+        );
+        assert_refused(anonymous, NOT_AUTHENTICATED).await;
     }
     let superadmin = app.create_user(Role::Superadmin).await;
     for path in ROUTES {
@@ -59,12 +60,7 @@ async fn admin_routes_are_403_for_users_and_401_for_nobody() {
 async fn workers_lists_the_live_worker_cards() {
     let app = spawn().await;
     let admin = app.create_user(Role::Admin).await;
-    let none: Value = app
-        .get_as("/api/v1/admin/workers", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let none = app.get_json("/api/v1/admin/workers", &admin.token).await;
     assert_eq!(none, json!([]));
 
     // Built from JSON so the card may grow fields without this test changing.
@@ -76,12 +72,7 @@ async fn workers_lists_the_live_worker_cards() {
     .unwrap();
     workers::heartbeat(&app.redis(), &mut card).await.unwrap();
 
-    let live: Value = app
-        .get_as("/api/v1/admin/workers", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let live = app.get_json("/api/v1/admin/workers", &admin.token).await;
     let live = live.as_array().unwrap();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["id"], "worker-test-1");
@@ -175,19 +166,10 @@ async fn stats_count_users_and_tasks() {
     app.created_task(&user.token, &json!({"name": "one"})).await;
     let cancelled = app.created_task(&user.token, &json!({"name": "two"})).await;
     let path = format!("/api/v1/tasks/{}/cancel", cancelled["id"].as_str().unwrap());
-    assert_eq!(
-        app.send(reqwest::Method::POST, &path, &user.token, None)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let cancel = app.post_as(&path, &user.token, None).await;
+    assert_eq!(cancel.status(), StatusCode::OK);
 
-    let stats: Value = app
-        .get_as("/api/v1/admin/stats", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.get_json("/api/v1/admin/stats", &admin.token).await;
     assert_eq!(stats["users"]["total"], 2, "{stats}");
     assert_eq!(stats["users"]["active"], 2);
     assert_eq!(stats["users"]["verified"], 2);
@@ -208,46 +190,29 @@ async fn queues_can_be_paused_and_resumed_by_admins() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
     let admin = app.create_user(Role::Admin).await;
-    let post = |path: &'static str, token: String| {
-        let app = &app;
-        async move { app.send(reqwest::Method::POST, path, &token, None).await }
-    };
-    assert_problem(
-        post("/api/v1/admin/queues/tasks/pause", user.token.clone()).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    assert_problem(
-        post("/api/v1/admin/queues/bogus/pause", admin.token.clone()).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    let pause = "/api/v1/admin/queues/tasks/pause";
+    let by_user = app.post_as(pause, &user.token, None).await;
+    assert_refused(by_user, FORBIDDEN).await;
+    let bogus = app
+        .post_as("/api/v1/admin/queues/bogus/pause", &admin.token, None)
+        .await;
+    assert_refused(bogus, NOT_FOUND).await;
 
-    let paused = post("/api/v1/admin/queues/tasks/pause", admin.token.clone()).await;
+    let paused = app.post_as(pause, &admin.token, None).await;
     assert_eq!(paused.status(), StatusCode::OK);
     assert_eq!(
         paused.json::<Value>().await.unwrap(),
         json!({"name": "tasks", "paused": true})
     );
-    let queues: Value = app
-        .get_as("/api/v1/admin/queues", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let queues = app.get_json("/api/v1/admin/queues", &admin.token).await;
     assert_eq!(queue(&queues, "tasks")["paused"], true);
     assert_eq!(queue(&queues, "email")["paused"], false);
 
-    let resumed = post("/api/v1/admin/queues/tasks/resume/", admin.token.clone()).await;
+    let resumed = app
+        .post_as("/api/v1/admin/queues/tasks/resume/", &admin.token, None)
+        .await;
     assert_eq!(resumed.status(), StatusCode::OK);
-    let queues: Value = app
-        .get_as("/api/v1/admin/queues", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let queues = app.get_json("/api/v1/admin/queues", &admin.token).await;
     assert_eq!(queue(&queues, "tasks")["paused"], false);
 }
 
@@ -282,55 +247,25 @@ async fn purge_deletes_old_finished_tasks_of_one_status_with_their_history() {
     finish(ids[2], "completed", "1 minute").await;
     finish(ids[3], "failed", "3 days").await;
 
-    let purge = |token: String, body: Value| {
-        let app = &app;
+    let purge = |token: String, status: &str, older_than: &str| {
+        let (app, body) = (&app, json!({"status": status, "older_than": older_than}));
         async move {
-            app.send(
-                reqwest::Method::POST,
-                "/api/v1/admin/tasks/purge",
-                &token,
-                Some(&body),
-            )
-            .await
+            app.post_as("/api/v1/admin/tasks/purge", &token, &body)
+                .await
         }
     };
-    assert_problem(
-        purge(
-            user.token.clone(),
-            json!({"status": "completed", "older_than": "1d"}),
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    assert_problem(
-        purge(
-            admin.token.clone(),
-            json!({"status": "running", "older_than": "soon"}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let by_user = purge(user.token.clone(), "completed", "1d").await;
+    assert_refused(by_user, FORBIDDEN).await;
+    assert_invalid(purge(admin.token.clone(), "running", "soon").await).await;
     // The oldest cutoff an age can name is one PostgreSQL stores (once a 500).
-    let ancient = purge(
-        admin.token.clone(),
-        json!({"status": "completed", "older_than": "999999d"}),
-    )
-    .await;
+    let ancient = purge(admin.token.clone(), "completed", "999999d").await;
     assert_eq!(ancient.status(), StatusCode::OK);
     assert_eq!(
         ancient.json::<Value>().await.unwrap(),
         json!({"deleted": 0})
     );
 
-    let response = purge(
-        admin.token.clone(),
-        json!({"status": "completed", "older_than": "1d"}),
-    )
-    .await;
+    let response = purge(admin.token.clone(), "completed", "1d").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
@@ -341,11 +276,8 @@ async fn purge_deletes_old_finished_tasks_of_one_status_with_their_history() {
         .await
         .unwrap();
     assert_eq!(left, [ids[2], ids[3]]);
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM task_events WHERE task_id NOT IN (SELECT id FROM tasks)",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let orphans: i64 = app
+        .scalar("SELECT count(*) FROM task_events WHERE task_id NOT IN (SELECT id FROM tasks)")
+        .await;
     assert_eq!(orphans, 0, "their history went with them");
 }

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{TestApp, TestUser, assert_problem, spawn_app, spawn_app_with},
-    uploads::{assert_gone, delete_file, files_under, upload, uploaded},
+    refusals::{MALFORMED_MULTIPART, NOT_FOUND, QUOTA_EXCEEDED, assert_refused},
+    uploads::{assert_gone, delete_file, files_under, items_of, upload, uploaded},
 };
 
 const AVATAR: &str = "/api/v1/users/me/avatar";
@@ -371,7 +372,7 @@ async fn replacing_an_avatar_deletes_the_old_file() {
     let new_bytes = png(1, 1, 2);
     let (new_path, new_id) = avatar_path(&set_avatar(&app, &user, &new_bytes).await);
     assert_ne!(old_id, new_id, "a new image, a new URL");
-    assert_problem(app.get(&old_path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(app.get(&old_path).await, NOT_FOUND).await;
     let old_row: Option<Uuid> = sqlx::query_scalar("SELECT id FROM files WHERE id = $1")
         .bind(old_id)
         .fetch_optional(app.pool())
@@ -396,7 +397,7 @@ async fn deleting_the_avatar_clears_it_and_its_url_answers_404() {
         assert_eq!(me["avatar_url"], Value::Null, "{round}");
     }
     assert_eq!(avatar_url_of(&app, &user).await, Value::Null);
-    assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(app.get(&path).await, NOT_FOUND).await;
     assert_eq!((rows(&app).await, objects(&app)), (0, 0));
 }
 
@@ -411,7 +412,7 @@ async fn another_users_avatar_file_is_404_under_files() {
     let id = id.to_string();
     assert_gone(&app, &bob, &id).await;
     let response = delete_file(&app, &bob, &id).await;
-    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(response, NOT_FOUND).await;
     assert_eq!(rows(&app).await, 1, "alice's avatar is untouched");
 }
 
@@ -419,30 +420,21 @@ async fn another_users_avatar_file_is_404_under_files() {
 async fn a_regular_upload_is_not_served_as_an_avatar() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
-    let response = upload(
-        &app,
-        &user,
-        image("file", "pic.png", &png(1, 1, 0), "image/png"),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let id = response.json::<Value>().await.unwrap()["items"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let form = image("file", "pic.png", &png(1, 1, 0), "image/png");
+    let uploaded = items_of(upload(&app, &user, form).await).await;
+    let id = uploaded[0]["id"].as_str().unwrap();
     for path in [
         format!("/api/v1/avatars/{id}"),
         format!("/api/v1/avatars/{}", Uuid::now_v7()),
         "/api/v1/avatars/not-a-uuid".to_owned(),
     ] {
-        assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+        assert_refused(app.get(&path).await, NOT_FOUND).await;
     }
     // Not with the owner's credential either.
-    assert_problem(
+    assert_refused(
         app.get_as(&format!("/api/v1/avatars/{id}"), &user.token)
             .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        NOT_FOUND,
     )
     .await;
 }
@@ -463,8 +455,7 @@ async fn changing_the_avatar_needs_a_credential_and_an_api_key_acts_as_its_owner
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(rows(&app).await, 0);
 
-    let key = app.create_api_key(&user, "avatar bot").await;
-    let key = key["key"].as_str().unwrap();
+    let key = &app.api_key(&user, "avatar bot").await;
     let response = app
         .client
         .put(app.url(AVATAR))
@@ -545,7 +536,7 @@ async fn an_avatar_replaced_by_a_plain_url_is_deleted_and_no_longer_served() {
     )
     .await;
     assert_eq!(me["avatar_url"], "https://cdn.example.com/me.png");
-    assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(app.get(&path).await, NOT_FOUND).await;
     assert_eq!(
         (rows(&app).await, objects(&app)),
         (0, 0),
@@ -571,7 +562,7 @@ async fn an_admin_setting_someones_avatar_url_deletes_their_stored_avatar() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(avatar_url_of(&app, &user).await, Value::Null);
-    assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_refused(app.get(&path).await, NOT_FOUND).await;
     assert_eq!((rows(&app).await, objects(&app)), (0, 0));
 }
 
@@ -590,7 +581,7 @@ async fn deleting_the_avatars_file_under_files_removes_the_avatar() {
         let response = delete_file(&app, deleter, &id.to_string()).await;
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert_eq!(avatar_url_of(&app, user).await, Value::Null);
-        assert_problem(app.get(&path).await, StatusCode::NOT_FOUND, "not_found").await;
+        assert_refused(app.get(&path).await, NOT_FOUND).await;
     }
     assert_eq!((rows(&app).await, objects(&app)), (0, 0));
 }
@@ -609,7 +600,7 @@ async fn avatars_count_against_the_storage_quota() {
 
     let larger = png(2, 2, 0);
     let refused = put_avatar(&app, &user, image("file", "me.png", &larger, "image/png")).await;
-    let problem = assert_problem(refused, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    let problem = assert_refused(refused, QUOTA_EXCEEDED).await;
     assert!(
         problem
             .detail
@@ -664,7 +655,7 @@ async fn a_form_without_exactly_one_image_is_refused_and_stores_nothing() {
         .send()
         .await
         .unwrap();
-    assert_problem(garbled, StatusCode::BAD_REQUEST, "malformed_multipart").await;
+    assert_refused(garbled, MALFORMED_MULTIPART).await;
     let json = app
         .send(
             Method::PUT,

@@ -18,11 +18,43 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A production configuration that passes: the settings production requires.
+const PRODUCTION: [(&str, &str); 3] = [
+    ("ENVIRONMENT", "production"),
+    ("APP_BASE_URL", "https://keel.example"),
+    ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+];
+
+/// [`PRODUCTION`] with `more` settings after it.
+fn production_with<'a>(more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    [&PRODUCTION[..], more].concat()
+}
+
+/// Starts the API with `env` and no arguments: its exit code and stderr.
+fn start(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = run(env, &[]);
+    (output.status.code(), stderr(&output))
+}
+
+/// Starts the API with `env`, which it must refuse (exit 2): its stderr.
+fn refused(env: &[(&str, &str)]) -> String {
+    let (code, err) = start(env);
+    assert_eq!(code, Some(2), "{err}");
+    err
+}
+
+/// Asserts `err` does not show `secret`; `what` says which it is.
+fn assert_not_shown(err: &str, secret: &str, what: &str) {
+    assert!(!err.contains(secret), "{what} is never shown: {err}");
+}
+
 #[test]
 fn a_bad_value_stops_with_exit_2_and_one_line_naming_the_variable() {
     let cert = std::env::temp_dir().join("keel-test-cert.pem");
     std::fs::write(&cert, "not really a certificate").unwrap();
     let cert = cert.to_str().unwrap();
+    // One case a line: (variable, value, what is wrong with it).
+    #[rustfmt::skip]
     let cases: &[(&str, &str, &str)] = &[
         ("PORT", "eighty", "not a number"),
         ("PORT", "70000", "out of range"),
@@ -30,11 +62,7 @@ fn a_bad_value_stops_with_exit_2_and_one_line_naming_the_variable() {
         ("ACCESS_TOKEN_EXPIRE_MINUTES", "0", "below the minimum"),
         ("DATABASE_MAX_CONNECTIONS", "-1", "negative"),
         ("RATE_LIMIT_ENABLED", "maybe", "not a boolean"),
-        (
-            "ALLOWED_ORIGINS",
-            "https://app.example/path",
-            "an origin has no path",
-        ),
+        ("ALLOWED_ORIGINS", "https://app.example/path", "an origin has no path"),
         ("TRUSTED_PROXIES", "10.0.0.0/99", "not a CIDR"),
         ("APP_BASE_URL", "not a url", "not a URL"),
         ("DATABASE_URL", "not a url", "not a URL"),
@@ -48,13 +76,8 @@ fn a_bad_value_stops_with_exit_2_and_one_line_naming_the_variable() {
         ("TLS_KEY_FILE", cert, "one TLS file without the other"),
     ];
     for &(variable, value, why) in cases {
-        let output = run(&[(variable, value)], &[]);
-        let err = stderr(&output);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{variable}={value} ({why}): {err}"
-        );
+        let (code, err) = start(&[(variable, value)]);
+        assert_eq!(code, Some(2), "{variable}={value} ({why}): {err}");
         assert_eq!(
             err.trim_end().lines().count(),
             1,
@@ -78,70 +101,41 @@ fn production_refuses_a_missing_or_short_secret_key() {
         ("ENVIRONMENT", "production"),
         ("APP_BASE_URL", "https://keel.example"),
     ];
-    let missing = run(&production, &[]);
-    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
-    assert!(
-        stderr(&missing).contains("SECRET_KEY"),
-        "{}",
-        stderr(&missing)
-    );
+    let missing = refused(&production);
+    assert!(missing.contains("SECRET_KEY"), "{missing}");
 
     let short_key = [
         production[0],
         production[1],
         ("SECRET_KEY", "0123456789abcdef0123456789abcde"),
     ];
-    let short = run(&short_key, &[]);
-    assert_eq!(short.status.code(), Some(2), "{}", stderr(&short));
+    let short = refused(&short_key);
     assert!(
-        stderr(&short).contains("SECRET_KEY") && stderr(&short).contains("32"),
-        "{}",
-        stderr(&short)
+        short.contains("SECRET_KEY") && short.contains("32"),
+        "{short}"
     );
 }
 
 #[test]
 fn production_refuses_a_short_previous_secret_key() {
-    let env = [
-        ("ENVIRONMENT", "production"),
-        ("APP_BASE_URL", "https://keel.example"),
-        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
-        ("SECRET_KEY_PREVIOUS", "a key of 20 bytes!!!"),
-    ];
-    let output = run(&env, &[]);
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{err}");
+    let env = production_with(&[("SECRET_KEY_PREVIOUS", "a key of 20 bytes!!!")]);
+    let err = refused(&env);
     assert!(
         err.contains("SECRET_KEY_PREVIOUS") && err.contains("32"),
         "{err}"
     );
-    assert!(
-        !err.contains("too short to have"),
-        "the key is never printed: {err}"
-    );
+    assert_not_shown(&err, "too short to have", "the key");
 }
 
 #[test]
 fn production_accepts_a_32_byte_secret_key_and_goes_on_to_connect() {
     let database_url = testing::unreachable_database_url();
-    let env = [
-        ("ENVIRONMENT", "production"),
-        ("APP_BASE_URL", "https://keel.example"),
-        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
-        ("DATABASE_URL", database_url.as_str()),
-    ];
-    let output = run(&env, &[]);
-    let err = stderr(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "past configuration, the database is down: {err}"
-    );
+    let env = production_with(&[("DATABASE_URL", database_url.as_str())]);
+    let (code, err) = start(&env);
+    let past = "past configuration, the database is down";
+    assert_eq!(code, Some(1), "{past}: {err}");
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
-    assert!(
-        !err.contains("0123456789abcdef"),
-        "the secret is never printed: {err}"
-    );
+    assert_not_shown(&err, "0123456789abcdef", "the secret");
 }
 
 #[test]
@@ -152,10 +146,7 @@ fn a_malformed_database_url_names_the_variable_and_exits_2_whatever_the_command(
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains("DATABASE_URL"), "{args:?}: {err}");
-        assert!(
-            !err.contains("not a url"),
-            "the value is never quoted: {err}"
-        );
+        assert_not_shown(&err, "not a url", "the value");
     }
 }
 
@@ -171,9 +162,7 @@ fn production_lists_every_refused_setting_at_once() {
         ("SMTP_TLS", "none"),
         ("EMAILS_FROM_EMAIL", "keel@example.com"),
     ];
-    let output = run(&env, &[]);
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{err}");
+    let err = refused(&env);
     for variable in [
         "APP_BASE_URL",
         "ALLOWED_ORIGINS",
@@ -194,10 +183,7 @@ fn production_lists_every_refused_setting_at_once() {
     // Named in ALLOW_INSECURE_SETTINGS, the three are kept, with a warning
     // at the start; the process goes on (to a database that is not there).
     let database_url = testing::unreachable_database_url();
-    let allowed = [
-        ("ENVIRONMENT", "production"),
-        ("APP_BASE_URL", "https://keel.example"),
-        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+    let allowed = production_with(&[
         ("DATABASE_URL", database_url.as_str()),
         ("RATE_LIMIT_ENABLED", "false"),
         ("TRUSTED_PROXIES", "::/0"),
@@ -208,7 +194,7 @@ fn production_lists_every_refused_setting_at_once() {
             "ALLOW_INSECURE_SETTINGS",
             "RATE_LIMIT_ENABLED,TRUSTED_PROXIES,SMTP_TLS",
         ),
-    ];
+    ]);
     let output = run(&allowed, &[]);
     let (out, err) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
     assert_eq!(output.status.code(), Some(1), "past configuration: {err}");
@@ -224,32 +210,19 @@ fn production_lists_every_refused_setting_at_once() {
 
 #[test]
 fn production_refuses_cors_for_any_origin() {
-    let env = [
-        ("ENVIRONMENT", "production"),
-        ("APP_BASE_URL", "https://keel.example"),
-        ("SECRET_KEY", "0123456789abcdef0123456789abcdef"),
-        ("ALLOWED_ORIGINS", "*"),
-    ];
-    let output = run(&env, &[]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("ALLOWED_ORIGINS"),
-        "{}",
-        stderr(&output)
-    );
+    let env = production_with(&[("ALLOWED_ORIGINS", "*")]);
+    let (code, err) = start(&env);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("ALLOWED_ORIGINS"), "{err}");
 }
 
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_api_with_exit_1() {
     let db = TestDatabase::create().await.unwrap();
     let redis_url = testing::unreachable_redis_url();
-    let output = run(&[("DATABASE_URL", &db.url), ("REDIS_URL", &redis_url)], &[]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("cannot reach Redis"),
-        "{}",
-        stderr(&output)
-    );
+    let (code, err) = start(&[("DATABASE_URL", &db.url), ("REDIS_URL", &redis_url)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach Redis"), "{err}");
 }
 
 #[test]

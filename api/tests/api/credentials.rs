@@ -8,15 +8,20 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use keel_shared::domain::Role;
 use keel_testing::SmtpServer;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
     Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode,
 };
 
 use crate::{
-    helpers::{TestApp, TestUser, assert_problem, spawn_app},
-    pipeline::{Stack, mail_stack},
+    helpers::{TestApp, TestUser, spawn_app},
+    mail::{code_in, reset_token_in},
+    pipeline::{Stack, unlimited_mail_stack},
+    refusals::{
+        CHALLENGE_CLOSED, EMAIL_NOT_VERIFIED, INVALID_API_KEY, INVALID_EMAIL_TOKEN, INVALID_TOKEN,
+        assert_refused,
+    },
     ws::{self, Socket, WAIT},
 };
 
@@ -68,13 +73,16 @@ fn access(tokens: &Value) -> &str {
     tokens["access_token"].as_str().unwrap()
 }
 
-async fn with_key(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
-    app.client
-        .get(app.url(path))
-        .header("x-api-key", key)
-        .send()
+/// The socket URL signed in with `tokens`' access token.
+fn token_socket_url(app: &TestApp, tokens: &Value) -> String {
+    let base = app.address.replacen("http://", "ws://", 1);
+    format!("{base}/ws?token={}", access(tokens))
+}
+
+/// `GET /api/v1/users/me` with the API key `key`.
+async fn me_with_key(app: &TestApp, key: &str) -> reqwest::Response {
+    app.send_with_key(reqwest::Method::GET, "/api/v1/users/me", key, None)
         .await
-        .unwrap()
 }
 
 /// The token of the newest reset mail's link.
@@ -85,57 +93,56 @@ fn reset_token(smtp: &SmtpServer) -> String {
         .rev()
         .find(|m| m.contains("Subject: Reset your password"))
         .expect("a reset mail");
-    crate::password_reset::token_in(mail)
+    reset_token_in(mail)
+}
+
+/// Asks for a reset of `user`'s password and waits for its mail.
+async fn request_reset(app: &TestApp, smtp: &SmtpServer, user: &TestUser) {
+    let requested = app.request_password_reset(&user.user.email).await;
+    assert_eq!(requested.status(), StatusCode::ACCEPTED);
+    smtp.wait_for_subject("Reset your password", 1, LONG).await;
+}
+
+/// `user` changes their password through the API.
+async fn change_password(app: &TestApp, user: &TestUser) {
+    let changed = app
+        .change_password(&user.token, &user.password, "another long passphrase")
+        .await;
+    assert_eq!(changed.status(), StatusCode::OK);
+}
+
+/// How many API keys `user` has.
+async fn keys_of(app: &TestApp, user: &TestUser) -> i64 {
+    app.scalar_with(
+        "SELECT count(*) FROM api_keys WHERE user_id = $1",
+        user.user.id,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_password_reset_ends_every_key_session_token_and_socket_of_the_account() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = app.create_user(Role::User).await;
     let session = login(app, &user).await;
-    let key = app.create_api_key(&user, "kept by whoever held it").await;
-    let key = key["key"].as_str().unwrap();
+    let key = &app.api_key(&user, "kept by whoever held it").await;
     let added = smtp
         .wait_for_subject("A new API key was added to your account", 1, LONG)
         .await;
     assert!(added[0].contains("kept by whoever held it"), "{}", added[0]);
-    assert_eq!(
-        with_key(app, key, "/api/v1/users/me").await.status(),
-        StatusCode::OK
-    );
-    let mut token_socket = ws::connect(&format!(
-        "{}/ws?token={}",
-        app.address.replacen("http://", "ws://", 1),
-        access(&session)
-    ))
-    .await;
+    assert_eq!(me_with_key(app, key).await.status(), StatusCode::OK);
+    let mut token_socket = ws::connect(&token_socket_url(app, &session)).await;
     ws::round_trip(&mut token_socket).await;
     let mut key_socket = key_socket(app, key).await;
     ws::round_trip(&mut key_socket).await;
 
-    let requested = app
-        .post_json(
-            "/api/v1/auth/password-reset/request",
-            &json!({"email": user.user.email}),
-        )
-        .await;
-    assert_eq!(requested.status(), StatusCode::ACCEPTED);
-    smtp.wait_for_subject("Reset your password", 1, LONG).await;
+    request_reset(app, smtp, &user).await;
     let confirmed = app
-        .post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": reset_token(&smtp), "new_password": "a brand new passphrase 42"}),
-        )
+        .confirm_password_reset(&reset_token(smtp), "a brand new passphrase 42")
         .await;
     assert_eq!(confirmed.status(), StatusCode::OK);
 
-    assert_problem(
-        with_key(app, key, "/api/v1/users/me").await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_api_key",
-    )
-    .await;
+    assert_refused(me_with_key(app, key).await, INVALID_API_KEY).await;
     assert_eq!(
         app.me(access(&session)).await.status(),
         StatusCode::UNAUTHORIZED
@@ -154,12 +161,11 @@ async fn a_password_reset_ends_every_key_session_token_and_socket_of_the_account
         closed_with(&mut key_socket, "the key's socket").await,
         CloseCode::Policy
     );
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
-        .bind(user.user.id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    assert_eq!(keys, 0, "the key is deleted, not just refused");
+    assert_eq!(
+        keys_of(app, &user).await,
+        0,
+        "the key is deleted, not just refused"
+    );
 
     let changed = smtp
         .wait_for_subject("Your password was changed", 1, LONG)
@@ -172,12 +178,12 @@ async fn a_password_reset_ends_every_key_session_token_and_socket_of_the_account
 
     // The reset mail is sent: its row keeps no usable link for the
     // retention period.
-    let data: Value = sqlx::query_scalar(
-        "SELECT data FROM email_deliveries WHERE template = 'password_reset' AND status = 'sent'",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let data: Value = app
+        .scalar(
+            "SELECT data FROM email_deliveries \
+             WHERE template = 'password_reset' AND status = 'sent'",
+        )
+        .await;
     assert!(
         data.get("link").is_none() && data.get("token").is_none(),
         "{data}"
@@ -189,52 +195,33 @@ async fn a_password_reset_ends_every_key_session_token_and_socket_of_the_account
 async fn a_change_of_password_deletes_every_api_key_too() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
-    let key = app.create_api_key(&user, "ci").await;
-    let key = key["key"].as_str().unwrap();
-    let changed = app
-        .send(
-            Method::POST,
-            "/api/v1/auth/change-password",
-            &user.token,
-            Some(&json!({"current_password": user.password, "new_password": "another long passphrase"})),
-        )
-        .await;
-    assert_eq!(changed.status(), StatusCode::OK);
-    assert_problem(
-        with_key(&app, key, "/api/v1/users/me").await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_api_key",
-    )
-    .await;
+    let key = &app.api_key(&user, "ci").await;
+    change_password(&app, &user).await;
+    assert_refused(me_with_key(&app, key).await, INVALID_API_KEY).await;
 }
 
 #[tokio::test]
 async fn keys_and_second_factors_need_a_verified_address() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
-    sqlx::query("UPDATE users SET email_verified = false WHERE id = $1")
-        .bind(user.user.id)
-        .execute(app.pool())
-        .await
-        .unwrap();
+    app.execute_with(
+        "UPDATE users SET email_verified = false WHERE id = $1",
+        user.user.id,
+    )
+    .await;
     for (path, body) in [
         ("/api/v1/api-keys", Some(json!({"name": "squatter's key"}))),
         ("/api/v1/auth/totp/setup", None),
         ("/api/v1/auth/enable-2fa", None),
     ] {
-        let response = app
-            .send(Method::POST, path, &user.token, body.as_ref())
-            .await;
-        let problem = assert_problem(response, StatusCode::CONFLICT, "email_not_verified").await;
+        let response = app.post_as(path, &user.token, body.as_ref()).await;
+        let problem = assert_refused(response, EMAIL_NOT_VERIFIED).await;
         assert!(
             problem.detail.contains("verify your email"),
             "{path}: {problem:?}"
         );
     }
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let keys: i64 = app.scalar("SELECT count(*) FROM api_keys").await;
     assert_eq!(keys, 0);
 }
 
@@ -245,12 +232,7 @@ async fn logout_ends_the_sessions_access_tokens_and_sockets_but_no_other_session
     let ended = login(&app, &user).await;
     let other = login(&app, &user).await;
     assert_eq!(app.me(access(&ended)).await.status(), StatusCode::OK);
-    let mut socket = ws::connect(&format!(
-        "{}/ws?token={}",
-        app.address.replacen("http://", "ws://", 1),
-        access(&ended)
-    ))
-    .await;
+    let mut socket = ws::connect(&token_socket_url(&app, &ended)).await;
     ws::round_trip(&mut socket).await;
     // A replica beside this one hears of it too.
     let replica = app.spawn_replica().await;
@@ -264,12 +246,7 @@ async fn logout_ends_the_sessions_access_tokens_and_sockets_but_no_other_session
         .await;
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
     for (which, app) in [("this replica", &app), ("the other replica", &replica)] {
-        assert_problem(
-            app.me(access(&ended)).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-        )
-        .await;
+        assert_refused(app.me(access(&ended)).await, INVALID_TOKEN).await;
         assert_eq!(
             app.me(access(&other)).await.status(),
             StatusCode::OK,
@@ -298,24 +275,12 @@ async fn a_key_socket_closes_when_its_key_is_deleted_or_regenerated() {
         let id = key["id"].as_str().unwrap();
         let mut socket = key_socket(&app, key["key"].as_str().unwrap()).await;
         ws::round_trip(&mut socket).await;
+        let path = format!("/api/v1/api-keys/{id}");
         let response = match action {
-            "delete" => {
-                app.send(
-                    Method::DELETE,
-                    &format!("/api/v1/api-keys/{id}"),
-                    &user.token,
-                    None,
-                )
-                .await
-            }
+            "delete" => app.delete_as(&path, &user.token).await,
             _ => {
-                app.send(
-                    Method::POST,
-                    &format!("/api/v1/api-keys/{id}/regenerate"),
-                    &user.token,
-                    None,
-                )
-                .await
+                let regenerate = format!("{path}/regenerate");
+                app.post_as(&regenerate, &user.token, None).await
             }
         };
         assert!(
@@ -336,21 +301,17 @@ async fn a_demoted_admins_key_socket_stops_following_every_task() {
     let app = spawn_app().await;
     let admin = app.create_user(Role::Admin).await;
     let superadmin = app.create_user(Role::Superadmin).await;
-    let key = app.create_api_key(&admin, "ops").await;
-    let mut socket = key_socket(&app, key["key"].as_str().unwrap()).await;
+    let key = app.api_key(&admin, "ops").await;
+    let mut socket = key_socket(&app, &key).await;
     ws::send(
         &mut socket,
         &json!({"type": "subscribe_tasks", "all": true}),
     )
     .await;
     ws::round_trip(&mut socket).await;
+    let path = format!("/api/v1/users/{}/role", admin.user.id);
     let demoted = app
-        .send(
-            Method::PUT,
-            &format!("/api/v1/users/{}/role", admin.user.id),
-            &superadmin.token,
-            Some(&json!({"role": "user"})),
-        )
+        .put_as(&path, &superadmin.token, &json!({"role": "user"}))
         .await;
     assert_eq!(demoted.status(), StatusCode::OK);
     assert_eq!(
@@ -406,73 +367,36 @@ async fn a_key_requested_while_the_password_changes_is_not_minted_past_it() {
     for create in creates {
         assert_eq!(create.await.unwrap(), StatusCode::UNAUTHORIZED);
     }
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
-        .bind(user.user.id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "no key was minted past the change");
+    assert_eq!(
+        keys_of(&app, &user).await,
+        0,
+        "no key was minted past the change"
+    );
 }
 
 #[tokio::test]
 async fn a_challenge_or_reset_link_from_before_a_change_of_password_no_longer_works() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = app.create_user(Role::User).await;
-    let requested = app
-        .post_json(
-            "/api/v1/auth/password-reset/request",
-            &json!({"email": user.user.email}),
-        )
-        .await;
-    assert_eq!(requested.status(), StatusCode::ACCEPTED);
-    smtp.wait_for_subject("Reset your password", 1, LONG).await;
-    let link = reset_token(&smtp);
-    sqlx::query("UPDATE users SET two_fa_enabled = true WHERE id = $1")
-        .bind(user.user.id)
-        .execute(app.pool())
-        .await
-        .unwrap();
-    let challenge: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    request_reset(app, smtp, &user).await;
+    let link = reset_token(smtp);
+    app.execute_with(
+        "UPDATE users SET two_fa_enabled = true WHERE id = $1",
+        user.user.id,
+    )
+    .await;
+    let challenge = app.sign_in(&user).await;
     assert_eq!(challenge["two_factor_required"], true, "{challenge}");
     let code_mail = smtp.wait_for_subject("Your sign-in code", 1, LONG).await;
-    let start = code_mail[0].find("code is ").unwrap() + "code is ".len();
-    let code = code_mail[0][start..start + 6].to_owned();
-    keel_testing::record_secret(&code);
+    let code = code_in(&code_mail[0]);
 
-    let changed = app
-        .send(
-            Method::POST,
-            "/api/v1/auth/change-password",
-            &user.token,
-            Some(&json!({"current_password": user.password, "new_password": "another long passphrase"})),
-        )
+    change_password(app, &user).await;
+
+    let challenge = challenge["challenge_id"].as_str().unwrap();
+    let answered = app.verify_2fa(challenge, &code).await;
+    assert_refused(answered, CHALLENGE_CLOSED).await;
+    let reset = app
+        .confirm_password_reset(&link, "the squatter's passphrase")
         .await;
-    assert_eq!(changed.status(), StatusCode::OK);
-
-    assert_problem(
-        app.post_json(
-            "/api/v1/auth/verify-2fa",
-            &json!({"challenge_id": challenge["challenge_id"], "code": code}),
-        )
-        .await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
-    assert_problem(
-        app.post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": link, "new_password": "the squatter's passphrase"}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
-    )
-    .await;
+    assert_refused(reset, INVALID_EMAIL_TOKEN).await;
 }

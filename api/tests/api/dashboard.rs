@@ -30,22 +30,38 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-/// Signs `user` in through the dashboard's form; the session cookie (`name=value`).
-async fn sign_in(app: &TestApp, user: &TestUser) -> String {
-    let response = browser()
+/// Posts the dashboard's sign-in form for `username`, with `next` (where
+/// to go after) when there is one.
+async fn submit_login(
+    app: &TestApp,
+    username: &str,
+    password: &str,
+    next: Option<&str>,
+) -> reqwest::Response {
+    let mut form = vec![("username_or_email", username), ("password", password)];
+    form.extend(next.map(|next| ("next", next)));
+    browser()
         .post(app.url("/dashboard/login"))
-        .form(&[
-            ("username_or_email", user.user.username.as_str()),
-            ("password", &user.password),
-            ("next", "/dashboard/tasks"),
-        ])
+        .form(&form)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Signs `user` in through the dashboard's form; the session cookie (`name=value`).
+async fn sign_in(app: &TestApp, user: &TestUser) -> String {
+    let next = Some("/dashboard/tasks");
+    let response = submit_login(app, &user.user.username, &user.password, next).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()[header::LOCATION], "/dashboard/tasks");
     let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
     cookie.split(';').next().unwrap().to_owned()
+}
+
+/// Asserts `response` tells the browser to drop the session cookie.
+fn assert_cookie_dropped(response: &reqwest::Response) {
+    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("Max-Age=0"), "{cookie}");
 }
 
 async fn page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
@@ -115,27 +131,14 @@ async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors
         .await
         .unwrap();
     assert_eq!(stale.status(), StatusCode::SEE_OTHER);
-    assert!(
-        stale.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
-    );
+    assert_cookie_dropped(&stale);
 
     let (status, login) = page(&app, "", "/dashboard/login").await;
     assert_eq!(status, StatusCode::OK);
     assert!(login.contains(r#"name="password""#));
 
     let admin = app.create_user(Role::Admin).await;
-    let wrong = browser()
-        .post(app.url("/dashboard/login"))
-        .form(&[
-            ("username_or_email", admin.user.username.as_str()),
-            ("password", "not it at all"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let wrong = submit_login(&app, &admin.user.username, "not it at all", None).await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert!(wrong.headers().get(header::SET_COOKIE).is_none());
     assert!(
@@ -146,17 +149,9 @@ async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors
             .contains("Wrong username, email or password.")
     );
 
-    let response = browser()
-        .post(app.url("/dashboard/login"))
-        .form(&[
-            ("username_or_email", admin.user.username.as_str()),
-            ("password", &admin.password),
-            // Never sent off the dashboard after sign-in.
-            ("next", "https://evil.example/"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    // Never sent off the dashboard after sign-in.
+    let next = Some("https://evil.example/");
+    let response = submit_login(&app, &admin.user.username, &admin.password, next).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()[header::LOCATION], "/dashboard");
     let set_cookie = response.headers()[header::SET_COOKIE]
@@ -196,12 +191,7 @@ async fn an_admin_signs_in_with_a_strict_http_only_cookie_and_anonymous_visitors
     let csrf = csrf_of(&overview);
     let out = post_form(&app, cookie, "/dashboard/logout", &csrf, None).await;
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
-    assert!(
-        out.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
-    );
+    assert_cookie_dropped(&out);
 }
 
 #[tokio::test]
@@ -257,15 +247,7 @@ async fn signing_out_ends_the_cookies_token_and_a_bad_credential_beside_a_good_c
 async fn users_who_are_not_admins_are_refused_and_a_session_ends_with_its_token() {
     let app = spawn_app().await;
     let user = app.create_user(Role::User).await;
-    let response = browser()
-        .post(app.url("/dashboard/login"))
-        .form(&[
-            ("username_or_email", user.user.username.as_str()),
-            ("password", &user.password),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = submit_login(&app, &user.user.username, &user.password, None).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(response.headers().get(header::SET_COOKIE).is_none());
     assert!(
@@ -445,13 +427,9 @@ async fn pages_list_filter_and_page_tasks_and_switch_schedules() {
         "{tasks_row}"
     );
 
+    let nightly = json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"});
     let created = app
-        .send(
-            Method::POST,
-            "/api/v1/schedules",
-            &admin.token,
-            Some(&json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"})),
-        )
+        .post_as("/api/v1/schedules", &admin.token, &nightly)
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let schedule: Value = created.json().await.unwrap();
@@ -583,13 +561,9 @@ async fn in_chromium_an_admin_retries_a_failed_task_sees_a_live_worker_and_disab
     assert_eq!(status, "failed", "the webhook is down, so the task fails");
     webhook_up.store(true, Ordering::SeqCst);
 
+    let hourly = json!({"name": "hourly digest", "cron": "0 * * * *", "kind": "noop"});
     let schedule = app
-        .send(
-            Method::POST,
-            "/api/v1/schedules",
-            &admin.token,
-            Some(&json!({"name": "hourly digest", "cron": "0 * * * *", "kind": "noop"})),
-        )
+        .post_as("/api/v1/schedules", &admin.token, &hourly)
         .await;
     assert_eq!(schedule.status(), StatusCode::CREATED);
     let workers: Value = app

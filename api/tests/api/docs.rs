@@ -183,7 +183,9 @@ async fn openapi_documents_every_route_of_the_contract() {
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
 
-    // (method, path, who, deprecated alias): every route of API.md that Keel serves.
+    // (method, path, who, deprecated alias): every route of API.md that
+    // Keel serves, one a line.
+    #[rustfmt::skip]
     let routes = [
         // Auth, 2FA, email verification, password reset.
         ("post", "/api/v1/auth/register", Public, false),
@@ -201,27 +203,12 @@ async fn openapi_documents_every_route_of_the_contract() {
         ("post", "/api/v1/auth/totp/confirm", Session, false),
         ("post", "/api/v1/auth/totp/disable", Session, false),
         ("get", "/api/v1/auth/oauth/providers", Public, false),
-        (
-            "get",
-            "/api/v1/auth/oauth/{provider}/authorize",
-            Public,
-            false,
-        ),
-        (
-            "get",
-            "/api/v1/auth/oauth/{provider}/callback",
-            Public,
-            false,
-        ),
+        ("get", "/api/v1/auth/oauth/{provider}/authorize", Public, false),
+        ("get", "/api/v1/auth/oauth/{provider}/callback", Public, false),
         ("get", "/api/v1/auth/me", Any, false),
         ("post", "/api/v1/auth/verify-email", Public, false),
         ("get", "/api/v1/auth/verify-email", Public, false),
-        (
-            "post",
-            "/api/v1/auth/resend-verification",
-            AnyoneOrAny,
-            false,
-        ),
+        ("post", "/api/v1/auth/resend-verification", AnyoneOrAny, false),
         ("post", "/api/v1/auth/password-reset/request", Public, false),
         ("post", "/api/v1/auth/password-reset/confirm", Public, false),
         ("post", "/api/v1/auth/change-password", Session, false),

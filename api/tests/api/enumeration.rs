@@ -25,7 +25,9 @@ use tokio::time::Instant;
 
 use crate::{
     helpers::{TestApp, assert_problem, registration, spawn_app_with},
+    mail,
     pipeline::{Stack, mail_stack},
+    refusals::{NOT_AUTHENTICATED, RATE_LIMITED, assert_refused},
 };
 
 /// Pairs of requests (one existing, one unknown) measured per endpoint.
@@ -313,16 +315,14 @@ async fn register_answers_a_taken_email_as_a_fresh_account_and_in_the_same_time(
         );
     }
     let fake_usernames = fake_usernames.into_inner().unwrap();
-    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE username = ANY($1)")
-        .bind(&fake_usernames)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let made: i64 = app
+        .scalar_with(
+            "SELECT count(*) FROM users WHERE username = ANY($1)",
+            &fake_usernames,
+        )
+        .await;
     assert_eq!(made, 0, "no account for a taken email");
-    let fresh: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let fresh: i64 = app.scalar("SELECT count(*) FROM users").await;
     assert_eq!(
         fresh,
         i64::try_from(ACCOUNTS + WARM_UP + PAIRS).unwrap(),
@@ -330,26 +330,16 @@ async fn register_answers_a_taken_email_as_a_fresh_account_and_in_the_same_time(
     );
 }
 
-#[tokio::test]
-async fn a_password_reset_request_answers_every_address_alike_and_in_the_same_time() {
-    let app = timed_app().await;
-    let accounts = accounts(&app, true).await;
+/// [`assert_alike`] for a route that takes `{"email": …}` and answers 202:
+/// the addresses of `accounts` against unknown ones.
+async fn assert_email_route_alike(app: &TestApp, what: &str, path: &str, accounts: &[User]) {
     assert_alike(
-        "password reset",
+        what,
         StatusCode::ACCEPTED,
-        |i| {
-            post(
-                &app,
-                "/api/v1/auth/password-reset/request",
-                json!({"email": accounts[i % ACCOUNTS].email}),
-            )
-        },
+        |i| post(app, path, json!({"email": accounts[i % ACCOUNTS].email})),
         |_| {
-            post(
-                &app,
-                "/api/v1/auth/password-reset/request",
-                json!({"email": format!("nobody_{}@example.com", suffix())}),
-            )
+            let unknown = format!("nobody_{}@example.com", suffix());
+            post(app, path, json!({"email": unknown}))
         },
         as_sent,
     )
@@ -357,30 +347,23 @@ async fn a_password_reset_request_answers_every_address_alike_and_in_the_same_ti
 }
 
 #[tokio::test]
+async fn a_password_reset_request_answers_every_address_alike_and_in_the_same_time() {
+    let app = timed_app().await;
+    let accounts = accounts(&app, true).await;
+    let path = "/api/v1/auth/password-reset/request";
+    assert_email_route_alike(&app, "password reset", path, &accounts).await;
+}
+
+#[tokio::test]
 async fn a_signed_out_resend_of_the_verification_link_answers_every_address_alike_and_in_the_same_time()
  {
     let app = timed_app().await;
     let unverified = accounts(&app, false).await;
-    assert_alike(
+    let (what, path) = (
         "resend verification (signed out)",
-        StatusCode::ACCEPTED,
-        |i| {
-            post(
-                &app,
-                "/api/v1/auth/resend-verification",
-                json!({"email": unverified[i % ACCOUNTS].email}),
-            )
-        },
-        |_| {
-            post(
-                &app,
-                "/api/v1/auth/resend-verification",
-                json!({"email": format!("nobody_{}@example.com", suffix())}),
-            )
-        },
-        as_sent,
-    )
-    .await;
+        "/api/v1/auth/resend-verification",
+    );
+    assert_email_route_alike(&app, what, path, &unverified).await;
 }
 
 /// Raw messages to `address`.
@@ -410,10 +393,9 @@ async fn registering_with_a_taken_email_creates_nothing_changes_nothing_and_tell
     assert_ne!(answered["id"], owner.user.id.to_string());
 
     let notices = smtp.wait_for(1, LONG).await;
-    assert!(
-        notices[0].contains("Subject: Someone tried to register with your email address"),
-        "{}",
-        notices[0]
+    mail::assert_subject(
+        &notices[0],
+        "Someone tried to register with your email address",
     );
     assert!(notices[0].contains(&format!("To: {}", owner.user.email)));
     assert!(
@@ -508,15 +490,9 @@ async fn a_signed_out_resend_mails_a_fresh_link_only_to_an_unverified_account() 
     let messages = smtp.wait_for(2, LONG).await;
     let second = &messages[1];
     assert!(second.contains(&format!("To: {address}")), "{second}");
-    assert!(
-        second.contains("Subject: Confirm your email address"),
-        "{second}"
-    );
+    mail::assert_subject(second, "Confirm your email address");
     let token = |m: &str| {
-        let unfolded = m
-            .replace("=\r\n", "")
-            .replace("=\n", "")
-            .replace("=3D", "=");
+        let unfolded = mail::unfold(m);
         let start = unfolded.find("verify-email?token=").expect("a link") + 19;
         unfolded[start..start + 20].to_owned()
     };
@@ -529,14 +505,13 @@ async fn a_signed_out_resend_mails_a_fresh_link_only_to_an_unverified_account() 
     );
 
     // Without a credential or a body it is the signed-in form, unsigned.
-    assert_problem(
+    assert_refused(
         app.client
             .post(app.url("/api/v1/auth/resend-verification"))
             .send()
             .await
             .unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "not_authenticated",
+        NOT_AUTHENTICATED,
     )
     .await;
     assert_problem(
@@ -564,10 +539,9 @@ async fn signed_out_resends_are_limited_per_address_and_per_ip_alike_for_every_a
             let response = resend_for(&app, email, Ipv4Addr::new(198, 51, 100, n)).await;
             assert_eq!(response.status(), StatusCode::ACCEPTED, "{email}, {n}");
         }
-        assert_problem(
+        assert_refused(
             resend_for(&app, email, Ipv4Addr::new(198, 51, 100, 99)).await,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            RATE_LIMITED,
         )
         .await;
     }
@@ -580,10 +554,9 @@ async fn signed_out_resends_are_limited_per_address_and_per_ip_alike_for_every_a
             StatusCode::ACCEPTED
         );
     }
-    assert_problem(
+    assert_refused(
         resend_for(&app, "nobody_else@example.com", ip).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
+        RATE_LIMITED,
     )
     .await;
 }

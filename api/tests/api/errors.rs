@@ -8,17 +8,15 @@ use keel_testing as testing;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::{
+    helpers::{assert_invalid, assert_problem, send_raw, spawn_app, spawn_app_with},
+    refusals::{MALFORMED_JSON, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, assert_refused},
+};
 
 #[tokio::test]
 async fn an_unknown_route_is_a_404_problem() {
     let app = spawn_app().await;
-    let problem = assert_problem(
-        app.get("/api/v1/nothing-here").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    let problem = assert_refused(app.get("/api/v1/nothing-here").await, NOT_FOUND).await;
     assert!(
         problem.detail.contains("/api/v1/nothing-here"),
         "{problem:?}"
@@ -97,73 +95,53 @@ async fn serve_probe_routes(extra: &[&str]) -> String {
     address
 }
 
+/// `POST base + path` with no body.
+async fn post_empty(base: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST base/json` with `body` as is, declared as `content_type`.
+async fn post_json_route(
+    base: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let request = reqwest::Client::new().post(format!("{base}/json"));
+    send_raw(request, content_type, body).await
+}
+
 #[tokio::test]
 async fn malformed_json_is_a_400_problem() {
     let base = serve_probe_routes(&[]).await;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/json"))
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
+    let response = post_json_route(&base, "application/json", "{\"name\": ").await;
+    assert_refused(response, MALFORMED_JSON).await;
 }
 
 #[tokio::test]
 async fn a_body_without_json_content_type_is_a_415_problem() {
     let base = serve_probe_routes(&[]).await;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/json"))
-        .header("content-type", "text/plain")
-        .body(r#"{"name":"a","count":1}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_problem(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
+    let response = post_json_route(&base, "text/plain", r#"{"name":"a","count":1}"#).await;
+    assert_refused(response, UNSUPPORTED_MEDIA_TYPE).await;
 }
 
 #[tokio::test]
 async fn json_of_the_wrong_shape_is_a_422_problem_naming_the_field() {
     let base = serve_probe_routes(&[]).await;
-    let client = reqwest::Client::new();
+    // One case a line: (body, the field named, what is wrong with it).
+    #[rustfmt::skip]
     let cases = [
         (r#"{"name":"a"}"#, "count", "a missing field"),
-        (
-            r#"{"name":"a","count":"three"}"#,
-            "count",
-            "a field of the wrong type",
-        ),
-        (
-            r#"{"name":7,"count":1}"#,
-            "name",
-            "a field of the wrong type",
-        ),
-        (
-            r#" ["a", 1]"#,
-            "body",
-            "an array, which serde would read as the struct's fields in order",
-        ),
+        (r#"{"name":"a","count":"three"}"#, "count", "a field of the wrong type"),
+        (r#"{"name":7,"count":1}"#, "name", "a field of the wrong type"),
+        (r#" ["a", 1]"#, "body", "an array, which serde would read as the struct's fields in order"),
     ];
     for (body, field, why) in cases {
-        let response = client
-            .post(format!("{base}/json"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let problem = assert_problem(
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let response = post_json_route(&base, "application/json", body).await;
+        let problem = assert_invalid(response).await;
         let errors = problem.errors.expect("field errors");
         assert_eq!(errors[0].field, field, "{why}: {errors:?}");
     }
@@ -173,35 +151,21 @@ async fn json_of_the_wrong_shape_is_a_422_problem_naming_the_field() {
 async fn a_json_body_over_the_limit_is_a_413_problem() {
     let base = serve_probe_routes(&["--max-body-bytes", "64"]).await;
     let body = format!(r#"{{"name":"{}","count":1}}"#, "x".repeat(200));
-    let response = reqwest::Client::new()
-        .post(format!("{base}/json"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_json_route(&base, "application/json", body).await;
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
 }
 
 #[tokio::test]
 async fn a_request_over_the_timeout_is_a_408_problem() {
     let base = serve_probe_routes(&["--request-timeout-seconds", "1"]).await;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/slow"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_empty(&base, "/slow").await;
     assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
 }
 
 #[tokio::test]
 async fn a_panicking_handler_is_a_500_problem_that_reveals_nothing() {
     let base = serve_probe_routes(&[]).await;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/panic"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_empty(&base, "/panic").await;
     let problem = assert_problem(
         response,
         StatusCode::INTERNAL_SERVER_ERROR,

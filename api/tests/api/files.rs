@@ -21,9 +21,22 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    helpers::{API_BIN, TEST_SECRET, assert_problem, spawn_app_with},
-    uploads::{assert_gone, delete_file, files_under, get_range, hex, part, upload, uploaded},
+    helpers::{
+        API_BIN, TEST_SECRET, TestApp, assert_invalid, assert_problem, send_raw, spawn_app_with,
+    },
+    refusals::{
+        MALFORMED_MULTIPART, NOT_FOUND, QUOTA_EXCEEDED, RANGE_NOT_SATISFIABLE,
+        UNSUPPORTED_MEDIA_TYPE, assert_refused,
+    },
+    uploads::{
+        assert_gone, delete_file, files_under, get_range, hex, items_of, part, upload, uploaded,
+    },
 };
+
+/// How many files rows there are.
+async fn rows(app: &TestApp) -> i64 {
+    app.scalar("SELECT count(*) FROM files").await
+}
 
 const PNG_HEAD: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
@@ -40,12 +53,7 @@ async fn upload_list_describe_download_and_delete() {
         .part("file", part("pixel.png", &png, "text/plain"))
         .text("description", "two files")
         .text("tags", "alpha, beta,alpha");
-    let response = upload(&app, &user, form).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let items = response.json::<Value>().await.unwrap()["items"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let items = items_of(upload(&app, &user, form).await).await;
     assert_eq!(items.len(), 2);
     let (notes, pixel) = (&items[0], &items[1]);
     assert_eq!(notes["name"], "notes.txt");
@@ -58,20 +66,12 @@ async fn upload_list_describe_download_and_delete() {
     assert_eq!(pixel["content_type"], "image/png");
     assert_eq!(pixel["size"], png.len());
 
-    let list: Value = app
-        .get_as("/api/v1/files", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = app.get_json("/api/v1/files", &user.token).await;
     assert_eq!(list["total"], 2);
     let id = notes["id"].as_str().unwrap();
-    let meta: Value = app
-        .get_as(&format!("/api/v1/files/{id}"), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta = app
+        .get_json(&format!("/api/v1/files/{id}"), &user.token)
+        .await;
     assert_eq!(&meta, notes);
 
     // Whole.
@@ -113,12 +113,7 @@ async fn upload_list_describe_download_and_delete() {
         past.headers()[header::CONTENT_RANGE],
         format!("bytes */{}", text.len()).as_str()
     );
-    assert_problem(
-        past,
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "range_not_satisfiable",
-    )
-    .await;
+    assert_refused(past, RANGE_NOT_SATISFIABLE).await;
 
     // A current copy: 304, no body.
     let cached = app
@@ -234,21 +229,11 @@ async fn other_users_files_answer_404_and_admins_see_everyones() {
     let id = file["id"].as_str().unwrap();
     assert_gone(&app, &bob, id).await;
     let delete = delete_file(&app, &bob, id).await;
-    assert_problem(delete, StatusCode::NOT_FOUND, "not_found").await;
-    let bobs: Value = app
-        .get_as("/api/v1/files", &bob.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_refused(delete, NOT_FOUND).await;
+    let bobs = app.get_json("/api/v1/files", &bob.token).await;
     assert_eq!(bobs["total"], 1);
     assert_eq!(bobs["items"][0]["name"], "bob.txt");
-    let all: Value = app
-        .get_as("/api/v1/files", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all = app.get_json("/api/v1/files", &admin.token).await;
     assert_eq!(all["total"], 2);
     // Still there for its owner.
     let mine = app
@@ -279,11 +264,7 @@ async fn an_oversized_file_is_413_and_leaves_nothing_behind() {
     )
     .await;
     assert!(problem.detail.contains("1000"), "{problem:?}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM files")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(rows(&app).await, 0);
     assert_eq!(
         files_under(&app.config.storage.files_dir),
         Vec::<PathBuf>::new(),
@@ -302,12 +283,7 @@ async fn the_quota_counts_every_file_of_the_user() {
         "file",
         part("two.bin", &[2u8; 1000], "application/octet-stream"),
     );
-    assert_problem(
-        upload(&app, &user, form).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "quota_exceeded",
-    )
-    .await;
+    assert_refused(upload(&app, &user, form).await, QUOTA_EXCEEDED).await;
     // Another user has a quota of their own.
     let other = app.create_user(Role::User).await;
     uploaded(&app, &other, "two.bin", &[2u8; 1000]).await;
@@ -344,12 +320,9 @@ async fn two_uploads_that_each_fit_the_quota_but_not_together_keep_only_one() {
     };
     let (slow, ()) = tokio::join!(slow, meanwhile);
 
-    let problem = assert_problem(slow, StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded").await;
+    let problem = assert_refused(slow, QUOTA_EXCEEDED).await;
     assert!(problem.detail.contains("500 bytes left"), "{problem:?}");
-    let used: i64 = sqlx::query_scalar("SELECT sum(size)::bigint FROM files")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let used: i64 = app.scalar("SELECT sum(size)::bigint FROM files").await;
     assert_eq!(used, 1000, "within the quota");
     assert_eq!(
         files_under(&app.config.storage.files_dir).len(),
@@ -362,106 +335,62 @@ async fn two_uploads_that_each_fit_the_quota_but_not_together_keep_only_one() {
 async fn malformed_forms_are_4xx_problems() {
     let app = spawn_app_with(&["--max-files-per-upload", "2"]).await;
     let user = app.create_user(Role::User).await;
-    let no_file = upload(&app, &user, Form::new().text("description", "nothing")).await;
-    let problem = assert_problem(
-        no_file,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(problem.errors.unwrap()[0].field, "file");
-    // A `file` part that is a text field (no file name) is not a file.
-    let text_part = upload(&app, &user, Form::new().text("file", "{}")).await;
-    let problem = assert_problem(
-        text_part,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(problem.errors.unwrap()[0].field, "file");
-    let unknown = upload(
-        &app,
-        &user,
-        Form::new()
-            .text("owner_id", "someone")
-            .part("file", part("a", b"a", "text/plain")),
-    )
-    .await;
-    assert_problem(
-        unknown,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    // No `file` part at all, or one that is a text field (no file name):
+    // either way, no file.
+    for (case, form) in [
+        ("no file", Form::new().text("description", "nothing")),
+        ("a text part", Form::new().text("file", "{}")),
+    ] {
+        let response = upload(&app, &user, form).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}"
+        );
+        let problem = assert_invalid(response).await;
+        assert_eq!(problem.errors.unwrap()[0].field, "file", "{case}");
+    }
+    let unknown = Form::new()
+        .text("owner_id", "someone")
+        .part("file", part("a", b"a", "text/plain"));
+    assert_invalid(upload(&app, &user, unknown).await).await;
     let three = Form::new()
         .part("file", part("a", b"a", "text/plain"))
         .part("file", part("b", b"b", "text/plain"))
         .part("file", part("c", b"c", "text/plain"));
-    assert_problem(
-        upload(&app, &user, three).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    assert_invalid(upload(&app, &user, three).await).await;
     let json = app
-        .send(
-            reqwest::Method::POST,
+        .post_as(
             "/api/v1/files",
             &user.token,
-            Some(&serde_json::json!({"file": "x"})),
+            &serde_json::json!({"file": "x"}),
         )
         .await;
-    assert_problem(
-        json,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
+    assert_refused(json, UNSUPPORTED_MEDIA_TYPE).await;
     for (method, path) in [
         (reqwest::Method::POST, "/api/v1/files"),
         (reqwest::Method::PUT, "/api/v1/users/me/avatar"),
     ] {
-        let no_boundary = app
-            .client
-            .request(method.clone(), app.url(path))
-            .bearer_auth(&user.token)
-            .header(header::CONTENT_TYPE, "multipart/form-data")
-            .body("--X\r\n")
-            .send()
-            .await
-            .unwrap();
-        assert_problem(no_boundary, StatusCode::BAD_REQUEST, "malformed_multipart").await;
-        let text = app
-            .client
-            .request(method, app.url(path))
-            .bearer_auth(&user.token)
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body("hello")
-            .send()
-            .await
-            .unwrap();
-        assert_problem(
-            text,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        )
-        .await;
+        let request = || {
+            app.client
+                .request(method.clone(), app.url(path))
+                .bearer_auth(&user.token)
+        };
+        let no_boundary = send_raw(request(), "multipart/form-data", "--X\r\n").await;
+        assert_refused(no_boundary, MALFORMED_MULTIPART).await;
+        let text = send_raw(request(), "text/plain", "hello").await;
+        assert_refused(text, UNSUPPORTED_MEDIA_TYPE).await;
     }
-    let cut = app
-        .client
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&user.token)
-        .header(header::CONTENT_TYPE, "multipart/form-data; boundary=X")
-        .body("--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(cut, StatusCode::BAD_REQUEST, "malformed_multipart").await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM files")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
+    let cut = send_raw(
+        app.client
+            .post(app.url("/api/v1/files"))
+            .bearer_auth(&user.token),
+        "multipart/form-data; boundary=X",
+        "--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc",
+    )
+    .await;
+    assert_refused(cut, MALFORMED_MULTIPART).await;
+    assert_eq!(rows(&app).await, 0);
     assert!(files_under(&app.config.storage.files_dir).is_empty());
 }
 
@@ -523,12 +452,8 @@ async fn a_100_mb_file_streams_through_a_keel_api_process_whose_memory_stays_fla
         command
     });
     let base = format!("http://127.0.0.1:{port}");
-    testing::wait_for_status(
-        &format!("{base}/api/v1/health"),
-        200,
-        Duration::from_secs(30),
-    )
-    .await;
+    let health = format!("{base}/api/v1/health");
+    testing::wait_for_status(&health, 200, Duration::from_secs(30)).await;
     let client = reqwest::Client::new();
     // Warm up (pools, allocator) with a small upload, then take the baseline.
     let warm = client

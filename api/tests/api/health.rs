@@ -1,22 +1,29 @@
 use chrono::Utc;
-use keel_shared::{
-    queue::Queue,
-    workers::{self, WorkerCard},
-};
+use keel_shared::queue::Queue;
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    assert_problem, spawn_app, spawn_app_with, spawn_app_without_database, spawn_app_without_redis,
+    TestApp, assert_problem, fields, json_at, spawn_app, spawn_app_with,
+    spawn_app_without_database, spawn_app_without_redis,
 };
+
+/// Asserts `/ready` answers 503 `not_ready`; the fields it names.
+async fn unready_fields(app: &TestApp) -> Vec<String> {
+    let problem = assert_problem(
+        app.ready().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+    )
+    .await;
+    fields(&problem)
+}
 
 #[tokio::test]
 async fn health_is_degraded_without_a_worker_and_healthy_with_one() {
     let app = spawn_app().await;
 
-    let response = app.health().await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = json_at(app.health().await, StatusCode::OK).await;
     assert_eq!(body["status"], "degraded", "no worker is alive yet: {body}");
     assert_eq!(body["database"], "healthy");
     assert_eq!(body["redis"], "healthy");
@@ -30,20 +37,7 @@ async fn health_is_degraded_without_a_worker_and_healthy_with_one() {
     let timestamp: chrono::DateTime<Utc> = body["timestamp"].as_str().unwrap().parse().unwrap();
     assert!((Utc::now() - timestamp).num_seconds().abs() < 10);
 
-    let mut card = WorkerCard {
-        id: "test-worker".into(),
-        hostname: "here".into(),
-        pid: 1,
-        queues: vec![Queue::Tasks],
-        concurrency: 1,
-        version: "test".into(),
-        in_flight: 0,
-        processed: 0,
-        failed: 0,
-        started_at: Utc::now(),
-        last_seen: Utc::now(),
-    };
-    workers::heartbeat(&app.redis(), &mut card).await.unwrap();
+    app.announce_worker("test-worker", Queue::Tasks).await;
 
     let body: Value = app.health().await.json().await.unwrap();
     assert_eq!(body["status"], "healthy", "{body}");
@@ -55,9 +49,7 @@ async fn health_is_degraded_without_a_worker_and_healthy_with_one() {
 async fn health_is_503_unhealthy_when_the_database_is_unreachable() {
     let app = spawn_app_without_database().await;
 
-    let response = app.health().await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.unwrap();
+    let body = json_at(app.health().await, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(body["status"], "unhealthy");
     assert_eq!(body["database"], "unhealthy");
     assert_eq!(body["components"]["database"], false);
@@ -91,18 +83,15 @@ async fn health_is_degraded_but_200_when_redis_is_unreachable() {
 async fn live_is_200_even_when_the_database_is_unreachable() {
     let app = spawn_app_without_database().await;
 
-    let response = app.live().await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.unwrap()["status"], "alive");
+    let body = json_at(app.live().await, StatusCode::OK).await;
+    assert_eq!(body["status"], "alive");
 }
 
 #[tokio::test]
 async fn ready_is_200_with_dependencies_up_and_migrations_applied() {
     let app = spawn_app().await;
 
-    let response = app.ready().await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = json_at(app.ready().await, StatusCode::OK).await;
     assert_eq!(body["status"], "ready");
     assert_eq!(body["migrations"], "current");
 }
@@ -110,39 +99,13 @@ async fn ready_is_200_with_dependencies_up_and_migrations_applied() {
 #[tokio::test]
 async fn ready_is_503_naming_the_database_when_it_is_unreachable() {
     let app = spawn_app_without_database().await;
-
-    let problem = assert_problem(
-        app.ready().await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-    )
-    .await;
-    let fields: Vec<_> = problem
-        .errors
-        .unwrap()
-        .into_iter()
-        .map(|e| e.field)
-        .collect();
-    assert_eq!(fields, ["database"]);
+    assert_eq!(unready_fields(&app).await, ["database"]);
 }
 
 #[tokio::test]
 async fn ready_is_503_naming_redis_when_it_is_unreachable() {
     let app = spawn_app_without_redis().await;
-
-    let problem = assert_problem(
-        app.ready().await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-    )
-    .await;
-    let fields: Vec<_> = problem
-        .errors
-        .unwrap()
-        .into_iter()
-        .map(|e| e.field)
-        .collect();
-    assert_eq!(fields, ["redis"]);
+    assert_eq!(unready_fields(&app).await, ["redis"]);
 }
 
 #[tokio::test]
@@ -192,12 +155,8 @@ async fn component_checks_report_each_dependency() {
     assert_eq!(down.health_cache().await.status(), StatusCode::OK);
 
     let no_redis = spawn_app_without_redis().await;
-    assert_problem(
-        no_redis.health_cache().await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cache_unavailable",
-    )
-    .await;
+    let cache = no_redis.health_cache().await;
+    assert_problem(cache, StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable").await;
 }
 
 #[tokio::test]

@@ -20,10 +20,12 @@ use keel_shared::{
     db::users::{self, NewUser, ProfileChanges, User},
     domain::{EmailAddress, Password, Role, Username},
     queue::{JobQueue, Queue},
+    workers::{self, WorkerCard},
 };
 use keel_testing as testing;
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use sqlx::{Postgres, postgres::PgRow};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -114,6 +116,12 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// `GET path` with one header `name: value` and no credential.
+    pub async fn get_with(&self, path: &str, name: &str, value: &str) -> Response {
+        let request = self.client.get(self.url(path)).header(name, value);
+        request.send().await.expect("request sent")
+    }
+
     pub async fn health(&self) -> Response {
         self.get("/health").await
     }
@@ -172,6 +180,50 @@ impl TestApp {
         &self.db.as_ref().expect("this app has a database").pool
     }
 
+    /// Runs `sql` on the app's database: a state no endpoint sets, such as
+    /// an expired token.
+    pub async fn execute(&self, sql: &'static str) {
+        sqlx::query(sql).execute(self.pool()).await.expect(sql);
+    }
+
+    /// Runs `sql` with `$1` bound to `arg`.
+    pub async fn execute_with<'a, A>(&self, sql: &'static str, arg: A)
+    where
+        A: 'a + sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres>,
+    {
+        sqlx::query(sql)
+            .bind(arg)
+            .execute(self.pool())
+            .await
+            .expect(sql);
+    }
+
+    /// The one value `sql` selects, e.g. a `count(*)`.
+    pub async fn scalar<T>(&self, sql: &'static str) -> T
+    where
+        T: Send + Unpin,
+        (T,): for<'r> sqlx::FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.pool())
+            .await
+            .expect(sql)
+    }
+
+    /// The one value `sql` selects with `$1` bound to `arg`.
+    pub async fn scalar_with<'a, T, A>(&self, sql: &'static str, arg: A) -> T
+    where
+        T: Send + Unpin,
+        (T,): for<'r> sqlx::FromRow<'r, PgRow>,
+        A: 'a + sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .bind(arg)
+            .fetch_one(self.pool())
+            .await
+            .expect(sql)
+    }
+
     /// The app's token keys, to mint access tokens as the app would.
     pub fn token_keys(&self) -> TokenKeys {
         TokenKeys::new(&self.config, &self.config.signing_key().unwrap())
@@ -217,23 +269,64 @@ impl TestApp {
     /// `method path` as `token`'s bearer, with an optional JSON body.
     pub async fn send(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         token: &str,
         body: Option<&Value>,
     ) -> Response {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        request.send().await.expect("request sent")
+        let request = self.client.request(method, self.url(path));
+        send_json(request.bearer_auth(token), body).await
     }
 
     pub async fn get_as(&self, path: &str, token: &str) -> Response {
-        self.send(reqwest::Method::GET, path, token, None).await
+        self.send(Method::GET, path, token, None).await
+    }
+
+    /// `GET path` as `token`'s bearer, its body read as JSON whatever the status.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get_as(path, token)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// `POST path` as `token`'s bearer, with a JSON body or (`None`) none.
+    pub async fn post_as<'a>(
+        &self,
+        path: &str,
+        token: &str,
+        body: impl Into<Option<&'a Value>>,
+    ) -> Response {
+        self.send(Method::POST, path, token, body.into()).await
+    }
+
+    /// `PATCH path` as `token`'s bearer with a JSON body.
+    pub async fn patch_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.send(Method::PATCH, path, token, Some(body)).await
+    }
+
+    /// `PUT path` as `token`'s bearer with a JSON body.
+    pub async fn put_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.send(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// `DELETE path` as `token`'s bearer.
+    pub async fn delete_as(&self, path: &str, token: &str) -> Response {
+        self.send(Method::DELETE, path, token, None).await
+    }
+
+    /// `method path` authenticated by the API key `key` (`X-API-Key`), with
+    /// an optional JSON body.
+    pub async fn send_with_key(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let request = self.client.request(method, self.url(path));
+        send_json(request.header("x-api-key", key), body).await
     }
 
     pub async fn register(&self, body: &Value) -> Response {
@@ -241,39 +334,104 @@ impl TestApp {
     }
 
     pub async fn login(&self, username_or_email: &str, password: &str) -> Response {
-        self.post_json(
-            "/api/v1/auth/login",
-            &json!({"username_or_email": username_or_email, "password": password}),
-        )
-        .await
+        let body = json!({"username_or_email": username_or_email, "password": password});
+        self.post_json("/api/v1/auth/login", &body).await
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Response {
-        self.post_json(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": refresh_token}),
-        )
-        .await
+        let body = json!({"refresh_token": refresh_token});
+        self.post_json("/api/v1/auth/refresh", &body).await
     }
 
     pub async fn me(&self, token: &str) -> Response {
         self.get_as("/api/v1/users/me", token).await
     }
 
+    /// [`Self::login`]'s answer as JSON, whatever its status: the token pair,
+    /// or a second factor's challenge.
+    pub async fn login_json(&self, username_or_email: &str, password: &str) -> Value {
+        let answer: Value = self
+            .login(username_or_email, password)
+            .await
+            .json()
+            .await
+            .expect("a JSON body");
+        // Logs must not show a live token.
+        for name in ["access_token", "refresh_token"] {
+            testing::record_secret(answer[name].as_str().unwrap_or_default());
+        }
+        answer
+    }
+
+    /// `user` signs in with their password: [`Self::login_json`].
+    pub async fn sign_in(&self, user: &TestUser) -> Value {
+        self.login_json(&user.user.username, &user.password).await
+    }
+
+    /// `POST /api/v1/auth/verify-2fa`: answers a sign-in challenge with `code`.
+    pub async fn verify_2fa(&self, challenge: &str, code: &str) -> Response {
+        let body = json!({"challenge_id": challenge, "code": code});
+        self.post_json("/api/v1/auth/verify-2fa", &body).await
+    }
+
+    /// `POST /api/v1/auth/password-reset/request` for `email`.
+    pub async fn request_password_reset(&self, email: &str) -> Response {
+        let body = json!({"email": email});
+        self.post_json("/api/v1/auth/password-reset/request", &body)
+            .await
+    }
+
+    /// `POST /api/v1/auth/password-reset/confirm`: the mailed `token` and a new password.
+    pub async fn confirm_password_reset(&self, token: &str, new_password: &str) -> Response {
+        let body = json!({"token": token, "new_password": new_password});
+        self.post_json("/api/v1/auth/password-reset/confirm", &body)
+            .await
+    }
+
+    /// `POST /api/v1/auth/change-password` as `token`'s bearer.
+    pub async fn change_password(&self, token: &str, current: &str, new: &str) -> Response {
+        let body = json!({"current_password": current, "new_password": new});
+        self.post_as("/api/v1/auth/change-password", token, &body)
+            .await
+    }
+
     /// A new API key of `user`, through the API; returns the key's JSON.
     pub async fn create_api_key(&self, user: &TestUser, name: &str) -> Value {
         let response = self
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/api-keys",
-                &user.token,
-                Some(&json!({"name": name})),
-            )
+            .post_as("/api/v1/api-keys", &user.token, &json!({"name": name}))
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let key: Value = response.json().await.unwrap();
         testing::record_secret(key["key"].as_str().unwrap_or_default());
         key
+    }
+
+    /// A new API key of `user`, through the API: its secret, as sent in `X-API-Key`.
+    pub async fn api_key(&self, user: &TestUser, name: &str) -> String {
+        let key = self.create_api_key(user, name).await;
+        key["key"].as_str().expect("the key's secret").to_owned()
+    }
+
+    /// Leaves a live worker's card, `id` serving `queue`, in the registry,
+    /// as the worker's heartbeat would.
+    pub async fn announce_worker(&self, id: &str, queue: Queue) {
+        let now = chrono::Utc::now();
+        let mut card = WorkerCard {
+            id: id.into(),
+            hostname: "test".into(),
+            pid: 1,
+            queues: vec![queue],
+            concurrency: 1,
+            version: "test".into(),
+            in_flight: 0,
+            processed: 0,
+            failed: 0,
+            started_at: now,
+            last_seen: now,
+        };
+        workers::heartbeat(&self.redis(), &mut card)
+            .await
+            .expect("a heartbeat");
     }
 
     /// A Redis client on this app's prefix, to look at what the app stored.
@@ -283,8 +441,7 @@ impl TestApp {
 
     /// `POST /api/v1/tasks` as `token`.
     pub async fn create_task(&self, token: &str, body: &Value) -> Response {
-        self.send(reqwest::Method::POST, "/api/v1/tasks", token, Some(body))
-            .await
+        self.post_as("/api/v1/tasks", token, body).await
     }
 
     /// Creates a task through the API and returns its JSON.
@@ -381,6 +538,73 @@ pub async fn assert_problem(response: Response, status: StatusCode, code: &str) 
         "the body quotes the request id of the header"
     );
     problem
+}
+
+/// Asserts `response` answers `status`; its body read as JSON.
+pub async fn json_at(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status, "status");
+    response.json().await.expect("a JSON body")
+}
+
+/// The whole seconds of `response`'s `Retry-After`.
+pub fn retry_after(response: &Response) -> u64 {
+    let value = response.headers()["retry-after"].to_str().unwrap();
+    value.parse().expect("Retry-After in seconds")
+}
+
+/// [`assert_problem`] for the commonest refusal: 422 `validation_failed`.
+pub async fn assert_invalid(response: Response) -> Problem {
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await
+}
+
+/// The fields a problem names, in its order.
+pub fn fields(problem: &Problem) -> Vec<String> {
+    problem
+        .errors
+        .as_ref()
+        .map(|e| e.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts `problem` names `field` or a field inside it (`field.…`);
+/// `case` says which case of a table failed.
+pub fn assert_names(problem: &Problem, field: &str, case: &str) {
+    let names = fields(problem);
+    assert!(
+        names
+            .iter()
+            .any(|f| f == field || f.starts_with(&format!("{field}."))),
+        "{case}: expected an error on {field}, got {names:?}"
+    );
+}
+
+/// Sends `request`, with `body` as JSON when there is one.
+async fn send_json(request: RequestBuilder, body: Option<&Value>) -> Response {
+    let request = match body {
+        Some(body) => request.json(body),
+        None => request,
+    };
+    request.send().await.expect("request sent")
+}
+
+/// Sends `request` with `body` as is, declared as `content_type`: bodies a
+/// JSON client would never send.
+pub async fn send_raw(
+    request: RequestBuilder,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> Response {
+    request
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request sent")
 }
 
 /// A TCP proxy to `target` that can hold back every chunk the server sends

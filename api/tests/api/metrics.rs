@@ -7,11 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use keel_shared::{
-    domain::Role,
-    queue::Queue,
-    workers::{self, WorkerCard},
-};
+use keel_shared::{domain::Role, queue::Queue};
 use keel_testing::Scrape;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -26,25 +22,6 @@ async fn post(app: &TestApp, user: &TestUser, path: &str, body: Option<&Value>) 
         response.status()
     );
     response.json().await.unwrap()
-}
-
-/// A card in the worker registry, as a live worker's heartbeat leaves it.
-async fn register_worker(app: &TestApp) {
-    let now = Utc::now();
-    let mut card = WorkerCard {
-        id: "metrics-test-worker".into(),
-        hostname: "test".into(),
-        pid: 1,
-        queues: vec![Queue::Email],
-        concurrency: 1,
-        version: String::new(),
-        in_flight: 0,
-        processed: 0,
-        failed: 0,
-        started_at: now,
-        last_seen: now,
-    };
-    workers::heartbeat(&app.redis(), &mut card).await.unwrap();
 }
 
 #[tokio::test]
@@ -110,7 +87,8 @@ async fn metrics_show_requests_tasks_queues_workers_and_sockets_at_their_exact_v
     );
     post(&app, &admin, &run_now, None).await;
 
-    register_worker(&app).await;
+    app.announce_worker("metrics-test-worker", Queue::Email)
+        .await;
     let ws = app.address.replacen("http://", "ws://", 1);
     let url = format!("{ws}/ws?token={}", user.token);
     let (_first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
@@ -135,38 +113,25 @@ async fn metrics_show_requests_tasks_queues_workers_and_sockets_at_their_exact_v
         );
         count
     };
-    assert_eq!(http("GET", "/api/v1/users/me", "200"), Some(3.0), "{text}");
-    assert_eq!(
-        http("GET", "/api/v1/tasks/{id}", "404"),
-        Some(1.0),
-        "the route template, not the path: {text}"
-    );
-    assert_eq!(http("POST", "/api/v1/tasks", "201"), Some(2.0), "{text}");
-    assert_eq!(
-        http("POST", "/api/v1/tasks/batch", "201"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        http("POST", "/api/v1/celery/test-task", "201"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        http("POST", "/api/v1/schedules/{id}/run-now", "201"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        http("POST", "/api/v1/tasks/{id}/retry", "200"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        http("GET", "/ws", "101"),
-        Some(2.0),
-        "upgrades are requests too: {text}"
-    );
+    // One case a line: (method, route, status, requests counted, why).
+    #[rustfmt::skip]
+    let counted = [
+        ("GET", "/api/v1/users/me", "200", 3.0, ""),
+        ("GET", "/api/v1/tasks/{id}", "404", 1.0, "the route template, not the path"),
+        ("POST", "/api/v1/tasks", "201", 2.0, ""),
+        ("POST", "/api/v1/tasks/batch", "201", 1.0, ""),
+        ("POST", "/api/v1/celery/test-task", "201", 1.0, ""),
+        ("POST", "/api/v1/schedules/{id}/run-now", "201", 1.0, ""),
+        ("POST", "/api/v1/tasks/{id}/retry", "200", 1.0, ""),
+        ("GET", "/ws", "101", 2.0, "upgrades are requests too"),
+    ];
+    for (method, route, status, count, why) in counted {
+        assert_eq!(
+            http(method, route, status),
+            Some(count),
+            "{method} {route} {status} {why}: {text}"
+        );
+    }
     assert!(!text.contains(&missing), "raw paths never become labels");
 
     let created = |kind| m.value("keel_tasks_created_total", &[("kind", kind)]);
@@ -237,24 +202,18 @@ async fn metrics_are_not_on_the_public_port_but_on_the_metrics_port() {
         StatusCode::NOT_FOUND,
         "nothing at /metrics on the API's port"
     );
-    let scrape = app
-        .client
-        .get(format!("{}/metrics", app.metrics_address))
-        .send()
-        .await
-        .unwrap();
+    let on_metrics_port = |path: &str| {
+        let url = format!("{}{path}", app.metrics_address);
+        app.client.get(url).send()
+    };
+    let scrape = on_metrics_port("/metrics").await.unwrap();
     assert_eq!(scrape.status(), StatusCode::OK);
     let text = scrape.text().await.unwrap();
     assert!(
         text.contains("keel_queue_"),
         "the queue gauges are there: {text}"
     );
-    let health = app
-        .client
-        .get(format!("{}/health", app.metrics_address))
-        .send()
-        .await
-        .unwrap();
+    let health = on_metrics_port("/health").await.unwrap();
     assert_eq!(
         health.status(),
         StatusCode::OK,

@@ -4,6 +4,17 @@ use reqwest::StatusCode;
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
+/// The value of `response`'s header `name`, which must be there.
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers()[name].to_str().unwrap()
+}
+
+/// Asserts `response` carries no CORS grant.
+fn assert_no_cors(response: &reqwest::Response) {
+    let allowed = response.headers().get("access-control-allow-origin");
+    assert!(allowed.is_none(), "{allowed:?}");
+}
+
 #[tokio::test]
 async fn a_request_id_is_generated_when_the_client_sends_none() {
     let app = spawn_app().await;
@@ -26,13 +37,7 @@ async fn a_request_id_is_generated_when_the_client_sends_none() {
 async fn a_client_request_id_is_echoed_on_success_and_on_error() {
     let app = spawn_app().await;
     for path in ["/live", "/nowhere"] {
-        let response = app
-            .client
-            .get(app.url(path))
-            .header("x-request-id", "trace-abc.123")
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with(path, "x-request-id", "trace-abc.123").await;
         assert_eq!(
             response.headers()["x-request-id"],
             "trace-abc.123",
@@ -50,13 +55,7 @@ async fn an_unreasonable_client_request_id_is_replaced() {
     let app = spawn_app().await;
     let long = "a".repeat(500);
     for bad in [long.as_str(), "has spaces in it"] {
-        let response = app
-            .client
-            .get(app.url("/live"))
-            .header("x-request-id", bad)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with("/live", "x-request-id", bad).await;
         let echoed = response.headers()["x-request-id"].to_str().unwrap();
         assert_ne!(echoed, bad);
         assert!(
@@ -106,57 +105,29 @@ async fn cors_allows_only_the_configured_origins() {
     };
 
     let allowed = preflight("https://app.example").await.unwrap();
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
-    let methods = allowed.headers()["access-control-allow-methods"]
-        .to_str()
-        .unwrap();
+    let origin = header(&allowed, "access-control-allow-origin");
+    assert_eq!(origin, "https://app.example");
+    let methods = header(&allowed, "access-control-allow-methods");
     assert!(
         methods.contains("POST") && methods.contains("DELETE"),
         "{methods}"
     );
 
     let refused = preflight("https://evil.example").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert_no_cors(&refused);
 
     let simple = app
-        .client
-        .get(app.url("/live"))
-        .header("origin", "http://localhost:3000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        simple.headers()["access-control-allow-origin"],
-        "http://localhost:3000"
-    );
-    let exposed = simple.headers()["access-control-expose-headers"]
-        .to_str()
-        .unwrap();
+        .get_with("/live", "origin", "http://localhost:3000")
+        .await;
+    let origin = header(&simple, "access-control-allow-origin");
+    assert_eq!(origin, "http://localhost:3000");
+    let exposed = header(&simple, "access-control-expose-headers");
     assert!(exposed.contains("x-request-id"), "{exposed}");
 }
 
 #[tokio::test]
 async fn without_allowed_origins_no_cors_headers_are_sent() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(app.url("/live"))
-        .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    let response = app.get_with("/live", "origin", "https://app.example").await;
+    assert_no_cors(&response);
 }

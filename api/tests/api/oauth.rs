@@ -17,7 +17,10 @@ use reqwest::{StatusCode, Url, header};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app_with};
+use crate::{
+    helpers::{TestApp, assert_problem, spawn_app_with},
+    refusals::{INVALID_CREDENTIALS, INVALID_REFRESH_TOKEN, NOT_FOUND, Refusal, assert_refused},
+};
 
 const CLIENT_ID: &str = "keel-test-client";
 const CLIENT_SECRET: &str = "oidc-test-client-secret-4f9a1c";
@@ -99,6 +102,20 @@ fn acme(issuer: &str) -> String {
 /// An app offering `provider` as `acme`.
 async fn app_with(provider: &TestProvider) -> TestApp {
     app_for_issuer(&provider.issuer).await
+}
+
+/// The provider cannot be reached: its routes answer 503.
+const PROVIDER_DOWN: Refusal = (
+    StatusCode::SERVICE_UNAVAILABLE,
+    "oauth_provider_unavailable",
+);
+
+/// A provider, and an app offering it as `acme`; the provider lives as
+/// long as the first of the pair.
+async fn provider_and_app() -> (TestProvider, TestApp) {
+    let provider = TestProvider::start().await;
+    let app = app_with(&provider).await;
+    (provider, app)
 }
 
 async fn app_for_issuer(issuer: &str) -> TestApp {
@@ -274,8 +291,7 @@ async fn providers_lists_the_configured_ones_and_no_secret() {
 
 #[tokio::test]
 async fn authorize_redirects_with_state_pkce_and_nonce_and_sets_the_binding_cookie() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (provider, app) = provider_and_app().await;
     let response = browser()
         .get(app.url("/api/v1/auth/oauth/acme/authorize"))
         .send()
@@ -328,8 +344,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_first_sign_in_creates_a_passwordless_account_whose_tokens_work() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let tokens = signed_in(&app, "ada.lovelace@example.com").await;
     assert_eq!(tokens["token_type"], "bearer");
 
@@ -346,7 +361,7 @@ async fn a_first_sign_in_creates_a_passwordless_account_whose_tokens_work() {
     // No password was ever set: a password sign-in fails as any wrong one does.
     for account in ["ada.lovelace", "ada.lovelace@example.com"] {
         let login = app.login(account, "any password at all").await;
-        assert_problem(login, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+        assert_refused(login, INVALID_CREDENTIALS).await;
     }
     // The refresh token is a normal one.
     let refreshed = app.refresh(tokens["refresh_token"].as_str().unwrap()).await;
@@ -355,8 +370,7 @@ async fn a_first_sign_in_creates_a_passwordless_account_whose_tokens_work() {
 
 #[tokio::test]
 async fn a_second_sign_in_finds_the_same_account() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let first = me(&app, &signed_in(&app, "returning@example.com").await).await;
     let second = me(&app, &signed_in(&app, "returning@example.com").await).await;
     assert_eq!(first["id"], second["id"]);
@@ -365,8 +379,7 @@ async fn a_second_sign_in_finds_the_same_account() {
 
 #[tokio::test]
 async fn a_taken_username_gets_a_suffix() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     register(&app, "grace", "someone.else@example.com").await;
     let user = me(&app, &signed_in(&app, "grace@example.com").await).await;
     let username = user["username"].as_str().unwrap();
@@ -378,8 +391,7 @@ async fn a_taken_username_gets_a_suffix() {
 
 #[tokio::test]
 async fn a_verified_address_links_to_the_existing_account() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let existing = app.create_user(keel_shared::domain::Role::User).await;
     let user = me(&app, &signed_in(&app, &existing.user.email).await).await;
     assert_eq!(user["id"], existing.user.id.to_string(), "the same account");
@@ -395,8 +407,7 @@ async fn a_verified_address_links_to_the_existing_account() {
 
 #[tokio::test]
 async fn linking_an_account_whose_address_was_never_verified_ends_everything_its_holder_set() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     // Someone registered the address without ever proving it is theirs.
     let password = register(&app, "squatter", "owner@example.com").await;
     let squatter: Value = app.login("squatter", &password).await.json().await.unwrap();
@@ -474,19 +485,18 @@ async fn linking_an_account_whose_address_was_never_verified_ends_everything_its
     );
     assert_eq!(owner["email_verified"], true);
     let login = app.login("squatter", &password).await;
-    assert_problem(login, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert_refused(login, INVALID_CREDENTIALS).await;
     let refresh = app
         .refresh(squatter["refresh_token"].as_str().unwrap())
         .await;
-    assert_problem(refresh, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_refused(refresh, INVALID_REFRESH_TOKEN).await;
     let old_access = app.me(squatter["access_token"].as_str().unwrap()).await;
     assert_eq!(old_access.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn an_unverified_address_never_takes_over_an_existing_account() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let password = register(&app, "holder", "unverified.holder@example.com").await;
     let before: (Option<String>, bool, i32) = sqlx::query_as(
         "SELECT password_hash, email_verified, token_version FROM users WHERE username = 'holder'",
@@ -513,8 +523,7 @@ async fn an_unverified_address_never_takes_over_an_existing_account() {
 
 #[tokio::test]
 async fn an_unverified_address_without_an_account_creates_nothing_and_answers_alike() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let response = sign_in(&app, "unverified.newcomer@example.com").await;
     assert_problem(response, StatusCode::CONFLICT, "oauth_email_unverified").await;
     assert_eq!((user_count(&app).await, identity_count(&app).await), (0, 0));
@@ -522,8 +531,7 @@ async fn an_unverified_address_without_an_account_creates_nothing_and_answers_al
 
 #[tokio::test]
 async fn a_bad_or_missing_state_is_refused() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let browser = browser();
     let authorize = start_sign_in(&app, &browser, "acme").await;
     let callback = through_provider(&browser, authorize, "someone@example.com").await;
@@ -549,8 +557,7 @@ async fn a_bad_or_missing_state_is_refused() {
 
 #[tokio::test]
 async fn a_state_works_once() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let browser = browser();
     let authorize = start_sign_in(&app, &browser, "acme").await;
     let callback = through_provider(&browser, authorize, "once@example.com").await;
@@ -581,8 +588,7 @@ fn state_key(app: &TestApp, state: &str) -> String {
 
 #[tokio::test]
 async fn a_replayed_code_is_refused_and_signs_nothing_in() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (provider, app) = provider_and_app().await;
     let browser = browser();
     let response = browser
         .get(app.url("/api/v1/auth/oauth/acme/authorize"))
@@ -656,8 +662,7 @@ async fn a_replayed_code_is_refused_and_signs_nothing_in() {
 
 #[tokio::test]
 async fn a_callback_without_this_browsers_cookie_is_refused() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
 
     // Another browser (an attacker's link, login CSRF): no cookie.
     let browser = browser();
@@ -689,8 +694,7 @@ async fn a_callback_without_this_browsers_cookie_is_refused() {
 
 #[tokio::test]
 async fn a_provider_error_is_refused() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let browser = browser();
     let authorize = start_sign_in(&app, &browser, "acme").await;
     let state = query(&authorize)["state"].clone();
@@ -707,8 +711,7 @@ async fn a_provider_error_is_refused() {
 
 #[tokio::test]
 async fn an_answer_naming_another_issuer_is_refused() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let browser = browser();
     let authorize = start_sign_in(&app, &browser, "acme").await;
     let mut callback = through_provider(&browser, authorize, "mixup@example.com").await;
@@ -728,8 +731,7 @@ async fn an_answer_naming_another_issuer_is_refused() {
 
 #[tokio::test]
 async fn a_disabled_account_gets_the_same_401_as_login() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let user = me(&app, &signed_in(&app, "disabled@example.com").await).await;
     sqlx::query("UPDATE users SET is_active = false WHERE id = $1")
         .bind(uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap())
@@ -737,13 +739,12 @@ async fn a_disabled_account_gets_the_same_401_as_login() {
         .await
         .unwrap();
     let response = sign_in(&app, "disabled@example.com").await;
-    assert_problem(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert_refused(response, INVALID_CREDENTIALS).await;
 }
 
 #[tokio::test]
 async fn an_account_with_2fa_on_is_asked_for_its_second_factor() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (_provider, app) = provider_and_app().await;
     let existing = app.create_user(keel_shared::domain::Role::User).await;
     sqlx::query("UPDATE users SET two_fa_enabled = true WHERE id = $1")
         .bind(existing.user.id)
@@ -771,12 +772,7 @@ async fn a_provider_that_is_down_answers_503_for_its_own_routes_only() {
     let down = format!("http://127.0.0.1:{}", testing::free_port());
     let app = app_for_issuer(&down).await;
     let response = app.get("/api/v1/auth/oauth/acme/authorize").await;
-    let problem = assert_problem(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "oauth_provider_unavailable",
-    )
-    .await;
+    let problem = assert_refused(response, PROVIDER_DOWN).await;
     assert!(problem.detail.contains("Acme SSO"), "{problem:?}");
     let list = app.get("/api/v1/auth/oauth/providers").await;
     assert_eq!(list.status(), StatusCode::OK, "the list needs no provider");
@@ -784,19 +780,13 @@ async fn a_provider_that_is_down_answers_503_for_its_own_routes_only() {
 
 #[tokio::test]
 async fn a_provider_going_down_mid_sign_in_answers_503() {
-    let provider = TestProvider::start().await;
-    let app = app_with(&provider).await;
+    let (provider, app) = provider_and_app().await;
     let browser = browser();
     let authorize = start_sign_in(&app, &browser, "acme").await;
     let callback = through_provider(&browser, authorize, "late@example.com").await;
     drop(provider);
     let response = finish(&app, &browser, &callback).await;
-    assert_problem(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "oauth_provider_unavailable",
-    )
-    .await;
+    assert_refused(response, PROVIDER_DOWN).await;
     assert_eq!(user_count(&app).await, 0);
 }
 
@@ -807,8 +797,35 @@ async fn an_unknown_provider_is_404() {
         "/api/v1/auth/oauth/nope/authorize",
         "/api/v1/auth/oauth/nope/callback?code=x&state=y",
     ] {
-        assert_problem(app.get(path).await, StatusCode::NOT_FOUND, "not_found").await;
+        assert_refused(app.get(path).await, NOT_FOUND).await;
     }
+}
+
+/// Where a preset's authorize redirect must send the browser.
+struct Expected {
+    host: &'static str,
+    path: &'static str,
+    scope: &'static str,
+    client_id: &'static str,
+    redirect_uri: &'static str,
+}
+
+/// Asserts `url` goes to the provider `expected` names, over https, as its
+/// client, back to the callback, with PKCE by S256; returns its query.
+fn assert_authorize_url(
+    url: &Url,
+    expected: &Expected,
+) -> std::collections::HashMap<String, String> {
+    let what = expected.host;
+    assert_eq!(url.scheme(), "https", "{what}");
+    assert_eq!(url.host_str(), Some(expected.host), "{what}");
+    assert_eq!(url.path(), expected.path, "{what}");
+    let params = query(url);
+    assert_eq!(params["scope"], expected.scope, "{what}");
+    assert_eq!(params["client_id"], expected.client_id, "{what}");
+    assert_eq!(params["redirect_uri"], expected.redirect_uri, "{what}");
+    assert_eq!(params["code_challenge_method"], "S256", "{what}");
+    params
 }
 
 /// The authorize redirect of a preset, which needs no network.
@@ -835,19 +852,16 @@ async fn the_google_preset_sends_browsers_to_google_with_openid_email_profile() 
         "google",
     )
     .await;
-    assert_eq!(url.scheme(), "https");
-    assert_eq!(url.host_str(), Some("accounts.google.com"));
-    assert_eq!(url.path(), "/o/oauth2/v2/auth");
-    let params = query(&url);
-    assert_eq!(params["scope"], "openid email profile");
-    assert_eq!(params["client_id"], "1234-abc.apps.googleusercontent.com");
+    let expected = Expected {
+        host: "accounts.google.com",
+        path: "/o/oauth2/v2/auth",
+        scope: "openid email profile",
+        client_id: "1234-abc.apps.googleusercontent.com",
+        // Unset OAUTH_REDIRECT_URI: APP_BASE_URL's (the default http://localhost:8000).
+        redirect_uri: "http://localhost:8000/api/v1/auth/oauth/google/callback",
+    };
+    let params = assert_authorize_url(&url, &expected);
     assert_eq!(params["response_type"], "code");
-    // Unset OAUTH_REDIRECT_URI: APP_BASE_URL's (the default http://localhost:8000).
-    assert_eq!(
-        params["redirect_uri"],
-        "http://localhost:8000/api/v1/auth/oauth/google/callback"
-    );
-    assert_eq!(params["code_challenge_method"], "S256");
     for param in ["code_challenge", "state", "nonce"] {
         assert!(
             params.get(param).is_some_and(|v| !v.is_empty()),
@@ -870,17 +884,14 @@ async fn the_github_preset_sends_browsers_to_github_with_its_scopes() {
         "github",
     )
     .await;
-    assert_eq!(url.scheme(), "https");
-    assert_eq!(url.host_str(), Some("github.com"));
-    assert_eq!(url.path(), "/login/oauth/authorize");
-    let params = query(&url);
-    assert_eq!(params["scope"], "read:user user:email");
-    assert_eq!(params["client_id"], "Iv1.0123456789abcdef");
-    assert_eq!(
-        params["redirect_uri"],
-        "https://keel.example.com/api/v1/auth/oauth/github/callback"
-    );
-    assert_eq!(params["code_challenge_method"], "S256");
+    let expected = Expected {
+        host: "github.com",
+        path: "/login/oauth/authorize",
+        scope: "read:user user:email",
+        client_id: "Iv1.0123456789abcdef",
+        redirect_uri: "https://keel.example.com/api/v1/auth/oauth/github/callback",
+    };
+    let params = assert_authorize_url(&url, &expected);
     assert!(params.get("state").is_some_and(|s| !s.is_empty()));
     assert!(
         !params.contains_key("nonce"),

@@ -2,60 +2,36 @@
 
 use std::time::{Duration, Instant};
 
-use keel_testing::SmtpServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::assert_problem,
-    pipeline::{Stack, mail_stack},
+    helpers::{TestApp, assert_invalid},
+    mail::{assert_subject, reset_token_in},
+    pipeline::{Stack, unlimited_mail_stack},
+    refusals::{INVALID_EMAIL_TOKEN, assert_refused},
 };
 
 const LONG: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse battery staple";
 
-pub(crate) fn token_in(message: &str) -> String {
-    let unfolded = message
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
-    let start = unfolded
-        .find("reset-password?token=")
-        .unwrap_or_else(|| panic!("no link in {message}"))
-        + "reset-password?token=".len();
-    let found = unfolded[start..]
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
-        .next()
-        .unwrap()
-        .to_owned();
-    keel_testing::record_secret(found.rsplit('=').next().unwrap_or_default());
-    found
+/// Registers `name` at `name@example.com` with [`PASSWORD`].
+async fn register(app: &TestApp, name: &str) -> reqwest::Response {
+    let email = format!("{name}@example.com");
+    app.register(&json!({"username": name, "email": email, "password": PASSWORD}))
+        .await
 }
 
 #[tokio::test]
 async fn a_reset_token_sets_the_password_once_and_ends_every_session() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
-    let response = app
-        .register(&json!({"username": "rita", "email": "rita@example.com", "password": PASSWORD}))
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
+    assert_eq!(register(app, "rita").await.status(), StatusCode::CREATED);
     smtp.wait_for(1, LONG).await; // the verification mail
-    let session: Value = app.login("rita", PASSWORD).await.json().await.unwrap();
+    let session = app.login_json("rita", PASSWORD).await;
 
     // Known and unknown addresses get the same answer.
-    let known = app
-        .post_json(
-            "/api/v1/auth/password-reset/request",
-            &json!({"email": "RITA@example.com"}),
-        )
-        .await;
-    let unknown = app
-        .post_json(
-            "/api/v1/auth/password-reset/request",
-            &json!({"email": "nobody@example.com"}),
-        )
-        .await;
+    let known = app.request_password_reset("RITA@example.com").await;
+    let unknown = app.request_password_reset("nobody@example.com").await;
     assert_eq!(known.status(), StatusCode::ACCEPTED);
     assert_eq!(unknown.status(), StatusCode::ACCEPTED);
     assert_eq!(
@@ -65,36 +41,18 @@ async fn a_reset_token_sets_the_password_once_and_ends_every_session() {
 
     let messages = smtp.wait_for(2, LONG).await;
     let reset = &messages[1];
-    assert!(reset.contains("Subject: Reset your password"), "{reset}");
-    let token = token_in(reset);
+    assert_subject(reset, "Reset your password");
+    let token = reset_token_in(reset);
 
-    assert_problem(
-        app.post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": token, "new_password": "short"}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    assert_invalid(app.confirm_password_reset(&token, "short").await).await;
     let new_password = "a brand new passphrase 42";
-    let confirmed = app
-        .post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": token, "new_password": new_password}),
-        )
-        .await;
+    let confirmed = app.confirm_password_reset(&token, new_password).await;
     assert_eq!(confirmed.status(), StatusCode::OK);
 
-    assert_problem(
-        app.post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": token, "new_password": "yet another passphrase"}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
+    assert_refused(
+        app.confirm_password_reset(&token, "yet another passphrase")
+            .await,
+        INVALID_EMAIL_TOKEN,
     )
     .await;
     let refreshed = app
@@ -114,53 +72,36 @@ async fn a_reset_token_sets_the_password_once_and_ends_every_session() {
     );
 
     let messages = smtp.wait_for(3, LONG).await;
-    assert!(
-        messages[2].contains("Subject: Your password was changed"),
-        "{}",
-        messages[2]
-    );
+    assert_subject(&messages[2], "Your password was changed");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.messages().len(), 3, "nothing for the unknown address");
 }
 
 #[tokio::test]
 async fn an_expired_reset_token_is_refused() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
-    app.register(&json!({"username": "otto", "email": "otto@example.com", "password": PASSWORD}))
-        .await;
-    app.post_json(
-        "/api/v1/auth/password-reset/request",
-        &json!({"email": "otto@example.com"}),
-    )
-    .await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
+    register(app, "otto").await;
+    app.request_password_reset("otto@example.com").await;
     let messages = smtp.wait_for(2, LONG).await;
     let reset = messages
         .iter()
         .find(|m| m.contains("Subject: Reset your password"))
         .unwrap();
-    sqlx::query("UPDATE email_tokens SET expires_at = now() - interval '1 second'")
-        .execute(app.pool())
-        .await
-        .unwrap();
-    assert_problem(
-        app.post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": token_in(reset), "new_password": "a brand new passphrase 42"}),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
+    app.execute("UPDATE email_tokens SET expires_at = now() - interval '1 second'")
+        .await;
+    let token = reset_token_in(reset);
+    assert_refused(
+        app.confirm_password_reset(&token, "a brand new passphrase 42")
+            .await,
+        INVALID_EMAIL_TOKEN,
     )
     .await;
 }
 
 #[tokio::test]
 async fn known_and_unknown_addresses_take_the_same_time() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
-    app.register(&json!({"username": "tess", "email": "tess@example.com", "password": PASSWORD}))
-        .await;
+    let (Stack { app, worker: _w }, _smtp) = &unlimited_mail_stack().await;
+    register(app, "tess").await;
     // Medians of a few requests each: the answer comes before any lookup.
     let median = |email: &'static str| {
         let app = &app;
@@ -168,12 +109,7 @@ async fn known_and_unknown_addresses_take_the_same_time() {
             let mut times = Vec::new();
             for _ in 0..7 {
                 let started = Instant::now();
-                let response = app
-                    .post_json(
-                        "/api/v1/auth/password-reset/request",
-                        &json!({"email": email}),
-                    )
-                    .await;
+                let response = app.request_password_reset(email).await;
                 assert_eq!(response.status(), StatusCode::ACCEPTED);
                 times.push(started.elapsed());
             }

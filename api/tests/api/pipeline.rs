@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_shared::domain::Role;
 use keel_worker::app::Worker;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,14 @@ pub async fn mail_stack(smtp: &keel_testing::SmtpServer, extra: &[&str]) -> Stac
     stack_with(&flags).await
 }
 
+/// A [`mail_stack`] without the general rate limit (its tests sign in
+/// many times), and the SMTP server it mails to; the stack drops first.
+pub async fn unlimited_mail_stack() -> (Stack, keel_testing::SmtpServer) {
+    let smtp = keel_testing::SmtpServer::start().await;
+    let stack = mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    (stack, smtp)
+}
+
 /// The API with `flags`, and a worker on its database and Redis prefix.
 pub async fn stack_with(flags: &[&str]) -> Stack {
     let app = spawn_app_with(flags).await;
@@ -61,9 +69,28 @@ pub async fn stack_with(flags: &[&str]) -> Stack {
 }
 
 async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> Value {
-    let response = app.send(Method::POST, path, &user.token, Some(body)).await;
+    let response = app.post_as(path, &user.token, body).await;
     assert!(response.status().is_success(), "{}", response.status());
     response.json().await.unwrap()
+}
+
+/// A task of `user`'s created over HTTP from `body`, run by the worker
+/// until it reaches `status`: its id and its state then.
+async fn run_until(app: &TestApp, user: &TestUser, body: &Value, status: &str) -> (String, Value) {
+    let task = post(app, "/api/v1/tasks", user, body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let state = wait_for(app, user, &id, status).await;
+    (id, state)
+}
+
+/// The `to_status` of each entry of a task's history, oldest first.
+fn history(detail: &Value) -> Vec<&str> {
+    detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to_status"].as_str().unwrap())
+        .collect()
 }
 
 /// Polls `GET /tasks/{id}/status` until `status`.
@@ -86,32 +113,16 @@ async fn wait_for(app: &TestApp, user: &TestUser, id: &str, status: &str) -> Val
 async fn a_task_created_over_http_runs_on_a_worker_and_reports_back() {
     let Stack { app, worker: _w } = &stack().await;
     let user = app.create_user(Role::User).await;
-    let task = post(
-        app,
-        "/api/v1/tasks",
-        &user,
-        &json!({"name": "greet", "kind": "echo", "payload": {"hello": "world"}}),
-    )
-    .await;
-    let id = task["id"].as_str().unwrap();
-    let state = wait_for(app, &user, id, "completed").await;
+    let greet = json!({"name": "greet", "kind": "echo", "payload": {"hello": "world"}});
+    let (id, state) = run_until(app, &user, &greet, "completed").await;
     assert_eq!(state["attempts"], 1);
 
-    let detail: Value = app
-        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
     assert_eq!(detail["result"], json!({"hello": "world"}));
     assert_eq!(detail["progress"], 100);
-    let path: Vec<&str> = detail["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["to_status"].as_str().unwrap())
-        .collect();
-    assert_eq!(path, ["pending", "running", "completed"]);
+    assert_eq!(history(&detail), ["pending", "running", "completed"]);
 
     // The Celery-era client sees the same run.
     let celery = post(
@@ -123,15 +134,12 @@ async fn a_task_created_over_http_runs_on_a_worker_and_reports_back() {
     .await;
     let celery_id = celery["task_id"].as_str().unwrap();
     wait_for(app, &user, celery_id, "completed").await;
-    let status: Value = app
-        .get_as(
+    let status = app
+        .get_json(
             &format!("/api/v1/celery/task-status/{celery_id}"),
             &user.token,
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status["status"], "completed");
     assert_eq!(status["result"], json!({"message": "hi"}));
 }
@@ -140,35 +148,23 @@ async fn a_task_created_over_http_runs_on_a_worker_and_reports_back() {
 async fn a_failed_task_retried_over_http_runs_again_with_fresh_attempts() {
     let Stack { app, worker: _w } = &stack().await;
     let user = app.create_user(Role::User).await;
-    let task = post(
-        app,
-        "/api/v1/tasks",
-        &user,
-        &json!({"name": "doomed", "kind": "fail", "payload": {"message": "nope"}, "max_attempts": 2}),
-    )
-    .await;
-    let id = task["id"].as_str().unwrap();
-    let failed = wait_for(app, &user, id, "failed").await;
+    let doomed = json!({"name": "doomed", "kind": "fail", "payload": {"message": "nope"}, "max_attempts": 2});
+    let (id, failed) = run_until(app, &user, &doomed, "failed").await;
     assert_eq!(failed["attempts"], 2);
 
     let retried = post(app, &format!("/api/v1/tasks/{id}/retry"), &user, &json!({})).await;
     assert_eq!(retried["status"], "pending");
     assert_eq!(retried["attempts"], 0);
-    let again = wait_for(app, &user, id, "failed").await;
+    let again = wait_for(app, &user, &id, "failed").await;
     assert_eq!(again["attempts"], 2, "a retry gets a fresh set of attempts");
 
-    let detail: Value = app
-        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
     assert_eq!(detail["error"], "nope");
-    let failures = detail["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["to_status"] == "failed")
+    let failures = history(&detail)
+        .into_iter()
+        .filter(|to| *to == "failed")
         .count();
     assert_eq!(failures, 2, "{detail}");
 }

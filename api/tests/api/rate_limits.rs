@@ -4,7 +4,34 @@ use keel_shared::domain::Role;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_problem, registration, spawn_app_with, spawn_app_without_redis};
+use crate::{
+    helpers::{TestApp, registration, retry_after, spawn_app_with, spawn_app_without_redis},
+    refusals::{RATE_LIMITED, SERVICE_UNAVAILABLE, assert_refused},
+};
+
+/// A registration as if from `ip`, by a proxy's `X-Forwarded-For`.
+async fn register_from(app: &TestApp, ip: &str) -> StatusCode {
+    let response = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .header("x-forwarded-for", ip)
+        .json(&registration())
+        .send()
+        .await
+        .unwrap();
+    response.status()
+}
+
+/// Asserts twelve registrations from one client were ten in, then refused.
+fn assert_ten_got_in(statuses: &[StatusCode], what: &str) {
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED);
+    assert_eq!(created.count(), 10, "{what}: {statuses:?}");
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{what}"
+    );
+}
 
 #[tokio::test]
 async fn responses_carry_rate_limit_headers_and_429_comes_with_retry_after() {
@@ -17,13 +44,9 @@ async fn responses_carry_rate_limit_headers_and_429_comes_with_retry_after() {
     app.me(&alice.token).await;
     app.me(&alice.token).await;
     let limited = app.me(&alice.token).await;
-    let retry_after: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after(&limited);
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_refused(limited, RATE_LIMITED).await;
 
     // Per user: another user has a budget of their own.
     let bob = app.create_user(Role::User).await;
@@ -52,16 +75,12 @@ async fn ten_failed_logins_lock_the_account_for_the_window() {
         );
     }
     let locked = app.login(&alice.user.email, &alice.password).await;
-    let retry_after: u64 = locked.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = retry_after(&locked);
     assert!(
         retry_after > 800 && retry_after <= 900,
         "until the 15-minute window passes: {retry_after}"
     );
-    assert_problem(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_refused(locked, RATE_LIMITED).await;
     // Another account is not locked.
     let bob = app.create_user(Role::User).await;
     assert_eq!(
@@ -77,34 +96,16 @@ async fn registrations_per_ip_are_limited() {
     for _ in 0..12 {
         statuses.push(app.register(&registration()).await.status());
     }
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == StatusCode::CREATED)
-            .count(),
-        10,
-        "{statuses:?}"
-    );
-    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+    assert_ten_got_in(&statuses, "one client");
 }
 
 #[tokio::test]
 async fn forwarded_for_counts_only_from_trusted_proxies() {
-    let register_from = |app: &crate::helpers::TestApp, ip: &str| {
-        app.client
-            .post(app.url("/api/v1/auth/register"))
-            .header("x-forwarded-for", ip)
-            .json(&registration())
-            .send()
-    };
     // Untrusted: the header is ignored, so rotating it does not escape the limit.
     let direct = spawn_app_with(&[]).await;
     let mut limited = false;
     for i in 0..12 {
-        limited |= register_from(&direct, &format!("198.51.100.{i}"))
-            .await
-            .unwrap()
-            .status()
+        limited |= register_from(&direct, &format!("198.51.100.{i}")).await
             == StatusCode::TOO_MANY_REQUESTS;
     }
     assert!(
@@ -115,10 +116,7 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     // Behind a trusted proxy (loopback here), each client has its own budget.
     let proxied = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
     for i in 0..12 {
-        let status = register_from(&proxied, &format!("198.51.100.{i}"))
-            .await
-            .unwrap()
-            .status();
+        let status = register_from(&proxied, &format!("198.51.100.{i}")).await;
         assert_eq!(status, StatusCode::CREATED, "client {i}");
     }
 }
@@ -126,33 +124,15 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
 #[tokio::test]
 async fn ipv6_clients_share_a_budget_per_64() {
     let app = spawn_app_with(&["--trusted-proxies", "127.0.0.1/32"]).await;
-    let register_from = |ip: String| {
-        app.client
-            .post(app.url("/api/v1/auth/register"))
-            .header("x-forwarded-for", ip)
-            .json(&registration())
-            .send()
-    };
     // Twelve addresses of one /64, as a host with privacy extensions picks them.
     let mut statuses = Vec::new();
     for i in 0..12 {
         let ip = format!("2001:db8:7:1:{i:x}:{:x}::{:x}", i * 7 + 1, i + 3);
-        statuses.push(register_from(ip).await.unwrap().status());
+        statuses.push(register_from(&app, &ip).await);
     }
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == StatusCode::CREATED)
-            .count(),
-        10,
-        "one /64 is one client: {statuses:?}"
-    );
-    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+    assert_ten_got_in(&statuses, "one /64 is one client");
     // The next /64 is another client.
-    let status = register_from("2001:db8:7:2::1".to_owned())
-        .await
-        .unwrap()
-        .status();
+    let status = register_from(&app, "2001:db8:7:2::1").await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
@@ -178,19 +158,9 @@ async fn with_redis_down_sign_in_fails_closed_and_the_rest_stays_open() {
     let app = spawn_app_without_redis().await;
     let alice = app.create_user(Role::User).await;
     let login = app.login(&alice.user.username, &alice.password).await;
-    assert_problem(
-        login,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-    )
-    .await;
+    assert_refused(login, SERVICE_UNAVAILABLE).await;
     let register = app.register(&registration()).await;
-    assert_problem(
-        register,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-    )
-    .await;
+    assert_refused(register, SERVICE_UNAVAILABLE).await;
     let refresh = app
         .post_json("/api/v1/auth/refresh", &json!({"refresh_token": "x"}))
         .await;
@@ -273,30 +243,17 @@ async fn a_login_429_carries_the_login_limit_not_the_general_one() {
 async fn change_password_guesses_lock_too() {
     let app = spawn_app_with(&[]).await;
     let alice = app.create_user(Role::User).await;
-    let body =
-        json!({"current_password": "a wrong guess", "new_password": "another long passphrase"});
+    let new = "another long passphrase";
     for _ in 0..10 {
         let response = app
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/auth/change-password",
-                &alice.token,
-                Some(&body),
-            )
+            .change_password(&alice.token, "a wrong guess", new)
             .await;
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
-    let right =
-        json!({"current_password": alice.password, "new_password": "another long passphrase"});
     let locked = app
-        .send(
-            reqwest::Method::POST,
-            "/api/v1/auth/change-password",
-            &alice.token,
-            Some(&right),
-        )
+        .change_password(&alice.token, &alice.password, new)
         .await;
-    assert_problem(locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_refused(locked, RATE_LIMITED).await;
 }
 
 #[tokio::test]

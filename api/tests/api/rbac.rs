@@ -17,163 +17,46 @@ const PASSWORD: &str = "the rbac table password";
 const CALLERS: [&str; 5] = ["anonymous", "user", "admin", "superadmin", "user api key"];
 
 /// (method, path, body, expected status per caller). `{victim}` is another
-/// user; `{key}` is another API key of the caller.
+/// user; `{key}` is another API key of the caller. One row a line.
+#[rustfmt::skip]
 fn table() -> Vec<(Method, &'static str, Option<Value>, [u16; 5])> {
+    // The answers per caller the rows share, named for who gets through.
+    const SIGNED_IN: [u16; 5] = [401, 200, 200, 200, 200];
+    const ADMINS: [u16; 5] = [401, 403, 200, 200, 403];
+    const ADMINS_SEE_OTHERS: [u16; 5] = [401, 404, 200, 200, 404];
+    const SUPERADMINS: [u16; 5] = [401, 403, 403, 200, 403];
+    const ADMINS_DELETE: [u16; 5] = [401, 403, 204, 204, 403];
+    const NOT_BY_KEY: [u16; 5] = [401, 200, 200, 200, 403];
     let bio = Some(json!({"bio": "hello"}));
     let role = Some(json!({"role": "admin"}));
+    let new_password =
+        json!({"current_password": PASSWORD, "new_password": "a new rbac table password"});
     vec![
-        (
-            Method::GET,
-            "/api/v1/users/me",
-            None,
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::PATCH,
-            "/api/v1/users/me",
-            bio.clone(),
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::GET,
-            "/api/v1/auth/me",
-            None,
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::GET,
-            "/api/v1/users",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/users/role/user",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/users/{victim}",
-            None,
-            [401, 404, 200, 200, 404],
-        ),
-        (
-            Method::GET,
-            "/api/v1/users/get/{victim}",
-            None,
-            [401, 404, 200, 200, 404],
-        ),
-        (
-            Method::PATCH,
-            "/api/v1/users/{victim}",
-            bio.clone(),
-            [401, 404, 200, 200, 404],
-        ),
-        (
-            Method::PUT,
-            "/api/v1/users/update/{victim}",
-            bio,
-            [401, 404, 200, 200, 404],
-        ),
-        (
-            Method::PUT,
-            "/api/v1/users/{victim}/role",
-            role.clone(),
-            [401, 403, 403, 200, 403],
-        ),
-        (
-            Method::PUT,
-            "/api/v1/users/update/{victim}/role",
-            role,
-            [401, 403, 403, 200, 403],
-        ),
-        (
-            Method::DELETE,
-            "/api/v1/users/{victim}",
-            None,
-            [401, 403, 204, 204, 403],
-        ),
-        (
-            Method::DELETE,
-            "/api/v1/users/delete/{victim}",
-            None,
-            [401, 403, 204, 204, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/api-keys",
-            None,
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(json!({"name": "k"})),
-            [401, 201, 201, 201, 403],
-        ),
-        (
-            Method::POST,
-            "/api/v1/api-keys/{key}/regenerate",
-            None,
-            [401, 200, 200, 200, 403],
-        ),
-        (
-            Method::DELETE,
-            "/api/v1/api-keys/{key}",
-            None,
-            [401, 204, 204, 204, 204],
-        ),
-        (
-            Method::POST,
-            "/api/v1/tasks",
-            Some(json!({"name": "t"})),
-            [401, 201, 201, 201, 201],
-        ),
-        (
-            Method::GET,
-            "/api/v1/tasks",
-            None,
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::GET,
-            "/api/v1/tasks/kinds",
-            None,
-            [401, 200, 200, 200, 200],
-        ),
-        (
-            Method::GET,
-            "/api/v1/tasks?user_id={victim}",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/admin/workers",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/admin/queues",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/api/v1/admin/stats",
-            None,
-            [401, 403, 200, 200, 403],
-        ),
-        (
-            Method::POST,
-            "/api/v1/auth/change-password",
-            Some(
-                json!({"current_password": PASSWORD, "new_password": "a new rbac table password"}),
-            ),
-            [401, 200, 200, 200, 403],
-        ),
+        (Method::GET, "/api/v1/users/me", None, SIGNED_IN),
+        (Method::PATCH, "/api/v1/users/me", bio.clone(), SIGNED_IN),
+        (Method::GET, "/api/v1/auth/me", None, SIGNED_IN),
+        (Method::GET, "/api/v1/users", None, ADMINS),
+        (Method::GET, "/api/v1/users/role/user", None, ADMINS),
+        (Method::GET, "/api/v1/users/{victim}", None, ADMINS_SEE_OTHERS),
+        (Method::GET, "/api/v1/users/get/{victim}", None, ADMINS_SEE_OTHERS),
+        (Method::PATCH, "/api/v1/users/{victim}", bio.clone(), ADMINS_SEE_OTHERS),
+        (Method::PUT, "/api/v1/users/update/{victim}", bio, ADMINS_SEE_OTHERS),
+        (Method::PUT, "/api/v1/users/{victim}/role", role.clone(), SUPERADMINS),
+        (Method::PUT, "/api/v1/users/update/{victim}/role", role, SUPERADMINS),
+        (Method::DELETE, "/api/v1/users/{victim}", None, ADMINS_DELETE),
+        (Method::DELETE, "/api/v1/users/delete/{victim}", None, ADMINS_DELETE),
+        (Method::GET, "/api/v1/api-keys", None, SIGNED_IN),
+        (Method::POST, "/api/v1/api-keys", Some(json!({"name": "k"})), [401, 201, 201, 201, 403]),
+        (Method::POST, "/api/v1/api-keys/{key}/regenerate", None, NOT_BY_KEY),
+        (Method::DELETE, "/api/v1/api-keys/{key}", None, [401, 204, 204, 204, 204]),
+        (Method::POST, "/api/v1/tasks", Some(json!({"name": "t"})), [401, 201, 201, 201, 201]),
+        (Method::GET, "/api/v1/tasks", None, SIGNED_IN),
+        (Method::GET, "/api/v1/tasks/kinds", None, SIGNED_IN),
+        (Method::GET, "/api/v1/tasks?user_id={victim}", None, ADMINS),
+        (Method::GET, "/api/v1/admin/workers", None, ADMINS),
+        (Method::GET, "/api/v1/admin/queues", None, ADMINS),
+        (Method::GET, "/api/v1/admin/stats", None, ADMINS),
+        (Method::POST, "/api/v1/auth/change-password", Some(new_password), NOT_BY_KEY),
     ]
 }
 

@@ -11,12 +11,14 @@ use reqwest::{
     header::{self},
     multipart::{Form, Part},
 };
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    helpers::{TestApp, assert_problem, spawn_app_with},
-    uploads::{assert_gone, delete_file, get_range, hex, part, upload},
+    helpers::{TestApp, spawn_app_with},
+    refusals::{SERVICE_UNAVAILABLE, assert_refused},
+    uploads::{
+        assert_gone, delete_file, get_range, hex, items_of, part, upload, upload_one, uploaded,
+    },
 };
 
 /// A file part whose claimed type says nothing.
@@ -71,11 +73,7 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
             .part("file", octets("large.bin", &large)),
     )
     .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let items = response.json::<Value>().await.unwrap()["items"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let items = items_of(response).await;
     assert_eq!(items.len(), 2);
     let (small_file, large_file) = (&items[0], &items[1]);
     assert_eq!(small_file["size"], small.len());
@@ -90,19 +88,11 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
     assert_eq!(keys, expected, "one object per file, under files/");
     assert_local_dir_unused(&app);
 
-    let list: Value = app
-        .get_as("/api/v1/files", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = app.get_json("/api/v1/files", &user.token).await;
     assert_eq!(list["total"], 2);
-    let meta: Value = app
-        .get_as(&format!("/api/v1/files/{}", ids[1]), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta = app
+        .get_json(&format!("/api/v1/files/{}", ids[1]), &user.token)
+        .await;
     assert_eq!(&meta, large_file);
 
     // Whole: the same bytes, streamed back from the bucket.
@@ -134,10 +124,8 @@ async fn files_are_uploaded_listed_downloaded_and_deleted_on_s3() {
     assert_eq!(small_body, small);
 
     // Delete: the row, then the object.
-    assert_eq!(
-        delete_file(&app, &user, ids[1]).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    let deleted = delete_file(&app, &user, ids[1]).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_gone(&app, &user, ids[1]).await;
     assert_eq!(
         moto.keys("files/").await,
@@ -154,14 +142,7 @@ async fn two_replicas_share_one_bucket() {
     let user = first.create_user(Role::User).await;
     let bytes = random_bytes(64 * 1024);
 
-    let response = upload(
-        &first,
-        &user,
-        Form::new().part("file", octets("shared.bin", &bytes)),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let file = response.json::<Value>().await.unwrap()["items"][0].clone();
+    let file = uploaded(&first, &user, "shared.bin", &bytes).await;
     let id = file["id"].as_str().unwrap();
 
     let downloaded = second
@@ -169,10 +150,8 @@ async fn two_replicas_share_one_bucket() {
         .await;
     assert_eq!(downloaded.status(), StatusCode::OK);
     assert_eq!(downloaded.bytes().await.unwrap(), bytes);
-    assert_eq!(
-        delete_file(&second, &user, id).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    let deleted = delete_file(&second, &user, id).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert!(moto.keys("files/").await.is_empty());
     assert_local_dir_unused(&first);
 }
@@ -182,44 +161,21 @@ async fn the_store_down_answers_503_not_500() {
     let mut moto = MotoServer::start().await;
     let app = spawn_on(&moto).await;
     let user = app.create_user(Role::User).await;
-    let response = upload(
-        &app,
-        &user,
-        Form::new().part("file", octets("kept.txt", b"kept while the store was up")),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let kept = response.json::<Value>().await.unwrap()["items"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kept = uploaded(&app, &user, "kept.txt", b"kept while the store was up").await;
+    let kept = kept["id"].as_str().unwrap();
 
     moto.stop();
     for (name, bytes) in [
         ("small.txt", b"written while the store is down".to_vec()),
         ("large.bin", random_bytes(LARGE)),
     ] {
-        let response = upload(&app, &user, Form::new().part("file", octets(name, &bytes))).await;
-        assert_problem(
-            response,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-        )
-        .await;
+        let response = upload_one(&app, &user, name, &bytes).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert_refused(response, SERVICE_UNAVAILABLE).await;
     }
-    assert_problem(
-        app.get_as(&format!("/api/v1/files/{kept}/content"), &user.token)
-            .await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-    )
-    .await;
-    let list: Value = app
-        .get_as("/api/v1/files", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let content = format!("/api/v1/files/{kept}/content");
+    assert_refused(app.get_as(&content, &user.token).await, SERVICE_UNAVAILABLE).await;
+    let list = app.get_json("/api/v1/files", &user.token).await;
     assert_eq!(list["total"], 1, "a failed upload records no row");
 }
 
@@ -238,18 +194,8 @@ async fn moto_checks_signatures_so_a_wrong_secret_is_refused() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let app = spawn_app_with(&flags).await;
     let user = app.create_user(Role::User).await;
-    let response = upload(
-        &app,
-        &user,
-        Form::new().part("file", octets("refused.txt", b"signed with the wrong key")),
-    )
-    .await;
-    assert_problem(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-    )
-    .await;
+    let response = upload_one(&app, &user, "refused.txt", b"signed with the wrong key").await;
+    assert_refused(response, SERVICE_UNAVAILABLE).await;
     assert!(moto.keys("").await.is_empty());
 }
 

@@ -13,7 +13,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with};
+use crate::{
+    helpers::{
+        TestApp, TestUser, assert_invalid, assert_names, assert_problem, fields, spawn_app_with,
+    },
+    refusals::{FORBIDDEN, NOT_AUTHENTICATED, assert_refused},
+};
 
 /// Many requests per test: the general rate limit would get in the way.
 async fn spawn() -> TestApp {
@@ -58,24 +63,18 @@ fn at(value: &Value) -> DateTime<Utc> {
         .unwrap()
 }
 
-fn fields(problem: &keel_api::error::Problem) -> Vec<String> {
-    problem
-        .errors
-        .as_ref()
-        .map(|e| e.iter().map(|f| f.field.clone()).collect())
-        .unwrap_or_default()
-}
-
 async fn count(app: &TestApp, table: &str) -> i64 {
     let query = match table {
         "schedules" => "SELECT count(*) FROM schedules",
         "tasks" => "SELECT count(*) FROM tasks",
         other => panic!("no count of {other}"),
     };
-    sqlx::query_scalar(query)
-        .fetch_one(app.pool())
-        .await
-        .unwrap()
+    app.scalar(query).await
+}
+
+/// `PATCH`es the schedule `made` with `body` as `admin`.
+async fn patch(app: &TestApp, made: &Value, admin: &TestUser, body: &Value) -> reqwest::Response {
+    app.patch_as(&path(made), &admin.token, body).await
 }
 
 pub async fn add_system_schedule(app: &TestApp) -> Value {
@@ -89,10 +88,7 @@ pub async fn add_system_schedule(app: &TestApp) -> Value {
     )
     .await
     .unwrap();
-    let id: Uuid = sqlx::query_scalar("SELECT id FROM schedules WHERE system")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let id: Uuid = app.scalar("SELECT id FROM schedules WHERE system").await;
     json!({"id": id})
 }
 
@@ -101,15 +97,11 @@ async fn a_schedule_is_created_read_listed_patched_and_deleted() {
     let app = spawn().await;
     let admin = app.create_user(Role::Admin).await;
 
-    let response = create(
-        &app,
-        &admin,
-        &json!({
-            "name": "  nightly report  ", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
-            "kind": "echo", "payload": {"message": "hi"},
-        }),
-    )
-    .await;
+    let body = json!({
+        "name": "  nightly report  ", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+        "kind": "echo", "payload": {"message": "hi"},
+    });
+    let response = create(&app, &admin, &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let made: Value = response.json().await.unwrap();
@@ -124,10 +116,7 @@ async fn a_schedule_is_created_read_listed_patched_and_deleted() {
     assert!(at(&made["next_run_at"]) > Utc::now());
     assert!(made["last_run_at"].is_null() && made["last_status"].is_null());
     assert!(made.get("owner_id").is_none() && made.get("fire_from").is_none());
-    let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner_id FROM schedules")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let owner: Option<Uuid> = app.scalar("SELECT owner_id FROM schedules").await;
     assert_eq!(owner, Some(admin.user.id), "the creating admin owns it");
 
     let read = app.get_as(&path(&made), &admin.token).await;
@@ -145,14 +134,8 @@ async fn a_schedule_is_created_read_listed_patched_and_deleted() {
     assert_eq!(page["pages"], 1);
     assert_eq!(page["items"][0]["id"], made["id"]);
 
-    let patched = send(
-        &app,
-        Method::PATCH,
-        &path(&made),
-        &admin,
-        Some(&json!({"name": "weekly report", "cron": "0 4 * * 1"})),
-    )
-    .await;
+    let weekly = json!({"name": "weekly report", "cron": "0 4 * * 1"});
+    let patched = patch(&app, &made, &admin, &weekly).await;
     assert_eq!(patched.status(), StatusCode::OK);
     let patched: Value = patched.json().await.unwrap();
     assert_eq!(patched["name"], "weekly report");
@@ -172,7 +155,7 @@ async fn a_schedule_is_created_read_listed_patched_and_deleted() {
         "next_run_at follows the new cron"
     );
 
-    let deleted = send(&app, Method::DELETE, &path(&made), &admin, None).await;
+    let deleted = app.delete_as(&path(&made), &admin.token).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_problem(
         app.get_as(&path(&made), &admin.token).await,
@@ -267,105 +250,36 @@ async fn invalid_schedules_are_422_naming_the_field() {
         }
         body
     };
+    // One case a line: (body, the field named, why it is refused).
+    #[rustfmt::skip]
     let cases = [
         (with(json!({"cron": "0 25 * * *"})), "cron.hour", "hour 25"),
-        (
-            with(json!({"cron": "61 * * * *"})),
-            "cron.minute",
-            "minute 61",
-        ),
-        (
-            with(json!({"cron": "0 0 * * 8"})),
-            "cron.day_of_week",
-            "weekday 8",
-        ),
-        (
-            with(json!({"cron": "61 * * * * *"})),
-            "cron.second",
-            "second 61",
-        ),
+        (with(json!({"cron": "61 * * * *"})), "cron.minute", "minute 61"),
+        (with(json!({"cron": "0 0 * * 8"})), "cron.day_of_week", "weekday 8"),
+        (with(json!({"cron": "61 * * * * *"})), "cron.second", "second 61"),
         (with(json!({"cron": "* * * *"})), "cron", "4 fields"),
         (with(json!({"cron": "* * * * * * *"})), "cron", "7 fields"),
-        (
-            with(json!({"cron": "0 0 30 2 *"})),
-            "cron",
-            "30 February never comes",
-        ),
-        (
-            with(json!({"timezone": "Mars/Olympus"})),
-            "timezone",
-            "no such timezone",
-        ),
-        (
-            with(json!({"timezone": ""})),
-            "timezone",
-            "a blank timezone",
-        ),
+        (with(json!({"cron": "0 0 30 2 *"})), "cron", "30 February never comes"),
+        (with(json!({"timezone": "Mars/Olympus"})), "timezone", "no such timezone"),
+        (with(json!({"timezone": ""})), "timezone", "a blank timezone"),
         (with(json!({"kind": "nope"})), "kind", "unknown kind"),
-        (
-            with(json!({"kind": "abort"})),
-            "kind",
-            "a test-only kind is not offered",
-        ),
-        (
-            with(json!({"kind": "sleep", "payload": {"ms": "soon"}})),
-            "payload.ms",
-            "a payload field has the wrong type",
-        ),
-        (
-            with(json!({"payload": [1]})),
-            "payload",
-            "a payload that is no object",
-        ),
-        (
-            with(json!({"kind": "sleep", "payload": {}})),
-            "payload",
-            "the payload lacks a field",
-        ),
+        (with(json!({"kind": "abort"})), "kind", "a test-only kind is not offered"),
+        (with(json!({"kind": "sleep", "payload": {"ms": "soon"}})), "payload.ms", "a payload field has the wrong type"),
+        (with(json!({"payload": [1]})), "payload", "a payload that is no object"),
+        (with(json!({"kind": "sleep", "payload": {}})), "payload", "the payload lacks a field"),
         (with(json!({"name": "system.x"})), "name", "a reserved name"),
-        (
-            with(json!({"name": "System.X"})),
-            "name",
-            "a reserved name in capitals",
-        ),
+        (with(json!({"name": "System.X"})), "name", "a reserved name in capitals"),
         (with(json!({"name": " "})), "name", "a blank name"),
-        (
-            with(json!({"name": "x".repeat(201)})),
-            "name",
-            "over 200 characters",
-        ),
-        (
-            json!({"cron": "* * * * *", "kind": "noop"}),
-            "name",
-            "no name",
-        ),
+        (with(json!({"name": "x".repeat(201)})), "name", "over 200 characters"),
+        (json!({"cron": "* * * * *", "kind": "noop"}), "name", "no name"),
         (json!({"name": "x", "kind": "noop"}), "cron", "no cron"),
         (json!({"name": "x", "cron": "* * * * *"}), "kind", "no kind"),
-        (
-            with(json!({"owner_id": Uuid::new_v4()})),
-            "owner_id",
-            "an unknown field",
-        ),
-        (
-            with(json!({"enabled": "yes"})),
-            "enabled",
-            "a mistyped field",
-        ),
+        (with(json!({"owner_id": Uuid::new_v4()})), "owner_id", "an unknown field"),
+        (with(json!({"enabled": "yes"})), "enabled", "a mistyped field"),
     ];
     for (body, field, reason) in cases {
-        let problem = assert_problem(
-            create(&app, &admin, &body).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
-        let names = fields(&problem);
-        assert!(
-            names
-                .iter()
-                .any(|f| f == field || f.starts_with(&format!("{field}."))),
-            "{reason}: expected an error on {field}, got {names:?}"
-        );
+        let problem = assert_invalid(create(&app, &admin, &body).await).await;
+        assert_names(&problem, field, reason);
     }
     assert_eq!(count(&app, "schedules").await, 0, "nothing was created");
 }
@@ -374,17 +288,8 @@ async fn invalid_schedules_are_422_naming_the_field() {
 async fn every_invalid_field_is_named_in_one_422() {
     let app = spawn().await;
     let admin = app.create_user(Role::Admin).await;
-    let problem = assert_problem(
-        create(
-            &app,
-            &admin,
-            &json!({"name": "system.all", "cron": "0 25 * * *", "timezone": "Nowhere/Town", "kind": "nope"}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let body = json!({"name": "system.all", "cron": "0 25 * * *", "timezone": "Nowhere/Town", "kind": "nope"});
+    let problem = assert_invalid(create(&app, &admin, &body).await).await;
     let mut names = fields(&problem);
     names.sort();
     assert_eq!(names, ["cron.hour", "kind", "name", "timezone"]);
@@ -395,26 +300,13 @@ async fn a_taken_name_is_409_on_create_and_patch() {
     let app = spawn().await;
     let admin = app.create_user(Role::Admin).await;
     created(&app, &admin, &schedule("daily")).await;
-    assert_problem(
-        create(&app, &admin, &schedule("daily")).await,
-        StatusCode::CONFLICT,
-        "schedule_name_taken",
-    )
-    .await;
+    let again = create(&app, &admin, &schedule("daily")).await;
     let other = created(&app, &admin, &schedule("other")).await;
-    assert_problem(
-        send(
-            &app,
-            Method::PATCH,
-            &path(&other),
-            &admin,
-            Some(&json!({"name": " daily "})),
-        )
-        .await,
-        StatusCode::CONFLICT,
-        "schedule_name_taken",
-    )
-    .await;
+    let renamed = patch(&app, &other, &admin, &json!({"name": " daily "})).await;
+    for (case, response) in [("create", again), ("patch", renamed)] {
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{case}");
+        assert_problem(response, StatusCode::CONFLICT, "schedule_name_taken").await;
+    }
     assert_eq!(count(&app, "schedules").await, 2);
 }
 
@@ -434,32 +326,15 @@ async fn a_patch_is_checked_as_a_create_is() {
         (json!({"system": false}), "system"),
     ];
     for (body, field) in cases {
-        let problem = assert_problem(
-            send(&app, Method::PATCH, &path(&made), &admin, Some(&body)).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
-        assert!(
-            fields(&problem)
-                .iter()
-                .any(|f| f == field || f.starts_with(&format!("{field}."))),
-            "{body}: expected {field}, got {:?}",
-            fields(&problem)
-        );
+        let problem = assert_invalid(patch(&app, &made, &admin, &body).await).await;
+        assert_names(&problem, field, &body.to_string());
     }
-    let now = app.get_as(&path(&made), &admin.token).await;
-    assert_eq!(now.json::<Value>().await.unwrap(), made, "nothing changed");
+    let now = app.get_json(&path(&made), &admin.token).await;
+    assert_eq!(now, made, "nothing changed");
 
     // A kind and a payload that fit each other change together.
-    let response = send(
-        &app,
-        Method::PATCH,
-        &path(&made),
-        &admin,
-        Some(&json!({"kind": "sleep", "payload": {"ms": 5}})),
-    )
-    .await;
+    let fitting = json!({"kind": "sleep", "payload": {"ms": 5}});
+    let response = patch(&app, &made, &admin, &fitting).await;
     assert_eq!(response.status(), StatusCode::OK);
     let patched: Value = response.json().await.unwrap();
     assert_eq!(
@@ -492,13 +367,13 @@ async fn only_admins_may_use_schedules() {
     ];
     for (method, route, body) in &routes {
         let response = send(&app, method.clone(), route, &user, body.as_ref()).await;
-        assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        assert_refused(response, FORBIDDEN).await;
         let mut anonymous = app.client.request(method.clone(), app.url(route));
         if let Some(body) = body {
             anonymous = anonymous.json(body);
         }
         let response = anonymous.send().await.unwrap();
-        assert_problem(response, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+        assert_refused(response, NOT_AUTHENTICATED).await;
     }
     assert_eq!(count(&app, "schedules").await, 1, "nothing was created");
     assert_eq!(count(&app, "tasks").await, 0, "nothing was run");
@@ -538,35 +413,16 @@ async fn a_disabled_schedule_has_no_next_run_and_re_enabling_computes_it() {
     assert_eq!(made["enabled"], false);
     assert!(made["next_run_at"].is_null(), "{made}");
 
-    let fire_from = || async {
-        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT fire_from FROM schedules")
-            .fetch_one(app.pool())
-            .await
-            .unwrap()
-    };
+    let fire_from = || app.scalar::<DateTime<Utc>>("SELECT fire_from FROM schedules");
     let created_from = fire_from().await;
     // A rename is not a reschedule: the timetable keeps its start.
-    let renamed = send(
-        &app,
-        Method::PATCH,
-        &path(&made),
-        &admin,
-        Some(&json!({"name": "still sleepy"})),
-    )
-    .await;
+    let renamed = patch(&app, &made, &admin, &json!({"name": "still sleepy"})).await;
     assert_eq!(renamed.status(), StatusCode::OK);
     assert!(renamed.json::<Value>().await.unwrap()["next_run_at"].is_null());
     assert_eq!(fire_from().await, created_from, "a rename keeps fire_from");
 
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let response = send(
-        &app,
-        Method::PATCH,
-        &path(&made),
-        &admin,
-        Some(&json!({"enabled": true})),
-    )
-    .await;
+    let response = patch(&app, &made, &admin, &json!({"enabled": true})).await;
     assert_eq!(response.status(), StatusCode::OK);
     let enabled: Value = response.json().await.unwrap();
     assert_eq!(enabled["enabled"], true);
@@ -579,14 +435,7 @@ async fn a_disabled_schedule_has_no_next_run_and_re_enabling_computes_it() {
         "re-enabling starts the timetable afresh"
     );
 
-    let response = send(
-        &app,
-        Method::PATCH,
-        &path(&made),
-        &admin,
-        Some(&json!({"enabled": false})),
-    )
-    .await;
+    let response = patch(&app, &made, &admin, &json!({"enabled": false})).await;
     let disabled: Value = response.json().await.unwrap();
     assert!(disabled["next_run_at"].is_null(), "{disabled}");
 }
@@ -598,12 +447,7 @@ async fn system_schedules_are_listed_but_read_only() {
     let system = add_system_schedule(&app).await;
     created(&app, &admin, &schedule("a user schedule")).await;
 
-    let page: Value = app
-        .get_as("/api/v1/schedules", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app.get_json("/api/v1/schedules", &admin.token).await;
     assert_eq!(page["total"], 2);
     assert_eq!(
         page["items"][0]["name"], "system.purge_expired",
@@ -611,12 +455,7 @@ async fn system_schedules_are_listed_but_read_only() {
     );
     assert_eq!(page["items"][0]["system"], true);
     assert_eq!(page["items"][1]["system"], false);
-    let read: Value = app
-        .get_as(&path(&system), &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let read = app.get_json(&path(&system), &admin.token).await;
     assert_eq!(read["system"], true);
 
     let run = format!("{}/run-now", path(&system));
@@ -634,12 +473,7 @@ async fn system_schedules_are_listed_but_read_only() {
         let response = send(&app, method, &route, &admin, body.as_ref()).await;
         assert_problem(response, StatusCode::FORBIDDEN, "schedule_read_only").await;
     }
-    let after: Value = app
-        .get_as(&path(&system), &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after = app.get_json(&path(&system), &admin.token).await;
     assert_eq!(after, read, "untouched");
     assert_eq!(count(&app, "tasks").await, 0);
 }
@@ -654,14 +488,8 @@ async fn run_now_creates_the_schedules_task_and_records_the_run() {
     let made = created(&app, &owner, &body).await;
 
     let before = Utc::now();
-    let response = send(
-        &app,
-        Method::POST,
-        &format!("{}/run-now", path(&made)),
-        &other_admin,
-        None,
-    )
-    .await;
+    let run = format!("{}/run-now", path(&made));
+    let response = app.post_as(&run, &other_admin.token, None).await;
     assert_eq!(
         response.status(),
         StatusCode::CREATED,
@@ -700,12 +528,7 @@ async fn run_now_creates_the_schedules_task_and_records_the_run() {
     let read: Value = read.json().await.unwrap();
     assert_eq!(read["schedule_id"], made["id"]);
 
-    let after: Value = app
-        .get_as(&path(&made), &owner.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after = app.get_json(&path(&made), &owner.token).await;
     assert_eq!(at(&after["last_run_at"]), at(&task["created_at"]));
     assert_eq!(after["last_status"], read["status"]);
     assert!(
@@ -715,17 +538,12 @@ async fn run_now_creates_the_schedules_task_and_records_the_run() {
     assert_eq!(after["enabled"], false);
 
     // The last status is the task's, as it moves on.
-    sqlx::query("UPDATE tasks SET status = 'completed' WHERE id = $1::uuid")
-        .bind(task_id)
-        .execute(app.pool())
-        .await
-        .unwrap();
-    let later: Value = app
-        .get_as(&path(&made), &owner.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    app.execute_with(
+        "UPDATE tasks SET status = 'completed' WHERE id = $1::uuid",
+        task_id,
+    )
+    .await;
+    let later = app.get_json(&path(&made), &owner.token).await;
     assert_eq!(later["last_status"], "completed");
 }
 

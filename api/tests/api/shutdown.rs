@@ -62,12 +62,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         command
     });
     let base = format!("http://127.0.0.1:{port}");
-    testing::wait_for_status(
-        &format!("{base}/api/v1/health/db"),
-        200,
-        Duration::from_secs(20),
-    )
-    .await;
+    let health = format!("{base}/api/v1/health/db");
+    testing::wait_for_status(&health, 200, Duration::from_secs(20)).await;
 
     proxy.set_delay(Duration::from_millis(800));
     let started = Instant::now();

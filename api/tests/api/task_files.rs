@@ -82,12 +82,9 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 /// Polls `GET /tasks/{id}` until the task is finished.
 async fn finished(app: &TestApp, user: &TestUser, id: &str) -> Value {
     for _ in 0..400 {
-        let task: Value = app
-            .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let task = app
+            .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+            .await;
         if ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap()) {
             return task;
         }
@@ -169,12 +166,9 @@ async fn an_export_holds_exactly_its_owner_s_tasks_and_only_they_can_download_it
         "Alice's tasks, newest first; not Bob's, not the export"
     );
     for row in rows {
-        let task: Value = app
-            .get_as(&format!("/api/v1/tasks/{}", row[0]), &alice.token)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let task = app
+            .get_json(&format!("/api/v1/tasks/{}", row[0]), &alice.token)
+            .await;
         let text = |key: &str| task[key].as_str().unwrap_or_default().to_owned();
         let instant = |key: &str| {
             task[key]
@@ -206,12 +200,9 @@ async fn an_export_holds_exactly_its_owner_s_tasks_and_only_they_can_download_it
         "a task that never started has no started_at"
     );
 
-    let file: Value = app
-        .get_as(&format!("/api/v1/files/{file_id}"), &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file = app
+        .get_json(&format!("/api/v1/files/{file_id}"), &alice.token)
+        .await;
     assert_eq!(file["purpose"], "task_output");
     assert_eq!(file["task_id"], export_id);
     assert_eq!(file["owner_id"], alice.user.id.to_string());
@@ -256,15 +247,16 @@ async fn an_export_holds_exactly_its_owner_s_tasks_and_only_they_can_download_it
 /// `user`'s task `kind` as created over HTTP (never run: no worker), and a
 /// context to run it in directly against `app`'s database and storage.
 async fn direct(app: &TestApp, user: &TestUser, payload: Value, attempt: i32) -> (Uuid, Value) {
-    let task = app
-        .created_task(
-            &user.token,
-            &json!({"name": "export", "kind": "export_tasks_csv", "payload": payload}),
-        )
-        .await;
+    let task = export(app, user, payload).await;
     let id: Uuid = task["id"].as_str().unwrap().parse().unwrap();
     let outcome = run(app, user, id, attempt, payload_of(&task)).await;
     (id, outcome.expect("the export succeeds"))
+}
+
+/// An `export_tasks_csv` task of `user`'s with `payload`, created over HTTP.
+async fn export(app: &TestApp, user: &TestUser, payload: Value) -> Value {
+    let body = json!({"name": "export", "kind": "export_tasks_csv", "payload": payload});
+    app.created_task(&user.token, &body).await
 }
 
 fn payload_of(task: &Value) -> Value {
@@ -311,11 +303,8 @@ async fn insert_tasks(app: &TestApp, owner: Uuid, n: i64) {
 
 /// The files rows of task `id`.
 async fn outputs_of(app: &TestApp, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM files WHERE task_id = $1")
-        .bind(id)
-        .fetch_one(app.pool())
+    app.scalar_with("SELECT count(*) FROM files WHERE task_id = $1", id)
         .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -7,15 +7,32 @@ use keel_shared::domain::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_problem, spawn_app_with, spawn_app_without_redis};
+use crate::{
+    helpers::{
+        TestApp, TestUser, assert_invalid, assert_names, assert_problem, fields, send_raw,
+        spawn_app_with, spawn_app_without_redis,
+    },
+    refusals::{
+        FORBIDDEN, MALFORMED_JSON, NOT_AUTHENTICATED, NOT_FOUND, Refusal, SERVICE_UNAVAILABLE,
+        UNSUPPORTED_MEDIA_TYPE, assert_refused,
+    },
+};
 
 /// Many requests per test: the general rate limit would get in the way.
 async fn spawn() -> TestApp {
     spawn_app_with(&["--rate-limit-enabled", "false"]).await
 }
 
-async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> reqwest::Response {
-    app.send(Method::POST, path, &user.token, Some(body)).await
+/// [`spawn`] with at most `cap` unfinished tasks per user.
+async fn spawn_capped(cap: usize) -> TestApp {
+    let cap = cap.to_string();
+    spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--max-unfinished-tasks-per-user",
+        &cap,
+    ])
+    .await
 }
 
 async fn set_status(app: &TestApp, id: &str, status: &str) {
@@ -28,19 +45,19 @@ async fn set_status(app: &TestApp, id: &str, status: &str) {
 }
 
 async fn count_tasks(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM tasks")
-        .fetch_one(app.pool())
-        .await
-        .unwrap()
+    app.scalar("SELECT count(*) FROM tasks").await
 }
 
-fn fields(problem: &keel_api::error::Problem) -> Vec<String> {
-    problem
-        .errors
-        .as_ref()
-        .map(|e| e.iter().map(|f| f.field.clone()).collect())
-        .unwrap_or_default()
+/// The `enqueued_at` of task `id`: set once its job is handed to Redis.
+async fn enqueued_at(app: &TestApp, id: &str) -> Option<chrono::DateTime<Utc>> {
+    app.scalar_with("SELECT enqueued_at FROM tasks WHERE id = $1::uuid", id)
+        .await
 }
+
+/// A create refused by the cap on unfinished tasks.
+const CAPPED: Refusal = (StatusCode::TOO_MANY_REQUESTS, "too_many_unfinished_tasks");
+/// An idempotency key sent again with another request.
+const KEY_REUSED: Refusal = (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch");
 
 #[tokio::test]
 async fn create_with_defaults_answers_201_pending_and_pushes_the_job_to_redis() {
@@ -71,13 +88,10 @@ async fn create_with_defaults_answers_201_pending_and_pushes_the_job_to_redis() 
         1,
         "the job names the task"
     );
-    let enqueued: Option<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
-            .bind(id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    assert!(enqueued.is_some(), "a pushed task is marked enqueued");
+    assert!(
+        enqueued_at(&app, id).await.is_some(),
+        "a pushed task is marked enqueued"
+    );
 }
 
 #[tokio::test]
@@ -85,16 +99,11 @@ async fn create_takes_every_field_and_a_trailing_slash() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
     let at = Utc::now() + Duration::hours(1);
-    let response = post(
-        &app,
-        "/api/v1/tasks/",
-        &user,
-        &json!({
-            "name": "nap", "kind": "sleep", "payload": {"ms": 5},
-            "scheduled_at": at, "max_attempts": 7, "timeout_seconds": 60, "priority": -5,
-        }),
-    )
-    .await;
+    let body = json!({
+        "name": "nap", "kind": "sleep", "payload": {"ms": 5},
+        "scheduled_at": at, "max_attempts": 7, "timeout_seconds": 60, "priority": -5,
+    });
+    let response = app.post_as("/api/v1/tasks/", &user.token, &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let task: Value = response.json().await.unwrap();
     assert_eq!(task["kind"], "sleep");
@@ -116,18 +125,15 @@ async fn create_takes_every_field_and_a_trailing_slash() {
 async fn integers_may_be_written_79_0_and_payload_numbers_survive_storage() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
-    let response = post(
-        &app,
-        "/api/v1/tasks",
-        &user,
-        &json!({
-            "name": "nap", "kind": "sleep", "payload": {"ms": 5.0},
-            "max_attempts": 7.0, "timeout_seconds": 6e1, "priority": -5.0,
-        }),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let task: Value = response.json().await.unwrap();
+    let task = app
+        .created_task(
+            &user.token,
+            &json!({
+                "name": "nap", "kind": "sleep", "payload": {"ms": 5.0},
+                "max_attempts": 7.0, "timeout_seconds": 6e1, "priority": -5.0,
+            }),
+        )
+        .await;
     assert_eq!(
         (
             &task["max_attempts"],
@@ -136,19 +142,8 @@ async fn integers_may_be_written_79_0_and_payload_numbers_survive_storage() {
         ),
         (&json!(7), &json!(60), &json!(-5))
     );
-    let response = post(
-        &app,
-        "/api/v1/tasks",
-        &user,
-        &json!({"name": "n", "priority": 1.5}),
-    )
-    .await;
-    assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let fraction = json!({"name": "n", "priority": 1.5});
+    assert_invalid(app.create_task(&user.token, &fraction).await).await;
 
     let edge = json!({"max": f64::MAX, "min": -f64::MAX, "tiny": 5e-324, "big": 1e20});
     let task = app
@@ -192,70 +187,25 @@ async fn a_scheduled_at_in_the_past_means_now() {
 async fn invalid_tasks_are_422_naming_the_field() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
+    // One case a line: (body, the field named, why it is refused).
+    #[rustfmt::skip]
     let cases = [
         (json!({"name": "x", "kind": "nope"}), "kind", "unknown kind"),
-        (
-            json!({"name": "x", "kind": "sleep", "payload": {"ms": "soon"}}),
-            "payload.ms",
-            "a payload field has the wrong type",
-        ),
-        (
-            json!({"name": "x", "kind": "sleep", "payload": {"ms": 99_999_999_999_u64}}),
-            "payload.ms",
-            "a payload field is out of range",
-        ),
-        (
-            json!({"name": "x", "kind": "sleep"}),
-            "payload",
-            "the payload as a whole lacks a field",
-        ),
-        (
-            json!({"name": "x", "max_attempts": 0}),
-            "max_attempts",
-            "max_attempts below 1",
-        ),
-        (
-            json!({"name": "x", "max_attempts": 101}),
-            "max_attempts",
-            "max_attempts above 100",
-        ),
-        (
-            json!({"name": "x", "timeout_seconds": 86_401}),
-            "timeout_seconds",
-            "timeout above a day",
-        ),
-        (
-            json!({"name": "x", "priority": 101}),
-            "priority",
-            "priority above 100",
-        ),
-        (
-            json!({"name": "x".repeat(201)}),
-            "name",
-            "name over 200 characters",
-        ),
+        (json!({"name": "x", "kind": "sleep", "payload": {"ms": "soon"}}), "payload.ms", "a payload field has the wrong type"),
+        (json!({"name": "x", "kind": "sleep", "payload": {"ms": 99_999_999_999_u64}}), "payload.ms", "a payload field is out of range"),
+        (json!({"name": "x", "kind": "sleep"}), "payload", "the payload as a whole lacks a field"),
+        (json!({"name": "x", "max_attempts": 0}), "max_attempts", "max_attempts below 1"),
+        (json!({"name": "x", "max_attempts": 101}), "max_attempts", "max_attempts above 100"),
+        (json!({"name": "x", "timeout_seconds": 86_401}), "timeout_seconds", "timeout above a day"),
+        (json!({"name": "x", "priority": 101}), "priority", "priority above 100"),
+        (json!({"name": "x".repeat(201)}), "name", "name over 200 characters"),
         (json!({"name": "  "}), "name", "a blank name"),
         (json!({}), "name", "no name"),
-        (
-            json!({"name": "x", "role": "admin"}),
-            "role",
-            "an unknown field",
-        ),
+        (json!({"name": "x", "role": "admin"}), "role", "an unknown field"),
     ];
     for (body, field, reason) in cases {
-        let problem = assert_problem(
-            app.create_task(&user.token, &body).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
-        let names = fields(&problem);
-        assert!(
-            names
-                .iter()
-                .any(|f| f == field || f.starts_with(&format!("{field}."))),
-            "{reason}: expected an error on {field}, got {names:?}"
-        );
+        let problem = assert_invalid(app.create_task(&user.token, &body).await).await;
+        assert_names(&problem, field, reason);
     }
     assert_eq!(count_tasks(&app).await, 0, "nothing was created");
 }
@@ -265,31 +215,11 @@ async fn malformed_json_is_400_and_another_content_type_415() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
     for path in ["/api/v1/tasks", "/api/v1/tasks/batch"] {
-        let response = app
-            .client
-            .post(app.url(path))
-            .bearer_auth(&user.token)
-            .header("content-type", "application/json")
-            .body("{oops}")
-            .send()
-            .await
-            .unwrap();
-        assert_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
-        let response = app
-            .client
-            .post(app.url(path))
-            .bearer_auth(&user.token)
-            .header("content-type", "text/plain")
-            .body(r#"{"name": "x"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_problem(
-            response,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        )
-        .await;
+        let post = || app.client.post(app.url(path)).bearer_auth(&user.token);
+        let response = send_raw(post(), "application/json", "{oops}").await;
+        assert_refused(response, MALFORMED_JSON).await;
+        let response = send_raw(post(), "text/plain", r#"{"name": "x"}"#).await;
+        assert_refused(response, UNSUPPORTED_MEDIA_TYPE).await;
     }
 }
 
@@ -297,21 +227,14 @@ async fn malformed_json_is_400_and_another_content_type_415() {
 async fn tasks_need_a_caller_and_accept_an_api_key() {
     let app = spawn().await;
     let response = app.post_json("/api/v1/tasks", &json!({"name": "x"})).await;
-    assert_problem(response, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+    assert_refused(response, NOT_AUTHENTICATED).await;
 
     let user = app.create_user(Role::User).await;
-    let key = app.create_api_key(&user, "tasks").await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = app.api_key(&user, "tasks").await;
+    let body = json!({"name": "by key"});
     let response = app
-        .client
-        .post(app.url("/api/v1/tasks"))
-        .header("x-api-key", key)
-        .json(&json!({"name": "by key"}))
-        .send()
-        .await
-        .unwrap();
+        .send_with_key(Method::POST, "/api/v1/tasks", &key, Some(&body))
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let task: Value = response.json().await.unwrap();
     assert_eq!(task["owner_id"], user.user.id.to_string());
@@ -336,7 +259,7 @@ async fn another_users_task_is_404_everywhere_but_an_admin_sees_it() {
         (Method::GET, format!("/api/v1/celery/task-status/{id}")),
     ] {
         let response = app.send(method.clone(), &path, &other.token, None).await;
-        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+        assert_refused(response, NOT_FOUND).await;
         let response = app.send(method.clone(), &path, &owner.token, None).await;
         assert_ne!(
             response.status(),
@@ -354,12 +277,7 @@ async fn another_users_task_is_404_everywhere_but_an_admin_sees_it() {
         format!("/api/v1/tasks/{missing}"),
         "/api/v1/tasks/not-a-uuid".to_owned(),
     ] {
-        assert_problem(
-            app.get_as(&path, &owner.token).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        assert_refused(app.get_as(&path, &owner.token).await, NOT_FOUND).await;
     }
 }
 
@@ -370,12 +288,9 @@ async fn get_shows_the_task_with_its_history_and_status_the_short_form() {
     let task = app.created_task(&user.token, &json!({"name": "h"})).await;
     let id = task["id"].as_str().unwrap();
 
-    let detail: Value = app
-        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
     assert_eq!(detail["id"], task["id"]);
     assert_eq!(detail["name"], "h");
     let history = detail["history"].as_array().expect("a history");
@@ -412,94 +327,40 @@ async fn lists_are_own_tasks_newest_first_with_filters_and_pages() {
         .await;
     set_status(&app, &ids[0], "failed").await;
 
-    let page: Value = app
-        .get_as("/api/v1/tasks?size=2", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app.get_json("/api/v1/tasks?size=2", &user.token).await;
     assert_eq!(page["total"], 5, "only the caller's own");
     assert_eq!(page["pages"], 3);
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["id"], ids[4].as_str(), "newest first");
     assert_eq!(page["items"][1]["id"], ids[3].as_str());
-    let last: Value = app
-        .get_as("/api/v1/tasks?size=2&page=3", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let last = app
+        .get_json("/api/v1/tasks?size=2&page=3", &user.token)
+        .await;
     assert_eq!(last["items"][0]["id"], ids[0].as_str());
 
-    let echo: Value = app
-        .get_as("/api/v1/tasks?kind=echo", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let echo = app.get_json("/api/v1/tasks?kind=echo", &user.token).await;
     assert_eq!(echo["total"], 2);
-    let failed: Value = app
-        .get_as("/api/v1/tasks?status=failed", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let failed = app
+        .get_json("/api/v1/tasks?status=failed", &user.token)
+        .await;
     assert_eq!(failed["total"], 1);
     assert_eq!(failed["items"][0]["id"], ids[0].as_str());
 
-    let problem = assert_problem(
-        app.get_as("/api/v1/tasks?status=sleeping", &user.token)
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(fields(&problem), ["status"]);
-    assert_problem(
-        app.get_as("/api/v1/tasks?size=101", &user.token).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let sleeping = app
+        .get_as("/api/v1/tasks?status=sleeping", &user.token)
+        .await;
+    assert_eq!(fields(&assert_invalid(sleeping).await), ["status"]);
+    assert_invalid(app.get_as("/api/v1/tasks?size=101", &user.token).await).await;
 
     // A user may name themself, not anyone else.
-    let own: Value = app
-        .get_as(
-            &format!("/api/v1/tasks?user_id={}", user.user.id),
-            &user.token,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(own["total"], 5);
-    assert_problem(
-        app.get_as(
-            &format!("/api/v1/tasks?user_id={}", other.user.id),
-            &user.token,
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
+    let of = |who: &TestUser| format!("/api/v1/tasks?user_id={}", who.user.id);
+    assert_eq!(app.get_json(&of(&user), &user.token).await["total"], 5);
+    let response = app.get_as(&of(&other), &user.token).await;
+    assert_refused(response, FORBIDDEN).await;
 
-    let all: Value = app
-        .get_as("/api/v1/tasks", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all = app.get_json("/api/v1/tasks", &admin.token).await;
     assert_eq!(all["total"], 6, "an admin sees everybody's");
-    let filtered: Value = app
-        .get_as(
-            &format!("/api/v1/tasks?user_id={}", other.user.id),
-            &admin.token,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let filtered = app.get_json(&of(&other), &admin.token).await;
     assert_eq!(filtered["total"], 1);
     assert_eq!(filtered["items"][0]["id"], theirs["id"]);
 }
@@ -512,26 +373,20 @@ async fn cancel_a_pending_task_once_then_409() {
     let id = task["id"].as_str().unwrap();
     let path = format!("/api/v1/tasks/{id}/cancel");
 
-    let response = app.send(Method::POST, &path, &user.token, None).await;
+    let response = app.post_as(&path, &user.token, None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let cancelled: Value = response.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled["finished_at"].is_string());
 
-    let again = app.send(Method::POST, &path, &user.token, None).await;
+    let again = app.post_as(&path, &user.token, None).await;
     assert_problem(again, StatusCode::CONFLICT, "task_not_cancellable").await;
 
     let running = app.created_task(&user.token, &json!({"name": "r"})).await;
     let running_id = running["id"].as_str().unwrap();
     set_status(&app, running_id, "running").await;
-    let response = app
-        .send(
-            Method::POST,
-            &format!("/api/v1/tasks/{running_id}/cancel"),
-            &user.token,
-            None,
-        )
-        .await;
+    let cancel = format!("/api/v1/tasks/{running_id}/cancel");
+    let response = app.post_as(&cancel, &user.token, None).await;
     assert_problem(response, StatusCode::CONFLICT, "task_not_cancellable").await;
 }
 
@@ -545,19 +400,15 @@ async fn retry_of_a_cancelled_task_makes_it_pending_and_pushes_it_again() {
     let id = task["id"].as_str().unwrap();
     let retry = format!("/api/v1/tasks/{id}/retry");
 
-    let early = app.send(Method::POST, &retry, &user.token, None).await;
+    let early = app.post_as(&retry, &user.token, None).await;
     assert_problem(early, StatusCode::CONFLICT, "task_not_retryable").await;
 
     let cancel = format!("/api/v1/tasks/{id}/cancel");
-    assert_eq!(
-        app.send(Method::POST, &cancel, &user.token, None)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let cancelled = app.post_as(&cancel, &user.token, None).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
     assert_eq!(app.pushes_of_reaching(id, 1).await, 1);
 
-    let response = app.send(Method::POST, &retry, &user.token, None).await;
+    let response = app.post_as(&retry, &user.token, None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let retried: Value = response.json().await.unwrap();
     assert_eq!(retried["status"], "pending");
@@ -570,7 +421,7 @@ async fn retry_of_a_cancelled_task_makes_it_pending_and_pushes_it_again() {
     );
 
     set_status(&app, id, "failed").await;
-    let response = app.send(Method::POST, &retry, &user.token, None).await;
+    let response = app.post_as(&retry, &user.token, None).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -595,13 +446,9 @@ async fn kinds_lists_every_registered_kind_with_its_schema() {
         "every registered kind but the test-only abort"
     );
     assert!(!names.contains(&"abort"), "test-only kinds stay hidden");
-    let abort = post(
-        &app,
-        "/api/v1/tasks",
-        &user,
-        &json!({"name": "x", "kind": "abort"}),
-    )
-    .await;
+    let abort = app
+        .create_task(&user.token, &json!({"name": "x", "kind": "abort"}))
+        .await;
     assert_eq!(abort.status(), StatusCode::UNPROCESSABLE_ENTITY);
     for kind in &kinds {
         assert_eq!(kind["payload_schema"]["type"], "object", "{kind}");
@@ -617,12 +464,7 @@ async fn an_http_request_may_not_set_host_or_framing_headers() {
         let body = json!({"name": "hook", "kind": "http_request", "payload": {
             "method": "POST", "url": "https://hooks.example.com/x", "headers": {name: "internal.example"}
         }});
-        let problem = assert_problem(
-            app.create_task(&user.token, &body).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let problem = assert_invalid(app.create_task(&user.token, &body).await).await;
         assert_eq!(
             fields(&problem),
             [format!("payload.headers.{name}")],
@@ -642,17 +484,12 @@ async fn an_http_request_may_not_set_host_or_framing_headers() {
 async fn a_batch_creates_every_task_in_order_and_pushes_them() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
-    let response = post(
-        &app,
-        "/api/v1/tasks/batch",
-        &user,
-        &json!({"tasks": [
-            {"name": "a"},
-            {"name": "b", "kind": "echo", "payload": {"x": 1}},
-            {"name": "c", "kind": "sleep", "payload": {"ms": 1}},
-        ]}),
-    )
-    .await;
+    let tasks = json!({"tasks": [
+        {"name": "a"},
+        {"name": "b", "kind": "echo", "payload": {"x": 1}},
+        {"name": "c", "kind": "sleep", "payload": {"ms": 1}},
+    ]});
+    let response = batch(&app, &user, &tasks).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
     let items = body["items"].as_array().unwrap();
@@ -672,40 +509,19 @@ async fn a_batch_creates_every_task_in_order_and_pushes_them() {
 async fn a_batch_with_one_bad_task_names_it_and_creates_nothing() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
-    let response = post(
-        &app,
-        "/api/v1/tasks/batch",
-        &user,
-        &json!({"tasks": [
-            {"name": "fine"},
-            {"name": "bad", "kind": "sleep", "payload": {"ms": "soon"}},
-            {"name": "fine too"},
-            {"name": "x", "kind": "nope"},
-        ]}),
-    )
-    .await;
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let tasks = json!({"tasks": [
+        {"name": "fine"},
+        {"name": "bad", "kind": "sleep", "payload": {"ms": "soon"}},
+        {"name": "fine too"},
+        {"name": "x", "kind": "nope"},
+    ]});
+    let response = batch(&app, &user, &tasks).await;
+    let problem = assert_invalid(response).await;
     assert_eq!(fields(&problem), ["tasks[1].payload.ms", "tasks[3].kind"]);
     assert_eq!(count_tasks(&app).await, 0);
 
-    let response = post(
-        &app,
-        "/api/v1/tasks/batch",
-        &user,
-        &json!({"tasks": [{"name": "fine"}, {"name": 5}]}),
-    )
-    .await;
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let mistyped = json!({"tasks": [{"name": "fine"}, {"name": 5}]});
+    let problem = assert_invalid(batch(&app, &user, &mistyped).await).await;
     assert_eq!(fields(&problem), ["tasks[1].name"], "{problem:?}");
 }
 
@@ -716,30 +532,12 @@ async fn a_batch_holds_1_to_1000_tasks() {
     let tasks: Vec<Value> = (0..1001)
         .map(|i| json!({"name": format!("t{i}")}))
         .collect();
-    let response = post(&app, "/api/v1/tasks/batch", &user, &json!({"tasks": tasks})).await;
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(fields(&problem), ["tasks"]);
-    let response = post(&app, "/api/v1/tasks/batch", &user, &json!({"tasks": []})).await;
-    assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let response = batch(&app, &user, &json!({"tasks": tasks})).await;
+    assert_eq!(fields(&assert_invalid(response).await), ["tasks"]);
+    assert_invalid(batch(&app, &user, &json!({"tasks": []})).await).await;
     assert_eq!(count_tasks(&app).await, 0);
 
-    let response = post(
-        &app,
-        "/api/v1/tasks/batch",
-        &user,
-        &json!({"tasks": tasks[..1000]}),
-    )
-    .await;
+    let response = batch(&app, &user, &json!({"tasks": tasks[..1000]})).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(count_tasks(&app).await, 1000);
     assert_eq!(
@@ -749,21 +547,28 @@ async fn a_batch_holds_1_to_1000_tasks() {
     );
 }
 
+/// `POST /api/v1/tasks/batch` as `user`.
+async fn batch(app: &TestApp, user: &TestUser, body: &Value) -> reqwest::Response {
+    app.post_as("/api/v1/tasks/batch", &user.token, body).await
+}
+
+/// `POST path` as `user` under an `Idempotency-Key`; still to be sent.
+fn idempotent(app: &TestApp, path: &str, user: &TestUser, key: &str) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(&user.token)
+        .header("idempotency-key", key)
+}
+
+/// Creates a task from the JSON text `body` under the idempotency key `key`.
 async fn create_with_key(
     app: &TestApp,
     user: &TestUser,
     key: &str,
     body: &str,
 ) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/tasks"))
-        .bearer_auth(&user.token)
-        .header("idempotency-key", key)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+    let request = idempotent(app, "/api/v1/tasks", user, key);
+    send_raw(request, "application/json", body.to_owned()).await
 }
 
 #[tokio::test]
@@ -799,38 +604,20 @@ async fn the_same_idempotency_key_with_another_body_is_422() {
     let first = create_with_key(&app, &user, "key-2", r#"{"name": "one"}"#).await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let second = create_with_key(&app, &user, "key-2", r#"{"name": "two"}"#).await;
-    assert_problem(
-        second,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_mismatch",
-    )
-    .await;
     // The same key on the batch route is another request, too.
-    let batch = app
-        .client
-        .post(app.url("/api/v1/tasks/batch"))
-        .bearer_auth(&user.token)
-        .header("idempotency-key", "key-2")
+    let batch = idempotent(&app, "/api/v1/tasks/batch", &user, "key-2")
         .json(&json!({"tasks": [{"name": "one"}]}))
         .send()
         .await
         .unwrap();
-    assert_problem(
-        batch,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_mismatch",
-    )
-    .await;
+    for response in [second, batch] {
+        assert_refused(response, KEY_REUSED).await;
+    }
     assert_eq!(count_tasks(&app).await, 1);
 
     let long = "k".repeat(256);
-    let problem = assert_problem(
-        create_with_key(&app, &user, &long, r#"{"name": "x"}"#).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(fields(&problem), ["Idempotency-Key"]);
+    let response = create_with_key(&app, &user, &long, r#"{"name": "x"}"#).await;
+    assert_eq!(fields(&assert_invalid(response).await), ["Idempotency-Key"]);
 }
 
 #[tokio::test]
@@ -863,12 +650,8 @@ async fn the_same_json_with_its_keys_reordered_replays_and_keys_are_visible_asci
     assert_eq!(count_tasks(&app).await, 1);
 
     for key in ["with\ttab", "with space"] {
-        let problem = assert_problem(
-            create_with_key(&app, &user, key, r#"{"name": "x"}"#).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let response = create_with_key(&app, &user, key, r#"{"name": "x"}"#).await;
+        let problem = assert_invalid(response).await;
         assert_eq!(fields(&problem), ["Idempotency-Key"], "{key:?}");
     }
     assert_eq!(count_tasks(&app).await, 1);
@@ -878,16 +661,8 @@ async fn the_same_json_with_its_keys_reordered_replays_and_keys_are_visible_asci
 async fn a_scheduled_at_that_is_not_a_timestamp_is_named_once_in_plain_words() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
-    let problem = assert_problem(
-        app.create_task(
-            &user.token,
-            &json!({"name": "x", "scheduled_at": "tomorrow at nine"}),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let body = json!({"name": "x", "scheduled_at": "tomorrow at nine"});
+    let problem = assert_invalid(app.create_task(&user.token, &body).await).await;
     assert_eq!(fields(&problem), ["scheduled_at"]);
     assert_eq!(
         problem.detail,
@@ -901,10 +676,7 @@ async fn a_batch_replays_under_its_idempotency_key() {
     let user = app.create_user(Role::User).await;
     let body = json!({"tasks": [{"name": "a"}, {"name": "b"}]});
     let send = || {
-        app.client
-            .post(app.url("/api/v1/tasks/batch"))
-            .bearer_auth(&user.token)
-            .header("idempotency-key", "batch-1")
+        idempotent(&app, "/api/v1/tasks/batch", &user, "batch-1")
             .json(&body)
             .send()
     };
@@ -923,12 +695,8 @@ async fn twenty_concurrent_requests_with_one_key_create_one_task() {
     let user = app.create_user(Role::User).await;
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..20 {
-        let request = app
-            .client
-            .post(app.url("/api/v1/tasks"))
-            .bearer_auth(&user.token)
-            .header("idempotency-key", "race")
-            .json(&json!({"name": "raced"}));
+        let request =
+            idempotent(&app, "/api/v1/tasks", &user, "race").json(&json!({"name": "raced"}));
         requests.spawn(async move {
             let response = request.send().await.unwrap();
             let status = response.status();
@@ -950,14 +718,7 @@ async fn twenty_concurrent_requests_with_one_key_create_one_task() {
 #[tokio::test]
 async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() {
     const CAP: usize = 10;
-    let cap = CAP.to_string();
-    let app = spawn_app_with(&[
-        "--rate-limit-enabled",
-        "false",
-        "--max-unfinished-tasks-per-user",
-        &cap,
-    ])
-    .await;
+    let app = spawn_capped(CAP).await;
     let user = app.create_user(Role::User).await;
     // Forty creates at once, single and batched: exactly the cap gets in.
     let creates = (0..40).map(|i| {
@@ -968,14 +729,10 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
                     .await
                     .status()
             } else {
-                app.send(
-                    Method::POST,
-                    "/api/v1/tasks/batch",
-                    &token,
-                    Some(&json!({"tasks": [{"name": format!("b{i}")}]})),
-                )
-                .await
-                .status()
+                let body = json!({"tasks": [{"name": format!("b{i}")}]});
+                app.post_as("/api/v1/tasks/batch", &token, &body)
+                    .await
+                    .status()
             }
         }
     });
@@ -989,30 +746,15 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
 
     // One finishes as failed: a new task takes its place, and then the
     // failed one cannot come back past the cap by a retry.
-    let failed: String = sqlx::query_scalar("SELECT id::text FROM tasks LIMIT 1")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let failed: String = app.scalar("SELECT id::text FROM tasks LIMIT 1").await;
     set_status(&app, &failed, "failed").await;
     app.created_task(&user.token, &json!({"name": "in its place"}))
         .await;
-    assert_problem(
-        post(
-            &app,
-            &format!("/api/v1/tasks/{failed}/retry"),
-            &user,
-            &json!({}),
-        )
-        .await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
-    let status: String = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1::uuid")
-        .bind(&failed)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let retry = format!("/api/v1/tasks/{failed}/retry");
+    assert_refused(app.post_as(&retry, &user.token, &json!({})).await, CAPPED).await;
+    let status: String = app
+        .scalar_with("SELECT status FROM tasks WHERE id = $1::uuid", &failed)
+        .await;
     assert_eq!(status, "failed", "a refused retry changes nothing");
 }
 
@@ -1022,22 +764,13 @@ async fn the_cap_holds_under_concurrent_creates_and_a_retry_counts_against_it() 
 /// although nothing lowers the bound but a count.
 #[tokio::test]
 async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_place() {
-    let app = spawn_app_with(&[
-        "--rate-limit-enabled",
-        "false",
-        "--max-unfinished-tasks-per-user",
-        "3",
-    ])
-    .await;
+    let app = spawn_capped(3).await;
     // Schedules are an admin's; admins are capped like everyone.
     let user = app.create_user(Role::Admin).await;
-    let schedule = post(
-        &app,
-        "/api/v1/schedules",
-        &user,
-        &json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"}),
-    )
-    .await;
+    let nightly = json!({"name": "nightly", "cron": "0 3 * * *", "kind": "noop"});
+    let schedule = app
+        .post_as("/api/v1/schedules", &user.token, &nightly)
+        .await;
     assert_eq!(schedule.status(), StatusCode::CREATED);
     let schedule: Value = schedule.json().await.unwrap();
     let run = format!(
@@ -1045,65 +778,39 @@ async fn every_way_a_task_opens_counts_against_the_cap_and_a_finish_frees_a_plac
         schedule["id"].as_str().unwrap()
     );
     // Two tasks by the schedule, one create: full, for creates and runs.
+    let empty = json!({});
+    let run_now = || app.post_as(&run, &user.token, &empty);
     for _ in 0..2 {
-        let response = post(&app, &run, &user, &json!({})).await;
+        let response = run_now().await;
         assert!(response.status().is_success(), "{}", response.status());
     }
     let mine = app
         .created_task(&user.token, &json!({"name": "third"}))
         .await;
-    assert_problem(
-        app.create_task(&user.token, &json!({"name": "fourth"}))
-            .await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
-    assert_problem(
-        post(&app, &run, &user, &json!({})).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
+    let token = user.token.as_str();
+    let create = |name: &str| {
+        let (app, body) = (&app, json!({"name": name}));
+        async move { app.create_task(token, &body).await }
+    };
+    assert_refused(create("fourth").await, CAPPED).await;
+    assert_refused(run_now().await, CAPPED).await;
     // A failure frees a place, which a retry takes back: still full.
     let id = mine["id"].as_str().unwrap();
     set_status(&app, id, "failed").await;
-    let retried = post(
-        &app,
-        &format!("/api/v1/tasks/{id}/retry"),
-        &user,
-        &json!({}),
-    )
-    .await;
+    let retry = format!("/api/v1/tasks/{id}/retry");
+    let retried = app.post_as(&retry, &user.token, &empty).await;
     assert_eq!(retried.status(), StatusCode::OK);
-    assert_problem(
-        app.create_task(&user.token, &json!({"name": "fourth"}))
-            .await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
+    assert_refused(create("fourth").await, CAPPED).await;
     // Two finish: two creates fit, a third does not.
-    sqlx::query("UPDATE tasks SET status = 'completed' WHERE schedule_id IS NOT NULL")
-        .execute(app.pool())
-        .await
-        .unwrap();
+    app.execute("UPDATE tasks SET status = 'completed' WHERE schedule_id IS NOT NULL")
+        .await;
     for name in ["fourth", "fifth"] {
         app.created_task(&user.token, &json!({"name": name})).await;
     }
-    assert_problem(
-        app.create_task(&user.token, &json!({"name": "sixth"}))
-            .await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
-    let unfinished: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running', 'retrying')",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    assert_refused(create("sixth").await, CAPPED).await;
+    let unfinished: i64 = app
+        .scalar("SELECT count(*) FROM tasks WHERE status IN ('pending', 'running', 'retrying')")
+        .await;
     assert_eq!(unfinished, 3);
 }
 
@@ -1139,10 +846,7 @@ async fn creates_arriving_together_commit_together_and_a_refused_one_fails_alone
     assert_eq!(count_tasks(&app).await, 29);
     // Every one answered was committed, pushed, and written with its history.
     assert_eq!(app.scheduled_task_jobs_reaching(29).await, 29);
-    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM task_events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let history: i64 = app.scalar("SELECT count(*) FROM task_events").await;
     assert_eq!(history, 29);
     let owners: Vec<(uuid::Uuid, i64)> =
         sqlx::query_as("SELECT owner_id, count(*) FROM tasks GROUP BY owner_id ORDER BY 2")
@@ -1154,77 +858,41 @@ async fn creates_arriving_together_commit_together_and_a_refused_one_fails_alone
 
 #[tokio::test]
 async fn the_unfinished_task_cap_answers_429_and_counts_only_unfinished_tasks() {
-    let app = spawn_app_with(&[
-        "--rate-limit-enabled",
-        "false",
-        "--max-unfinished-tasks-per-user",
-        "2",
-    ])
-    .await;
+    let app = spawn_capped(2).await;
     let user = app.create_user(Role::User).await;
     let first = app.created_task(&user.token, &json!({"name": "1"})).await;
     app.created_task(&user.token, &json!({"name": "2"})).await;
     let third = app.create_task(&user.token, &json!({"name": "3"})).await;
-    assert_problem(
-        third,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
-    let batch = post(
-        &app,
-        "/api/v1/tasks/batch",
-        &user,
-        &json!({"tasks": [{"name": "4"}]}),
-    )
-    .await;
-    assert_problem(
-        batch,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_unfinished_tasks",
-    )
-    .await;
+    assert_refused(third, CAPPED).await;
+    let fourth = json!({"tasks": [{"name": "4"}]});
+    assert_refused(batch(&app, &user, &fourth).await, CAPPED).await;
 
     // Admins are capped too; other users are not affected.
     let admin = app.create_user(Role::Admin).await;
     app.created_task(&admin.token, &json!({"name": "a1"})).await;
     app.created_task(&admin.token, &json!({"name": "a2"})).await;
-    assert_eq!(
-        app.create_task(&admin.token, &json!({"name": "a3"}))
-            .await
-            .status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let third = app.create_task(&admin.token, &json!({"name": "a3"})).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
 
     // A finished task frees its place.
     set_status(&app, first["id"].as_str().unwrap(), "completed").await;
-    assert_eq!(
-        app.create_task(&user.token, &json!({"name": "3"}))
-            .await
-            .status(),
-        StatusCode::CREATED
-    );
+    app.created_task(&user.token, &json!({"name": "3"})).await;
 }
 
 #[tokio::test]
 async fn with_redis_down_a_task_is_still_created_and_left_for_the_reconciler() {
     let app = spawn_app_without_redis().await;
     let user = app.create_user(Role::User).await;
-    let response = app
-        .create_task(&user.token, &json!({"name": "offline"}))
+    let task = app
+        .created_task(&user.token, &json!({"name": "offline"}))
         .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let task: Value = response.json().await.unwrap();
     // The answer follows the commit, and the refused push follows the answer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let enqueued: Option<chrono::DateTime<Utc>> =
-            sqlx::query_scalar("SELECT enqueued_at FROM tasks WHERE id = $1::uuid")
-                .bind(task["id"].as_str().unwrap())
-                .fetch_one(app.pool())
-                .await
-                .unwrap();
-        if enqueued.is_none() {
+        if enqueued_at(&app, task["id"].as_str().unwrap())
+            .await
+            .is_none()
+        {
             break;
         }
         assert!(
@@ -1239,48 +907,42 @@ async fn with_redis_down_a_task_is_still_created_and_left_for_the_reconciler() {
 async fn the_celery_aliases_create_an_echo_task_and_report_its_status() {
     let app = spawn().await;
     let user = app.create_user(Role::User).await;
-    let response = post(
-        &app,
-        "/api/v1/celery/test-task",
-        &user,
-        &json!({"message": "hello"}),
-    )
-    .await;
+    let hello = json!({"message": "hello"});
+    let response = app
+        .post_as("/api/v1/celery/test-task", &user.token, &hello)
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
     let id = created["task_id"].as_str().expect("a task id").to_owned();
     assert_eq!(app.pushes_of_reaching(&id, 1).await, 1);
 
-    let task: Value = app
-        .get_as(&format!("/api/v1/tasks/{id}"), &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
     assert_eq!(task["kind"], "echo");
-    assert_eq!(task["payload"], json!({"message": "hello"}));
+    assert_eq!(task["payload"], hello);
 
     let path = format!("/api/v1/celery/task-status/{id}");
-    let status: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
+    let status = app.get_json(&path, &user.token).await;
     assert_eq!(
         status,
         json!({"task_id": id, "status": "pending", "result": null})
     );
 
-    sqlx::query(
+    app.execute_with(
         "UPDATE tasks SET status = 'completed', result = '{\"message\": \"hello\"}' \
          WHERE id = $1::uuid",
+        &id,
     )
-    .bind(&id)
-    .execute(app.pool())
-    .await
-    .unwrap();
-    let status: Value = app.get_as(&path, &user.token).await.json().await.unwrap();
+    .await;
+    let status = app.get_json(&path, &user.token).await;
     assert_eq!(status["status"], "completed");
-    assert_eq!(status["result"], json!({"message": "hello"}));
+    assert_eq!(status["result"], hello);
 
-    let bad = post(&app, "/api/v1/celery/test-task", &user, &json!({})).await;
-    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let bad = app
+        .post_as("/api/v1/celery/test-task", &user.token, &json!({}))
+        .await;
+    assert_invalid(bad).await;
 }
 
 #[tokio::test]
@@ -1353,13 +1015,12 @@ async fn after_its_connections_are_killed_one_create_fails_with_503_and_the_rest
     for response in futures_util::future::join_all(warm).await {
         assert_eq!(response.status(), StatusCode::CREATED);
     }
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let killed: i64 = app
+        .scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k",
+        )
+        .await;
     assert!(killed >= 2, "the API held {killed} connections");
 
     // PostgreSQL itself is up: only the first statement on a dead
@@ -1370,12 +1031,7 @@ async fn after_its_connections_are_killed_one_create_fails_with_503_and_the_rest
             .create_task(&user.token, &json!({"name": format!("after {i}")}))
             .await;
         if response.status() != StatusCode::CREATED {
-            assert_problem(
-                response,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-            )
-            .await;
+            assert_refused(response, SERVICE_UNAVAILABLE).await;
             failed += 1;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use keel_shared::domain::Role;
-use keel_testing::{SmtpServer, record_secret};
+use keel_testing::record_secret;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TEST_SECRET, TestApp, TestUser, assert_problem, spawn_app_with},
-    pipeline::{Stack, mail_stack},
+    helpers::{TEST_SECRET, TestApp, TestUser, assert_invalid, assert_problem, spawn_app_with},
+    pipeline::{Stack, unlimited_mail_stack},
+    refusals::{CHALLENGE_CLOSED, SECOND_FACTOR_LOCKED, TWO_FACTOR_REQUIRED, assert_refused},
     two_factor::change_notices,
 };
 
@@ -98,7 +99,7 @@ async fn app() -> TestApp {
 /// `POST /totp/setup` for `user`: the base32 secret (the JSON checked).
 async fn setup(app: &TestApp, user: &TestUser) -> String {
     let response = app
-        .send(Method::POST, "/api/v1/auth/totp/setup", &user.token, None)
+        .post_as("/api/v1/auth/totp/setup", &user.token, None)
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -122,13 +123,24 @@ async fn setup(app: &TestApp, user: &TestUser) -> String {
 }
 
 async fn confirm(app: &TestApp, user: &TestUser, code: &str) -> reqwest::Response {
-    app.send(
-        Method::POST,
-        "/api/v1/auth/totp/confirm",
-        &user.token,
-        Some(&json!({"code": code})),
-    )
-    .await
+    let body = json!({"code": code});
+    app.post_as("/api/v1/auth/totp/confirm", &user.token, &body)
+        .await
+}
+
+/// The recovery codes a successful confirmation answers with, each
+/// recorded as a secret.
+async fn recovery_codes(confirmed: reqwest::Response) -> Vec<String> {
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let body: Value = confirmed.json().await.unwrap();
+    let codes: Vec<String> = serde_json::from_value(body["recovery_codes"].clone()).unwrap();
+    codes.iter().for_each(|c| record_secret(c));
+    codes
+}
+
+/// How many of `user`'s rows `sql` (a `count(*)` with `$1` the user's id) counts.
+async fn count_of(app: &TestApp, user: &TestUser, sql: &'static str) -> i64 {
+    app.scalar_with(sql, user.user.id).await
 }
 
 /// A user with TOTP on, their authenticator (its step's code used by the
@@ -137,12 +149,7 @@ async fn totp_user(app: &TestApp) -> (TestUser, Authenticator, Vec<String>) {
     let user = app.create_user(Role::User).await;
     let secret = setup(app, &user).await;
     let authenticator = Authenticator::new(&secret).await;
-    let confirmed = confirm(app, &user, &authenticator.code(0)).await;
-    assert_eq!(confirmed.status(), StatusCode::OK);
-    let codes: Vec<String> =
-        serde_json::from_value(confirmed.json::<Value>().await.unwrap()["recovery_codes"].clone())
-            .unwrap();
-    codes.iter().for_each(|c| record_secret(c));
+    let codes = recovery_codes(confirm(app, &user, &authenticator.code(0)).await).await;
     (user, authenticator, codes)
 }
 
@@ -157,19 +164,11 @@ async fn challenge(app: &TestApp, user: &TestUser) -> String {
     answer["challenge_id"].as_str().unwrap().to_owned()
 }
 
-async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response {
-    app.post_json(
-        "/api/v1/auth/verify-2fa",
-        &json!({"challenge_id": challenge, "code": code}),
-    )
-    .await
-}
-
 /// Answers a fresh challenge with `code`: whether it signed in (and the
 /// token it gave works).
 async fn signs_in_with(app: &TestApp, user: &TestUser, code: &str) -> bool {
     let id = challenge(app, user).await;
-    let response = verify(app, &id, code).await;
+    let response = app.verify_2fa(&id, code).await;
     if response.status() != StatusCode::OK {
         assert_problem(response, StatusCode::UNAUTHORIZED, "invalid_code").await;
         return false;
@@ -178,7 +177,7 @@ async fn signs_in_with(app: &TestApp, user: &TestUser, code: &str) -> bool {
     let token = tokens["access_token"].as_str().unwrap();
     record_secret(token);
     record_secret(tokens["refresh_token"].as_str().unwrap());
-    let me: Value = app.me(token).await.json().await.unwrap();
+    let me = app.get_json("/api/v1/users/me", token).await;
     assert_eq!(me["id"], user.user.id.to_string());
     true
 }
@@ -190,39 +189,28 @@ async fn setup_then_confirm_turns_totp_on_with_ten_recovery_codes_stored_hashed(
     let secret = setup(&app, &user).await;
 
     // Pending: nothing changes at sign-in yet.
-    let before: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before = app.sign_in(&user).await;
     assert!(before["access_token"].is_string(), "{before}");
-    let me: Value = app.me(&user.token).await.json().await.unwrap();
+    let me = app.get_json("/api/v1/users/me", &user.token).await;
     assert_eq!(me["totp_enabled"], false);
 
     // At rest the secret is sealed: its bytes appear nowhere in the row.
-    let sealed: Vec<u8> =
-        sqlx::query_scalar("SELECT secret_sealed FROM totp_secrets WHERE user_id = $1")
-            .bind(user.user.id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let sealed: Vec<u8> = app
+        .scalar_with(
+            "SELECT secret_sealed FROM totp_secrets WHERE user_id = $1",
+            user.user.id,
+        )
+        .await;
     let raw = base32_decode(&secret);
     assert!(!sealed.windows(raw.len()).any(|w| w == raw.as_slice()));
     assert!(!String::from_utf8_lossy(&sealed).contains(&secret));
 
     let authenticator = Authenticator::new(&secret).await;
     let wrong = confirm(&app, &user, &authenticator.code(5)).await;
-    let problem =
-        assert_problem(wrong, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let problem = assert_invalid(wrong).await;
     assert_eq!(problem.errors.unwrap()[0].field, "code");
 
-    let confirmed = confirm(&app, &user, &authenticator.code(0)).await;
-    assert_eq!(confirmed.status(), StatusCode::OK);
-    let codes: Vec<String> =
-        serde_json::from_value(confirmed.json::<Value>().await.unwrap()["recovery_codes"].clone())
-            .unwrap();
-    codes.iter().for_each(|c| record_secret(c));
+    let codes = recovery_codes(confirm(&app, &user, &authenticator.code(0)).await).await;
     assert_eq!(codes.len(), 10);
     assert_eq!(
         codes.iter().collect::<std::collections::HashSet<_>>().len(),
@@ -243,11 +231,11 @@ async fn setup_then_confirm_turns_totp_on_with_ten_recovery_codes_stored_hashed(
         );
     }
 
-    let me: Value = app.me(&user.token).await.json().await.unwrap();
+    let me = app.get_json("/api/v1/users/me", &user.token).await;
     assert_eq!(me["totp_enabled"], true);
     // Once on, the secret cannot be swapped without disabling first.
     let again = app
-        .send(Method::POST, "/api/v1/auth/totp/setup", &user.token, None)
+        .post_as("/api/v1/auth/totp/setup", &user.token, None)
         .await;
     assert_problem(again, StatusCode::CONFLICT, "totp_already_enabled").await;
     let reconfirm = confirm(&app, &user, &authenticator.code(1)).await;
@@ -267,7 +255,7 @@ async fn setup_then_confirm_turns_totp_on_with_ten_recovery_codes_stored_hashed(
         .send()
         .await
         .unwrap();
-    assert_problem(token, StatusCode::FORBIDDEN, "two_factor_required").await;
+    assert_refused(token, TWO_FACTOR_REQUIRED).await;
 }
 
 #[tokio::test]
@@ -299,12 +287,12 @@ async fn codes_one_step_either_side_pass_two_steps_off_fail_and_no_step_passes_t
     assert!(!signs_in_with(&app, &user, &authenticator.code(1)).await);
     assert!(!signs_in_with(&app, &user, &authenticator.code(0)).await);
 
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT last_step FROM totp_secrets WHERE user_id = $1")
-            .bind(user.user.id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let last: Option<i64> = app
+        .scalar_with(
+            "SELECT last_step FROM totp_secrets WHERE user_id = $1",
+            user.user.id,
+        )
+        .await;
     assert_eq!(last, Some(i64::try_from(authenticator.step + 1).unwrap()));
 }
 
@@ -315,7 +303,7 @@ async fn five_wrong_codes_close_a_totp_challenge() {
     let id = challenge(&app, &user).await;
     for left in (1..5).rev() {
         let problem = assert_problem(
-            verify(&app, &id, "000000").await,
+            app.verify_2fa(&id, "000000").await,
             StatusCode::UNAUTHORIZED,
             "invalid_code",
         )
@@ -325,17 +313,11 @@ async fn five_wrong_codes_close_a_totp_challenge() {
             "{problem:?}"
         );
     }
-    assert_problem(
-        verify(&app, &id, "000000").await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
+    assert_refused(app.verify_2fa(&id, "000000").await, CHALLENGE_CLOSED).await;
     // Even the right code cannot open a closed challenge.
-    assert_problem(
-        verify(&app, &id, &authenticator.code(1)).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
+    assert_refused(
+        app.verify_2fa(&id, &authenticator.code(1)).await,
+        CHALLENGE_CLOSED,
     )
     .await;
 }
@@ -365,48 +347,40 @@ async fn wrong_codes_count_per_account_across_challenges_and_ten_pause_the_secon
     for wrong_here in [5, 4, 1] {
         last = challenge(&app, &user).await;
         for _ in 0..wrong_here {
-            let response = verify(&app, &last, &wrong).await;
+            let response = app.verify_2fa(&last, &wrong).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         }
     }
     // The last challenge is still open, but the account's second step is paused.
     for code in [authenticator.code(0), recovery[1].clone()] {
-        assert_problem(
-            verify(&app, &last, &code).await,
-            StatusCode::TOO_MANY_REQUESTS,
-            "second_factor_locked",
-        )
-        .await;
+        assert_refused(app.verify_2fa(&last, &code).await, SECOND_FACTOR_LOCKED).await;
     }
     // No new challenge is opened meanwhile, even with the right password.
-    assert_problem(
+    assert_refused(
         app.login(&user.user.username, &user.password).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "second_factor_locked",
+        SECOND_FACTOR_LOCKED,
     )
     .await;
     // Disabling TOTP with a code is paused too.
-    assert_problem(
+    assert_refused(
         disable(&app, &user, &user.password, &authenticator.code(0)).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "second_factor_locked",
+        SECOND_FACTOR_LOCKED,
     )
     .await;
-    let notices: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM email_deliveries WHERE template = 'second_factor_locked' AND to_address = $1",
-    )
-    .bind(&user.user.email)
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let notices: i64 = app
+        .scalar_with(
+            "SELECT count(*) FROM email_deliveries \
+             WHERE template = 'second_factor_locked' AND to_address = $1",
+            &user.user.email,
+        )
+        .await;
     assert_eq!(notices, 1, "the owner is mailed once");
-    let unused: i64 = sqlx::query_scalar(
+    let unused = count_of(
+        &app,
+        &user,
         "SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1 AND used_at IS NULL",
     )
-    .bind(user.user.id)
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(unused, 9, "a refused code is not spent");
 }
 
@@ -421,24 +395,28 @@ async fn each_recovery_code_signs_in_once() {
     assert!(signs_in_with(&app, &user, &loose).await);
     assert!(!signs_in_with(&app, &user, "aaaa-bbbb-cccc-dddd-eeee-ffff").await);
 
-    let used: i64 = sqlx::query_scalar(
+    let used = count_of(
+        &app,
+        &user,
         "SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1 AND used_at IS NOT NULL",
     )
-    .bind(user.user.id)
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(used, 2);
 }
 
 async fn disable(app: &TestApp, user: &TestUser, password: &str, code: &str) -> reqwest::Response {
-    app.send(
-        Method::POST,
-        "/api/v1/auth/totp/disable",
-        &user.token,
-        Some(&json!({"password": password, "code": code})),
-    )
-    .await
+    let body = json!({"password": password, "code": code});
+    app.post_as("/api/v1/auth/totp/disable", &user.token, &body)
+        .await
+}
+
+/// Asserts a disable went through and the answer says TOTP is off.
+async fn assert_disabled(disabled: reqwest::Response) {
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert_eq!(
+        disabled.json::<Value>().await.unwrap()["totp_enabled"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -488,8 +466,7 @@ async fn a_rotated_secret_key_keeps_totp_and_sessions_while_the_old_one_is_previ
 
 #[tokio::test]
 async fn turning_totp_on_and_off_mails_the_owner() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let (user, authenticator, _) = totp_user(app).await;
     let on = &smtp
         .wait_for_subject("Two-step sign-in was turned on", 1, LONG)
@@ -511,68 +488,35 @@ async fn disabling_needs_the_password_and_a_current_code() {
     let app = app().await;
     let (user, authenticator, _) = totp_user(&app).await;
 
-    let problem = assert_problem(
-        disable(&app, &user, "not-the-password", &authenticator.code(1)).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    let wrong_password = disable(&app, &user, "not-the-password", &authenticator.code(1)).await;
+    let problem = assert_invalid(wrong_password).await;
     assert_eq!(problem.errors.unwrap()[0].field, "password");
     for code in ["000000", &authenticator.code(0), &authenticator.code(3)] {
-        let problem = assert_problem(
-            disable(&app, &user, &user.password, code).await,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
-        assert_eq!(problem.errors.unwrap()[0].field, "code");
+        let problem = assert_invalid(disable(&app, &user, &user.password, code).await).await;
+        assert_eq!(problem.errors.unwrap()[0].field, "code", "{code}");
     }
     // Still on after every refusal.
-    let me: Value = app.me(&user.token).await.json().await.unwrap();
+    let me = app.get_json("/api/v1/users/me", &user.token).await;
     assert_eq!(me["totp_enabled"], true);
 
-    let disabled = disable(&app, &user, &user.password, &authenticator.code(1)).await;
-    assert_eq!(disabled.status(), StatusCode::OK);
-    assert_eq!(
-        disabled.json::<Value>().await.unwrap()["totp_enabled"],
-        false
-    );
+    assert_disabled(disable(&app, &user, &user.password, &authenticator.code(1)).await).await;
     for table in [
         "SELECT count(*) FROM totp_secrets WHERE user_id = $1",
         "SELECT count(*) FROM totp_recovery_codes WHERE user_id = $1",
     ] {
-        let left: i64 = sqlx::query_scalar(table)
-            .bind(user.user.id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-        assert_eq!(left, 0, "{table}");
+        assert_eq!(count_of(&app, &user, table).await, 0, "{table}");
     }
-    let login: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let login = app.sign_in(&user).await;
     assert!(login["access_token"].is_string(), "{login}");
-    assert_problem(
-        disable(&app, &user, &user.password, &authenticator.code(1)).await,
-        StatusCode::CONFLICT,
-        "totp_not_enabled",
-    )
-    .await;
+    let again = disable(&app, &user, &user.password, &authenticator.code(1)).await;
+    assert_problem(again, StatusCode::CONFLICT, "totp_not_enabled").await;
 }
 
 #[tokio::test]
 async fn a_recovery_code_disables_totp_when_the_app_is_lost() {
     let app = app().await;
     let (user, _, codes) = totp_user(&app).await;
-    let disabled = disable(&app, &user, &user.password, &codes[3]).await;
-    assert_eq!(disabled.status(), StatusCode::OK);
-    assert_eq!(
-        disabled.json::<Value>().await.unwrap()["totp_enabled"],
-        false
-    );
+    assert_disabled(disable(&app, &user, &user.password, &codes[3]).await).await;
 }
 
 #[tokio::test]
@@ -580,7 +524,7 @@ async fn with_email_2fa_on_too_totp_is_asked_for_and_email_returns_when_it_is_of
     let app = app().await;
     let (user, authenticator, recovery) = totp_user(&app).await;
     let enabled = app
-        .send(Method::POST, "/api/v1/auth/enable-2fa", &user.token, None)
+        .post_as("/api/v1/auth/enable-2fa", &user.token, None)
         .await;
     assert_eq!(enabled.status(), StatusCode::OK);
     let id = challenge(&app, &user).await;
@@ -593,7 +537,7 @@ async fn with_email_2fa_on_too_totp_is_asked_for_and_email_returns_when_it_is_of
             .unwrap();
     assert_eq!((method.as_str(), code_hash), ("totp", None));
     assert!(
-        verify(&app, &id, &authenticator.code(1))
+        app.verify_2fa(&id, &authenticator.code(1))
             .await
             .status()
             .is_success()
@@ -606,12 +550,7 @@ async fn with_email_2fa_on_too_totp_is_asked_for_and_email_returns_when_it_is_of
         (me["totp_enabled"].clone(), me["two_fa_enabled"].clone()),
         (json!(false), json!(true))
     );
-    let answer: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = app.sign_in(&user).await;
     assert_eq!(answer["method"], "email", "{answer}");
 }
 
@@ -625,13 +564,9 @@ async fn confirm_without_setup_and_api_keys_are_refused() {
         "totp_not_set_up",
     )
     .await;
-    let key = app.create_api_key(&user, "ci").await;
+    let key = app.api_key(&user, "ci").await;
     let response = app
-        .client
-        .post(app.url("/api/v1/auth/totp/setup"))
-        .header("X-API-Key", key["key"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .send_with_key(Method::POST, "/api/v1/auth/totp/setup", &key, None)
+        .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }

@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use keel_shared::domain::Role;
 use keel_testing::SmtpServer;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TestApp, TestUser, assert_problem},
-    pipeline::{Stack, mail_stack},
+    helpers::{TestApp, TestUser, assert_invalid, retry_after},
+    mail::{code_in, reset_token_in},
+    pipeline::{Stack, unlimited_mail_stack},
+    refusals::{
+        CHALLENGE_CLOSED, EMAIL_NOT_VERIFIED, SECOND_FACTOR_LOCKED, TWO_FACTOR_REQUIRED,
+        assert_refused,
+    },
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -21,9 +26,7 @@ const CODE: &str = "Your sign-in code";
 /// A verified user with 2FA on.
 async fn two_factor_user(app: &TestApp) -> TestUser {
     let user = app.create_user(Role::User).await;
-    let enabled = app
-        .send(Method::POST, "/api/v1/auth/enable-2fa", &user.token, None)
-        .await;
+    let enabled = enable(app, &user).await;
     assert_eq!(enabled.status(), StatusCode::OK);
     assert_eq!(
         enabled.json::<Value>().await.unwrap()["two_fa_enabled"],
@@ -32,33 +35,39 @@ async fn two_factor_user(app: &TestApp) -> TestUser {
     user
 }
 
+/// `POST /api/v1/auth/enable-2fa` as `user`.
+async fn enable(app: &TestApp, user: &TestUser) -> reqwest::Response {
+    app.post_as("/api/v1/auth/enable-2fa", &user.token, None)
+        .await
+}
+
+/// `POST /api/v1/auth/disable-2fa` as `user`, confirmed with `password`.
+async fn disable(app: &TestApp, user: &TestUser, password: &str) -> reqwest::Response {
+    let body = json!({"password": password});
+    app.post_as("/api/v1/auth/disable-2fa", &user.token, &body)
+        .await
+}
+
+/// Signs in with the password: the email challenge's id.
 async fn login_challenge(app: &TestApp, user: &TestUser) -> String {
-    let answer: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = app.sign_in(user).await;
     assert_eq!(answer["two_factor_required"], true, "{answer}");
     assert_eq!(answer["method"], "email");
     assert!(answer.get("access_token").is_none());
     answer["challenge_id"].as_str().unwrap().to_owned()
 }
 
-/// The six-digit code in the plain-text part of a 2FA mail.
-fn code_in(message: &str) -> String {
-    let start = message.find("code is ").expect("a code") + "code is ".len();
-    let code = message[start..start + 6].to_owned();
-    keel_testing::record_secret(&code);
-    code
-}
-
-async fn verify(app: &TestApp, challenge: &str, code: &str) -> reqwest::Response {
-    app.post_json(
-        "/api/v1/auth/verify-2fa",
-        &json!({"challenge_id": challenge, "code": code}),
-    )
-    .await
+/// Signs `user` in with the password: the challenge, and the code of the
+/// `n`th sign-in code mailed (1 the first).
+async fn challenge_and_code(
+    app: &TestApp,
+    smtp: &SmtpServer,
+    user: &TestUser,
+    n: usize,
+) -> (String, String) {
+    let challenge = login_challenge(app, user).await;
+    let code = code_in(&smtp.wait_for_subject(CODE, n, LONG).await[n - 1]);
+    (challenge, code)
 }
 
 /// The `two_factor_changed` notices recorded for `user`, oldest first:
@@ -76,22 +85,11 @@ pub async fn change_notices(app: &TestApp, user: &TestUser) -> Vec<bool> {
 
 #[tokio::test]
 async fn turning_email_2fa_on_and_off_mails_the_owner_once_per_change() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
     // On again: no change, no mail.
-    let again = app
-        .send(Method::POST, "/api/v1/auth/enable-2fa", &user.token, None)
-        .await;
-    assert_eq!(again.status(), StatusCode::OK);
-    let off = app
-        .send(
-            Method::POST,
-            "/api/v1/auth/disable-2fa",
-            &user.token,
-            Some(&json!({"password": user.password})),
-        )
-        .await;
+    assert_eq!(enable(app, &user).await.status(), StatusCode::OK);
+    let off = disable(app, &user, &user.password).await;
     assert_eq!(off.status(), StatusCode::OK);
 
     for subject in [
@@ -106,35 +104,29 @@ async fn turning_email_2fa_on_and_off_mails_the_owner_once_per_change() {
 
 #[tokio::test]
 async fn a_2fa_login_takes_the_mailed_code_once() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
     let challenge = login_challenge(app, &user).await;
 
     let messages = smtp.wait_for_subject(CODE, 1, LONG).await;
     let code = code_in(&messages[0]);
     assert!(code.chars().all(|c| c.is_ascii_digit()), "{code}");
-    let stored: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT code_hash FROM two_factor_challenges WHERE id = $1::uuid")
-            .bind(&challenge)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let stored: Option<Vec<u8>> = app
+        .scalar_with(
+            "SELECT code_hash FROM two_factor_challenges WHERE id = $1::uuid",
+            &challenge,
+        )
+        .await;
     assert!(
         stored.is_some_and(|h| h != code.as_bytes()),
         "only a hash is stored"
     );
 
-    let signed_in = verify(app, &challenge, &code).await;
+    let signed_in = app.verify_2fa(&challenge, &code).await;
     assert_eq!(signed_in.status(), StatusCode::OK);
     let tokens: Value = signed_in.json().await.unwrap();
     assert!(tokens["access_token"].is_string());
-    assert_problem(
-        verify(app, &challenge, &code).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
+    assert_refused(app.verify_2fa(&challenge, &code).await, CHALLENGE_CLOSED).await;
 
     // The OAuth2 password grant cannot do 2FA: it says so.
     let grant = app
@@ -143,20 +135,18 @@ async fn a_2fa_login_takes_the_mailed_code_once() {
             &json!({"grant_type": "password", "username": user.user.username, "password": user.password}),
         )
         .await;
-    assert_problem(grant, StatusCode::FORBIDDEN, "two_factor_required").await;
+    assert_refused(grant, TWO_FACTOR_REQUIRED).await;
 }
 
 #[tokio::test]
 async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
 
-    let challenge = login_challenge(app, &user).await;
-    let code = code_in(&smtp.wait_for_subject(CODE, 1, LONG).await[0]);
+    let (challenge, code) = challenge_and_code(app, smtp, &user, 1).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for left in (1..5).rev() {
-        let response = verify(app, &challenge, wrong).await;
+        let response = app.verify_2fa(&challenge, wrong).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], "invalid_code");
@@ -167,109 +157,49 @@ async fn five_wrong_codes_close_the_challenge_and_a_new_login_voids_the_old_one(
                 .contains(&format!("{left} tries left"))
         );
     }
-    assert_problem(
-        verify(app, &challenge, wrong).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
-    assert_problem(
-        verify(app, &challenge, &code).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
+    assert_refused(app.verify_2fa(&challenge, wrong).await, CHALLENGE_CLOSED).await;
+    assert_refused(app.verify_2fa(&challenge, &code).await, CHALLENGE_CLOSED).await;
 
-    let first = login_challenge(app, &user).await;
-    let first_code = code_in(&smtp.wait_for_subject(CODE, 2, LONG).await[1]);
-    let second = login_challenge(app, &user).await;
-    let second_code = code_in(&smtp.wait_for_subject(CODE, 3, LONG).await[2]);
-    assert_problem(
-        verify(app, &first, &first_code).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
+    let (first, first_code) = challenge_and_code(app, smtp, &user, 2).await;
+    let (second, second_code) = challenge_and_code(app, smtp, &user, 3).await;
+    assert_refused(app.verify_2fa(&first, &first_code).await, CHALLENGE_CLOSED).await;
     assert_eq!(
-        verify(app, &second, &second_code).await.status(),
+        app.verify_2fa(&second, &second_code).await.status(),
         StatusCode::OK
     );
 }
 
 #[tokio::test]
 async fn an_expired_code_is_refused() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
-    let challenge = login_challenge(app, &user).await;
-    let code = code_in(&smtp.wait_for_subject(CODE, 1, LONG).await[0]);
-    sqlx::query("UPDATE two_factor_challenges SET expires_at = now() - interval '1 second'")
-        .execute(app.pool())
-        .await
-        .unwrap();
-    assert_problem(
-        verify(app, &challenge, &code).await,
-        StatusCode::UNAUTHORIZED,
-        "challenge_closed",
-    )
-    .await;
+    let (challenge, code) = challenge_and_code(app, smtp, &user, 1).await;
+    app.execute("UPDATE two_factor_challenges SET expires_at = now() - interval '1 second'")
+        .await;
+    assert_refused(app.verify_2fa(&challenge, &code).await, CHALLENGE_CLOSED).await;
 }
 
 #[tokio::test]
 async fn enabling_needs_a_verified_address_and_disabling_the_password() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let unverified = app
         .register(&json!({"username": "uma", "email": "uma@example.com", "password": "correct horse battery staple"}))
         .await;
     assert_eq!(unverified.status(), StatusCode::CREATED);
-    let login: Value = app
-        .login("uma", "correct horse battery staple")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let login = app.login_json("uma", "correct horse battery staple").await;
     let token = login["access_token"].as_str().unwrap();
-    assert_problem(
-        app.send(Method::POST, "/api/v1/auth/enable-2fa", token, None)
-            .await,
-        StatusCode::CONFLICT,
-        "email_not_verified",
-    )
-    .await;
+    let refused = app.post_as("/api/v1/auth/enable-2fa", token, None).await;
+    assert_refused(refused, EMAIL_NOT_VERIFIED).await;
 
     let user = two_factor_user(app).await;
-    assert_problem(
-        app.send(
-            Method::POST,
-            "/api/v1/auth/disable-2fa",
-            &user.token,
-            Some(&json!({"password": "nope"})),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let disabled = app
-        .send(
-            Method::POST,
-            "/api/v1/auth/disable-2fa",
-            &user.token,
-            Some(&json!({"password": user.password})),
-        )
-        .await;
+    assert_invalid(disable(app, &user, "nope").await).await;
+    let disabled = disable(app, &user, &user.password).await;
     assert_eq!(disabled.status(), StatusCode::OK);
-    let tokens: Value = app
-        .login(&user.user.username, &user.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tokens = app.sign_in(&user).await;
     assert!(tokens["access_token"].is_string(), "no challenge once off");
 
     let test = app
-        .send(Method::POST, "/api/v1/auth/test-2fa", &user.token, None)
+        .post_as("/api/v1/auth/test-2fa", &user.token, None)
         .await;
     assert_eq!(test.status(), StatusCode::ACCEPTED);
     let mail = &smtp.wait_for_subject(CODE, 1, LONG).await[0];
@@ -278,43 +208,20 @@ async fn enabling_needs_a_verified_address_and_disabling_the_password() {
 
 #[tokio::test]
 async fn a_password_reset_does_not_bypass_2fa() {
-    let smtp = SmtpServer::start().await;
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
-    let requested = app
-        .post_json(
-            "/api/v1/auth/password-reset/request",
-            &json!({"email": user.user.email}),
-        )
-        .await;
+    let requested = app.request_password_reset(&user.user.email).await;
     assert_eq!(requested.status(), StatusCode::ACCEPTED);
     let mail = smtp
         .wait_for_subject("Reset your password", 1, LONG)
         .await
         .remove(0);
-    let unfolded = mail
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
-    let start = unfolded.find("reset-password?token=").unwrap() + "reset-password?token=".len();
-    let token: String = unfolded[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
     let new_password = "a brand new passphrase 42";
     let confirmed = app
-        .post_json(
-            "/api/v1/auth/password-reset/confirm",
-            &json!({"token": token, "new_password": new_password}),
-        )
+        .confirm_password_reset(&reset_token_in(&mail), new_password)
         .await;
     assert_eq!(confirmed.status(), StatusCode::OK);
-    let answer: Value = app
-        .login(&user.user.username, new_password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = app.login_json(&user.user.username, new_password).await;
     assert_eq!(answer["two_factor_required"], true, "{answer}");
 }
 
@@ -326,36 +233,24 @@ fn other_than(code: &str) -> String {
 
 #[tokio::test]
 async fn ten_wrong_mailed_codes_across_challenges_pause_the_second_step_and_mail_the_owner() {
-    let smtp = SmtpServer::start().await;
     // Rate limits off: the pause is the account's, kept in PostgreSQL.
-    let Stack { app, worker: _w } = &mail_stack(&smtp, &["--rate-limit-enabled", "false"]).await;
+    let (Stack { app, worker: _w }, smtp) = &unlimited_mail_stack().await;
     let user = two_factor_user(app).await;
     // Ten wrong codes across three challenges (5, 4, 1): each new challenge
     // voids the one before, so only the last stays open.
     let (mut challenge, mut right) = (String::new(), String::new());
     for (round, wrong_here) in [(1, 5), (2, 4), (3, 1)] {
-        challenge = login_challenge(app, &user).await;
-        let messages = smtp.wait_for_subject(CODE, round, LONG).await;
-        right = code_in(&messages[round - 1]);
+        (challenge, right) = challenge_and_code(app, smtp, &user, round).await;
         let wrong = other_than(&right);
         for _ in 0..wrong_here {
-            let response = verify(app, &challenge, &wrong).await;
+            let response = app.verify_2fa(&challenge, &wrong).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "round {round}");
         }
     }
-    let refused = verify(app, &challenge, &right).await;
-    let retry_after: u64 = refused.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let refused = app.verify_2fa(&challenge, &right).await;
+    let retry_after = retry_after(&refused);
     assert!((3500..=3600).contains(&retry_after), "{retry_after}");
-    assert_problem(
-        refused,
-        StatusCode::TOO_MANY_REQUESTS,
-        "second_factor_locked",
-    )
-    .await;
+    assert_refused(refused, SECOND_FACTOR_LOCKED).await;
     let notice = smtp
         .wait_for_subject(
             "Two-step sign-in is paused after too many wrong codes",
@@ -365,24 +260,21 @@ async fn ten_wrong_mailed_codes_across_challenges_pause_the_second_step_and_mail
         .await;
     assert!(notice[0].contains(&user.user.email), "{}", notice[0]);
     // Meanwhile a right password opens no challenge and mails no code.
-    assert_problem(
+    assert_refused(
         app.login(&user.user.username, &user.password).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "second_factor_locked",
+        SECOND_FACTOR_LOCKED,
     )
     .await;
     assert_eq!(smtp.wait_for_subject(CODE, 3, LONG).await.len(), 3);
 
     // An hour later (moved here by hand), the right code signs in.
-    sqlx::query(
+    app.execute_with(
         "UPDATE users SET second_factor_locked_until = now() - interval '1 second' WHERE id = $1",
+        user.user.id,
     )
-    .bind(user.user.id)
-    .execute(app.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
-        verify(app, &challenge, &right).await.status(),
+        app.verify_2fa(&challenge, &right).await.status(),
         StatusCode::OK
     );
 }

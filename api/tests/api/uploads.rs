@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use reqwest::{
-    Method, Response, StatusCode,
+    Response, StatusCode,
     multipart::{Form, Part},
 };
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestUser, assert_problem};
+use crate::{
+    helpers::{TestApp, TestUser},
+    refusals::{NOT_FOUND, RANGE_NOT_SATISFIABLE, assert_refused},
+};
 
 /// `bytes` as lower-case hex, as the API shows a SHA-256.
 pub fn hex(bytes: &[u8]) -> String {
@@ -36,12 +39,22 @@ pub async fn upload(app: &TestApp, user: &TestUser, form: Form) -> Response {
         .unwrap()
 }
 
+/// Uploads `bytes` as `name`, claimed to be nothing in particular.
+pub async fn upload_one(app: &TestApp, user: &TestUser, name: &str, bytes: &[u8]) -> Response {
+    let form = Form::new().part("file", part(name, bytes, "application/octet-stream"));
+    upload(app, user, form).await
+}
+
+/// The stored files' JSON of an upload answered 201.
+pub async fn items_of(response: Response) -> Vec<Value> {
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    body["items"].as_array().expect("the stored files").clone()
+}
+
 /// Uploads `bytes` as `name`: the stored file's JSON.
 pub async fn uploaded(app: &TestApp, user: &TestUser, name: &str, bytes: &[u8]) -> Value {
-    let form = Form::new().part("file", part(name, bytes, "application/octet-stream"));
-    let response = upload(app, user, form).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json::<Value>().await.unwrap()["items"][0].clone()
+    items_of(upload_one(app, user, name, bytes).await).await[0].clone()
 }
 
 /// `GET path` as `user` with `Range: {range}` (e.g. `bytes=0-99`).
@@ -57,13 +70,8 @@ pub async fn get_range(app: &TestApp, user: &TestUser, path: &str, range: &str) 
 
 /// `DELETE /api/v1/files/{id}`, as `user`.
 pub async fn delete_file(app: &TestApp, user: &TestUser, id: &str) -> Response {
-    app.send(
-        Method::DELETE,
-        &format!("/api/v1/files/{id}"),
-        &user.token,
-        None,
-    )
-    .await
+    app.delete_as(&format!("/api/v1/files/{id}"), &user.token)
+        .await
 }
 
 /// File `id`'s metadata and content both answer 404 to `user`.
@@ -72,12 +80,9 @@ pub async fn assert_gone(app: &TestApp, user: &TestUser, id: &str) {
         format!("/api/v1/files/{id}"),
         format!("/api/v1/files/{id}/content"),
     ] {
-        assert_problem(
-            app.get_as(&path, &user.token).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        let response = app.get_as(&path, &user.token).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_refused(response, NOT_FOUND).await;
     }
 }
 
@@ -111,7 +116,7 @@ pub async fn assert_ranges_follow_rfc_9110(app: &TestApp, user: &TestUser) {
             .to_owned();
         ids.insert(name, (id, bytes.to_vec()));
     }
-    // (file, Range, status, Content-Range, the bytes as start..end)
+    // (file, Range, status, Content-Range, the bytes as start..end); one case a line.
     type Case = (
         &'static str,
         &'static str,
@@ -119,6 +124,7 @@ pub async fn assert_ranges_follow_rfc_9110(app: &TestApp, user: &TestUser) {
         &'static str,
         Option<(usize, usize)>,
     );
+    #[rustfmt::skip]
     let cases: &[Case] = &[
         ("empty", "bytes=0-", 416, "bytes */0", None),
         ("empty", "bytes=0-0", 416, "bytes */0", None),
@@ -127,45 +133,15 @@ pub async fn assert_ranges_follow_rfc_9110(app: &TestApp, user: &TestUser) {
         ("twenty", "bytes=-100", 206, "bytes 0-19/20", Some((0, 20))),
         ("twenty", "bytes=-0", 416, "bytes */20", None),
         ("twenty", "bytes=00-04", 206, "bytes 0-4/20", Some((0, 5))),
-        (
-            "twenty",
-            "bytes=5-99999999999999999999999",
-            206,
-            "bytes 5-19/20",
-            Some((5, 20)),
-        ),
+        ("twenty", "bytes=5-99999999999999999999999", 206, "bytes 5-19/20", Some((5, 20))),
         ("twenty", "bytes=20-", 416, "bytes */20", None),
         ("twenty", "bytes=5-1", 200, "", Some((0, 20))),
         ("twenty", "bytes=0-1,5-6", 200, "", Some((0, 20))),
         ("twenty", "items=0-1", 200, "", Some((0, 20))),
-        (
-            "big",
-            "bytes=0-499",
-            206,
-            "bytes 0-499/10000",
-            Some((0, 500)),
-        ),
-        (
-            "big",
-            "bytes=-500",
-            206,
-            "bytes 9500-9999/10000",
-            Some((9500, 10_000)),
-        ),
-        (
-            "big",
-            "bytes=9500-",
-            206,
-            "bytes 9500-9999/10000",
-            Some((9500, 10_000)),
-        ),
-        (
-            "big",
-            "bytes=9999-9999",
-            206,
-            "bytes 9999-9999/10000",
-            Some((9999, 10_000)),
-        ),
+        ("big", "bytes=0-499", 206, "bytes 0-499/10000", Some((0, 500))),
+        ("big", "bytes=-500", 206, "bytes 9500-9999/10000", Some((9500, 10_000))),
+        ("big", "bytes=9500-", 206, "bytes 9500-9999/10000", Some((9500, 10_000))),
+        ("big", "bytes=9999-9999", 206, "bytes 9999-9999/10000", Some((9999, 10_000))),
     ];
     for (file, range, status, content_range, slice) in cases {
         let (id, bytes) = &ids[file];
@@ -180,12 +156,7 @@ pub async fn assert_ranges_follow_rfc_9110(app: &TestApp, user: &TestUser) {
             .unwrap_or_default();
         assert_eq!(&got_range, content_range, "{what}");
         if *status == 416 {
-            assert_problem(
-                response,
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-            )
-            .await;
+            assert_refused(response, RANGE_NOT_SATISFIABLE).await;
             continue;
         }
         let (start, end) = slice.unwrap();

@@ -4,21 +4,27 @@ use keel_shared::domain::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::{
+    helpers::{TestUser, assert_invalid, assert_problem, spawn_app},
+    refusals::{FORBIDDEN, INVALID_TOKEN, NOT_FOUND, assert_refused},
+};
+
+/// `PUT` here sets `user`'s role.
+fn role_path(user: &TestUser) -> String {
+    format!("/api/v1/users/{}/role", user.user.id)
+}
+
+/// The body that deactivates an account.
+fn deactivate() -> Value {
+    json!({"is_active": false})
+}
 
 #[tokio::test]
 async fn a_user_edits_their_profile_and_clears_fields_with_null() {
     let app = spawn_app().await;
     let alice = app.create_user(Role::User).await;
     let patch = json!({"first_name": "Ada", "bio": "hello", "timezone": "America/New_York", "language": "pt-BR"});
-    let response = app
-        .send(
-            Method::PATCH,
-            "/api/v1/users/me",
-            &alice.token,
-            Some(&patch),
-        )
-        .await;
+    let response = app.patch_as("/api/v1/users/me", &alice.token, &patch).await;
     assert_eq!(response.status(), StatusCode::OK);
     let user: Value = response.json().await.unwrap();
     assert_eq!(
@@ -27,19 +33,14 @@ async fn a_user_edits_their_profile_and_clears_fields_with_null() {
     );
 
     let cleared: Value = app
-        .send(
-            Method::PATCH,
-            "/api/v1/users/me",
-            &alice.token,
-            Some(&json!({"bio": null})),
-        )
+        .patch_as("/api/v1/users/me", &alice.token, &json!({"bio": null}))
         .await
         .json()
         .await
         .unwrap();
     assert!(cleared["bio"].is_null());
     assert_eq!(cleared["first_name"], "Ada", "absent fields stay");
-    let fetched: Value = app.me(&alice.token).await.json().await.unwrap();
+    let fetched = app.get_json("/api/v1/users/me", &alice.token).await;
     assert_eq!(fetched, cleared, "the cached user was refreshed");
 
     // A time zone or language cleared with null is back at its default,
@@ -48,21 +49,11 @@ async fn a_user_edits_their_profile_and_clears_fields_with_null() {
         "/api/v1/users/me".to_owned(),
         format!("/api/v1/users/{}", alice.user.id),
     ] {
-        let set = app
-            .send(Method::PATCH, &path, &alice.token, Some(&patch))
-            .await;
+        let set = app.patch_as(&path, &alice.token, &patch).await;
         assert_eq!(set.status(), StatusCode::OK);
-        let reset: Value = app
-            .send(
-                Method::PATCH,
-                &path,
-                &alice.token,
-                Some(&json!({"timezone": null, "language": null})),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        let defaults = json!({"timezone": null, "language": null});
+        let reset = app.patch_as(&path, &alice.token, &defaults).await;
+        let reset: Value = reset.json().await.unwrap();
         assert_eq!(
             (reset["timezone"].as_str(), reset["language"].as_str()),
             (Some("UTC"), Some("en")),
@@ -83,30 +74,13 @@ async fn names_are_one_line_and_avatar_urls_name_a_host_as_the_schema_says() {
         ("avatar_url", json!("https://a_b.com/x.png")),
     ];
     for (field, value) in refused {
-        let response = app
-            .send(
-                Method::PATCH,
-                "/api/v1/users/me",
-                &alice.token,
-                Some(&json!({field: value})),
-            )
-            .await;
-        let problem = assert_problem(
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let body = json!({field: value});
+        let response = app.patch_as("/api/v1/users/me", &alice.token, &body).await;
+        let problem = assert_invalid(response).await;
         assert_eq!(problem.errors.unwrap()[0].field, field, "{value}");
     }
-    let accepted = app
-        .send(
-            Method::PATCH,
-            "/api/v1/users/me",
-            &alice.token,
-            Some(&json!({"bio": "two\nlines", "avatar_url": "https://cdn.example.com/a.png"})),
-        )
-        .await;
+    let body = json!({"bio": "two\nlines", "avatar_url": "https://cdn.example.com/a.png"});
+    let accepted = app.patch_as("/api/v1/users/me", &alice.token, &body).await;
     assert_eq!(accepted.status(), StatusCode::OK, "a bio keeps its lines");
 }
 
@@ -128,26 +102,13 @@ async fn mass_assignment_of_role_email_verified_or_is_active_is_refused() {
             json!({"role": "admin"}),
         ),
     ] {
-        let response = app
-            .send(Method::PATCH, path, &alice.token, Some(&body))
-            .await;
-        assert_problem(
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        let response = app.patch_as(path, &alice.token, &body).await;
+        assert_invalid(response).await;
     }
-    let response = app
-        .send(
-            Method::PATCH,
-            &format!("/api/v1/users/{alice_id}"),
-            &alice.token,
-            Some(&json!({"is_active": false})),
-        )
-        .await;
-    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
-    let me: Value = app.me(&alice.token).await.json().await.unwrap();
+    let path = format!("/api/v1/users/{alice_id}");
+    let response = app.patch_as(&path, &alice.token, &deactivate()).await;
+    assert_refused(response, FORBIDDEN).await;
+    let me = app.get_json("/api/v1/users/me", &alice.token).await;
     assert_eq!(
         (
             me["role"].as_str(),
@@ -181,18 +142,16 @@ async fn user_b_cannot_see_or_touch_user_a() {
         let response = app
             .send(method.clone(), &path, &b.token, body.as_ref())
             .await;
-        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+        assert_refused(response, NOT_FOUND).await;
     }
-    for (method, path) in [
-        (Method::DELETE, format!("/api/v1/users/{a_id}")),
-        (Method::DELETE, format!("/api/v1/users/delete/{a_id}")),
+    for path in [
+        format!("/api/v1/users/{a_id}"),
+        format!("/api/v1/users/delete/{a_id}"),
     ] {
-        assert_eq!(
-            app.send(method, &path, &b.token, None).await.status(),
-            StatusCode::FORBIDDEN
-        );
+        let response = app.delete_as(&path, &b.token).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
-    let me: Value = app.me(&a.token).await.json().await.unwrap();
+    let me = app.get_json("/api/v1/users/me", &a.token).await;
     assert!(me["first_name"].is_null());
 }
 
@@ -203,12 +162,9 @@ async fn admins_list_filter_and_page_users() {
     for _ in 0..3 {
         app.create_user(Role::User).await;
     }
-    let page: Value = app
-        .get_as("/api/v1/users?size=2&page=1", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app
+        .get_json("/api/v1/users?size=2&page=1", &admin.token)
+        .await;
     assert_eq!(
         (
             page["total"].as_i64(),
@@ -218,37 +174,17 @@ async fn admins_list_filter_and_page_users() {
         (Some(4), Some(2), Some(2))
     );
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
-    let second: Value = app
-        .get_as("/api/v1/users/?size=2&page=2", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second = app
+        .get_json("/api/v1/users/?size=2&page=2", &admin.token)
+        .await;
     assert_ne!(page["items"][0]["id"], second["items"][0]["id"]);
 
-    let users: Value = app
-        .get_as("/api/v1/users?role=user", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let users = app.get_json("/api/v1/users?role=user", &admin.token).await;
     assert_eq!(users["total"], 3);
-    let by_role: Value = app
-        .get_as("/api/v1/users/role/admin", &admin.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_role = app.get_json("/api/v1/users/role/admin", &admin.token).await;
     assert_eq!(by_role["items"][0]["id"], admin.user.id.to_string());
-    let search: Value = app
-        .get_as(
-            &format!("/api/v1/users?q={}", &admin.user.username[3..]),
-            &admin.token,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let query = format!("/api/v1/users?q={}", &admin.user.username[3..]);
+    let search = app.get_json(&query, &admin.token).await;
     assert_eq!(search["total"], 1);
 
     for bad in [
@@ -261,12 +197,7 @@ async fn admins_list_filter_and_page_users() {
         let response = app
             .get_as(&format!("/api/v1/users?{bad}"), &admin.token)
             .await;
-        assert_problem(
-            response,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        )
-        .await;
+        assert_invalid(response).await;
     }
 }
 
@@ -284,25 +215,18 @@ async fn an_admin_cannot_deactivate_their_own_account() {
             Method::PATCH
         };
         let response = app
-            .send(
-                method,
-                &path,
-                &admin.token,
-                Some(&json!({"is_active": false})),
-            )
+            .send(method, &path, &admin.token, Some(&deactivate()))
             .await;
-        assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        assert_refused(response, FORBIDDEN).await;
     }
     assert_eq!(
         app.me(&admin.token).await.status(),
         StatusCode::OK,
         "still signed in"
     );
-    let active: bool = sqlx::query_scalar("SELECT is_active FROM users WHERE id = $1")
-        .bind(admin.user.id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let active: bool = app
+        .scalar_with("SELECT is_active FROM users WHERE id = $1", admin.user.id)
+        .await;
     assert!(active);
 }
 
@@ -311,44 +235,20 @@ async fn deactivating_a_user_stops_their_tokens_at_once() {
     let app = spawn_app().await;
     let admin = app.create_user(Role::Admin).await;
     let alice = app.create_user(Role::User).await;
-    let tokens: Value = app
-        .login(&alice.user.username, &alice.password)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tokens = app.sign_in(&alice).await;
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(app.me(access).await.status(), StatusCode::OK, "cached now");
 
     let path = format!("/api/v1/users/{}", alice.user.id);
-    let response = app
-        .send(
-            Method::PATCH,
-            &path,
-            &admin.token,
-            Some(&json!({"is_active": false})),
-        )
-        .await;
+    let response = app.patch_as(&path, &admin.token, &deactivate()).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    assert_problem(
-        app.me(access).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
-    assert_eq!(
-        app.refresh(tokens["refresh_token"].as_str().unwrap())
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.login(&alice.user.username, &alice.password)
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let response = app.me(access).await;
+    assert_refused(response, INVALID_TOKEN).await;
+    let refresh = app.refresh(tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refresh.status(), StatusCode::UNAUTHORIZED);
+    let login = app.login(&alice.user.username, &alice.password).await;
+    assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -357,44 +257,24 @@ async fn only_a_superadmin_changes_roles_and_nobody_promotes_themself() {
     let superadmin = app.create_user(Role::Superadmin).await;
     let admin = app.create_user(Role::Admin).await;
     let alice = app.create_user(Role::User).await;
-    let role_path = |id: uuid::Uuid| format!("/api/v1/users/{id}/role");
+    let set_role = |target: &TestUser, caller: &TestUser, role: &str| {
+        let (path, body) = (role_path(target), json!({"role": role}));
+        let token = caller.token.clone();
+        let app = &app;
+        async move { app.put_as(&path, &token, &body).await }
+    };
 
-    let self_promotion = app
-        .send(
-            Method::PUT,
-            &role_path(admin.user.id),
-            &admin.token,
-            Some(&json!({"role": "superadmin"})),
-        )
-        .await;
-    assert_problem(self_promotion, StatusCode::FORBIDDEN, "forbidden").await;
-    let by_admin = app
-        .send(
-            Method::PUT,
-            &role_path(alice.user.id),
-            &admin.token,
-            Some(&json!({"role": "admin"})),
-        )
-        .await;
-    assert_problem(by_admin, StatusCode::FORBIDDEN, "forbidden").await;
-    let by_user = app
-        .send(
-            Method::PUT,
-            &role_path(alice.user.id),
-            &alice.token,
-            Some(&json!({"role": "admin"})),
-        )
-        .await;
-    assert_problem(by_user, StatusCode::FORBIDDEN, "forbidden").await;
+    for (case, target, caller, role) in [
+        ("self-promotion", &admin, &admin, "superadmin"),
+        ("by an admin", &alice, &admin, "admin"),
+        ("by a user", &alice, &alice, "admin"),
+    ] {
+        let response = set_role(target, caller, role).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{case}");
+        assert_refused(response, FORBIDDEN).await;
+    }
 
-    let promoted = app
-        .send(
-            Method::PUT,
-            &role_path(alice.user.id),
-            &superadmin.token,
-            Some(&json!({"role": "admin"})),
-        )
-        .await;
+    let promoted = set_role(&alice, &superadmin, "admin").await;
     assert_eq!(promoted.status(), StatusCode::OK);
     assert_eq!(promoted.json::<Value>().await.unwrap()["role"], "admin");
     assert_eq!(
@@ -405,12 +285,7 @@ async fn only_a_superadmin_changes_roles_and_nobody_promotes_themself() {
 
     let alias = format!("/api/v1/users/update/{}/role", alice.user.id);
     let demoted = app
-        .send(
-            Method::PUT,
-            &alias,
-            &superadmin.token,
-            Some(&json!({"role": "user"})),
-        )
+        .put_as(&alias, &superadmin.token, &json!({"role": "user"}))
         .await;
     assert_eq!(demoted.json::<Value>().await.unwrap()["role"], "user");
 }
@@ -419,48 +294,23 @@ async fn only_a_superadmin_changes_roles_and_nobody_promotes_themself() {
 async fn the_last_superadmin_cannot_be_demoted_deactivated_or_deleted() {
     let app = spawn_app().await;
     let root = app.create_user(Role::Superadmin).await;
-    let id = root.user.id;
-    let demote = app
-        .send(
-            Method::PUT,
-            &format!("/api/v1/users/{id}/role"),
-            &root.token,
-            Some(&json!({"role": "admin"})),
-        )
-        .await;
-    assert_problem(demote, StatusCode::CONFLICT, "last_superadmin").await;
-    let deactivate = app
-        .send(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            &root.token,
-            Some(&json!({"is_active": false})),
-        )
-        .await;
+    let (path, demotion) = (
+        format!("/api/v1/users/{}", root.user.id),
+        json!({"role": "admin"}),
+    );
+    let root_role = role_path(&root);
+    let demote = || app.put_as(&root_role, &root.token, &demotion);
+    assert_problem(demote().await, StatusCode::CONFLICT, "last_superadmin").await;
+    let deactivated = app.patch_as(&path, &root.token, &deactivate()).await;
     // Nobody deactivates their own account (and no one else may deactivate
     // a superadmin): the last one stays active.
-    assert_problem(deactivate, StatusCode::FORBIDDEN, "forbidden").await;
-    let delete = app
-        .send(
-            Method::DELETE,
-            &format!("/api/v1/users/{id}"),
-            &root.token,
-            None,
-        )
-        .await;
+    assert_refused(deactivated, FORBIDDEN).await;
+    let delete = app.delete_as(&path, &root.token).await;
     assert_problem(delete, StatusCode::CONFLICT, "last_superadmin").await;
 
     // With a second one, the first may step down.
     app.create_user(Role::Superadmin).await;
-    let demote = app
-        .send(
-            Method::PUT,
-            &format!("/api/v1/users/{id}/role"),
-            &root.token,
-            Some(&json!({"role": "admin"})),
-        )
-        .await;
-    assert_eq!(demote.status(), StatusCode::OK);
+    assert_eq!(demote().await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -469,19 +319,14 @@ async fn two_superadmins_demoting_each_other_at_once_leave_one() {
     let a = app.create_user(Role::Superadmin).await;
     let b = app.create_user(Role::Superadmin).await;
     let body = json!({"role": "user"});
-    let (path_a, path_b) = (
-        format!("/api/v1/users/{}/role", a.user.id),
-        format!("/api/v1/users/{}/role", b.user.id),
-    );
+    let (path_a, path_b) = (role_path(&a), role_path(&b));
     let (ra, rb) = tokio::join!(
-        app.send(Method::PUT, &path_b, &a.token, Some(&body)),
-        app.send(Method::PUT, &path_a, &b.token, Some(&body)),
+        app.put_as(&path_b, &a.token, &body),
+        app.put_as(&path_a, &b.token, &body),
     );
-    let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'superadmin' AND is_active")
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let left: i64 = app
+        .scalar("SELECT count(*) FROM users WHERE role = 'superadmin' AND is_active")
+        .await;
     assert_eq!(left, 1, "{} / {}", ra.status(), rb.status());
 }
 
@@ -492,32 +337,16 @@ async fn admins_cannot_manage_a_superadmin_but_can_delete_a_user() {
     let admin = app.create_user(Role::Admin).await;
     let alice = app.create_user(Role::User).await;
     let path = format!("/api/v1/users/{}", root.user.id);
-    assert_problem(
-        app.send(
-            Method::PATCH,
-            &path,
-            &admin.token,
-            Some(&json!({"is_active": false})),
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    assert_problem(
-        app.send(Method::DELETE, &path, &admin.token, None).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
+    for response in [
+        app.patch_as(&path, &admin.token, &deactivate()).await,
+        app.delete_as(&path, &admin.token).await,
+    ] {
+        assert_refused(response, FORBIDDEN).await;
+    }
 
     let alice_path = format!("/api/v1/users/delete/{}", alice.user.id);
-    assert_eq!(
-        app.send(Method::DELETE, &alice_path, &admin.token, None)
-            .await
-            .status(),
-        StatusCode::NO_CONTENT
-    );
+    let deleted = app.delete_as(&alice_path, &admin.token).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         app.me(&alice.token).await.status(),
         StatusCode::UNAUTHORIZED,
@@ -535,10 +364,9 @@ async fn admins_cannot_manage_a_superadmin_but_can_delete_a_user() {
 async fn an_id_that_is_not_a_uuid_is_404() {
     let app = spawn_app().await;
     let admin = app.create_user(Role::Admin).await;
-    assert_problem(
+    assert_refused(
         app.get_as("/api/v1/users/not-a-uuid", &admin.token).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        NOT_FOUND,
     )
     .await;
 }
@@ -556,14 +384,7 @@ async fn a_deactivation_on_one_replica_ends_the_token_on_every_replica() {
     }
 
     let path = format!("/api/v1/users/{}", alice.user.id);
-    let response = replica
-        .send(
-            Method::PATCH,
-            &path,
-            &admin.token,
-            Some(&json!({"is_active": false})),
-        )
-        .await;
+    let response = replica.patch_as(&path, &admin.token, &deactivate()).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     // The other replica hears of it through Redis within moments.

@@ -9,27 +9,28 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{TestApp, assert_problem},
+    mail,
     pipeline::{Stack, mail_stack},
+    refusals::{INVALID_EMAIL_TOKEN, RATE_LIMITED, assert_refused},
 };
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// The verification link in a raw message (quoted-printable may wrap it).
+/// The path of the verification link in a raw message (quoted-printable may wrap it).
 fn link_in(message: &str) -> String {
-    let unfolded = message
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
-    let start = unfolded
-        .find("http://keel.test/api/v1/auth/verify-email?token=")
-        .unwrap_or_else(|| panic!("no link in {message}"));
-    let found = unfolded[start..]
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
-        .next()
-        .unwrap()
-        .to_owned();
-    keel_testing::record_secret(found.rsplit('=').next().unwrap_or_default());
-    found
+    let link = mail::link_in(message, "http://keel.test/api/v1/auth/verify-email?token=");
+    link.trim_start_matches("http://keel.test").to_owned()
+}
+
+/// `POST /api/v1/auth/resend-verification` as `token`'s bearer.
+async fn resend(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post_as("/api/v1/auth/resend-verification", token, None)
+        .await
+}
+
+/// Asserts the link `path` is refused as a spent or expired token.
+async fn assert_link_refused(app: &TestApp, path: &str) {
+    assert_refused(app.get(path).await, INVALID_EMAIL_TOKEN).await;
 }
 
 async fn register(app: &TestApp, name: &str) -> (Value, String) {
@@ -40,7 +41,7 @@ async fn register(app: &TestApp, name: &str) -> (Value, String) {
     assert_eq!(response.status(), StatusCode::CREATED);
     let user: Value = response.json().await.unwrap();
     assert_eq!(user["email_verified"], false);
-    let login: Value = app.login(name, password).await.json().await.unwrap();
+    let login = app.login_json(name, password).await;
     (user, login["access_token"].as_str().unwrap().to_owned())
 }
 
@@ -51,60 +52,30 @@ async fn the_link_in_the_verification_mail_verifies_once_and_brings_the_welcome(
     let (_, token) = register(app, "vera").await;
 
     let messages = smtp.wait_for(1, LONG).await;
-    assert!(
-        messages[0].contains("Subject: Confirm your email address"),
-        "{}",
-        messages[0]
-    );
+    mail::assert_subject(&messages[0], "Confirm your email address");
     assert!(messages[0].contains("To: vera@example.com"));
-    let link = link_in(&messages[0]);
-    let path = link.trim_start_matches("http://keel.test");
+    let path = &link_in(&messages[0]);
 
     let verified = app.get(path).await;
     assert_eq!(verified.status(), StatusCode::OK);
     let user: Value = verified.json().await.unwrap();
     assert_eq!(user["email_verified"], true);
-    let me: Value = app
-        .get_as("/api/v1/users/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me = app.get_json("/api/v1/users/me", &token).await;
     assert_eq!(me["email_verified"], true, "no stale cached copy");
 
     let messages = smtp.wait_for(2, LONG).await;
-    assert!(
-        messages[1].contains("Subject: Welcome to Keel"),
-        "{}",
-        messages[1]
-    );
+    mail::assert_subject(&messages[1], "Welcome to Keel");
 
-    assert_problem(
-        app.get(path).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
-    )
-    .await;
+    assert_link_refused(app, path).await;
     let token_only = path.split("token=").nth(1).unwrap();
-    assert_problem(
+    assert_refused(
         app.post_json("/api/v1/auth/verify-email", &json!({"token": token_only}))
             .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
+        INVALID_EMAIL_TOKEN,
     )
     .await;
-    assert_problem(
-        app.send(
-            reqwest::Method::POST,
-            "/api/v1/auth/resend-verification",
-            &token,
-            None,
-        )
-        .await,
-        StatusCode::CONFLICT,
-        "email_already_verified",
-    )
-    .await;
+    let resent = resend(app, &token).await;
+    assert_problem(resent, StatusCode::CONFLICT, "email_already_verified").await;
 }
 
 #[tokio::test]
@@ -114,59 +85,21 @@ async fn an_expired_link_is_refused_and_a_resent_one_replaces_the_old() {
     let (_, token) = register(app, "walt").await;
     let first = link_in(&smtp.wait_for(1, LONG).await[0]);
 
-    let resent = app
-        .send(
-            reqwest::Method::POST,
-            "/api/v1/auth/resend-verification",
-            &token,
-            None,
-        )
-        .await;
-    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    assert_eq!(resend(app, &token).await.status(), StatusCode::ACCEPTED);
     let second = link_in(&smtp.wait_for(2, LONG).await[1]);
     assert_ne!(first, second);
-    assert_problem(
-        app.get(first.trim_start_matches("http://keel.test")).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
-    )
-    .await;
+    assert_link_refused(app, &first).await;
 
-    sqlx::query("UPDATE email_tokens SET expires_at = now() - interval '1 second'")
-        .execute(app.pool())
-        .await
-        .unwrap();
-    assert_problem(
-        app.get(second.trim_start_matches("http://keel.test")).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_token",
-    )
-    .await;
+    app.execute("UPDATE email_tokens SET expires_at = now() - interval '1 second'")
+        .await;
+    assert_link_refused(app, &second).await;
 
     // Three mails an hour per account: two more pass, the next is refused.
     for _ in 0..2 {
-        let response = app
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/auth/resend-verification",
-                &token,
-                None,
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(resend(app, &token).await.status(), StatusCode::ACCEPTED);
     }
-    assert_problem(
-        app.send(
-            reqwest::Method::POST,
-            "/api/v1/auth/resend-verification",
-            &token,
-            None,
-        )
-        .await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-    )
-    .await;
+    let limited = resend(app, &token).await;
+    assert_refused(limited, RATE_LIMITED).await;
 }
 
 #[tokio::test]
@@ -179,31 +112,15 @@ async fn deleting_an_account_mails_the_notice_after_the_delete_and_only_then() {
     let superadmin = app.create_user(keel_shared::domain::Role::Superadmin).await;
 
     // A refused delete mails nothing.
-    let refused = app
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/users/{}", superadmin.user.id),
-            &admin.token,
-            None,
-        )
-        .await;
+    let root = format!("/api/v1/users/{}", superadmin.user.id);
+    let refused = app.delete_as(&root, &admin.token).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 
-    let deleted = app
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/users/{}", user["id"].as_str().unwrap()),
-            &admin.token,
-            None,
-        )
-        .await;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    let deleted = app.delete_as(&path, &admin.token).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let messages = smtp.wait_for(2, LONG).await;
-    assert!(
-        messages[1].contains("Subject: Your account was deleted"),
-        "{}",
-        messages[1]
-    );
+    mail::assert_subject(&messages[1], "Your account was deleted");
     assert!(messages[1].contains("To: gina@example.com"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
