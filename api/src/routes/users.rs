@@ -79,73 +79,76 @@ pub fn router() -> OpenApiRouter<AppState> {
         .route(delete.path, delete.to(delete_user))
 }
 
-/// Your own profile fields to change; absent fields stay, `null` clears.
-/// Any other field (`role`, `email_verified`, `is_active`, …) is refused
-/// with 422.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
-pub struct ProfilePatch {
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PersonName>)]
-    pub first_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PersonName>)]
-    pub last_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PhoneNumber>)]
-    pub phone_number: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<AvatarUrl>)]
-    pub avatar_url: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Bio>)]
-    pub bio: Option<Option<String>>,
-    /// `null` sets it back to `UTC`.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<crate::openapi::Timezone>)]
-    pub timezone: Option<Option<String>>,
-    /// `null` sets it back to `en`.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<LanguageTag>)]
-    pub language: Option<Option<String>>,
+/// Declares a patch of the profile fields, each absent to keep it and
+/// `null` to clear it, and `$extra` fields after them; any other field is
+/// refused with 422. (serde's `flatten` would share the fields too, but it
+/// turns `deny_unknown_fields` off.)
+macro_rules! profile_patch {
+    ($(#[$meta:meta])* $name:ident { $($(#[$extra_meta:meta])* $extra:ident: $extra_type:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        #[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
+        pub struct $name {
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<PersonName>)]
+            pub first_name: Option<Option<String>>,
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<PersonName>)]
+            pub last_name: Option<Option<String>>,
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<PhoneNumber>)]
+            pub phone_number: Option<Option<String>>,
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<AvatarUrl>)]
+            pub avatar_url: Option<Option<String>>,
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<Bio>)]
+            pub bio: Option<Option<String>>,
+            /// `null` sets it back to `UTC`.
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<crate::openapi::Timezone>)]
+            pub timezone: Option<Option<String>>,
+            /// `null` sets it back to `en`.
+            #[serde(default, deserialize_with = "nullable")]
+            #[schema(value_type = Option<LanguageTag>)]
+            pub language: Option<Option<String>>,
+            $($(#[$extra_meta])* pub $extra: $extra_type,)*
+        }
+
+        impl $name {
+            /// The profile fields, as the accounts layer takes them.
+            fn profile(self) -> ProfileInput {
+                ProfileInput {
+                    first_name: self.first_name,
+                    last_name: self.last_name,
+                    phone_number: self.phone_number,
+                    avatar_url: self.avatar_url,
+                    bio: self.bio,
+                    timezone: self.timezone,
+                    language: self.language,
+                }
+            }
+        }
+    };
 }
 
-/// A user's profile fields to change, as [`ProfilePatch`], and (admins,
-/// on someone else) `is_active`. Any other field (`role`,
-/// `email_verified`, …) is refused with 422.
-// The fields repeat `ProfilePatch`'s: serde's `flatten` would turn
-// `deny_unknown_fields` off.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"first_name": "Alice", "bio": "Writes the nightly reports.", "timezone": "Europe/Berlin"}))]
-pub struct UserPatch {
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PersonName>)]
-    pub first_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PersonName>)]
-    pub last_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PhoneNumber>)]
-    pub phone_number: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<AvatarUrl>)]
-    pub avatar_url: Option<Option<String>>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Bio>)]
-    pub bio: Option<Option<String>>,
-    /// `null` sets it back to `UTC`.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<crate::openapi::Timezone>)]
-    pub timezone: Option<Option<String>>,
-    /// `null` sets it back to `en`.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<LanguageTag>)]
-    pub language: Option<Option<String>>,
-    /// Admins only, on someone else's account: `false` on your own is 403.
-    pub is_active: Option<bool>,
-}
+profile_patch!(
+    /// Your own profile fields to change; absent fields stay, `null` clears.
+    /// Any other field (`role`, `email_verified`, `is_active`, …) is refused
+    /// with 422.
+    ProfilePatch {}
+);
+
+profile_patch!(
+    /// A user's profile fields to change, as [`ProfilePatch`], and (admins,
+    /// on someone else) `is_active`. Any other field (`role`,
+    /// `email_verified`, …) is refused with 422.
+    UserPatch {
+        /// Admins only, on someone else's account: `false` on your own is 403.
+        is_active: Option<bool>,
+    }
+);
 
 /// Tells a present `null` (`Some(None)`) from an absent field (`None`).
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -154,32 +157,10 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-impl From<ProfilePatch> for ProfileInput {
-    fn from(patch: ProfilePatch) -> Self {
-        Self {
-            first_name: patch.first_name,
-            last_name: patch.last_name,
-            phone_number: patch.phone_number,
-            avatar_url: patch.avatar_url,
-            bio: patch.bio,
-            timezone: patch.timezone,
-            language: patch.language,
-        }
-    }
-}
-
 impl UserPatch {
     fn split(self) -> (ProfileInput, Option<bool>) {
-        let input = ProfileInput {
-            first_name: self.first_name,
-            last_name: self.last_name,
-            phone_number: self.phone_number,
-            avatar_url: self.avatar_url,
-            bio: self.bio,
-            timezone: self.timezone,
-            language: self.language,
-        };
-        (input, self.is_active)
+        let is_active = self.is_active;
+        (self.profile(), is_active)
     }
 }
 
@@ -206,7 +187,7 @@ async fn patch_me(
     AppJson(patch): AppJson<ProfilePatch>,
 ) -> Result<AppJson<UserResponse>, ApiError> {
     let mut errors = Vec::new();
-    let changes = ProfileInput::from(patch).parse(&mut errors);
+    let changes = patch.profile().parse(&mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
