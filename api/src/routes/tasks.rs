@@ -4,8 +4,8 @@
 //! asking for another user's task gets 404, as if it did not exist.
 
 use axum::{
-    extract::State,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    extract::{FromRequestParts, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -231,12 +231,9 @@ async fn list_tasks(
 async fn create_task(
     State(state): State<AppState>,
     principal: Principal,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    idempotency: Idempotency,
     body: JsonBytes,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
     let request: NewTaskRequest = body.parse()?;
     let mut errors = Vec::new();
     let new = validate(request, "", &state, &mut errors);
@@ -244,7 +241,7 @@ async fn create_task(
         Some(new) if errors.is_empty() => new,
         _ => return Err(ApiError::validation(errors)),
     };
-    let idempotency = bound_key(key, &method, &uri, &body)?;
+    let idempotency = idempotency.bind(&body)?;
     create(&state, &principal, idempotency, vec![new], Shape::One).await
 }
 
@@ -264,12 +261,9 @@ async fn create_task(
 async fn create_batch(
     State(state): State<AppState>,
     principal: Principal,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    idempotency: Idempotency,
     body: JsonBytes,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
     let batch: NewTaskBatch = body.parse()?;
     if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
         return Err(ApiError::validation(vec![field(
@@ -287,7 +281,7 @@ async fn create_batch(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let idempotency = bound_key(key, &method, &uri, &body)?;
+    let idempotency = idempotency.bind(&body)?;
     create(&state, &principal, idempotency, new, Shape::Batch).await
 }
 
@@ -368,18 +362,36 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The idempotency key with the hash of the request it is bound to.
-fn bound_key(
+/// The request's `Idempotency-Key`, if it sent one, with what the key is
+/// bound to but the body: its method and path.
+#[derive(Debug)]
+pub struct Idempotency {
     key: Option<String>,
-    method: &Method,
-    uri: &Uri,
-    body: &JsonBytes,
-) -> Result<Option<(String, Vec<u8>)>, ApiError> {
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    let value: Value = body.parse()?;
-    Ok(Some((key, request_hash(method, uri, &value))))
+    method: Method,
+    uri: Uri,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Self {
+            key: idempotency_key(&parts.headers)?,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+        })
+    }
+}
+
+impl Idempotency {
+    /// The key and the hash of the request it is bound to, `body` included.
+    fn bind(self, body: &JsonBytes) -> Result<Option<(String, Vec<u8>)>, ApiError> {
+        let Some(key) = self.key else {
+            return Ok(None);
+        };
+        let value: Value = body.parse()?;
+        Ok(Some((key, request_hash(&self.method, &self.uri, &value))))
+    }
 }
 
 /// What a key is bound to: the method, the path (a trailing slash is the
