@@ -1,7 +1,10 @@
 //! `Scheduler`: one scheduler process — its connections, its ops server and
 //! its stop. Any number may run: ticks are deduplicated in Postgres.
 
-use keel_shared::{Config, process::Backbone};
+use keel_shared::{
+    Config,
+    process::{Backbone, Service},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::schedules::{self, Ticker};
@@ -17,12 +20,14 @@ pub struct Scheduler {
     shutdown: CancellationToken,
 }
 
-impl Scheduler {
+impl Service for Scheduler {
+    const NAME: &'static str = "keel-scheduler";
+
     /// Connects to Postgres and Redis and binds the ops server.
     ///
     /// # Errors
     /// A dependency cannot be reached or the ops port cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let mut backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
         // One scheduler always runs, so its scrape always has the queue gauges.
         backbone.ops.export_queue_gauges();
@@ -33,16 +38,8 @@ impl Scheduler {
         })
     }
 
-    pub fn ops_port(&self) -> u16 {
-        self.backbone
-            .ops
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
     /// Cancelling this token stops the scheduler as a stop signal would.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
@@ -50,7 +47,7 @@ impl Scheduler {
     ///
     /// # Errors
     /// Only if the process cannot go on.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             backbone,
             config,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keel_shared::{Config, config, process, shutdown};
+use keel_shared::{Config, config, process};
 
 use crate::app::Scheduler;
 
@@ -18,12 +18,5 @@ pub struct Cli {
 /// Runs `keel-scheduler`: 0 after a clean stop, 1 on failure, 2 on bad configuration.
 pub fn main() -> ExitCode {
     let Cli { config } = config::parse_cli();
-    if let Err(e) = config.validate() {
-        config::exit_config(&e.0);
-    }
-    process::run_main("keel-scheduler", &config, async {
-        let scheduler = Scheduler::build(&config).await?;
-        shutdown::cancel_on_signal(scheduler.shutdown_token());
-        scheduler.run_until_stopped().await
-    })
+    process::serve::<Scheduler>(&config)
 }

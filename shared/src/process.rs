@@ -5,11 +5,12 @@
 use std::{future::Future, net::SocketAddr, process::ExitCode};
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Config, RedisClient, db,
+    Config, RedisClient, config, db,
     ops_server::{OpsProbe, OpsServer},
-    telemetry,
+    shutdown, telemetry,
 };
 
 /// Connections and the bound ops server of a background process.
@@ -50,6 +51,36 @@ impl Backbone {
         tracing::info!(address = %ops.local_addr()?, "serving /health and /metrics");
         Ok(Self { db, redis, ops })
     }
+}
+
+/// A background process (the worker, the scheduler), as its `main` runs it.
+pub trait Service: Sized {
+    /// The binary, as logs and errors name it.
+    const NAME: &'static str;
+
+    /// Connects what the process stands on.
+    fn build(config: &Config) -> impl Future<Output = anyhow::Result<Self>>;
+
+    /// Cancelling this token stops the process as a stop signal would.
+    fn shutdown_token(&self) -> CancellationToken;
+
+    /// Does the process's work until it is stopped; `Err` only when it
+    /// cannot go on.
+    fn run_until_stopped(self) -> impl Future<Output = anyhow::Result<()>>;
+}
+
+/// The `main` of a background process: `config` checked (exit 2 if it is
+/// wrong), then `S` built and run until a stop signal; exit 0 after a clean
+/// stop, 1 on failure.
+pub fn serve<S: Service>(config: &Config) -> ExitCode {
+    if let Err(e) = config.validate() {
+        config::exit_config(&e.0);
+    }
+    run_main(S::NAME, config, async {
+        let service = S::build(config).await?;
+        shutdown::cancel_on_signal(service.shutdown_token());
+        service.run_until_stopped().await
+    })
 }
 
 /// Runs `body` on a multi-threaded runtime with telemetry set up; returns

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use keel_shared::{
     Config, RedisClient,
-    process::{self, Backbone},
+    process::{self, Backbone, Service},
     queue::{JobQueue, Queue},
     storage::Storage,
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
@@ -43,12 +43,20 @@ pub struct Worker {
 }
 
 impl Worker {
+    pub fn name(&self) -> &str {
+        &self.card.id
+    }
+}
+
+impl Service for Worker {
+    const NAME: &'static str = "keel-worker";
+
     /// Connects to Postgres and Redis, opens file storage and binds the ops server.
     ///
     /// # Errors
     /// A dependency cannot be reached, the storage settings are unusable, or
     /// the ops port cannot be bound.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    async fn build(config: &Config) -> anyhow::Result<Self> {
         let backbone = Backbone::connect(config, DEFAULT_METRICS_PORT).await?;
         let storage = Storage::from_config(config)?;
         let now = Utc::now();
@@ -79,20 +87,8 @@ impl Worker {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.card.id
-    }
-
-    pub fn ops_port(&self) -> u16 {
-        self.backbone
-            .ops
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
     /// Cancelling this token stops the worker as a stop signal would.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
@@ -104,7 +100,7 @@ impl Worker {
     /// # Errors
     /// Never for a Redis or Postgres outage (the loops recover when it is
     /// back); only if a queue cannot be set up.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             backbone,
             config,

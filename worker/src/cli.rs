@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keel_shared::{Config, config, process, shutdown};
+use keel_shared::{Config, config, process};
 
 use crate::app::Worker;
 
@@ -19,12 +19,5 @@ pub struct Cli {
 /// Runs `keel-worker`: 0 after a clean stop, 1 on failure, 2 on bad configuration.
 pub fn main() -> ExitCode {
     let Cli { config } = config::parse_cli();
-    if let Err(e) = config.validate() {
-        config::exit_config(&e.0);
-    }
-    process::run_main("keel-worker", &config, async {
-        let worker = Worker::build(&config).await?;
-        shutdown::cancel_on_signal(worker.shutdown_token());
-        worker.run_until_stopped().await
-    })
+    process::serve::<Worker>(&config)
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keel_shared::domain::Role;
+use keel_shared::{domain::Role, process::Service as _};
 use keel_worker::app::Worker;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

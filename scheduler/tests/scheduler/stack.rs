@@ -12,6 +12,7 @@ use keel_shared::{
         schedules::{self, Schedule, ScheduleSpec},
         tasks::{self, NewTask, Task, TaskStatus},
     },
+    process::Service as _,
     queue::{JobQueue, Queue},
 };
 use keel_testing::{self as testing, ChildGuard, PostgresServer, RedisServer, TestDatabase};
