@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use keel_shared::{
-    db::users::User,
+    db::{two_factor::Method, users::User},
     domain::Role,
     queue::{Queue, QueueDepths},
 };
@@ -108,8 +108,7 @@ pub struct TwoFactorChallenge {
     pub challenge_id: Uuid,
     /// Where the code comes from: `email` (mailed now) or `totp` (the
     /// authenticator app; a recovery code also answers).
-    #[schema(example = "email")]
-    pub method: String,
+    pub method: Method,
     /// Seconds the challenge can be answered.
     pub expires_in: i64,
 }

@@ -268,7 +268,7 @@ pub async fn login(
             minijinja::context! {
                 next,
                 challenge_id => challenge.challenge_id.to_string(),
-                method => challenge.method,
+                method => challenge.method.as_str(),
             },
         )
         .into_response()),

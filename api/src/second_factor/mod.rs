@@ -49,7 +49,7 @@ pub async fn challenge(state: &AppState, user: &User) -> Result<TwoFactorChallen
     Ok(TwoFactorChallenge {
         two_factor_required: true,
         challenge_id: id,
-        method: method.as_str().into(),
+        method,
         expires_in: minutes * 60,
     })
 }

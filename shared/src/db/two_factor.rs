@@ -30,7 +30,9 @@ impl Purpose {
 }
 
 /// Which second factor a challenge asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// A code the worker mails.
     Email,
