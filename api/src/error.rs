@@ -98,6 +98,9 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The longest reason given for one invalid field, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -157,8 +160,16 @@ impl ApiError {
         Self::new(Code::NotFound, detail)
     }
 
-    /// 422 with the reasons per field.
-    pub fn validation(errors: Vec<FieldError>) -> Self {
+    /// 422 with the reasons per field, each cut to [`MAX_MESSAGE_CHARS`]:
+    /// a message may quote the client's value, and a 1 MB value quoted
+    /// twice would make the refusal larger than the request.
+    pub fn validation(mut errors: Vec<FieldError>) -> Self {
+        for error in &mut errors {
+            if let Some((cut, _)) = error.message.char_indices().nth(MAX_MESSAGE_CHARS) {
+                error.message.truncate(cut);
+                error.message.push('…');
+            }
+        }
         let detail = match errors.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
             _ => format!("{} fields are invalid", errors.len()),

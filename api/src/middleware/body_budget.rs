@@ -2,9 +2,16 @@
 //! route that reads its body whole (JSON) keeps every byte until the last
 //! one comes, so many slow clients each sending most of `MAX_BODY_BYTES`
 //! could otherwise pin `MAX_BODY_BYTES` × `HTTP_MAX_CONNECTIONS` (a GiB at
-//! the defaults) for as long as `REQUEST_TIMEOUT_SECONDS`. Past the budget
-//! a body is refused with 503 `server_busy` rather than made to wait, as a
-//! wait would let the same slow clients stall every other request.
+//! the defaults) for as long as `REQUEST_TIMEOUT_SECONDS`. An upload
+//! streams its body on, but holds what its store buffers (a part or three),
+//! so it draws up to that. Past the budget a body is refused with 503
+//! `server_busy` rather than made to wait, as a wait would let the same
+//! slow clients stall every other request.
+//!
+//! What a body holds is more than its bytes when they come in many small
+//! frames (each one a buffer and a place in a list), so each frame costs
+//! [`FRAME_COST`] more, and a small frame is copied out of the connection's
+//! read buffer, which it would otherwise keep whole.
 
 use std::{
     pin::Pin,
@@ -24,6 +31,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// they hold is bounded by `HTTP_MAX_CONNECTIONS` × this (16 MiB at the
 /// defaults).
 const FREE_BYTES: usize = 16 * 1024;
+/// What a frame costs besides its bytes: its buffer, its place in the list
+/// the body is gathered in, and the allocator's rounding, with room to
+/// spare (measured: 1-byte frames held about 300 bytes each at 64). A
+/// client's frames are kilobytes, so this is noise to it and the whole cost
+/// of an attack made of 1-byte chunks.
+const FRAME_COST: usize = 256;
+/// Frames smaller than this are copied, so the read buffer they came in is
+/// not held for them.
+const SMALL_FRAME: usize = 4096;
 
 /// Bytes of request bodies being received, shared by every connection.
 #[derive(Debug, Clone)]
@@ -37,15 +53,16 @@ impl BodyBudget {
         Self(Arc::new(Semaphore::new(bytes)))
     }
 
-    /// `body`, drawing its bytes past [`FREE_BYTES`] from the budget until
-    /// it is dropped; `refused` is set if the budget ran out (the body then
-    /// ends with an error).
-    pub fn charge(&self, body: Body, refused: Arc<AtomicBool>) -> Body {
+    /// `body`, drawing what its frames cost past [`FREE_BYTES`] from the
+    /// budget, up to `max_held` in all, until it is dropped; `refused` is set
+    /// if the budget ran out (the body then ends with an error).
+    pub fn charge(&self, body: Body, max_held: usize, refused: Arc<AtomicBool>) -> Body {
         Body::new(Charged {
             inner: body,
             budget: Arc::clone(&self.0),
             held: None,
             received: 0,
+            max_held,
             refused,
         })
     }
@@ -63,7 +80,11 @@ struct Charged {
     /// What this body holds of the budget, given back when it is dropped,
     /// by which time the extractor has its bytes (or gave up on them).
     held: Option<OwnedSemaphorePermit>,
+    /// What the frames so far cost.
     received: usize,
+    /// The most this body holds at once (a streamed upload, its store's
+    /// buffers), past which it draws no more.
+    max_held: usize,
     refused: Arc<AtomicBool>,
 }
 
@@ -71,9 +92,10 @@ impl Charged {
     /// Takes what a frame of `len` bytes costs; false if the budget has not
     /// that much left.
     fn take(&mut self, len: usize) -> bool {
-        let before = self.received.saturating_sub(FREE_BYTES);
-        self.received = self.received.saturating_add(len);
-        let cost = self.received.saturating_sub(FREE_BYTES) - before;
+        let charged = |received: usize| received.saturating_sub(FREE_BYTES).min(self.max_held);
+        let before = charged(self.received);
+        self.received = self.received.saturating_add(len + FRAME_COST);
+        let cost = charged(self.received) - before;
         if cost == 0 {
             return true;
         }
@@ -109,7 +131,14 @@ impl HttpBody for Charged {
             self.refused.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
         }
-        Poll::Ready(frame)
+        let copied = |data: Bytes| {
+            if data.len() < SMALL_FRAME {
+                Bytes::copy_from_slice(&data)
+            } else {
+                data
+            }
+        };
+        Poll::Ready(frame.map(|frame| frame.map(|frame| frame.map_data(copied))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,8 +2,8 @@
 //! upload routes, whose bodies are files and get room for them
 //! (`MAX_UPLOAD_BYTES` × `MAX_FILES_PER_UPLOAD`, or `MAX_AVATAR_BYTES`),
 //! the per-file limits and the quota being checked as the bytes stream in.
-//! The bodies of the other routes, read whole, also draw on the process's
-//! [`BodyBudget`]; the uploads stream theirs on and hold little.
+//! Every body draws on the process's [`BodyBudget`]: a body read whole for
+//! all its bytes, an upload for what its store buffers.
 
 use std::sync::{
     Arc,
@@ -18,13 +18,16 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 use http_body_util::Limited;
-use keel_shared::Config;
+use keel_shared::{Config, storage::Storage};
 
 use super::body_budget::BodyBudget;
 use crate::error::ApiError;
 
 /// Room for a form's boundaries and text fields around its files.
 const FORM_OVERHEAD: u64 = 1024 * 1024;
+/// What an upload keeps of an image's head beside its store's buffers
+/// (`routes::avatars`).
+const UPLOAD_HEAD_BYTES: usize = 256 * 1024;
 
 /// The limits, by route, and the budget the whole-read bodies share.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct BodyLimits {
     files: u64,
     avatar: u64,
     budget: BodyBudget,
+    /// What one upload holds in memory at most.
+    upload_held: usize,
 }
 
 impl BodyLimits {
@@ -52,15 +57,18 @@ impl BodyLimits {
                 config.http.max_buffered_body_bytes,
                 config.http.max_body_bytes,
             ),
+            // The avatar route also keeps the image's head to read its size.
+            upload_held: Storage::bytes_held_per_upload(config) + UPLOAD_HEAD_BYTES,
         }
     }
 
-    /// The route's limit, and whether its body is read whole.
-    fn of(&self, method: &Method, path: &str) -> (u64, bool) {
+    /// The route's limit, and the most of its body it holds at once: all
+    /// of it when it is read whole, an upload's buffers when it streams.
+    fn of(&self, method: &Method, path: &str) -> (u64, usize) {
         match (method, path.trim_end_matches('/')) {
-            (&Method::POST, "/api/v1/files") => (self.files, false),
-            (&Method::PUT, "/api/v1/users/me/avatar") => (self.avatar, false),
-            _ => (self.default, true),
+            (&Method::POST, "/api/v1/files") => (self.files, self.upload_held),
+            (&Method::PUT, "/api/v1/users/me/avatar") => (self.avatar, self.upload_held),
+            _ => (self.default, usize::MAX),
         }
     }
 }
@@ -69,7 +77,7 @@ impl BodyLimits {
 /// off a body that grows past it, and answers 503 `server_busy` (whatever
 /// the handler made of its cut-off body) when the budget ran out.
 pub async fn limit(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
-    let (limit, read_whole) = limits.of(request.method(), request.uri().path());
+    let (limit, max_held) = limits.of(request.method(), request.uri().path());
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -82,11 +90,9 @@ pub async fn limit(State(limits): State<BodyLimits>, request: Request, next: Nex
     // `Limited` goes outermost: axum's extractors tell its error (413) by
     // how deep it sits in the body's wrappers.
     let limited = |body| Body::new(Limited::new(body, limit));
-    if !read_whole {
-        return next.run(request.map(limited)).await;
-    }
     let refused = Arc::new(AtomicBool::new(false));
-    let request = request.map(|body| limited(limits.budget.charge(body, Arc::clone(&refused))));
+    let request =
+        request.map(|body| limited(limits.budget.charge(body, max_held, Arc::clone(&refused))));
     let response = next.run(request).await;
     if refused.load(Ordering::Relaxed) {
         return ApiError::busy(

@@ -26,7 +26,7 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
 
 pub use request_id::REQUEST_ID;
@@ -42,7 +42,14 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &Confi
             ServiceBuilder::new()
                 .layer(from_fn(request_id::sanitize))
                 .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_id::span)
+                        // What an operator must see is logged where it
+                        // happens (a bug, a panic, a dependency down); each
+                        // 503 of a flood at ERROR would flood the log too.
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(from_fn(problem::finalize))
                 .layer(from_fn_with_state(

@@ -39,9 +39,11 @@ use crate::{
 /// would cost more memory than everything else a socket holds; chat and
 /// task updates are small, and a larger message just takes more reads.
 const BUFFER_BYTES: usize = 8 * 1024;
-/// The transport refuses messages past this multiple of `WS_MAX_MESSAGE_BYTES`
-/// outright; between the two the socket closes with 1009 itself.
-const HARD_LIMIT_FACTOR: usize = 4;
+/// The transport refuses messages and frames past this multiple of
+/// `WS_MAX_MESSAGE_BYTES` outright; between the two the socket closes with
+/// 1009 itself. Small, as a socket holds a message (or a frame) that has
+/// not all come yet: a thousand sockets each holding 2 × 64 KiB is 128 MiB.
+const HARD_LIMIT_FACTOR: usize = 2;
 
 #[allow(deprecated)] // the alias is deprecated for clients, not for us
 pub fn router() -> OpenApiRouter<AppState> {
@@ -181,7 +183,7 @@ async fn accept(
     }
     let session = open_session(&state, query.token.as_deref(), headers).await;
     let max = state.config.websocket.max_message_bytes as usize;
-    let hard = (max * HARD_LIMIT_FACTOR).max(1 << 20);
+    let hard = max.saturating_mul(HARD_LIMIT_FACTOR);
     upgrade
         .read_buffer_size(BUFFER_BYTES)
         .write_buffer_size(BUFFER_BYTES)

@@ -148,6 +148,25 @@ async fn json_of_the_wrong_shape_is_a_422_problem_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_refusal_quotes_at_most_a_little_of_a_huge_value() {
+    let base = serve_probe_routes(&[]).await;
+    // serde's message quotes the string it could not take as a number.
+    let body = format!(r#"{{"name":"a","count":"{}"}}"#, "x".repeat(900 * 1024));
+    let response = post_json_route(&base, "application/json", body).await;
+    let problem = assert_invalid(response).await;
+    let errors = problem.errors.expect("field errors");
+    assert_eq!(errors[0].field, "count", "{errors:?}");
+    let message = &errors[0].message;
+    assert!(message.contains("string \"xxx"), "{message}");
+    assert!(
+        message.chars().count() <= 301 && problem.detail.chars().count() <= 310,
+        "the refusal is small: {} and {} characters",
+        message.chars().count(),
+        problem.detail.chars().count()
+    );
+}
+
+#[tokio::test]
 async fn a_json_body_over_the_limit_is_a_413_problem() {
     let base = serve_probe_routes(&["--max-body-bytes", "64"]).await;
     let body = format!(r#"{{"name":"{}","count":1}}"#, "x".repeat(200));

@@ -793,18 +793,41 @@ impl Sent {
     }
 }
 
-/// Opens a connection that sends the head of a task create with a body of
-/// `declared` bytes and `sent` of them, reading all the while; stops
-/// there, and says what became of it.
-async fn send_body(address: &str, token: &str, declared: usize, sent: usize) -> Sent {
+/// Where [`send_body`] sends: the route, the body's type, and its first
+/// bytes (spaces follow).
+struct Route<'a> {
+    path: &'a str,
+    content_type: &'a str,
+    head: &'a [u8],
+}
+
+/// A task create.
+const TASKS: Route<'static> = Route {
+    path: "/api/v1/tasks",
+    content_type: "application/json",
+    head: b"",
+};
+
+/// Opens a connection that sends the head of a request to `route` with a
+/// body of `declared` bytes and `sent` of them, reading all the while;
+/// stops there, and says what became of it.
+async fn send_body(
+    address: &str,
+    token: &str,
+    route: &Route<'_>,
+    declared: usize,
+    sent: usize,
+) -> Sent {
     let stream = TcpStream::connect(address).await.expect("connects");
     let (mut read, mut write) = stream.into_split();
     let head = format!(
-        "POST /api/v1/tasks HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        "POST {} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: {}\r\nContent-Length: {declared}\r\n\r\n",
+        route.path, route.content_type
     );
     let mut request = head.into_bytes();
-    request.resize(request.len() + sent, b' ');
+    request.extend_from_slice(route.head);
+    request.resize(request.len() + sent - route.head.len(), b' ');
     let writer = tokio::spawn(async move {
         // A refusal may close the socket before the last byte is written.
         let _ = write.write_all(&request).await;
@@ -822,7 +845,7 @@ async fn send_body(address: &str, token: &str, declared: usize, sent: usize) -> 
             Sent::Waiting(read.reunite(write).expect("the halves of one stream"))
         }
         _ if answer.is_empty() => Sent::Reset,
-        _ => Sent::Answered(parse_answer("/api/v1/tasks", &answer)),
+        _ => Sent::Answered(parse_answer(route.path, &answer)),
     }
 }
 
@@ -858,7 +881,7 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
     // One at a time, so each finds the budget as the ones before left it.
     let mut stalled = Vec::new();
     let refusal = loop {
-        match send_body(&address, token, BODY_LIMIT, SENT).await {
+        match send_body(&address, token, &TASKS, BODY_LIMIT, SENT).await {
             Sent::Waiting(stream) => stalled.push(stream),
             refused => break refused,
         }
@@ -877,7 +900,7 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
 
     // With the budget spent: a body larger than what is left is refused at
     // once, a small one (within the free bytes) is served as ever.
-    let whole = send_body(&address, token, SENT, SENT).await;
+    let whole = send_body(&address, token, &TASKS, SENT, SENT).await;
     read_503 += usize::from(whole.assert_busy("a whole body with the budget spent"));
     let created = app
         .client
@@ -894,7 +917,7 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
     );
 
     let late = stream::iter(0..LATE)
-        .map(|_| send_body(&address, token, BODY_LIMIT, SENT))
+        .map(|_| send_body(&address, token, &TASKS, BODY_LIMIT, SENT))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
@@ -919,7 +942,7 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
     drop(stalled);
     let deadline = Instant::now() + WAIT;
     loop {
-        match send_body(&address, token, SENT, SENT).await {
+        match send_body(&address, token, &TASKS, SENT, SENT).await {
             Sent::Answered(answer) if answer.status != 503 => {
                 assert_raw_problem(
                     &answer,
@@ -934,6 +957,90 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
                 "the budget is given back: {other:?}"
             ),
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn stalled_uploads_draw_on_the_budget_what_their_store_buffers() {
+    /// The budget: two uploads' worth of buffers (local storage holds three
+    /// 256 KiB parts of an upload, and an avatar's head beside them).
+    const BUDGET: usize = 2 * 1024 * 1024;
+    const HELD: usize = 3 * 256 * 1024 + 256 * 1024;
+    /// Each stalled upload sends more than it holds.
+    const SENT: usize = 3 * 1024 * 1024;
+    let app = spawn_app().await;
+    let budget = BUDGET.to_string();
+    let api = ApiProcess::spawn(
+        &app,
+        &[
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("HTTP_MAX_BUFFERED_BODY_BYTES", &budget),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let user = app.create_user(Role::User).await;
+    let address = api.base.trim_start_matches("http://").to_owned();
+    let upload = Route {
+        path: "/api/v1/files",
+        content_type: "multipart/form-data; boundary=X",
+        head: b"--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\
+                Content-Type: application/octet-stream\r\n\r\n",
+    };
+    let mut stalled = Vec::new();
+    let refusal = loop {
+        match send_body(&address, &user.token, &upload, 2 * SENT, SENT).await {
+            Sent::Waiting(stream) => stalled.push(stream),
+            refused => break refused,
+        }
+        assert!(
+            stalled.len() <= BUDGET / HELD,
+            "the budget holds {} stalled uploads",
+            stalled.len()
+        );
+    };
+    refusal.assert_busy("an upload past the budget");
+    assert_eq!(
+        stalled.len(),
+        BUDGET / HELD,
+        "as many stalled uploads as the budget holds"
+    );
+    println!(
+        "{} uploads of {SENT} bytes stalled in a budget of {BUDGET}",
+        stalled.len()
+    );
+
+    // An upload draws no more than it holds: with the others gone, one of
+    // many times the budget goes through.
+    drop(stalled);
+    let deadline = Instant::now() + WAIT;
+    let big = 4 * BUDGET;
+    let body = {
+        let mut body = upload.head.to_vec();
+        body.resize(upload.head.len() + big, b'x');
+        body.extend_from_slice(b"\r\n--X--\r\n");
+        body
+    };
+    loop {
+        let response = app
+            .client
+            .post(format!("{}/api/v1/files", api.base))
+            .bearer_auth(&user.token)
+            .header("content-type", upload.content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                response.status(),
+                StatusCode::CREATED,
+                "an upload of {big} bytes"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget is given back");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -26,6 +26,8 @@ use crate::Config;
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     location: String,
+    /// Bytes an upload buffers before it writes a part.
+    part_bytes: usize,
 }
 
 impl std::fmt::Debug for Storage {
@@ -40,10 +42,14 @@ impl std::fmt::Debug for Storage {
 /// its type from its content.
 pub const SNIFF_BYTES: usize = 8192;
 
-/// Bytes buffered before a part goes to the store (S3's smallest part is 5 MiB).
-const PART_BYTES: usize = 8 * 1024 * 1024;
-/// Parts in flight at once: with the one filling, at most 3 × 8 MiB of an
-/// upload is in memory, whatever its size.
+/// Bytes buffered before a part goes to S3 (its smallest part is 5 MiB).
+const S3_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes buffered before a part goes to a local file: a disk takes small
+/// writes as well as large ones, and each upload's buffer is memory a slow
+/// client holds.
+const LOCAL_PART_BYTES: usize = 256 * 1024;
+/// Parts in flight at once: with the one filling, at most 3 parts of an
+/// upload are in memory, whatever its size.
 const PARTS_IN_FLIGHT: usize = 2;
 /// A failed S3 request is tried again this often, within this long, then
 /// the caller gets a 503. object_store's defaults (10 times within 3
@@ -99,6 +105,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(builder.build()?),
             location,
+            part_bytes: S3_PART_BYTES,
         })
     }
 
@@ -113,6 +120,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(store),
             location: dir.display().to_string(),
+            part_bytes: LOCAL_PART_BYTES,
         })
     }
 
@@ -121,11 +129,22 @@ impl Storage {
         &self.location
     }
 
+    /// The most of one upload in memory at once: the part filling and
+    /// those in flight.
+    pub fn bytes_held_per_upload(config: &Config) -> usize {
+        let part_bytes = if config.storage.s3_bucket.is_some() {
+            S3_PART_BYTES
+        } else {
+            LOCAL_PART_BYTES
+        };
+        part_bytes * (PARTS_IN_FLIGHT + 1)
+    }
+
     /// Starts writing the object `key`, refusing more than `limit` bytes.
     pub fn writer(&self, key: &str, limit: u64) -> Upload {
         Upload {
             writer: Some(
-                BufWriter::with_capacity(Arc::clone(&self.store), Path::from(key), PART_BYTES)
+                BufWriter::with_capacity(Arc::clone(&self.store), Path::from(key), self.part_bytes)
                     .with_max_concurrency(PARTS_IN_FLIGHT),
             ),
             sha256: Sha256::new(),
