@@ -849,6 +849,20 @@ async fn send_body(
     }
 }
 
+/// An API process whose bodies share `budget` bytes.
+async fn api_with_budget(app: &TestApp, budget: usize) -> ApiProcess {
+    let budget = budget.to_string();
+    ApiProcess::spawn(
+        app,
+        &[
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("HTTP_MAX_BUFFERED_BODY_BYTES", &budget),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holding_more() {
     /// The budget the process is started with, and what each stalled body
@@ -861,16 +875,7 @@ async fn slow_bodies_share_one_budget_and_past_it_the_api_answers_busy_not_holdi
     const LATE: usize = 100;
     const MAX_GROWTH_MIB: f64 = 32.0;
     let app = spawn_app().await;
-    let budget = BUDGET.to_string();
-    let api = ApiProcess::spawn(
-        &app,
-        &[
-            ("RATE_LIMIT_ENABLED", "false"),
-            ("HTTP_MAX_BUFFERED_BODY_BYTES", &budget),
-            ("RUST_LOG", "warn"),
-        ],
-    )
-    .await;
+    let api = api_with_budget(&app, BUDGET).await;
     let pid = api.process.pid();
     let user = app.create_user(Role::User).await;
     warm_up(&app, &api, &user).await;
@@ -970,16 +975,7 @@ async fn stalled_uploads_draw_on_the_budget_what_their_store_buffers() {
     /// Each stalled upload sends more than it holds.
     const SENT: usize = 3 * 1024 * 1024;
     let app = spawn_app().await;
-    let budget = BUDGET.to_string();
-    let api = ApiProcess::spawn(
-        &app,
-        &[
-            ("RATE_LIMIT_ENABLED", "false"),
-            ("HTTP_MAX_BUFFERED_BODY_BYTES", &budget),
-            ("RUST_LOG", "warn"),
-        ],
-    )
-    .await;
+    let api = api_with_budget(&app, BUDGET).await;
     let user = app.create_user(Role::User).await;
     let address = api.base.trim_start_matches("http://").to_owned();
     let upload = Route {
