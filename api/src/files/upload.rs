@@ -54,8 +54,14 @@ pub async fn receive(
     owner: Uuid,
     limits: Limits,
 ) -> Result<Received, ApiError> {
-    let mut received = Received::default();
-    let outcome = read_parts(storage, multipart, owner, limits, &mut received).await;
+    let mut reading = Reading {
+        storage,
+        received: Received::default(),
+        over: false,
+    };
+    let outcome = read_parts(storage, multipart, owner, limits, &mut reading.received).await;
+    reading.over = true;
+    let mut received = std::mem::take(&mut reading.received);
     if let Err(e) = outcome {
         discard(storage, &received.files).await;
         return Err(e);
@@ -68,6 +74,28 @@ pub async fn receive(
         file.tags.clone_from(&received.tags);
     }
     Ok(received)
+}
+
+/// A form being read. If the request ends before the reading does (the
+/// request timeout drops the handler between two parts), the files
+/// already stored are deleted in the background: nothing will record them,
+/// and until the orphan sweep they would count against no one's quota.
+struct Reading<'a> {
+    storage: &'a Storage,
+    received: Received,
+    /// The reading ended, well or not; its caller deals with the files.
+    over: bool,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if self.over || self.received.files.is_empty() {
+            return;
+        }
+        let storage = self.storage.clone();
+        let files = std::mem::take(&mut self.received.files);
+        tokio::spawn(async move { discard(&storage, &files).await });
+    }
 }
 
 /// Deletes the objects of files that will not be recorded.

@@ -9,9 +9,11 @@
 //! slow clients stall every other request.
 //!
 //! What a body holds is more than its bytes when they come in many small
-//! frames (each one a buffer and a place in a list), so each frame costs
-//! [`FRAME_COST`] more, and a small frame is copied out of the connection's
-//! read buffer, which it would otherwise keep whole.
+//! frames (each one a buffer and a place in a list, and a share of the
+//! connection's read buffer it keeps whole), so small frames are gathered
+//! into frames of [`GATHER_BYTES`] (copied, which frees the read buffer)
+//! before they go on, and each frame that goes on costs [`FRAME_COST`]
+//! more.
 
 use std::{
     pin::Pin,
@@ -23,6 +25,7 @@ use std::{
 };
 
 use axum::body::{Body, Bytes, HttpBody};
+use bytes::BytesMut;
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -32,14 +35,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// defaults).
 const FREE_BYTES: usize = 16 * 1024;
 /// What a frame costs besides its bytes: its buffer, its place in the list
-/// the body is gathered in, and the allocator's rounding, with room to
-/// spare (measured: 1-byte frames held about 300 bytes each at 64). A
-/// client's frames are kilobytes, so this is noise to it and the whole cost
-/// of an attack made of 1-byte chunks.
+/// the body is gathered in, and the allocator's rounding, with room to spare.
 const FRAME_COST: usize = 256;
-/// Frames smaller than this are copied, so the read buffer they came in is
-/// not held for them.
-const SMALL_FRAME: usize = 4096;
+/// Frames smaller than this are gathered (copied) into one of this size,
+/// so that neither the frames nor the read buffers they came in are held
+/// one by one (1-byte chunks held about 90 bytes per byte otherwise). At
+/// most this much of a body waits here, uncounted.
+const GATHER_BYTES: usize = 16 * 1024;
 
 /// Bytes of request bodies being received, shared by every connection.
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ impl BodyBudget {
             received: 0,
             max_held,
             refused,
+            gathered: BytesMut::new(),
+            next: None,
         })
     }
 }
@@ -86,6 +90,11 @@ struct Charged {
     /// buffers), past which it draws no more.
     max_held: usize,
     refused: Arc<AtomicBool>,
+    /// Small frames' bytes, gathered until there are [`GATHER_BYTES`].
+    gathered: BytesMut,
+    /// A frame that came while small ones were gathered: it goes on after
+    /// them.
+    next: Option<Frame<Bytes>>,
 }
 
 impl Charged {
@@ -115,6 +124,23 @@ impl Charged {
     }
 }
 
+impl Charged {
+    /// Passes `frame` on, charged; an error if the budget ran out.
+    fn pass(&mut self, frame: Frame<Bytes>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        if !self.take(len) {
+            self.refused.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    /// The gathered bytes as one frame.
+    fn gathered(&mut self) -> Frame<Bytes> {
+        Frame::data(self.gathered.split().freeze())
+    }
+}
+
 impl HttpBody for Charged {
     type Data = Bytes;
     type Error = axum::Error;
@@ -123,29 +149,59 @@ impl HttpBody for Charged {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-            && !self.take(data.len())
-        {
-            self.refused.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
+        if let Some(frame) = self.next.take() {
+            return self.pass(frame);
         }
-        let copied = |data: Bytes| {
-            if data.len() < SMALL_FRAME {
-                Bytes::copy_from_slice(&data)
-            } else {
-                data
+        loop {
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.len() < GATHER_BYTES => {
+                        // One buffer for the lot, not one per doubling.
+                        self.gathered.reserve(GATHER_BYTES);
+                        self.gathered.extend_from_slice(&data);
+                        if self.gathered.len() >= GATHER_BYTES {
+                            let frame = self.gathered();
+                            return self.pass(frame);
+                        }
+                    }
+                    // A large frame, or trailers: after what is gathered.
+                    other => {
+                        let frame = other.map_or_else(|trailers| trailers, Frame::data);
+                        if self.gathered.is_empty() {
+                            return self.pass(frame);
+                        }
+                        self.next = Some(frame);
+                        let gathered = self.gathered();
+                        return self.pass(gathered);
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None if self.gathered.is_empty() => return Poll::Ready(None),
+                None => {
+                    let gathered = self.gathered();
+                    return self.pass(gathered);
+                }
             }
-        };
-        Poll::Ready(frame.map(|frame| frame.map(|frame| frame.map_data(copied))))
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.gathered.is_empty() && self.next.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let waiting = self.gathered.len()
+            + self
+                .next
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, Bytes::len);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + waiting as u64);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + waiting as u64);
+        }
+        hint
     }
 }

@@ -1040,3 +1040,76 @@ async fn stalled_uploads_draw_on_the_budget_what_their_store_buffers() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Regular files under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| match entry.file_type() {
+                Ok(kind) if kind.is_dir() => files_under(&entry.path()),
+                Ok(kind) if kind.is_file() => 1,
+                _ => 0,
+            })
+            .sum()
+    })
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_by_the_request_timeout_leaves_no_file_behind() {
+    let app = spawn_app().await;
+    let dir = keel_testing::test_files_dir();
+    let api = ApiProcess::spawn(
+        &app,
+        &[
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("REQUEST_TIMEOUT_SECONDS", "2"),
+            ("FILES_DIR", &dir),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let user = app.create_user(Role::User).await;
+    let address = api.base.trim_start_matches("http://").to_owned();
+    // One whole file, then the start of a second, and nothing more: the
+    // first is stored when the timeout drops the request.
+    let mut head = b"--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\
+        Content-Type: application/octet-stream\r\n\r\n"
+        .to_vec();
+    head.resize(head.len() + 100 * 1024, b'a');
+    head.extend_from_slice(
+        b"\r\n--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.bin\"\r\n\r\nb",
+    );
+    let upload = Route {
+        path: "/api/v1/files",
+        content_type: "multipart/form-data; boundary=X",
+        head: &head,
+    };
+    let sent = head.len();
+    let Sent::Waiting(mut stream) = send_body(&address, &user.token, &upload, 2 * sent, sent).await
+    else {
+        panic!("the upload waits for the rest of its second file");
+    };
+    assert_eq!(
+        files_under(std::path::Path::new(&dir)),
+        1,
+        "the first file is stored"
+    );
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = parse_answer(upload.path, &answer);
+    assert_raw_problem(
+        &answer,
+        408,
+        "request_timeout",
+        "an upload past the timeout",
+    );
+    let deadline = Instant::now() + WAIT;
+    while files_under(std::path::Path::new(&dir)) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stored file of the cut-off upload is deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
