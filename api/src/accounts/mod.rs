@@ -4,6 +4,7 @@
 //! operator's commands too), and the profile fields of a request as domain
 //! values. Routes, the dashboard and `keel-api admin` call these.
 
+pub mod links;
 pub mod sessions;
 pub mod verification;
 

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use chrono::Utc;
 use keel_shared::{
     db::{
         email_deliveries,
@@ -26,6 +25,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    accounts::links::{self, Link},
     auth::{
         client_ip::ClientIp,
         rate_limit::Quota,
@@ -40,8 +40,15 @@ use crate::{
     state::AppState,
 };
 
-/// How long a reset link works.
-const TOKEN_TTL_MINUTES: i64 = 30;
+/// The reset link: 30 minutes, on the web app's page, the token also in
+/// the mail for apps.
+const RESET: Link = Link {
+    purpose: Purpose::ResetPassword,
+    path: "/reset-password",
+    lifetime: chrono::Duration::minutes(30),
+    template: EmailTemplate::PasswordReset,
+    token_in_mail: true,
+};
 /// Reset requests from one IP.
 const REQUESTS_PER_IP: Quota = Quota::per_minute(10);
 /// Reset requests for one address.
@@ -117,31 +124,7 @@ async fn mail_link(state: &AppState, address: &str) -> Result<(), ApiError> {
     else {
         return Ok(());
     };
-    let (token, hash) = tokens::new_refresh_token();
-    let link = format!(
-        "{}/reset-password?token={token}",
-        state.config.http.app_base_url.trim_end_matches('/')
-    );
-    let mut tx = state.db.begin().await?;
-    email_tokens::revoke_all(&mut *tx, user.id, Purpose::ResetPassword).await?;
-    email_tokens::insert(
-        &mut *tx,
-        user.id,
-        Purpose::ResetPassword,
-        &hash,
-        Utc::now() + chrono::Duration::minutes(TOKEN_TTL_MINUTES),
-    )
-    .await?;
-    let data = json!({"username": user.username, "link": link, "token": token});
-    let delivery = email_deliveries::insert(
-        &mut *tx,
-        &user.email,
-        EmailTemplate::PasswordReset.name(),
-        &data,
-    )
-    .await?;
-    tx.commit().await?;
-    emails::push(&state.db, &state.jobs, &delivery).await;
+    links::mail(state, &user, &RESET).await?;
     tracing::info!(user_id = %user.id, "password reset mailed");
     Ok(())
 }
