@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use keel_shared::{
     db::{
         idempotency::{self, Claim},
-        tasks::{self, NewTask, Task, TaskState},
+        tasks::{self, NewTask, Task, TaskState, TaskStatus},
     },
     kinds,
     queue::dispatch,
@@ -177,28 +177,116 @@ pub(crate) async fn publish(state: &AppState, states: Vec<TaskState>) {
     }
 }
 
-/// Cancels the task `id` if `principal` may see it and it has not started.
+/// What a cancel did.
+#[derive(Debug)]
+pub(crate) enum Cancelled {
+    /// The task is `cancelled`.
+    Done(Task),
+    /// The task still runs: its worker was told, and has not let go within
+    /// [`STOP_WAIT`]. The request stays on the row; the worker ends the
+    /// task `cancelled` at its next lease renewal at the latest.
+    Requested(Task),
+}
+
+/// How long a cancel of a running task waits for its worker to let go.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often the row is read meanwhile.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Cancels the task `id` if `principal` may see it: a waiting task at once;
+/// a running one by telling its worker and waiting for it to let go.
 ///
 /// # Errors
-/// 404 for a task the caller may not see, 409 once it runs or finished.
+/// 404 for a task the caller may not see; 409 for a finished task, or a
+/// running one whose kind may not be interrupted.
 pub(crate) async fn cancel(
     state: &AppState,
     principal: &Principal,
     id: Uuid,
-) -> Result<Task, ApiError> {
-    visible_task(state, principal, id).await?;
-    let Some(task) = tasks::cancel(&state.db, id, &principal.id().to_string()).await? else {
+) -> Result<Cancelled, ApiError> {
+    let task = visible_task(state, principal, id).await?;
+    let actor = principal.id().to_string();
+    // A waiting task may start between the two statements; a running one
+    // may end, or hand its attempt back. Each turn reads the state afresh.
+    for _ in 0..3 {
+        if let Some(task) = tasks::cancel(&state.db, id, &actor).await? {
+            publish(state, vec![TaskState::from(&task)]).await;
+            return Ok(Cancelled::Done(task));
+        }
+        if !kinds::find(&task.kind).is_none_or(|k| k.interruptible) {
+            let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
+            if now.status == TaskStatus::Running {
+                return Err(not_interruptible(&task.kind));
+            }
+        }
+        if let Some(task) = tasks::request_cancel(&state.db, id, &actor).await? {
+            if task.status == TaskStatus::Cancelled {
+                // Its worker had died: nothing to tell.
+                publish(state, vec![TaskState::from(&task)]).await;
+                return Ok(Cancelled::Done(task));
+            }
+            return stop_running(state, task).await;
+        }
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
-        return Err(ApiError::new(
+        if now.status.is_finished() {
+            return Err(not_cancellable(now.status));
+        }
+    }
+    Err(ApiError::new(
+        Code::TaskNotCancellable,
+        "the task keeps changing state; try again",
+    ))
+}
+
+/// Tells the worker running `task` to stop, and waits for the row to say
+/// it did.
+async fn stop_running(state: &AppState, task: Task) -> Result<Cancelled, ApiError> {
+    let told = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        task_events::request_stop(&state.redis, task.id),
+    )
+    .await;
+    if !matches!(told, Ok(Ok(()))) {
+        tracing::debug!(task_id = %task.id, "the stop request did not reach Redis; the worker's lease renewal will see it");
+    }
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    loop {
+        tokio::time::sleep(STOP_POLL).await;
+        let state_now = tasks::get_state(&state.db, task.id).await?;
+        let status = state_now.map(|s| s.status);
+        if status != Some(TaskStatus::Running) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    let now = tasks::get(&state.db, task.id)
+        .await?
+        .ok_or_else(no_such_task)?;
+    match now.status {
+        TaskStatus::Cancelled => Ok(Cancelled::Done(now)),
+        TaskStatus::Running => Ok(Cancelled::Requested(now)),
+        other => Err(ApiError::new(
             Code::TaskNotCancellable,
-            format!(
-                "the task is {}; only pending or retrying tasks can be cancelled",
-                now.status
-            ),
-        ));
-    };
-    publish(state, vec![TaskState::from(&task)]).await;
-    Ok(task)
+            format!("the task was {other} before its worker could stop it"),
+        )),
+    }
+}
+
+/// 409: the task is finished.
+fn not_cancellable(status: TaskStatus) -> ApiError {
+    ApiError::new(
+        Code::TaskNotCancellable,
+        format!("the task is {status}; only unfinished tasks can be cancelled"),
+    )
+}
+
+/// 409: the task runs, and its kind may not be stopped half-way.
+fn not_interruptible(kind: &str) -> ApiError {
+    ApiError::new(
+        Code::TaskNotCancellable,
+        format!(
+            "the task is running, and kind {kind:?} may not be interrupted; cancel it before it starts"
+        ),
+    )
 }
 
 /// Runs the `failed` or `cancelled` task `id` again, if `principal` may see it.

@@ -3,6 +3,10 @@
 //! [`TaskState`]. The WebSocket hub subscribes (per user, or to the pattern
 //! for admins). Publishing is best effort: the row is the truth, a missed
 //! message only delays a live view until its next poll or update.
+//!
+//! The other way, `{prefix}:task-stops` carries the id of a running task
+//! someone cancelled to whichever worker holds it. Best effort too: the
+//! request is on the row, and the worker's lease renewal reads it.
 
 use uuid::Uuid;
 
@@ -34,4 +38,21 @@ pub async fn publish(redis: &RedisClient, states: &[TaskState]) {
     if let Err(e) = pipe.exec_async(&mut redis.conn()).await {
         tracing::debug!(error = %e, count = states.len(), "could not publish task updates");
     }
+}
+
+/// The channel on which workers hear which running tasks to stop.
+pub fn stop_channel(redis: &RedisClient) -> String {
+    redis.key("task-stops")
+}
+
+/// Tells every worker to stop its attempt of `id`, if it runs one.
+///
+/// # Errors
+/// Redis fails (the worker's next lease renewal still sees the request).
+pub async fn request_stop(redis: &RedisClient, id: Uuid) -> Result<(), redis::RedisError> {
+    redis::cmd("PUBLISH")
+        .arg(stop_channel(redis))
+        .arg(id.to_string())
+        .exec_async(&mut redis.conn())
+        .await
 }

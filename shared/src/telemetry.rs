@@ -109,6 +109,10 @@ fn describe() {
         "keel_tasks_handed_back_total",
         "Attempts a stopping worker handed back unfinished, by kind."
     );
+    describe_counter!(
+        "keel_tasks_cancelled_running_total",
+        "Running attempts stopped because their task was cancelled, by kind."
+    );
     describe_histogram!(
         "keel_task_run_seconds",
         "Run time of one task attempt, by kind."

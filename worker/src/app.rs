@@ -10,6 +10,7 @@ use keel_shared::{
     process::{self, Backbone, Service},
     queue::{JobQueue, Queue},
     storage::Storage,
+    task_events,
     workers::{self, HEARTBEAT_INTERVAL, WorkerCard},
 };
 use tokio_util::sync::CancellationToken;
@@ -143,6 +144,7 @@ impl Service for Worker {
                         finished.clone(),
                     ));
                     runners.push(runner.clone());
+                    listen_for_stops(&redis, &runner, finished.clone());
                     queues.push(tokio::spawn(tasks::run_queue(
                         runner,
                         wake(Queue::Tasks),
@@ -236,4 +238,20 @@ async fn beat(redis: &RedisClient, card: &mut WorkerCard, stats: &Stats) {
     if let Err(e) = workers::heartbeat(redis, card).await {
         tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat");
     }
+}
+
+/// Stops this worker's attempts of the tasks someone cancels, as the API
+/// announces them (a message names one task; every worker hears it, the
+/// one running it acts).
+fn listen_for_stops(redis: &RedisClient, runner: &Arc<TaskRunner>, stop: CancellationToken) {
+    let runner = runner.clone();
+    let channel = task_events::stop_channel(redis);
+    crate::listen::listen(redis.clone(), channel, stop, move |message| {
+        let id = message.get_payload::<String>().ok();
+        if let Some(id) = id.and_then(|id| uuid::Uuid::parse_str(&id).ok())
+            && runner.stop_attempt(id)
+        {
+            tracing::info!(task_id = %id, "cancelled while running; stopping the attempt");
+        }
+    });
 }

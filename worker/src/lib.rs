@@ -10,6 +10,8 @@
 //! - [`email`]: the `email` queue — claim, render, send, retry.
 //! - [`maintenance`]: the `maintenance` queue — purges, the Redis trim and the orphan sweep.
 //! - [`wake`]: wake-ups that let idle workers fetch as soon as a job is pushed.
+//! - [`listen`]: a Redis channel heard for the life of the process (wake-ups,
+//!   stop requests for running tasks).
 //! - [`pause`]: queue pauses set by ops.
 //! - [`stats`]: this worker's counters for its registry card.
 //! - [`supervisor`]: each queue's apalis worker, restarted and paused.
@@ -17,6 +19,7 @@
 pub mod app;
 pub mod cli;
 pub mod email;
+pub mod listen;
 pub mod maintenance;
 pub mod pause;
 pub mod stats;

@@ -34,39 +34,15 @@ pub struct WakeSignal {
 }
 
 impl WakeSignal {
-    /// Subscribes to `channel` in the background until `stop`.
+    /// Subscribes to `channel` in the background until `stop` (a lost
+    /// connection costs nothing but latency: the interval still polls).
     pub fn listen(redis: RedisClient, channel: String, stop: CancellationToken) -> Self {
         let wakes = Arc::new(watch::Sender::new(0));
         let signal = Self {
             wakes: wakes.clone(),
         };
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let session = async {
-                    let mut pubsub = redis.pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    tracing::debug!(%channel, "listening for wake-ups");
-                    let mut messages = pubsub.on_message();
-                    while messages.next().await.is_some() {
-                        wakes.send_modify(|n| *n = n.wrapping_add(1));
-                    }
-                    Ok::<_, redis::RedisError>(())
-                };
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    result = session => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, %channel, "wake-up channel lost; polling until it is back");
-                        }
-                    }
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        crate::listen::listen(redis, channel, stop, move |_| {
+            wakes.send_modify(|n| *n = n.wrapping_add(1));
         });
         signal
     }

@@ -42,7 +42,10 @@ pub async fn task(
         "retry" => tasks::retry(&state, principal, id).await.map(|_| "retried"),
         "cancel" => tasks::cancel(&state, principal, id)
             .await
-            .map(|_| "cancelled"),
+            .map(|done| match done {
+                tasks::Cancelled::Done(_) => "cancelled",
+                tasks::Cancelled::Requested(_) => "cancel_requested",
+            }),
         "run-now" => tasks::run_now(&state, principal, id)
             .await
             .map(|_| "due_now"),

@@ -12,7 +12,7 @@ use keel_shared::{
         task_stats::{self, Minute},
         tasks::{self, TaskFilter, TaskStatus},
     },
-    workers,
+    kinds, workers,
 };
 use minijinja::{Value, context};
 use serde::Deserialize;
@@ -159,7 +159,9 @@ pub async fn task(
             payload => pretty(&task.payload),
             result => task.result.as_ref().map(pretty),
             can_retry => matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled),
-            can_cancel => waiting,
+            can_cancel => waiting
+                || (task.status == TaskStatus::Running
+                    && kinds::find(&task.kind).is_none_or(|k| k.interruptible)),
             can_run_now => waiting && task.next_attempt_at > Utc::now(),
             task => data(&task),
             history => data(&history),

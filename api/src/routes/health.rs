@@ -37,17 +37,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/health", tag = "health",
     responses(
         (status = 200, description = "`healthy`, or `degraded`: Redis down or no worker alive", body = HealthReport,
-            example = json!({
-                "status": "healthy", "database": "healthy", "redis": "healthy",
-                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
-                "components": {"database": true, "redis": true, "workers": 2},
-                "info": {"version": "0.1.0", "environment": "production"}})),
+            example = json!(report_example(true))),
         (status = 503, description = "`unhealthy`: the database is down", body = HealthReport,
-            example = json!({
-                "status": "unhealthy", "database": "unhealthy", "redis": "healthy",
-                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
-                "components": {"database": false, "redis": true, "workers": 2},
-                "info": {"version": "0.1.0", "environment": "production"}})),
+            example = json!(report_example(false))),
     ))]
 async fn health(State(state): State<AppState>) -> Response {
     let report =
@@ -60,20 +52,22 @@ async fn health(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
     responses(
         (status = 200, description = "`healthy`, or `degraded`: Redis down or no worker alive", body = HealthReport,
-            example = json!({
-                "status": "healthy", "database": "healthy", "redis": "healthy",
-                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
-                "components": {"database": true, "redis": true, "workers": 2},
-                "info": {"version": "0.1.0", "environment": "production"}})),
+            example = json!(report_example(true))),
         (status = 503, description = "`unhealthy`: the database is down", body = HealthReport,
-            example = json!({
-                "status": "unhealthy", "database": "unhealthy", "redis": "healthy",
-                "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
-                "components": {"database": false, "redis": true, "workers": 2},
-                "info": {"version": "0.1.0", "environment": "production"}})),
+            example = json!(report_example(false))),
     ))]
 async fn api_health(state: State<AppState>) -> Response {
     health(state).await
+}
+
+/// The documented report: all up, or the database down.
+fn report_example(database_up: bool) -> serde_json::Value {
+    let database = if database_up { "healthy" } else { "unhealthy" };
+    serde_json::json!({
+        "status": database, "database": database, "redis": "healthy",
+        "workers": "healthy", "version": "0.1.0", "timestamp": "2026-01-15T09:30:00Z",
+        "components": {"database": database_up, "redis": true, "workers": 2},
+        "info": {"version": "0.1.0", "environment": "production"}})
 }
 
 #[derive(Serialize, ToSchema)]

@@ -145,6 +145,9 @@ pub struct KindInfo {
     pub description: String,
     #[schema(example = "testing")]
     pub category: String,
+    /// Whether a cancel stops a running task of this kind (`false`: it
+    /// answers 409 once the task runs).
+    pub interruptible: bool,
     /// JSON Schema (2020-12) of the payload.
     #[schema(value_type = Object)]
     pub payload_schema: Value,
@@ -531,7 +534,7 @@ fn status_names() -> String {
         SignedIn,
         (status = 200, description = "The kinds this deployment runs", body = [KindInfo],
             example = json!([{"name": "sleep", "description": "Sleeps for `ms` milliseconds, reporting progress.",
-                "category": "testing", "payload_schema": {"type": "object",
+                "category": "testing", "interruptible": true, "payload_schema": {"type": "object",
                 "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000}},
                 "required": ["ms"], "additionalProperties": false}}])),
     ))]
@@ -545,6 +548,7 @@ async fn list_kinds(
                 name: k.name.to_owned(),
                 description: k.description.to_owned(),
                 category: k.category.to_owned(),
+                interruptible: k.interruptible,
                 payload_schema: (k.payload_schema)(),
             })
             .collect(),
@@ -587,21 +591,27 @@ async fn get_status(
         .ok_or_else(tasks::no_such_task)
 }
 
-/// Cancels a `pending` or `retrying` task. A worker that later pops its job
-/// finds nothing to run.
+/// Cancels an unfinished task. A `pending` or `retrying` one is cancelled
+/// at once (a worker that later pops its job finds nothing to run). A
+/// `running` one is stopped: its worker is told, drops the attempt and
+/// writes `cancelled`; the answer waits for that, up to 5 s.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
         OwnObject,
         (status = 200, description = "The task, `cancelled`", body = Task),
+        (status = 202, description = "The task still runs: its worker was told and has not let go within 5 s; it ends `cancelled` by its next lease renewal", body = Task),
         (status = 409, response = inline(TaskNotCancellable)),
     ))]
 async fn cancel_task(
     State(state): State<AppState>,
     principal: Principal,
     AppPath(id): AppPath<Uuid>,
-) -> Result<AppJson<Task>, ApiError> {
-    tasks::cancel(&state, &principal, id).await.map(AppJson)
+) -> Result<(StatusCode, AppJson<Task>), ApiError> {
+    Ok(match tasks::cancel(&state, &principal, id).await? {
+        tasks::Cancelled::Done(task) => (StatusCode::OK, AppJson(task)),
+        tasks::Cancelled::Requested(task) => (StatusCode::ACCEPTED, AppJson(task)),
+    })
 }
 
 /// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
@@ -736,7 +746,8 @@ problem_response!(
     headers = [("Retry-After", "With `rate_limited`: seconds until a retry may succeed")]
 );
 problem_response!(
-    /// `task_not_cancellable`: running or finished.
+    /// `task_not_cancellable`: finished, or running as a kind that may not
+    /// be interrupted.
     TaskNotCancellable = [TaskNotCancellable]
 );
 problem_response!(

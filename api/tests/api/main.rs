@@ -4,6 +4,7 @@ mod admin_ops;
 mod api_keys;
 mod auth;
 mod avatars;
+mod cancel_running;
 mod config;
 mod connections;
 mod credentials;

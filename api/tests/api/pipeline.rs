@@ -68,7 +68,7 @@ pub async fn stack_with(flags: &[&str]) -> Stack {
     Stack { app, worker: stop }
 }
 
-async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> Value {
+pub async fn post(app: &TestApp, path: &str, user: &TestUser, body: &Value) -> Value {
     let response = app.post_as(path, &user.token, body).await;
     assert!(response.status().is_success(), "{}", response.status());
     response.json().await.unwrap()
@@ -94,7 +94,7 @@ fn history(detail: &Value) -> Vec<&str> {
 }
 
 /// Polls `GET /tasks/{id}/status` until `status`.
-async fn wait_for(app: &TestApp, user: &TestUser, id: &str, status: &str) -> Value {
+pub async fn wait_for(app: &TestApp, user: &TestUser, id: &str, status: &str) -> Value {
     for _ in 0..300 {
         let response = app
             .get_as(&format!("/api/v1/tasks/{id}/status"), &user.token)

@@ -3,7 +3,13 @@
 //! aliases. No worker runs: a job "queued" is one found in Redis.
 
 use chrono::{Duration, Utc};
-use keel_shared::domain::Role;
+use keel_shared::{
+    db::{
+        self,
+        tasks::{Finish, Outcome, TaskStatus},
+    },
+    domain::Role,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -382,12 +388,92 @@ async fn cancel_a_pending_task_once_then_409() {
     let again = app.post_as(&path, &user.token, None).await;
     assert_problem(again, StatusCode::CONFLICT, "task_not_cancellable").await;
 
-    let running = app.created_task(&user.token, &json!({"name": "r"})).await;
-    let running_id = running["id"].as_str().unwrap();
-    set_status(&app, running_id, "running").await;
-    let cancel = format!("/api/v1/tasks/{running_id}/cancel");
+    let finished = app.created_task(&user.token, &json!({"name": "f"})).await;
+    let finished_id = finished["id"].as_str().unwrap();
+    set_status(&app, finished_id, "completed").await;
+    let cancel = format!("/api/v1/tasks/{finished_id}/cancel");
     let response = app.post_as(&cancel, &user.token, None).await;
-    assert_problem(response, StatusCode::CONFLICT, "task_not_cancellable").await;
+    let problem = assert_problem(response, StatusCode::CONFLICT, "task_not_cancellable").await;
+    assert!(problem.detail.contains("completed"), "{}", problem.detail);
+}
+
+/// Makes task `id` look claimed by a worker `owner` whose lease ends
+/// `expires_in_seconds` from now (negative: already over).
+async fn lease_to(app: &TestApp, id: &str, owner: &str, expires_in_seconds: i32) {
+    sqlx::query(
+        "UPDATE tasks SET status = 'running', attempts = 1, started_at = now(), \
+             lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second' \
+         WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(expires_in_seconds)
+    .execute(app.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn cancel_of_a_running_task_whose_worker_is_gone_ends_it_without_the_worker() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+
+    // A worker that died: its lease is over, so the API cancels the row itself,
+    // and the dead worker's late write is fenced off.
+    let orphan = app.created_task(&user.token, &json!({"name": "o"})).await;
+    let orphan_id = orphan["id"].as_str().unwrap();
+    lease_to(&app, orphan_id, "dead/1", -1).await;
+    let response = app
+        .post_as(
+            &format!("/api/v1/tasks/{orphan_id}/cancel"),
+            &user.token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["error"], "cancelled while running");
+    let late = Finish {
+        id: orphan_id.parse().unwrap(),
+        token: "dead/1".into(),
+        outcome: Outcome::Completed(json!({"late": true})),
+    };
+    let written = db::tasks::finish(app.pool(), "dead", &[late])
+        .await
+        .unwrap();
+    assert!(
+        written.is_empty(),
+        "a cancelled row takes no write from its old lease"
+    );
+
+    // A worker that lives but never answers (stalled): after waiting for it,
+    // the API says the stop is under way (202), and the request stays on the row,
+    // so the reconciler ends it `cancelled`, not `retrying`, once the lease runs out.
+    let stalled = app.created_task(&user.token, &json!({"name": "s"})).await;
+    let stalled_id = stalled["id"].as_str().unwrap();
+    lease_to(&app, stalled_id, "stalled/1", 60).await;
+    let response = app
+        .post_as(
+            &format!("/api/v1/tasks/{stalled_id}/cancel"),
+            &user.token,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let requested: Value = response.json().await.unwrap();
+    assert_eq!(requested["status"], "running");
+    lease_to(&app, stalled_id, "stalled/1", -10).await;
+    let retry = (
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(1),
+    );
+    let ended = db::tasks::expire_leases(app.pool(), std::time::Duration::ZERO, retry, 10)
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].status, TaskStatus::Cancelled);
+    assert_eq!(ended[0].error.as_deref(), Some("cancelled while running"));
 }
 
 #[tokio::test]
@@ -442,10 +528,14 @@ async fn kinds_lists_every_registered_kind_with_its_schema() {
     }
     assert_eq!(
         names.len(),
-        keel_shared::kinds::KINDS.len() - 1,
-        "every registered kind but the test-only abort"
+        keel_shared::kinds::KINDS.len() - 2,
+        "every registered kind but the test-only abort and steady_sleep"
     );
     assert!(!names.contains(&"abort"), "test-only kinds stay hidden");
+    assert!(
+        !names.contains(&"steady_sleep"),
+        "test-only kinds stay hidden"
+    );
     let abort = app
         .create_task(&user.token, &json!({"name": "x", "kind": "abort"}))
         .await;

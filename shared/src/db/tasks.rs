@@ -537,6 +537,41 @@ pub async fn cancel(
     .await
 }
 
+/// Asks the attempt running `id` to stop: the request is recorded on the
+/// row (the attempt's worker ends it `cancelled`, told over Redis or at its
+/// next lease renewal). A row whose lease has already run out (its worker
+/// died) is `cancelled` here and now, its lease cleared so that a worker
+/// waking late writes nothing. `None` when the task is not running.
+///
+/// # Errors
+/// The database fails.
+pub async fn request_cancel(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    actor: &str,
+) -> Result<Option<Task>, sqlx::Error> {
+    // Every right-hand side reads the row as it was, and `now()` is fixed
+    // for the statement: "orphaned" is one judgement for all of them.
+    sqlx::query_as(concat!(
+        "UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
+             changed_by = $2, \
+             status = CASE WHEN lease_expires_at < now() THEN 'cancelled' ELSE status END, \
+             error = CASE WHEN lease_expires_at < now() THEN 'cancelled while running' \
+                          ELSE error END, \
+             finished_at = CASE WHEN lease_expires_at < now() \
+                                THEN greatest(now(), started_at) END, \
+             lease_owner = CASE WHEN lease_expires_at < now() THEN NULL ELSE lease_owner END, \
+             lease_expires_at = CASE WHEN lease_expires_at < now() THEN NULL \
+                                     ELSE lease_expires_at END \
+         WHERE id = $1 AND status = 'running' RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(actor)
+    .fetch_optional(db)
+    .await
+}
+
 /// `failed`/`cancelled` → `pending`, with a fresh set of attempts, due now.
 /// The row is marked enqueued: the caller pushes it next.
 ///
@@ -556,7 +591,8 @@ pub async fn retry(
     let task: Option<Task> = sqlx::query_as(concat!(
         "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
              error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), changed_by = $2 \
+             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, \
+             enqueued_at = now(), changed_by = $2 \
          WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING ",
         task_columns!()
     ))
@@ -620,6 +656,7 @@ pub async fn claim(
                    WHEN 'pending' THEN next_attempt_at <= now() \
                    WHEN 'retrying' THEN next_attempt_at <= now() \
                    WHEN 'running' THEN lease_expires_at < now() AND attempts < max_attempts \
+                                       AND cancel_requested_at IS NULL \
                    ELSE false END \
          RETURNING ",
         task_columns!()
@@ -692,8 +729,11 @@ pub async fn fail_exhausted(
     actor: &str,
 ) -> Result<Vec<TaskState>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE tasks SET status = 'failed', \
-             error = 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts, \
+        "UPDATE tasks SET \
+             status = CASE WHEN cancel_requested_at IS NULL THEN 'failed' ELSE 'cancelled' END, \
+             error = CASE WHEN cancel_requested_at IS NULL \
+                 THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
+                 ELSE 'cancelled while running' END, \
              finished_at = greatest(now(), started_at), lease_owner = NULL, \
              lease_expires_at = NULL, changed_by = $2 \
          WHERE id = ANY($1) \
@@ -709,7 +749,8 @@ pub async fn fail_exhausted(
 }
 
 /// Renews the leases `(id, token)`; returns the ids still held (a task
-/// missing from the answer was taken over or is no longer running).
+/// missing from the answer was taken over or is no longer running), each
+/// with whether someone asked it to stop.
 ///
 /// # Errors
 /// The database fails.
@@ -717,17 +758,17 @@ pub async fn renew_leases(
     db: impl PgExecutor<'_>,
     held: &[(Uuid, String)],
     lease: Duration,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
     // Rows are locked in id order, as every other batched write locks them,
     // so two of one worker's statements cannot deadlock.
     let mut held = held.to_vec();
     held.sort_unstable();
     let (ids, tokens): (Vec<Uuid>, Vec<String>) = held.into_iter().unzip();
-    sqlx::query_scalar(
+    sqlx::query_as(
         "UPDATE tasks t SET lease_expires_at = now() + $3 * interval '1 millisecond' \
          FROM unnest($1::uuid[], $2::text[]) AS l(id, token) \
          WHERE t.id = l.id AND t.lease_owner = l.token \
-         RETURNING t.id",
+         RETURNING t.id, t.cancel_requested_at IS NOT NULL",
     )
     .bind(&ids)
     .bind(&tokens)
@@ -772,6 +813,8 @@ pub enum Outcome {
     /// Not the task's fault (the worker is stopping): the attempt is given
     /// back uncounted and the task is due again at once.
     HandBack,
+    /// Stopped because someone cancelled the task while it ran.
+    Cancelled,
 }
 
 /// One attempt's end: the task, the attempt's lease token, the outcome.
@@ -817,6 +860,7 @@ pub async fn finish(
             }
             Outcome::Failed(error) => ("failed", None, Some(error.as_str()), None),
             Outcome::HandBack => ("handback", None, None, None),
+            Outcome::Cancelled => ("cancelled", None, None, None),
         };
         statuses.push(status);
         results.push(result);
@@ -825,25 +869,34 @@ pub async fn finish(
     }
     sqlx::query_as(
         "UPDATE tasks t SET
-             status = CASE o.status
-                 WHEN 'handback' THEN CASE WHEN t.attempts <= 1 THEN 'pending' ELSE 'retrying' END
+             status = CASE WHEN (o.status = 'cancelled'
+                                 OR (t.cancel_requested_at IS NOT NULL AND o.status <> 'completed'))
+                           THEN 'cancelled'
+                 WHEN o.status = 'handback'
+                     THEN CASE WHEN t.attempts <= 1 THEN 'pending' ELSE 'retrying' END
                  ELSE o.status END,
-             attempts = CASE WHEN o.status = 'handback' THEN greatest(t.attempts - 1, 0)
-                             ELSE t.attempts END,
+             attempts = CASE WHEN o.status = 'handback' AND t.cancel_requested_at IS NULL
+                             THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
              result = CASE WHEN o.status = 'completed' THEN o.result ELSE t.result END,
              error = CASE WHEN o.status = 'completed' THEN NULL
+                          WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
+                              THEN 'cancelled while running'
                           WHEN o.status = 'handback' THEN t.error ELSE o.error END,
              progress = CASE WHEN o.status = 'completed' THEN 100 ELSE t.progress END,
-             next_attempt_at = CASE WHEN o.status = 'retrying'
+             next_attempt_at = CASE WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
+                                        THEN t.next_attempt_at
+                                    WHEN o.status = 'retrying'
                                         THEN now() + o.delay_ms * interval '1 millisecond'
                                     WHEN o.status = 'handback' THEN now()
                                     ELSE t.next_attempt_at END,
-             finished_at = CASE WHEN o.status IN ('completed', 'failed')
+             finished_at = CASE WHEN o.status IN ('completed', 'failed', 'cancelled')
+                                     OR t.cancel_requested_at IS NOT NULL
                                 THEN greatest(now(), t.started_at) END,
              lease_owner = NULL,
              lease_expires_at = NULL,
-             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback') THEN now()
-                                ELSE t.enqueued_at END,
+             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback')
+                                     AND t.cancel_requested_at IS NULL
+                                THEN now() ELSE t.enqueued_at END,
              changed_by = $1
          FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[])
               AS o(id, token, status, result, error, delay_ms)
@@ -971,8 +1024,9 @@ pub async fn take_for_push(
 
 /// Ends attempts whose lease ran out more than `grace` ago (their worker
 /// died or stalled): `retrying` and marked enqueued (the caller pushes
-/// them), or `failed` when that was the last attempt. The stalled worker's
-/// later writes are fenced off by the cleared lease.
+/// them), `failed` when that was the last attempt, or `cancelled` when
+/// someone asked it to stop. The stalled worker's later writes are fenced
+/// off by the cleared lease.
 ///
 /// A lost attempt is retried like a failed one, after a random 50–100 % of
 /// `retry_base × 2^(attempt-1)` (at most `retry_max`): tasks that died
@@ -989,12 +1043,16 @@ pub async fn expire_leases(
 ) -> Result<Vec<Task>, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE tasks SET \
-             status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'retrying' END, \
-             error = CASE WHEN attempts >= max_attempts \
+             status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                           WHEN attempts >= max_attempts THEN 'failed' ELSE 'retrying' END, \
+             error = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled while running' \
+                          WHEN attempts >= max_attempts \
                           THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
                           ELSE 'the worker stopped during attempt ' || attempts END, \
-             finished_at = CASE WHEN attempts >= max_attempts THEN greatest(now(), started_at) END, \
-             next_attempt_at = CASE WHEN attempts >= max_attempts THEN next_attempt_at \
+             finished_at = CASE WHEN attempts >= max_attempts OR cancel_requested_at IS NOT NULL \
+                                THEN greatest(now(), started_at) END, \
+             next_attempt_at = CASE WHEN attempts >= max_attempts \
+                                         OR cancel_requested_at IS NOT NULL THEN next_attempt_at \
                  ELSE now() + least($4, $3 * power(2, least(attempts - 1, 30))) \
                      * (0.5 + random() / 2) * interval '1 millisecond' END, \
              lease_owner = NULL, lease_expires_at = NULL, \

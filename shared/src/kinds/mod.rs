@@ -34,6 +34,7 @@ pub static KINDS: &[KindSpec] = &[
     spec::<noop::Noop>(),
     spec::<echo::Echo>(),
     spec::<sleep::Sleep>(),
+    spec::<sleep::SteadySleep>(),
     spec::<fail::Fail>(),
     spec::<HttpRequest>(),
     spec::<abort::Abort>(),
@@ -66,6 +67,11 @@ pub trait Kind {
     /// Offered only with `ENABLE_TEST_KINDS` (never in production): kinds that
     /// break things on purpose, for fault tests.
     const TEST_ONLY: bool = false;
+    /// Whether a cancel may stop an attempt that is running: the worker
+    /// then drops the handler's future wherever it is waiting. A kind whose
+    /// work must not be cut off half-way says `false`, and a cancel of its
+    /// running task answers 409 (it may still be cancelled before it starts).
+    const INTERRUPTIBLE: bool = true;
     type Payload: DeserializeOwned + Serialize + Send + 'static;
 
     /// JSON Schema (2020-12) of the payload, as `GET /tasks/kinds` shows it.
@@ -92,6 +98,8 @@ pub struct KindSpec {
     pub description: &'static str,
     pub category: &'static str,
     pub test_only: bool,
+    /// See [`Kind::INTERRUPTIBLE`].
+    pub interruptible: bool,
     pub payload_schema: fn() -> Value,
     check: fn(&Value, &KindSettings) -> Result<(), Vec<PayloadError>>,
     run: fn(Value, TaskContext) -> RunFuture,
@@ -128,6 +136,7 @@ pub const fn spec<K: Kind>() -> KindSpec {
         description: K::DESCRIPTION,
         category: K::CATEGORY,
         test_only: K::TEST_ONLY,
+        interruptible: K::INTERRUPTIBLE,
         payload_schema: K::payload_schema,
         check: check_json::<K>,
         run: run_json::<K>,

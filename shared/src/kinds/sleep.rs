@@ -1,5 +1,6 @@
 //! `sleep {ms}`: waits, reporting progress about ten times — the kind for
-//! long tasks, timeouts, leases and draining.
+//! long tasks, timeouts, leases and draining. `steady_sleep` (test-only)
+//! does the same but may not be stopped once it runs.
 
 use std::time::Duration;
 
@@ -54,5 +55,32 @@ impl Kind for Sleep {
         // What integer division left over.
         tokio::time::sleep(Duration::from_millis(payload.ms % STEPS)).await;
         Ok(json!({"slept_ms": payload.ms}))
+    }
+}
+
+/// `sleep` that declares itself not interruptible: what a cancel of a
+/// running task must refuse, shown with a kind the tests can hold running.
+#[derive(Debug)]
+pub struct SteadySleep;
+
+impl Kind for SteadySleep {
+    const NAME: &'static str = "steady_sleep";
+    const DESCRIPTION: &'static str =
+        "Sleeps for `ms` milliseconds; once running it may not be cancelled.";
+    const CATEGORY: &'static str = "testing";
+    const TEST_ONLY: bool = true;
+    const INTERRUPTIBLE: bool = false;
+    type Payload = SleepPayload;
+
+    fn payload_schema() -> Value {
+        Sleep::payload_schema()
+    }
+
+    fn check(payload: &SleepPayload, settings: &KindSettings) -> Vec<PayloadError> {
+        Sleep::check(payload, settings)
+    }
+
+    async fn run(payload: SleepPayload, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        Sleep::run(payload, ctx).await
     }
 }

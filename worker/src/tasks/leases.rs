@@ -2,7 +2,9 @@
 //! with its lease token; a loop renews them all in one statement every third
 //! of the lease, and an attempt whose lease was lost (the database gave the
 //! task to another attempt after this one stalled) is told to stop: its
-//! writes would be fenced anyway.
+//! writes would be fenced anyway. An attempt someone cancelled is told too,
+//! here by the renewal (the slow path) or by [`Leases::stop`] when the
+//! request comes over Redis.
 
 use std::{
     collections::HashMap,
@@ -15,7 +17,15 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-type Held = Arc<Mutex<HashMap<Uuid, (String, CancellationToken)>>>;
+type Held = Arc<Mutex<HashMap<Uuid, HeldLease>>>;
+
+/// One attempt's lease: its token, and the signals the attempt listens to.
+#[derive(Debug)]
+struct HeldLease {
+    token: String,
+    lost: CancellationToken,
+    stop: CancellationToken,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Leases {
@@ -40,7 +50,7 @@ impl Leases {
                     .lock()
                     .expect("lease map")
                     .iter()
-                    .map(|(id, (token, _))| (*id, token.clone()))
+                    .map(|(id, held)| (*id, held.token.clone()))
                     .collect();
                 if now.is_empty() {
                     continue;
@@ -48,13 +58,20 @@ impl Leases {
                 match tasks::renew_leases(&db, &now, lease).await {
                     Ok(kept) => {
                         let mut map = held.lock().expect("lease map");
-                        for (id, token) in now.iter().filter(|(id, _)| !kept.contains(id)) {
+                        for (id, token) in &now {
                             // Only the attempt that was asked about: a newer one may hold the id now.
-                            if map.get(id).is_some_and(|(t, _)| t == token)
-                                && let Some((_, lost)) = map.remove(id)
-                            {
-                                tracing::warn!(task_id = %id, "lease lost; abandoning the attempt");
-                                lost.cancel();
+                            if map.get(id).is_none_or(|h| h.token != *token) {
+                                continue;
+                            }
+                            match kept.iter().find(|(k, _)| k == id) {
+                                Some((_, false)) => {}
+                                Some((_, true)) => map[id].stop.cancel(),
+                                None => {
+                                    if let Some(lost) = map.remove(id) {
+                                        tracing::warn!(task_id = %id, "lease lost; abandoning the attempt");
+                                        lost.lost.cancel();
+                                    }
+                                }
                             }
                         }
                     }
@@ -67,20 +84,31 @@ impl Leases {
         leases
     }
 
-    /// Registers a claimed attempt; the guard's token fires if its lease is
-    /// lost, and dropping the guard stops the renewals, whatever ends the attempt.
+    /// Registers a claimed attempt; the guard's tokens fire if its lease is
+    /// lost or someone cancels the task, and dropping the guard stops the
+    /// renewals, whatever ends the attempt.
     pub fn hold(&self, id: Uuid, token: &str) -> LeaseGuard {
-        let lost = CancellationToken::new();
-        self.held
-            .lock()
-            .expect("lease map")
-            .insert(id, (token.to_owned(), lost.clone()));
+        let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
+        let held = HeldLease {
+            token: token.to_owned(),
+            lost: lost.clone(),
+            stop: stop.clone(),
+        };
+        self.held.lock().expect("lease map").insert(id, held);
         LeaseGuard {
             held: self.held.clone(),
             id,
             token: token.to_owned(),
             lost,
+            stop,
         }
+    }
+
+    /// Tells the attempt running `id` here, if any, that it was cancelled.
+    /// `false` if this worker runs no attempt of `id`.
+    pub fn stop(&self, id: Uuid) -> bool {
+        let map = self.held.lock().expect("lease map");
+        map.get(&id).inspect(|held| held.stop.cancel()).is_some()
     }
 }
 
@@ -91,6 +119,7 @@ pub struct LeaseGuard {
     id: Uuid,
     token: String,
     lost: CancellationToken,
+    stop: CancellationToken,
 }
 
 impl LeaseGuard {
@@ -98,12 +127,20 @@ impl LeaseGuard {
     pub fn lost(&self) -> &CancellationToken {
         &self.lost
     }
+
+    /// Fires when someone cancels the task.
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let mut map = self.held.lock().expect("lease map");
-        if map.get(&self.id).is_some_and(|(t, _)| *t == self.token) {
+        if map
+            .get(&self.id)
+            .is_some_and(|held| held.token == self.token)
+        {
             map.remove(&self.id);
         }
     }

@@ -211,6 +211,12 @@ impl TaskRunner {
         Ok(())
     }
 
+    /// Stops the attempt of `id` if this worker runs it (someone cancelled
+    /// the task); `false` if it does not.
+    pub fn stop_attempt(&self, id: uuid::Uuid) -> bool {
+        self.leases.stop(id)
+    }
+
     /// Waits for attempts still running outside any apalis worker.
     pub async fn drained(&self) {
         self.attempts.close();
@@ -234,6 +240,8 @@ impl TaskRunner {
         let outcome = tokio::select! {
             outcome = self.execute(&task, &token) => Some(outcome),
             () = lease.lost().cancelled() => None,
+            // Dropping `execute` aborts the handler's tokio task.
+            () = lease.stopped().cancelled() => Some(Outcome::Cancelled),
             () = self.grace_over.cancelled() => Some(Outcome::HandBack),
         };
         drop(lease);
@@ -250,6 +258,7 @@ impl TaskRunner {
             Outcome::Retry { .. } => "keel_tasks_retried_total",
             Outcome::Failed(_) => "keel_tasks_failed_total",
             Outcome::HandBack => "keel_tasks_handed_back_total",
+            Outcome::Cancelled => "keel_tasks_cancelled_running_total",
         };
         metrics::counter!(name, "kind" => kind_label).increment(1);
         let next_run = match &outcome {
