@@ -38,6 +38,9 @@ pub struct Problem {
     /// Per-field reasons, for `validation_failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldError>>,
+    /// The task a create collided with, for `task_not_unique`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existing_task_id: Option<uuid::Uuid>,
 }
 
 /// One invalid field of a request.
@@ -72,6 +75,7 @@ impl Problem {
             code: code.to_owned(),
             request_id: None,
             errors: None,
+            existing_task_id: None,
         }
     }
 
@@ -133,6 +137,13 @@ pub enum ApiError {
     /// A dependency (Postgres, Redis) is down: 503, worth retrying.
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// A create collided with an existing unique task: 409 `task_not_unique`
+    /// naming it.
+    #[error("not unique: {existing_task_id}")]
+    NotUnique {
+        detail: String,
+        existing_task_id: uuid::Uuid,
+    },
     /// A bug or an unexpected failure: 500, logged with its cause chain.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -302,6 +313,14 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
+            }
+            Self::NotUnique {
+                detail,
+                existing_task_id,
+            } => {
+                let mut problem = Problem::new(Code::TaskNotUnique, detail);
+                problem.existing_task_id = Some(existing_task_id);
+                problem.into_response()
             }
             Self::Internal(cause) => {
                 // The cause chain is for the log only; the client learns nothing internal.

@@ -127,8 +127,9 @@ codes! {
     // Tasks and schedules.
     TooManyUnfinishedTasks: TOO_MANY_REQUESTS "too_many_unfinished_tasks", "the user has `MAX_UNFINISHED_TASKS_PER_USER` unfinished tasks; wait for some to finish", "at most 1000 unfinished tasks per user; wait for some to finish";
     IdempotencyKeyMismatch: UNPROCESSABLE_ENTITY "idempotency_key_mismatch", "the `Idempotency-Key` was used with another request", "this Idempotency-Key was used with another request";
+    TaskNotUnique: CONFLICT "task_not_unique", "a task with the same unique key exists", "an unfinished sleep task of yours has the same unique key; it is existing_task_id";
     TaskNotCancellable: CONFLICT "task_not_cancellable", "the task is finished, or runs as a kind that may not be interrupted", "the task is completed; only unfinished tasks can be cancelled";
-    TaskNotRetryable: CONFLICT "task_not_retryable", "only a failed or cancelled task can be retried", "the task is running; only failed or cancelled tasks can be retried";
+    TaskNotRetryable: CONFLICT "task_not_retryable", "only a failed, cancelled or expired task can be retried", "the task is running; only failed, cancelled or expired tasks can be retried";
     TaskNotWaiting: CONFLICT "task_not_waiting", "only a task that waits for a later time can run now", "only a pending or retrying task that waits for a later time can run now";
     ScheduleNotFound: NOT_FOUND "schedule_not_found", "no such schedule", "no such schedule";
     ScheduleReadOnly: FORBIDDEN "schedule_read_only", "built-in schedules cannot be changed, deleted or run by hand", "built-in schedules cannot be changed, deleted or run by hand";

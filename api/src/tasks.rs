@@ -21,7 +21,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::problems::Code;
-use crate::{auth::Principal, error::ApiError, state::AppState};
+use crate::{
+    auth::Principal,
+    error::{ApiError, OnConstraint as _},
+    state::AppState,
+};
 
 /// How long a live-update publish may hold a response: it is best effort.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,6 +43,8 @@ pub(crate) enum Shape {
 #[derive(Debug)]
 pub(crate) enum Created {
     Fresh(Vec<Task>),
+    /// A unique create found its twin and was asked to answer with it.
+    Existing(Box<Task>),
     /// The status and body first answered, to answer again.
     Replay {
         status: u16,
@@ -46,25 +52,37 @@ pub(crate) enum Created {
     },
 }
 
+/// What a unique create does when its key is taken (the key itself is on
+/// the task, [`NewTask::unique_key`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Uniqueness {
+    /// Also a twin created within this long, whatever its status.
+    pub period: Option<Duration>,
+    /// Answer with the twin instead of 409.
+    pub existing: bool,
+}
+
 /// Creates `new` for the caller (claiming the idempotency key and recording
-/// the answer, as `shape` says, in the same transaction), then pushes the
-/// jobs. The rows commit before the push: with Redis down the tasks are
+/// the answer, as `shape` says, in the same transaction; for a unique
+/// create, first looking for its twin under the key's lock), then pushes
+/// the jobs. The rows commit before the push: with Redis down the tasks are
 /// still accepted, marked not enqueued for the reconciler.
 ///
 /// # Errors
-/// The owner's cap (429), a key used with another request (422), or a
-/// dependency down.
+/// The owner's cap (429), a key used with another request (422), a unique
+/// key taken (409), or a dependency down.
 pub(crate) async fn create(
     state: &AppState,
     principal: &Principal,
     idempotency: Option<(String, Vec<u8>)>,
     new: Vec<NewTask>,
     shape: Shape,
+    uniqueness: Option<Uniqueness>,
 ) -> Result<Created, ApiError> {
     let cap = state.config.tasks.max_unfinished_per_user;
     let over_cap = || too_many_unfinished(cap);
     let actor = principal.id().to_string();
-    let Some((key, hash)) = &idempotency else {
+    if idempotency.is_none() && uniqueness.is_none() {
         // Written with whatever creates arrive beside it: one transaction,
         // one INSERT, one push for the group (see `task_intake`).
         let create = Create {
@@ -80,7 +98,7 @@ pub(crate) async fn create(
             }
             Intake::OverCap => Err(over_cap()),
         };
-    };
+    }
     let mut tx = state.db.begin().await?;
     let wanted = i64::try_from(new.len()).unwrap_or(i64::MAX);
     // Concurrent creates of one owner check one after another, so together
@@ -91,15 +109,35 @@ pub(crate) async fn create(
     } else {
         i64::MAX
     };
-    match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
-        Claim::Fresh => {}
-        Claim::Replay { status, body } => return Ok(Created::Replay { status, body }),
-        Claim::Mismatch => {
-            return Err(ApiError::new(
-                Code::IdempotencyKeyMismatch,
-                "this Idempotency-Key was used with another request",
-            ));
+    if let Some((key, hash)) = &idempotency {
+        match idempotency::claim(&mut tx, principal.id(), key, hash).await? {
+            Claim::Fresh => {}
+            Claim::Replay { status, body } => return Ok(Created::Replay { status, body }),
+            Claim::Mismatch => {
+                return Err(ApiError::new(
+                    Code::IdempotencyKeyMismatch,
+                    "this Idempotency-Key was used with another request",
+                ));
+            }
         }
+    }
+    // After the idempotency key (a replay answers as it first did), under
+    // the unique key's lock: see `tasks::find_unique`.
+    if let (Some(uniqueness), Some(key)) = (
+        uniqueness,
+        new.first().and_then(|t| t.unique_key.as_deref()),
+    ) && let Some(twin) = tasks::find_unique(&mut tx, key, uniqueness.period).await?
+    {
+        if uniqueness.existing {
+            return Ok(Created::Existing(Box::new(twin)));
+        }
+        return Err(ApiError::NotUnique {
+            detail: format!(
+                "a task with the same unique key is {} (created {}); it is existing_task_id",
+                twin.status, twin.created_at
+            ),
+            existing_task_id: twin.id,
+        });
     }
     if room < wanted {
         return Err(over_cap());
@@ -111,17 +149,35 @@ pub(crate) async fn create(
         Shape::Batch => serde_json::to_value(&created).map(|items| json!({ "items": items })),
     }
     .map_err(|e| ApiError::Internal(e.into()))?;
-    idempotency::record(
-        &mut tx,
-        principal.id(),
-        key,
-        StatusCode::CREATED.as_u16(),
-        &body,
-    )
-    .await?;
+    if let Some((key, _)) = &idempotency {
+        idempotency::record(
+            &mut tx,
+            principal.id(),
+            key,
+            StatusCode::CREATED.as_u16(),
+            &body,
+        )
+        .await?;
+    }
     tx.commit().await?;
     enqueue(state, &created).await;
     Ok(Created::Fresh(created))
+}
+
+/// The unique key of a task of `kind` for `owner` whose chosen payload
+/// fields are `values` (an object, keys sorted): a hash, so any payload
+/// makes a short key, and one owner's key never matches another's.
+pub(crate) fn unique_key(kind: &str, owner: Uuid, values: &Value) -> String {
+    use sha2::{Digest as _, Sha256};
+    use std::fmt::Write as _;
+    // serde_json's maps are sorted: equal values print equal.
+    let canonical = json!([kind, owner, values]).to_string();
+    Sha256::digest(canonical.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// 429 `too_many_unfinished_tasks` unless `owner` has room for one more
@@ -192,6 +248,9 @@ pub(crate) enum Cancelled {
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// How often the row is read meanwhile.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// Cancels waiting for their worker at once, per API process: each reads
+/// the row every [`STOP_POLL`] for up to [`STOP_WAIT`].
+static STOP_WAITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
 
 /// Cancels the task `id` if `principal` may see it: a waiting task at once;
 /// a running one by telling its worker and waiting for it to let go.
@@ -241,14 +300,20 @@ pub(crate) async fn cancel(
 /// Tells the worker running `task` to stop, and waits for the row to say
 /// it did.
 async fn stop_running(state: &AppState, task: Task) -> Result<Cancelled, ApiError> {
+    let token = task.lease_owner.as_deref().unwrap_or_default();
     let told = tokio::time::timeout(
         PUBLISH_TIMEOUT,
-        task_events::request_stop(&state.redis, task.id),
+        task_events::request_stop(&state.redis, task.id, token),
     )
     .await;
     if !matches!(told, Ok(Ok(()))) {
         tracing::debug!(task_id = %task.id, "the stop request did not reach Redis; the worker's lease renewal will see it");
     }
+    // Waiting holds a connection; past this many waits at once, answer at
+    // once (202) and let the worker finish the job without a watcher.
+    let Ok(_waiting) = STOP_WAITERS.try_acquire() else {
+        return Ok(Cancelled::Requested(task));
+    };
     let deadline = tokio::time::Instant::now() + STOP_WAIT;
     loop {
         tokio::time::sleep(STOP_POLL).await;
@@ -289,7 +354,7 @@ fn not_interruptible(kind: &str) -> ApiError {
     )
 }
 
-/// Runs the `failed` or `cancelled` task `id` again, if `principal` may see it.
+/// Runs the `failed`, `cancelled` or `expired` task `id` again, if `principal` may see it.
 ///
 /// # Errors
 /// 404 for a task the caller may not see, 409 for one in another state.
@@ -309,14 +374,17 @@ pub(crate) async fn retry(
             .ok_or_else(no_such_task)?;
         require_room_for_one(&mut tx, owner, cap).await?;
     }
-    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string()).await?;
+    // A unique task comes back unfinished: not while a twin is.
+    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string())
+        .await
+        .on_constraint(&[("tasks_unique_live_idx", Code::TaskNotUnique)])?;
     tx.commit().await?;
     let Some(task) = retried else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;
         return Err(ApiError::new(
             Code::TaskNotRetryable,
             format!(
-                "the task is {}; only failed or cancelled tasks can be retried",
+                "the task is {}; only failed, cancelled or expired tasks can be retried",
                 now.status
             ),
         ));

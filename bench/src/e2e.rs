@@ -561,6 +561,8 @@ pub(crate) fn noop() -> NewTask {
         priority: 0,
         scheduled_at: None,
         schedule_id: None,
+        expires_at: None,
+        unique_key: None,
     }
 }
 

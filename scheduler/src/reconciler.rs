@@ -10,7 +10,10 @@
 //!   after marking the row enqueued) — seen as fewer due jobs in Redis than
 //!   overdue rows in Postgres — the overdue rows are pushed again;
 //! - running tasks whose lease ran out (their worker died or stalled) go
-//!   back to `retrying` and are pushed, or `failed` at `max_attempts`;
+//!   back to `retrying` and are pushed, or `failed` at `max_attempts`
+//!   (`cancelled` if someone had asked them to stop);
+//! - `pending` tasks past their `expires_at` that no worker reached end
+//!   `expired`;
 //! - 2FA challenges whose code was never made get their job again.
 //!
 //! A push is at least once: the workers' claims drop duplicates. "Due" and
@@ -21,13 +24,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keel_shared::{
     RedisClient,
-    db::{email_deliveries, tasks, two_factor},
+    db::{
+        email_deliveries,
+        tasks::{self, TaskState},
+        two_factor,
+    },
     queue::{EmailJob, JobQueue, dispatch},
+    task_events,
 };
 use sqlx::PgPool;
 
 /// Rows one statement takes, so a large backlog is pushed in pieces.
 const BATCH: i64 = 1000;
+/// How long the live updates of a pass may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// A lease must be this far past its end before the reconciler ends it: a
 /// live worker's renewal may be a moment late. Half the reconcile period
 /// when that is shorter, so no lease stays expired longer than two periods.
@@ -66,6 +76,7 @@ impl Settings {
 pub struct Repairs {
     pub tasks_pushed: u64,
     pub leases_expired: u64,
+    pub tasks_expired: u64,
     pub emails_pushed: u64,
     pub codes_pushed: u64,
     /// Redis had lost its data.
@@ -113,14 +124,29 @@ async fn repair(
     // fails, they wait as every unpushed row does (the sentinel or the
     // overdue count below finds them on a later pass).
     let mut retrying = Vec::new();
+    // What changed here, for live views (a cancel answered 202 ends here).
+    let mut changed: Vec<TaskState> = Vec::new();
     loop {
         let rows = tasks::expire_leases(db, settings.lease_grace, settings.retry, BATCH).await?;
         if rows.is_empty() {
             break;
         }
         repairs.leases_expired += rows.len() as u64;
+        changed.extend(rows.iter().map(TaskState::from));
         retrying.extend(rows.into_iter().filter(|t| !t.status.is_finished()));
     }
+    // Past their deadline before any worker claimed them: also PostgreSQL alone.
+    loop {
+        let ended = tasks::expire_overdue(db, BATCH).await?;
+        if ended.is_empty() {
+            break;
+        }
+        repairs.tasks_expired += ended.len() as u64;
+        metrics::counter!("keel_tasks_expired_total").increment(ended.len() as u64);
+        changed.extend(ended);
+    }
+    // Best effort, and brief: Redis may be the thing that is down.
+    let _ = tokio::time::timeout(PUBLISH_TIMEOUT, task_events::publish(redis, &changed)).await;
     // Everything handed to Redis before now is gone if the sentinel is.
     let mut lost_before = sentinel_missing(redis).await?.then_some(now);
     repairs.redis_lost = lost_before.is_some();
@@ -174,6 +200,7 @@ async fn repair(
     for (what, n) in [
         ("task_pushed", repairs.tasks_pushed),
         ("lease_expired", repairs.leases_expired),
+        ("task_expired", repairs.tasks_expired),
         ("email_pushed", repairs.emails_pushed),
         ("code_pushed", repairs.codes_pushed),
     ] {

@@ -4,9 +4,10 @@
 //! for admins). Publishing is best effort: the row is the truth, a missed
 //! message only delays a live view until its next poll or update.
 //!
-//! The other way, `{prefix}:task-stops` carries the id of a running task
-//! someone cancelled to whichever worker holds it. Best effort too: the
-//! request is on the row, and the worker's lease renewal reads it.
+//! The other way, `{prefix}:task-stops` carries `"{task id} {lease token}"`
+//! of a running attempt someone cancelled, to whichever worker holds it.
+//! Best effort too: the request is on the row, and the worker's lease
+//! renewal reads it.
 
 use uuid::Uuid;
 
@@ -45,14 +46,19 @@ pub fn stop_channel(redis: &RedisClient) -> String {
     redis.key("task-stops")
 }
 
-/// Tells every worker to stop its attempt of `id`, if it runs one.
+/// Tells the worker running the attempt of `id` under lease `token` to
+/// stop it.
 ///
 /// # Errors
 /// Redis fails (the worker's next lease renewal still sees the request).
-pub async fn request_stop(redis: &RedisClient, id: Uuid) -> Result<(), redis::RedisError> {
+pub async fn request_stop(
+    redis: &RedisClient,
+    id: Uuid,
+    token: &str,
+) -> Result<(), redis::RedisError> {
     redis::cmd("PUBLISH")
         .arg(stop_channel(redis))
-        .arg(id.to_string())
+        .arg(format!("{id} {token}"))
         .exec_async(&mut redis.conn())
         .await
 }

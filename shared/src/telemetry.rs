@@ -103,11 +103,19 @@ fn describe() {
     );
     describe_counter!(
         "keel_tasks_retried_total",
-        "Tasks set to run again, by kind: by a worker after a failed attempt with attempts left, or by a user's retry of a failed or cancelled task."
+        "Tasks set to run again, by kind: by a worker after a failed attempt with attempts left, or by a user's retry of a failed, cancelled or expired task."
     );
     describe_counter!(
         "keel_tasks_handed_back_total",
         "Attempts a stopping worker handed back unfinished, by kind."
+    );
+    describe_counter!(
+        "keel_tasks_expired_total",
+        "Tasks that ended `expired`: not started by their `expires_at`."
+    );
+    describe_counter!(
+        "keel_tasks_snoozed_total",
+        "Attempts whose handler snoozed (run again later, no attempt spent), by kind."
     );
     describe_counter!(
         "keel_tasks_cancelled_running_total",

@@ -241,15 +241,20 @@ async fn beat(redis: &RedisClient, card: &mut WorkerCard, stats: &Stats) {
 }
 
 /// Stops this worker's attempts of the tasks someone cancels, as the API
-/// announces them (a message names one task; every worker hears it, the
-/// one running it acts).
+/// announces them (a message names one task and its attempt's lease token;
+/// every worker hears it, the one running that attempt acts).
 fn listen_for_stops(redis: &RedisClient, runner: &Arc<TaskRunner>, stop: CancellationToken) {
     let runner = runner.clone();
     let channel = task_events::stop_channel(redis);
     crate::listen::listen(redis.clone(), channel, stop, move |message| {
-        let id = message.get_payload::<String>().ok();
-        if let Some(id) = id.and_then(|id| uuid::Uuid::parse_str(&id).ok())
-            && runner.stop_attempt(id)
+        let Ok(text) = message.get_payload::<String>() else {
+            return;
+        };
+        let Some((id, token)) = text.split_once(' ') else {
+            return;
+        };
+        if let Ok(id) = uuid::Uuid::parse_str(id)
+            && runner.stop_attempt(id, token)
         {
             tracing::info!(task_id = %id, "cancelled while running; stopping the attempt");
         }

@@ -90,6 +90,7 @@ impl MaintenanceRunner {
                     TaskStatus::Completed,
                     TaskStatus::Failed,
                     TaskStatus::Cancelled,
+                    TaskStatus::Expired,
                 ] {
                     deleted += drain(|| tasks::purge_finished(db, status, before, SLICE)).await?;
                 }

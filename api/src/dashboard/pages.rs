@@ -158,7 +158,10 @@ pub async fn task(
             me => admin.principal.user.username,
             payload => pretty(&task.payload),
             result => task.result.as_ref().map(pretty),
-            can_retry => matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled),
+            can_retry => matches!(
+                task.status,
+                TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
+            ),
             can_cancel => waiting
                 || (task.status == TaskStatus::Running
                     && kinds::find(&task.kind).is_none_or(|k| k.interruptible)),

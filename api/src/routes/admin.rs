@@ -141,7 +141,7 @@ async fn set_paused(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"status": "completed", "older_than": "7d"}))]
 pub struct PurgeRequest {
-    /// `completed`, `failed` or `cancelled`.
+    /// `completed`, `failed`, `cancelled` or `expired`.
     #[schema(schema_with = finished_status_schema)]
     pub status: String,
     /// Tasks that finished before this: an RFC 3339 time, or an age such
@@ -154,8 +154,8 @@ pub struct PurgeRequest {
 fn finished_status_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .description(Some("`completed`, `failed` or `cancelled`."))
-        .enum_values(Some(["completed", "failed", "cancelled"]))
+        .description(Some("`completed`, `failed`, `cancelled` or `expired`."))
+        .enum_values(Some(["completed", "failed", "cancelled", "expired"]))
         .examples(["completed"])
         .build()
 }
@@ -210,7 +210,7 @@ async fn purge_tasks(
     if status.is_none() {
         errors.push(FieldError {
             field: "status".into(),
-            message: "must be completed, failed or cancelled".into(),
+            message: "must be completed, failed, cancelled or expired".into(),
         });
     }
     let before = cutoff(&request.older_than, Utc::now());

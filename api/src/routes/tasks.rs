@@ -92,7 +92,46 @@ pub struct NewTaskRequest {
     #[schema(minimum = -100, maximum = 100, default = 0)]
     #[serde(default, deserialize_with = "whole_number::deserialize_option")]
     pub priority: Option<i64>,
+    /// A deadline to start by: if no attempt has started by then, the task
+    /// ends `expired` and never runs. In the future, and after `scheduled_at`.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// No second task with the same key: single creates only.
+    pub unique: Option<UniqueRequest>,
 }
+
+/// What makes a task a duplicate: the same kind, owner and values of
+/// `fields` as a task that is unfinished (`pending`, `retrying`,
+/// `running`), or created within `period_seconds`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"fields": ["url"], "period_seconds": 3600, "on_conflict": "existing"}))]
+pub struct UniqueRequest {
+    /// Top-level payload fields whose values join the key (each must be in
+    /// the payload); none: kind and owner alone.
+    #[schema(max_items = 10)]
+    pub fields: Option<Vec<String>>,
+    /// Also a duplicate: any task of the key created this recently.
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    #[serde(default, deserialize_with = "whole_number::deserialize_option")]
+    pub period_seconds: Option<i64>,
+    /// `reject` (409 `task_not_unique` with `existing_task_id`, the default)
+    /// or `existing` (200 and the existing task).
+    pub on_conflict: Option<OnConflict>,
+}
+
+/// What a duplicate create answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    #[default]
+    Reject,
+    Existing,
+}
+
+/// Most payload fields a unique key names.
+const MAX_UNIQUE_FIELDS: usize = 10;
+/// Longest uniqueness period: a year.
+const MAX_UNIQUE_PERIOD_SECONDS: i64 = 31_536_000;
 
 /// Up to 1000 tasks, created all or none.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -156,7 +195,7 @@ pub struct KindInfo {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct TaskListQuery {
-    /// `pending`, `running`, `retrying`, `completed`, `failed` or `cancelled`.
+    /// `pending`, `running`, `retrying`, `completed`, `failed`, `cancelled` or `expired`.
     #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
     kind: Option<String>,
@@ -237,15 +276,86 @@ async fn create_task(
     idempotency: Idempotency,
     body: JsonBytes,
 ) -> Result<Response, ApiError> {
-    let request: NewTaskRequest = body.parse()?;
+    let mut request: NewTaskRequest = body.parse()?;
+    let unique = request.unique.take();
     let mut errors = Vec::new();
     let new = validate(request, "", &state, &mut errors);
-    let new = match new {
+    let uniqueness = unique.and_then(|unique| match &new {
+        Some(new) => unique_key(&unique, new, principal.id(), &mut errors),
+        None => None,
+    });
+    let mut new = match new {
         Some(new) if errors.is_empty() => new,
         _ => return Err(ApiError::validation(errors)),
     };
+    let uniqueness = uniqueness.map(|(key, uniqueness)| {
+        new.unique_key = Some(key);
+        uniqueness
+    });
     let idempotency = idempotency.bind(&body)?;
-    create(&state, &principal, idempotency, vec![new], Shape::One).await
+    create(
+        &state,
+        &principal,
+        idempotency,
+        vec![new],
+        Shape::One,
+        uniqueness,
+    )
+    .await
+}
+
+/// The unique key of `new` for `owner` as `unique` asks, and what a
+/// duplicate does; or the reasons in `errors`.
+fn unique_key(
+    unique: &UniqueRequest,
+    new: &NewTask,
+    owner: Uuid,
+    errors: &mut Vec<FieldError>,
+) -> Option<(String, tasks::Uniqueness)> {
+    let before = errors.len();
+    let mut fields = unique.fields.clone().unwrap_or_default();
+    if fields.len() > MAX_UNIQUE_FIELDS {
+        errors.push(field(
+            "unique.fields",
+            format!("at most {MAX_UNIQUE_FIELDS} fields"),
+        ));
+    }
+    for (i, name) in fields.iter().enumerate().take(MAX_UNIQUE_FIELDS) {
+        if new.payload.get(name).is_none() {
+            errors.push(field(
+                &format!("unique.fields[{i}]"),
+                "the payload has no such field",
+            ));
+        }
+    }
+    let period = match unique.period_seconds {
+        None => None,
+        Some(s) if (1..=MAX_UNIQUE_PERIOD_SECONDS).contains(&s) => {
+            Some(std::time::Duration::from_secs(s.unsigned_abs()))
+        }
+        Some(_) => {
+            errors.push(field(
+                "unique.period_seconds",
+                format!("must be 1 to {MAX_UNIQUE_PERIOD_SECONDS}"),
+            ));
+            None
+        }
+    };
+    if errors.len() > before {
+        return None;
+    }
+    fields.sort_unstable();
+    fields.dedup();
+    let values: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|name| (name.clone(), new.payload[name].clone()))
+        .collect();
+    let key = tasks::unique_key(&new.kind, owner, &Value::Object(values));
+    let uniqueness = tasks::Uniqueness {
+        period,
+        existing: unique.on_conflict.unwrap_or_default() == OnConflict::Existing,
+    };
+    Some((key, uniqueness))
 }
 
 /// Creates up to 1000 tasks in one transaction: every task is checked
@@ -285,7 +395,7 @@ async fn create_batch(
         return Err(ApiError::validation(errors));
     }
     let idempotency = idempotency.bind(&body)?;
-    create(&state, &principal, idempotency, new, Shape::Batch).await
+    create(&state, &principal, idempotency, new, Shape::Batch, None).await
 }
 
 /// Creates `new` and answers 201 with the task (`Shape::One`) or `{items}`.
@@ -295,9 +405,11 @@ async fn create(
     idempotency: Option<(String, Vec<u8>)>,
     new: Vec<NewTask>,
     shape: Shape,
+    uniqueness: Option<tasks::Uniqueness>,
 ) -> Result<Response, ApiError> {
-    match tasks::create(state, principal, idempotency, new, shape).await? {
+    match tasks::create(state, principal, idempotency, new, shape, uniqueness).await? {
         Created::Replay { status, body } => Ok(replay(status, body)),
+        Created::Existing(task) => Ok((StatusCode::OK, AppJson(*task)).into_response()),
         Created::Fresh(created) => {
             let response = match shape {
                 Shape::One => {
@@ -475,6 +587,20 @@ fn validate(
         &mut invalid,
     );
     let priority = in_range(request.priority, 0, -100, 100, "priority", &mut invalid);
+    if request.unique.is_some() {
+        // `create_task` takes it out first: here it came in a batch.
+        invalid(
+            "unique",
+            "unique tasks are created one at a time, not in a batch".into(),
+        );
+    }
+    if let Some(deadline) = request.expires_at {
+        if deadline <= Utc::now() {
+            invalid("expires_at", "must be in the future".into());
+        } else if request.scheduled_at.is_some_and(|at| deadline <= at) {
+            invalid("expires_at", "must be after scheduled_at".into());
+        }
+    }
     let kind_name = request.kind.as_deref().unwrap_or("noop");
     let payload = match request.payload {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
@@ -494,6 +620,8 @@ fn validate(
         // The past is now: the database clock decides.
         scheduled_at: request.scheduled_at.filter(|at| *at > Utc::now()),
         schedule_id: None,
+        expires_at: request.expires_at,
+        unique_key: None,
     })
 }
 
@@ -614,7 +742,7 @@ async fn cancel_task(
     })
 }
 
-/// Runs a `failed` or `cancelled` task again, from a fresh set of attempts,
+/// Runs a `failed`, `cancelled` or `expired` task again, from a fresh set of attempts,
 /// now. It is unfinished again, so it counts against its owner's
 /// `MAX_UNFINISHED_TASKS_PER_USER` like a new task.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
@@ -687,6 +815,8 @@ async fn celery_test_task(
         max_attempts: None,
         timeout_seconds: None,
         priority: None,
+        expires_at: None,
+        unique: None,
     };
     let mut errors = Vec::new();
     let new = match validate(request, "", &state, &mut errors) {
@@ -694,7 +824,7 @@ async fn celery_test_task(
         _ => return Err(ApiError::validation(errors)),
     };
     let Created::Fresh(created) =
-        tasks::create(&state, &principal, None, vec![new], Shape::One).await?
+        tasks::create(&state, &principal, None, vec![new], Shape::One, None).await?
     else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "a create without an idempotency key replayed"
@@ -751,7 +881,7 @@ problem_response!(
     TaskNotCancellable = [TaskNotCancellable]
 );
 problem_response!(
-    /// `task_not_retryable`: neither failed nor cancelled.
+    /// `task_not_retryable`: not failed, cancelled or expired.
     TaskNotRetryable = [TaskNotRetryable]
 );
 problem_response!(

@@ -526,16 +526,18 @@ async fn kinds_lists_every_registered_kind_with_its_schema() {
     for kind in ["noop", "echo", "sleep", "fail", "http_request"] {
         assert!(names.contains(&kind), "{kind} in {names:?}");
     }
+    let offered: Vec<&str> = keel_shared::kinds::KINDS
+        .iter()
+        .filter(|k| !k.test_only)
+        .map(|k| k.name)
+        .collect();
     assert_eq!(
-        names.len(),
-        keel_shared::kinds::KINDS.len() - 2,
-        "every registered kind but the test-only abort and steady_sleep"
+        names, offered,
+        "every registered kind but the test-only ones"
     );
-    assert!(!names.contains(&"abort"), "test-only kinds stay hidden");
-    assert!(
-        !names.contains(&"steady_sleep"),
-        "test-only kinds stay hidden"
-    );
+    for test_only in ["abort", "steady_sleep", "snooze"] {
+        assert!(!names.contains(&test_only), "test-only kinds stay hidden");
+    }
     let abort = app
         .create_task(&user.token, &json!({"name": "x", "kind": "abort"}))
         .await;
@@ -1127,4 +1129,185 @@ async fn after_its_connections_are_killed_one_create_fails_with_503_and_the_rest
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(failed <= 1, "{failed} of 20 creates failed after one kill");
+}
+
+#[tokio::test]
+async fn a_deadline_must_lie_ahead_of_now_and_of_the_start() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let past = (Utc::now() - Duration::seconds(5)).to_rfc3339();
+    let response = app
+        .create_task(&user.token, &json!({"name": "late", "expires_at": past}))
+        .await;
+    assert_refused_because(response, "expires_at", "must be in the future").await;
+
+    let start = Utc::now() + Duration::hours(2);
+    let before_start = (start - Duration::minutes(1)).to_rfc3339();
+    let body =
+        json!({"name": "odd", "scheduled_at": start.to_rfc3339(), "expires_at": before_start});
+    let response = app.create_task(&user.token, &body).await;
+    assert_refused_because(response, "expires_at", "must be after scheduled_at").await;
+
+    let batch = json!({"tasks": [{"name": "ok"}, {"name": "late", "expires_at": past}]});
+    let response = app
+        .post_as("/api/v1/tasks/batch", &user.token, &batch)
+        .await;
+    assert_refused_because(response, "tasks[1].expires_at", "must be in the future").await;
+    assert_eq!(count_tasks(&app).await, 0, "nothing was created");
+
+    let later = (start + Duration::hours(1)).to_rfc3339();
+    let body = json!({"name": "fine", "scheduled_at": start.to_rfc3339(), "expires_at": later});
+    let created = app.created_task(&user.token, &body).await;
+    assert!(created["expires_at"].is_string());
+}
+
+/// A 422 whose one field error is `message` on `field`.
+async fn assert_refused_because(response: reqwest::Response, field: &str, message: &str) {
+    let problem = assert_invalid(response).await;
+    assert_eq!(fields(&problem), [field], "{problem:?}");
+    assert_eq!(problem.errors.unwrap()[0].message, message);
+}
+
+/// Creates `body` as `user`, answering the status and the JSON.
+async fn create_unique(app: &TestApp, user: &TestUser, body: &Value) -> (StatusCode, Value) {
+    let response = app.create_task(&user.token, body).await;
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_unique_task_has_no_unfinished_twin_and_its_period_counts_finished_ones() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let fetch = |url: &str, on_conflict: &str| {
+        json!({"name": "fetch", "kind": "echo", "payload": {"url": url, "n": 1},
+            "unique": {"fields": ["url"], "on_conflict": on_conflict}})
+    };
+    let (status, first) = create_unique(&app, &user, &fetch("a", "reject")).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let twin = app.create_task(&user.token, &fetch("a", "reject")).await;
+    let problem = assert_problem(twin, StatusCode::CONFLICT, "task_not_unique").await;
+    assert_eq!(
+        problem.existing_task_id.map(|id| id.to_string()),
+        first["id"].as_str().map(str::to_owned)
+    );
+    let (status, existing) = create_unique(&app, &user, &fetch("a", "existing")).await;
+    assert_eq!(
+        (status, &existing["id"]),
+        (StatusCode::OK, &first["id"]),
+        "the twin itself"
+    );
+
+    // Another value, or another owner, is another key; so are fields left out.
+    let (status, _) = create_unique(&app, &user, &fetch("b", "reject")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let other = app.create_user(Role::User).await;
+    let (status, _) = create_unique(&app, &other, &fetch("a", "reject")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(count_tasks(&app).await, 3);
+
+    // Finished, the key is free again; unless the request counts a period.
+    let id = first["id"].as_str().unwrap();
+    let cancel = app
+        .post_as(&format!("/api/v1/tasks/{id}/cancel"), &user.token, None)
+        .await;
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let mut within_hour = fetch("a", "reject");
+    within_hour["unique"]["period_seconds"] = json!(3600);
+    let response = app.create_task(&user.token, &within_hour).await;
+    let problem = assert_problem(response, StatusCode::CONFLICT, "task_not_unique").await;
+    assert_eq!(
+        problem.existing_task_id.map(|id| id.to_string()).as_deref(),
+        Some(id)
+    );
+    let (status, second) = create_unique(&app, &user, &fetch("a", "reject")).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The cancelled one retried would be a second unfinished twin.
+    let retry = app
+        .post_as(&format!("/api/v1/tasks/{id}/retry"), &user.token, None)
+        .await;
+    assert_problem(retry, StatusCode::CONFLICT, "task_not_unique").await;
+    let second_id = second["id"].as_str().unwrap();
+    app.post_as(
+        &format!("/api/v1/tasks/{second_id}/cancel"),
+        &user.token,
+        None,
+    )
+    .await;
+    let retry = app
+        .post_as(&format!("/api/v1/tasks/{id}/retry"), &user.token, None)
+        .await;
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "free again once the twin is cancelled"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_unique_creates_on_two_replicas_make_exactly_one_task() {
+    let app = spawn().await;
+    let replica = app.spawn_replica().await;
+    let user = app.create_user(Role::User).await;
+    let body = json!({"name": "once", "kind": "echo", "payload": {"report": "daily"},
+        "unique": {"fields": ["report"]}});
+    let creates = (0..30).map(|i| {
+        let (target, body, token) = (if i % 2 == 0 { &app } else { &replica }, &body, &user.token);
+        async move {
+            let response = target.create_task(token, body).await;
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    for (status, body) in &answers {
+        if *status != StatusCode::CREATED {
+            assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body["existing_task_id"], created[0]["id"]);
+        }
+    }
+    assert_eq!(count_tasks(&app).await, 1);
+}
+
+#[tokio::test]
+async fn a_bad_unique_request_names_its_field() {
+    let app = spawn().await;
+    let user = app.create_user(Role::User).await;
+    let cases = [
+        (json!({"fields": ["missing"]}), "unique.fields[0]"),
+        (
+            json!({"fields": ["url"], "period_seconds": 0}),
+            "unique.period_seconds",
+        ),
+        (
+            json!({"fields": ["url"], "period_seconds": 31_536_001}),
+            "unique.period_seconds",
+        ),
+        (
+            json!({"fields": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]}),
+            "unique.fields",
+        ),
+    ];
+    for (unique, field) in cases {
+        let body = json!({"name": "u", "kind": "echo", "payload": {"url": "x"}, "unique": unique});
+        let problem = assert_invalid(app.create_task(&user.token, &body).await).await;
+        assert_names(&problem, field, &unique.to_string());
+    }
+    let body = json!({"name": "u", "kind": "echo", "payload": {"url": "x"},
+        "unique": {"on_conflict": "maybe"}});
+    let problem = assert_invalid(app.create_task(&user.token, &body).await).await;
+    assert_names(&problem, "unique.on_conflict", "an unknown choice");
+    let batch = json!({"tasks": [{"name": "u", "unique": {}}]});
+    let response = app
+        .post_as("/api/v1/tasks/batch", &user.token, &batch)
+        .await;
+    let problem = assert_invalid(response).await;
+    assert_names(&problem, "tasks[0].unique", "not in a batch");
+    assert_eq!(count_tasks(&app).await, 0);
 }

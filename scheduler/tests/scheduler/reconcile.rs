@@ -163,3 +163,83 @@ async fn finished_jobs_are_trimmed_from_redis() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_task_past_its_deadline_that_no_worker_reached_ends_expired() {
+    let s = Setup::new().await;
+    // No worker runs: nothing would ever claim these.
+    let created = s.insert(3, None).await;
+    let deadline: Vec<Uuid> = created.iter().take(2).map(|t| t.id).collect();
+    sqlx::query(
+        "UPDATE tasks SET expires_at = now() + interval '300 milliseconds' WHERE id = ANY($1)",
+    )
+    .bind(&deadline)
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let _scheduler = s.scheduler();
+    let deadline_ok = tokio::time::Instant::now() + LONG;
+    loop {
+        let expired: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'expired'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        if expired == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline_ok,
+            "not expired in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &deadline {
+        let task = tasks::get(&s.pool, *id).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Expired);
+        assert_eq!(task.attempts, 0, "it never ran");
+        assert!(task.started_at.is_none() && task.finished_at.is_some());
+        assert_eq!(task.error.as_deref(), Some("expired before it started"));
+    }
+    let untouched = tasks::get(&s.pool, created[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        untouched.status,
+        TaskStatus::Pending,
+        "no deadline, no expiry"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_the_reconciler_finishes_reaches_live_views() {
+    let s = Setup::new().await;
+    let created = s.insert(1, None).await;
+    // Cancelled while running on a worker that then died: the API answered 202.
+    sqlx::query(
+        "UPDATE tasks SET status = 'running', attempts = 1, lease_owner = 'ghost/1', \
+         started_at = now() - interval '1 minute', lease_expires_at = now() - interval '10 seconds', \
+         cancel_requested_at = now() WHERE id = $1",
+    )
+    .bind(created[0].id)
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let mut live = s.redis.pubsub().await.unwrap();
+    live.subscribe(keel_shared::task_events::channel(&s.redis, s.owner))
+        .await
+        .unwrap();
+    let _scheduler = s.scheduler();
+    let mut messages = live.on_message();
+    let heard = tokio::time::timeout(LONG, async {
+        while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+            let state: serde_json::Value =
+                serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+            if state["status"] == "cancelled" {
+                return state;
+            }
+        }
+        panic!("the channel closed");
+    })
+    .await
+    .expect("a live update of the cancel");
+    assert_eq!(heard["id"], created[0].id.to_string());
+}

@@ -186,7 +186,7 @@ impl Setup {
     /// How many tasks are finished.
     pub async fn finished_count(&self) -> i64 {
         sqlx::query_scalar(
-            "SELECT count(*) FROM tasks WHERE status IN ('completed', 'failed', 'cancelled')",
+            "SELECT count(*) FROM tasks WHERE status IN ('completed', 'failed', 'cancelled', 'expired')",
         )
         .fetch_one(&self.pool)
         .await
@@ -208,7 +208,7 @@ impl Setup {
             }
             let open: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM tasks \
-                 WHERE status NOT IN ('completed', 'failed', 'cancelled')",
+                 WHERE status NOT IN ('completed', 'failed', 'cancelled', 'expired')",
             )
             .fetch_one(&self.pool)
             .await
@@ -373,6 +373,8 @@ fn new_task(
         priority: 0,
         scheduled_at,
         schedule_id: None,
+        expires_at: None,
+        unique_key: None,
     }
 }
 

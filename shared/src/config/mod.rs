@@ -444,7 +444,7 @@ pub struct TasksConfig {
     pub http_allowed_hosts: Vec<String>,
 
     /// Offers the test-only task kinds (`abort`, which kills its worker; `steady_sleep`,
-    /// which may not be cancelled once it runs) for fault tests.
+    /// which may not be cancelled once it runs; `snooze`) for fault tests.
     /// Refused in production.
     #[arg(long, env = "ENABLE_TEST_KINDS", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub enable_test_kinds: bool,

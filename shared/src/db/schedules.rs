@@ -453,6 +453,8 @@ impl Schedule {
             priority: 0,
             scheduled_at: Some(fire_at),
             schedule_id: Some(self.id),
+            expires_at: None,
+            unique_key: None,
         }
     }
 }

@@ -32,16 +32,19 @@ pub enum TaskStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Not started by its `expires_at`: it never ran, and never will.
+    Expired,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
         Self::Pending,
         Self::Running,
         Self::Retrying,
         Self::Completed,
         Self::Failed,
         Self::Cancelled,
+        Self::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl TaskStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 
@@ -62,7 +66,10 @@ impl TaskStatus {
 
     /// No more attempts will run.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::Expired
+        )
     }
 }
 
@@ -128,6 +135,11 @@ pub struct Task {
     pub lease_expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub enqueued_at: Option<DateTime<Utc>>,
+    /// Times the task put itself off (see [`Outcome::Snooze`]).
+    #[serde(skip)]
+    pub snoozes: i32,
+    /// If it has not started by then, it ends `expired` and never runs.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(feature = "openapi")]
@@ -141,7 +153,8 @@ impl Task {
             "timeout_seconds": 300, "priority": 0, "scheduled_at": "2026-01-15T02:30:00Z",
             "next_attempt_at": "2026-01-15T02:30:00Z", "started_at": "2026-01-15T02:30:01Z",
             "finished_at": "2026-01-15T02:30:02Z", "created_at": "2026-01-15T02:30:00Z",
-            "updated_at": "2026-01-15T02:30:02Z", "schedule_id": null, "worker_id": "worker-7f3c"
+            "updated_at": "2026-01-15T02:30:02Z", "schedule_id": null, "worker_id": "worker-7f3c",
+            "expires_at": null
         })
     }
 }
@@ -152,7 +165,7 @@ macro_rules! task_columns {
         "id, owner_id, name, kind, payload, status, progress, result, error, attempts, \
          max_attempts, timeout_seconds, priority, scheduled_at, next_attempt_at, started_at, \
          finished_at, created_at, updated_at, schedule_id, worker_id, lease_owner, \
-         lease_expires_at, enqueued_at"
+         lease_expires_at, enqueued_at, snoozes, expires_at"
     };
 }
 
@@ -211,6 +224,10 @@ pub struct NewTask {
     /// `None`: now, by the database clock.
     pub scheduled_at: Option<DateTime<Utc>>,
     pub schedule_id: Option<Uuid>,
+    /// See [`Task::expires_at`].
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key no other unfinished task may share (see [`find_unique`]).
+    pub unique_key: Option<String>,
 }
 
 /// Inserts `tasks` for `owner` in one statement. The rows are marked
@@ -283,6 +300,9 @@ pub async fn insert_group(
     let priorities: Vec<i16> = rows.iter().map(|r| r.task.priority).collect();
     let scheduled: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.task.scheduled_at).collect();
     let schedules: Vec<Option<Uuid>> = rows.iter().map(|r| r.task.schedule_id).collect();
+    let expiries: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.task.expires_at).collect();
+    let unique_keys: Vec<Option<&str>> =
+        rows.iter().map(|r| r.task.unique_key.as_deref()).collect();
     let mut capped: Vec<Wanted> = within.to_vec();
     capped.sort_unstable_by_key(|w| w.owner);
     let capped_owners: Vec<Uuid> = capped.iter().map(|w| w.owner).collect();
@@ -302,14 +322,15 @@ pub async fn insert_group(
          )
          INSERT INTO tasks (id, owner_id, name, kind, payload, max_attempts, timeout_seconds,
                             priority, scheduled_at, next_attempt_at, schedule_id, changed_by,
-                            enqueued_at)
+                            enqueued_at, expires_at, unique_key)
          SELECT t.id, t.owner_id, t.name, t.kind, t.payload, t.max_attempts, t.timeout_seconds,
                 t.priority, COALESCE(t.scheduled_at, now()), COALESCE(t.scheduled_at, now()),
-                t.schedule_id, t.actor, now()
+                t.schedule_id, t.actor, now(), t.expires_at, t.unique_key
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                     $7::int[], $8::int[], $9::smallint[], $10::timestamptz[], $11::uuid[])
+                     $7::int[], $8::int[], $9::smallint[], $10::timestamptz[], $11::uuid[],
+                     $15::timestamptz[], $16::text[])
               AS t(id, owner_id, actor, name, kind, payload, max_attempts, timeout_seconds,
-                   priority, scheduled_at, schedule_id),
+                   priority, scheduled_at, schedule_id, expires_at, unique_key),
               fits
          WHERE fits.ok
          RETURNING ",
@@ -329,6 +350,8 @@ pub async fn insert_group(
     .bind(&capped_owners)
     .bind(&capped_wanted)
     .bind(&capped_caps)
+    .bind(&expiries)
+    .bind(&unique_keys)
     .fetch_all(db)
     .await?;
     // RETURNING keeps no promised order; put the rows back in the caller's.
@@ -336,6 +359,37 @@ pub async fn insert_group(
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     created.sort_by_key(|t| position.get(&t.id).copied().unwrap_or(usize::MAX));
     Ok(created)
+}
+
+/// Takes the lock that orders creates of `unique_key` until the
+/// transaction ends, then finds the task they would collide with: an
+/// unfinished one with that key, or (with `period`) one created within it.
+/// Creates that hold the lock one after another see each other's commits,
+/// so concurrent creates of one key make exactly one task.
+///
+/// # Errors
+/// The database fails.
+pub async fn find_unique(
+    tx: &mut PgConnection,
+    unique_key: &str,
+    period: Option<Duration>,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(unique_key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query_as(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE unique_key = $1 \
+           AND (status IN ('pending', 'running', 'retrying') \
+                OR created_at > now() - $2 * interval '1 millisecond') \
+         ORDER BY created_at DESC LIMIT 1"
+    ))
+    .bind(unique_key)
+    .bind(period.map_or(0, millis))
+    .fetch_optional(&mut *tx)
+    .await
 }
 
 /// How many more unfinished tasks `owner` may have under `cap`, for a
@@ -591,9 +645,9 @@ pub async fn retry(
     let task: Option<Task> = sqlx::query_as(concat!(
         "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
              error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, \
-             enqueued_at = now(), changed_by = $2 \
-         WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING ",
+             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, snoozes = 0, \
+             expires_at = NULL, enqueued_at = now(), changed_by = $2 \
+         WHERE id = $1 AND status IN ('failed', 'cancelled', 'expired') RETURNING ",
         task_columns!()
     ))
     .bind(id)
@@ -632,8 +686,9 @@ pub async fn run_now(
 }
 
 /// Claims those of `ids` that may run now: `pending`/`retrying` and due by
-/// the database clock, or `running` under an expired lease with attempts
-/// left (one without is for [`fail_exhausted`]). Each claimed row
+/// the database clock (and, when `pending`, not past its `expires_at`), or
+/// `running` under an expired lease with attempts left (the rest are for
+/// [`end_unrunnable`]). Each claimed row
 /// is `running`, leased to `worker` for `lease` under a fresh token (the
 /// returned row's `lease_owner`), with its attempt counted.
 /// Ids not returned were not claimable (see [`unclaimed_reasons`]).
@@ -654,6 +709,7 @@ pub async fn claim(
          WHERE id = ANY($1) \
            AND CASE status \
                    WHEN 'pending' THEN next_attempt_at <= now() \
+                                       AND (expires_at IS NULL OR expires_at > now()) \
                    WHEN 'retrying' THEN next_attempt_at <= now() \
                    WHEN 'running' THEN lease_expires_at < now() AND attempts < max_attempts \
                                        AND cancel_requested_at IS NULL \
@@ -717,21 +773,26 @@ pub async fn unclaimed_reasons(
         .collect())
 }
 
-/// Fails those of `ids` whose worker died during their last allowed
-/// attempt (running, lease expired, attempts used up): a task that kills
-/// its worker must not run forever. Returns their new state.
+/// Ends those of `ids` that [`claim`] passed over and that will never run:
+/// `failed` when their worker died during their last allowed attempt
+/// (running, lease expired, attempts used up: a task that kills its worker
+/// must not run forever; `cancelled` if someone had asked it to stop), and
+/// `expired` when they are `pending` past their `expires_at`. Returns their
+/// new state.
 ///
 /// # Errors
 /// The database fails.
-pub async fn fail_exhausted(
+pub async fn end_unrunnable(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
     actor: &str,
 ) -> Result<Vec<TaskState>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE tasks SET \
-             status = CASE WHEN cancel_requested_at IS NULL THEN 'failed' ELSE 'cancelled' END, \
-             error = CASE WHEN cancel_requested_at IS NULL \
+             status = CASE WHEN status = 'pending' THEN 'expired' \
+                           WHEN cancel_requested_at IS NULL THEN 'failed' ELSE 'cancelled' END, \
+             error = CASE WHEN status = 'pending' THEN 'expired before it started' \
+                          WHEN cancel_requested_at IS NULL \
                  THEN 'the worker stopped during attempt ' || attempts || ' of ' || max_attempts \
                  ELSE 'cancelled while running' END, \
              finished_at = greatest(now(), started_at), lease_owner = NULL, \
@@ -739,11 +800,37 @@ pub async fn fail_exhausted(
          WHERE id = ANY($1) \
            AND CASE status \
                    WHEN 'running' THEN lease_expires_at < now() AND attempts >= max_attempts \
+                   WHEN 'pending' THEN expires_at <= now() \
                    ELSE false END \
          RETURNING id, owner_id, status, progress, attempts, updated_at",
     )
     .bind(ids)
     .bind(actor)
+    .fetch_all(db)
+    .await
+}
+
+/// Ends up to `limit` `pending` tasks past their `expires_at` as `expired`:
+/// those no worker's claim reaches first (scheduled after their deadline,
+/// in a paused queue, or with no worker running). Returns their new state.
+///
+/// # Errors
+/// The database fails.
+pub async fn expire_overdue(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<TaskState>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE tasks SET status = 'expired', error = 'expired before it started', \
+             finished_at = now(), changed_by = 'reconciler' \
+         WHERE id IN ( \
+             SELECT id FROM tasks \
+             WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= now() \
+             LIMIT $1 FOR UPDATE SKIP LOCKED) \
+           AND status = 'pending' \
+         RETURNING id, owner_id, status, progress, attempts, updated_at",
+    )
+    .bind(limit)
     .fetch_all(db)
     .await
 }
@@ -815,6 +902,11 @@ pub enum Outcome {
     HandBack,
     /// Stopped because someone cancelled the task while it ran.
     Cancelled,
+    /// The handler asked to run again after `delay`: like a hand-back, the
+    /// attempt is not counted; the task's snoozes are.
+    Snooze {
+        delay: Duration,
+    },
 }
 
 /// One attempt's end: the task, the attempt's lease token, the outcome.
@@ -861,6 +953,7 @@ pub async fn finish(
             Outcome::Failed(error) => ("failed", None, Some(error.as_str()), None),
             Outcome::HandBack => ("handback", None, None, None),
             Outcome::Cancelled => ("cancelled", None, None, None),
+            Outcome::Snooze { delay } => ("snooze", None, None, Some(millis(*delay))),
         };
         statuses.push(status);
         results.push(result);
@@ -872,20 +965,22 @@ pub async fn finish(
              status = CASE WHEN (o.status = 'cancelled'
                                  OR (t.cancel_requested_at IS NOT NULL AND o.status <> 'completed'))
                            THEN 'cancelled'
-                 WHEN o.status = 'handback'
+                 WHEN o.status IN ('handback', 'snooze')
                      THEN CASE WHEN t.attempts <= 1 THEN 'pending' ELSE 'retrying' END
                  ELSE o.status END,
-             attempts = CASE WHEN o.status = 'handback' AND t.cancel_requested_at IS NULL
+             attempts = CASE WHEN o.status IN ('handback', 'snooze')
+                                  AND t.cancel_requested_at IS NULL
                              THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
+             snoozes = t.snoozes + CASE WHEN o.status = 'snooze' THEN 1 ELSE 0 END,
              result = CASE WHEN o.status = 'completed' THEN o.result ELSE t.result END,
              error = CASE WHEN o.status = 'completed' THEN NULL
                           WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
                               THEN 'cancelled while running'
-                          WHEN o.status = 'handback' THEN t.error ELSE o.error END,
+                          WHEN o.status IN ('handback', 'snooze') THEN t.error ELSE o.error END,
              progress = CASE WHEN o.status = 'completed' THEN 100 ELSE t.progress END,
              next_attempt_at = CASE WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
                                         THEN t.next_attempt_at
-                                    WHEN o.status = 'retrying'
+                                    WHEN o.status IN ('retrying', 'snooze')
                                         THEN now() + o.delay_ms * interval '1 millisecond'
                                     WHEN o.status = 'handback' THEN now()
                                     ELSE t.next_attempt_at END,
@@ -894,7 +989,7 @@ pub async fn finish(
                                 THEN greatest(now(), t.started_at) END,
              lease_owner = NULL,
              lease_expires_at = NULL,
-             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback')
+             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback', 'snooze')
                                      AND t.cancel_requested_at IS NULL
                                 THEN now() ELSE t.enqueued_at END,
              changed_by = $1

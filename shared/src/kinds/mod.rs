@@ -15,8 +15,9 @@ mod http_client;
 mod http_request;
 mod noop;
 mod sleep;
+mod snooze;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -35,6 +36,7 @@ pub static KINDS: &[KindSpec] = &[
     spec::<echo::Echo>(),
     spec::<sleep::Sleep>(),
     spec::<sleep::SteadySleep>(),
+    spec::<snooze::Snooze>(),
     spec::<fail::Fail>(),
     spec::<HttpRequest>(),
     spec::<abort::Abort>(),
@@ -72,6 +74,10 @@ pub trait Kind {
     /// work must not be cut off half-way says `false`, and a cancel of its
     /// running task answers 409 (it may still be cancelled before it starts).
     const INTERRUPTIBLE: bool = true;
+    /// How often one task may snooze ([`TaskFailure::snooze`]) before the
+    /// next snooze fails it: a handler that puts itself off forever would
+    /// never end.
+    const MAX_SNOOZES: i32 = 25;
     type Payload: DeserializeOwned + Serialize + Send + 'static;
 
     /// JSON Schema (2020-12) of the payload, as `GET /tasks/kinds` shows it.
@@ -100,6 +106,8 @@ pub struct KindSpec {
     pub test_only: bool,
     /// See [`Kind::INTERRUPTIBLE`].
     pub interruptible: bool,
+    /// See [`Kind::MAX_SNOOZES`].
+    pub max_snoozes: i32,
     pub payload_schema: fn() -> Value,
     check: fn(&Value, &KindSettings) -> Result<(), Vec<PayloadError>>,
     run: fn(Value, TaskContext) -> RunFuture,
@@ -137,6 +145,7 @@ pub const fn spec<K: Kind>() -> KindSpec {
         category: K::CATEGORY,
         test_only: K::TEST_ONLY,
         interruptible: K::INTERRUPTIBLE,
+        max_snoozes: K::MAX_SNOOZES,
         payload_schema: K::payload_schema,
         check: check_json::<K>,
         run: run_json::<K>,
@@ -191,6 +200,9 @@ impl PayloadError {
     }
 }
 
+/// The longest a handler may snooze: the longest timeout, one day.
+pub const MAX_SNOOZE: Duration = Duration::from_secs(86_400);
+
 /// An attempt that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFailure {
@@ -198,6 +210,9 @@ pub struct TaskFailure {
     /// Whether another attempt may succeed (a timeout, a 503); a bad request
     /// fails for good at once.
     pub retryable: bool,
+    /// Not a failure at all: run again after this long, without spending an
+    /// attempt (see [`TaskFailure::snooze`]).
+    pub snooze: Option<Duration>,
 }
 
 impl TaskFailure {
@@ -205,6 +220,7 @@ impl TaskFailure {
         Self {
             message: message.into(),
             retryable: true,
+            snooze: None,
         }
     }
 
@@ -212,6 +228,20 @@ impl TaskFailure {
         Self {
             message: message.into(),
             retryable: false,
+            snooze: None,
+        }
+    }
+
+    /// "Not now": the task runs again after `delay` (at most [`MAX_SNOOZE`])
+    /// and the attempt does not count against `max_attempts` — for work
+    /// that waits on something outside (a rate limit upstream, a file not
+    /// there yet). A task that snoozes more than its kind's
+    /// [`Kind::MAX_SNOOZES`] fails.
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            message: format!("snoozed for {} ms", delay.as_millis()),
+            retryable: true,
+            snooze: Some(delay.min(MAX_SNOOZE)),
         }
     }
 }
@@ -278,6 +308,8 @@ impl TaskServices {
 pub struct TaskContext {
     pub task_id: Uuid,
     pub attempt: i32,
+    /// How often this task has snoozed so far.
+    pub snoozes: i32,
     /// The user the task belongs to: whatever the kind reads or writes on
     /// someone's behalf is theirs.
     pub owner_id: Uuid,
@@ -292,7 +324,8 @@ pub struct TaskContext {
 
 impl TaskContext {
     /// A context for attempt `attempt` of task `task_id` owned by
-    /// `owner_id`, whose progress reports land in the returned receiver.
+    /// `owner_id` (not snoozed yet), whose progress reports land in the
+    /// returned receiver.
     pub fn new(
         task_id: Uuid,
         attempt: i32,
@@ -311,6 +344,7 @@ impl TaskContext {
             Self {
                 task_id,
                 attempt,
+                snoozes: 0,
                 owner_id,
                 settings,
                 http,

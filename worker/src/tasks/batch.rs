@@ -101,8 +101,8 @@ impl Claims {
     }
 }
 
-/// Claims what it can of `ids`; of the rest, fails those whose worker died
-/// in their last attempt and says why each other one was not claimed.
+/// Claims what it can of `ids`; of the rest, ends those that will never run
+/// (see [`tasks::end_unrunnable`]) and says why each other one was not claimed.
 async fn claim_batch(
     db: &PgPool,
     ids: &[Uuid],
@@ -120,9 +120,14 @@ async fn claim_batch(
     if missing.is_empty() {
         return Ok((claimed, Vec::new(), Vec::new()));
     }
-    let exhausted = tasks::fail_exhausted(db, &missing, worker)
+    let exhausted = tasks::end_unrunnable(db, &missing, worker)
         .await
         .map_err(|e| BatchError(e.to_string()))?;
+    let expired = exhausted
+        .iter()
+        .filter(|t| t.status == tasks::TaskStatus::Expired)
+        .count();
+    metrics::counter!("keel_tasks_expired_total").increment(expired as u64);
     let reasons = tasks::unclaimed_reasons(db, &missing)
         .await
         .map_err(|e| BatchError(e.to_string()))?;

@@ -5,11 +5,17 @@
 //! writes would be fenced anyway. An attempt someone cancelled is told too,
 //! here by the renewal (the slow path) or by [`Leases::stop`] when the
 //! request comes over Redis.
+//!
+//! A request names the attempt by its lease token, and may come in the
+//! moment between an attempt's claim and its registration here: such a
+//! request is kept for [`EARLY_STOP_MEMORY`] and honoured when the attempt
+//! with that token registers. The token, not the task, so a later attempt
+//! (the task retried) is never stopped by an old request.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use keel_shared::db::tasks;
@@ -18,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 type Held = Arc<Mutex<HashMap<Uuid, HeldLease>>>;
+
+/// How long a stop request for an attempt not registered here is kept.
+const EARLY_STOP_MEMORY: Duration = Duration::from_secs(30);
 
 /// One attempt's lease: its token, and the signals the attempt listens to.
 #[derive(Debug)]
@@ -30,6 +39,9 @@ struct HeldLease {
 #[derive(Debug, Clone, Default)]
 pub struct Leases {
     held: Held,
+    /// Stop requests for attempts not registered (yet): task, token, when
+    /// heard. Locked after `held`, never before.
+    early: Arc<Mutex<Vec<(Uuid, String, Instant)>>>,
 }
 
 impl Leases {
@@ -94,7 +106,14 @@ impl Leases {
             lost: lost.clone(),
             stop: stop.clone(),
         };
-        self.held.lock().expect("lease map").insert(id, held);
+        let mut map = self.held.lock().expect("lease map");
+        map.insert(id, held);
+        let mut early = self.early.lock().expect("early stops");
+        if let Some(at) = early.iter().position(|(i, t, _)| *i == id && t == token) {
+            early.swap_remove(at);
+            stop.cancel();
+        }
+        drop((early, map));
         LeaseGuard {
             held: self.held.clone(),
             id,
@@ -104,11 +123,20 @@ impl Leases {
         }
     }
 
-    /// Tells the attempt running `id` here, if any, that it was cancelled.
-    /// `false` if this worker runs no attempt of `id`.
-    pub fn stop(&self, id: Uuid) -> bool {
+    /// Tells the attempt of `id` holding lease `token` that it was
+    /// cancelled. `false` if it does not run here (yet: a request is kept a
+    /// while for an attempt about to register).
+    pub fn stop(&self, id: Uuid, token: &str) -> bool {
         let map = self.held.lock().expect("lease map");
-        map.get(&id).inspect(|held| held.stop.cancel()).is_some()
+        if let Some(held) = map.get(&id).filter(|held| held.token == token) {
+            held.stop.cancel();
+            return true;
+        }
+        let mut early = self.early.lock().expect("early stops");
+        let now = Instant::now();
+        early.retain(|(.., at)| now.duration_since(*at) < EARLY_STOP_MEMORY);
+        early.push((id, token.to_owned(), now));
+        false
     }
 }
 
@@ -143,5 +171,32 @@ impl Drop for LeaseGuard {
         {
             map.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_heard_before_its_attempt_registers_stops_that_attempt_only() {
+        let leases = Leases::default();
+        let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!leases.stop(id, "w/1"), "nothing runs yet");
+        let stale = leases.hold(id, "w/0");
+        assert!(!stale.stopped().is_cancelled(), "another attempt's token");
+        drop(stale);
+        let attempt = leases.hold(id, "w/1");
+        assert!(
+            attempt.stopped().is_cancelled(),
+            "the request was kept for it"
+        );
+        let unrelated = leases.hold(other, "w/1");
+        assert!(!unrelated.stopped().is_cancelled());
+        assert!(
+            leases.stop(other, "w/1"),
+            "a registered attempt is told at once"
+        );
+        assert!(unrelated.stopped().is_cancelled());
     }
 }

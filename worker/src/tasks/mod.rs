@@ -211,10 +211,10 @@ impl TaskRunner {
         Ok(())
     }
 
-    /// Stops the attempt of `id` if this worker runs it (someone cancelled
-    /// the task); `false` if it does not.
-    pub fn stop_attempt(&self, id: uuid::Uuid) -> bool {
-        self.leases.stop(id)
+    /// Stops the attempt of `id` under lease `token` if this worker runs it
+    /// (someone cancelled the task); `false` if it does not.
+    pub fn stop_attempt(&self, id: uuid::Uuid, token: &str) -> bool {
+        self.leases.stop(id, token)
     }
 
     /// Waits for attempts still running outside any apalis worker.
@@ -253,16 +253,21 @@ impl TaskRunner {
             return;
         };
         let failed = matches!(outcome, Outcome::Retry { .. } | Outcome::Failed(_));
+        // A hand-back or a snooze is not an attempt that ended.
+        let ended = !matches!(outcome, Outcome::HandBack | Outcome::Snooze { .. });
         let name = match &outcome {
             Outcome::Completed(_) => "keel_tasks_completed_total",
             Outcome::Retry { .. } => "keel_tasks_retried_total",
             Outcome::Failed(_) => "keel_tasks_failed_total",
             Outcome::HandBack => "keel_tasks_handed_back_total",
             Outcome::Cancelled => "keel_tasks_cancelled_running_total",
+            Outcome::Snooze { .. } => "keel_tasks_snoozed_total",
         };
         metrics::counter!(name, "kind" => kind_label).increment(1);
         let next_run = match &outcome {
-            Outcome::Retry { delay, .. } => Some(Some(Utc::now() + *delay)),
+            Outcome::Retry { delay, .. } | Outcome::Snooze { delay } => {
+                Some(Some(Utc::now() + *delay))
+            }
             Outcome::HandBack => Some(None),
             _ => None,
         };
@@ -273,7 +278,7 @@ impl TaskRunner {
         };
         match self.record(finish).await {
             Some(()) => {
-                if matches!(next_run, Some(None)) {
+                if !ended {
                     self.stats.abandoned();
                 } else {
                     self.stats.ended(failed);
@@ -294,8 +299,9 @@ impl TaskRunner {
                 task.kind
             ));
         };
-        let (ctx, progress) =
+        let (mut ctx, progress) =
             TaskContext::new(task.id, task.attempts, task.owner_id, &self.services);
+        ctx.snoozes = task.snoozes;
         // Its own tokio task, so a panic in the handler is a failed attempt,
         // not a dead worker; aborted when dropped, so a timeout, a lost lease
         // or a hand-back stops the handler too.
@@ -317,6 +323,16 @@ impl TaskRunner {
         drop(handle);
         match result {
             Ok(value) => Outcome::Completed(value),
+            Err(TaskFailure {
+                snooze: Some(_), ..
+            }) if task.snoozes >= kind.max_snoozes => Outcome::Failed(format!(
+                "snoozed {} times, the most kind {:?} allows",
+                task.snoozes, task.kind
+            )),
+            Err(TaskFailure {
+                snooze: Some(delay),
+                ..
+            }) => Outcome::Snooze { delay },
             Err(failure) if failure.retryable && task.attempts < task.max_attempts => {
                 Outcome::Retry {
                     error: failure.message,

@@ -112,7 +112,7 @@ impl Pipeline {
             .await
     }
 
-    /// Waits until `id` is finished (completed, failed or cancelled).
+    /// Waits until `id` is finished (completed, failed, cancelled or expired).
     pub async fn finished(&self, id: Uuid, timeout: Duration) -> Task {
         self.wait_for(id, timeout, |t| t.status.is_finished()).await
     }
@@ -184,6 +184,8 @@ pub fn new_task(kind: &str, payload: Value) -> NewTask {
         priority: 0,
         scheduled_at: None,
         schedule_id: None,
+        expires_at: None,
+        unique_key: None,
     }
 }
 

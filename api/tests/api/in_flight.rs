@@ -1,7 +1,9 @@
-//! Cancelling a task while it runs, through HTTP and a real worker: the
-//! worker is told over Redis (or sees the request at its lease renewal),
-//! drops the attempt, frees its slot and writes `cancelled`; a kind that
-//! may not be interrupted refuses.
+//! Control over work in flight, through HTTP and a real worker. Cancelling
+//! a running task: the worker is told over Redis (or sees the request at
+//! its lease renewal), drops the attempt, frees its slot and writes
+//! `cancelled`; a kind that may not be interrupted refuses. Snoozing: a
+//! handler puts its task off without spending an attempt, up to its kind's
+//! cap. Expiry: a task not started by its deadline ends `expired`, unrun.
 
 use std::time::{Duration, Instant};
 
@@ -151,4 +153,94 @@ async fn a_kind_that_may_not_be_interrupted_refuses_a_cancel_while_it_runs() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_snoozed_task_runs_again_later_without_spending_an_attempt() {
+    let Stack { app, worker: _w } = &one_slot_stack(&[]).await;
+    let user = app.create_user(Role::User).await;
+    let patient = json!({"name": "patient", "kind": "snooze", "max_attempts": 1,
+        "payload": {"times": 3, "ms": 50}});
+    let task = post(app, "/api/v1/tasks", &user, &patient).await;
+    let id = task["id"].as_str().unwrap();
+    let done = wait_for(app, &user, id, "completed").await;
+    assert_eq!(
+        done["attempts"], 1,
+        "three snoozes spent none of its one attempt"
+    );
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
+    assert_eq!(detail["result"], json!({"snoozed": 3, "attempt": 1}));
+    assert!(detail["error"].is_null(), "{detail}");
+
+    // One that would snooze forever fails at its kind's cap (5).
+    let endless = json!({"name": "endless", "kind": "snooze", "max_attempts": 1,
+        "payload": {"times": 1000, "ms": 10}});
+    let task = post(app, "/api/v1/tasks", &user, &endless).await;
+    let id = task["id"].as_str().unwrap();
+    wait_for(app, &user, id, "failed").await;
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
+    assert_eq!(
+        detail["error"],
+        "snoozed 5 times, the most kind \"snooze\" allows"
+    );
+    let snoozes: i32 = app
+        .scalar_with("SELECT snoozes FROM tasks WHERE id = $1::uuid", id)
+        .await;
+    assert_eq!(snoozes, 5);
+
+    // A retry starts the count again.
+    post(app, &format!("/api/v1/tasks/{id}/retry"), &user, &json!({})).await;
+    let snoozes: i32 = app
+        .scalar_with("SELECT snoozes FROM tasks WHERE id = $1::uuid", id)
+        .await;
+    assert!(snoozes < 5, "{snoozes}");
+}
+
+#[tokio::test]
+async fn a_task_whose_deadline_passes_while_it_waits_for_a_slot_ends_expired_unrun() {
+    let Stack { app, worker: _w } = &one_slot_stack(&[]).await;
+    let user = app.create_user(Role::User).await;
+    // The one slot is busy for 2 s; the echo behind it must start within 500 ms.
+    let busy = json!({"name": "busy", "kind": "sleep", "payload": {"ms": 2_000}});
+    let busy = post(app, "/api/v1/tasks", &user, &busy).await;
+    wait_for(app, &user, busy["id"].as_str().unwrap(), "running").await;
+    // Whole milliseconds: PostgreSQL keeps microseconds.
+    let deadline = chrono::SubsecRound::trunc_subsecs(
+        chrono::Utc::now() + chrono::Duration::milliseconds(500),
+        3,
+    );
+    let hurried = json!({"name": "hurried", "kind": "echo", "payload": {"x": 1},
+        "expires_at": deadline.to_rfc3339()});
+    let hurried = post(app, "/api/v1/tasks", &user, &hurried).await;
+    assert_eq!(
+        hurried["expires_at"]
+            .as_str()
+            .map(|s| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap()),
+        Some(deadline),
+        "the deadline is shown as given"
+    );
+    let id = hurried["id"].as_str().unwrap();
+    let ended = wait_for(app, &user, id, "expired").await;
+    assert_eq!(ended["attempts"], 0);
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
+    assert!(
+        detail["started_at"].is_null() && detail["result"].is_null(),
+        "{detail}"
+    );
+    assert_eq!(detail["error"], "expired before it started");
+
+    // Listed under its status, and retried it runs (the deadline is gone).
+    let listed = app
+        .get_json("/api/v1/tasks?status=expired", &user.token)
+        .await;
+    assert_eq!(listed["total"], 1);
+    let retried = post(app, &format!("/api/v1/tasks/{id}/retry"), &user, &json!({})).await;
+    assert!(retried["expires_at"].is_null());
+    wait_for(app, &user, id, "completed").await;
 }
