@@ -259,7 +259,7 @@ async fn list_tasks(
 /// within 24 h answer the first response (with `Idempotent-Replayed: true`)
 /// instead of creating another task.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskRequest,
     responses(
         JsonBodyErrors, SignedIn,
@@ -362,7 +362,7 @@ fn unique_key(
 /// first, and one invalid task creates none (its errors name it,
 /// `tasks[3].payload.ms`). Honours `Idempotency-Key` as `POST /tasks` does.
 #[utoipa::path(post, path = "/api/v1/tasks/batch", tag = "tasks", security(("bearer" = []), ("api_key" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Visible ASCII; the same key and body from the same user within 24 h answer the first response", example = "report-2026-01-15")),
     request_body = NewTaskBatch,
     responses(
         JsonBodyErrors, SignedIn,
