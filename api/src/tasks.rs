@@ -300,15 +300,8 @@ pub(crate) async fn cancel(
 /// Tells the worker running `task` to stop, and waits for the row to say
 /// it did.
 async fn stop_running(state: &AppState, task: Task) -> Result<Cancelled, ApiError> {
-    let token = task.lease_owner.as_deref().unwrap_or_default();
-    let told = tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        task_events::request_stop(&state.redis, task.id, token),
-    )
-    .await;
-    if !matches!(told, Ok(Ok(()))) {
-        tracing::debug!(task_id = %task.id, "the stop request did not reach Redis; the worker's lease renewal will see it");
-    }
+    let token = task.lease_owner.clone().unwrap_or_default();
+    request_stops(state, &[(task.id, token)]).await;
     // Waiting holds a connection; past this many waits at once, answer at
     // once (202) and let the worker finish the job without a watcher.
     let Ok(_waiting) = STOP_WAITERS.try_acquire() else {
@@ -334,6 +327,91 @@ async fn stop_running(state: &AppState, task: Task) -> Result<Cancelled, ApiErro
             format!("the task was {other} before its worker could stop it"),
         )),
     }
+}
+
+/// Tells the workers running `attempts` to stop them, without letting a
+/// slow Redis hold the response: the requests are on the rows, and the
+/// workers' lease renewals read them.
+async fn request_stops(state: &AppState, attempts: &[(Uuid, String)]) {
+    let told = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        task_events::request_stops(&state.redis, attempts),
+    )
+    .await;
+    if !matches!(told, Ok(Ok(()))) {
+        tracing::debug!(
+            count = attempts.len(),
+            "stop requests did not reach Redis; the workers' lease renewals will see them"
+        );
+    }
+}
+
+/// What a bulk action does to each task its filter matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BulkAction {
+    /// Waiting tasks are cancelled; running ones are asked to stop.
+    Cancel,
+    /// Failed, cancelled and expired tasks run again.
+    Retry,
+}
+
+/// Rows one bulk statement changes: a large action runs in pieces, and
+/// never holds many rows' locks at once.
+const BULK_BATCH: i64 = 1_000;
+
+/// `action` on every task `filter` matches, as admin `principal`: how many
+/// the filter matched (whatever their status) and how many changed. A
+/// running task asked to stop counts as changed; it ends `cancelled` as a
+/// single cancel's does. Retried tasks are queued like any retry, past
+/// their owners' caps of unfinished tasks (an admin's decision).
+///
+/// # Errors
+/// The database fails.
+pub(crate) async fn bulk(
+    state: &AppState,
+    principal: &Principal,
+    action: BulkAction,
+    filter: &tasks::BulkFilter,
+) -> Result<(i64, u64), ApiError> {
+    let actor = principal.id().to_string();
+    let matched = tasks::count_matching(&state.db, filter).await?;
+    let mut changed = 0;
+    match action {
+        BulkAction::Cancel => {
+            loop {
+                let cancelled =
+                    tasks::bulk_cancel_waiting(&state.db, filter, &actor, BULK_BATCH).await?;
+                if cancelled.is_empty() {
+                    break;
+                }
+                changed += cancelled.len() as u64;
+                publish(state, cancelled).await;
+            }
+            loop {
+                let asked =
+                    tasks::bulk_request_cancel(&state.db, filter, &actor, BULK_BATCH).await?;
+                if asked.is_empty() {
+                    break;
+                }
+                changed += asked.len() as u64;
+                request_stops(state, &asked).await;
+            }
+        }
+        BulkAction::Retry => loop {
+            let retried = tasks::bulk_retry(&state.db, filter, &actor, BULK_BATCH).await?;
+            if retried.is_empty() {
+                break;
+            }
+            changed += retried.len() as u64;
+            for task in &retried {
+                metrics::counter!("keel_tasks_retried_total", "kind" => task.kind.clone())
+                    .increment(1);
+            }
+            enqueue(state, &retried).await;
+        },
+    }
+    tracing::info!(?action, ?filter, matched, changed, by = %principal.id(), "bulk task action");
+    Ok((matched, changed))
 }
 
 /// 409: the task is finished.

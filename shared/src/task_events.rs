@@ -46,19 +46,22 @@ pub fn stop_channel(redis: &RedisClient) -> String {
     redis.key("task-stops")
 }
 
-/// Tells the worker running the attempt of `id` under lease `token` to
-/// stop it.
+/// Tells the workers running the attempts `(task id, lease token)` to stop
+/// them, in one round trip.
 ///
 /// # Errors
-/// Redis fails (the worker's next lease renewal still sees the request).
-pub async fn request_stop(
+/// Redis fails (the workers' next lease renewals still see the requests).
+pub async fn request_stops(
     redis: &RedisClient,
-    id: Uuid,
-    token: &str,
+    attempts: &[(Uuid, String)],
 ) -> Result<(), redis::RedisError> {
-    redis::cmd("PUBLISH")
-        .arg(stop_channel(redis))
-        .arg(format!("{id} {token}"))
-        .exec_async(&mut redis.conn())
-        .await
+    let channel = stop_channel(redis);
+    let mut pipe = redis::pipe();
+    for (id, token) in attempts {
+        pipe.cmd("PUBLISH")
+            .arg(&channel)
+            .arg(format!("{id} {token}"))
+            .ignore();
+    }
+    pipe.exec_async(&mut redis.conn()).await
 }

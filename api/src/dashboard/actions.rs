@@ -1,15 +1,24 @@
-//! The dashboard's buttons: retry, cancel and run a task now; enable and
+//! The dashboard's buttons: retry, cancel and run a task now; retry or
+//! cancel every task a filter shows (after a confirmation page); enable and
 //! disable a schedule. Each is a form POST with the session's CSRF token,
 //! does what the API's own route does, and redirects back (303) to the page
 //! it came from with what happened.
 
-use axum::{Form, extract::State, http::HeaderMap, response::Redirect};
+use axum::{
+    Form,
+    extract::State,
+    http::HeaderMap,
+    response::{Html, IntoResponse as _, Redirect, Response},
+};
+use keel_shared::db::tasks::{BulkFilter, TaskStatus, count_matching};
+use minijinja::context;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
     PageError,
     session::{Admin, check_origin},
+    views,
 };
 use crate::{error::ApiError, extract::AppPath, schedules, state::AppState, tasks};
 
@@ -22,6 +31,84 @@ pub struct ActionForm {
 fn allowed(admin: &Admin, headers: &HeaderMap, form: &ActionForm) -> Result<(), PageError> {
     check_origin(headers)?;
     admin.check_csrf(&form.csrf)
+}
+
+/// A bulk action's form: the tasks page's filter, the action, and whether
+/// the confirmation page was seen.
+#[derive(Debug, Deserialize)]
+pub struct BulkForm {
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    kind: String,
+    confirm: Option<String>,
+}
+
+/// `POST /dashboard/tasks/bulk`: first a page saying how many tasks the
+/// filter matches, with a button that posts again with `confirm`; then the
+/// action, and back to the tasks page with what it changed.
+pub async fn bulk(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    Form(form): Form<BulkForm>,
+) -> Result<Response, PageError> {
+    check_origin(&headers)?;
+    admin.check_csrf(&form.csrf)?;
+    let action = match form.action.as_str() {
+        "retry" => tasks::BulkAction::Retry,
+        "cancel" => tasks::BulkAction::Cancel,
+        _ => return Err(no_such_action()),
+    };
+    let status = match form.status.as_str() {
+        "" => None,
+        s => Some(TaskStatus::parse(s).ok_or_else(no_such_action)?),
+    };
+    let kind = Some(form.kind.clone()).filter(|k| !k.is_empty());
+    let filter = BulkFilter {
+        status,
+        kind: kind.clone(),
+        ..BulkFilter::default()
+    };
+    let filters = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("status", &form.status)
+        .append_pair("kind", &form.kind)
+        .finish();
+    let back = format!("/dashboard/tasks?{filters}");
+    if form.confirm.as_deref() != Some("yes") {
+        let matched = count_matching(&state.db, &filter).await?;
+        let page: Html<String> = views::render(
+            "bulk.html",
+            context! {
+                page => "tasks",
+                csrf => admin.csrf,
+                me => admin.principal.user.username,
+                action => form.action,
+                status => status.map(TaskStatus::as_str),
+                kind,
+                matched,
+                back,
+            },
+        );
+        return Ok(page.into_response());
+    }
+    let (_, changed) = tasks::bulk(&state, &admin.principal, action, &filter).await?;
+    tracing::info!(
+        action = form.action,
+        changed,
+        "bulk task action from the dashboard"
+    );
+    let done = format!(
+        "{}:{changed}",
+        if action == tasks::BulkAction::Retry {
+            "retried"
+        } else {
+            "cancelled"
+        }
+    );
+    Ok(Redirect::to(&format!("{back}&done={done}")).into_response())
 }
 
 fn no_such_action() -> PageError {

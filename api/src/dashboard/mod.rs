@@ -45,6 +45,7 @@ pub fn documented() -> OpenApiRouter<AppState> {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/dashboard/tasks", get(pages::tasks))
+        .route("/dashboard/tasks/bulk", post(actions::bulk))
         .route("/dashboard/tasks/{id}", get(pages::task))
         .route("/dashboard/tasks/{id}/{action}", post(actions::task))
         .route("/dashboard/workers", get(pages::workers))

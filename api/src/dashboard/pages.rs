@@ -83,6 +83,8 @@ pub struct TaskQuery {
     status: Option<String>,
     kind: Option<String>,
     page: Option<u32>,
+    /// What a bulk action just did (`retried:12`).
+    done: Option<String>,
 }
 
 pub async fn tasks(
@@ -128,6 +130,7 @@ pub async fn tasks(
             pager_base => format!("/dashboard/tasks?{filters}&"),
             kind,
             statuses => TaskStatus::ALL.map(TaskStatus::as_str),
+            done => query.done,
         },
     ))
 }

@@ -13,7 +13,7 @@ macro_rules! templates {
     };
 }
 
-const TEMPLATES: [(&str, &str); 9] = templates![
+const TEMPLATES: [(&str, &str); 10] = templates![
     "base.html",
     "login.html",
     "error.html",
@@ -22,6 +22,7 @@ const TEMPLATES: [(&str, &str); 9] = templates![
     "task.html",
     "workers.html",
     "schedules.html",
+    "bulk.html",
     "macros.html",
 ];
 

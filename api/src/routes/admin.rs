@@ -42,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_queue))
         .routes(routes!(resume_queue))
         .routes(routes!(purge_tasks))
+        .routes(routes!(bulk_tasks))
         .routes(routes!(stats))
 }
 
@@ -233,6 +234,105 @@ async fn purge_tasks(
     }
     tracing::info!(%status, %before, deleted, by = %principal.id(), "finished tasks purged");
     Ok(AppJson(Purged { deleted }))
+}
+
+/// A bulk action: its kind and which tasks it takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"action": "retry", "filter": {"status": "failed", "kind": "http_request",
+    "created_before": "2026-01-15T00:00:00Z"}}))]
+pub struct BulkRequest {
+    pub action: BulkActionName,
+    /// Every condition given must hold; none: every task.
+    #[serde(default)]
+    pub filter: BulkFilterRequest,
+}
+
+/// `retry` (failed, cancelled and expired tasks run again) or `cancel`
+/// (waiting tasks are cancelled, running ones stopped).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkActionName {
+    Retry,
+    Cancel,
+}
+
+/// Which tasks a bulk action takes.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkFilterRequest {
+    /// One task status.
+    pub status: Option<TaskStatus>,
+    #[schema(max_length = 100)]
+    pub kind: Option<String>,
+    /// `tasks`, the one queue tasks run on.
+    pub queue: Option<String>,
+    /// The owner.
+    pub user_id: Option<uuid::Uuid>,
+    /// Created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"matched": 1200, "changed": 1187}))]
+pub struct BulkResult {
+    /// Tasks the filter matched, whatever their status.
+    pub matched: i64,
+    /// Tasks the action changed (a running task asked to stop counts).
+    pub changed: u64,
+}
+
+/// Retries or cancels every task a filter matches, in batches of 1,000.
+#[utoipa::path(post, path = "/api/v1/admin/tasks/bulk", tag = "admin", security(("bearer" = []), ("api_key" = [])),
+    request_body = BulkRequest,
+    responses(
+        JsonBodyErrors, AdminOnly,
+        (status = 200, description = "How many tasks matched and how many changed", body = BulkResult),
+    ))]
+async fn bulk_tasks(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(request): AppJson<BulkRequest>,
+) -> Result<AppJson<BulkResult>, ApiError> {
+    principal.require(Role::Admin)?;
+    let filter = request.filter;
+    let mut errors = Vec::new();
+    if filter
+        .queue
+        .as_deref()
+        .is_some_and(|q| q != Queue::Tasks.name())
+    {
+        errors.push(FieldError {
+            field: "filter.queue".into(),
+            message: format!("unknown queue; tasks run on `{}`", Queue::Tasks.name()),
+        });
+    }
+    if filter
+        .kind
+        .as_ref()
+        .is_some_and(|k| k.chars().count() > 100)
+    {
+        errors.push(FieldError {
+            field: "filter.kind".into(),
+            message: "at most 100 characters".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let action = match request.action {
+        BulkActionName::Retry => crate::tasks::BulkAction::Retry,
+        BulkActionName::Cancel => crate::tasks::BulkAction::Cancel,
+    };
+    let filter = tasks::BulkFilter {
+        status: filter.status,
+        kind: filter.kind,
+        owner: filter.user_id,
+        created_before: filter.created_before,
+    };
+    let (matched, changed) = crate::tasks::bulk(&state, &principal, action, &filter).await?;
+    Ok(AppJson(BulkResult { matched, changed }))
 }
 
 /// The time `older_than` names, from `now`: an RFC 3339 time, or an age of

@@ -281,3 +281,123 @@ async fn purge_deletes_old_finished_tasks_of_one_status_with_their_history() {
         .await;
     assert_eq!(orphans, 0, "their history went with them");
 }
+
+/// `POST /admin/tasks/bulk` as `token`.
+async fn bulk(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
+    app.post_as("/api/v1/admin/tasks/bulk", token, body).await
+}
+
+/// The statuses of `ids`, in order.
+async fn statuses(app: &TestApp, ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(
+            app.scalar_with("SELECT status FROM tasks WHERE id = $1::uuid", id.as_str())
+                .await,
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn bulk_cancel_and_retry_take_what_the_filter_matches_in_batches() {
+    let app = spawn().await;
+    let admin = app.create_user(Role::Admin).await;
+    let (a, b) = (
+        app.create_user(Role::User).await,
+        app.create_user(Role::User).await,
+    );
+    let mut theirs = Vec::new();
+    for i in 0..5 {
+        let kind = if i < 4 { "noop" } else { "echo" };
+        let task = app
+            .created_task(&a.token, &json!({"name": format!("a{i}"), "kind": kind}))
+            .await;
+        theirs.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let others = app.created_task(&b.token, &json!({"name": "b"})).await;
+    // One of A's noops runs on a worker (a live lease): it is asked to stop.
+    app.execute_with(
+        "UPDATE tasks SET status = 'running', attempts = 1, started_at = now(), \
+         lease_owner = 'w/1', lease_expires_at = now() + interval '1 minute' WHERE id = $1::uuid",
+        theirs[0].as_str(),
+    )
+    .await;
+
+    let filter = json!({"user_id": a.user.id, "kind": "noop", "queue": "tasks"});
+    let response = bulk(
+        &app,
+        &admin.token,
+        &json!({"action": "cancel", "filter": filter}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done, json!({"matched": 4, "changed": 4}));
+    assert_eq!(
+        statuses(&app, &theirs).await,
+        ["running", "cancelled", "cancelled", "cancelled", "pending"],
+        "the echo and B's task are not in the filter"
+    );
+    let asked: bool = app
+        .scalar_with(
+            "SELECT cancel_requested_at IS NOT NULL FROM tasks WHERE id = $1::uuid",
+            theirs[0].as_str(),
+        )
+        .await;
+    assert!(asked, "the running one is asked to stop");
+    let again = bulk(
+        &app,
+        &admin.token,
+        &json!({"action": "cancel", "filter": filter}),
+    )
+    .await;
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again,
+        json!({"matched": 4, "changed": 0}),
+        "nothing left to change"
+    );
+
+    let retry = json!({"action": "retry", "filter": {"status": "cancelled", "user_id": a.user.id}});
+    let response = bulk(&app, &admin.token, &retry).await;
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done, json!({"matched": 3, "changed": 3}));
+    assert_eq!(
+        statuses(&app, &theirs[1..4]).await,
+        ["pending", "pending", "pending"]
+    );
+    let queued: i64 = app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'pending' AND enqueued_at IS NOT NULL")
+        .await;
+    assert_eq!(queued, 5, "retried tasks are queued again");
+    let b_status: String = app
+        .scalar_with(
+            "SELECT status FROM tasks WHERE id = $1::uuid",
+            others["id"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(b_status, "pending");
+
+    // Users may not; bad filters name their field.
+    let by_user = bulk(&app, &a.token, &retry).await;
+    assert_refused(by_user, FORBIDDEN).await;
+    for (body, field) in [
+        (
+            json!({"action": "retry", "filter": {"queue": "bulk"}}),
+            "filter.queue",
+        ),
+        (
+            json!({"action": "retry", "filter": {"status": "done"}}),
+            "filter.status",
+        ),
+        (json!({"action": "explode"}), "action"),
+        (
+            json!({"action": "retry", "filter": {"kind": "k".repeat(101)}}),
+            "filter.kind",
+        ),
+    ] {
+        let problem = assert_invalid(bulk(&app, &admin.token, &body).await).await;
+        crate::helpers::assert_names(&problem, field, &body.to_string());
+    }
+}

@@ -684,3 +684,90 @@ async fn the_workers_page_marks_a_worker_stale_after_missed_heartbeats() {
     assert!(live_row.contains(">alive<") && live_row.contains("3/8") && live_row.contains("box-1"));
     assert!(row("silent-worker").contains(">stale<"));
 }
+
+/// Posts the tasks page's bulk form: `fields` beside the session's token.
+async fn post_bulk(
+    app: &TestApp,
+    cookie: &str,
+    csrf: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = vec![("csrf", csrf)];
+    form.extend_from_slice(fields);
+    browser()
+        .post(app.url("/dashboard/tasks/bulk"))
+        .header(header::COOKIE, cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bulk_action_shows_what_it_will_take_and_acts_only_once_confirmed() {
+    let app = spawn_app().await;
+    let admin = app.create_user(Role::Admin).await;
+    let user = app.create_user(Role::User).await;
+    for i in 0..3 {
+        app.created_task(
+            &user.token,
+            &json!({"kind": "noop", "name": format!("n{i}")}),
+        )
+        .await;
+    }
+    app.created_task(&user.token, &json!({"kind": "echo", "name": "e"}))
+        .await;
+    let cookie = sign_in(&app, &admin).await;
+    let (_, html) = page(&app, &cookie, "/dashboard/tasks?status=pending&kind=noop").await;
+    assert!(
+        html.contains(r#"action="/dashboard/tasks/bulk""#),
+        "the bulk form"
+    );
+    let csrf = csrf_of(&html);
+
+    let fields = [
+        ("action", "cancel"),
+        ("status", "pending"),
+        ("kind", "noop"),
+    ];
+    let review = post_bulk(&app, &cookie, &csrf, &fields).await;
+    assert_eq!(review.status(), StatusCode::OK);
+    let review = review.text().await.unwrap();
+    assert!(review.contains("Cancel 3 tasks?"), "{review}");
+    assert!(review.contains(r#"name="confirm" value="yes""#));
+    let pending: i64 = app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'pending'")
+        .await;
+    assert_eq!(pending, 4, "nothing changes before the confirmation");
+
+    let confirmed = [
+        ("action", "cancel"),
+        ("status", "pending"),
+        ("kind", "noop"),
+        ("confirm", "yes"),
+    ];
+    let done = post_bulk(&app, &cookie, &csrf, &confirmed).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let location = done.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        location,
+        "/dashboard/tasks?status=pending&kind=noop&done=cancelled:3"
+    );
+    let (_, after) = page(&app, &cookie, &location).await;
+    assert!(
+        after.contains("Done: cancelled:3."),
+        "the page says what happened"
+    );
+    let cancelled: i64 = app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'cancelled' AND kind = 'noop'")
+        .await;
+    assert_eq!(cancelled, 3, "the echo is not in the filter");
+
+    let forged = post_bulk(&app, &cookie, "x", &confirmed).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let unknown = post_bulk(&app, &cookie, &csrf, &[("action", "explode")]).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}

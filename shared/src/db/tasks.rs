@@ -361,6 +361,133 @@ pub async fn insert_group(
     Ok(created)
 }
 
+/// Which tasks a bulk action takes (every condition set must hold).
+#[derive(Debug, Clone, Default)]
+pub struct BulkFilter {
+    pub status: Option<TaskStatus>,
+    pub kind: Option<String>,
+    pub owner: Option<Uuid>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl BulkFilter {
+    /// ` WHERE …` for this filter (`WHERE true` for none), then `AND …` from
+    /// the caller.
+    fn push_where(&self, qb: &mut QueryBuilder<Postgres>) {
+        qb.push(" WHERE true");
+        if let Some(status) = self.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(kind) = &self.kind {
+            qb.push(" AND kind = ").push_bind(kind.clone());
+        }
+        if let Some(owner) = self.owner {
+            qb.push(" AND owner_id = ").push_bind(owner);
+        }
+        if let Some(before) = self.created_before {
+            qb.push(" AND created_at < ").push_bind(before);
+        }
+    }
+}
+
+/// How many tasks `filter` matches, whatever their status.
+///
+/// # Errors
+/// The database fails.
+pub async fn count_matching(
+    db: impl PgExecutor<'_>,
+    filter: &BulkFilter,
+) -> Result<i64, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT count(*) FROM tasks");
+    filter.push_where(&mut qb);
+    qb.build_query_scalar().fetch_one(db).await
+}
+
+/// Cancels up to `limit` waiting (`pending`, `retrying`) tasks `filter`
+/// matches, as `actor`; their new state. Called until it returns none.
+///
+/// # Errors
+/// The database fails.
+pub async fn bulk_cancel_waiting(
+    db: impl PgExecutor<'_>,
+    filter: &BulkFilter,
+    actor: &str,
+    limit: i64,
+) -> Result<Vec<TaskState>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "UPDATE tasks SET status = 'cancelled', finished_at = now(), changed_by = ",
+    );
+    qb.push_bind(actor.to_owned());
+    qb.push(" WHERE id IN (SELECT id FROM tasks");
+    filter.push_where(&mut qb);
+    qb.push(" AND status IN ('pending', 'retrying') LIMIT ")
+        .push_bind(limit)
+        .push(
+            " FOR UPDATE SKIP LOCKED) AND status IN ('pending', 'retrying') \
+               RETURNING id, owner_id, status, progress, attempts, updated_at",
+        );
+    qb.build_query_as().fetch_all(db).await
+}
+
+/// Asks up to `limit` running tasks `filter` matches (not asked before) to
+/// stop, as `actor`: their ids and lease tokens, for the stop messages.
+///
+/// # Errors
+/// The database fails.
+pub async fn bulk_request_cancel(
+    db: impl PgExecutor<'_>,
+    filter: &BulkFilter,
+    actor: &str,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let mut qb = QueryBuilder::new("UPDATE tasks SET cancel_requested_at = now(), changed_by = ");
+    qb.push_bind(actor.to_owned());
+    qb.push(" WHERE id IN (SELECT id FROM tasks");
+    filter.push_where(&mut qb);
+    qb.push(" AND status = 'running' AND cancel_requested_at IS NULL LIMIT ")
+        .push_bind(limit)
+        .push(
+            " FOR UPDATE SKIP LOCKED) AND status = 'running' \
+               RETURNING id, coalesce(lease_owner, '')",
+        );
+    qb.build_query_as().fetch_all(db).await
+}
+
+/// Retries up to `limit` `failed`, `cancelled` or `expired` tasks `filter`
+/// matches, as [`retry`] does one, marked enqueued (the caller pushes them).
+/// A unique task whose key an unfinished task holds is left as it is, and
+/// of several finished twins only the newest comes back.
+///
+/// # Errors
+/// The database fails.
+pub async fn bulk_retry(
+    db: impl PgExecutor<'_>,
+    filter: &BulkFilter,
+    actor: &str,
+    limit: i64,
+) -> Result<Vec<Task>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
+             error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
+             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, snoozes = 0, \
+             expires_at = NULL, enqueued_at = now(), changed_by = ",
+    );
+    qb.push_bind(actor.to_owned());
+    qb.push(" WHERE id IN (SELECT DISTINCT ON (coalesce(unique_key, id::text)) id FROM tasks t");
+    filter.push_where(&mut qb);
+    qb.push(
+        " AND status IN ('failed', 'cancelled', 'expired') \
+          AND (unique_key IS NULL OR NOT EXISTS ( \
+              SELECT 1 FROM tasks twin WHERE twin.unique_key = t.unique_key \
+                AND twin.status IN ('pending', 'running', 'retrying'))) \
+          ORDER BY coalesce(unique_key, id::text), created_at DESC LIMIT ",
+    )
+    .push_bind(limit)
+    .push(") AND status IN ('failed', 'cancelled', 'expired') RETURNING ")
+    .push(task_columns!());
+    qb.build_query_as().fetch_all(db).await
+}
+
 /// Takes the lock that orders creates of `unique_key` until the
 /// transaction ends, then finds the task they would collide with: an
 /// unfinished one with that key, or (with `period`) one created within it.
