@@ -403,6 +403,29 @@ pub async fn count_matching(
     qb.build_query_scalar().fetch_one(db).await
 }
 
+/// `UPDATE tasks SET {set}, changed_by = actor` of up to `limit` rows
+/// `filter` matches that also meet `only` (checked again on the locked
+/// row), `RETURNING {returning}`.
+fn bulk_update(
+    set: &str,
+    actor: &str,
+    filter: &BulkFilter,
+    only: &str,
+    limit: i64,
+    returning: &str,
+) -> QueryBuilder<Postgres> {
+    let mut qb = QueryBuilder::new(format!("UPDATE tasks SET {set}, changed_by = "));
+    qb.push_bind(actor.to_owned());
+    qb.push(" WHERE id IN (SELECT id FROM tasks");
+    filter.push_where(&mut qb);
+    qb.push(format!(" AND {only} LIMIT "))
+        .push_bind(limit)
+        .push(format!(
+            " FOR UPDATE SKIP LOCKED) AND {only} RETURNING {returning}"
+        ));
+    qb
+}
+
 /// Cancels up to `limit` waiting (`pending`, `retrying`) tasks `filter`
 /// matches, as `actor`; their new state. Called until it returns none.
 ///
@@ -414,18 +437,10 @@ pub async fn bulk_cancel_waiting(
     actor: &str,
     limit: i64,
 ) -> Result<Vec<TaskState>, sqlx::Error> {
-    let mut qb = QueryBuilder::new(
-        "UPDATE tasks SET status = 'cancelled', finished_at = now(), changed_by = ",
-    );
-    qb.push_bind(actor.to_owned());
-    qb.push(" WHERE id IN (SELECT id FROM tasks");
-    filter.push_where(&mut qb);
-    qb.push(" AND status IN ('pending', 'retrying') LIMIT ")
-        .push_bind(limit)
-        .push(
-            " FOR UPDATE SKIP LOCKED) AND status IN ('pending', 'retrying') \
-               RETURNING id, owner_id, status, progress, attempts, updated_at",
-        );
+    let set = "status = 'cancelled', finished_at = now()";
+    let only = "status IN ('pending', 'retrying')";
+    let returning = "id, owner_id, status, progress, attempts, updated_at";
+    let mut qb = bulk_update(set, actor, filter, only, limit, returning);
     qb.build_query_as().fetch_all(db).await
 }
 
@@ -440,16 +455,10 @@ pub async fn bulk_request_cancel(
     actor: &str,
     limit: i64,
 ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    let mut qb = QueryBuilder::new("UPDATE tasks SET cancel_requested_at = now(), changed_by = ");
-    qb.push_bind(actor.to_owned());
-    qb.push(" WHERE id IN (SELECT id FROM tasks");
-    filter.push_where(&mut qb);
-    qb.push(" AND status = 'running' AND cancel_requested_at IS NULL LIMIT ")
-        .push_bind(limit)
-        .push(
-            " FOR UPDATE SKIP LOCKED) AND status = 'running' \
-               RETURNING id, coalesce(lease_owner, '')",
-        );
+    let set = "cancel_requested_at = now()";
+    let only = "status = 'running' AND cancel_requested_at IS NULL";
+    let returning = "id, coalesce(lease_owner, '')";
+    let mut qb = bulk_update(set, actor, filter, only, limit, returning);
     qb.build_query_as().fetch_all(db).await
 }
 
