@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::problems::Code;
 use crate::{
     auth::Principal,
-    error::{ApiError, OnConstraint as _},
+    error::{ApiError, constraint_of},
     state::AppState,
 };
 
@@ -453,9 +453,17 @@ pub(crate) async fn retry(
         require_room_for_one(&mut tx, owner, cap).await?;
     }
     // A unique task comes back unfinished: not while a twin is.
-    let retried = tasks::retry(&mut *tx, id, &principal.id().to_string())
-        .await
-        .on_constraint(&[("tasks_unique_live_idx", Code::TaskNotUnique)])?;
+    let retried = match tasks::retry(&mut *tx, id, &principal.id().to_string()).await {
+        Err(e) if constraint_of(&e) == Some("tasks_unique_live_idx") => {
+            drop(tx);
+            let twin = tasks::live_twin(&state.db, id).await?;
+            return Err(ApiError::NotUnique {
+                detail: "an unfinished task has the same unique key; it is existing_task_id".into(),
+                existing_task_id: twin.unwrap_or(id),
+            });
+        }
+        other => other?,
+    };
     tx.commit().await?;
     let Some(task) = retried else {
         let now = tasks::get(&state.db, id).await?.ok_or_else(no_such_task)?;

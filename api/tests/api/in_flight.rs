@@ -244,3 +244,22 @@ async fn a_task_whose_deadline_passes_while_it_waits_for_a_slot_ends_expired_unr
     assert!(retried["expires_at"].is_null());
     wait_for(app, &user, id, "completed").await;
 }
+
+#[tokio::test]
+async fn a_task_that_started_and_snoozed_past_its_deadline_still_runs_to_the_end() {
+    let Stack { app, worker: _w } = &one_slot_stack(&[]).await;
+    let user = app.create_user(Role::User).await;
+    // Starts at once, then snoozes for longer than the deadline leaves.
+    let deadline = chrono::Utc::now() + chrono::Duration::milliseconds(400);
+    let body = json!({"name": "started", "kind": "snooze", "payload": {"times": 1, "ms": 800},
+        "expires_at": deadline.to_rfc3339()});
+    let task = post(app, "/api/v1/tasks", &user, &body).await;
+    let id = task["id"].as_str().unwrap();
+    let done = wait_for(app, &user, id, "completed").await;
+    assert_eq!(done["attempts"], 1);
+    let detail = app
+        .get_json(&format!("/api/v1/tasks/{id}"), &user.token)
+        .await;
+    assert_eq!(detail["snoozes"], 1, "{detail}");
+    assert_eq!(detail["result"], json!({"snoozed": 1, "attempt": 1}));
+}

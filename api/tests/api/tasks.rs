@@ -1227,7 +1227,12 @@ async fn a_unique_task_has_no_unfinished_twin_and_its_period_counts_finished_one
     let retry = app
         .post_as(&format!("/api/v1/tasks/{id}/retry"), &user.token, None)
         .await;
-    assert_problem(retry, StatusCode::CONFLICT, "task_not_unique").await;
+    let problem = assert_problem(retry, StatusCode::CONFLICT, "task_not_unique").await;
+    assert_eq!(
+        problem.existing_task_id.map(|id| id.to_string()).as_deref(),
+        second["id"].as_str(),
+        "it names the twin"
+    );
     let second_id = second["id"].as_str().unwrap();
     app.post_as(
         &format!("/api/v1/tasks/{second_id}/cancel"),

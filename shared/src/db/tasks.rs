@@ -135,10 +135,13 @@ pub struct Task {
     pub lease_expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub enqueued_at: Option<DateTime<Utc>>,
-    /// Times the task put itself off (see [`Outcome::Snooze`]).
-    #[serde(skip)]
+    /// Times the task put itself off (see [`Outcome::Snooze`]): a snoozed
+    /// task waits `pending` or `retrying` with its attempt given back.
+    #[serde(default)]
     pub snoozes: i32,
-    /// If it has not started by then, it ends `expired` and never runs.
+    /// If it has not started by then, it ends `expired` and never runs (a
+    /// task that started once, and snoozed or was handed back, does not
+    /// expire).
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -154,7 +157,7 @@ impl Task {
             "next_attempt_at": "2026-01-15T02:30:00Z", "started_at": "2026-01-15T02:30:01Z",
             "finished_at": "2026-01-15T02:30:02Z", "created_at": "2026-01-15T02:30:00Z",
             "updated_at": "2026-01-15T02:30:02Z", "schedule_id": null, "worker_id": "worker-7f3c",
-            "expires_at": null
+            "expires_at": null, "snoozes": 0
         })
     }
 }
@@ -495,6 +498,21 @@ pub async fn bulk_retry(
     .push(") AND status IN ('failed', 'cancelled', 'expired') RETURNING ")
     .push(task_columns!());
     qb.build_query_as().fetch_all(db).await
+}
+
+/// The unfinished task sharing task `id`'s unique key, other than `id`.
+///
+/// # Errors
+/// The database fails.
+pub async fn live_twin(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT twin.id FROM tasks t JOIN tasks twin ON twin.unique_key = t.unique_key \
+         WHERE t.id = $1 AND twin.id <> t.id \
+           AND twin.status IN ('pending', 'running', 'retrying') LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Takes the lock that orders creates of `unique_key` until the
@@ -845,7 +863,8 @@ pub async fn claim(
          WHERE id = ANY($1) \
            AND CASE status \
                    WHEN 'pending' THEN next_attempt_at <= now() \
-                                       AND (expires_at IS NULL OR expires_at > now()) \
+                                       AND (expires_at IS NULL OR expires_at > now() \
+                                            OR started_at IS NOT NULL) \
                    WHEN 'retrying' THEN next_attempt_at <= now() \
                    WHEN 'running' THEN lease_expires_at < now() AND attempts < max_attempts \
                                        AND cancel_requested_at IS NULL \
@@ -936,7 +955,7 @@ pub async fn end_unrunnable(
          WHERE id = ANY($1) \
            AND CASE status \
                    WHEN 'running' THEN lease_expires_at < now() AND attempts >= max_attempts \
-                   WHEN 'pending' THEN expires_at <= now() \
+                   WHEN 'pending' THEN expires_at <= now() AND started_at IS NULL \
                    ELSE false END \
          RETURNING id, owner_id, status, progress, attempts, updated_at",
     )
@@ -962,8 +981,9 @@ pub async fn expire_overdue(
          WHERE id IN ( \
              SELECT id FROM tasks \
              WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= now() \
+               AND started_at IS NULL \
              LIMIT $1 FOR UPDATE SKIP LOCKED) \
-           AND status = 'pending' \
+           AND status = 'pending' AND started_at IS NULL \
          RETURNING id, owner_id, status, progress, attempts, updated_at",
     )
     .bind(limit)
