@@ -48,6 +48,17 @@ enum Command {
     },
 }
 
+/// `keel-api` offering `kinds` instead of the built-in ones: the `main` of
+/// a team's own API binary (`worker/example/` shows one). Build the worker
+/// with the same registry.
+pub fn main_with_kinds(kinds: keel_shared::kinds::Registry) -> ExitCode {
+    if keel_shared::kinds::registry::install(kinds).is_err() {
+        eprintln!("keel-api: the task kinds were installed twice");
+        return ExitCode::from(2);
+    }
+    main()
+}
+
 /// Runs `keel-api`; the exit code is 0 on success, 1 on failure and 2 on a
 /// usage or configuration error.
 pub fn main() -> ExitCode {

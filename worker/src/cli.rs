@@ -21,3 +21,14 @@ pub fn main() -> ExitCode {
     let Cli { config } = config::parse_cli();
     process::serve::<Worker>(&config)
 }
+
+/// `keel-worker` running `kinds` instead of the built-in ones: the `main`
+/// of a team's own worker binary (`worker/example/` shows one). Build the
+/// API with the same registry.
+pub fn main_with_kinds(kinds: keel_shared::kinds::Registry) -> ExitCode {
+    if keel_shared::kinds::registry::install(kinds).is_err() {
+        eprintln!("keel-worker: the task kinds were installed twice");
+        return ExitCode::from(2);
+    }
+    main()
+}

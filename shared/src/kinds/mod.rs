@@ -1,11 +1,13 @@
-//! Task kinds: what a task can do. Each kind is one file here — its payload
-//! type, the JSON Schema clients see, its checks and its handler — and one
-//! line in [`KINDS`]. The API validates payloads against the same
-//! definitions the worker runs, which is why they live in `keel-shared`
-//! (the binaries never depend on each other).
+//! Task kinds: what a task can do. Each built-in kind is one file here —
+//! its payload type, the JSON Schema clients see, its checks and its
+//! handler — and one line in [`KINDS`]. The API validates payloads against
+//! the same definitions the worker runs, which is why they live in
+//! `keel-shared` (the binaries never depend on each other).
 //!
-//! Adding a kind: copy `echo.rs`, implement [`Kind`], add `spec::<YourKind>()`
-//! to [`KINDS`]. Nothing else changes.
+//! A team's own kinds live in its own crate: implement [`Kind`], and build
+//! the API and the worker with [`Registry::builtin`]`().with::<YourKind>()`
+//! (see [`registry`], and `worker/example/`). The lookups below read the
+//! process's installed registry.
 
 mod abort;
 mod echo;
@@ -14,6 +16,7 @@ mod fail;
 mod http_client;
 mod http_request;
 mod noop;
+pub mod registry;
 mod sleep;
 mod snooze;
 
@@ -29,8 +32,9 @@ use crate::{config::Config, storage::Storage};
 
 pub use http_client::{HttpClient, http_client};
 pub use http_request::HttpRequest;
+pub use registry::Registry;
 
-/// Every kind, by name.
+/// Keel's built-in kinds, the default [`Registry`].
 pub static KINDS: &[KindSpec] = &[
     spec::<noop::Noop>(),
     spec::<echo::Echo>(),
@@ -43,9 +47,9 @@ pub static KINDS: &[KindSpec] = &[
     spec::<export_tasks_csv::ExportTasksCsv>(),
 ];
 
-/// The kind called `name`, enabled or not.
+/// The kind called `name`, enabled or not, of this process's registry.
 pub fn find(name: &str) -> Option<&'static KindSpec> {
-    KINDS.iter().find(|k| k.name == name)
+    registry::installed().find(name)
 }
 
 /// The kind called `name` if this deployment offers it (test-only kinds
@@ -56,7 +60,18 @@ pub fn find_enabled(name: &str, settings: &KindSettings) -> Option<&'static Kind
 
 /// The kinds this deployment offers.
 pub fn enabled(settings: &KindSettings) -> impl Iterator<Item = &'static KindSpec> + '_ {
-    KINDS.iter().filter(|k| settings.offers(k))
+    registry::installed()
+        .kinds()
+        .iter()
+        .filter(|k| settings.offers(k))
+}
+
+/// The JSON Schema of `T`, derived from the type (with `schemars`), as a
+/// kind's [`Kind::payload_schema`] returns it: the payload's fields, types,
+/// ranges and doc comments in one place.
+pub fn schema_of<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T))
+        .unwrap_or_else(|_| serde_json::json!({"type": "object"}))
 }
 
 /// What a kind is: its description for clients, and its payload checks and

@@ -32,6 +32,9 @@ use batch::{BatchError, Claim, Claims, Finishes};
 use leases::Leases;
 pub use retry::RetryPolicy;
 
+/// How long a task of a kind this worker does not run waits before a
+/// worker tries it again.
+const UNKNOWN_KIND_WAIT: Duration = Duration::from_secs(5);
 /// How often a running task's progress is written at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Margin past a foreign lease's end before trying to take it over.
@@ -294,10 +297,13 @@ impl TaskRunner {
     /// Runs the kind's handler under the task's timeout, writing progress.
     async fn execute(&self, task: &Task, token: &str) -> Outcome {
         let Some(kind) = kinds::find_enabled(&task.kind, &self.services.settings) else {
-            return Outcome::Failed(format!(
-                "kind {:?} is not offered by this worker",
-                task.kind
-            ));
+            // Built without this kind (a rolling deploy, a fleet with
+            // several builds): put it off for a worker that has it, not
+            // failed for good. Uncapped: no kind here to say how often.
+            tracing::warn!(task_id = %task.id, kind = %task.kind, "a kind this worker does not run; handed back for later");
+            return Outcome::Snooze {
+                delay: UNKNOWN_KIND_WAIT,
+            };
         };
         let (mut ctx, progress) =
             TaskContext::new(task.id, task.attempts, task.owner_id, &self.services);

@@ -1,0 +1,170 @@
+//! The example kind end to end: `greet-api` and `greet-worker`, built in
+//! this crate with its registry, as processes on a test database and Redis
+//! prefix; a client creates a `greet` task over HTTP and reads its result.
+//! Before the worker that knows the kind starts, Keel's own `keel-worker`
+//! (which does not) holds the task back instead of failing it: a rolling
+//! deploy loses nothing.
+
+use std::time::Duration;
+
+use keel_testing::{self as testing, ChildGuard};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const API_BIN: &str = env!("CARGO_BIN_EXE_greet-api");
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_greet-worker");
+const LONG: Duration = Duration::from_secs(30);
+
+/// Registers an account and signs in: a bearer token.
+async fn token(client: &reqwest::Client, base: &str) -> String {
+    let name = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let password = "correct-horse-battery-staple-42";
+    testing::record_secret(password);
+    let account =
+        json!({"username": name, "email": format!("{name}@example.com"), "password": password});
+    let registered = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&account)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let tokens: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username_or_email": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"].as_str().expect("tokens").to_owned();
+    testing::record_secret(&token);
+    token
+}
+
+#[tokio::test]
+async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
+    let db = testing::TestDatabase::create().await.unwrap();
+    let prefix = testing::unique_redis_prefix();
+    let port = testing::free_port();
+    let mut api = testing::command(API_BIN);
+    api.env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", testing::redis_url())
+        .env("REDIS_PREFIX", &prefix)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RATE_LIMIT_ENABLED", "false");
+    let _api = ChildGuard::spawn(api);
+    let base = format!("http://127.0.0.1:{port}");
+    testing::wait_for_status(&format!("{base}/ready"), 200, LONG).await;
+    // Keel's own worker first: it does not know `greet`.
+    let plain_bin = std::path::Path::new(WORKER_BIN).with_file_name("keel-worker");
+    let plain = testing::service_command(
+        plain_bin.to_str().unwrap(),
+        &db.url,
+        &prefix,
+        testing::free_port(),
+    );
+    let mut plain = ChildGuard::spawn(plain);
+
+    let client = reqwest::Client::new();
+    let token = token(&client, &base).await;
+    let kinds: Value = client
+        .get(format!("{base}/api/v1/tasks/kinds"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let greet = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "greet")
+        .expect("the API offers the crate's kind");
+    let schema = &greet["payload_schema"];
+    assert_eq!(schema["properties"]["name"]["type"], "string", "{schema}");
+    assert_eq!(
+        schema["properties"]["name"]["maxLength"], 100,
+        "derived from the type"
+    );
+    assert_eq!(schema["required"], json!(["name"]));
+    assert!(
+        kinds
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "echo"),
+        "beside Keel's own kinds"
+    );
+
+    // A bad payload is refused naming its field, as for a built-in kind.
+    let bad = client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "g", "kind": "greet", "payload": {"name": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "payload.name", "{problem}");
+
+    let created: Value = client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "hello", "kind": "greet", "payload": {"name": "Ada", "shout": true}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("a task").to_owned();
+    let get = |id: String| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move {
+            client
+                .get(format!("{base}/api/v1/tasks/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let task = get(id.clone()).await;
+        if task["snoozes"].as_i64() >= Some(1) {
+            assert_eq!(task["status"], "pending", "held back, not failed: {task}");
+            assert_eq!(task["attempts"], 0, "{task}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never tried: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    plain.signal("TERM");
+    plain.wait_exit(LONG).await;
+    let worker = testing::service_command(WORKER_BIN, &db.url, &prefix, testing::free_port());
+    let _worker = ChildGuard::spawn(worker);
+    let deadline = tokio::time::Instant::now() + LONG;
+    let task = loop {
+        let task = get(id.clone()).await;
+        if task["status"] == "completed" {
+            break task;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not run: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(task["result"], json!({"greeting": "HELLO, ADA!"}));
+    assert_eq!(task["attempts"], 1);
+}
