@@ -11,7 +11,7 @@ cd "$KEEL_ROOT"
 profile=debug; build_flags=()
 if [[ ${RELEASE:-} == 1 ]]; then profile=release; build_flags=(--release); fi
 say "building ($profile)"
-cargo build "${build_flags[@]}" -p keel-api -p keel-worker -p keel-scheduler --bins
+cargo build "${build_flags[@]}" --bins
 bin="$KEEL_ROOT/target/$profile"
 
 mkdir -p "$KEEL_DATA/outbox"
