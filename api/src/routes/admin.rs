@@ -265,12 +265,19 @@ pub struct BulkFilterRequest {
     pub status: Option<TaskStatus>,
     #[schema(max_length = 100)]
     pub kind: Option<String>,
-    /// `tasks`, the one queue tasks run on.
-    pub queue: Option<String>,
+    /// The queue: `tasks`, the one tasks run on.
+    pub queue: Option<TaskQueue>,
     /// The owner.
     pub user_id: Option<uuid::Uuid>,
     /// Created before this time.
     pub created_before: Option<DateTime<Utc>>,
+}
+
+/// The queues tasks run on.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskQueue {
+    Tasks,
 }
 
 /// What a bulk action did.
@@ -298,16 +305,6 @@ async fn bulk_tasks(
     principal.require(Role::Admin)?;
     let filter = request.filter;
     let mut errors = Vec::new();
-    if filter
-        .queue
-        .as_deref()
-        .is_some_and(|q| q != Queue::Tasks.name())
-    {
-        errors.push(FieldError {
-            field: "filter.queue".into(),
-            message: format!("unknown queue; tasks run on `{}`", Queue::Tasks.name()),
-        });
-    }
     if filter
         .kind
         .as_ref()
