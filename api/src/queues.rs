@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, HashSet};
+
 use keel_shared::{
     db::tasks::{self, TaskStatus},
     queue::Queue,
+    workers,
 };
 
 use crate::{error::ApiError, responses::QueueStats, state::AppState};
@@ -28,7 +31,11 @@ pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, Api
             .map_or(0, |(_, n)| *n)
     };
     let from_redis = async {
-        Ok::<_, redis::RedisError>((state.jobs.depths().await?, state.jobs.paused().await?))
+        Ok::<_, redis::RedisError>((
+            state.jobs.depths().await?,
+            state.jobs.paused().await?,
+            workers::list_alive(&state.redis).await?,
+        ))
     };
     let redis = match tokio::time::timeout(REDIS_TIMEOUT, from_redis).await {
         Ok(Ok(counts)) => Some(counts),
@@ -41,12 +48,22 @@ pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, Api
             None
         }
     };
+    let unrunnable = match redis.as_ref().map(|(.., cards)| runnable_kinds(cards)) {
+        Some(Some(runnable)) => Some(
+            tasks::waiting_by_kind(&state.db)
+                .await?
+                .into_iter()
+                .filter(|(kind, _)| !runnable.contains(kind.as_str()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        _ => None,
+    };
     let queues = Queue::ALL
         .into_iter()
         .enumerate()
         .map(|(i, queue)| {
-            let paused = redis.as_ref().and_then(|(_, p)| p.get(i).copied());
-            let redis = redis.as_ref().and_then(|(r, _)| r.get(i).map(|(_, d)| *d));
+            let paused = redis.as_ref().and_then(|(_, p, _)| p.get(i).copied());
+            let redis = redis.as_ref().and_then(|(r, ..)| r.get(i).map(|(_, d)| *d));
             if queue == Queue::Tasks {
                 QueueStats {
                     name: queue,
@@ -57,6 +74,7 @@ pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, Api
                     failed: count(TaskStatus::Failed),
                     paused,
                     redis,
+                    unrunnable: unrunnable.clone(),
                 }
             } else {
                 QueueStats {
@@ -68,9 +86,23 @@ pub(crate) async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, Api
                     failed: 0,
                     paused,
                     redis,
+                    unrunnable: None,
                 }
             }
         })
         .collect();
     Ok(queues)
+}
+
+/// The kinds the live `tasks` workers run between them; `None` if one of
+/// them does not say (an older release), when nothing can be told.
+fn runnable_kinds(cards: &[workers::WorkerCard]) -> Option<HashSet<&str>> {
+    let mut runnable = HashSet::new();
+    for card in cards.iter().filter(|c| c.queues.contains(&Queue::Tasks)) {
+        if card.kinds.is_empty() {
+            return None;
+        }
+        runnable.extend(card.kinds.iter().map(String::as_str));
+    }
+    Some(runnable)
 }

@@ -161,4 +161,10 @@ pub struct QueueStats {
     pub paused: Option<bool>,
     /// What Redis holds for the queue; `null` when Redis is unreachable.
     pub redis: Option<QueueDepths>,
+    /// For `tasks`: unfinished tasks waiting (`pending`, `retrying`) of
+    /// kinds no live worker runs, by kind — they wait for a worker built
+    /// with them. `null` when it cannot be told: Redis is unreachable, or a
+    /// live worker does not say which kinds it runs (an older release).
+    #[schema(value_type = Option<Object>, example = json!({"resize_image": 12}))]
+    pub unrunnable: Option<std::collections::BTreeMap<String, i64>>,
 }

@@ -23,6 +23,10 @@ pub struct WorkerCard {
     pub hostname: String,
     pub pid: u32,
     pub queues: Vec<Queue>,
+    /// The task kinds it runs (its build's registry, as its settings offer
+    /// it); empty when it serves no `tasks` queue, or is older than this field.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     pub concurrency: usize,
     /// The worker's release, e.g. `0.1.0`.
     #[serde(default)]

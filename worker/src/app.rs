@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use keel_shared::{
     Config, RedisClient,
+    kinds::{self, KindSettings},
     process::{self, Backbone, Service},
     queue::{JobQueue, Queue},
     storage::Storage,
@@ -71,6 +72,14 @@ impl Service for Worker {
             hostname,
             pid: std::process::id(),
             queues: config.worker.queues.clone(),
+            kinds: if config.worker.queues.contains(&Queue::Tasks) {
+                let settings = KindSettings::from_config(config);
+                kinds::enabled(&settings)
+                    .map(|k| k.name.to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             concurrency: config.worker_concurrency(),
             version: env!("CARGO_PKG_VERSION").into(),
             in_flight: 0,

@@ -2,7 +2,7 @@
 //! follow the tasks created.
 
 use chrono::{Duration, Utc};
-use keel_shared::{domain::Role, workers};
+use keel_shared::{domain::Role, queue::Queue, workers};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -400,4 +400,37 @@ async fn bulk_cancel_and_retry_take_what_the_filter_matches_in_batches() {
         let problem = assert_invalid(bulk(&app, &admin.token, &body).await).await;
         crate::helpers::assert_names(&problem, field, &body.to_string());
     }
+}
+
+#[tokio::test]
+async fn queues_show_waiting_tasks_of_kinds_no_live_worker_runs() {
+    let app = spawn().await;
+    let admin = app.create_user(Role::Admin).await;
+    let user = app.create_user(Role::User).await;
+    for (name, kind) in [
+        ("e", "echo"),
+        ("n", "noop"),
+        ("s1", "sleep"),
+        ("s2", "sleep"),
+    ] {
+        let body = json!({"name": name, "kind": kind, "payload": if kind == "sleep" { json!({"ms": 1}) } else { json!({}) }});
+        app.created_task(&user.token, &body).await;
+    }
+    let tasks_queue = |queues: Value| queue(&queues, "tasks").clone();
+
+    // No worker at all: nothing waiting can run.
+    let queues = app.get_json("/api/v1/admin/queues", &admin.token).await;
+    assert_eq!(
+        tasks_queue(queues)["unrunnable"],
+        json!({"echo": 1, "noop": 1, "sleep": 2})
+    );
+    // One that runs echo and noop (a build without sleep).
+    app.announce_worker_of("w-new", Queue::Tasks, &["echo", "noop"])
+        .await;
+    let queues = app.get_json("/api/v1/admin/queues", &admin.token).await;
+    assert_eq!(tasks_queue(queues)["unrunnable"], json!({"sleep": 2}));
+    // Beside it, an older worker that does not say: nothing can be told.
+    app.announce_worker("w-old", Queue::Tasks).await;
+    let queues = app.get_json("/api/v1/admin/queues", &admin.token).await;
+    assert!(tasks_queue(queues)["unrunnable"].is_null());
 }

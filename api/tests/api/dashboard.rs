@@ -638,6 +638,7 @@ async fn the_workers_page_marks_a_worker_stale_after_missed_heartbeats() {
         hostname: "box-1".into(),
         pid: 4242,
         queues: vec![Queue::Tasks],
+        kinds: vec!["echo".into(), "sleep".into()],
         concurrency: 8,
         version: "0.1.0".into(),
         in_flight: 3,
@@ -676,6 +677,7 @@ async fn the_workers_page_marks_a_worker_stale_after_missed_heartbeats() {
         .await
         .unwrap();
     assert!(html.contains("1 alive"), "{html}");
+    assert!(html.contains("<td>echo, sleep</td>"), "the kinds each runs");
     let row = |id: &str| {
         let start = html.find(&format!(r#"data-worker-id="{id}""#)).unwrap();
         html[start..start + html[start..].find("</tr>").unwrap()].to_owned()

@@ -415,12 +415,18 @@ impl TestApp {
     /// Leaves a live worker's card, `id` serving `queue`, in the registry,
     /// as the worker's heartbeat would.
     pub async fn announce_worker(&self, id: &str, queue: Queue) {
+        self.announce_worker_of(id, queue, &[]).await;
+    }
+
+    /// [`Self::announce_worker`] of a worker that says it runs `kinds`.
+    pub async fn announce_worker_of(&self, id: &str, queue: Queue, kinds: &[&str]) {
         let now = chrono::Utc::now();
         let mut card = WorkerCard {
             id: id.into(),
             hostname: "test".into(),
             pid: 1,
             queues: vec![queue],
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
             concurrency: 1,
             version: "test".into(),
             in_flight: 0,

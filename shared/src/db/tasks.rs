@@ -1165,6 +1165,19 @@ pub async fn finish(
     .await
 }
 
+/// Waiting tasks (`pending`, `retrying`) by kind, for the queues view's
+/// tasks no live worker can run.
+///
+/// # Errors
+/// The database fails.
+pub async fn waiting_by_kind(db: impl PgExecutor<'_>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, count(*) FROM tasks WHERE status IN ('pending', 'retrying') GROUP BY kind",
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Tasks by status, for stats and the queues view.
 ///
 /// # Errors

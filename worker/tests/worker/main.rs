@@ -62,6 +62,17 @@ async fn a_worker_registers_serves_its_probes_and_leaves_on_sigterm() {
     assert_eq!(card.pid, worker.pid());
     assert_eq!(card.queues, [Queue::Email, Queue::Tasks]);
     assert_eq!(card.concurrency, 3);
+    for kind in ["noop", "echo", "sleep", "http_request"] {
+        assert!(
+            card.kinds.iter().any(|k| k == kind),
+            "{kind} in {:?}",
+            card.kinds
+        );
+    }
+    assert!(
+        !card.kinds.iter().any(|k| k == "abort"),
+        "test-only kinds are not offered here"
+    );
     assert!(
         card.id.contains(&worker.pid().to_string()),
         "the name carries the pid: {}",
