@@ -127,6 +127,7 @@ codes! {
     // Tasks and schedules.
     TooManyUnfinishedTasks: TOO_MANY_REQUESTS "too_many_unfinished_tasks", "the user has `MAX_UNFINISHED_TASKS_PER_USER` unfinished tasks; wait for some to finish", "at most 1000 unfinished tasks per user; wait for some to finish";
     IdempotencyKeyMismatch: UNPROCESSABLE_ENTITY "idempotency_key_mismatch", "the `Idempotency-Key` was used with another request", "this Idempotency-Key was used with another request";
+    KindForbidden: FORBIDDEN "kind_forbidden", "the caller's role may not create tasks of this kind", "tasks of kind \"abort\" need the admin role";
     TaskNotUnique: CONFLICT "task_not_unique", "a task with the same unique key exists", "an unfinished sleep task of yours has the same unique key; it is existing_task_id";
     TaskNotCancellable: CONFLICT "task_not_cancellable", "the task is finished, or runs as a kind that may not be interrupted", "the task is completed; only unfinished tasks can be cancelled";
     TaskNotRetryable: CONFLICT "task_not_retryable", "only a failed, cancelled or expired task can be retried", "the task is running; only failed, cancelled or expired tasks can be retried";

@@ -164,6 +164,25 @@ pub(crate) async fn create(
     Ok(Created::Fresh(created))
 }
 
+/// 403 `kind_forbidden` unless `principal`'s role may create every task of
+/// `new` (each kind's [`kinds::Kind::MIN_ROLE`]).
+pub(crate) fn require_kind_role(principal: &Principal, new: &[NewTask]) -> Result<(), ApiError> {
+    for task in new {
+        if let Some(kind) = kinds::find(&task.kind)
+            && principal.role() < kind.min_role
+        {
+            return Err(ApiError::new(
+                Code::KindForbidden,
+                format!(
+                    "tasks of kind {:?} need the {} role",
+                    task.kind, kind.min_role
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The unique key of a task of `kind` for `owner` whose chosen payload
 /// fields are `values` (an object, keys sorted): a hash, so any payload
 /// makes a short key, and one owner's key never matches another's.

@@ -14,6 +14,7 @@ use keel_shared::{
         self,
         tasks::{NewTask, Task, TaskEvent, TaskFilter, TaskState, TaskStatus},
     },
+    domain::Role,
     kinds, whole_number,
 };
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,36 @@ impl TaskDetail {
     }
 }
 
+/// A kind's policy: defaults a create may narrow but never widen.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KindPolicy {
+    /// The queue its tasks run on.
+    #[schema(example = "tasks")]
+    pub queue: String,
+    /// The queues a create may choose from.
+    pub queues: Vec<String>,
+    /// Its tasks' priority when a create names none.
+    pub priority: i16,
+    /// The roles that may create its tasks (others: 403 `kind_forbidden`).
+    pub roles: Vec<Role>,
+    /// `max_attempts` when a create names none, and the most it may name.
+    pub max_attempts: DefaultAndMax,
+    /// `timeout_seconds` likewise.
+    pub timeout_seconds: DefaultAndMax,
+    /// Whether a cancel stops a running task of this kind (`false`: 409
+    /// once the task runs).
+    pub interruptible: bool,
+    /// How often one task may snooze before it fails.
+    pub max_snoozes: i32,
+}
+
+/// A setting's default, and the most a create may ask for.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefaultAndMax {
+    pub default: i64,
+    pub max: i64,
+}
+
 /// A registered kind, as clients see it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KindInfo {
@@ -184,9 +215,8 @@ pub struct KindInfo {
     pub description: String,
     #[schema(example = "testing")]
     pub category: String,
-    /// Whether a cancel stops a running task of this kind (`false`: it
-    /// answers 409 once the task runs).
-    pub interruptible: bool,
+    /// What a task of this kind may be, and who may create one.
+    pub policy: KindPolicy,
     /// JSON Schema (2020-12) of the payload.
     #[schema(value_type = Object)]
     pub payload_schema: Value,
@@ -288,6 +318,7 @@ async fn create_task(
         Some(new) if errors.is_empty() => new,
         _ => return Err(ApiError::validation(errors)),
     };
+    tasks::require_kind_role(&principal, std::slice::from_ref(&new))?;
     let uniqueness = uniqueness.map(|(key, uniqueness)| {
         new.unique_key = Some(key);
         uniqueness
@@ -394,6 +425,7 @@ async fn create_batch(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
+    tasks::require_kind_role(&principal, &new)?;
     let idempotency = idempotency.bind(&body)?;
     create(&state, &principal, idempotency, new, Shape::Batch, None).await
 }
@@ -570,19 +602,32 @@ fn validate(
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         invalid("name", format!("must be 1 to {MAX_NAME_CHARS} characters"));
     }
+    let kind_name = request.kind.as_deref().unwrap_or("noop");
+    // The kind's policy narrows what a request may ask (an unknown kind is
+    // refused below; its fields are checked against the widest policy).
+    let ((attempts_default, attempts_max), timeout_max) =
+        kinds::find_enabled(kind_name, &state.kinds).map_or(((3, 100), 86_400), |k| {
+            (k.max_attempts, k.max_timeout_seconds)
+        });
     let max_attempts = in_range(
         request.max_attempts,
-        3,
+        i64::from(attempts_default),
         1,
-        100,
+        i64::from(attempts_max),
         "max_attempts",
         &mut invalid,
     );
     let timeout_seconds = in_range(
         request.timeout_seconds,
-        i64::from(state.config.tasks.default_timeout_seconds),
+        i64::from(
+            state
+                .config
+                .tasks
+                .default_timeout_seconds
+                .min(timeout_max.unsigned_abs()),
+        ),
         1,
-        86_400,
+        i64::from(timeout_max),
         "timeout_seconds",
         &mut invalid,
     );
@@ -601,7 +646,6 @@ fn validate(
             invalid("expires_at", "must be after scheduled_at".into());
         }
     }
-    let kind_name = request.kind.as_deref().unwrap_or("noop");
     let payload = match request.payload {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
         Some(payload) => payload,
@@ -662,7 +706,10 @@ fn status_names() -> String {
         SignedIn,
         (status = 200, description = "The kinds this deployment runs", body = [KindInfo],
             example = json!([{"name": "sleep", "description": "Sleeps for `ms` milliseconds, reporting progress.",
-                "category": "testing", "interruptible": true, "payload_schema": {"type": "object",
+                "category": "testing", "policy": {"queue": "tasks", "queues": ["tasks"], "priority": 0,
+                    "roles": ["user", "admin", "superadmin"], "max_attempts": {"default": 3, "max": 100},
+                    "timeout_seconds": {"default": 300, "max": 86400}, "interruptible": true, "max_snoozes": 25},
+                "payload_schema": {"type": "object",
                 "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000}},
                 "required": ["ms"], "additionalProperties": false}}])),
     ))]
@@ -676,11 +723,36 @@ async fn list_kinds(
                 name: k.name.to_owned(),
                 description: k.description.to_owned(),
                 category: k.category.to_owned(),
-                interruptible: k.interruptible,
+                policy: policy(k, state.config.tasks.default_timeout_seconds),
                 payload_schema: (k.payload_schema)(),
             })
             .collect(),
     )
+}
+
+/// `kind`'s policy as `GET /tasks/kinds` shows it, with the deployment's
+/// default timeout.
+fn policy(kind: &kinds::KindSpec, default_timeout: u32) -> KindPolicy {
+    let queue = keel_shared::queue::Queue::Tasks.name().to_owned();
+    KindPolicy {
+        queues: vec![queue.clone()],
+        queue,
+        priority: 0,
+        roles: Role::ALL
+            .into_iter()
+            .filter(|r| *r >= kind.min_role)
+            .collect(),
+        max_attempts: DefaultAndMax {
+            default: kind.max_attempts.0.into(),
+            max: kind.max_attempts.1.into(),
+        },
+        timeout_seconds: DefaultAndMax {
+            default: i64::from(default_timeout).min(kind.max_timeout_seconds.into()),
+            max: kind.max_timeout_seconds.into(),
+        },
+        interruptible: kind.interruptible,
+        max_snoozes: kind.max_snoozes,
+    }
 }
 
 /// One task, with its status history.

@@ -117,7 +117,7 @@ async fn a_kind_that_may_not_be_interrupted_refuses_a_cancel_while_it_runs() {
             .unwrap()
             .iter()
             .find(|k| k["name"] == name)
-            .map(|k| k["interruptible"].clone())
+            .map(|k| k["policy"]["interruptible"].clone())
     };
     assert_eq!(interruptible("sleep"), Some(json!(true)));
     assert_eq!(interruptible("steady_sleep"), Some(json!(false)));

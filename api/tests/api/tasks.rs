@@ -1316,3 +1316,61 @@ async fn a_bad_unique_request_names_its_field() {
     assert_names(&problem, "tasks[0].unique", "not in a batch");
     assert_eq!(count_tasks(&app).await, 0);
 }
+
+#[tokio::test]
+async fn a_kinds_policy_says_who_may_create_it_and_narrows_what_a_create_may_ask() {
+    let app = spawn_app_with(&[
+        "--rate-limit-enabled",
+        "false",
+        "--enable-test-kinds",
+        "true",
+    ])
+    .await;
+    let user = app.create_user(Role::User).await;
+    let admin = app.create_user(Role::Admin).await;
+    let kinds = app.get_json("/api/v1/tasks/kinds", &user.token).await;
+    let policy = |name: &str| {
+        kinds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .map(|k| k["policy"].clone())
+            .unwrap()
+    };
+    let abort = policy("abort");
+    assert_eq!(abort["roles"], json!(["admin", "superadmin"]));
+    assert_eq!(abort["max_attempts"], json!({"default": 1, "max": 3}));
+    assert_eq!(abort["queue"], "tasks");
+    let echo = policy("echo");
+    assert_eq!(echo["roles"], json!(["user", "admin", "superadmin"]));
+    assert_eq!(echo["max_attempts"], json!({"default": 3, "max": 100}));
+    assert_eq!(echo["interruptible"], true);
+
+    // A user may not create an admin-only kind, alone or in a batch.
+    let poison = json!({"name": "p", "kind": "abort"});
+    assert_problem(
+        app.create_task(&user.token, &poison).await,
+        StatusCode::FORBIDDEN,
+        "kind_forbidden",
+    )
+    .await;
+    let batch = json!({"tasks": [{"name": "fine"}, poison]});
+    let response = app
+        .post_as("/api/v1/tasks/batch", &user.token, &batch)
+        .await;
+    assert_problem(response, StatusCode::FORBIDDEN, "kind_forbidden").await;
+    assert_eq!(count_tasks(&app).await, 0);
+
+    // An admin may, within the kind's limits: its default, never more than its most.
+    let created = app.created_task(&admin.token, &poison).await;
+    assert_eq!(created["max_attempts"], 1, "the kind's default");
+    let wider = json!({"name": "p", "kind": "abort", "max_attempts": 5});
+    let problem = assert_invalid(app.create_task(&admin.token, &wider).await).await;
+    assert_names(&problem, "max_attempts", "wider than the kind allows");
+    let narrower = json!({"name": "p", "kind": "abort", "max_attempts": 2});
+    assert_eq!(
+        app.created_task(&admin.token, &narrower).await["max_attempts"],
+        2
+    );
+}

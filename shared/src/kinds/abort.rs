@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Kind, TaskContext, TaskFailure};
+use crate::domain::Role;
 
 #[derive(Debug)]
 pub struct Abort;
@@ -19,6 +20,9 @@ impl Kind for Abort {
     const DESCRIPTION: &'static str = "Aborts the worker process (fault tests only).";
     const CATEGORY: &'static str = "testing";
     const TEST_ONLY: bool = true;
+    // It kills the worker that runs it: only admins may, and never often.
+    const MIN_ROLE: Role = Role::Admin;
+    const MAX_ATTEMPTS: (i32, i32) = (1, 3);
     type Payload = AbortPayload;
 
     fn payload_schema() -> Value {

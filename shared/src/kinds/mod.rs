@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{config::Config, storage::Storage};
+use crate::{config::Config, domain::Role, storage::Storage};
 
 pub use http_client::{HttpClient, http_client};
 pub use http_request::HttpRequest;
@@ -93,6 +93,14 @@ pub trait Kind {
     /// next snooze fails it: a handler that puts itself off forever would
     /// never end.
     const MAX_SNOOZES: i32 = 25;
+    /// Who may create tasks of this kind: this role and those above it
+    /// (others are refused with 403 `kind_forbidden`).
+    const MIN_ROLE: Role = Role::User;
+    /// `max_attempts` of a create that names none, and the most one may name.
+    const MAX_ATTEMPTS: (i32, i32) = (3, 100);
+    /// The longest `timeout_seconds` a create may name; one that names none
+    /// gets the deployment's `TASK_DEFAULT_TIMEOUT_SECONDS`, held to this.
+    const MAX_TIMEOUT_SECONDS: i32 = 86_400;
     type Payload: DeserializeOwned + Serialize + Send + 'static;
 
     /// JSON Schema (2020-12) of the payload, as `GET /tasks/kinds` shows it.
@@ -123,6 +131,12 @@ pub struct KindSpec {
     pub interruptible: bool,
     /// See [`Kind::MAX_SNOOZES`].
     pub max_snoozes: i32,
+    /// See [`Kind::MIN_ROLE`].
+    pub min_role: Role,
+    /// See [`Kind::MAX_ATTEMPTS`]: the default and the most.
+    pub max_attempts: (i32, i32),
+    /// See [`Kind::MAX_TIMEOUT_SECONDS`].
+    pub max_timeout_seconds: i32,
     pub payload_schema: fn() -> Value,
     check: fn(&Value, &KindSettings) -> Result<(), Vec<PayloadError>>,
     run: fn(Value, TaskContext) -> RunFuture,
@@ -161,6 +175,9 @@ pub const fn spec<K: Kind>() -> KindSpec {
         test_only: K::TEST_ONLY,
         interruptible: K::INTERRUPTIBLE,
         max_snoozes: K::MAX_SNOOZES,
+        min_role: K::MIN_ROLE,
+        max_attempts: K::MAX_ATTEMPTS,
+        max_timeout_seconds: K::MAX_TIMEOUT_SECONDS,
         payload_schema: K::payload_schema,
         check: check_json::<K>,
         run: run_json::<K>,
