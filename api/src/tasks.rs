@@ -384,6 +384,9 @@ const BULK_BATCH: i64 = 1_000;
 /// single cancel's does. Retried tasks are queued like any retry, past
 /// their owners' caps of unfinished tasks (an admin's decision).
 ///
+/// The work runs on its own tokio task, awaited: a client that hangs up,
+/// or a request timeout, does not stop it half-way.
+///
 /// # Errors
 /// The database fails.
 pub(crate) async fn bulk(
@@ -392,8 +395,39 @@ pub(crate) async fn bulk(
     action: BulkAction,
     filter: &tasks::BulkFilter,
 ) -> Result<(i64, u64), ApiError> {
-    let actor = principal.id().to_string();
+    let (state, actor, filter) = (state.clone(), principal.id().to_string(), filter.clone());
+    tokio::spawn(async move { bulk_detached(&state, actor, action, &filter).await })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+async fn bulk_detached(
+    state: &AppState,
+    actor: String,
+    action: BulkAction,
+    filter: &tasks::BulkFilter,
+) -> Result<(i64, u64), ApiError> {
     let matched = tasks::count_matching(&state.db, filter).await?;
+    // Rows changed from here on (by this action, or by anyone) are not
+    // taken: a retried task that fails again at once is not retried again.
+    let began: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&state.db)
+        .await?;
+    let filter = &tasks::BulkFilter {
+        unchanged_since: Some(began),
+        ..filter.clone()
+    };
+    // A running task of a kind that may not be interrupted is not stopped,
+    // as a single cancel would not.
+    let stoppable = &tasks::BulkFilter {
+        kinds_not: kinds::registry::installed()
+            .kinds()
+            .iter()
+            .filter(|k| !k.interruptible)
+            .map(|k| k.name.to_owned())
+            .collect(),
+        ..filter.clone()
+    };
     let mut changed = 0;
     match action {
         BulkAction::Cancel => {
@@ -408,7 +442,7 @@ pub(crate) async fn bulk(
             }
             loop {
                 let asked =
-                    tasks::bulk_request_cancel(&state.db, filter, &actor, BULK_BATCH).await?;
+                    tasks::bulk_request_cancel(&state.db, stoppable, &actor, BULK_BATCH).await?;
                 if asked.is_empty() {
                     break;
                 }
@@ -429,7 +463,7 @@ pub(crate) async fn bulk(
             enqueue(state, &retried).await;
         },
     }
-    tracing::info!(?action, ?filter, matched, changed, by = %principal.id(), "bulk task action");
+    tracing::info!(?action, ?filter, matched, changed, by = %actor, "bulk task action");
     Ok((matched, changed))
 }
 

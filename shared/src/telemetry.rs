@@ -114,6 +114,10 @@ fn describe() {
         "Tasks that ended `expired`: not started by their `expires_at`."
     );
     describe_counter!(
+        "keel_tasks_put_off_total",
+        "Attempts a worker put off because it does not run the task's kind, by kind."
+    );
+    describe_counter!(
         "keel_tasks_snoozed_total",
         "Attempts whose handler snoozed (run again later, no attempt spent), by kind."
     );

@@ -44,6 +44,9 @@ pub struct BulkForm {
     #[serde(default)]
     kind: String,
     confirm: Option<String>,
+    /// When the confirmation page counted the tasks: the action takes none
+    /// created since, so it does no more than the page said.
+    reviewed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `POST /dashboard/tasks/bulk`: first a page saying how many tasks the
@@ -67,7 +70,7 @@ pub async fn bulk(
         s => Some(TaskStatus::parse(s).ok_or_else(no_such_action)?),
     };
     let kind = Some(form.kind.clone()).filter(|k| !k.is_empty());
-    let filter = BulkFilter {
+    let mut filter = BulkFilter {
         status,
         kind: kind.clone(),
         ..BulkFilter::default()
@@ -78,6 +81,8 @@ pub async fn bulk(
         .finish();
     let back = format!("/dashboard/tasks?{filters}");
     if form.confirm.as_deref() != Some("yes") {
+        let reviewed_at = chrono::Utc::now();
+        filter.created_before = Some(reviewed_at);
         let matched = count_matching(&state.db, &filter).await?;
         let page: Html<String> = views::render(
             "bulk.html",
@@ -90,10 +95,16 @@ pub async fn bulk(
                 kind,
                 matched,
                 back,
+                reviewed_at => reviewed_at.to_rfc3339(),
             },
         );
         return Ok(page.into_response());
     }
+    // A confirmation without its review's time is refused, not widened.
+    let Some(reviewed_at) = form.reviewed_at else {
+        return Err(no_such_action());
+    };
+    filter.created_before = Some(reviewed_at);
     let (_, changed) = tasks::bulk(&state, &admin.principal, action, &filter).await?;
     tracing::info!(
         action = form.action,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Utc};
 use keel_shared::{
     db::{
         tasks::{self, TaskStatus},
@@ -315,6 +315,14 @@ async fn bulk_tasks(
             message: "at most 100 characters".into(),
         });
     }
+    // PostgreSQL's timestamps start in 4713 BC; nothing was created before
+    // year 1 anyway.
+    if filter.created_before.is_some_and(|at| at.year() < 1) {
+        errors.push(FieldError {
+            field: "filter.created_before".into(),
+            message: "must be in year 1 or later".into(),
+        });
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -327,6 +335,7 @@ async fn bulk_tasks(
         kind: filter.kind,
         owner: filter.user_id,
         created_before: filter.created_before,
+        ..tasks::BulkFilter::default()
     };
     let (matched, changed) = crate::tasks::bulk(&state, &principal, action, &filter).await?;
     Ok(AppJson(BulkResult { matched, changed }))

@@ -324,6 +324,22 @@ async fn bulk_cancel_and_retry_take_what_the_filter_matches_in_batches() {
     )
     .await;
 
+    // A running task of a kind that may not be interrupted is not asked to stop.
+    let steady = app
+        .created_task(&a.token, &json!({"name": "steady", "kind": "echo"}))
+        .await;
+    app.execute_with(
+        "UPDATE tasks SET kind = 'steady_sleep', status = 'running', attempts = 1, \
+         started_at = now(), lease_owner = 'w/2', lease_expires_at = now() + interval '1 minute' \
+         WHERE id = $1::uuid",
+        steady["id"].as_str().unwrap(),
+    )
+    .await;
+    let steady_cancel = json!({"action": "cancel", "filter": {"kind": "steady_sleep"}});
+    let response = bulk(&app, &admin.token, &steady_cancel).await;
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done, json!({"matched": 1, "changed": 0}));
+
     let filter = json!({"user_id": a.user.id, "kind": "noop", "queue": "tasks"});
     let response = bulk(
         &app,

@@ -742,12 +742,26 @@ async fn a_bulk_action_shows_what_it_will_take_and_acts_only_once_confirmed() {
         .await;
     assert_eq!(pending, 4, "nothing changes before the confirmation");
 
-    let confirmed = [
+    // A noop created after the review is not taken: the page said three.
+    app.created_task(&user.token, &json!({"kind": "noop", "name": "late"}))
+        .await;
+    let marker = r#"name="reviewed_at" value=""#;
+    let at = review.find(marker).expect("the review's time") + marker.len();
+    let reviewed_at = &review[at..at + review[at..].find('"').unwrap()];
+    let unreviewed = [
         ("action", "cancel"),
         ("status", "pending"),
         ("kind", "noop"),
         ("confirm", "yes"),
     ];
+    let refused = post_bulk(&app, &cookie, &csrf, &unreviewed).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::NOT_FOUND,
+        "no confirmation without its review"
+    );
+    let mut confirmed = unreviewed.to_vec();
+    confirmed.push(("reviewed_at", reviewed_at));
     let done = post_bulk(&app, &cookie, &csrf, &confirmed).await;
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     let location = done.headers()[header::LOCATION]
@@ -766,7 +780,11 @@ async fn a_bulk_action_shows_what_it_will_take_and_acts_only_once_confirmed() {
     let cancelled: i64 = app
         .scalar("SELECT count(*) FROM tasks WHERE status = 'cancelled' AND kind = 'noop'")
         .await;
-    assert_eq!(cancelled, 3, "the echo is not in the filter");
+    assert_eq!(cancelled, 3, "the echo and the late noop are not taken");
+    let late: String = app
+        .scalar("SELECT status FROM tasks WHERE name = 'late'")
+        .await;
+    assert_eq!(late, "pending", "created after the review");
 
     let forged = post_bulk(&app, &cookie, "x", &confirmed).await;
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);

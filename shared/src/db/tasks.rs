@@ -371,6 +371,12 @@ pub struct BulkFilter {
     pub kind: Option<String>,
     pub owner: Option<Uuid>,
     pub created_before: Option<DateTime<Utc>>,
+    /// Leave tasks of these kinds out.
+    pub kinds_not: Vec<String>,
+    /// Only rows last changed before this (by the database clock): an
+    /// action that loops over batches takes no row it changed itself, nor
+    /// one changed by anyone else since it began.
+    pub unchanged_since: Option<DateTime<Utc>>,
 }
 
 impl BulkFilter {
@@ -389,6 +395,14 @@ impl BulkFilter {
         }
         if let Some(before) = self.created_before {
             qb.push(" AND created_at < ").push_bind(before);
+        }
+        if !self.kinds_not.is_empty() {
+            qb.push(" AND NOT (kind = ANY(")
+                .push_bind(self.kinds_not.clone())
+                .push("))");
+        }
+        if let Some(since) = self.unchanged_since {
+            qb.push(" AND updated_at < ").push_bind(since);
         }
     }
 }
@@ -440,7 +454,9 @@ pub async fn bulk_cancel_waiting(
     actor: &str,
     limit: i64,
 ) -> Result<Vec<TaskState>, sqlx::Error> {
-    let set = "status = 'cancelled', finished_at = now()";
+    // A worker may have claimed and snoozed a row since this statement
+    // began: its `started_at` is later than `now()`.
+    let set = "status = 'cancelled', finished_at = greatest(now(), started_at)";
     let only = "status IN ('pending', 'retrying')";
     let returning = "id, owner_id, status, progress, attempts, updated_at";
     let mut qb = bulk_update(set, actor, filter, only, limit, returning);
@@ -468,7 +484,9 @@ pub async fn bulk_request_cancel(
 /// Retries up to `limit` `failed`, `cancelled` or `expired` tasks `filter`
 /// matches, as [`retry`] does one, marked enqueued (the caller pushes them).
 /// A unique task whose key an unfinished task holds is left as it is, and
-/// of several finished twins only the newest comes back.
+/// of several finished twins only the newest comes back; one whose key a
+/// create holds locked right now is left too (the create, committed, then
+/// holds the key).
 ///
 /// # Errors
 /// The database fails.
@@ -489,9 +507,10 @@ pub async fn bulk_retry(
     filter.push_where(&mut qb);
     qb.push(
         " AND status IN ('failed', 'cancelled', 'expired') \
-          AND (unique_key IS NULL OR NOT EXISTS ( \
+          AND (unique_key IS NULL OR (NOT EXISTS ( \
               SELECT 1 FROM tasks twin WHERE twin.unique_key = t.unique_key \
-                AND twin.status IN ('pending', 'running', 'retrying'))) \
+                AND twin.status IN ('pending', 'running', 'retrying')) \
+              AND pg_try_advisory_xact_lock(hashtextextended(unique_key, 0)))) \
           ORDER BY coalesce(unique_key, id::text), created_at DESC LIMIT ",
     )
     .push_bind(limit)
@@ -735,7 +754,8 @@ pub async fn cancel(
     actor: &str,
 ) -> Result<Option<Task>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "UPDATE tasks SET status = 'cancelled', finished_at = now(), changed_by = $2 \
+        "UPDATE tasks SET status = 'cancelled', finished_at = greatest(now(), started_at), \
+             changed_by = $2 \
          WHERE id = $1 AND status IN ('pending', 'retrying') RETURNING ",
         task_columns!()
     ))
@@ -1063,6 +1083,12 @@ pub enum Outcome {
     Snooze {
         delay: Duration,
     },
+    /// This worker does not run the task's kind: it waits `delay` for one
+    /// that does, no attempt counted, and, if it had never started before,
+    /// it still has not (its deadline still holds).
+    PutOff {
+        delay: Duration,
+    },
 }
 
 /// One attempt's end: the task, the attempt's lease token, the outcome.
@@ -1110,6 +1136,7 @@ pub async fn finish(
             Outcome::HandBack => ("handback", None, None, None),
             Outcome::Cancelled => ("cancelled", None, None, None),
             Outcome::Snooze { delay } => ("snooze", None, None, Some(millis(*delay))),
+            Outcome::PutOff { delay } => ("putoff", None, None, Some(millis(*delay))),
         };
         statuses.push(status);
         results.push(result);
@@ -1121,10 +1148,12 @@ pub async fn finish(
              status = CASE WHEN (o.status = 'cancelled'
                                  OR (t.cancel_requested_at IS NOT NULL AND o.status <> 'completed'))
                            THEN 'cancelled'
-                 WHEN o.status IN ('handback', 'snooze')
+                 WHEN o.status IN ('handback', 'snooze', 'putoff')
                      THEN CASE WHEN t.attempts <= 1 THEN 'pending' ELSE 'retrying' END
                  ELSE o.status END,
-             attempts = CASE WHEN o.status IN ('handback', 'snooze')
+             started_at = CASE WHEN o.status = 'putoff' AND t.attempts <= 1 THEN NULL
+                               ELSE t.started_at END,
+             attempts = CASE WHEN o.status IN ('handback', 'snooze', 'putoff')
                                   AND t.cancel_requested_at IS NULL
                              THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
              snoozes = t.snoozes + CASE WHEN o.status = 'snooze' THEN 1 ELSE 0 END,
@@ -1132,11 +1161,12 @@ pub async fn finish(
              error = CASE WHEN o.status = 'completed' THEN NULL
                           WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
                               THEN 'cancelled while running'
-                          WHEN o.status IN ('handback', 'snooze') THEN t.error ELSE o.error END,
+                          WHEN o.status IN ('handback', 'snooze', 'putoff') THEN t.error
+                          ELSE o.error END,
              progress = CASE WHEN o.status = 'completed' THEN 100 ELSE t.progress END,
              next_attempt_at = CASE WHEN o.status = 'cancelled' OR t.cancel_requested_at IS NOT NULL
                                         THEN t.next_attempt_at
-                                    WHEN o.status IN ('retrying', 'snooze')
+                                    WHEN o.status IN ('retrying', 'snooze', 'putoff')
                                         THEN now() + o.delay_ms * interval '1 millisecond'
                                     WHEN o.status = 'handback' THEN now()
                                     ELSE t.next_attempt_at END,
@@ -1145,7 +1175,7 @@ pub async fn finish(
                                 THEN greatest(now(), t.started_at) END,
              lease_owner = NULL,
              lease_expires_at = NULL,
-             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback', 'snooze')
+             enqueued_at = CASE WHEN o.status IN ('retrying', 'handback', 'snooze', 'putoff')
                                      AND t.cancel_requested_at IS NULL
                                 THEN now() ELSE t.enqueued_at END,
              changed_by = $1

@@ -32,9 +32,10 @@ use batch::{BatchError, Claim, Claims, Finishes};
 use leases::Leases;
 pub use retry::RetryPolicy;
 
-/// How long a task of a kind this worker does not run waits before a
-/// worker tries it again.
+/// How long a task of a kind this worker does not run waits, at least and
+/// at most, before a worker tries it again.
 const UNKNOWN_KIND_WAIT: Duration = Duration::from_secs(5);
+const UNKNOWN_KIND_LONGEST_WAIT: Duration = Duration::from_secs(300);
 /// How often a running task's progress is written at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Margin past a foreign lease's end before trying to take it over.
@@ -240,11 +241,20 @@ impl TaskRunner {
             metrics::histogram!("keel_task_start_delay_seconds").record(delay.as_secs_f64());
         }
         let began = std::time::Instant::now();
+        // A kind that may not be interrupted is never stopped, whatever asks.
+        let interruptible = kinds::find(&task.kind).is_none_or(|k| k.interruptible);
+        let stopped = async {
+            if interruptible {
+                lease.stopped().cancelled().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let outcome = tokio::select! {
             outcome = self.execute(&task, &token) => Some(outcome),
             () = lease.lost().cancelled() => None,
             // Dropping `execute` aborts the handler's tokio task.
-            () = lease.stopped().cancelled() => Some(Outcome::Cancelled),
+            () = stopped => Some(Outcome::Cancelled),
             () = self.grace_over.cancelled() => Some(Outcome::HandBack),
         };
         drop(lease);
@@ -257,7 +267,10 @@ impl TaskRunner {
         };
         let failed = matches!(outcome, Outcome::Retry { .. } | Outcome::Failed(_));
         // A hand-back or a snooze is not an attempt that ended.
-        let ended = !matches!(outcome, Outcome::HandBack | Outcome::Snooze { .. });
+        let ended = !matches!(
+            outcome,
+            Outcome::HandBack | Outcome::Snooze { .. } | Outcome::PutOff { .. }
+        );
         let name = match &outcome {
             Outcome::Completed(_) => "keel_tasks_completed_total",
             Outcome::Retry { .. } => "keel_tasks_retried_total",
@@ -265,12 +278,13 @@ impl TaskRunner {
             Outcome::HandBack => "keel_tasks_handed_back_total",
             Outcome::Cancelled => "keel_tasks_cancelled_running_total",
             Outcome::Snooze { .. } => "keel_tasks_snoozed_total",
+            Outcome::PutOff { .. } => "keel_tasks_put_off_total",
         };
         metrics::counter!(name, "kind" => kind_label).increment(1);
         let next_run = match &outcome {
-            Outcome::Retry { delay, .. } | Outcome::Snooze { delay } => {
-                Some(Some(Utc::now() + *delay))
-            }
+            Outcome::Retry { delay, .. }
+            | Outcome::Snooze { delay }
+            | Outcome::PutOff { delay } => Some(Some(Utc::now() + *delay)),
             Outcome::HandBack => Some(None),
             _ => None,
         };
@@ -300,10 +314,12 @@ impl TaskRunner {
             // Built without this kind (a rolling deploy, a fleet with
             // several builds): put it off for a worker that has it, not
             // failed for good. Uncapped: no kind here to say how often.
-            tracing::warn!(task_id = %task.id, kind = %task.kind, "a kind this worker does not run; handed back for later");
-            return Outcome::Snooze {
-                delay: UNKNOWN_KIND_WAIT,
-            };
+            // Longer the longer it has waited (a tenth of its age, 5 s to
+            // 5 min), so a backlog of such tasks costs little while it waits.
+            let age = (Utc::now() - task.created_at).to_std().unwrap_or_default();
+            let delay = (age / 10).clamp(UNKNOWN_KIND_WAIT, UNKNOWN_KIND_LONGEST_WAIT);
+            tracing::warn!(task_id = %task.id, kind = %task.kind, ?delay, "a kind this worker does not run; put off for a worker that does");
+            return Outcome::PutOff { delay };
         };
         let (mut ctx, progress) =
             TaskContext::new(task.id, task.attempts, task.owner_id, &self.services);
