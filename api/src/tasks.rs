@@ -185,18 +185,41 @@ pub(crate) fn require_kind_role(principal: &Principal, new: &[NewTask]) -> Resul
 
 /// The unique key of a task of `kind` for `owner` whose chosen payload
 /// fields are `values` (an object, keys sorted): a hash, so any payload
-/// makes a short key, and one owner's key never matches another's.
+/// makes a short key, and one owner's key never matches another's. Values
+/// equal as JSON make one key: `1`, `1.0` and `1e0` are one number.
 pub(crate) fn unique_key(kind: &str, owner: Uuid, values: &Value) -> String {
     use sha2::{Digest as _, Sha256};
     use std::fmt::Write as _;
-    // serde_json's maps are sorted: equal values print equal.
-    let canonical = json!([kind, owner, values]).to_string();
+    // serde_json's maps are sorted: equal values print equal once their
+    // numbers are written one way.
+    let canonical = json!([kind, owner, canonical_numbers(values)]).to_string();
     Sha256::digest(canonical.as_bytes())
         .iter()
         .fold(String::with_capacity(64), |mut hex, byte| {
             let _ = write!(hex, "{byte:02x}");
             hex
         })
+}
+
+/// `value` with every whole number written as an integer (`1.0` → `1`,
+/// `-0.0` → `0`), as far as a float holds integers exactly.
+fn canonical_numbers(value: &Value) -> Value {
+    /// Integers a float holds exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            #[allow(clippy::cast_possible_truncation)]
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Value::from(f as i64),
+            _ => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(canonical_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), canonical_numbers(v)))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
 }
 
 /// 429 `too_many_unfinished_tasks` unless `owner` has room for one more
@@ -602,5 +625,25 @@ pub(crate) fn check_kind(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_equal_as_json_make_one_unique_key() {
+        let owner = Uuid::nil();
+        let key = |v: Value| unique_key("echo", owner, &json!({"n": v}));
+        assert_eq!(key(json!(1)), key(json!(1.0)));
+        assert_eq!(key(json!(0)), key(json!(-0.0)));
+        assert_eq!(key(json!([2, {"x": 3.0}])), key(json!([2.0, {"x": 3}])));
+        assert_ne!(key(json!(1)), key(json!("1")), "a string is not a number");
+        assert_ne!(key(json!(1.5)), key(json!(1)));
+        assert_ne!(
+            unique_key("echo", owner, &json!({})),
+            unique_key("noop", owner, &json!({}))
+        );
     }
 }
