@@ -407,35 +407,7 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Registers an account through the API and signs in: a bearer token.
     pub async fn token(&self) -> String {
-        let name = format!("u{}", &Uuid::new_v4().simple().to_string()[..10]);
-        let password = "correct-horse-battery-staple-42";
-        let registered = self
-            .client
-            .post(format!("{}/api/v1/auth/register", self.base))
-            .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            registered.status(),
-            201,
-            "{}",
-            registered.text().await.unwrap()
-        );
-        let tokens: serde_json::Value = self
-            .client
-            .post(format!("{}/api/v1/auth/login", self.base))
-            .json(&json!({"username_or_email": name, "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = tokens["access_token"].as_str().expect("tokens").to_owned();
-        testing::record_secret(password);
-        testing::record_secret(&token);
-        token
+        testing::sign_up(&self.client, &self.base).await
     }
 
     /// `POST /api/v1/tasks` of a `noop` task.

@@ -6,6 +6,7 @@
 //! One module per concern, all re-exported at the top:
 //!
 //! - [`databases`]: a migrated database per test, a user row, the `tasks` invariants.
+//! - [`accounts`]: an account signed in over HTTP on a running API.
 //! - [`redis_server`]: a key prefix per test, or a Redis server of the test's own.
 //! - [`postgres_server`]: a PostgreSQL server of the test's own.
 //! - [`processes`]: Keel's binaries as guarded child processes.
@@ -15,6 +16,7 @@
 //! - [`metrics`]: Prometheus text, parsed.
 //! - [`logs`]: the suite's logs and the secrets its tests used.
 
+pub mod accounts;
 pub mod config;
 pub mod databases;
 pub mod logs;
@@ -25,6 +27,7 @@ pub mod redis_server;
 pub mod s3_server;
 pub mod smtp_server;
 
+pub use accounts::*;
 pub use config::*;
 pub use databases::*;
 pub use logs::*;

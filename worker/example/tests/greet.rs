@@ -15,34 +15,6 @@ const API_BIN: &str = env!("CARGO_BIN_EXE_greet-api");
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_greet-worker");
 const LONG: Duration = Duration::from_secs(30);
 
-/// Registers an account and signs in: a bearer token.
-async fn token(client: &reqwest::Client, base: &str) -> String {
-    let name = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let password = "correct-horse-battery-staple-42";
-    testing::record_secret(password);
-    let account =
-        json!({"username": name, "email": format!("{name}@example.com"), "password": password});
-    let registered = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&account)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let tokens: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username_or_email": name, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = tokens["access_token"].as_str().expect("tokens").to_owned();
-    testing::record_secret(&token);
-    token
-}
-
 #[tokio::test]
 async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
     let db = testing::TestDatabase::create().await.unwrap();
@@ -69,7 +41,7 @@ async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
     let mut plain = ChildGuard::spawn(plain);
 
     let client = reqwest::Client::new();
-    let token = token(&client, &base).await;
+    let token = testing::sign_up(&client, &base).await;
     let kinds: Value = client
         .get(format!("{base}/api/v1/tasks/kinds"))
         .bearer_auth(&token)
