@@ -172,6 +172,19 @@ macro_rules! task_columns {
     };
 }
 
+/// What a retry sets, as a literal for `concat!`: the task `pending` again
+/// with a fresh set of attempts, due now, marked enqueued, with nothing of
+/// its last run left (result, error, lease, stop request, snoozes,
+/// deadline). One list for the single and the bulk retry.
+macro_rules! retry_columns {
+    () => {
+        "status = 'pending', attempts = 0, progress = 0, result = NULL, \
+         error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
+         lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, snoozes = 0, \
+         expires_at = NULL, enqueued_at = now()"
+    };
+}
+
 /// The short form `GET /tasks/{id}/status` and live updates carry.
 #[derive(Debug, Clone, FromRow, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -496,12 +509,11 @@ pub async fn bulk_retry(
     actor: &str,
     limit: i64,
 ) -> Result<Vec<Task>, sqlx::Error> {
-    let mut qb = QueryBuilder::new(
-        "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
-             error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, snoozes = 0, \
-             expires_at = NULL, enqueued_at = now(), changed_by = ",
-    );
+    let mut qb = QueryBuilder::new(concat!(
+        "UPDATE tasks SET ",
+        retry_columns!(),
+        ", changed_by = "
+    ));
     qb.push_bind(actor.to_owned());
     qb.push(" WHERE id IN (SELECT DISTINCT ON (coalesce(unique_key, id::text)) id FROM tasks t");
     filter.push_where(&mut qb);
@@ -817,10 +829,9 @@ pub async fn retry(
     actor: &str,
 ) -> Result<Option<Task>, sqlx::Error> {
     let task: Option<Task> = sqlx::query_as(concat!(
-        "UPDATE tasks SET status = 'pending', attempts = 0, progress = 0, result = NULL, \
-             error = NULL, started_at = NULL, finished_at = NULL, next_attempt_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL, cancel_requested_at = NULL, snoozes = 0, \
-             expires_at = NULL, enqueued_at = now(), changed_by = $2 \
+        "UPDATE tasks SET ",
+        retry_columns!(),
+        ", changed_by = $2 \
          WHERE id = $1 AND status IN ('failed', 'cancelled', 'expired') RETURNING ",
         task_columns!()
     ))

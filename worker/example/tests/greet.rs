@@ -15,6 +15,19 @@ const API_BIN: &str = env!("CARGO_BIN_EXE_greet-api");
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_greet-worker");
 const LONG: Duration = Duration::from_secs(30);
 
+/// `GET {base}{path}` with `token`, as JSON.
+async fn get(client: &reqwest::Client, base: &str, token: &str, path: &str) -> Value {
+    client
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
     let db = testing::TestDatabase::create().await.unwrap();
@@ -42,15 +55,7 @@ async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
 
     let client = reqwest::Client::new();
     let token = testing::sign_up(&client, &base).await;
-    let kinds: Value = client
-        .get(format!("{base}/api/v1/tasks/kinds"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kinds = get(&client, &base, &token, "/api/v1/tasks/kinds").await;
     let greet = kinds
         .as_array()
         .unwrap()
@@ -96,23 +101,9 @@ async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
         .await
         .unwrap();
     let id = created["id"].as_str().expect("a task").to_owned();
-    let get = |id: String| {
-        let (client, base, token) = (client.clone(), base.clone(), token.clone());
-        async move {
-            client
-                .get(format!("{base}/api/v1/tasks/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
-        let task = get(id.clone()).await;
+        let task = get(&client, &base, &token, &format!("/api/v1/tasks/{id}")).await;
         let tried = task["history"]
             .as_array()
             .is_some_and(|h| h.iter().any(|e| e["to_status"] == "running"));
@@ -134,7 +125,7 @@ async fn a_kind_from_this_crate_runs_through_the_api_and_a_worker_built_here() {
     let _worker = ChildGuard::spawn(worker);
     let deadline = tokio::time::Instant::now() + LONG;
     let task = loop {
-        let task = get(id.clone()).await;
+        let task = get(&client, &base, &token, &format!("/api/v1/tasks/{id}")).await;
         if task["status"] == "completed" {
             break task;
         }
